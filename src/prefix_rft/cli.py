@@ -1,0 +1,42 @@
+"""`prefix-rft <command> ...`: one entry point, each command implemented in the module that owns it.
+
+Commands are imported lazily so that `prefix-rft verify` does not pay for importing trl.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> (module with a `main(argv: list[str]) -> int | None`, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("prefix_rft.demo", "train the embedded tiny model with Prefix-RFT on CPU and write a report"),
+    "train": ("prefix_rft.trl.train", "train from a YAML recipe (TrlParser: --config FILE.yaml [--key value ...])"),
+    "eval": ("prefix_rft.eval.cli", "evaluate a model on math benchmarks or the embedded task (avg@k, pass@k)"),
+    "verify": ("prefix_rft.verify.cli", "grade a JSONL file of (gold, prediction) pairs"),
+    "compare": ("prefix_rft.baselines.compare", "run baselines and Prefix-RFT at equal budgets and compare them"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: prefix-rft <command> [options]", "", "commands:"]
+    lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`prefix-rft <command> --help` explains a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"prefix-rft: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
