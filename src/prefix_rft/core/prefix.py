@@ -1,0 +1,74 @@
+"""Prefix cutting and hybrid-row choice (spec §3.2, §3.4)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# Guards float products such as 0.29 * 100 = 28.999999999999996 so they floor to 29, not 28.
+_FLOOR_EPS = 1e-9
+
+
+def prefix_length(prefix_ratio: float, demo_len: int, min_prefix_len: int = 0) -> int:
+    """Number of demo tokens revealed: floor(ratio * len), raised to `min_prefix_len`, at most len - 1.
+
+    The last guard (reference `_get_prefix`) withholds at least one demo token so the policy always generates.
+    A ratio of 0 or an empty demo reveals nothing.
+    """
+    if prefix_ratio <= 0.0 or demo_len <= 0:
+        return 0
+    n = math.floor(prefix_ratio * demo_len + _FLOOR_EPS)
+    n = max(n, min_prefix_len)
+    return min(n, demo_len - 1)
+
+
+def fit_prefix_to_prompt(
+    prompt_len: int, prefix_len: int, max_prompt_length: int | None, min_prefix_len: int = 0
+) -> tuple[int, int]:
+    """Shorten a prefix so that prompt + prefix fits in `max_prompt_length`; never cut the question.
+
+    Returns:
+        (kept prefix length, tokens cut from the prefix).
+
+    Raises:
+        ValueError: when the question alone does not fit, or fitting would leave fewer than `min_prefix_len` tokens.
+    """
+    if max_prompt_length is None or prompt_len + prefix_len <= max_prompt_length:
+        return prefix_len, 0
+    if prompt_len > max_prompt_length:
+        raise ValueError(f"prompt has {prompt_len} tokens, more than max_prompt_length={max_prompt_length}")
+    kept = max_prompt_length - prompt_len
+    if kept < min_prefix_len:
+        raise ValueError(
+            f"prompt ({prompt_len} tokens) + min_prefix_len ({min_prefix_len}) exceeds "
+            f"max_prompt_length={max_prompt_length}"
+        )
+    return kept, prefix_len - kept
+
+
+def hybrid_positions(group_size: int, num_hybrid: int) -> list[int]:
+    """Positions inside a group that are hybrid: the last `num_hybrid`, as the reference orders its variants.
+
+    Which position is hybrid does not change any advantage (they are computed per group), so a fixed choice keeps
+    every rank in agreement at no cost.
+    """
+    if not 0 <= num_hybrid < group_size:
+        raise ValueError(f"num_hybrid must be in [0, {group_size - 1}] for groups of {group_size}, got {num_hybrid}")
+    return list(range(group_size - num_hybrid, group_size))
+
+
+def is_hybrid_row(global_row: int, group_size: int, num_hybrid: int) -> bool:
+    """Whether the row at `global_row` of the step's (process-major) generation batch starts from a demo prefix."""
+    return global_row % group_size >= group_size - num_hybrid
+
+
+def build_prefix_mask(prefix_lens: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, width) bool mask, True on the first `prefix_lens[i]` completion tokens of row i.
+
+    Args:
+        prefix_lens: (B,) int, prefix tokens at the start of each completion (0 for on-policy rows).
+        width: padded completion length T.
+    """
+    positions = torch.arange(width, device=prefix_lens.device).unsqueeze(0)  # (1, T)
+    return positions < prefix_lens.unsqueeze(1)  # (B, T)

@@ -1,0 +1,135 @@
+"""Prefix-ratio schedules (spec §3.3).
+
+The share of a demonstration revealed to a hybrid rollout is drawn as
+``prefix_ratio = floor_t + (ceiling_t - floor_t) * Beta(a, b)``. Paper (App. A.2): the floor cosine-decays 0.95 -> 0.05
+over 500 optimizer steps, the ceiling is a constant 0.95 and a = b = 1 (uniform).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+class Controller(Protocol):
+    def value(self, step: int) -> float: ...
+
+
+@dataclass(frozen=True)
+class Constant:
+    """A value that never changes."""
+
+    value_: float
+
+    def value(self, step: int) -> float:
+        return self.value_
+
+
+@dataclass(frozen=True)
+class CosineDecay:
+    """Cosine from `init` to `target` over `decay_steps`, after an optional linear warm-up from 0 to `init`.
+
+    Matches the reference `CosineDecayController`: warmup_steps = floor(warmup_ratio * decay_steps), the cosine runs on
+    the step counted after the warm-up, and the value holds at `target` once `decay_steps` have passed.
+    """
+
+    init: float
+    target: float
+    decay_steps: int
+    warmup_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.init == self.target:
+            raise ValueError("CosineDecay needs init != target (use Constant for a fixed value)")
+        if self.decay_steps <= 0:
+            raise ValueError(f"CosineDecay needs decay_steps > 0, got {self.decay_steps}")
+
+    def value(self, step: int) -> float:
+        warmup_steps = math.floor(self.warmup_ratio * self.decay_steps)
+        if step < warmup_steps:
+            return step / warmup_steps * self.init
+        s = step - warmup_steps
+        if s > self.decay_steps:
+            return self.target
+        d = 0.5 * (1.0 + math.cos(math.pi * s / self.decay_steps))
+        return self.target + d * (self.init - self.target)
+
+
+@dataclass(frozen=True)
+class LinearDecay:
+    """Linear warm-up from 0 to `init`, then `init` -> `target` linearly over `decay_steps`, then `target`."""
+
+    init: float
+    target: float
+    decay_steps: int
+    warmup_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.decay_steps <= 0:
+            raise ValueError(f"LinearDecay needs decay_steps > 0, got {self.decay_steps}")
+
+    def value(self, step: int) -> float:
+        warmup_steps = math.floor(self.warmup_ratio * self.decay_steps)
+        if step < warmup_steps:
+            return step / warmup_steps * self.init
+        s = step - warmup_steps
+        if s >= self.decay_steps:
+            return self.target
+        return self.init + (self.target - self.init) * s / self.decay_steps
+
+
+@dataclass(frozen=True)
+class Delay:
+    """Hold `delay_value` for the first `delay_steps`, then run `inner` on the step counted after the delay."""
+
+    inner: Controller
+    delay_steps: int
+    delay_value: float = 1.0
+
+    def value(self, step: int) -> float:
+        if step < self.delay_steps:
+            return self.delay_value
+        return self.inner.value(step - self.delay_steps)
+
+
+def make_controller(kind: str, init: float, target: float, decay_steps: int, warmup_ratio: float = 0.0) -> Controller:
+    """Build a controller by name: ``cosine``, ``linear`` or ``constant`` (which uses `init`)."""
+    if kind == "cosine":
+        return CosineDecay(init, target, decay_steps, warmup_ratio)
+    if kind == "linear":
+        return LinearDecay(init, target, decay_steps, warmup_ratio)
+    if kind == "constant":
+        return Constant(init)
+    raise ValueError(f"unknown schedule {kind!r}; expected 'cosine', 'linear' or 'constant'")
+
+
+@dataclass(frozen=True)
+class PrefixRatioSampler:
+    """Draws prefix ratios in [floor_t, ceiling_t] with a Beta(alpha, beta) shape (alpha = beta = 1 is uniform)."""
+
+    floor: Controller
+    ceiling: Controller
+    alpha: float = 1.0
+    beta: float = 1.0
+
+    def bounds(self, step: int) -> tuple[float, float]:
+        """(low, high) at `step`; like the reference, the two are swapped if the floor rises above the ceiling."""
+        a, b = self.floor.value(step), self.ceiling.value(step)
+        return min(a, b), max(a, b)
+
+    def sample(self, step: int, rng: np.random.Generator) -> float:
+        low, high = self.bounds(step)
+        u = rng.uniform() if self.alpha == 1.0 and self.beta == 1.0 else rng.beta(self.alpha, self.beta)
+        return low + (high - low) * float(u)
+
+
+def row_rng(seed: int, step: int, group: int, position: int) -> np.random.Generator:
+    """A generator keyed by (seed, optimizer step, group index, position in group).
+
+    Every rank derives the same draws for the same row without communication, and a resumed run draws exactly what
+    the uninterrupted run drew.
+    """
+    return np.random.default_rng([seed, step, group, position])
