@@ -1,0 +1,126 @@
+"""`PrefixRFTConfig`: GRPOConfig plus the `prefix_*` fields of Prefix-RFT, with the paper's defaults (spec §4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from prefix_rft.core.prefix import hybrid_positions
+from prefix_rft.core.schedule import Constant, Delay, PrefixRatioSampler, make_controller
+
+
+@dataclass
+class PrefixRFTConfig(GRPOConfig):
+    """Configuration for `PrefixRFTTrainer`.
+
+    Inherits every GRPOConfig option. Defaults differ from GRPOConfig where Prefix-RFT needs Dr. GRPO
+    (`loss_type="dr_grpo"`, `scale_rewards="none"`) and where the paper trains in fp32-friendly settings on CPU.
+    """
+
+    # Dr. GRPO (spec §3.7, §3.9): no std scaling, token sum over a constant.
+    loss_type: str = field(default="dr_grpo", metadata={"help": "Only 'dr_grpo' is supported (paper setting)."})
+    scale_rewards: str = field(default="none", metadata={"help": "Only 'none' is supported (Dr. GRPO: no std)."})
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Token budget for prompt + demo prefix; longer prefixes are cut (counted), never the prompt."
+        },
+    )
+
+    num_hybrid: int = field(
+        default=1, metadata={"help": "Rollouts per group that start from a demo prefix (paper: 1)."}
+    )
+    prefix_ratio_schedule: str = field(
+        default="cosine",
+        metadata={
+            "help": "Floor schedule: 'cosine', 'linear', or 'constant' (floor = end from step 0: uniform ablation)."
+        },
+    )
+    prefix_ratio_floor_start: float = field(default=0.95, metadata={"help": "Floor of the prefix ratio at step 0."})
+    prefix_ratio_floor_end: float = field(default=0.05, metadata={"help": "Floor once the schedule has decayed."})
+    prefix_ratio_decay_steps: int = field(
+        default=500, metadata={"help": "Optimizer steps over which the floor decays."}
+    )
+    prefix_ratio_warmup_ratio: float = field(default=0.0, metadata={"help": "Warm-up share of the decay steps."})
+    prefix_ratio_delay_steps: int = field(default=0, metadata={"help": "Steps to hold the floor at its start value."})
+    prefix_ratio_ceiling: float = field(default=0.95, metadata={"help": "Upper bound of the prefix ratio."})
+    prefix_ratio_alpha: float = field(default=1.0, metadata={"help": "Beta(a, b) shape of the draw; 1, 1 is uniform."})
+    prefix_ratio_beta: float = field(default=1.0, metadata={"help": "Beta(a, b) shape of the draw; 1, 1 is uniform."})
+    prefix_min_len: int = field(
+        default=0, metadata={"help": "Minimum prefix length in tokens (reference min_prefix_len)."}
+    )
+    prefix_advantage: str = field(
+        default="reference",
+        metadata={"help": "'reference' (authors' dr_grpo_prefix, n=1) or 'paper' (one shared advantage, Eq. 3)."},
+    )
+    prefix_entropy_keep_fraction: float = field(
+        default=0.2, metadata={"help": "Share of prefix tokens, by highest entropy, that keep their advantage."}
+    )
+    prefix_entropy_selection: str = field(
+        default="top", metadata={"help": "'top' (method), or ablations 'all', 'none', 'random', 'lowest'."}
+    )
+    prefix_entropy_scope: str = field(
+        default="batch",
+        metadata={
+            "help": "'batch': threshold over the batch across ranks (paper); 'micro_batch': per rank (ref. code)."
+        },
+    )
+    prefix_dual_clip: float | None = field(
+        default=3.0, metadata={"help": "Dual-clip c for negative advantages (reference 3.0); null disables it."}
+    )
+    prefix_entropy_bonus_scope: str = field(
+        default="all", metadata={"help": "Tokens the entropy bonus (entropy_coef) acts on: 'all' or 'continuation'."}
+    )
+    prefix_seed: int | None = field(
+        default=None, metadata={"help": "Seed of prefix draws (ratio, demo choice); defaults to `seed`."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_choices()
+        hybrid_positions(self.num_generations, self.num_hybrid)  # raises if no on-policy row would remain
+        if not 0.0 < self.prefix_entropy_keep_fraction <= 1.0:
+            raise ValueError(
+                f"prefix_entropy_keep_fraction must be in (0, 1], got {self.prefix_entropy_keep_fraction}"
+            )
+        if self.top_entropy_quantile != 1.0 or self.use_adaptive_entropy:
+            raise ValueError(
+                "top_entropy_quantile and use_adaptive_entropy are not used by PrefixRFTTrainer; "
+                "prefix tokens are selected with prefix_entropy_keep_fraction"
+            )
+        if self.prefix_seed is None:
+            self.prefix_seed = self.seed
+
+    def _check_choices(self) -> None:
+        choices = {
+            "loss_type": ("dr_grpo",),
+            "scale_rewards": ("none",),
+            "prefix_ratio_schedule": ("cosine", "linear", "constant"),
+            "prefix_advantage": ("reference", "paper"),
+            "prefix_entropy_selection": ("top", "all", "none", "random", "lowest"),
+            "prefix_entropy_scope": ("batch", "micro_batch"),
+            "prefix_entropy_bonus_scope": ("all", "continuation"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not supported; expected one of {allowed}")
+
+    def prefix_sampler(self) -> PrefixRatioSampler:
+        """The prefix-ratio sampler these settings describe."""
+        # 'constant' holds the floor at its end value from step 0: the uniform-window ablation U[end, ceiling].
+        start = (
+            self.prefix_ratio_floor_end if self.prefix_ratio_schedule == "constant" else self.prefix_ratio_floor_start
+        )
+        floor = make_controller(
+            self.prefix_ratio_schedule,
+            start,
+            self.prefix_ratio_floor_end,
+            self.prefix_ratio_decay_steps,
+            self.prefix_ratio_warmup_ratio,
+        )
+        if self.prefix_ratio_delay_steps:
+            floor = Delay(floor, self.prefix_ratio_delay_steps, self.prefix_ratio_floor_start)
+        return PrefixRatioSampler(
+            floor, Constant(self.prefix_ratio_ceiling), self.prefix_ratio_alpha, self.prefix_ratio_beta
+        )

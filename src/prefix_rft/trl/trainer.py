@@ -1,0 +1,338 @@
+"""`PrefixRFTTrainer`: TRL's GRPOTrainer with hybrid rollouts that continue a demonstration prefix.
+
+Unlike stock Dr. GRPO: (1) `num_hybrid` rollouts per group start from the first L tokens of a demo inside the assistant
+turn, L = floor(l * |demo|) with l drawn from a decaying window (spec §3.3-3.4); (2) the completion of a hybrid is prefix
++ continuation, so the reward sees the whole solution and the prefix tokens are trained too; (3) prefix tokens get
+their own advantage (spec §3.7) and only the highest-entropy share keeps it (spec §3.10). Everything else (sampling,
+rewards, PPO clip, Dr. GRPO aggregation, accelerate/DeepSpeed/FSDP, vLLM, checkpoints) is TRL's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from accelerate.utils import gather_object
+from trl import GRPOTrainer
+
+from prefix_rft.core import (
+    aggregate_dr_grpo,
+    build_prefix_mask,
+    fit_prefix_to_prompt,
+    hybrid_advantages,
+    is_hybrid_row,
+    masked_mean,
+    per_token_advantages,
+    ppo_clip_token_loss,
+    prefix_length,
+    row_rng,
+    select_prefix_tokens,
+)
+from prefix_rft.data import row_demos
+from prefix_rft.trl.config import PrefixRFTConfig
+
+logger = logging.getLogger(__name__)
+PREFIX_MARK = " ⟦/prefix⟧ "  # shown in completions tables where a hybrid's demo prefix ends
+
+
+@dataclass
+class RowPlan:
+    """What one local row of a generation batch does: on-policy (empty prefix) or continue `prefix_text`."""
+
+    demo_ids: list[int] = field(default_factory=list)  # demo tokens revealed (before fitting the prompt budget)
+    demo_len: int = 0
+    sampled_ratio: float = 0.0
+    no_demo: bool = False  # a hybrid slot whose prompt has no demo, so it runs on-policy
+
+
+@dataclass
+class StepPlan:
+    rows: list[RowPlan]
+    prefix_ids: list[list[int]] = field(default_factory=list)  # filled at generation, after the prompt budget
+    truncated_tokens: int = 0
+
+
+class PrefixRFTTrainer(GRPOTrainer):
+    """GRPOTrainer for Prefix-RFT. Takes the same arguments; `args` must be a `PrefixRFTConfig`.
+
+    The dataset needs a `prompt` column (text or chat messages) and `demos` (list of strings) or `demo` (a string);
+    rows without demos train on-policy only. Other columns (e.g. `answer`) reach the reward functions.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, PrefixRFTConfig):
+            raise TypeError(f"PrefixRFTTrainer needs args of type PrefixRFTConfig, got {type(self.args).__name__}")
+        self._prefix_sampler = self.args.prefix_sampler()
+        self._demo_ids_cache: dict[str, list[int]] = {}
+        self._plan: StepPlan | None = None
+        self._global_rewards: torch.Tensor | None = None
+
+    # ---------------------------------------------------------------- rollouts
+    def _demo_ids(self, demo: str) -> list[int]:
+        # Demos are tokenized without special tokens (spec §3.4: the reference's BOS-inside-prefix quirk on Llama).
+        ids = self._demo_ids_cache.get(demo)
+        if ids is None:
+            ids = self._tokenizer(demo, add_special_tokens=False)["input_ids"]
+            self._demo_ids_cache[demo] = ids
+        return ids
+
+    def _plan_rows(self, inputs: list[dict[str, Any]]) -> StepPlan:
+        """Choose hybrid rows and draw (demo, prefix ratio) for each, identically on every rank."""
+        args, step, group_size = self.args, self.state.global_step, self.num_generations
+        offset = self.accelerator.process_index * len(inputs)
+        rows = []
+        for i, example in enumerate(inputs):
+            global_row = offset + i
+            if not is_hybrid_row(global_row, group_size, args.num_hybrid):
+                rows.append(RowPlan())
+                continue
+            demos = row_demos(example)
+            if not demos:
+                rows.append(RowPlan(no_demo=True))
+                continue
+            rng = row_rng(args.prefix_seed, step, global_row // group_size, global_row % group_size)
+            ratio = self._prefix_sampler.sample(step, rng)
+            demo_ids = self._demo_ids(demos[int(rng.integers(len(demos)))])
+            n = prefix_length(ratio, len(demo_ids), args.prefix_min_len)
+            rows.append(RowPlan(demo_ids=demo_ids[:n], demo_len=len(demo_ids), sampled_ratio=ratio))
+        return StepPlan(rows=rows)
+
+    def _prefix_token_ids(self, prompt: Any, prompt_ids: list[int], demo_ids: list[int]) -> list[int]:
+        """Token ids that follow `prompt_ids` when the demo prefix starts the assistant turn.
+
+        Chat prompts go through the chat template with `continue_final_message=True` (as the reference does), so the
+        model continues inside its own assistant turn; plain-text prompts get the demo tokens appended.
+        """
+        if not demo_ids or not isinstance(prompt, list):
+            return list(demo_ids)
+        text = self._tokenizer.decode(demo_ids)
+        rendered = self.processing_class.apply_chat_template(
+            [*prompt, {"role": "assistant", "content": text}],
+            continue_final_message=True,
+            tokenize=True,
+            return_dict=True,
+            **self.chat_template_kwargs,
+        )["input_ids"]
+        if list(rendered[: len(prompt_ids)]) != list(prompt_ids):
+            raise ValueError(
+                "the chat template renders an assistant message differently from its generation prompt, so a demo "
+                "prefix cannot continue the prompt; check the template's add_generation_prompt/assistant rendering"
+            )
+        return list(rendered[len(prompt_ids) :])
+
+    def _generate(self, prompts: list):
+        # Stash the prompts so `_generate_single_turn` can render prefixes inside each row's assistant turn.
+        self._current_prompts = prompts
+        return super()._generate(prompts)
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        plan = self._plan
+        if plan is None or not any(r.demo_ids for r in plan.rows):
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations)
+        prefix_ids = []
+        for prompt, ids, row in zip(self._current_prompts, prompt_ids, plan.rows, strict=True):
+            prefix = self._prefix_token_ids(prompt, ids, row.demo_ids)
+            kept, cut = fit_prefix_to_prompt(
+                len(ids), len(prefix), self.args.max_prompt_length, self.args.prefix_min_len
+            )
+            plan.truncated_tokens += cut
+            prefix_ids.append(prefix[:kept])
+        plan.prefix_ids = prefix_ids
+        gen_prompts = [list(ids) + p for ids, p in zip(prompt_ids, prefix_ids, strict=True)]
+        # vLLM server mode samples each unique prompt once with n=num_generations (it keeps every G-th prompt), which
+        # would drop the hybrids' own prompts; n=1 per row keeps them. Colocate and transformers honour per-row prompts.
+        n = 1 if self.use_vllm and self.args.vllm_mode == "server" else num_generations
+        completion_ids, logprobs = super()._generate_single_turn(gen_prompts, images, multimodal_fields, n)
+        budget = self.max_completion_length
+        completion_ids = [(p + list(c))[:budget] for p, c in zip(prefix_ids, completion_ids, strict=True)]
+        if logprobs is not None:
+            # Demo tokens were not sampled: NaN makes TRL's importance-sampling correction a ratio of 1 for them.
+            logprobs = [([math.nan] * len(p) + list(lp))[:budget] for p, lp in zip(prefix_ids, logprobs, strict=True)]
+        return completion_ids, logprobs
+
+    # ---------------------------------------------------------------- rewards and advantages
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        bad = torch.isnan(rewards_per_func).all(dim=1) | torch.isinf(rewards_per_func).any(dim=1)
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0, 0])
+            values = dict(zip(self.reward_func_names, rewards_per_func[row].tolist(), strict=True))
+            raise ValueError(f"reward of row {row} (of the gathered batch) is not finite: {values}")
+        self._global_rewards = (rewards_per_func * self.reward_weights.to(rewards_per_func.device)).nansum(dim=1)
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        train = self.model.training
+        self._plan = self._plan_rows(inputs) if train else None
+        output = super()._generate_and_score_completions(inputs)
+        if train:
+            self._add_prefix_fields(output, self._plan)
+        self._plan = None
+        return output
+
+    def _add_prefix_fields(self, output: dict[str, Any], plan: StepPlan) -> None:
+        """Add `prefix_mask` and per-token advantages (B, T) to a generation batch, and log prefix metrics."""
+        device = output["completion_ids"].device
+        completion_lens = output["completion_mask"].sum(dim=1)  # (B,)
+        lens = [len(p) for p in plan.prefix_ids] if plan.prefix_ids else [0] * len(plan.rows)
+        prefix_lens = torch.minimum(torch.tensor(lens, device=device), completion_lens)  # (B,) truncation may cut it
+        output["prefix_mask"] = build_prefix_mask(prefix_lens, output["completion_ids"].size(1))  # (B, T)
+
+        is_hybrid = self.accelerator.gather(prefix_lens > 0)  # (N,) over all ranks, process-major like the rewards
+        cont_adv, prefix_adv = hybrid_advantages(
+            self._global_rewards, is_hybrid, self.num_generations, self.args.prefix_advantage
+        )
+        local = slice(
+            self.accelerator.process_index * len(plan.rows), (self.accelerator.process_index + 1) * len(plan.rows)
+        )
+        output["advantages"] = per_token_advantages(cont_adv[local], prefix_adv[local], output["prefix_mask"])
+        self._replace_logged_advantages(cont_adv)
+        self._log_prefix_metrics(plan, prefix_lens, completion_lens, is_hybrid, cont_adv, prefix_adv)
+
+    def _replace_logged_advantages(self, cont_adv: torch.Tensor) -> None:
+        """The completions table shows the advantage each row trained with (continuation tokens for hybrids)."""
+        logged = self._logs["advantages"]
+        for _ in range(min(len(cont_adv), len(logged))):
+            logged.pop()
+        logged.extend(cont_adv.tolist())
+
+    def _log_prefix_metrics(self, plan, prefix_lens, completion_lens, is_hybrid, cont_adv, prefix_adv) -> None:
+        metrics = self._metrics["train"]
+        low, high = self._prefix_sampler.bounds(self.state.global_step)
+        metrics["prefix/ratio_floor"].append(low)
+        metrics["prefix/ratio_ceiling"].append(high)
+        demo_lens = [max(r.demo_len, 1) for r in plan.rows]
+        ratios = [n / d for n, d in zip(prefix_lens.tolist(), demo_lens, strict=True)]
+        local = torch.tensor(
+            [
+                sum(ratios),
+                float(prefix_lens.sum()),
+                float(completion_lens.sum()),
+                float(sum(r.no_demo for r in plan.rows)),
+                float(plan.truncated_tokens),
+            ],
+            device=prefix_lens.device,
+        )
+        ratio_sum, prefix_tokens, completion_tokens, no_demo, truncated = self.accelerator.reduce(
+            local, "sum"
+        ).tolist()
+        num_hybrid = int(is_hybrid.sum())
+        rewards = self._global_rewards
+        metrics["prefix/ratio_mean"].append(ratio_sum / num_hybrid if num_hybrid else float("nan"))
+        metrics["prefix/token_fraction"].append(prefix_tokens / max(completion_tokens, 1.0))
+        metrics["prefix/hybrid_rows"].append(float(num_hybrid))
+        metrics["prefix/no_demo_rows"].append(no_demo)
+        metrics["prefix/truncated_tokens"].append(truncated)
+        metrics["reward/hybrid"].append(rewards[is_hybrid].mean().item() if num_hybrid else float("nan"))
+        metrics["reward/on_policy"].append(rewards[~is_hybrid].mean().item())
+        metrics["advantage/on_policy_mean"].append(cont_adv[~is_hybrid].mean().item())
+        metrics["advantage/on_policy_abs_mean"].append(cont_adv[~is_hybrid].abs().mean().item())
+        if num_hybrid:
+            metrics["advantage/hybrid_continuation_mean"].append(cont_adv[is_hybrid].mean().item())
+            metrics["advantage/hybrid_prefix_mean"].append(prefix_adv[is_hybrid].mean().item())
+        self._mark_logged_prefixes(plan, prefix_lens)
+
+    def _mark_logged_prefixes(self, plan: StepPlan, prefix_lens: torch.Tensor) -> None:
+        """Completions tables: a `prefix_len` column, and `PREFIX_MARK` where the demo prefix ends in the text."""
+        self._logs["extra"]["prefix_len"].extend(gather_object(prefix_lens.tolist()))
+        prefix_texts = [
+            self._tokenizer.decode(ids[:n], skip_special_tokens=True) if n else None
+            for ids, n in zip(plan.prefix_ids or [[]] * len(plan.rows), prefix_lens.tolist(), strict=True)
+        ]
+        prefix_texts = gather_object(prefix_texts)
+        logged = self._logs["completion"]
+        start = len(logged) - len(prefix_texts)
+        for i, prefix in enumerate(prefix_texts):
+            if prefix is None or start + i < 0:
+                continue
+            completion = logged[start + i]
+            if isinstance(completion, list):  # chat: [{"role": "assistant", "content": ...}]
+                content = completion[0]["content"]
+                if content.startswith(prefix):
+                    logged[start + i] = [{**completion[0], "content": prefix + PREFIX_MARK + content[len(prefix) :]}]
+            elif completion.startswith(prefix):
+                logged[start + i] = prefix + PREFIX_MARK + completion[len(prefix) :]
+
+    # ---------------------------------------------------------------- loss
+    def _prefix_keep_mask(self, entropies: torch.Tensor, prefix_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) bool: tokens that keep their advantage after entropy selection of prefix tokens (spec §3.10)."""
+        args, pool, generator = self.args, None, None
+        if args.prefix_entropy_scope == "batch" and self.accelerator.num_processes > 1:
+            local = entropies[prefix_mask].float()
+            padded = self.accelerator.pad_across_processes(local, dim=0, pad_index=-1.0)
+            pool = self.accelerator.gather(padded)
+            pool = pool[pool >= 0]  # entropies are >= 0, so -1 marks padding
+        if args.prefix_entropy_selection == "random":
+            generator = torch.Generator().manual_seed(
+                hash((args.prefix_seed, self._step, self.accelerator.process_index))
+            )
+        return select_prefix_tokens(
+            entropies, prefix_mask, args.prefix_entropy_keep_fraction, args.prefix_entropy_selection, pool, generator
+        )
+
+    def _compute_loss(self, model, inputs):
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]  # (B, T)
+        logps, entropies, _ = self._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=True
+        )
+        advantages = inputs["advantages"]
+        if advantages.dim() == 1:  # eval batches carry TRL's (B,) advantages
+            advantages = advantages.unsqueeze(1)
+        prefix_mask = inputs.get("prefix_mask", torch.zeros_like(mask, dtype=torch.bool)) & mask.bool()
+        # Prefix-RFT (App. A.2): zero the advantage of prefix tokens outside the top entropy share.
+        keep = self._prefix_keep_mask(entropies.detach(), prefix_mask)
+        advantages = advantages * keep
+        old_logps = inputs.get("old_per_token_logps")
+        old_logps = logps.detach() if old_logps is None else old_logps
+        token_loss, ratio = ppo_clip_token_loss(
+            logps, old_logps, advantages, self.epsilon_low, self.epsilon_high, self.args.prefix_dual_clip
+        )
+        if self.use_vllm and self.vllm_importance_sampling_correction:
+            token_loss = token_loss * inputs["importance_sampling_ratio"]
+        if self.beta != 0.0:
+            ref = inputs["ref_per_token_logps"]
+            token_loss = token_loss + self.beta * (torch.exp(ref - logps) - (ref - logps) - 1)
+        train = self.model.training
+        accumulation = self.current_gradient_accumulation_steps if train else 1.0
+        loss = aggregate_dr_grpo(token_loss, mask, self.max_completion_length) / accumulation
+        if self.entropy_coef:
+            scope = mask if self.args.prefix_entropy_bonus_scope == "all" else mask * ~prefix_mask
+            loss = loss - self.entropy_coef * masked_mean(entropies, scope) / accumulation
+        self._log_loss_metrics("train" if train else "eval", mask, prefix_mask, keep, entropies, ratio, advantages)
+        return loss
+
+    def _log_loss_metrics(self, mode, mask, prefix_mask, keep, entropies, ratio, advantages) -> None:
+        mask = mask.bool()
+        continuation = mask & ~prefix_mask
+        low = (ratio < 1 - self.epsilon_low) & (advantages < 0)
+        high = (ratio > 1 + self.epsilon_high) & (advantages > 0)
+        sums = torch.stack(
+            [
+                (entropies * mask).sum(),
+                mask.sum(),
+                (entropies * prefix_mask).sum(),
+                prefix_mask.sum(),
+                (entropies * continuation).sum(),
+                continuation.sum(),
+                (keep & prefix_mask).sum(),
+                (low & mask).sum(),
+                (high & mask).sum(),
+            ]
+        ).float()
+        s = self.accelerator.reduce(sums, "sum").tolist()
+        metrics = self._metrics[mode]
+        metrics["entropy"].append(s[0] / max(s[1], 1.0))
+        metrics["entropy/prefix"].append(s[2] / s[3] if s[3] else float("nan"))
+        metrics["entropy/continuation"].append(s[4] / max(s[5], 1.0))
+        metrics["prefix/kept_fraction"].append(s[6] / s[3] if s[3] else float("nan"))
+        metrics["clip_ratio/low_mean"].append(s[7] / max(s[1], 1.0))
+        metrics["clip_ratio/high_mean"].append(s[8] / max(s[1], 1.0))
+        metrics["clip_ratio/region_mean"].append((s[7] + s[8]) / max(s[1], 1.0))

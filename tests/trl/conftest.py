@@ -1,0 +1,58 @@
+import pytest
+import torch
+from datasets import Dataset
+
+from prefix_rft.tasks.model import build_model
+from prefix_rft.tasks.tokenizer import build_tokenizer
+
+# Four questions, each with one 20-character demo (one token per character).
+DEMOS = ["12+30 is 42. ans: 42", "17+18 is 35. ans: 35", "40+20 is 60. ans: 60", "25+25 is 50. ans: 50"]
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture
+def model(tokenizer):
+    torch.manual_seed(0)
+    return build_model(tokenizer, "test")
+
+
+def make_dataset(chat: bool = True) -> Dataset:
+    rows = []
+    for demo in DEMOS:
+        question = demo.split(" is ")[0] + "="
+        prompt = [{"role": "user", "content": question}] if chat else question
+        rows.append({"prompt": prompt, "demos": [demo], "answer": demo.split(": ")[1]})
+    return Dataset.from_list(rows)
+
+
+def base_kwargs(tmp_path, **overrides) -> dict:
+    """Settings shared by our trainer and stock GRPOTrainer in these tests."""
+    kwargs = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=16,
+        num_generations=8,
+        max_completion_length=24,
+        learning_rate=1e-2,
+        max_steps=1,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        disable_tqdm=True,
+        gradient_checkpointing=False,
+        log_completions=False,
+        seed=0,
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+def train_args(tmp_path, **overrides):
+    from prefix_rft import PrefixRFTConfig
+
+    return PrefixRFTConfig(**base_kwargs(tmp_path, **overrides))
