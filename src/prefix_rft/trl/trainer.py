@@ -1,10 +1,10 @@
 """`PrefixRFTTrainer`: TRL's GRPOTrainer with hybrid rollouts that continue a demonstration prefix.
 
 Unlike stock Dr. GRPO: (1) `num_hybrid` rollouts per group start from the first L tokens of a demo inside the assistant
-turn, L = floor(l * |demo|) with l drawn from a decaying window (spec §3.3-3.4); (2) the completion of a hybrid is prefix
-+ continuation, so the reward sees the whole solution and the prefix tokens are trained too; (3) prefix tokens get
-their own advantage (spec §3.7) and only the highest-entropy share keeps it (spec §3.10). Everything else (sampling,
-rewards, PPO clip, Dr. GRPO aggregation, accelerate/DeepSpeed/FSDP, vLLM, checkpoints) is TRL's.
+turn, L = floor(l * |demo|) with l drawn from a decaying window (spec §3.3-3.4); (2) the completion of a hybrid is
+prefix + continuation, so the reward sees the whole solution and the prefix tokens are trained too; (3) prefix tokens
+get their own advantage (spec §3.7) and only the highest-entropy share keeps it (spec §3.10). Everything else
+(sampling, rewards, PPO clip, Dr. GRPO aggregation, accelerate/DeepSpeed/FSDP, vLLM, checkpoints) is TRL's.
 """
 
 from __future__ import annotations
@@ -143,8 +143,9 @@ class PrefixRFTTrainer(GRPOTrainer):
             prefix_ids.append(prefix[:kept])
         plan.prefix_ids = prefix_ids
         gen_prompts = [list(ids) + p for ids, p in zip(prompt_ids, prefix_ids, strict=True)]
-        # vLLM server mode samples each unique prompt once with n=num_generations (it keeps every G-th prompt), which
-        # would drop the hybrids' own prompts; n=1 per row keeps them. Colocate and transformers honour per-row prompts.
+        # vLLM server mode samples each unique prompt once with n=num_generations (it keeps every G-th prompt),
+        # which would drop the hybrids' own prompts; n=1 per row keeps them. Colocate and transformers honour
+        # per-row prompts.
         n = 1 if self.use_vllm and self.args.vllm_mode == "server" else num_generations
         completion_ids, logprobs = super()._generate_single_turn(gen_prompts, images, multimodal_fields, n)
         budget = self.max_completion_length
