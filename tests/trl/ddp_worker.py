@@ -1,0 +1,79 @@
+"""Worker for test_multiprocess.py: trains a tiny model for 2 steps on 2 gloo processes and records what each saw.
+
+Run with `torchrun --standalone --nproc_per_node 2 ddp_worker.py OUT_DIR`.
+"""
+
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+from datasets import Dataset
+
+from prefix_rft import PrefixRFTConfig, PrefixRFTTrainer
+from prefix_rft.tasks.model import build_model
+from prefix_rft.tasks.tokenizer import build_tokenizer
+
+
+class RecordingTrainer(PrefixRFTTrainer):
+    """Records the local prefix lengths of every generation batch."""
+
+    local_prefix_lens: list[list[int]] = []
+
+    def _add_prefix_fields(self, output, plan):
+        super()._add_prefix_fields(output, plan)
+        self.local_prefix_lens.append(output["prefix_mask"].sum(dim=1).tolist())
+
+
+def reward(completions, **kwargs):
+    return [float(len(c[0]["content"]) % 2) for c in completions]
+
+
+def main(out_dir: str) -> None:
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    model = build_model(tokenizer, "test")
+    demos = ["12+30 is 42. ans: 42", "17+18 is 35. ans: 35", "40+20 is 60. ans: 60", "25+25 is 50. ans: 50"]
+    dataset = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": d[:5]}], "demos": [d], "answer": d[-2:]} for d in demos]
+    )
+    args = PrefixRFTConfig(
+        output_dir=out_dir,
+        per_device_train_batch_size=8,
+        num_generations=8,
+        max_completion_length=24,
+        learning_rate=1e-2,
+        max_steps=2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        disable_tqdm=True,
+        gradient_checkpointing=False,
+        log_completions=False,
+        seed=0,
+    )
+    trainer = RecordingTrainer(
+        model=model, reward_funcs=[reward], args=args, train_dataset=dataset, processing_class=tokenizer
+    )
+    trainer.train()
+    rank = trainer.accelerator.process_index
+    params = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    record = {
+        "world_size": trainer.accelerator.num_processes,
+        "distributed_type": str(trainer.accelerator.distributed_type),
+        "local_prefix_lens": trainer.local_prefix_lens,
+        "logged_prefix_lens": list(trainer._logs["extra"]["prefix_len"]),
+        "params": params.tolist(),
+        "kept_fraction": [h.get("prefix/kept_fraction") for h in trainer.state.log_history if "loss" in h],
+    }
+    with open(f"{out_dir}/rank{rank}.json", "w") as f:
+        json.dump(record, f)
+    if dist.is_initialized():  # a clean teardown avoids a SIGABRT at interpreter exit (cpu_feasibility.md §3)
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
