@@ -10,5 +10,13 @@ from prefix_rft.data.loading import (
     load_prefix_rft_dataset,
     row_demos,
 )
+from prefix_rft.data.validation import ValidationReport, validate_rows
 
-__all__ = ["LUFFY_HUB_NAME", "load_luffy_openr1", "load_prefix_rft_dataset", "row_demos"]
+__all__ = [
+    "LUFFY_HUB_NAME",
+    "ValidationReport",
+    "load_luffy_openr1",
+    "load_prefix_rft_dataset",
+    "row_demos",
+    "validate_rows",
+]

@@ -72,6 +72,14 @@ class PrefixRFTConfig(GRPOConfig):
     prefix_entropy_bonus_scope: str = field(
         default="all", metadata={"help": "Tokens the entropy bonus (entropy_coef) acts on: 'all' or 'continuation'."}
     )
+    prefix_truncate_long_demos: bool = field(
+        default=False,
+        metadata={"help": "Cut demos longer than max_completion_length (counted) instead of refusing the dataset."},
+    )
+    validate_dataset: bool = field(default=True, metadata={"help": "Check every training row before training."})
+    max_consecutive_nonfinite_steps: int = field(
+        default=3, metadata={"help": "Stop after this many optimizer steps in a row with NaN/inf loss or gradients."}
+    )
     prefix_seed: int | None = field(
         default=None, metadata={"help": "Seed of prefix draws (ratio, demo choice); defaults to `seed`."}
     )

@@ -31,8 +31,9 @@ from prefix_rft.core import (
     row_rng,
     select_prefix_tokens,
 )
-from prefix_rft.data import row_demos
+from prefix_rft.data import row_demos, validate_rows
 from prefix_rft.trl.config import PrefixRFTConfig
+from prefix_rft.trl.guards import NonFiniteStepGuard
 
 logger = logging.getLogger(__name__)
 PREFIX_MARK = " ⟦/prefix⟧ "  # shown in completions tables where a hybrid's demo prefix ends
@@ -70,13 +71,43 @@ class PrefixRFTTrainer(GRPOTrainer):
         self._demo_ids_cache: dict[str, list[int]] = {}
         self._plan: StepPlan | None = None
         self._global_rewards: torch.Tensor | None = None
+        self.validation_report = self._validate_train_dataset()
+        self._guard = NonFiniteStepGuard(self.args.max_consecutive_nonfinite_steps)
+        self.add_callback(self._guard)
+
+    def _validate_train_dataset(self):
+        """Refuse bad rows before any compute (errors name the row and field); None if skipped."""
+        dataset = self.train_dataset
+        if not self.args.validate_dataset or dataset is None or not hasattr(dataset, "__len__"):
+            return None
+        return validate_rows(
+            dataset,
+            reward_funcs=self.reward_funcs,
+            prompt_length=self._prompt_length,
+            demo_length=lambda demo: len(self._tokenizer(demo, add_special_tokens=False)["input_ids"]),
+            max_prompt_length=self.args.max_prompt_length,
+            min_prefix_len=self.args.prefix_min_len,
+            max_completion_length=self.max_completion_length,
+            truncate_long_demos=self.args.prefix_truncate_long_demos,
+        )
+
+    def _prompt_length(self, prompt: Any) -> int:
+        if isinstance(prompt, list):
+            return len(
+                self.processing_class.apply_chat_template(
+                    prompt, add_generation_prompt=True, tokenize=True, return_dict=True, **self.chat_template_kwargs
+                )["input_ids"]
+            )
+        return len(self._tokenizer(prompt)["input_ids"])
 
     # ---------------------------------------------------------------- rollouts
     def _demo_ids(self, demo: str) -> list[int]:
         # Demos are tokenized without special tokens (spec §3.4: the reference's BOS-inside-prefix quirk on Llama).
         ids = self._demo_ids_cache.get(demo)
         if ids is None:
-            ids = self._tokenizer(demo, add_special_tokens=False)["input_ids"]
+            # A demo longer than the completion budget could leave no room to continue; validation refuses it
+            # unless prefix_truncate_long_demos is set, in which case it is cut here (and counted at validation).
+            ids = self._tokenizer(demo, add_special_tokens=False)["input_ids"][: self.max_completion_length]
             self._demo_ids_cache[demo] = ids
         return ids
 
@@ -157,7 +188,10 @@ class PrefixRFTTrainer(GRPOTrainer):
 
     # ---------------------------------------------------------------- rewards and advantages
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        try:
+            rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        except Exception as error:
+            raise self._locate_reward_error(inputs, prompts, completions, completion_ids_list) from error
         bad = torch.isnan(rewards_per_func).all(dim=1) | torch.isinf(rewards_per_func).any(dim=1)
         if bool(bad.any()):
             row = int(bad.nonzero()[0, 0])
@@ -165,6 +199,27 @@ class PrefixRFTTrainer(GRPOTrainer):
             raise ValueError(f"reward of row {row} (of the gathered batch) is not finite: {values}")
         self._global_rewards = (rewards_per_func * self.reward_weights.to(rewards_per_func.device)).nansum(dim=1)
         return rewards_per_func
+
+    def _locate_reward_error(self, inputs, prompts, completions, completion_ids_list) -> Exception:
+        """Re-run each reward function row by row to name the function and the row that fail."""
+        for func, name in zip(self.reward_funcs, self.reward_func_names, strict=True):
+            if not callable(func) or isinstance(func, torch.nn.Module):
+                continue
+            for i, example in enumerate(inputs):
+                columns = {k: [v] for k, v in example.items() if k not in ("prompt", "completion", "completion_ids")}
+                try:
+                    func(
+                        prompts=[prompts[i]],
+                        completions=[completions[i]],
+                        completion_ids=[completion_ids_list[i]],
+                        trainer_state=self.state,
+                        log_extra=lambda *a: None,
+                        log_metric=lambda *a: None,
+                        **columns,
+                    )
+                except Exception as error:  # noqa: BLE001 - re-raised with its location
+                    return RuntimeError(f"reward function {name!r} failed on row {i} of this rank's batch: {error!r}")
+        return RuntimeError("a reward function failed on the whole batch but on no single row")
 
     def _generate_and_score_completions(self, inputs):
         train = self.model.training
@@ -228,6 +283,7 @@ class PrefixRFTTrainer(GRPOTrainer):
         metrics["prefix/hybrid_rows"].append(float(num_hybrid))
         metrics["prefix/no_demo_rows"].append(no_demo)
         metrics["prefix/truncated_tokens"].append(truncated)
+        metrics["train/skipped_nonfinite_steps"].append(float(self._guard.skipped))
         metrics["reward/hybrid"].append(rewards[is_hybrid].mean().item() if num_hybrid else float("nan"))
         metrics["reward/on_policy"].append(rewards[~is_hybrid].mean().item())
         metrics["advantage/on_policy_mean"].append(cont_adv[~is_hybrid].mean().item())

@@ -1,0 +1,107 @@
+"""Non-finite steps are skipped and the run stops after too many; reward failures name the function and row."""
+
+import pytest
+import torch
+from transformers import TrainerControl, TrainerState, TrainingArguments
+
+from prefix_rft import PrefixRFTTrainer
+from prefix_rft.trl.guards import NonFiniteStepGuard
+
+from .conftest import make_dataset, train_args
+
+
+def model_with_grads(value: float) -> torch.nn.Module:
+    model = torch.nn.Linear(2, 1)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, value)
+    return model
+
+
+def call(guard, model, step=0):
+    args = TrainingArguments(output_dir="unused", use_cpu=True, report_to="none")
+    state = TrainerState(global_step=step)
+    return guard.on_pre_optimizer_step(args, state, TrainerControl(), model=model)
+
+
+def test_finite_gradients_are_left_alone():
+    guard, model = NonFiniteStepGuard(max_consecutive=2), model_with_grads(0.5)
+    call(guard, model)
+    assert all(p.grad is not None for p in model.parameters())
+    assert guard.skipped == 0
+
+
+def test_nan_gradients_are_dropped_so_the_step_changes_nothing():
+    guard, model = NonFiniteStepGuard(max_consecutive=2), model_with_grads(float("nan"))
+    before = [p.detach().clone() for p in model.parameters()]
+    call(guard, model)
+    torch.optim.AdamW(model.parameters(), lr=1.0).step()
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert guard.skipped == 1
+
+
+def test_run_stops_after_consecutive_non_finite_steps():
+    guard = NonFiniteStepGuard(max_consecutive=2)
+    call(guard, model_with_grads(float("inf")), step=0)
+    with pytest.raises(RuntimeError, match=r"2 consecutive steps had non-finite loss or gradients \(up to step 2\)"):
+        call(guard, model_with_grads(float("nan")), step=1)
+
+
+def test_a_finite_step_resets_the_count():
+    guard = NonFiniteStepGuard(max_consecutive=2)
+    call(guard, model_with_grads(float("nan")))
+    call(guard, model_with_grads(1.0))
+    call(guard, model_with_grads(float("nan")))
+    assert (guard.skipped, guard.consecutive) == (2, 1)
+
+
+class FailsOnAnswer42:
+    __name__ = "fails_on_42"
+
+    def __call__(self, completions, answer, **kwargs):
+        return [float(int(a) // (int(a) - 42)) for a in answer]
+
+
+def test_reward_exception_names_function_and_row(tmp_path, model, tokenizer):
+    # int(42) // (42 - 42) divides by zero on the rows of the question whose answer is 42
+    trainer = PrefixRFTTrainer(
+        model=model,
+        reward_funcs=[FailsOnAnswer42()],
+        args=train_args(tmp_path),
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    first_42 = next(i for i, row in enumerate(batch) if row["answer"] == "42")
+    trainer.model.train()
+    with pytest.raises(RuntimeError, match=rf"reward function 'fails_on_42' failed on row {first_42} "):
+        trainer._generate_and_score_completions(batch)
+
+
+def test_nan_reward_is_an_error(tmp_path, model, tokenizer):
+    def none_reward(completions, **kwargs):
+        return [None] * len(completions)
+
+    trainer = PrefixRFTTrainer(
+        model=model,
+        reward_funcs=[none_reward],
+        args=train_args(tmp_path),
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.model.train()
+    with pytest.raises(ValueError, match=r"reward of row 0 .* not finite: \{'none_reward': nan\}"):
+        trainer._generate_and_score_completions(batch)
+
+
+def test_trainer_refuses_bad_dataset_before_training(tmp_path, model, tokenizer):
+    dataset = make_dataset().map(lambda row, i: {"answer": "" if i == 2 else row["answer"]}, with_indices=True)
+    with pytest.raises(ValueError, match=r"row 2: field 'answer' is missing or empty"):
+        PrefixRFTTrainer(
+            model=model,
+            reward_funcs=[FailsOnAnswer42()],
+            args=train_args(tmp_path),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
