@@ -1,0 +1,146 @@
+"""A few worker processes, each serving one call at a time under a hard wall-clock timeout.
+
+Why not `ProcessPoolExecutor`: it cannot kill one hung worker, and killing any worker breaks the whole executor and
+every call in flight. Here each call owns its worker for its duration; a worker that overruns is killed and replaced
+while the other workers keep serving. Callers from any thread are fine: the work runs in the workers' main threads.
+
+Workers are spawned, never forked (the caller may hold threads, CUDA or NCCL state), and started as
+`python -m prefix_rft.verify.worker` rather than by `multiprocessing`'s spawn context: that context re-imports the
+caller's `__main__` script in every worker, which for a training script without an `if __name__ == "__main__":`
+guard means re-running the training in each worker.
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+Status = Literal["ok", "timeout", "crash", "error"]
+
+
+class _Worker:
+    def __init__(self, fn: Callable[..., Any], initializer: Callable[[], None] | None, timeout: float) -> None:
+        self.conn, child_conn = multiprocessing.Pipe()
+        fd = child_conn.fileno()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "prefix_rft.verify.worker", str(fd)],
+            pass_fds=(fd,),
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)},
+        )
+        child_conn.close()  # so that recv() sees EOF if the child dies
+        # Functions travel by reference (module + name); the worker imports them. The self-destruct limit only
+        # matters if this process dies without killing the worker.
+        self.conn.send((fn, initializer, 2 * timeout + 10))
+        self.ready = False
+
+    def wait_ready(self, timeout: float) -> None:
+        if self.ready:
+            return
+        try:
+            if self.conn.poll(timeout) and self.conn.recv() == "ready":
+                self.ready = True
+                return
+        except (EOFError, OSError):
+            pass
+        raise RuntimeError(f"verifier worker did not start within {timeout:.0f}s (exit code {self.process.poll()})")
+
+    def exit_code(self) -> int | None:
+        try:
+            return self.process.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self.conn.close()
+
+
+class WorkerPool:
+    """`num_workers` processes running `fn`; `call` returns `(status, value)` and never hangs.
+
+    Status is "ok" (value is fn's result), "timeout" (no reply within `timeout` s; the worker was killed and
+    replaced), "crash" (the worker died; replaced) or "error" (fn raised; value is the message).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        num_workers: int,
+        timeout: float,
+        initializer: Callable[[], None] | None = None,
+        start_timeout: float = 120.0,
+    ) -> None:
+        if num_workers < 1 or timeout <= 0:
+            raise ValueError(f"need num_workers >= 1 and timeout > 0, got {num_workers} and {timeout}")
+        self._fn, self._initializer = fn, initializer
+        self.num_workers, self.timeout, self.start_timeout = num_workers, timeout, start_timeout
+        self._lock = threading.Lock()
+        self._closed = False
+        self._start()
+        atexit.register(self.close)
+
+    def _start(self) -> None:
+        self._owner_pid = os.getpid()
+        self._workers: set[_Worker] = set()
+        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        for _ in range(self.num_workers):
+            self._idle.put(self._spawn())
+
+    def _spawn(self) -> _Worker:
+        worker = _Worker(self._fn, self._initializer, self.timeout)
+        with self._lock:
+            self._workers.add(worker)
+        return worker
+
+    def _retire(self, worker: _Worker) -> _Worker:
+        """Kill `worker` and return a freshly started replacement."""
+        worker.kill()
+        with self._lock:
+            self._workers.discard(worker)
+        return self._spawn()
+
+    def call(self, *args: Any) -> tuple[Status, Any]:
+        if self._closed:
+            raise RuntimeError("WorkerPool is closed")
+        if os.getpid() != self._owner_pid:
+            # A forked child (e.g. a DataLoader worker) must not share the parent's pipes: start its own workers.
+            self._start()
+        worker = self._idle.get()
+        status: Status = "crash"  # also if interrupted (KeyboardInterrupt): a worker mid-call cannot be reused
+        try:
+            worker.wait_ready(self.start_timeout)
+            status, value = self._run(worker, args)
+            return status, value
+        finally:
+            self._idle.put(worker if status in ("ok", "error") else self._retire(worker))
+
+    def _run(self, worker: _Worker, args: tuple) -> tuple[Status, Any]:
+        deadline = time.monotonic() + self.timeout
+        try:
+            worker.conn.send(args)
+            if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
+                return "timeout", None
+            return worker.conn.recv()
+        except (EOFError, OSError):  # broken pipe or EOF: the worker process died
+            return "crash", worker.exit_code()
+
+    def close(self) -> None:
+        """Kill every worker; the pool cannot be used afterwards."""
+        self._closed = True
+        atexit.unregister(self.close)
+        if os.getpid() != self._owner_pid:
+            return
+        with self._lock:
+            workers, self._workers = list(self._workers), set()
+        for worker in workers:
+            worker.kill()

@@ -1,0 +1,69 @@
+"""WorkerPool with stdlib functions as the work, so each outcome is easy to provoke."""
+
+import os
+import threading
+import time
+
+import pytest
+
+from prefix_rft.verify.pool import WorkerPool
+
+
+@pytest.fixture
+def sleeper():
+    pool = WorkerPool(time.sleep, num_workers=2, timeout=1.0)
+    yield pool
+    pool.close()
+
+
+def test_ok_call_returns_the_result():
+    pool = WorkerPool(pow, num_workers=1, timeout=5.0)
+    try:
+        assert pool.call(2, 10) == ("ok", 1024)
+    finally:
+        pool.close()
+
+
+def test_exception_is_reported_and_worker_survives():
+    pool = WorkerPool(int, num_workers=1, timeout=5.0)
+    try:
+        status, message = pool.call("seven")
+        assert status == "error" and message.startswith("ValueError")
+        assert pool.call("7") == ("ok", 7)
+    finally:
+        pool.close()
+
+
+def test_overrunning_call_times_out_on_time_and_pool_keeps_serving(sleeper):
+    sleeper.call(0)  # wait for the workers to start, so only the call itself is timed
+    start = time.monotonic()
+    assert sleeper.call(30) == ("timeout", None)
+    assert time.monotonic() - start < 1.0 + 1.0
+    # both the replacement and the untouched worker serve
+    assert [sleeper.call(0)[0] for _ in range(4)] == ["ok"] * 4
+
+
+def test_dead_worker_is_a_crash_and_is_replaced():
+    pool = WorkerPool(os._exit, num_workers=1, timeout=5.0)
+    try:
+        assert pool.call(3) == ("crash", 3)
+        assert pool.call(4) == ("crash", 4)  # a fresh worker answered (and died) again
+    finally:
+        pool.close()
+
+
+def test_timeout_in_one_thread_does_not_disturb_another(sleeper):
+    sleeper.call(0)
+    results = {}
+    slow = threading.Thread(target=lambda: results.update(slow=sleeper.call(30)))
+    slow.start()
+    results["fast"] = [sleeper.call(0.01) for _ in range(3)]
+    slow.join()
+    assert results == {"slow": ("timeout", None), "fast": [("ok", None)] * 3}
+
+
+def test_closed_pool_refuses_calls():
+    pool = WorkerPool(abs, num_workers=1, timeout=5.0)
+    pool.close()
+    with pytest.raises(RuntimeError):
+        pool.call(-1)
