@@ -1,0 +1,177 @@
+"""`MathVerifier`: math-verify behind a process pool with a hard timeout; timeouts and crashes are counted, logged
+and scored 0, never silent. `math_reward` is the TRL reward function built on a shared default verifier.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, get_args
+
+from prefix_rft.verify.extract import answer_region, gold_text
+from prefix_rft.verify.pool import Status, WorkerPool
+
+logger = logging.getLogger(__name__)
+
+Completion = str | list[dict[str, Any]]
+Mode = Literal["math_verify", "oat"]
+_PREVIEW_CHARS = 120
+
+
+class MathVerifier:
+    """Grades a completion's final answer against a gold answer: 1.0 if equivalent, else 0.0.
+
+    Args:
+        timeout: hard wall-clock limit per call in seconds; an overrunning worker is killed and replaced.
+        num_workers: worker processes (spawn context).
+        mode: "math_verify" (extraction and comparison by math-verify, boxed answers first) or "oat" (the
+            Dr. GRPO / OAT grader: last boxed answer, normalised string, sympy, then math-verify).
+        after_think: grade only the text after the last `</think>`; without one the completion scores 0.
+
+    `stats` counts calls, timeouts, crashes (worker died) and errors (grading raised, e.g. an unparsable gold).
+    """
+
+    def __init__(
+        self,
+        timeout: float = 5.0,
+        num_workers: int = 2,
+        mode: Mode = "math_verify",
+        after_think: bool = False,
+    ) -> None:
+        if mode not in get_args(Mode):
+            raise ValueError(f"mode must be one of {get_args(Mode)}, got {mode!r}")
+        # Imported here, not at module level, so that importing prefix_rft.verify stays free of sympy.
+        from prefix_rft.verify.grade import grade, init_worker
+
+        self.mode, self.after_think, self.timeout = mode, after_think, timeout
+        self._pool = WorkerPool(grade, num_workers, timeout, initializer=init_worker)
+        self._stats: Counter[str] = Counter(calls=0, timeouts=0, crashes=0, errors=0)
+        self._stats_lock = threading.Lock()
+
+    @property
+    def stats(self) -> dict[str, int]:
+        with self._stats_lock:
+            return dict(self._stats)
+
+    def score(self, prediction: str, gold: object) -> float:
+        """1.0 if `prediction`'s final answer equals `gold`, else 0.0 (also on timeout, crash or error).
+
+        Raises:
+            ValueError: if `gold` is None or empty.
+        """
+        return self._score(prediction, gold_text(gold))[0]
+
+    def score_batch(self, predictions: Sequence[str], golds: Sequence[object]) -> list[float]:
+        """`score` over pairs, using all workers at once. Raises ValueError naming the first bad gold's index."""
+        return [score for score, _ in self._score_batch(predictions, golds)]
+
+    def _score_batch(self, predictions: Sequence[str], golds: Sequence[object]) -> list[tuple[float, Status]]:
+        if len(predictions) != len(golds):
+            raise ValueError(f"{len(predictions)} predictions but {len(golds)} golds")
+        checked = [_checked_gold(gold, i, "gold") for i, gold in enumerate(golds)]
+        # One thread per worker keeps every worker busy; each thread blocks on its own worker's pipe.
+        with ThreadPoolExecutor(max_workers=self._pool.num_workers) as threads:
+            return list(threads.map(self._score, predictions, checked))
+
+    def _score(self, prediction: str, gold: str) -> tuple[float, Status]:
+        self._count("calls")
+        region = answer_region(prediction, self.after_think)
+        if not region.strip():
+            return 0.0, "ok"
+        status, value = self._pool.call(region, gold, self.mode)
+        if status == "ok":
+            return float(value), status
+        self._report(status, value, region, gold)
+        return 0.0, status
+
+    def _report(self, status: Status, detail: Any, region: str, gold: str) -> None:
+        key = {"timeout": "timeouts", "crash": "crashes", "error": "errors"}[status]
+        total = self._count(key)
+        reason = {
+            "timeout": f"timed out after {self.timeout:g}s; worker killed and replaced",
+            "crash": f"worker died (exit code {detail}); replaced",
+            "error": f"raised {detail}",
+        }[status]
+        logger.warning(
+            "math verifier %s, scored 0 (%s so far: %d). gold=%r prediction[-%d:]=%r",
+            reason,
+            key,
+            total,
+            gold[:_PREVIEW_CHARS],
+            _PREVIEW_CHARS,
+            region[-_PREVIEW_CHARS:],
+        )
+
+    def _count(self, key: str) -> int:
+        with self._stats_lock:
+            self._stats[key] += 1
+            return self._stats[key]
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        self._pool.close()
+
+    def __enter__(self) -> MathVerifier:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+_default: MathVerifier | None = None
+_default_lock = threading.Lock()
+
+
+def default_verifier() -> MathVerifier:
+    """The process-wide `MathVerifier()`, created on first use (each accelerate rank gets its own)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = MathVerifier()
+            atexit.register(_default.close)
+        return _default
+
+
+def math_reward(
+    completions: Sequence[Completion],
+    answer: Sequence[object],
+    log_metric: Callable[[str, float], None] | None = None,
+    **kwargs: Any,
+) -> list[float]:
+    r"""TRL reward function: 1.0 for a completion whose final answer equals the row's `answer`, else 0.0.
+
+    Completions are strings or chat messages (the last message's content is graded). TRL's `log_metric`, when
+    given, receives this batch's number of verifier timeouts and crashes.
+
+    Example:
+        >>> math_reward([r"so \boxed{\frac{1}{3}}", [{"role": "assistant", "content": r"\boxed{2}"}]], ["1/3", "3"])
+        [1.0, 0.0]
+
+    Raises:
+        ValueError: naming the row whose `answer` is None or empty.
+    """
+    golds = [_checked_gold(gold, i, "answer") for i, gold in enumerate(answer)]
+    texts = [_completion_text(completion) for completion in completions]
+    results = default_verifier()._score_batch(texts, golds)
+    if log_metric is not None:
+        statuses = Counter(status for _, status in results)
+        log_metric("verifier/timeouts", float(statuses["timeout"]))
+        log_metric("verifier/crashes", float(statuses["crash"]))
+    return [score for score, _ in results]
+
+
+def _completion_text(completion: Completion) -> str:
+    if isinstance(completion, str):
+        return completion
+    return completion[-1]["content"] if completion else ""
+
+
+def _checked_gold(gold: object, index: int, field: str) -> str:
+    try:
+        return gold_text(gold)
+    except ValueError as exc:
+        raise ValueError(f"row {index}: field {field!r}: {exc}") from None
