@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from accelerate.utils import gather_object
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from trl import GRPOTrainer
+from trl.trainer.utils import RepeatSampler
 
 from prefix_rft.core import (
     aggregate_dr_grpo,
@@ -36,7 +40,21 @@ from prefix_rft.trl.config import PrefixRFTConfig
 from prefix_rft.trl.guards import NonFiniteStepGuard
 
 logger = logging.getLogger(__name__)
+STAGING_DIR = ".staging"  # checkpoints are written here, then renamed into place
 PREFIX_MARK = " ⟦/prefix⟧ "  # shown in completions tables where a hybrid's demo prefix ends
+
+
+class EpochSeededRepeatSampler(RepeatSampler):
+    """TRL's RepeatSampler with the permutation of epoch e drawn from seed + e.
+
+    Stock RepeatSampler draws each epoch's permutation from one generator that runs on across epochs, so a run resumed
+    after the first epoch restarts it and replays epoch 0's order. Transformers calls `set_epoch` before every epoch,
+    including the one a resumed run starts in; epoch 0 gets exactly the stock order.
+    """
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.shuffle and self.seed is not None:
+            self.generator.manual_seed(self.seed + epoch)
 
 
 @dataclass
@@ -313,6 +331,42 @@ class PrefixRFTTrainer(GRPOTrainer):
                     logged[start + i] = [{**completion[0], "content": prefix + PREFIX_MARK + content[len(prefix) :]}]
             elif completion.startswith(prefix):
                 logged[start + i] = prefix + PREFIX_MARK + completion[len(prefix) :]
+
+    def _get_train_sampler(self, dataset=None):
+        sampler = super()._get_train_sampler(dataset)
+        sampler.__class__ = EpochSeededRepeatSampler  # same state, plus set_epoch
+        return sampler
+
+    # ---------------------------------------------------------------- checkpoints
+    def _get_output_dir(self, trial) -> str:
+        base = super()._get_output_dir(trial)
+        return os.path.join(base, STAGING_DIR) if getattr(self, "_staging", False) else base
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Write the checkpoint into a staging folder, then rename it into place.
+
+        A kill while saving leaves at most a partial staging folder, never a partial `checkpoint-N`, so the previous
+        checkpoint stays the latest loadable one (`get_last_checkpoint` only looks at `checkpoint-N`).
+        """
+        run_dir = super()._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staged, final = os.path.join(run_dir, STAGING_DIR, name), os.path.join(run_dir, name)
+        if self.accelerator.is_main_process and os.path.exists(staged):
+            shutil.rmtree(staged)  # left over from a run killed while saving
+        self.accelerator.wait_for_everyone()
+        self._staging = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = False
+        self.accelerator.wait_for_everyone()  # every rank has written its RNG state
+        if self.accelerator.is_main_process:
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.replace(staged, final)
+            # The parent's rotation ran inside the staging folder; apply save_total_limit where checkpoints live.
+            rotate_checkpoints(run_dir, save_total_limit=self.args.save_total_limit, use_mtime=True)
+        self.accelerator.wait_for_everyone()
 
     # ---------------------------------------------------------------- loss
     def _prefix_keep_mask(self, entropies: torch.Tensor, prefix_mask: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,110 @@
+"""Worker for test_resume.py: a short training run that can SIGKILL itself at a chosen step and phase.
+
+    python resume_worker.py OUT_DIR [--kill PHASE:STEP] [--resume]
+
+PHASE is `generate` (after rollouts are scored), `backward` (after the loss is computed) or `save` (halfway through
+writing a checkpoint: model written, optimizer and RNG states not yet). STEP counts optimizer steps from 0.
+"""
+
+import argparse
+import json
+import os
+import signal
+
+import torch
+from datasets import Dataset
+from transformers.trainer_utils import get_last_checkpoint
+
+from prefix_rft import PrefixRFTConfig, PrefixRFTTrainer
+from prefix_rft.tasks.model import build_model
+from prefix_rft.tasks.tokenizer import build_tokenizer
+
+MAX_STEPS = 6
+
+
+def die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillableTrainer(PrefixRFTTrainer):
+    kill_phase: str | None = None
+    kill_step: int = -1
+
+    def _should_die(self, phase: str) -> bool:
+        return self.kill_phase == phase and self.state.global_step == self.kill_step
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        if self._should_die("generate"):
+            die()
+        return output
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self._should_die("backward"):
+            die()
+        return loss
+
+    def _save_optimizer_and_scheduler(self, output_dir):
+        # global_step was already incremented when checkpoint `step` is written, hence the +1
+        if self.kill_phase == "save" and self.state.global_step == self.kill_step + 1:
+            die()
+        super()._save_optimizer_and_scheduler(output_dir)
+
+
+def reward(completions, answer, **kwargs):
+    # deterministic and varied: reward 1 for completions whose length has the parity of the answer
+    return [float(len(c[0]["content"]) % 2 == int(a) % 2) for c, a in zip(completions, answer)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out_dir")
+    parser.add_argument("--kill", default=None)
+    parser.add_argument("--resume", action="store_true")
+    opts = parser.parse_args()
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    model = build_model(tokenizer, "test")
+    demos = [f"{a}+{b} is {a + b}. ans: {a + b}" for a, b in [(12, 30), (17, 18), (40, 20), (25, 25), (9, 9), (3, 4)]]
+    dataset = Dataset.from_list(
+        [
+            {"prompt": [{"role": "user", "content": d.split(" is")[0]}], "demos": [d], "answer": d.split(": ")[1]}
+            for d in demos
+        ]
+    )
+    args = PrefixRFTConfig(
+        output_dir=opts.out_dir,
+        per_device_train_batch_size=16,
+        num_generations=8,
+        max_completion_length=24,
+        learning_rate=1e-2,
+        max_steps=MAX_STEPS,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=1,
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        disable_tqdm=True,
+        gradient_checkpointing=False,
+        log_completions=False,
+        seed=0,
+        prefix_ratio_decay_steps=MAX_STEPS,
+    )
+    trainer = KillableTrainer(
+        model=model, reward_funcs=[reward], args=args, train_dataset=dataset, processing_class=tokenizer
+    )
+    if opts.kill:
+        phase, step = opts.kill.split(":")
+        trainer.kill_phase, trainer.kill_step = phase, int(step)
+    checkpoint = get_last_checkpoint(opts.out_dir) if opts.resume else None
+    trainer.train(resume_from_checkpoint=checkpoint)
+    params = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    record = {"params": params.tolist(), "log_history": trainer.state.log_history, "resumed_from": checkpoint}
+    with open(os.path.join(opts.out_dir, "final.json"), "w") as f:
+        json.dump(record, f)
+
+
+if __name__ == "__main__":
+    main()
