@@ -65,6 +65,7 @@ class RowPlan:
     demo_len: int = 0
     sampled_ratio: float = 0.0
     no_demo: bool = False  # a hybrid slot whose prompt has no demo, so it runs on-policy
+    full_demo: bool = False  # the whole demo (+ EOS) is the completion and nothing is generated (LUFFY, RL+SFT)
 
 
 @dataclass
@@ -146,9 +147,13 @@ class PrefixRFTTrainer(GRPOTrainer):
             rng = row_rng(args.prefix_seed, step, global_row // group_size, global_row % group_size)
             ratio = self._prefix_sampler.sample(step, rng)
             demo_ids = self._demo_ids(demos[int(rng.integers(len(demos)))])
-            n = prefix_length(ratio, len(demo_ids), args.prefix_min_len)
-            rows.append(RowPlan(demo_ids=demo_ids[:n], demo_len=len(demo_ids), sampled_ratio=ratio))
+            rows.append(self._row_plan(demo_ids, ratio))
         return StepPlan(rows=rows)
+
+    def _row_plan(self, demo_ids: list[int], ratio: float) -> RowPlan:
+        """Prefix-RFT reveals floor(ratio * len) demo tokens; baselines that train on whole demos override this."""
+        n = prefix_length(ratio, len(demo_ids), self.args.prefix_min_len)
+        return RowPlan(demo_ids=demo_ids[:n], demo_len=len(demo_ids), sampled_ratio=ratio)
 
     def _prefix_token_ids(self, prompt: Any, prompt_ids: list[int], demo_ids: list[int]) -> list[int]:
         """Token ids that follow `prompt_ids` when the demo prefix starts the assistant turn.
@@ -189,14 +194,22 @@ class PrefixRFTTrainer(GRPOTrainer):
                 len(ids), len(prefix), self.args.max_prompt_length, self.args.prefix_min_len
             )
             plan.truncated_tokens += cut
-            prefix_ids.append(prefix[:kept])
+            # A full-demo row's completion is the demo and its EOS, all of it demo tokens (prefix_mask).
+            prefix_ids.append(prefix[:kept] + ([self._tokenizer.eos_token_id] if row.full_demo else []))
         plan.prefix_ids = prefix_ids
-        gen_prompts = [list(ids) + p for ids, p in zip(prompt_ids, prefix_ids, strict=True)]
+        generate = [i for i, row in enumerate(plan.rows) if not row.full_demo]
+        gen_prompts = [list(prompt_ids[i]) + prefix_ids[i] for i in generate]
         # vLLM server mode samples each unique prompt once with n=num_generations (it keeps every G-th prompt),
         # which would drop the hybrids' own prompts; n=1 per row keeps them. Colocate and transformers honour
         # per-row prompts.
         n = 1 if self.use_vllm and self.args.vllm_mode == "server" else num_generations
-        completion_ids, logprobs = super()._generate_single_turn(gen_prompts, images, multimodal_fields, n)
+        generated, gen_logprobs = super()._generate_single_turn(gen_prompts, images, multimodal_fields, n)
+        completion_ids = [[] for _ in plan.rows]  # full-demo rows generate nothing
+        logprobs = None if gen_logprobs is None else [[] for _ in plan.rows]
+        for j, i in enumerate(generate):
+            completion_ids[i] = generated[j]
+            if logprobs is not None:
+                logprobs[i] = gen_logprobs[j]
         budget = self.max_completion_length
         completion_ids = [(p + list(c))[:budget] for p, c in zip(prefix_ids, completion_ids, strict=True)]
         if logprobs is not None:
@@ -403,9 +416,7 @@ class PrefixRFTTrainer(GRPOTrainer):
         advantages = advantages * keep
         old_logps = inputs.get("old_per_token_logps")
         old_logps = logps.detach() if old_logps is None else old_logps
-        token_loss, ratio = ppo_clip_token_loss(
-            logps, old_logps, advantages, self.epsilon_low, self.epsilon_high, self.args.prefix_dual_clip
-        )
+        token_loss, ratio = self._token_loss(logps, old_logps, advantages, prefix_mask)
         if self.use_vllm and self.vllm_importance_sampling_correction:
             token_loss = token_loss * inputs["importance_sampling_ratio"]
         if self.beta != 0.0:
@@ -413,12 +424,22 @@ class PrefixRFTTrainer(GRPOTrainer):
             token_loss = token_loss + self.beta * (torch.exp(ref - logps) - (ref - logps) - 1)
         train = self.model.training
         accumulation = self.current_gradient_accumulation_steps if train else 1.0
-        loss = aggregate_dr_grpo(token_loss, mask, self.max_completion_length) / accumulation
+        loss = self._aggregate(token_loss, logps, mask, prefix_mask) / accumulation
         if self.entropy_coef:
             scope = mask if self.args.prefix_entropy_bonus_scope == "all" else mask * ~prefix_mask
             loss = loss - self.entropy_coef * masked_mean(entropies, scope) / accumulation
         self._log_loss_metrics("train" if train else "eval", mask, prefix_mask, keep, entropies, ratio, advantages)
         return loss
+
+    def _token_loss(self, logps, old_logps, advantages, prefix_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) per-token loss and PPO ratio: the same clipped objective for prefix and continuation tokens."""
+        return ppo_clip_token_loss(
+            logps, old_logps, advantages, self.epsilon_low, self.epsilon_high, self.args.prefix_dual_clip
+        )
+
+    def _aggregate(self, token_loss, logps, mask, prefix_mask) -> torch.Tensor:
+        """Scalar loss of a micro-batch before gradient-accumulation scaling: Dr. GRPO's sum over a constant."""
+        return aggregate_dr_grpo(token_loss, mask, self.max_completion_length)
 
     def _log_loss_metrics(self, mode, mask, prefix_mask, keep, entropies, ratio, advantages) -> None:
         mask = mask.bool()
