@@ -3,7 +3,13 @@ import math
 import pytest
 import torch
 
-from prefix_rft.core.loss import aggregate_dr_grpo, masked_mean, ppo_clip_token_loss
+from prefix_rft.core.loss import (
+    aggregate_dr_grpo,
+    masked_mean,
+    ppo_clip_token_loss,
+    shaped_off_policy_token_loss,
+    unclipped_token_loss,
+)
 
 
 def test_ratio_one_gives_minus_advantage():
@@ -47,3 +53,31 @@ def test_dr_grpo_divides_by_rows_times_constant_not_token_count():
 
 def test_masked_mean_of_empty_mask_is_zero():
     assert masked_mean(torch.ones(2, 2), torch.zeros(2, 2)).item() == 0.0
+
+
+def test_shaped_loss_value_at_half_probability():
+    # p = 0.5, gamma = 0.1: f = 0.5 / 0.6 = 0.8333; A = 2 -> loss -1.6667
+    loss = shaped_off_policy_token_loss(torch.log(torch.tensor([[0.5]])), torch.tensor([[2.0]]), gamma=0.1)
+    assert loss.item() == pytest.approx(-5 / 3)
+
+
+def test_shaped_loss_gradient_is_gamma_over_p_plus_gamma_squared():
+    # d(-A f(p))/dp = -A * gamma / (p + gamma)^2; p = 0.1, gamma = 0.1, A = 1 -> -0.1 / 0.04 = -2.5
+    p = torch.tensor([[0.1]], requires_grad=True)
+    shaped_off_policy_token_loss(torch.log(p), torch.ones(1, 1), gamma=0.1).sum().backward()
+    assert p.grad.item() == pytest.approx(-2.5)
+
+
+def test_shaped_gradient_favours_low_probability_tokens_relative_to_log_likelihood():
+    # w.r.t. log p: gamma * p / (p + gamma)^2 = [gamma / (p + gamma)] * f. p = 0.01 -> 0.1*0.01/0.0121 = 0.0826;
+    # p = 0.9 -> 0.1*0.9/1.0 = 0.09. Relative to log-likelihood's own weight (1 per token) the ratio of the two
+    # gradient weights is 0.0826/0.09 = 0.918, whereas plain p-weighted (IS with behaviour 1) gives 0.01/0.9.
+    logp = torch.log(torch.tensor([[0.01, 0.9]])).requires_grad_(True)
+    shaped_off_policy_token_loss(logp, -torch.ones(1, 2), gamma=0.1).sum().backward()
+    assert logp.grad.tolist()[0] == pytest.approx([0.0826446, 0.09], abs=1e-6)
+
+
+def test_unclipped_loss_keeps_large_ratio():
+    # ratio exp(0.5) = 1.6487 is not clipped: loss = -1.6487 for A = 1
+    loss = unclipped_token_loss(torch.tensor([[0.5]]), torch.zeros(1, 1), torch.ones(1, 1))
+    assert loss.item() == pytest.approx(-math.exp(0.5))

@@ -1,0 +1,13 @@
+"""Baselines of the paper's comparison, each a config plus the smallest override of `PrefixRFTTrainer`.
+
+* RFT (Dr. GRPO): `PrefixRFTConfig(num_hybrid=0)`, no subclass needed.
+* SFT: TRL's SFTTrainer on the demonstrations (`sft.py`).
+* SFT then RFT: the SFT model as the starting point of RFT (`compare.py` chains them).
+* RL with SFT loss, LUFFY, ReLIFT: `rl_sft.py`, `luffy.py`, `relift.py`.
+"""
+
+from prefix_rft.baselines.luffy import LuffyConfig, LuffyTrainer
+from prefix_rft.baselines.relift import ReliftConfig, ReliftTrainer
+from prefix_rft.baselines.rl_sft import RLWithSFTConfig, RLWithSFTTrainer
+
+__all__ = ["LuffyConfig", "LuffyTrainer", "RLWithSFTConfig", "RLWithSFTTrainer", "ReliftConfig", "ReliftTrainer"]

@@ -2,7 +2,13 @@
 
 from prefix_rft.core.advantages import dr_grpo_advantages, hybrid_advantages, per_token_advantages
 from prefix_rft.core.entropy import num_dropped, select_prefix_tokens
-from prefix_rft.core.loss import aggregate_dr_grpo, masked_mean, ppo_clip_token_loss
+from prefix_rft.core.loss import (
+    aggregate_dr_grpo,
+    masked_mean,
+    ppo_clip_token_loss,
+    shaped_off_policy_token_loss,
+    unclipped_token_loss,
+)
 from prefix_rft.core.prefix import (
     build_prefix_mask,
     fit_prefix_to_prompt,
@@ -41,4 +47,6 @@ __all__ = [
     "prefix_length",
     "row_rng",
     "select_prefix_tokens",
+    "shaped_off_policy_token_loss",
+    "unclipped_token_loss",
 ]

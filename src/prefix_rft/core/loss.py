@@ -48,3 +48,23 @@ def aggregate_dr_grpo(token_loss: torch.Tensor, mask: torch.Tensor, loss_normali
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of `values` where `mask` is set (0 when the mask is empty)."""
     return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def shaped_off_policy_token_loss(logp: torch.Tensor, advantages: torch.Tensor, gamma: float = 0.1) -> torch.Tensor:
+    """LUFFY's loss on demonstration tokens: -A * f(p) with f(p) = p / (p + gamma), p = pi_theta(token).
+
+    The behaviour policy is taken as 1 and nothing is clipped. d f / d log p = gamma * p / (p + gamma)^2, so
+    low-probability demo tokens get a larger share of the gradient than under plain log-likelihood ("policy
+    shaping", arXiv 2504.14945).
+
+    Args:
+        logp: (B, T) log-probs of the demo tokens under the current policy.
+        advantages: (B, T) or (B, 1).
+    """
+    p = torch.exp(logp)
+    return -advantages * p / (p + gamma)
+
+
+def unclipped_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    """-A * rho without clipping (LUFFY's on-policy loss with `loss_remove_clip=True`)."""
+    return -advantages * torch.exp(logp - old_logp)

@@ -1,0 +1,36 @@
+"""LUFFY (Yan et al. 2025, arXiv 2504.14945) in the Prefix-RFT trainer (spec §7).
+
+Per group: G - 1 on-policy rollouts plus the full demonstration as one off-policy member. Advantages: r - mean over
+all G rewards, no std (the demonstration included). On-policy tokens: -A * rho with no clip. Demonstration tokens:
+-A * p / (p + gamma) (policy shaping), no clip, no importance weight. Dr. GRPO aggregation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from prefix_rft.core import shaped_off_policy_token_loss, unclipped_token_loss
+from prefix_rft.trl.config import PrefixRFTConfig
+from prefix_rft.trl.trainer import PrefixRFTTrainer, RowPlan
+
+
+@dataclass
+class LuffyConfig(PrefixRFTConfig):
+    prefix_advantage: str = field(default="paper", metadata={"help": "LUFFY: group mean over all members."})
+    prefix_entropy_selection: str = field(default="all", metadata={"help": "LUFFY trains every demo token."})
+    luffy_gamma: float = field(default=0.1, metadata={"help": "gamma of the shaping f(p) = p / (p + gamma)."})
+
+
+class LuffyTrainer(PrefixRFTTrainer):
+    """`PrefixRFTTrainer` whose hybrid rows are whole demonstrations trained with LUFFY's shaped objective."""
+
+    def _row_plan(self, demo_ids: list[int], ratio: float) -> RowPlan:
+        return RowPlan(demo_ids=list(demo_ids), demo_len=len(demo_ids), sampled_ratio=1.0, full_demo=True)
+
+    def _token_loss(self, logps, old_logps, advantages, prefix_mask):
+        on_policy = unclipped_token_loss(logps, old_logps, advantages)
+        off_policy = shaped_off_policy_token_loss(logps, advantages, self.args.luffy_gamma)
+        ratio = torch.where(prefix_mask, torch.ones_like(logps), torch.exp(logps - old_logps)).detach()
+        return torch.where(prefix_mask, off_policy, on_policy), ratio

@@ -1,0 +1,166 @@
+"""ReLIFT (Ma et al. 2025, arXiv 2506.07527; spec §7): RL steps, interleaved with SFT on the hardest questions.
+
+After every RL step, each question whose G rollouts all failed joins a buffer (once). When the buffer holds
+`relift_sft_batch` questions, the oldest that many are taken and one SFT step is run on their demonstrations (NLL,
+token mean) with a separate AdamW optimizer; the rest stays for later. The buffer and that optimizer are saved in
+checkpoints, so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from prefix_rft.core import masked_mean
+from prefix_rft.data import row_demos
+from prefix_rft.trl.config import PrefixRFTConfig
+from prefix_rft.trl.trainer import PrefixRFTTrainer
+
+BUFFER_FILE = "relift_buffer.json"
+OPTIMIZER_FILE = "relift_optimizer.pt"
+
+
+def all_failed_groups(rewards: torch.Tensor, group_size: int) -> list[int]:
+    """Indices of groups whose rewards are all <= 0 (ReLIFT's `solve_none`). rewards: (N,), groups contiguous."""
+    return (rewards.view(-1, group_size) <= 0).all(dim=1).nonzero().flatten().tolist()
+
+
+def add_to_buffer(buffer: list[dict], items: list[dict], key: str = "key") -> None:
+    """Append items whose `key` is not in the buffer yet (each question enters once)."""
+    present = {item[key] for item in buffer}
+    for item in items:
+        if item[key] not in present:
+            buffer.append(item)
+            present.add(item[key])
+
+
+def take_sft_batch(buffer: list[dict], size: int) -> list[dict] | None:
+    """The oldest `size` items, removed from the buffer, once it holds at least `size`; otherwise None."""
+    if len(buffer) < size:
+        return None
+    batch = buffer[:size]
+    del buffer[:size]
+    return batch
+
+
+@dataclass
+class ReliftConfig(PrefixRFTConfig):
+    num_hybrid: int = field(default=0, metadata={"help": "ReLIFT's RL steps are plain on-policy GRPO."})
+    relift_sft_batch: int = field(default=64, metadata={"help": "Buffered questions that trigger one SFT step."})
+    relift_sft_learning_rate: float = field(default=1e-6, metadata={"help": "Learning rate of the SFT optimizer."})
+    relift_sft_max_grad_norm: float = field(default=0.5, metadata={"help": "Gradient clipping of the SFT step."})
+
+
+class _SFTStepCallback(TrainerCallback):
+    def __init__(self, trainer: ReliftTrainer) -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer.maybe_sft_step()
+
+
+class ReliftTrainer(PrefixRFTTrainer):
+    """Prefix-free RL plus buffered SFT steps on questions the policy cannot solve."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.args.per_device_train_batch_size % self.num_generations:
+            raise ValueError("ReliftTrainer needs per_device_train_batch_size to be a multiple of num_generations")
+        self.relift_buffer: list[dict] = []
+        self.sft_steps = 0
+        self._sft_optimizer: torch.optim.Optimizer | None = None
+        self.add_callback(_SFTStepCallback(self))
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        if self.model.training:
+            self._collect_failures(inputs)
+        return output
+
+    def _collect_failures(self, inputs: list[dict]) -> None:
+        group_size, n_local = self.num_generations, len(inputs)
+        rank = self.accelerator.process_index
+        local = self._global_rewards[rank * n_local : (rank + 1) * n_local]
+        items = []
+        for g in all_failed_groups(local, group_size):
+            example = inputs[g * group_size]
+            demos = row_demos(example)
+            if demos:
+                items.append({"key": json.dumps(example["prompt"]), "prompt": example["prompt"], "demo": demos[0]})
+        add_to_buffer(self.relift_buffer, items)
+        self._metrics["train"]["relift/buffer_size"].append(float(len(self.relift_buffer)))
+
+    def maybe_sft_step(self) -> None:
+        # Every rank must take the SFT step together (DDP all-reduces its gradients), so the trigger is global.
+        size = torch.tensor([len(self.relift_buffer)], device=self.accelerator.device)
+        if int(self.accelerator.reduce(size, "min")) < self.args.relift_sft_batch:
+            return
+        batch = take_sft_batch(self.relift_buffer, self.args.relift_sft_batch)
+        loss = self._sft_loss(batch)
+        optimizer = self._relift_optimizer()
+        self.accelerator.backward(loss)
+        self.accelerator.clip_grad_norm_(self.model.parameters(), self.args.relift_sft_max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+        self.sft_steps += 1
+        self._metrics["train"]["relift/sft_loss"].append(loss.item())
+        self._metrics["train"]["relift/sft_steps"].append(float(self.sft_steps))
+
+    def _relift_optimizer(self) -> torch.optim.Optimizer:
+        if self._sft_optimizer is None:
+            self._sft_optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.args.relift_sft_learning_rate)
+        return self._sft_optimizer
+
+    def _sft_loss(self, batch: list[dict]) -> torch.Tensor:
+        """Token-mean NLL of the demonstrations (+ EOS) after their prompts."""
+        sequences, masks = [], []
+        for item in batch:
+            prompt_ids = self._encode_prompt(item["prompt"])
+            demo_ids = self._demo_ids(item["demo"]) + [self._tokenizer.eos_token_id]
+            sequences.append(prompt_ids + demo_ids)
+            masks.append([0] * len(prompt_ids) + [1] * len(demo_ids))
+        width = max(len(s) for s in sequences)
+        pad = self._tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences], device=self.accelerator.device)
+        loss_mask = torch.tensor([[0] * (width - len(m)) + m for m in masks], device=ids.device)
+        attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=ids.device)
+        logits = self.model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+        logps = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        return masked_mean(-logps, loss_mask[:, 1:].bool())
+
+    def _encode_prompt(self, prompt) -> list[int]:
+        if isinstance(prompt, list):
+            return list(
+                self.processing_class.apply_chat_template(
+                    prompt, add_generation_prompt=True, tokenize=True, return_dict=True
+                )["input_ids"]
+            )
+        return list(self._tokenizer(prompt)["input_ids"])
+
+    # The buffer and the SFT optimizer ride along with the RNG state, which every checkpoint writes and reads.
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        rank = self.accelerator.process_index
+        with open(os.path.join(output_dir, f"{rank}_{BUFFER_FILE}"), "w") as f:
+            json.dump({"buffer": self.relift_buffer, "sft_steps": self.sft_steps}, f)
+        if self._sft_optimizer is not None:
+            torch.save(self._sft_optimizer.state_dict(), os.path.join(output_dir, f"{rank}_{OPTIMIZER_FILE}"))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        if checkpoint is None:
+            return
+        rank = self.accelerator.process_index
+        path = os.path.join(checkpoint, f"{rank}_{BUFFER_FILE}")
+        if os.path.exists(path):
+            with open(path) as f:
+                saved = json.load(f)
+            self.relift_buffer, self.sft_steps = saved["buffer"], saved["sft_steps"]
+        optimizer_path = os.path.join(checkpoint, f"{rank}_{OPTIMIZER_FILE}")
+        if os.path.exists(optimizer_path):
+            self._relift_optimizer().load_state_dict(torch.load(optimizer_path, weights_only=True))

@@ -1,0 +1,33 @@
+"""RL with an SFT loss (LUFFY's "RL w/ SFT loss" row, spec §7).
+
+G - 1 on-policy rollouts trained with Dr. GRPO (baseline: the on-policy rows), plus a token-mean NLL on the full
+demonstration in the G-th slot: loss = pg_loss + sft_loss_coef * nll.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from prefix_rft.core import aggregate_dr_grpo, masked_mean
+from prefix_rft.trl.config import PrefixRFTConfig
+from prefix_rft.trl.trainer import PrefixRFTTrainer, RowPlan
+
+
+@dataclass
+class RLWithSFTConfig(PrefixRFTConfig):
+    prefix_entropy_selection: str = field(default="all", metadata={"help": "Every demo token is in the NLL."})
+    sft_loss_coef: float = field(default=1.0, metadata={"help": "Weight of the demonstration NLL (LUFFY: 1.0)."})
+
+
+class RLWithSFTTrainer(PrefixRFTTrainer):
+    """Demonstration rows carry a plain NLL; on-policy rows the usual clipped Dr. GRPO objective."""
+
+    def _row_plan(self, demo_ids: list[int], ratio: float) -> RowPlan:
+        return RowPlan(demo_ids=list(demo_ids), demo_len=len(demo_ids), sampled_ratio=1.0, full_demo=True)
+
+    def _aggregate(self, token_loss, logps, mask, prefix_mask) -> torch.Tensor:
+        on_policy = mask * ~prefix_mask
+        pg = aggregate_dr_grpo(token_loss, on_policy, self.max_completion_length)
+        return pg + self.args.sft_loss_coef * masked_mean(-logps, prefix_mask)

@@ -1,0 +1,105 @@
+"""Baselines: hand-worked losses, full-demo rows, ReLIFT's buffer trigger."""
+
+import math
+
+import pytest
+import torch
+
+from prefix_rft.baselines import (
+    LuffyConfig,
+    LuffyTrainer,
+    ReliftConfig,
+    ReliftTrainer,
+    RLWithSFTConfig,
+    RLWithSFTTrainer,
+)
+from prefix_rft.baselines.relift import add_to_buffer, all_failed_groups, take_sft_batch
+from prefix_rft.baselines.sft import demo_completion_rows
+
+from ..trl.conftest import base_kwargs, make_dataset
+from ..trl.test_trainer import FixedRewards, generate_batch
+
+
+def make(trainer_cls, config_cls, tmp_path, model, tokenizer, rewards, **overrides):
+    args = config_cls(**base_kwargs(tmp_path, **overrides))
+    return trainer_cls(
+        model=model,
+        reward_funcs=[FixedRewards(rewards)],
+        args=args,
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
+    )
+
+
+def test_luffy_demo_row_is_the_whole_demo_and_eos(tmp_path, model, tokenizer):
+    trainer = make(LuffyTrainer, LuffyConfig, tmp_path, model, tokenizer, [1.0, 0, 0, 1, 0, 0, 0, 1])
+    batch, out = generate_batch(trainer)
+    # 20 demo tokens + EOS, all marked as demo tokens; nothing generated after them
+    assert out["prefix_mask"][7].sum().item() == 21
+    assert out["completion_mask"][7].sum().item() == 21
+    ids = out["completion_ids"][7, :21].tolist()
+    assert tokenizer.decode(ids[:20]) == batch[7]["demos"][0] and ids[20] == tokenizer.eos_token_id
+    # group mean over all 8 = 3/8 -> the demo row gets 5/8 on every token, an on-policy failure -3/8
+    assert out["advantages"][7].unique().tolist() == pytest.approx([5 / 8])
+    assert out["advantages"][1].unique().tolist() == pytest.approx([-3 / 8])
+
+
+def test_luffy_token_loss_shapes_demo_tokens_and_leaves_on_policy_unclipped(tmp_path, model, tokenizer):
+    trainer = make(LuffyTrainer, LuffyConfig, tmp_path, model, tokenizer, [0.0])
+    logps = torch.tensor([[math.log(0.5), 0.5]])
+    old = torch.tensor([[math.log(0.9), 0.0]])
+    loss, _ = trainer._token_loss(logps, old, torch.ones(1, 2), torch.tensor([[True, False]]))
+    # demo token: -p/(p+0.1) = -0.5/0.6 (old log-prob ignored); on-policy: -exp(0.5 - 0) = -1.6487, no clip at 1.2
+    assert loss.tolist()[0] == pytest.approx([-5 / 6, -math.exp(0.5)])
+
+
+def test_rl_with_sft_loss_adds_token_mean_nll_of_demo_rows(tmp_path, model, tokenizer):
+    trainer = make(RLWithSFTTrainer, RLWithSFTConfig, tmp_path, model, tokenizer, [0.0])
+    token_loss = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    logps = torch.tensor([[-1.0, -2.0], [-3.0, -4.0]])
+    prefix_mask = torch.tensor([[False, False], [True, True]])
+    # pg over on-policy tokens: (1 + 2) / (2 rows * 24) = 0.0625; NLL token mean over the demo row: (3 + 4) / 2
+    loss = trainer._aggregate(token_loss, logps, torch.ones(2, 2), prefix_mask)
+    assert loss.item() == pytest.approx(0.0625 + 3.5)
+
+
+def test_all_failed_groups():
+    # groups of 4: [0,0,0,0] fails, [0,1,0,0] does not, [0,0,0,0] fails
+    rewards = torch.tensor([0.0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0])
+    assert all_failed_groups(rewards, 4) == [0, 2]
+
+
+def test_buffer_takes_each_question_once_and_triggers_at_size():
+    buffer = []
+    add_to_buffer(buffer, [{"key": "a"}, {"key": "b"}, {"key": "a"}])
+    assert [b["key"] for b in buffer] == ["a", "b"]
+    assert take_sft_batch(buffer, 3) is None  # 2 < 3: no SFT step yet
+    add_to_buffer(buffer, [{"key": "b"}, {"key": "c"}, {"key": "d"}])
+    assert [b["key"] for b in take_sft_batch(buffer, 3)] == ["a", "b", "c"]
+    assert [b["key"] for b in buffer] == ["d"]  # the remainder carries over
+
+
+def test_relift_runs_an_sft_step_once_two_questions_failed(tmp_path, model, tokenizer):
+    # all rewards 0: both questions of the first step fail -> buffer of 2 reaches relift_sft_batch=2 -> one SFT step
+    trainer = make(
+        ReliftTrainer,
+        ReliftConfig,
+        tmp_path,
+        model,
+        tokenizer,
+        [0.0],
+        relift_sft_batch=2,
+        relift_sft_learning_rate=1e-2,
+    )
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer.train()  # one step; with zero advantages the RL step leaves the weights alone
+    assert trainer.sft_steps == 1 and trainer.relift_buffer == []
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_sft_rows_pair_each_prompt_with_each_demo():
+    rows = [{"prompt": "1+1=", "demos": ["2", "two"]}, {"prompt": "2+2=", "demos": []}]
+    assert demo_completion_rows(rows) == [
+        {"prompt": "1+1=", "completion": "2"},
+        {"prompt": "1+1=", "completion": "two"},
+    ]
