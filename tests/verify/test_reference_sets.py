@@ -85,6 +85,20 @@ def test_math500_reference_solutions_all_grade_correct_in_oat_mode():
     assert sum(scores) == 500
 
 
+def test_every_shipped_benchmark_gold_parses():
+    from prefix_rft.eval.benchmarks import BENCHMARKS, load_benchmark
+    from prefix_rft.verify.grade import parse_gold
+
+    unparsed = []
+    for name in BENCHMARKS:
+        for row in load_benchmark(name)[1]:
+            try:
+                parse_gold(row["answer"])
+            except ValueError:
+                unparsed.append((name, row["answer"]))
+    assert unparsed == []
+
+
 def test_gsm8k_example_solutions_agree_with_their_labels(verifier):
     predictions, golds, labels = [], [], []
     for row in read_jsonl(DATA / "gsm8k_example_model_solutions.jsonl"):

@@ -46,6 +46,13 @@ def test_last_boxed_answer_wins(verifier):
     assert verifier.score(r"first \boxed{3}, corrected: \boxed{2}", "3") == 0.0
 
 
+def test_multi_part_answer_is_compared_as_a_set(verifier):
+    # olympiadbench gold "$69$,$84$": both boxes, in any order, are right; one of them alone is not
+    assert verifier.score(r"so \boxed{84}, \boxed{69}", "$69$,$84$") == 1.0
+    assert verifier.score(r"\boxed{69, 84}", "$69$,$84$") == 1.0
+    assert verifier.score(r"\boxed{84}", "$69$,$84$") == 0.0
+
+
 def test_after_think_grades_only_the_final_answer():
     with MathVerifier(after_think=True, num_workers=1) as verifier:
         assert verifier.score(r"<think>\boxed{1}</think> so \boxed{2}", "2") == 1.0

@@ -44,10 +44,13 @@ def grade(region: str, gold: str, mode: str) -> float:
 @lru_cache(maxsize=8192)
 def parse_gold(gold: str) -> list:
     """Parse a gold answer once per worker; a group of G completions shares one gold."""
-    parsed = _parse(delimit_gold(gold))
-    if not parsed:
-        raise GoldParseError(f"math-verify cannot parse the gold answer {gold[:200]!r}")
-    return parsed
+    # A gold with stray dollars inside (a Minerva answer reads "x_{0} \cos (\omega t)+$ $\dot{x}_{0} ...") is not
+    # valid $..$ math; boxed whole, math-verify drops the dollars and parses it.
+    for text in dict.fromkeys((delimit_gold(gold), f"\\boxed{{{gold}}}")):
+        parsed = _parse(text)
+        if parsed:
+            return parsed
+    raise GoldParseError(f"math-verify cannot parse the gold answer {gold[:200]!r}")
 
 
 def _parse(text: str) -> list:
