@@ -67,3 +67,25 @@ def test_closed_pool_refuses_calls():
     pool.close()
     with pytest.raises(RuntimeError):
         pool.call(-1)
+
+
+def _call_in_child(pool, results):
+    results.put(pool.call(-3))
+
+
+def test_forked_child_starts_its_own_workers():
+    # e.g. a DataLoader worker forked after the pool was built: it must not talk over the parent's pipes
+    import multiprocessing
+
+    pool = WorkerPool(abs, num_workers=1, timeout=5.0)
+    try:
+        assert pool.call(-1) == ("ok", 1)
+        context = multiprocessing.get_context("fork")
+        results = context.Queue()
+        child = context.Process(target=_call_in_child, args=(pool, results))
+        child.start()
+        assert results.get(timeout=60) == ("ok", 3)
+        child.join(timeout=10)
+        assert pool.call(-2) == ("ok", 2)  # the parent's worker was left alone
+    finally:
+        pool.close()
