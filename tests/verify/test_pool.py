@@ -1,6 +1,7 @@
 """WorkerPool with stdlib functions as the work, so each outcome is easy to provoke."""
 
 import os
+import sys
 import threading
 import time
 
@@ -60,6 +61,16 @@ def test_timeout_in_one_thread_does_not_disturb_another(sleeper):
     results["fast"] = [sleeper.call(0.01) for _ in range(3)]
     slow.join()
     assert results == {"slow": ("timeout", None), "fast": [("ok", None)] * 3}
+
+
+def test_worker_that_cannot_start_makes_the_call_raise():
+    # the initializer runs first in the worker; sys.exit ends it before it reports ready
+    pool = WorkerPool(abs, num_workers=1, timeout=5.0, initializer=sys.exit)
+    try:
+        with pytest.raises(RuntimeError, match="did not start"):
+            pool.call(-1)
+    finally:
+        pool.close()
 
 
 def test_closed_pool_refuses_calls():

@@ -40,18 +40,16 @@ class _Worker:
         # Functions travel by reference (module + name); the worker imports them. The self-destruct limit only
         # matters if this process dies without killing the worker.
         self.conn.send((fn, initializer, 2 * timeout + 10))
-        self.ready = False
+        self.start_error: str | None = None
 
     def wait_ready(self, timeout: float) -> None:
-        if self.ready:
-            return
+        """Block until the worker has imported everything; on failure set `start_error`."""
         try:
             if self.conn.poll(timeout) and self.conn.recv() == "ready":
-                self.ready = True
                 return
         except (EOFError, OSError):
             pass
-        raise RuntimeError(f"verifier worker did not start within {timeout:.0f}s (exit code {self.process.poll()})")
+        self.start_error = f"verifier worker did not start within {timeout:.0f}s (exit code {self.process.poll()})"
 
     def exit_code(self) -> int | None:
         try:
@@ -94,20 +92,29 @@ class WorkerPool:
         self._workers: set[_Worker] = set()
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         for _ in range(self.num_workers):
-            self._idle.put(self._spawn())
+            self._spawn()
 
-    def _spawn(self) -> _Worker:
+    def _spawn(self) -> None:
+        """Start a worker; it joins the idle queue once started, so no call waits on a worker's imports."""
+        if self._closed:  # a call finishing after close() must not start workers nobody will kill
+            return
         worker = _Worker(self._fn, self._initializer, self.timeout)
         with self._lock:
             self._workers.add(worker)
-        return worker
+        idle = self._idle
 
-    def _retire(self, worker: _Worker) -> _Worker:
-        """Kill `worker` and return a freshly started replacement."""
+        def enqueue_when_ready() -> None:
+            worker.wait_ready(self.start_timeout)
+            idle.put(worker)  # also on failure: the caller that takes it raises, so it is never silent
+
+        threading.Thread(target=enqueue_when_ready, daemon=True).start()
+
+    def _retire(self, worker: _Worker) -> None:
+        """Kill `worker` and start a replacement."""
         worker.kill()
         with self._lock:
             self._workers.discard(worker)
-        return self._spawn()
+        self._spawn()
 
     def call(self, *args: Any) -> tuple[Status, Any]:
         if self._closed:
@@ -116,13 +123,18 @@ class WorkerPool:
             # A forked child (e.g. a DataLoader worker) must not share the parent's pipes: start its own workers.
             self._start()
         worker = self._idle.get()
+        if worker.start_error is not None:
+            self._retire(worker)
+            raise RuntimeError(worker.start_error)
         status: Status = "crash"  # also if interrupted (KeyboardInterrupt): a worker mid-call cannot be reused
         try:
-            worker.wait_ready(self.start_timeout)
             status, value = self._run(worker, args)
             return status, value
         finally:
-            self._idle.put(worker if status in ("ok", "error") else self._retire(worker))
+            if status in ("ok", "error"):
+                self._idle.put(worker)
+            else:
+                self._retire(worker)
 
     def _run(self, worker: _Worker, args: tuple) -> tuple[Status, Any]:
         deadline = time.monotonic() + self.timeout
