@@ -47,7 +47,7 @@ class _Worker:
         try:
             if self.conn.poll(timeout) and self.conn.recv() == "ready":
                 return
-        except (EOFError, OSError):
+        except Exception:  # EOF, broken pipe, or the pipe closed under us by close(): all mean "not started"
             pass
         self.start_error = f"verifier worker did not start within {timeout:.0f}s (exit code {self.process.poll()})"
 
