@@ -1,0 +1,161 @@
+"""`prefix-rft compare`: baselines and Prefix-RFT at equal budgets on the embedded task, over several seeds.
+
+Each (method, seed) run writes `<output-dir>/runs/<method>/seed<k>.json`; finished runs are not redone, so an
+interrupted comparison continues where it stopped. The summary goes to `results.md`, `results.json` and
+`results.png` (accuracy against step per method, and final accuracy with error bars).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from prefix_rft.baselines.runs import METHODS, PAPER_MATH_AVG, RunSettings, method_budget, run_method
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = RunSettings()
+    p = argparse.ArgumentParser(prog="prefix-rft compare", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--methods",
+        default="prefix_rft,rft,sft,sft_rft,rl_sft,luffy,relift",
+        help=f"comma-separated, from: {', '.join(METHODS)}",
+    )
+    p.add_argument("--seeds", type=int, default=3, help="seeds per method (0..N-1)")
+    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps of every method")
+    p.add_argument("--prompts-per-step", type=int, default=d.prompts_per_step, help="questions per step (x 8)")
+    p.add_argument("--eval-problems", type=int, default=d.eval_problems, help="problems per split at the end")
+    p.add_argument("--eval-k", type=int, default=d.eval_k, help="samples per problem at the end")
+    p.add_argument("--curve-every", type=int, default=d.curve_every, help="steps between accuracy points")
+    p.add_argument("--curve-problems", type=int, default=d.curve_problems, help="problems per accuracy point")
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="RL learning rate")
+    p.add_argument("--sft-learning-rate", type=float, default=d.sft_learning_rate, help="SFT learning rate")
+    p.add_argument("--output-dir", default="runs/compare", help="results and per-run JSON")
+    p.add_argument("--cache-dir", default=None, help="base-model cache (default $PREFIX_RFT_CACHE or ~/.cache)")
+    p.add_argument("--base-size", default=None, help="base model size (default: the embedded task's)")
+    p.add_argument("--base-steps", type=int, default=None, help="base pretraining steps (default: the task's)")
+    return p
+
+
+def base_overrides(args: argparse.Namespace) -> dict:
+    """BaseModelConfig fields given on the command line (a smaller base for quick checks)."""
+    overrides = {"model_size": args.base_size, "steps": args.base_steps}
+    return {k: v for k, v in overrides.items() if v is not None}
+
+
+def run_all(methods: list[str], seeds: int, settings: RunSettings, out: Path) -> list[dict[str, Any]]:
+    results = []
+    for method in methods:
+        for seed in range(seeds):
+            path = out / "runs" / method / f"seed{seed}.json"
+            if path.exists():  # resumable: a finished run is never redone
+                results.append(json.loads(path.read_text()))
+                continue
+            print(f"== {method}, seed {seed}")
+            result = run_method(method, settings, seed, out / "work" / method / f"seed{seed}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result))
+            tmp.replace(path)  # atomic: a kill mid-write leaves no half result
+            results.append(result)
+    return results
+
+
+def summarize(results: list[dict[str, Any]], k: int) -> dict[str, dict[str, Any]]:
+    """Per method: mean and sd over seeds of avg@k on the test and OOD splits."""
+    summary: dict[str, dict[str, Any]] = {}
+    for r in results:
+        s = summary.setdefault(r["method"], {"test": [], "ood": [], "budget": r["budget"]})
+        for split in ("test", "ood"):
+            s[split].append(100 * r["final"][split][f"avg@{k}"])
+    for s in summary.values():
+        for split in ("test", "ood"):
+            values = s.pop(split)
+            s[split] = {
+                "mean": statistics.fmean(values),
+                "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "values": values,
+            }
+    return summary
+
+
+def results_table(summary: dict[str, dict[str, Any]], k: int) -> str:
+    lines = [
+        f"| method | test avg@{k} (%) | OOD avg@{k} (%) | seeds | steps | rollouts/step | paper math avg (7B) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method, s in sorted(summary.items(), key=lambda kv: -kv[1]["test"]["mean"]):
+        paper = PAPER_MATH_AVG.get(method)
+        lines.append(
+            f"| {method} | {s['test']['mean']:.1f} ± {s['test']['sd']:.1f} | {s['ood']['mean']:.1f} ± "
+            f"{s['ood']['sd']:.1f} | {len(s['test']['values'])} | {s['budget']['optimizer_steps']} | "
+            f"{s['budget']['rollouts_per_step']} | {'' if paper is None else paper} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(results: list[dict[str, Any]], summary: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_curve, ax_bar) = plt.subplots(1, 2, figsize=(15, 4.5))
+    for method in summary:
+        runs = [r["curve"] for r in results if r["method"] == method]
+        steps = [p["step"] for p in runs[0]]
+        mean = [statistics.fmean(run[i]["test"] for run in runs) * 100 for i in range(len(steps))]
+        ax_curve.plot(steps, mean, marker=".", label=method)
+    ax_curve.set(title="test accuracy (avg@1, mean over seeds)", xlabel="step", ylabel="%")
+    ax_curve.legend(fontsize=7)
+    names = list(summary)
+    x = range(len(names))
+    for offset, split in ((-0.2, "test"), (0.2, "ood")):
+        ax_bar.bar(
+            [i + offset for i in x],
+            [summary[n][split]["mean"] for n in names],
+            width=0.4,
+            yerr=[summary[n][split]["sd"] for n in names],
+            capsize=3,
+            label=split,
+        )
+    ax_bar.set_xticks(list(x), names, rotation=40, ha="right", fontsize=7)
+    ax_bar.set(title="final accuracy (mean ± sd over seeds)", ylabel="%")
+    ax_bar.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    settings = RunSettings(
+        steps=args.steps,
+        prompts_per_step=args.prompts_per_step,
+        learning_rate=args.learning_rate,
+        sft_learning_rate=args.sft_learning_rate,
+        eval_problems=args.eval_problems,
+        eval_k=args.eval_k,
+        curve_every=args.curve_every,
+        curve_problems=args.curve_problems,
+        cache_dir=args.cache_dir,
+    )
+    budgets = {m: method_budget(m, settings)["optimizer_steps"] for m in methods}
+    assert len(set(budgets.values())) == 1, f"unequal optimizer steps: {budgets}"
+    out = Path(args.output_dir)
+    results = run_all(methods, args.seeds, settings, out)
+    summary = summarize(results, settings.eval_k)
+    table = results_table(summary, settings.eval_k)
+    (out / "results.json").write_text(json.dumps({"summary": summary, "runs": results}))
+    (out / "results.md").write_text(f"# prefix-rft compare\n\n{table}\n\n![results](results.png)\n")
+    plot(results, summary, out / "results.png")
+    print(table)
+    print(f"\nresults: {out / 'results.md'}, {out / 'results.json'}, {out / 'results.png'}")
+    return 0

@@ -1,0 +1,295 @@
+"""Training runs on the embedded task, shared by `prefix-rft demo` and `prefix-rft compare`.
+
+Every method gets the same base model, the same training prompts (seeded), the same number of optimizer steps and,
+for the RL methods, the same group of 8 rollouts per prompt; `method_budget` reports it so tests can check it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# method -> (trainer class name in prefix_rft.baselines / prefix_rft.trl, config overrides)
+RL_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "prefix_rft": ("PrefixRFTTrainer", {}),
+    "rft": ("PrefixRFTTrainer", {"num_hybrid": 0}),
+    "rl_sft": ("RLWithSFTTrainer", {}),
+    "luffy": ("LuffyTrainer", {}),
+    "relift": ("ReliftTrainer", {}),
+    # Prefix-RFT ablations (paper §6, Table 8)
+    "prefix_rft_select_all": ("PrefixRFTTrainer", {"prefix_entropy_selection": "all"}),
+    "prefix_rft_freeze_prefix": ("PrefixRFTTrainer", {"prefix_entropy_selection": "none"}),
+    "prefix_rft_random": ("PrefixRFTTrainer", {"prefix_entropy_selection": "random"}),
+    "prefix_rft_lowest": ("PrefixRFTTrainer", {"prefix_entropy_selection": "lowest"}),
+    "prefix_rft_keep0.5": ("PrefixRFTTrainer", {"prefix_entropy_keep_fraction": 0.5}),
+    "prefix_rft_keep0.8": ("PrefixRFTTrainer", {"prefix_entropy_keep_fraction": 0.8}),
+    "prefix_rft_uniform": ("PrefixRFTTrainer", {"prefix_ratio_schedule": "constant"}),
+    "prefix_rft_paper_adv": ("PrefixRFTTrainer", {"prefix_advantage": "paper"}),
+    "prefix_rft_demos50": ("PrefixRFTTrainer", {}),  # half the training prompts keep their demo (see train_rows)
+}
+SFT_METHODS = ("sft", "sft_rft")
+METHODS = (*RL_METHODS, *SFT_METHODS)
+# Paper's math averages on Qwen2.5-Math-7B (spec §6.1, §6.4), for orientation only.
+PAPER_MATH_AVG = {
+    "prefix_rft": 51.8,
+    "luffy": 50.1,
+    "sft_rft": 48.2,
+    "relift": 47.8,
+    "rft": 45.5,
+    "sft": 44.1,
+    "rl_sft": 40.1,
+    "prefix_rft_freeze_prefix": 45.4,
+    "prefix_rft_select_all": 45.7,
+}
+
+
+@dataclass
+class RunSettings:
+    steps: int = 60
+    prompts_per_step: int = 16
+    num_generations: int = 8
+    learning_rate: float = 1e-4
+    sft_learning_rate: float = 5e-4
+    eval_problems: int = 128
+    eval_k: int = 4
+    curve_every: int = 10
+    curve_problems: int = 64
+    relift_sft_batch: int = 16
+    cache_dir: str | None = None
+    base_overrides: dict[str, Any] = field(default_factory=dict)  # BaseModelConfig fields, e.g. a tiny test base
+    extra: dict[str, Any] = field(default_factory=dict)  # PrefixRFTConfig overrides for every RL method
+
+
+def completion_budget() -> int:
+    from prefix_rft.tasks.model import MAX_POSITIONS
+
+    return MAX_POSITIONS - 64  # the longest task prompt is under 64 tokens
+
+
+def train_rows(method: str, settings: RunSettings, seed: int) -> list[dict]:
+    """The same prompts for every method; `prefix_rft_demos50` drops the demos of every other prompt."""
+    from prefix_rft.tasks import make_rows
+
+    rows = make_rows("train", settings.steps * settings.prompts_per_step, seed=seed)
+    if method == "prefix_rft_demos50":
+        rows = [{**row, "demos": row["demos"] if i % 2 == 0 else []} for i, row in enumerate(rows)]
+    return rows
+
+
+def rl_config(method: str, settings: RunSettings, seed: int, output_dir: Path, steps: int | None = None):
+    """The config of an RL method: paper settings scaled to the task, plus the method's overrides."""
+    from prefix_rft import baselines
+    from prefix_rft.trl.config import PrefixRFTConfig
+
+    trainer_name, overrides = RL_METHODS[method]
+    config_cls = {
+        "PrefixRFTTrainer": PrefixRFTConfig,
+        "RLWithSFTTrainer": baselines.RLWithSFTConfig,
+        "LuffyTrainer": baselines.LuffyConfig,
+        "ReliftTrainer": baselines.ReliftConfig,
+    }[trainer_name]
+    steps = settings.steps if steps is None else steps
+    kwargs = dict(
+        output_dir=str(output_dir),
+        num_generations=settings.num_generations,
+        per_device_train_batch_size=settings.num_generations * settings.prompts_per_step,
+        max_completion_length=completion_budget(),
+        prefix_ratio_decay_steps=max(steps, 1),  # the paper's cosine floor, over the whole run
+        temperature=1.0,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type="constant",
+        max_steps=steps,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        seed=seed,
+        log_completions=False,
+        disable_tqdm=False,
+    )
+    if trainer_name == "ReliftTrainer":
+        kwargs.update(relift_sft_batch=settings.relift_sft_batch, relift_sft_learning_rate=settings.sft_learning_rate)
+    kwargs.update(overrides)
+    kwargs.update(settings.extra)
+    return config_cls(**kwargs)
+
+
+def sft_config(settings: RunSettings, seed: int, output_dir: Path, steps: int):
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=settings.prompts_per_step,
+        learning_rate=settings.sft_learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_ratio=0.1,
+        max_steps=steps,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        seed=seed,
+        max_length=None,
+        disable_tqdm=False,
+    )
+
+
+def method_budget(method: str, settings: RunSettings) -> dict[str, int]:
+    """Optimizer steps and rollouts (generated or demonstrated) per step of a method; equal across methods."""
+    if method == "sft":
+        return {
+            "optimizer_steps": settings.steps,
+            "rollouts_per_step": 0,
+            "prompts_per_step": settings.prompts_per_step,
+        }
+    if method == "sft_rft":
+        sft_steps = settings.steps // 2
+        rl = rl_config("rft", settings, 0, Path("unused"), steps=settings.steps - sft_steps)
+        return {
+            "optimizer_steps": sft_steps + rl.max_steps,
+            "rollouts_per_step": rl.per_device_train_batch_size,
+            "prompts_per_step": settings.prompts_per_step,
+        }
+    config = rl_config(method, settings, 0, Path("unused"))
+    return {
+        "optimizer_steps": config.max_steps,
+        "rollouts_per_step": config.per_device_train_batch_size,
+        "prompts_per_step": config.per_device_train_batch_size // config.num_generations,
+    }
+
+
+def evaluate_splits(model, tokenizer, seed: int, k: int, n: int, desc: str) -> dict[str, dict]:
+    """avg@k / pass@k on the in-distribution test split and the harder OOD split (T 0.6, top-p 0.95, as the paper)."""
+    from prefix_rft.eval.harness import evaluate
+    from prefix_rft.tasks import is_correct, make_rows
+
+    results = {}
+    for split in ("test", "ood"):
+        rows = make_rows(split, n, seed=10_000 + seed)
+        result = evaluate(
+            model,
+            tokenizer,
+            rows,
+            lambda c, a: float(is_correct(c, a)),
+            k=k,
+            max_new_tokens=completion_budget(),
+            batch_size=64,
+            seed=seed,
+            desc=f"{desc} {split}",
+        )
+        results[split] = result.metrics
+    return results
+
+
+def accuracy_callback(tokenizer, settings: RunSettings, seed: int, points: list[dict], offset: int = 0):
+    """A TrainerCallback appending {"step", "test", "ood"} (avg@1) to `points` every `curve_every` steps."""
+    from transformers import TrainerCallback
+
+    class AccuracyCurve(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % settings.curve_every == 0 or state.global_step == state.max_steps:
+                measure_point(model, tokenizer, settings, seed, points, offset + state.global_step)
+
+    return AccuracyCurve()
+
+
+def measure_point(model, tokenizer, settings: RunSettings, seed: int, points: list[dict], step: int) -> None:
+    was_training = model.training
+    model.eval()
+    metrics = evaluate_splits(model, tokenizer, seed, k=1, n=settings.curve_problems, desc=f"step {step}")
+    points.append({"step": step, **{split: m["avg@1"] for split, m in metrics.items()}})
+    model.train(was_training)
+
+
+def load_base(settings: RunSettings):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prefix_rft.tasks import BaseModelConfig, load_or_pretrain_base
+
+    config = BaseModelConfig(**settings.base_overrides)
+    path = load_or_pretrain_base(config, cache_dir=settings.cache_dir)
+    return path, AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+
+def train_rl(method, model, tokenizer, settings, seed, output_dir, points, steps=None, offset=0):
+    """Train `model` in place with an RL method; returns the trainer."""
+    from datasets import Dataset
+
+    from prefix_rft import baselines, trl
+    from prefix_rft.tasks import task_reward
+
+    trainer_name = RL_METHODS[method][0]
+    trainer_cls = getattr(trl, trainer_name, None) or getattr(baselines, trainer_name)
+    trainer = trainer_cls(
+        model=model,
+        reward_funcs=[task_reward],
+        args=rl_config(method, settings, seed, output_dir, steps),
+        train_dataset=Dataset.from_list(train_rows(method, settings, seed)),
+        processing_class=tokenizer,
+        callbacks=[accuracy_callback(tokenizer, settings, seed, points, offset)],
+    )
+    trainer.train()
+    return trainer
+
+
+def train_sft(model, tokenizer, settings, seed, output_dir, points, steps):
+    from prefix_rft.baselines.sft import build_sft_trainer
+
+    trainer = build_sft_trainer(
+        model, tokenizer, train_rows("sft", settings, seed), sft_config(settings, seed, output_dir, steps)
+    )
+    trainer.add_callback(accuracy_callback(tokenizer, settings, seed, points))
+    trainer.train()
+    return trainer
+
+
+def run_method(method: str, settings: RunSettings, seed: int, output_dir: Path) -> dict[str, Any]:
+    """Train one method from the base model and evaluate it; returns curves and final metrics."""
+    import torch
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    torch.manual_seed(seed)
+    base_path, model, tokenizer = load_base(settings)
+    points: list[dict] = []
+    measure_point(model, tokenizer, settings, seed, points, 0)
+    history: list[dict] = []
+    if method == "sft":
+        history += train_sft(model, tokenizer, settings, seed, output_dir, points, settings.steps).state.log_history
+    elif method == "sft_rft":
+        sft_steps = settings.steps // 2
+        history += train_sft(model, tokenizer, settings, seed, output_dir / "sft", points, sft_steps).state.log_history
+        trainer = train_rl(
+            "rft",
+            model,
+            tokenizer,
+            settings,
+            seed,
+            output_dir / "rft",
+            points,
+            steps=settings.steps - sft_steps,
+            offset=sft_steps,
+        )
+        history += trainer.state.log_history
+    else:
+        history += train_rl(method, model, tokenizer, settings, seed, output_dir, points).state.log_history
+    final = evaluate_splits(model.eval(), tokenizer, seed, settings.eval_k, settings.eval_problems, f"{method} final")
+    return {
+        "method": method,
+        "seed": seed,
+        "base_model": base_path,
+        "settings": dataclasses.asdict(settings),
+        "budget": method_budget(method, settings),
+        "curve": points,
+        "final": final,
+        "log_history": history,
+    }

@@ -1,0 +1,70 @@
+"""`prefix-rft compare`: equal budgets, and a test-sized run that resumes without redoing finished runs."""
+
+import json
+
+import pytest
+
+from prefix_rft.baselines import compare
+from prefix_rft.baselines.runs import METHODS, RunSettings, method_budget
+
+
+def test_every_method_gets_the_same_optimizer_steps_and_prompts():
+    settings = RunSettings(steps=10, prompts_per_step=4)
+    budgets = {m: method_budget(m, settings) for m in METHODS}
+    assert {b["optimizer_steps"] for b in budgets.values()} == {10}
+    assert {b["prompts_per_step"] for b in budgets.values()} == {4}
+
+
+def test_rl_methods_get_eight_rollouts_per_prompt():
+    # 4 prompts x 8 rollouts (LUFFY and RL+SFT: 7 generated + 1 demonstration in the group) = 32 per step
+    settings = RunSettings(steps=10, prompts_per_step=4)
+    for method in METHODS:
+        if method != "sft":
+            assert method_budget(method, settings)["rollouts_per_step"] == 32, method
+
+
+def test_sft_then_rft_splits_the_steps():
+    # 11 steps: 5 of SFT, then 6 of RFT
+    assert method_budget("sft_rft", RunSettings(steps=11))["optimizer_steps"] == 11
+
+
+@pytest.mark.slow
+def test_tiny_compare_runs_and_resumes(tmp_path, monkeypatch):
+    argv = [
+        "--methods",
+        "prefix_rft,rft",
+        "--seeds",
+        "1",
+        "--steps",
+        "2",
+        "--prompts-per-step",
+        "2",
+        "--eval-problems",
+        "4",
+        "--eval-k",
+        "1",
+        "--curve-every",
+        "2",
+        "--curve-problems",
+        "4",
+        "--base-size",
+        "test",
+        "--base-steps",
+        "3",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--output-dir",
+        str(tmp_path / "out"),
+    ]
+    assert compare.main(argv) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert sorted(r["method"] for r in results["runs"]) == ["prefix_rft", "rft"]
+    assert [p["step"] for p in results["runs"][0]["curve"]] == [0, 2]
+    assert (tmp_path / "out" / "results.png").stat().st_size > 0
+    assert "| prefix_rft |" in (tmp_path / "out" / "results.md").read_text()
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished run was redone")
+
+    monkeypatch.setattr(compare, "run_method", must_not_run)
+    assert compare.main(argv) == 0
