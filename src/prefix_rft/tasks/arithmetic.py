@@ -1,0 +1,194 @@
+"""Multi-step arithmetic: problems, the expert demonstrator, and the exact verifier.
+
+A problem is a chain of additions and subtractions of two-digit numbers, such as `38+47-19+56`. The demonstrator
+solves it one step at a time (`38+47=85`, `85-19=66`, `66+56=122`), checks the last step by its inverse, and ends
+with `answer: 122`. Answering in one shot only works for short chains, so the step-by-step strategy is what
+separates easy problems from hard ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+Split = Literal["train", "test", "ood"]
+
+_ANSWER_RE = re.compile(r"answer:[ ]*(-?\d+)")
+_PROBLEM_RE = re.compile(r"\d+([+-]\d+)*")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Difficulty knobs of the arithmetic task and the salt of the train/test partition."""
+
+    min_terms: int = 2
+    """fewest numbers in an in-distribution (train/test) problem"""
+    max_terms: int = 5
+    """most numbers in an in-distribution problem"""
+    ood_min_terms: int = 6
+    """fewest numbers in an out-of-distribution problem (harder: more steps)"""
+    ood_max_terms: int = 7
+    """most numbers in an out-of-distribution problem"""
+    min_number: int = 10
+    """smallest number in a problem"""
+    max_number: int = 99
+    """largest number in a problem"""
+    test_percent: int = 10
+    """share (in %) of in-distribution problems that belong to the test split"""
+    split_seed: int = 0
+    """salts the hash that assigns each in-distribution problem to train or test"""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """`terms[0] signs[0] terms[1] ...`, where `signs[i]` (`+` or `-`) joins terms i and i+1."""
+
+    terms: tuple[int, ...]
+    signs: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        return str(self.terms[0]) + "".join(f"{s}{t}" for s, t in zip(self.signs, self.terms[1:], strict=True))
+
+    def running_totals(self) -> list[int]:
+        """The value after each term: `[terms[0], terms[0] ± terms[1], ...]`."""
+        totals = [self.terms[0]]
+        for sign, term in zip(self.signs, self.terms[1:], strict=True):
+            totals.append(totals[-1] + term if sign == "+" else totals[-1] - term)
+        return totals
+
+    @property
+    def answer(self) -> int:
+        return self.running_totals()[-1]
+
+
+def parse_problem(text: str) -> Problem:
+    """Parse `38+47-19` (the inverse of `Problem.text`)."""
+    if not _PROBLEM_RE.fullmatch(text):
+        raise ValueError(f"not a chain of additions and subtractions: {text!r}")
+    return Problem(tuple(int(t) for t in re.split(r"[+-]", text)), tuple(re.findall(r"[+-]", text)))
+
+
+def prompt_text(problem: Problem) -> str:
+    """The user message that poses a problem."""
+    return f"compute {problem.text}"
+
+
+def problem_of_prompt(prompt: str) -> Problem:
+    """The problem posed by a user message written by `prompt_text`."""
+    return parse_problem(prompt.removeprefix("compute "))
+
+
+def demonstrate(problem: Problem | str) -> str:
+    """The expert trace: one step per line, a check of the last step by its inverse, then the answer.
+
+    >>> print(demonstrate("38+47-19+56"))
+    38+47=85
+    85-19=66
+    66+56=122
+    check 122-56=66 ok
+    answer: 122
+    """
+    if isinstance(problem, str):
+        problem = parse_problem(problem)
+    totals = problem.running_totals()
+    steps = list(zip(totals[:-1], problem.signs, problem.terms[1:], totals[1:], strict=True))
+    lines = [f"{before}{sign}{term}={after}" for before, sign, term, after in steps]
+    if steps:
+        before, sign, term, after = steps[-1]
+        # Undo the last step: recompute the previous running total from the final one.
+        lines.append(f"check {after}{'-' if sign == '+' else '+'}{term}={before} ok")
+    lines.append(f"answer: {problem.answer}")
+    return "\n".join(lines)
+
+
+def restated_answer(problem: Problem) -> str:
+    """The weaker solution the base model is pretrained on: the whole chain in one line, then the answer."""
+    return f"{problem.text}={problem.answer}\nanswer: {problem.answer}"
+
+
+def extract_answer(completion: str) -> str | None:
+    """The number after the last `answer:`, or None when there is none."""
+    found = _ANSWER_RE.findall(completion)
+    return found[-1] if found else None
+
+
+def is_correct(completion: str, answer: str) -> bool:
+    """Exact match of the last `answer: N` against the gold integer written canonically (no sign `+`, no zero pad)."""
+    return extract_answer(completion) == str(answer).strip()
+
+
+def task_reward(completions: list, answer: list[str], **kwargs) -> list[float]:
+    """TRL reward function: 1.0 for a correct final answer, else 0.0.
+
+    Completions may be strings or conversations (`[{"role": "assistant", "content": ...}]`); for a conversation
+    the last message is graded.
+
+    >>> task_reward(["3+4=7\\nanswer: 7", [{"role": "assistant", "content": "answer: 8"}]], answer=["7", "7"])
+    [1.0, 0.0]
+    """
+    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+    return [float(is_correct(text, gold)) for text, gold in zip(texts, answer, strict=True)]
+
+
+def _term_range(config: TaskConfig, split: Split) -> tuple[int, int]:
+    if split == "ood":
+        return config.ood_min_terms, config.ood_max_terms
+    return config.min_terms, config.max_terms
+
+
+def sample_problem(rng: random.Random, n_terms: int, config: TaskConfig) -> Problem:
+    """Draw a chain of `n_terms` numbers whose running total never goes below zero."""
+    terms = [rng.randint(config.min_number, config.max_number) for _ in range(n_terms)]
+    signs, total = [], terms[0]
+    for term in terms[1:]:
+        # Subtract only what the total can afford: every intermediate result stays a plain natural number.
+        sign = "-" if term <= total and rng.random() < 0.5 else "+"
+        total = total + term if sign == "+" else total - term
+        signs.append(sign)
+    return Problem(tuple(terms), tuple(signs))
+
+
+def in_test_split(problem: Problem, config: TaskConfig) -> bool:
+    """Whether an in-distribution problem belongs to the test split (a salted hash, so the same for every seed)."""
+    digest = hashlib.blake2b(f"{config.split_seed}:{problem.text}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 100 < config.test_percent
+
+
+def sample_split_problem(rng: random.Random, split: Split, config: TaskConfig) -> Problem:
+    """Draw one problem of `split`; train and test draw from the same distribution, split by `in_test_split`."""
+    lo, hi = _term_range(config, split)
+    while True:
+        problem = sample_problem(rng, rng.randint(lo, hi), config)
+        if split == "ood" or in_test_split(problem, config) == (split == "test"):
+            return problem
+
+
+def make_rows(split: Split, n: int, seed: int, config: TaskConfig | None = None) -> list[dict]:
+    """`n` distinct problems of `split` as dataset rows (prompt as a chat, one demo, the gold answer).
+
+    Deterministic given (`split`, `n`, `seed`, `config`); train and test never share a problem.
+    """
+    if split not in ("train", "test", "ood"):
+        raise ValueError(f"unknown split {split!r}; expected 'train', 'test' or 'ood'")
+    config = config or TaskConfig()
+    rng = random.Random(f"{split}-{seed}")
+    seen: set[str] = set()
+    rows = []
+    while len(rows) < n:
+        problem = sample_split_problem(rng, split, config)
+        if problem.text in seen:
+            continue
+        seen.add(problem.text)
+        rows.append(
+            {
+                "id": f"{split}-{seed}-{len(rows)}",
+                "prompt": [{"role": "user", "content": prompt_text(problem)}],
+                "demos": [demonstrate(problem)],
+                "answer": str(problem.answer),
+            }
+        )
+    return rows

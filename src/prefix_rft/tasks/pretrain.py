@@ -1,0 +1,246 @@
+"""Pretrain the BASE model of the embedded task from scratch on CPU, cached by a hash of its config.
+
+The corpus teaches the problems, the answer format and single steps (`85-19=66`), but solves whole chains in one
+line (`38+47-19+56=122`); only a few solutions are demonstrator traces. So the base model solves short chains and
+can follow a demo it is shown, but rarely breaks a long chain into steps by itself: it stands to the demos as
+Qwen2.5-Math-7B stands to R1 traces. See docs/tasks.md for the measured numbers.
+
+Run: python -m prefix_rft.tasks.pretrain [--cache-dir DIR] [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from prefix_rft.tasks.arithmetic import (
+    Problem,
+    TaskConfig,
+    demonstrate,
+    in_test_split,
+    prompt_text,
+    restated_answer,
+    sample_split_problem,
+)
+from prefix_rft.tasks.model import build_model
+from prefix_rft.tasks.tokenizer import build_tokenizer
+
+# Part of the cache key: bump it when the generator, demonstrator, tokenizer or model code changes what is trained.
+CORPUS_VERSION = 2  # 2: Llama architecture (see tasks/model.py)
+CACHE_ENV = "PREFIX_RFT_CACHE"
+# Batches are cut from a pool this many batches deep, sorted by length, so that short direct answers are not padded
+# to the length of a long demo.
+POOL_BATCHES = 16
+
+
+@dataclass(frozen=True)
+class BaseModelConfig:
+    """Pretraining settings of the base model; their hash names the cache directory."""
+
+    model_size: str = "1m"
+    """a key of `prefix_rft.tasks.model.MODEL_SIZES`"""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    """the task whose train split makes the corpus"""
+    demo_fraction: float = 0.03
+    """share of the corpus that is train problems solved by the demonstrator"""
+    step_fraction: float = 0.3
+    """share of the corpus that is single steps of train problems (`85-19`); the rest are train problems solved
+    in one line"""
+    steps: int = 1500
+    """optimizer steps"""
+    batch_size: int = 64
+    """sequences per step"""
+    lr: float = 3e-3
+    """peak learning rate (AdamW)"""
+    warmup_steps: int = 100
+    """linear warm-up steps before the cosine decay"""
+    final_lr_ratio: float = 0.05
+    """learning rate at the last step as a share of `lr`; a constant rate makes training collapse"""
+    weight_decay: float = 0.01
+    """AdamW weight decay"""
+    bf16: bool = False
+    """train under bf16 autocast (faster from ~3M parameters on CPUs with AVX-512 bf16)"""
+    seed: int = 0
+    """seeds the initialisation and the corpus"""
+
+
+def config_hash(config: BaseModelConfig) -> str:
+    """A short, stable hash of `config` and `CORPUS_VERSION`."""
+    payload = json.dumps({"config": dataclasses.asdict(config), "version": CORPUS_VERSION}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """`cache_dir`, else $PREFIX_RFT_CACHE, else $XDG_CACHE_HOME/prefix_rft (default ~/.cache/prefix_rft)."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "prefix_rft"
+
+
+def base_model_dir(config: BaseModelConfig, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where the base model of `config` is (or will be) cached."""
+    return cache_root(cache_dir) / f"base-{config_hash(config)}"
+
+
+def sample_step(rng: random.Random, task: TaskConfig) -> Problem:
+    """One step of a train problem's solution (`85-19`), as a problem of its own; never a test problem."""
+    while True:
+        problem = sample_split_problem(rng, "train", task)
+        i = rng.randrange(len(problem.signs))
+        step = Problem((problem.running_totals()[i], problem.terms[i + 1]), (problem.signs[i],))
+        if not in_test_split(step, task):
+            return step
+
+
+def corpus_text(rng: random.Random, config: BaseModelConfig) -> tuple[Problem, str]:
+    """One (problem, solution) of the pretraining corpus."""
+    draw = rng.random()
+    if draw < config.step_fraction:
+        step = sample_step(rng, config.task)
+        return step, restated_answer(step)
+    problem = sample_split_problem(rng, "train", config.task)
+    if draw < config.step_fraction + config.demo_fraction:
+        return problem, demonstrate(problem)
+    return problem, restated_answer(problem)
+
+
+def corpus_example(
+    rng: random.Random, config: BaseModelConfig, tokenizer: PreTrainedTokenizerBase
+) -> tuple[list[int], list[int]]:
+    """One (prompt ids, completion ids) pair of the pretraining corpus."""
+    problem, solution = corpus_text(rng, config)
+    chat = [{"role": "user", "content": prompt_text(problem)}]
+    prompt = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(solution + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    return prompt_ids, completion_ids
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example; the loss covers completion tokens only."""
+    width = max(len(p) + len(c) for p, c in examples)
+    input_ids = torch.full((len(examples), width), pad_id)
+    labels = torch.full((len(examples), width), -100)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, (prompt_ids, completion_ids) in enumerate(examples):
+        ids = prompt_ids + completion_ids
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, len(prompt_ids) : len(ids)] = torch.tensor(completion_ids)
+        attention_mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def corpus_batches(config: BaseModelConfig, tokenizer: PreTrainedTokenizerBase) -> Iterator[dict[str, torch.Tensor]]:
+    """An endless, seeded stream of length-bucketed training batches."""
+    rng = random.Random(f"pretrain-{config.seed}")
+    while True:
+        pool = [corpus_example(rng, config, tokenizer) for _ in range(POOL_BATCHES * config.batch_size)]
+        pool.sort(key=lambda pair: len(pair[0]) + len(pair[1]))
+        batches = [pool[i : i + config.batch_size] for i in range(0, len(pool), config.batch_size)]
+        rng.shuffle(batches)
+        for batch in batches:
+            yield collate(batch, tokenizer.pad_token_id)
+
+
+def lr_factor(step: int, config: BaseModelConfig) -> float:
+    """Linear warm-up to 1, then cosine decay to `final_lr_ratio` at the last step."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.final_lr_ratio + (1 - config.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def pretrain(config: BaseModelConfig, progress: bool = True) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
+    """Train a fresh model on the corpus of `config`; returns it, its tokenizer and a summary of the run."""
+    torch.manual_seed(config.seed)
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, config.model_size)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
+    batches = corpus_batches(config, tokenizer)
+    start, tokens, ema_loss = time.perf_counter(), 0, None
+    bar = tqdm(range(config.steps), desc="pretraining base model", disable=not progress, unit="step")
+    for _ in bar:
+        batch = next(batches)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens += int(batch["attention_mask"].sum())
+        ema_loss = loss.item() if ema_loss is None else 0.95 * ema_loss + 0.05 * loss.item()
+        bar.set_postfix(loss=f"{ema_loss:.3f}")
+    model.eval()
+    seconds = time.perf_counter() - start
+    summary = {"seconds": round(seconds, 1), "tokens": tokens, "tokens_per_second": round(tokens / seconds)}
+    summary["final_loss_ema"] = round(ema_loss, 4) if ema_loss is not None else None
+    return model, tokenizer, summary
+
+
+def _save_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, info: dict, target: Path) -> Path:
+    """Write into a temporary sibling directory, then rename it: readers never see a half-written model."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "pretrain.json").write_text(json.dumps(info, indent=2) + "\n")
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        # Another process finished the same config first: theirs is as good as ours.
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not target.is_dir():
+            raise
+    return target
+
+
+def load_or_pretrain_base(
+    config: BaseModelConfig | None = None, cache_dir: str | None = None, progress: bool = True
+) -> str:
+    """Path of a `save_pretrained` directory (model + tokenizer) of the base model, pretraining it on a cache miss."""
+    config = config or BaseModelConfig()
+    target = base_model_dir(config, cache_dir)
+    if target.is_dir():
+        return str(target)
+    model, tokenizer, summary = pretrain(config, progress=progress)
+    info = {"config": dataclasses.asdict(config), "hash": config_hash(config), "version": CORPUS_VERSION, **summary}
+    return str(_save_atomically(model, tokenizer, info, target))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build (or find in the cache) the base model of the embedded task.")
+    parser.add_argument("--cache-dir", default=None, help=f"cache root (default: ${CACHE_ENV} or ~/.cache/prefix_rft)")
+    parser.add_argument("--force", action="store_true", help="retrain even if the cache holds this config")
+    args = parser.parse_args(argv)
+    config = BaseModelConfig()
+    target = base_model_dir(config, args.cache_dir)
+    if args.force and target.is_dir():
+        shutil.rmtree(target)
+    hit = target.is_dir()
+    path = load_or_pretrain_base(config, args.cache_dir)
+    print(f"base model {'found in cache' if hit else 'saved'}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,154 @@
+import pytest
+
+from prefix_rft.tasks import TaskConfig, demonstrate, is_correct, make_rows, task_reward
+from prefix_rft.tasks.arithmetic import parse_problem, problem_of_prompt
+
+
+def test_make_rows_is_deterministic_given_seed():
+    assert make_rows("train", 50, seed=3) == make_rows("train", 50, seed=3)
+
+
+def test_make_rows_differs_across_seeds():
+    first = [r["prompt"][0]["content"] for r in make_rows("train", 50, seed=3)]
+    second = [r["prompt"][0]["content"] for r in make_rows("train", 50, seed=4)]
+    assert first != second
+
+
+def test_make_rows_gives_distinct_problems_with_unique_ids():
+    rows = make_rows("test", 300, seed=0)
+    assert len({r["prompt"][0]["content"] for r in rows}) == 300
+    assert len({r["id"] for r in rows}) == 300
+
+
+def test_train_and_test_splits_are_disjoint():
+    # Different seeds on purpose: the partition must not depend on the seed of the draw.
+    train = {r["prompt"][0]["content"] for seed in range(3) for r in make_rows("train", 2000, seed=seed)}
+    test = {r["prompt"][0]["content"] for seed in range(3) for r in make_rows("test", 500, seed=seed)}
+    assert train.isdisjoint(test)
+
+
+def test_split_salt_changes_the_partition():
+    default = {r["prompt"][0]["content"] for r in make_rows("test", 200, seed=0)}
+    salted = {r["prompt"][0]["content"] for r in make_rows("test", 200, seed=0, config=TaskConfig(split_seed=1))}
+    assert default != salted
+
+
+def test_ood_problems_have_more_terms_than_in_distribution_ones():
+    # TaskConfig defaults: in-distribution 2-5 terms, ood 6-7 terms.
+    def terms(rows):
+        return {len(problem_of_prompt(r["prompt"][0]["content"]).terms) for r in rows}
+
+    assert terms(make_rows("train", 300, seed=0)) == {2, 3, 4, 5}
+    assert terms(make_rows("ood", 300, seed=0)) == {6, 7}
+
+
+def test_row_has_the_documented_fields():
+    row = make_rows("train", 1, seed=0)[0]
+    assert set(row) == {"id", "prompt", "demos", "answer"}
+    assert row["prompt"][0]["role"] == "user" and row["prompt"][0]["content"].startswith("compute ")
+    assert isinstance(row["demos"], list) and len(row["demos"]) == 1
+    assert row["answer"].isdigit()
+
+
+def test_unknown_split_is_rejected():
+    with pytest.raises(ValueError, match="unknown split"):
+        make_rows("validation", 1, seed=0)
+
+
+@pytest.mark.parametrize("split", ["train", "test", "ood"])
+def test_every_demo_verifies(split):
+    for seed in range(10):
+        for row in make_rows(split, 200, seed=seed):
+            assert is_correct(row["demos"][0], row["answer"]), row
+
+
+def test_no_running_total_goes_below_zero_and_numbers_stay_in_range():
+    for split in ("train", "ood"):
+        for row in make_rows(split, 500, seed=1):
+            problem = problem_of_prompt(row["prompt"][0]["content"])
+            assert min(problem.running_totals()) >= 0
+            assert all(10 <= t <= 99 for t in problem.terms)
+
+
+def test_demo_takes_one_step_per_line_then_checks_the_last_step():
+    # 38+47=85, 85-19=66, 66+56=122; the check undoes the last step: 122-56=66.
+    expected = "38+47=85\n85-19=66\n66+56=122\ncheck 122-56=66 ok\nanswer: 122"
+    assert demonstrate("38+47-19+56") == expected
+
+
+def test_demo_of_a_single_addition():
+    # 25+92=117; check 117-92=25.
+    assert demonstrate("25+92") == "25+92=117\ncheck 117-92=25 ok\nanswer: 117"
+
+
+def test_demo_of_a_subtraction_reaching_zero():
+    # 40-40=0; check 0+40=40.
+    assert demonstrate("40-40") == "40-40=0\ncheck 0+40=40 ok\nanswer: 0"
+
+
+def test_parse_problem_reads_terms_and_signs():
+    problem = parse_problem("38+47-19")
+    assert problem.terms == (38, 47, 19)
+    assert problem.signs == ("+", "-")
+    assert problem.running_totals() == [38, 85, 66]
+    assert problem.answer == 66
+    assert problem.text == "38+47-19"
+
+
+@pytest.mark.parametrize("text", ["7*8", "38+-4", "", "38+", " 38+4"])
+def test_parse_problem_rejects_other_expressions(text):
+    with pytest.raises(ValueError, match="not a chain"):
+        parse_problem(text)
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "answer: 75",
+        "answer:75",
+        "56+19=75\nanswer: 12\nwait\nanswer: 75",  # the last answer counts
+        "56+19=75\ncheck 75-19=56 ok\nanswer: 75\n",
+    ],
+)
+def test_verifier_accepts_right_answers(completion):
+    assert is_correct(completion, "75")
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "answer: 76",
+        "answer: 750",  # the whole number is read, not a prefix of it
+        "answer: 7",
+        "answer: 75\nanswer: 74",  # a later answer overrides an earlier right one
+        "answer: -75",
+    ],
+)
+def test_verifier_rejects_wrong_answers(completion):
+    assert not is_correct(completion, "75")
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "",
+        "75",  # no `answer:` marker
+        "56+19=75",
+        "answer is 75",
+        "answer: seventy-five",
+        "Answer: 75",  # the marker is lower case
+        "answer: 075",  # not canonical
+    ],
+)
+def test_verifier_rejects_malformed_answers(completion):
+    assert not is_correct(completion, "75")
+
+
+def test_task_reward_grades_strings_and_conversations():
+    completions = [
+        "answer: 7",
+        [{"role": "assistant", "content": "3+4=7\nanswer: 7"}],
+        [{"role": "assistant", "content": "answer: 8"}],
+        "no answer",
+    ]
+    assert task_reward(completions, answer=["7", "7", "7", "7"], prompts=None) == [1.0, 1.0, 0.0, 0.0]

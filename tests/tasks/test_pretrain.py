@@ -1,0 +1,83 @@
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from prefix_rft.tasks import BaseModelConfig, build_model, build_tokenizer, load_or_pretrain_base
+from prefix_rft.tasks import pretrain as pretrain_module
+from prefix_rft.tasks.pretrain import base_model_dir, cache_root, collate, config_hash, lr_factor
+
+TINY = BaseModelConfig(model_size="test", steps=3, batch_size=4, warmup_steps=1)
+
+
+def test_tiny_pretraining_writes_a_loadable_dir_and_a_second_call_hits_the_cache(tmp_path, monkeypatch):
+    path = load_or_pretrain_base(TINY, cache_dir=str(tmp_path), progress=False)
+    assert Path(path) == tmp_path / f"base-{config_hash(TINY)}"
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert model.config.vocab_size == len(tokenizer)
+    # Next to a model config, AutoTokenizer may pick a model-specific class (for qwen2 it rewrote our pre-tokenizer
+    # and dropped spaces): the loaded tokenizer must still split characters one by one.
+    assert tokenizer.convert_ids_to_tokens(tokenizer("a b")["input_ids"]) == ["<bos>", "a", " ", "b"]
+    info = json.loads((Path(path) / "pretrain.json").read_text())
+    assert info["config"]["steps"] == 3 and info["hash"] == config_hash(TINY)
+    # Only the final directory is left behind: the temporary one was renamed.
+    assert [p.name for p in tmp_path.iterdir()] == [Path(path).name]
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the cache was missed: pretraining ran again")
+
+    monkeypatch.setattr(pretrain_module, "pretrain", fail)
+    assert load_or_pretrain_base(TINY, cache_dir=str(tmp_path), progress=False) == path
+
+
+def test_cache_root_prefers_the_argument_then_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFIX_RFT_CACHE", str(tmp_path / "env"))
+    assert cache_root(tmp_path / "arg") == tmp_path / "arg"
+    assert cache_root() == tmp_path / "env"
+    monkeypatch.delenv("PREFIX_RFT_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "prefix_rft"
+
+
+def test_config_hash_depends_on_every_setting_including_the_task():
+    from prefix_rft.tasks import TaskConfig
+
+    assert config_hash(TINY) == config_hash(BaseModelConfig(model_size="test", steps=3, batch_size=4, warmup_steps=1))
+    assert config_hash(TINY) != config_hash(BaseModelConfig(model_size="test", steps=4, batch_size=4, warmup_steps=1))
+    harder = BaseModelConfig(model_size="test", steps=3, batch_size=4, warmup_steps=1, task=TaskConfig(max_terms=6))
+    assert config_hash(TINY) != config_hash(harder)
+    assert base_model_dir(TINY, "/c") != base_model_dir(harder, "/c")
+
+
+def test_lr_warms_up_linearly_then_decays_to_the_final_ratio():
+    config = BaseModelConfig(steps=110, warmup_steps=10, final_lr_ratio=0.1)
+    assert lr_factor(0, config) == pytest.approx(0.1)  # (0+1)/10
+    assert lr_factor(9, config) == pytest.approx(1.0)
+    # halfway through the decay (step 10 + 50): 0.1 + 0.9 * 0.5 * (1 + cos(pi/2)) = 0.55
+    assert lr_factor(60, config) == pytest.approx(0.55)
+    assert lr_factor(110, config) == pytest.approx(0.1)
+
+
+def test_collate_masks_the_prompt_and_right_pads():
+    batch = collate([([5, 6], [7, 1]), ([5], [8, 9, 1])], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 1], [5, 8, 9, 1]]
+    assert batch["labels"].tolist() == [[-100, -100, 7, 1], [-100, 8, 9, 1]]
+    short = collate([([5], [7]), ([5], [8, 9, 1])], pad_id=0)
+    assert short["input_ids"][0].tolist() == [5, 7, 0, 0]
+    assert short["labels"][0].tolist() == [-100, 7, -100, -100]
+    assert short["attention_mask"][0].tolist() == [1, 1, 0, 0]
+
+
+def test_1m_model_has_the_parameter_count_worked_out_by_hand():
+    # vocab 7 specials + 97 characters = 104; hidden 128, 4 layers, FFN 512, tied embeddings, no biases.
+    # embedding 104*128 = 13,312; per layer: q,k,v,o 4*128*128 = 65,536, MLP 3*128*512 = 196,608,
+    # two RMSNorms 256 -> 262,400; 4 layers 1,049,600; final norm 128. Total 1,063,040.
+    model = build_model(build_tokenizer(), "1m")
+    assert sum(p.numel() for p in model.parameters()) == 1_063_040
+
+
+def test_unknown_model_size_is_rejected():
+    with pytest.raises(ValueError, match="unknown model size"):
+        build_model(build_tokenizer(), "huge")
