@@ -1,0 +1,252 @@
+"""Decode savings: tokens decoded per step with and without hybrid rows as the prefix ratio falls over the schedule.
+
+Runs `PrefixRFTTrainer` for `--steps` steps with `prefix_ratio_decay_steps` equal to the run length (the cosine floor
+falls from 0.95 to 0.05 over the run), then the same run with `num_hybrid=0` (same seed, same prompts). For every
+step and every row it records what the generator decoded (up to and including EOS, before the completion budget
+cuts it), the demo prefix the row was given for free, and the tokens that survive into the completion.
+
+The model is the embedded task's base model when it is cached (`load_or_pretrain_base`), else a random tiny model;
+`--model base` pretrains it on a cache miss (minutes), `--model random` never looks for it.
+
+    python benchmarks/decode_savings.py --steps 12 --out docs/benchmarks/decode_savings.json
+
+HF `generate` pads a batch to its longest row: every row occupies a decoding slot until the last row of the batch
+has finished, so fewer tokens for hybrid rows only turn into wall time with vLLM or continuous batching. The token
+counts below are the savings such a generator would see; `batch_decode_iterations` is what HF `generate` pays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from step_time import build, common_kwargs  # noqa: E402  (benchmarks/ is not a package)
+
+
+def cached_base_path(model: str) -> str | None:
+    """The base model directory to use, or None for a random model."""
+    if model == "random":
+        return None
+    from prefix_rft.tasks import BaseModelConfig, load_or_pretrain_base
+    from prefix_rft.tasks.pretrain import base_model_dir
+
+    if model == "auto" and not base_model_dir(BaseModelConfig()).is_dir():
+        return None
+    return load_or_pretrain_base()
+
+
+class DecodeRecorder:
+    """Records, per generation call, the raw rollouts of TRL's generator and the rows Prefix-RFT built from them.
+
+    TRL's `GRPOTrainer._generate_single_turn` (what `PrefixRFTTrainer` calls through `super()` for the prompts it
+    extends with demo prefixes) is wrapped at class level, in this process only, to see each row's decoded length
+    before the completion budget cuts it.
+    """
+
+    def __init__(self):
+        self.raw: list[list[int]] = []
+        self.steps: list[dict] = []
+
+    def install_class_hook(self):
+        from trl import GRPOTrainer
+
+        original = getattr(GRPOTrainer._generate_single_turn, "__wrapped__", GRPOTrainer._generate_single_turn)
+        recorder = self
+
+        def wrapped(trainer, *args, **kwargs):
+            completion_ids, logprobs = original(trainer, *args, **kwargs)
+            recorder.raw.append([len(c) for c in completion_ids])
+            return completion_ids, logprobs
+
+        wrapped.__wrapped__ = original  # a second recorder replaces this hook instead of stacking on it
+        GRPOTrainer._generate_single_turn = wrapped
+
+    def wrap_trainer(self, trainer):
+        original = trainer._generate_single_turn
+        recorder = self
+
+        def wrapped(*args, **kwargs):
+            recorder.raw.clear()
+            t0 = time.perf_counter()
+            completion_ids, logprobs = original(*args, **kwargs)
+            seconds = time.perf_counter() - t0
+            recorder.steps.append(recorder.rows_of(trainer, completion_ids, seconds))
+            return completion_ids, logprobs
+
+        trainer._generate_single_turn = wrapped
+
+    def rows_of(self, trainer, completion_ids, seconds: float) -> dict:
+        """One step: per row, group, prefix tokens, decoded tokens, kept continuation tokens, discarded tokens."""
+        plan = trainer._plan
+        (raw,) = self.raw  # one generation call per step
+        prefix_lens = [len(p) for p in plan.prefix_ids] if plan.prefix_ids else [0] * len(plan.rows)
+        generated = [i for i, row in enumerate(plan.rows) if not row.full_demo]
+        decoded = [0] * len(plan.rows)
+        for j, i in enumerate(generated):
+            decoded[i] = raw[j]
+        rows = []
+        for i, (prefix, n_decoded, completion) in enumerate(zip(prefix_lens, decoded, completion_ids, strict=True)):
+            kept = max(0, len(completion) - prefix)
+            rows.append(
+                {
+                    "group": i // trainer.num_generations,
+                    "hybrid": prefix > 0,
+                    "prefix": prefix,
+                    "decoded": n_decoded,
+                    "kept": kept,
+                    "discarded": n_decoded - kept,
+                }
+            )
+        low, high = trainer._prefix_sampler.bounds(trainer.state.global_step)
+        return {
+            "step": trainer.state.global_step,
+            "ratio_floor": low,
+            "ratio_ceiling": high,
+            "generate_s": seconds,
+            "rows": rows,
+        }
+
+
+def mean(values) -> float:
+    values = list(values)
+    return statistics.mean(values) if values else float("nan")
+
+
+def summarize_step(step: dict) -> dict:
+    """Per-step totals and the hybrid-vs-on-policy comparison within each group."""
+    rows = step["rows"]
+    hybrids = [r for r in rows if r["hybrid"]]
+    on_policy = [r for r in rows if not r["hybrid"]]
+    # A hybrid against the mean on-policy row of its own group: what it would have decoded without its prefix.
+    same_group = []
+    for h in hybrids:
+        peers = [r["decoded"] for r in on_policy if r["group"] == h["group"]]
+        if peers:
+            same_group.append(mean(peers) - h["decoded"])
+    return {
+        "step": step["step"],
+        "ratio_floor": round(step["ratio_floor"], 4),
+        "hybrid_rows": len(hybrids),
+        "hybrid_prefix_tokens_mean": mean(r["prefix"] for r in hybrids),
+        "hybrid_decoded_mean": mean(r["decoded"] for r in hybrids),
+        "hybrid_kept_mean": mean(r["kept"] for r in hybrids),
+        "hybrid_discarded_mean": mean(r["discarded"] for r in hybrids),
+        "on_policy_decoded_mean": mean(r["decoded"] for r in on_policy),
+        "decoded_saved_per_hybrid_vs_own_group": mean(same_group),
+        "decoded_total": sum(r["decoded"] for r in rows),
+        "discarded_total": sum(r["discarded"] for r in rows),
+        "prefix_total": sum(r["prefix"] for r in rows),
+        "batch_decode_iterations": max(r["decoded"] for r in rows),
+        "generate_s": round(step["generate_s"], 3),
+    }
+
+
+def run(num_hybrid: int, args, base_path: str | None) -> list[dict]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prefix_rft import PrefixRFTConfig, PrefixRFTTrainer
+    from prefix_rft.tasks import task_reward
+
+    model, tokenizer, dataset = build(args)
+    if base_path is not None:
+        model = AutoModelForCausalLM.from_pretrained(base_path)
+        tokenizer = AutoTokenizer.from_pretrained(base_path)
+    kwargs = common_kwargs(args) | {
+        "output_dir": "/tmp/bench_decode_savings",
+        "learning_rate": args.learning_rate,
+        "lr_scheduler_type": "constant",
+    }
+    config = PrefixRFTConfig(
+        **kwargs,
+        num_hybrid=num_hybrid,
+        prefix_ratio_decay_steps=args.steps,
+        prefix_truncate_long_demos=True,
+    )
+    trainer = PrefixRFTTrainer(
+        model=model, reward_funcs=[task_reward], args=config, train_dataset=dataset, processing_class=tokenizer
+    )
+    recorder = DecodeRecorder()
+    recorder.install_class_hook()
+    recorder.wrap_trainer(trainer)
+    trainer.train()
+    rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
+    steps = [summarize_step(s) | {"reward": r} for s, r in zip(recorder.steps, rewards, strict=True)]
+    return steps
+
+
+def print_table(hybrid: list[dict], plain: list[dict]) -> None:
+    head = (
+        "step  floor  prefix  hyb.decoded  hyb.kept  hyb.discard  onpol.decoded  saved/hybrid  "
+        "step.decoded  no-hybrid.decoded  iters  no-hybrid.iters"
+    )
+    print(head)
+    for h, p in zip(hybrid, plain, strict=True):
+        print(
+            f"{h['step']:>4}  {h['ratio_floor']:.2f}  {h['hybrid_prefix_tokens_mean']:6.1f}  "
+            f"{h['hybrid_decoded_mean']:11.1f}  {h['hybrid_kept_mean']:8.1f}  {h['hybrid_discarded_mean']:11.1f}  "
+            f"{h['on_policy_decoded_mean']:13.1f}  {h['decoded_saved_per_hybrid_vs_own_group']:12.1f}  "
+            f"{h['decoded_total']:12d}  {p['decoded_total']:17d}  {h['batch_decode_iterations']:5d}  "
+            f"{p['batch_decode_iterations']:15d}"
+        )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=12, help="optimizer steps; the prefix floor decays over all of them")
+    p.add_argument("--prompts", type=int, default=16)
+    p.add_argument("--max-completion", type=int, default=192, help="completion budget (the demo's is 192)")
+    p.add_argument("--learning-rate", type=float, default=1e-4, help="the demo's learning rate")
+    p.add_argument(
+        "--model",
+        choices=("auto", "base", "random"),
+        default="auto",
+        help="auto: the cached base model if there is one, else random; base: pretrain it on a cache miss",
+    )
+    p.add_argument("--model-size", default="1m", help="size of the random model (the base model has its own)")
+    p.add_argument("--out", default="docs/benchmarks/decode_savings.json")
+    args = p.parse_args()
+
+    base_path = cached_base_path(args.model)
+    print(f"model: {base_path or 'random ' + args.model_size}", flush=True)
+    t0 = time.perf_counter()
+    hybrid = run(1, args, base_path)
+    plain = run(0, args, base_path)
+    seconds = time.perf_counter() - t0
+    print_table(hybrid, plain)
+
+    def total(steps, key):
+        return sum(s[key] for s in steps)
+
+    totals = {
+        "decoded_with_hybrid": total(hybrid, "decoded_total"),
+        "decoded_without_hybrid": total(plain, "decoded_total"),
+        "prefix_tokens_supplied": total(hybrid, "prefix_total"),
+        "discarded_with_hybrid": total(hybrid, "discarded_total"),
+        "batch_decode_iterations_with_hybrid": total(hybrid, "batch_decode_iterations"),
+        "batch_decode_iterations_without_hybrid": total(plain, "batch_decode_iterations"),
+        "generate_s_with_hybrid": round(total(hybrid, "generate_s"), 2),
+        "generate_s_without_hybrid": round(total(plain, "generate_s"), 2),
+    }
+    totals["decoded_ratio"] = totals["decoded_with_hybrid"] / max(totals["decoded_without_hybrid"], 1)
+    print(json.dumps(totals, indent=1))
+    report = {
+        "settings": {k: v for k, v in vars(args).items()},
+        "model": base_path or f"random {args.model_size}",
+        "wall_s": round(seconds, 1),
+        "totals": totals,
+        "with_hybrid": hybrid,
+        "without_hybrid": plain,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
