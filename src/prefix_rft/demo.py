@@ -15,26 +15,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefix_rft.baselines.runs import RunSettings, evaluate_splits, load_base, run_method
+from prefix_rft.baselines.runs import (
+    RunSettings,
+    add_run_arguments,
+    evaluate_splits,
+    load_base,
+    run_method,
+    settings_from_args,
+)
 from prefix_rft.report import plot_training_curves, write_demo_report
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = RunSettings()
     parser = argparse.ArgumentParser(
         prog="prefix-rft demo",
         description="Train the embedded tiny model with Prefix-RFT on CPU, evaluate it before and after, and write a "
         "report (table, curves). The base model is pretrained once (a few minutes) and cached.",
     )
-    parser.add_argument("--steps", type=int, default=d.steps, help="Prefix-RFT optimizer steps (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data, sampling and prefixes")
     parser.add_argument("--output-dir", default="runs/demo", help="where the report, curves and results go")
-    parser.add_argument("--prompts-per-step", type=int, default=d.prompts_per_step, help="questions per step (x 8)")
-    parser.add_argument("--eval-problems", type=int, default=d.eval_problems, help="problems per split evaluated")
-    parser.add_argument("--eval-k", type=int, default=d.eval_k, help="samples per problem (avg@k, pass@k)")
-    parser.add_argument("--curve-every", type=int, default=d.curve_every, help="steps between accuracy points")
-    parser.add_argument("--learning-rate", type=float, default=d.learning_rate, help="Prefix-RFT learning rate")
-    parser.add_argument("--cache-dir", default=None, help="base-model cache (default $PREFIX_RFT_CACHE or ~/.cache)")
+    add_run_arguments(parser)
     return parser
 
 
@@ -73,14 +73,6 @@ def run(settings: RunSettings, seed: int, out: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     args = build_parser().parse_args(argv)
-    settings = RunSettings(
-        steps=args.steps,
-        prompts_per_step=args.prompts_per_step,
-        eval_problems=args.eval_problems,
-        eval_k=args.eval_k,
-        curve_every=args.curve_every,
-        learning_rate=args.learning_rate,
-        cache_dir=args.cache_dir,
-    )
+    settings = settings_from_args(args)
     run(settings, args.seed, Path(args.output_dir))
     return 0

@@ -2,6 +2,7 @@ import pytest
 import torch
 from datasets import Dataset
 
+from prefix_rft.baselines.runs import cpu_trainer_kwargs
 from prefix_rft.tasks.model import build_model
 from prefix_rft.tasks.tokenizer import build_tokenizer
 
@@ -32,21 +33,13 @@ def make_dataset(chat: bool = True) -> Dataset:
 def base_kwargs(tmp_path, **overrides) -> dict:
     """Settings shared by our trainer and stock GRPOTrainer in these tests."""
     kwargs = dict(
-        output_dir=str(tmp_path / "out"),
+        **cpu_trainer_kwargs(tmp_path / "out", seed=0, max_steps=1),
         per_device_train_batch_size=16,
         num_generations=8,
         max_completion_length=24,
         learning_rate=1e-2,
-        max_steps=1,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
         disable_tqdm=True,
-        gradient_checkpointing=False,
         log_completions=False,
-        seed=0,
     )
     kwargs.update(overrides)
     return kwargs

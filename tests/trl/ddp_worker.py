@@ -11,6 +11,7 @@ import torch.distributed as dist
 from datasets import Dataset
 
 from prefix_rft import PrefixRFTConfig, PrefixRFTTrainer
+from prefix_rft.baselines.runs import cpu_trainer_kwargs
 from prefix_rft.tasks.model import build_model
 from prefix_rft.tasks.tokenizer import build_tokenizer
 
@@ -38,21 +39,13 @@ def main(out_dir: str) -> None:
         [{"prompt": [{"role": "user", "content": d[:5]}], "demos": [d], "answer": d[-2:]} for d in demos]
     )
     args = PrefixRFTConfig(
-        output_dir=out_dir,
+        **cpu_trainer_kwargs(out_dir, seed=0, max_steps=2),
         per_device_train_batch_size=8,
         num_generations=8,
         max_completion_length=24,
         learning_rate=1e-2,
-        max_steps=2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
         disable_tqdm=True,
-        gradient_checkpointing=False,
         log_completions=False,
-        seed=0,
     )
     trainer = RecordingTrainer(
         model=model, reward_funcs=[reward], args=args, train_dataset=dataset, processing_class=tokenizer

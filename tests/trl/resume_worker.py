@@ -16,6 +16,7 @@ from datasets import Dataset
 from transformers.trainer_utils import get_last_checkpoint
 
 from prefix_rft import PrefixRFTConfig, PrefixRFTTrainer
+from prefix_rft.baselines.runs import cpu_trainer_kwargs
 from prefix_rft.tasks.model import build_model
 from prefix_rft.tasks.tokenizer import build_tokenizer
 
@@ -74,22 +75,14 @@ def main() -> None:
         ]
     )
     args = PrefixRFTConfig(
-        output_dir=opts.out_dir,
+        **{**cpu_trainer_kwargs(opts.out_dir, seed=0, max_steps=MAX_STEPS), "save_strategy": "steps"},
         per_device_train_batch_size=16,
         num_generations=8,
         max_completion_length=24,
         learning_rate=1e-2,
-        max_steps=MAX_STEPS,
-        logging_steps=1,
-        save_strategy="steps",
         save_steps=1,
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
         disable_tqdm=True,
-        gradient_checkpointing=False,
         log_completions=False,
-        seed=0,
         prefix_ratio_decay_steps=MAX_STEPS,
     )
     trainer = KillableTrainer(

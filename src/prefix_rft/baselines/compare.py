@@ -13,11 +13,18 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from prefix_rft.baselines.runs import METHODS, PAPER_MATH_AVG, RunSettings, method_budget, run_method
+from prefix_rft.baselines.runs import (
+    METHODS,
+    PAPER_MATH_AVG,
+    RunSettings,
+    add_run_arguments,
+    method_budget,
+    run_method,
+    settings_from_args,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = RunSettings()
     p = argparse.ArgumentParser(prog="prefix-rft compare", description=__doc__.splitlines()[0])
     p.add_argument(
         "--methods",
@@ -25,25 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated, from: {', '.join(METHODS)}",
     )
     p.add_argument("--seeds", type=int, default=3, help="seeds per method (0..N-1)")
-    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps of every method")
-    p.add_argument("--prompts-per-step", type=int, default=d.prompts_per_step, help="questions per step (x 8)")
-    p.add_argument("--eval-problems", type=int, default=d.eval_problems, help="problems per split at the end")
-    p.add_argument("--eval-k", type=int, default=d.eval_k, help="samples per problem at the end")
-    p.add_argument("--curve-every", type=int, default=d.curve_every, help="steps between accuracy points")
-    p.add_argument("--curve-problems", type=int, default=d.curve_problems, help="problems per accuracy point")
-    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="RL learning rate")
-    p.add_argument("--sft-learning-rate", type=float, default=d.sft_learning_rate, help="SFT learning rate")
     p.add_argument("--output-dir", default="runs/compare", help="results and per-run JSON")
-    p.add_argument("--cache-dir", default=None, help="base-model cache (default $PREFIX_RFT_CACHE or ~/.cache)")
-    p.add_argument("--base-size", default=None, help="base model size (default: the embedded task's)")
-    p.add_argument("--base-steps", type=int, default=None, help="base pretraining steps (default: the task's)")
+    add_run_arguments(p)
     return p
-
-
-def base_overrides(args: argparse.Namespace) -> dict:
-    """BaseModelConfig fields given on the command line (a smaller base for quick checks)."""
-    overrides = {"model_size": args.base_size, "steps": args.base_steps}
-    return {k: v for k, v in overrides.items() if v is not None}
 
 
 def run_all(methods: list[str], seeds: int, settings: RunSettings, out: Path) -> list[dict[str, Any]]:
@@ -136,17 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
-    settings = RunSettings(
-        steps=args.steps,
-        prompts_per_step=args.prompts_per_step,
-        learning_rate=args.learning_rate,
-        sft_learning_rate=args.sft_learning_rate,
-        eval_problems=args.eval_problems,
-        eval_k=args.eval_k,
-        curve_every=args.curve_every,
-        curve_problems=args.curve_problems,
-        cache_dir=args.cache_dir,
-    )
+    settings = settings_from_args(args)
     budgets = {m: method_budget(m, settings)["optimizer_steps"] for m in methods}
     assert len(set(budgets.values())) == 1, f"unequal optimizer steps: {budgets}"
     out = Path(args.output_dir)

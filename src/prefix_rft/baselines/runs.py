@@ -6,6 +6,7 @@ for the RL methods, the same group of 8 rollouts per prompt; `method_budget` rep
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 from dataclasses import dataclass, field
@@ -65,6 +66,53 @@ class RunSettings:
     extra: dict[str, Any] = field(default_factory=dict)  # PrefixRFTConfig overrides for every RL method
 
 
+def cpu_trainer_kwargs(output_dir, seed: int, max_steps: int) -> dict[str, Any]:
+    """TrainingArguments shared by every CPU run here: fp32, no checkpoints, no trackers, a log line per step."""
+    return dict(
+        output_dir=str(output_dir),
+        max_steps=max_steps,
+        seed=seed,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+    )
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Command-line flags of `RunSettings` shared by `prefix-rft demo` and `prefix-rft compare`."""
+    d = RunSettings()
+    parser.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (default %(default)s)")
+    parser.add_argument("--prompts-per-step", type=int, default=d.prompts_per_step, help="questions per step (x 8)")
+    parser.add_argument("--eval-problems", type=int, default=d.eval_problems, help="problems per split at the end")
+    parser.add_argument("--eval-k", type=int, default=d.eval_k, help="samples per problem (avg@k, pass@k)")
+    parser.add_argument("--curve-every", type=int, default=d.curve_every, help="steps between accuracy points")
+    parser.add_argument("--curve-problems", type=int, default=d.curve_problems, help="problems per accuracy point")
+    parser.add_argument("--learning-rate", type=float, default=d.learning_rate, help="RL learning rate")
+    parser.add_argument("--sft-learning-rate", type=float, default=d.sft_learning_rate, help="SFT learning rate")
+    parser.add_argument("--cache-dir", default=None, help="base-model cache (default $PREFIX_RFT_CACHE or ~/.cache)")
+    parser.add_argument("--base-size", default=None, help="base model size (default: the embedded task's)")
+    parser.add_argument("--base-steps", type=int, default=None, help="base pretraining steps (default: the task's)")
+
+
+def settings_from_args(args: argparse.Namespace) -> RunSettings:
+    base = {"model_size": args.base_size, "steps": args.base_steps}
+    return RunSettings(
+        steps=args.steps,
+        prompts_per_step=args.prompts_per_step,
+        learning_rate=args.learning_rate,
+        sft_learning_rate=args.sft_learning_rate,
+        eval_problems=args.eval_problems,
+        eval_k=args.eval_k,
+        curve_every=args.curve_every,
+        curve_problems=args.curve_problems,
+        cache_dir=args.cache_dir,
+        base_overrides={k: v for k, v in base.items() if v is not None},
+    )
+
+
 def completion_budget() -> int:
     from prefix_rft.tasks.model import MAX_POSITIONS
 
@@ -95,7 +143,7 @@ def rl_config(method: str, settings: RunSettings, seed: int, output_dir: Path, s
     }[trainer_name]
     steps = settings.steps if steps is None else steps
     kwargs = dict(
-        output_dir=str(output_dir),
+        **cpu_trainer_kwargs(output_dir, seed, steps),
         num_generations=settings.num_generations,
         per_device_train_batch_size=settings.num_generations * settings.prompts_per_step,
         max_completion_length=completion_budget(),
@@ -103,16 +151,7 @@ def rl_config(method: str, settings: RunSettings, seed: int, output_dir: Path, s
         temperature=1.0,
         learning_rate=settings.learning_rate,
         lr_scheduler_type="constant",
-        max_steps=steps,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        seed=seed,
         log_completions=False,
-        disable_tqdm=False,
     )
     if trainer_name == "ReliftTrainer":
         kwargs.update(relift_sft_batch=settings.relift_sft_batch, relift_sft_learning_rate=settings.sft_learning_rate)
@@ -125,21 +164,12 @@ def sft_config(settings: RunSettings, seed: int, output_dir: Path, steps: int):
     from trl import SFTConfig
 
     return SFTConfig(
-        output_dir=str(output_dir),
+        **cpu_trainer_kwargs(output_dir, seed, steps),
         per_device_train_batch_size=settings.prompts_per_step,
         learning_rate=settings.sft_learning_rate,
         lr_scheduler_type="cosine",
         warmup_ratio=0.1,
-        max_steps=steps,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        seed=seed,
         max_length=None,
-        disable_tqdm=False,
     )
 
 

@@ -18,6 +18,14 @@ class Controller(Protocol):
     def value(self, step: int) -> float: ...
 
 
+def _warmup(step: int, init: float, decay_steps: int, warmup_ratio: float) -> tuple[float | None, int]:
+    """(value during the linear warm-up from 0 to `init`, else None; step counted after the warm-up)."""
+    warmup_steps = math.floor(warmup_ratio * decay_steps)
+    if step < warmup_steps:
+        return step / warmup_steps * init, 0
+    return None, step - warmup_steps
+
+
 @dataclass(frozen=True)
 class Constant:
     """A value that never changes."""
@@ -48,10 +56,9 @@ class CosineDecay:
             raise ValueError(f"CosineDecay needs decay_steps > 0, got {self.decay_steps}")
 
     def value(self, step: int) -> float:
-        warmup_steps = math.floor(self.warmup_ratio * self.decay_steps)
-        if step < warmup_steps:
-            return step / warmup_steps * self.init
-        s = step - warmup_steps
+        warm, s = _warmup(step, self.init, self.decay_steps, self.warmup_ratio)
+        if warm is not None:
+            return warm
         if s > self.decay_steps:
             return self.target
         d = 0.5 * (1.0 + math.cos(math.pi * s / self.decay_steps))
@@ -72,10 +79,9 @@ class LinearDecay:
             raise ValueError(f"LinearDecay needs decay_steps > 0, got {self.decay_steps}")
 
     def value(self, step: int) -> float:
-        warmup_steps = math.floor(self.warmup_ratio * self.decay_steps)
-        if step < warmup_steps:
-            return step / warmup_steps * self.init
-        s = step - warmup_steps
+        warm, s = _warmup(step, self.init, self.decay_steps, self.warmup_ratio)
+        if warm is not None:
+            return warm
         if s >= self.decay_steps:
             return self.target
         return self.init + (self.target - self.init) * s / self.decay_steps
