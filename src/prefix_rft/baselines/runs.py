@@ -168,7 +168,7 @@ def sft_config(settings: RunSettings, seed: int, output_dir: Path, steps: int):
         per_device_train_batch_size=settings.prompts_per_step,
         learning_rate=settings.sft_learning_rate,
         lr_scheduler_type="cosine",
-        warmup_ratio=0.1,
+        warmup_steps=max(1, steps // 10),  # 10% linear warm-up, then cosine (the paper's SFT schedule)
         max_length=None,
     )
 
