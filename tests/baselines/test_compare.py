@@ -32,7 +32,7 @@ def test_sft_then_rft_splits_the_steps():
 def test_tiny_compare_runs_and_resumes(tmp_path, monkeypatch):
     argv = [
         "--methods",
-        "prefix_rft,rft",
+        "prefix_rft,rft,sft,sft_rft,rl_sft,luffy,relift",
         "--seeds",
         "1",
         "--steps",
@@ -58,8 +58,12 @@ def test_tiny_compare_runs_and_resumes(tmp_path, monkeypatch):
     ]
     assert compare.main(argv) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert sorted(r["method"] for r in results["runs"]) == ["prefix_rft", "rft"]
+    methods = ["luffy", "prefix_rft", "relift", "rft", "rl_sft", "sft", "sft_rft"]
+    assert sorted(r["method"] for r in results["runs"]) == methods
     assert [p["step"] for p in results["runs"][0]["curve"]] == [0, 2]
+    # SFT then RFT: 1 SFT step, then 1 RFT step counted after it (points at 0, 1 from SFT's end, and 2)
+    sft_rft = next(r for r in results["runs"] if r["method"] == "sft_rft")
+    assert [p["step"] for p in sft_rft["curve"]] == [0, 1, 2]
     assert (tmp_path / "out" / "results.png").stat().st_size > 0
     assert "| prefix_rft |" in (tmp_path / "out" / "results.md").read_text()
 
