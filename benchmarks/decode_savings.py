@@ -12,7 +12,8 @@ The model is the embedded task's base model when it is cached (`load_or_pretrain
 
 HF `generate` pads a batch to its longest row: every row occupies a decoding slot until the last row of the batch
 has finished, so fewer tokens for hybrid rows only turn into wall time with vLLM or continuous batching. The token
-counts below are the savings such a generator would see; `batch_decode_iterations` is what HF `generate` pays.
+counts below are the savings such a generator would see; `batch_decode_iterations` (decoding steps, summed over
+the step's generate calls) and `padded_decode_slots` (rows x decoding steps) are what HF `generate` pays.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import statistics
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,13 +46,14 @@ def cached_base_path(model: str) -> str | None:
 class DecodeRecorder:
     """Records, per generation call, the raw rollouts of TRL's generator and the rows Prefix-RFT built from them.
 
-    TRL's `GRPOTrainer._generate_single_turn` (what `PrefixRFTTrainer` calls through `super()` for the prompts it
-    extends with demo prefixes) is wrapped at class level, in this process only, to see each row's decoded length
-    before the completion budget cuts it.
+    TRL's `GRPOTrainer._generate_single_turn` (what `PrefixRFTTrainer` calls through `super()` with the prompts it
+    extends with demo prefixes, once or in several calls) is wrapped at class level, in this process only, to see
+    each row's decoded length before the completion budget cuts it. Rows are matched to calls by their generation
+    prompt (prompt + prefix); rows with equal generation prompts are interchangeable for these counts.
     """
 
     def __init__(self):
-        self.raw: list[list[int]] = []
+        self.calls: list[tuple[list[tuple[int, ...]], list[int]]] = []
         self.steps: list[dict] = []
 
     def install_class_hook(self):
@@ -59,9 +62,9 @@ class DecodeRecorder:
         original = getattr(GRPOTrainer._generate_single_turn, "__wrapped__", GRPOTrainer._generate_single_turn)
         recorder = self
 
-        def wrapped(trainer, *args, **kwargs):
-            completion_ids, logprobs = original(trainer, *args, **kwargs)
-            recorder.raw.append([len(c) for c in completion_ids])
+        def wrapped(trainer, prompt_ids, *args, **kwargs):
+            completion_ids, logprobs = original(trainer, prompt_ids, *args, **kwargs)
+            recorder.calls.append(([tuple(p) for p in prompt_ids], [len(c) for c in completion_ids]))
             return completion_ids, logprobs
 
         wrapped.__wrapped__ = original  # a second recorder replaces this hook instead of stacking on it
@@ -71,33 +74,34 @@ class DecodeRecorder:
         original = trainer._generate_single_turn
         recorder = self
 
-        def wrapped(*args, **kwargs):
-            recorder.raw.clear()
+        def wrapped(prompt_ids, *args, **kwargs):
+            recorder.calls.clear()
             t0 = time.perf_counter()
-            completion_ids, logprobs = original(*args, **kwargs)
+            completion_ids, logprobs = original(prompt_ids, *args, **kwargs)
             seconds = time.perf_counter() - t0
-            recorder.steps.append(recorder.rows_of(trainer, completion_ids, seconds))
+            recorder.steps.append(recorder.rows_of(trainer, prompt_ids, completion_ids, seconds))
             return completion_ids, logprobs
 
         trainer._generate_single_turn = wrapped
 
-    def rows_of(self, trainer, completion_ids, seconds: float) -> dict:
+    def rows_of(self, trainer, prompt_ids, completion_ids, seconds: float) -> dict:
         """One step: per row, group, prefix tokens, decoded tokens, kept continuation tokens, discarded tokens."""
         plan = trainer._plan
-        (raw,) = self.raw  # one generation call per step
-        prefix_lens = [len(p) for p in plan.prefix_ids] if plan.prefix_ids else [0] * len(plan.rows)
-        generated = [i for i, row in enumerate(plan.rows) if not row.full_demo]
-        decoded = [0] * len(plan.rows)
-        for j, i in enumerate(generated):
-            decoded[i] = raw[j]
+        prefix_ids = plan.prefix_ids or [[] for _ in plan.rows]
+        decoded_by_prompt = defaultdict(list)
+        for prompts, lengths in self.calls:
+            for prompt, n in zip(prompts, lengths, strict=True):
+                decoded_by_prompt[prompt].append(n)
         rows = []
-        for i, (prefix, n_decoded, completion) in enumerate(zip(prefix_lens, decoded, completion_ids, strict=True)):
-            kept = max(0, len(completion) - prefix)
+        for i, (prompt, prefix, completion) in enumerate(zip(prompt_ids, prefix_ids, completion_ids, strict=True)):
+            full_demo = plan.rows[i].full_demo  # nothing generated
+            n_decoded = 0 if full_demo else decoded_by_prompt[tuple(prompt) + tuple(prefix)].pop(0)
+            kept = max(0, len(completion) - len(prefix))
             rows.append(
                 {
                     "group": i // trainer.num_generations,
-                    "hybrid": prefix > 0,
-                    "prefix": prefix,
+                    "hybrid": len(prefix) > 0,
+                    "prefix": len(prefix),
                     "decoded": n_decoded,
                     "kept": kept,
                     "discarded": n_decoded - kept,
@@ -109,6 +113,11 @@ class DecodeRecorder:
             "ratio_floor": low,
             "ratio_ceiling": high,
             "generate_s": seconds,
+            # What HF generate pays: each call runs until its longest row stops, over its widest prompt.
+            "calls": [
+                {"rows": len(lengths), "iterations": max(lengths), "prompt_width": max(map(len, prompts))}
+                for prompts, lengths in self.calls
+            ],
             "rows": rows,
         }
 
@@ -142,7 +151,10 @@ def summarize_step(step: dict) -> dict:
         "decoded_total": sum(r["decoded"] for r in rows),
         "discarded_total": sum(r["discarded"] for r in rows),
         "prefix_total": sum(r["prefix"] for r in rows),
-        "batch_decode_iterations": max(r["decoded"] for r in rows),
+        "generate_calls": len(step["calls"]),
+        "batch_decode_iterations": sum(c["iterations"] for c in step["calls"]),
+        "padded_decode_slots": sum(c["rows"] * c["iterations"] for c in step["calls"]),
+        "max_prompt_width": max(c["prompt_width"] for c in step["calls"]),
         "generate_s": round(step["generate_s"], 3),
     }
 
@@ -181,19 +193,25 @@ def run(num_hybrid: int, args, base_path: str | None) -> list[dict]:
 
 
 def print_table(hybrid: list[dict], plain: list[dict]) -> None:
-    head = (
-        "step  floor  prefix  hyb.decoded  hyb.kept  hyb.discard  onpol.decoded  saved/hybrid  "
-        "step.decoded  no-hybrid.decoded  iters  no-hybrid.iters"
-    )
-    print(head)
+    columns = [
+        ("step", "step", "d"),
+        ("floor", "ratio_floor", ".2f"),
+        ("prefix", "hybrid_prefix_tokens_mean", ".1f"),
+        ("hyb.decoded", "hybrid_decoded_mean", ".1f"),
+        ("hyb.kept", "hybrid_kept_mean", ".1f"),
+        ("hyb.discarded", "hybrid_discarded_mean", ".1f"),
+        ("onpol.decoded", "on_policy_decoded_mean", ".1f"),
+        ("saved/hybrid", "decoded_saved_per_hybrid_vs_own_group", ".1f"),
+        ("step.decoded", "decoded_total", "d"),
+        ("iters", "batch_decode_iterations", "d"),
+        ("width", "max_prompt_width", "d"),
+    ]
+    plain_columns = [("no-hyb.decoded", "decoded_total", "d"), ("no-hyb.iters", "batch_decode_iterations", "d")]
+    print("  ".join(name for name, _, _ in columns + plain_columns))
     for h, p in zip(hybrid, plain, strict=True):
-        print(
-            f"{h['step']:>4}  {h['ratio_floor']:.2f}  {h['hybrid_prefix_tokens_mean']:6.1f}  "
-            f"{h['hybrid_decoded_mean']:11.1f}  {h['hybrid_kept_mean']:8.1f}  {h['hybrid_discarded_mean']:11.1f}  "
-            f"{h['on_policy_decoded_mean']:13.1f}  {h['decoded_saved_per_hybrid_vs_own_group']:12.1f}  "
-            f"{h['decoded_total']:12d}  {p['decoded_total']:17d}  {h['batch_decode_iterations']:5d}  "
-            f"{p['batch_decode_iterations']:15d}"
-        )
+        cells = [f"{h[key]:>{len(name)}{fmt}}" for name, key, fmt in columns]
+        cells += [f"{p[key]:>{len(name)}{fmt}}" for name, key, fmt in plain_columns]
+        print("  ".join(cells))
 
 
 def main() -> None:
@@ -230,6 +248,8 @@ def main() -> None:
         "discarded_with_hybrid": total(hybrid, "discarded_total"),
         "batch_decode_iterations_with_hybrid": total(hybrid, "batch_decode_iterations"),
         "batch_decode_iterations_without_hybrid": total(plain, "batch_decode_iterations"),
+        "padded_decode_slots_with_hybrid": total(hybrid, "padded_decode_slots"),
+        "padded_decode_slots_without_hybrid": total(plain, "padded_decode_slots"),
         "generate_s_with_hybrid": round(total(hybrid, "generate_s"), 2),
         "generate_s_without_hybrid": round(total(plain, "generate_s"), 2),
     }
