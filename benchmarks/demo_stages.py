@@ -2,8 +2,9 @@
 
     python benchmarks/demo_stages.py [runs/demo/results.json] [--json docs/benchmarks/demo_stages.json]
 
-Besides the demo's own stages (`timings_s`), the training stage is split with the trainer's log: the optimizer steps
-(sum of TRL's per-step `step_time`) and the rest (accuracy-curve evaluations, the final evaluation, set-up).
+Besides the demo's own stages (`timings_s`), the training stage is split with the trainer's log: TRL's per-step
+`step_time` (generation, rewards, loss forward and backward of each step, summed) and the rest (optimizer steps,
+accuracy-curve evaluations, the final evaluation, set-up).
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ def main() -> None:
     for name, seconds in s["stages_s"].items():
         print(f"{name:<45} {seconds:9.1f} {seconds / total:7.1%}")
     if "train_steps" in s:
-        print(f"{'  of which optimizer steps (' + str(s['train_steps']) + ')':<45} {s['train_steps_s']:9.1f}")
+        label = f"  of which training steps ({s['train_steps']}, step_time)"
+        print(f"{label:<45} {s['train_steps_s']:9.1f}")
         if "train_stage_other_s" in s:
-            print(f"{'  of which evaluation and set-up':<45} {s['train_stage_other_s']:9.1f}")
-        print(f"{'  median step':<45} {s['median_step_s']:9.2f}")
+            print(f"{'  of which optimizer, evaluations, set-up':<45} {s['train_stage_other_s']:9.1f}")
+        print(f"{'  median step_time':<45} {s['median_step_s']:9.2f}")
     print(f"{'total':<45} {total:9.1f}")
     if args.json:
         settings = report.get("settings", {})

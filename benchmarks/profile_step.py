@@ -2,7 +2,7 @@
 
 Runs `benchmarks/step_time.py --child --variant V` under `py-spy record` (`pip install py-spy`) for each variant and
 reports, for a fixed list of functions, the share of the process's samples spent inside them (inclusive), so that
-variants can be compared stage by stage. The raw collapsed stacks are kept next to the JSON for flame graphs.
+variants can be compared stage by stage. The raw collapsed stacks (megabytes) go to `--stacks-dir`, for flame graphs.
 
     python benchmarks/profile_step.py --variants stock_dr_grpo prefix_rft --out docs/benchmarks/profile_step.json
 """
@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -40,9 +41,18 @@ FRAMES = {
 }
 
 
+def py_spy() -> str:
+    """py-spy on PATH, else next to this interpreter (a venv used without activating it)."""
+    beside = Path(sys.executable).with_name("py-spy")
+    found = shutil.which("py-spy") or (str(beside) if beside.exists() else None)
+    if found is None:
+        raise SystemExit("py-spy is not installed: pip install py-spy")
+    return found
+
+
 def profile(variant: str, args, raw_path: Path) -> dict:
     cmd = [
-        "py-spy",
+        py_spy(),
         "record",
         "--format",
         "raw",
@@ -103,14 +113,15 @@ def main() -> None:
     p.add_argument("--model-size", default="1m")
     p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--out", default="docs/benchmarks/profile_step.json")
+    p.add_argument("--stacks-dir", default=str(Path(tempfile.gettempdir()) / "prefix_rft_profile"))
     args = p.parse_args()
-    if shutil.which("py-spy") is None:
-        raise SystemExit("py-spy is not installed: pip install py-spy")
+    py_spy()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    Path(args.stacks_dir).mkdir(parents=True, exist_ok=True)
     report = {"settings": vars(args), "variants": {}}
     for variant in args.variants:
-        raw = out.with_name(f"{out.stem}.{variant}.stacks.txt")
+        raw = Path(args.stacks_dir) / f"{out.stem}.{variant}.stacks.txt"
         report["variants"][variant] = profile(variant, args, raw) | {"stacks": str(raw)}
     labels = list(FRAMES)
     print(f"{'share of the training loop':<58}" + "".join(f"{v:>22}" for v in args.variants))
