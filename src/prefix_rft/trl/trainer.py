@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,24 +199,51 @@ class PrefixRFTTrainer(GRPOTrainer):
             prefix_ids.append(prefix[:kept] + ([self._tokenizer.eos_token_id] if row.full_demo else []))
         plan.prefix_ids = prefix_ids
         generate = [i for i, row in enumerate(plan.rows) if not row.full_demo]
-        gen_prompts = [list(prompt_ids[i]) + prefix_ids[i] for i in generate]
         # vLLM server mode samples each unique prompt once with n=num_generations (it keeps every G-th prompt),
         # which would drop the hybrids' own prompts; n=1 per row keeps them. Colocate and transformers honour
         # per-row prompts.
         n = 1 if self.use_vllm and self.args.vllm_mode == "server" else num_generations
-        generated, gen_logprobs = super()._generate_single_turn(gen_prompts, images, multimodal_fields, n)
-        completion_ids = [[] for _ in plan.rows]  # full-demo rows generate nothing
-        logprobs = None if gen_logprobs is None else [[] for _ in plan.rows]
-        for j, i in enumerate(generate):
-            completion_ids[i] = generated[j]
-            if logprobs is not None:
-                logprobs[i] = gen_logprobs[j]
         budget = self.max_completion_length
+        completion_ids = [[] for _ in plan.rows]  # full-demo rows generate nothing
+        logprobs, has_logprobs = [[] for _ in plan.rows], False
+        for rows in self._generation_calls(generate, prefix_ids, images, multimodal_fields):
+            gen_prompts = [list(prompt_ids[i]) + prefix_ids[i] for i in rows]
+            # No row of this call can keep more new tokens than the budget left after the call's shortest prefix.
+            with self._max_new_tokens(max(1, budget - min(len(prefix_ids[i]) for i in rows))):
+                generated, gen_logprobs = super()._generate_single_turn(gen_prompts, images, multimodal_fields, n)
+            has_logprobs = gen_logprobs is not None
+            for j, i in enumerate(rows):
+                completion_ids[i] = generated[j]
+                if has_logprobs:
+                    logprobs[i] = gen_logprobs[j]
+        logprobs = logprobs if has_logprobs else None
         completion_ids = [(p + list(c))[:budget] for p, c in zip(prefix_ids, completion_ids, strict=True)]
         if logprobs is not None:
             # Demo tokens were not sampled: NaN makes TRL's importance-sampling correction a ratio of 1 for them.
             logprobs = [([math.nan] * len(p) + list(lp))[:budget] for p, lp in zip(prefix_ids, logprobs, strict=True)]
         return completion_ids, logprobs
+
+    def _generation_calls(self, rows, prefix_ids, images, multimodal_fields) -> list[list[int]]:
+        """Rows generated together: transformers' `generate` left-pads a batch to its longest prompt + prefix, and
+        every row pays for that width in prefill, attention and KV cache at each decoding step, so on-policy rows
+        and rows that continue a prefix go in separate calls. vLLM and continuous batching do not pad: one call."""
+        if self.use_vllm or self.use_transformers_continuous_batching or images is not None or multimodal_fields:
+            return [rows]
+        groups = [[i for i in rows if not prefix_ids[i]], [i for i in rows if prefix_ids[i]]]
+        return [group for group in groups if group]
+
+    @contextmanager
+    def _max_new_tokens(self, limit: int):
+        """Temporarily cap transformers generation at `limit` new tokens (vLLM keeps its own limit)."""
+        config = getattr(self, "generation_config", None)
+        if config is None:
+            yield
+            return
+        saved, config.max_new_tokens = config.max_new_tokens, min(limit, config.max_new_tokens)
+        try:
+            yield
+        finally:
+            config.max_new_tokens = saved
 
     # ---------------------------------------------------------------- rewards and advantages
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
