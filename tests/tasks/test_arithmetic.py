@@ -34,12 +34,12 @@ def test_split_salt_changes_the_partition():
 
 
 def test_ood_problems_have_more_terms_than_in_distribution_ones():
-    # TaskConfig defaults: in-distribution 2-5 terms, ood 6-7 terms.
+    # TaskConfig defaults: in-distribution 2-8 terms, ood 9-10 terms.
     def terms(rows):
         return {len(problem_of_prompt(r["prompt"][0]["content"]).terms) for r in rows}
 
-    assert terms(make_rows("train", 300, seed=0)) == {2, 3, 4, 5}
-    assert terms(make_rows("ood", 300, seed=0)) == {6, 7}
+    assert terms(make_rows("train", 300, seed=0)) == {2, 3, 4, 5, 6, 7, 8}
+    assert terms(make_rows("ood", 300, seed=0)) == {9, 10}
 
 
 def test_row_has_the_documented_fields():
@@ -67,32 +67,38 @@ def test_no_running_total_goes_below_zero_and_numbers_stay_in_range():
         for row in make_rows(split, 500, seed=1):
             problem = problem_of_prompt(row["prompt"][0]["content"])
             assert min(problem.running_totals()) >= 0
-            assert all(10 <= t <= 99 for t in problem.terms)
+            assert 10 <= problem.terms[0] <= 99
+            assert all(1 <= t <= 9 for t in problem.terms[1:])
 
 
 def test_demo_takes_one_step_per_line_then_checks_the_last_step():
-    # 38+47=85, 85-19=66, 66+56=122; the check undoes the last step: 122-56=66.
-    expected = "38+47=85\n85-19=66\n66+56=122\ncheck 122-56=66 ok\nanswer: 122"
-    assert demonstrate("38+47-19+56") == expected
+    # 38+7=45, 45-9=36, 36+6=42; the check undoes the last step: 42-6=36.
+    expected = "38+7=45\n45-9=36\n36+6=42\ncheck 42-6=36 ok\nanswer: 42"
+    assert demonstrate("38+7-9+6") == expected
+
+
+def test_demo_crosses_a_hundred():
+    # 97+8=105, 105-9=96; check 96+9=105.
+    assert demonstrate("97+8-9") == "97+8=105\n105-9=96\ncheck 96+9=105 ok\nanswer: 96"
 
 
 def test_demo_of_a_single_addition():
-    # 25+92=117; check 117-92=25.
-    assert demonstrate("25+92") == "25+92=117\ncheck 117-92=25 ok\nanswer: 117"
+    # 25+9=34; check 34-9=25.
+    assert demonstrate("25+9") == "25+9=34\ncheck 34-9=25 ok\nanswer: 34"
 
 
 def test_demo_of_a_subtraction_reaching_zero():
-    # 40-40=0; check 0+40=40.
-    assert demonstrate("40-40") == "40-40=0\ncheck 0+40=40 ok\nanswer: 0"
+    # 12-3=9, 9-9=0; check 0+9=9.
+    assert demonstrate("12-3-9") == "12-3=9\n9-9=0\ncheck 0+9=9 ok\nanswer: 0"
 
 
 def test_parse_problem_reads_terms_and_signs():
-    problem = parse_problem("38+47-19")
-    assert problem.terms == (38, 47, 19)
+    problem = parse_problem("38+7-9")
+    assert problem.terms == (38, 7, 9)
     assert problem.signs == ("+", "-")
-    assert problem.running_totals() == [38, 85, 66]
-    assert problem.answer == 66
-    assert problem.text == "38+47-19"
+    assert problem.running_totals() == [38, 45, 36]
+    assert problem.answer == 36
+    assert problem.text == "38+7-9"
 
 
 @pytest.mark.parametrize("text", ["7*8", "38+-4", "", "38+", " 38+4"])

@@ -1,4 +1,5 @@
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -6,7 +7,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from prefix_rft.tasks import BaseModelConfig, build_model, build_tokenizer, load_or_pretrain_base
 from prefix_rft.tasks import pretrain as pretrain_module
-from prefix_rft.tasks.pretrain import base_model_dir, cache_root, collate, config_hash, lr_factor
+from prefix_rft.tasks.arithmetic import in_test_split
+from prefix_rft.tasks.pretrain import base_model_dir, cache_root, collate, config_hash, corpus_text, lr_factor
 
 TINY = BaseModelConfig(model_size="test", steps=3, batch_size=4, warmup_steps=1)
 
@@ -49,6 +51,25 @@ def test_config_hash_depends_on_every_setting_including_the_task():
     harder = BaseModelConfig(model_size="test", steps=3, batch_size=4, warmup_steps=1, task=TaskConfig(max_terms=6))
     assert config_hash(TINY) != config_hash(harder)
     assert base_model_dir(TINY, "/c") != base_model_dir(harder, "/c")
+
+
+def test_corpus_poses_only_short_train_problems_and_single_steps():
+    config = BaseModelConfig()  # corpus_max_terms=4, steps 30%, demos 3%, the rest one-line solutions
+    rng = random.Random(0)
+    kinds = {"step": 0, "demo": 0, "one-line": 0}
+    for _ in range(3000):
+        problem, solution = corpus_text(rng, config)
+        assert len(problem.terms) <= 4
+        assert not in_test_split(problem, config.task)
+        if "check" in solution:
+            kinds["demo"] += 1
+        elif len(problem.terms) == 2 and problem.terms[0] > 99:
+            kinds["step"] += 1  # only a step can start above 99 (a running total)
+        else:
+            kinds["one-line"] += 1
+            assert solution == f"{problem.text}={problem.answer}\nanswer: {problem.answer}"
+    assert 40 < kinds["demo"] < 150  # 3% of 3000 = 90
+    assert kinds["step"] > 0 and kinds["one-line"] > 1500
 
 
 def test_lr_warms_up_linearly_then_decays_to_the_final_ratio():

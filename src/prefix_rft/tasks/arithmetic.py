@@ -1,9 +1,9 @@
 """Multi-step arithmetic: problems, the expert demonstrator, and the exact verifier.
 
-A problem is a chain of additions and subtractions of two-digit numbers, such as `38+47-19+56`. The demonstrator
-solves it one step at a time (`38+47=85`, `85-19=66`, `66+56=122`), checks the last step by its inverse, and ends
-with `answer: 122`. Answering in one shot only works for short chains, so the step-by-step strategy is what
-separates easy problems from hard ones.
+A problem is a two-digit number followed by a chain of one-digit additions and subtractions, such as `38+7-9+6`.
+The demonstrator solves it one step at a time (`38+7=45`, `45-9=36`, `36+6=42`), checks the last step by its
+inverse, and ends with `answer: 42`. Each step is easy; the whole chain in one shot is not (the last digit alone is
+a sum modulo 10 over every term), so the step-by-step strategy is what separates easy problems from hard ones.
 """
 
 from __future__ import annotations
@@ -26,16 +26,20 @@ class TaskConfig:
 
     min_terms: int = 2
     """fewest numbers in an in-distribution (train/test) problem"""
-    max_terms: int = 5
+    max_terms: int = 8
     """most numbers in an in-distribution problem"""
-    ood_min_terms: int = 6
+    ood_min_terms: int = 9
     """fewest numbers in an out-of-distribution problem (harder: more steps)"""
-    ood_max_terms: int = 7
+    ood_max_terms: int = 10
     """most numbers in an out-of-distribution problem"""
-    min_number: int = 10
-    """smallest number in a problem"""
-    max_number: int = 99
-    """largest number in a problem"""
+    min_first: int = 10
+    """smallest first number"""
+    max_first: int = 99
+    """largest first number"""
+    min_number: int = 1
+    """smallest number added or subtracted after the first"""
+    max_number: int = 9
+    """largest number added or subtracted after the first"""
     test_percent: int = 10
     """share (in %) of in-distribution problems that belong to the test split"""
     split_seed: int = 0
@@ -66,7 +70,7 @@ class Problem:
 
 
 def parse_problem(text: str) -> Problem:
-    """Parse `38+47-19` (the inverse of `Problem.text`)."""
+    """Parse `38+7-9` (the inverse of `Problem.text`)."""
     if not _PROBLEM_RE.fullmatch(text):
         raise ValueError(f"not a chain of additions and subtractions: {text!r}")
     return Problem(tuple(int(t) for t in re.split(r"[+-]", text)), tuple(re.findall(r"[+-]", text)))
@@ -85,12 +89,12 @@ def problem_of_prompt(prompt: str) -> Problem:
 def demonstrate(problem: Problem | str) -> str:
     """The expert trace: one step per line, a check of the last step by its inverse, then the answer.
 
-    >>> print(demonstrate("38+47-19+56"))
-    38+47=85
-    85-19=66
-    66+56=122
-    check 122-56=66 ok
-    answer: 122
+    >>> print(demonstrate("38+7-9+6"))
+    38+7=45
+    45-9=36
+    36+6=42
+    check 42-6=36 ok
+    answer: 42
     """
     if isinstance(problem, str):
         problem = parse_problem(problem)
@@ -142,7 +146,8 @@ def _term_range(config: TaskConfig, split: Split) -> tuple[int, int]:
 
 def sample_problem(rng: random.Random, n_terms: int, config: TaskConfig) -> Problem:
     """Draw a chain of `n_terms` numbers whose running total never goes below zero."""
-    terms = [rng.randint(config.min_number, config.max_number) for _ in range(n_terms)]
+    terms = [rng.randint(config.min_first, config.max_first)]
+    terms += [rng.randint(config.min_number, config.max_number) for _ in range(n_terms - 1)]
     signs, total = [], terms[0]
     for term in terms[1:]:
         # Subtract only what the total can afford: every intermediate result stays a plain natural number.
@@ -158,9 +163,13 @@ def in_test_split(problem: Problem, config: TaskConfig) -> bool:
     return int.from_bytes(digest, "big") % 100 < config.test_percent
 
 
-def sample_split_problem(rng: random.Random, split: Split, config: TaskConfig) -> Problem:
-    """Draw one problem of `split`; train and test draw from the same distribution, split by `in_test_split`."""
+def sample_split_problem(
+    rng: random.Random, split: Split, config: TaskConfig, max_terms: int | None = None
+) -> Problem:
+    """Draw one problem of `split` (at most `max_terms` long, if given); train and test draw from the same
+    distribution and are told apart by `in_test_split`."""
     lo, hi = _term_range(config, split)
+    hi = hi if max_terms is None else min(hi, max_terms)
     while True:
         problem = sample_problem(rng, rng.randint(lo, hi), config)
         if split == "ood" or in_test_split(problem, config) == (split == "test"):

@@ -1,9 +1,9 @@
 """Pretrain the BASE model of the embedded task from scratch on CPU, cached by a hash of its config.
 
-The corpus teaches the problems, the answer format and single steps (`85-19=66`), but solves whole chains in one
-line (`38+47-19+56=122`); only a few solutions are demonstrator traces. So the base model solves short chains and
-can follow a demo it is shown, but rarely breaks a long chain into steps by itself: it stands to the demos as
-Qwen2.5-Math-7B stands to R1 traces. See docs/tasks.md for the measured numbers.
+The corpus teaches the answer format and single steps (`45-9=36`) of every train problem, but holds only short
+chains as whole problems, mostly solved in one line (`38+7-9+6=42`) and rarely by the demonstrator. So the base
+model solves short chains, can follow a demo it is shown, but guesses at long chains instead of working them out
+step by step: it stands to the demos as Qwen2.5-Math-7B stands to R1 traces. See docs/tasks.md for the numbers.
 
 Run: python -m prefix_rft.tasks.pretrain [--cache-dir DIR] [--force]
 """
@@ -56,16 +56,18 @@ class BaseModelConfig:
     """a key of `prefix_rft.tasks.model.MODEL_SIZES`"""
     task: TaskConfig = field(default_factory=TaskConfig)
     """the task whose train split makes the corpus"""
+    corpus_max_terms: int = 4
+    """longest chain posed as a whole problem in the corpus; longer train problems only lend their single steps"""
     demo_fraction: float = 0.03
-    """share of the corpus that is train problems solved by the demonstrator"""
+    """share of the corpus that is (short) train problems solved by the demonstrator"""
     step_fraction: float = 0.3
-    """share of the corpus that is single steps of train problems (`85-19`); the rest are train problems solved
-    in one line"""
+    """share of the corpus that is single steps of train problems (`45-9`); the rest are short train problems
+    solved in one line"""
     steps: int = 1500
     """optimizer steps"""
     batch_size: int = 64
     """sequences per step"""
-    lr: float = 3e-3
+    lr: float = 1e-3
     """peak learning rate (AdamW)"""
     warmup_steps: int = 100
     """linear warm-up steps before the cosine decay"""
@@ -100,7 +102,7 @@ def base_model_dir(config: BaseModelConfig, cache_dir: str | os.PathLike | None 
 
 
 def sample_step(rng: random.Random, task: TaskConfig) -> Problem:
-    """One step of a train problem's solution (`85-19`), as a problem of its own; never a test problem."""
+    """One step of a train problem's solution (`45-9`), as a problem of its own; never a test problem."""
     while True:
         problem = sample_split_problem(rng, "train", task)
         i = rng.randrange(len(problem.signs))
@@ -115,7 +117,7 @@ def corpus_text(rng: random.Random, config: BaseModelConfig) -> tuple[Problem, s
     if draw < config.step_fraction:
         step = sample_step(rng, config.task)
         return step, restated_answer(step)
-    problem = sample_split_problem(rng, "train", config.task)
+    problem = sample_split_problem(rng, "train", config.task, max_terms=config.corpus_max_terms)
     if draw < config.step_fraction + config.demo_fraction:
         return problem, demonstrate(problem)
     return problem, restated_answer(problem)
@@ -167,8 +169,27 @@ def lr_factor(step: int, config: BaseModelConfig) -> float:
     return config.final_lr_ratio + (1 - config.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def cpu_threads() -> int:
+    """Torch's default thread count on an idle machine, one thread when other processes keep the cores busy.
+
+    A tiny model runs thousands of small ops per step, and OpenMP threads that share cores with another process wait
+    for each other at every op: measured on 2 cores next to another torch job, 1.73 s/step with 2 threads against
+    0.27 s/step with 1.
+    """
+    return 1 if os.getloadavg()[0] >= 1.0 else torch.get_num_threads()
+
+
 def pretrain(config: BaseModelConfig, progress: bool = True) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
     """Train a fresh model on the corpus of `config`; returns it, its tokenizer and a summary of the run."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cpu_threads())
+    try:
+        return _pretrain(config, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pretrain(config: BaseModelConfig, progress: bool) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
     torch.manual_seed(config.seed)
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, config.model_size)
@@ -193,6 +214,7 @@ def pretrain(config: BaseModelConfig, progress: bool = True) -> tuple[PreTrained
     model.eval()
     seconds = time.perf_counter() - start
     summary = {"seconds": round(seconds, 1), "tokens": tokens, "tokens_per_second": round(tokens / seconds)}
+    summary["threads"] = torch.get_num_threads()
     summary["final_loss_ema"] = round(ema_loss, 4) if ema_loss is not None else None
     return model, tokenizer, summary
 

@@ -1,0 +1,115 @@
+"""Measure how hard the embedded task is for the cached base model (docs/tasks.md quotes its output).
+
+For each split it samples `--k` completions per problem at temperature 1.0 and reports pass@1 (mean reward),
+the share of problems with pass@k = 0, how often the model ends with `<eos>` within the budget, how often it reasons
+step by step by itself, and, per number of terms, pass@1. It also continues demo prefixes (the hybrid rollouts of
+Prefix-RFT) to show how much of a demo the base model needs before it can finish the solution.
+
+Run: python benchmarks/tasks_difficulty.py [--problems 256] [--k 8] [--out runs/tasks_difficulty.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from prefix_rft.tasks import BaseModelConfig, is_correct, load_or_pretrain_base, make_rows
+from prefix_rft.tasks.arithmetic import problem_of_prompt
+from prefix_rft.tasks.pretrain import cpu_threads
+from prefix_rft.tasks.sampling import sample_completions
+
+PREFIX_RATIOS = (0.25, 0.5, 0.75)
+
+
+def n_terms(row: dict) -> int:
+    return len(problem_of_prompt(row["prompt"][0]["content"]).terms)
+
+
+def is_step_by_step(completion: str) -> bool:
+    """Whether a completion works in steps like the demonstrator (a one-line solution has a single `=`)."""
+    return completion.count("=") >= 2
+
+
+def measure_split(model, tokenizer, rows: list[dict], k: int, max_new_tokens: int) -> dict:
+    """pass@1, pass@k = 0 share, eos rate, step-by-step rate and length, overall and per term count."""
+    samples = sample_completions(model, tokenizer, [r["prompt"] for r in rows], k, max_new_tokens, progress=True)
+    rewards = [[float(is_correct(c.text, r["answer"])) for c in group] for r, group in zip(rows, samples, strict=True)]
+    flat = [c for group in samples for c in group]
+    by_terms = defaultdict(list)
+    for row, group_rewards in zip(rows, rewards, strict=True):
+        by_terms[n_terms(row)].append(statistics.mean(group_rewards))
+    return {
+        "problems": len(rows),
+        "pass@1": statistics.mean(statistics.mean(g) for g in rewards),
+        f"frac_pass@{k}=0": statistics.mean(float(max(g) == 0) for g in rewards),
+        "eos_rate": statistics.mean(float(c.finished) for c in flat),
+        "step_by_step_rate": statistics.mean(float(is_step_by_step(c.text)) for c in flat),
+        "mean_length": statistics.mean(c.length for c in flat),
+        "pass@1_by_terms": {t: round(statistics.mean(v), 3) for t, v in sorted(by_terms.items())},
+    }
+
+
+def measure_prefixes(model, tokenizer, rows: list[dict], k: int, max_new_tokens: int) -> dict:
+    """pass@1 of continuations of the first `ratio` of each demo's tokens (the answer scored on prefix + rest)."""
+    results = {}
+    for ratio in PREFIX_RATIOS:
+        prefixes = []
+        for row in rows:
+            ids = tokenizer(row["demos"][0], add_special_tokens=False)["input_ids"]
+            prefixes.append(tokenizer.decode(ids[: int(ratio * len(ids))]))
+        prompts = [r["prompt"] + [{"role": "assistant", "content": p}] for r, p in zip(rows, prefixes, strict=True)]
+        samples = sample_completions(model, tokenizer, prompts, k, max_new_tokens)
+        scores = [
+            is_correct(p + c.text, r["answer"]) for r, p, g in zip(rows, prefixes, samples, strict=True) for c in g
+        ]
+        results[str(ratio)] = statistics.mean(float(s) for s in scores)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--problems", type=int, default=256, help="problems per split")
+    parser.add_argument("--k", type=int, default=8, help="samples per problem")
+    parser.add_argument("--max-new-tokens", type=int, default=160, help="completion budget")
+    parser.add_argument("--seed", type=int, default=1234, help="seed of the problems and of sampling")
+    parser.add_argument("--cache-dir", default=None, help="cache root of the base model")
+    parser.add_argument("--out", default="runs/tasks_difficulty.json", help="where to write the JSON report")
+    args = parser.parse_args()
+
+    start = time.perf_counter()
+    path = load_or_pretrain_base(BaseModelConfig(), args.cache_dir)
+    pretrain_info = json.loads((Path(path) / "pretrain.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(cpu_threads())  # one thread on a busy machine: see prefix_rft.tasks.pretrain.cpu_threads
+    report = {"base_model": path, "pretrain": pretrain_info, "k": args.k, "max_new_tokens": args.max_new_tokens}
+    for split in ("train", "test", "ood"):
+        rows = make_rows(split, args.problems, seed=args.seed)
+        report[split] = measure_split(model, tokenizer, rows, args.k, args.max_new_tokens)
+        report[split]["prefix_pass@1"] = measure_prefixes(model, tokenizer, rows[:64], args.k, args.max_new_tokens)
+        print(split, json.dumps(report[split]), flush=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    report.update(
+        commit=commit,
+        torch=torch.__version__,
+        machine=platform.machine(),
+        threads=torch.get_num_threads(),
+        seconds=round(time.perf_counter() - start, 1),
+    )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
