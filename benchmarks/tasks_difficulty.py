@@ -1,9 +1,9 @@
 """Measure how hard the embedded task is for the cached base model (docs/tasks.md quotes its output).
 
 For each split it samples `--k` completions per problem at temperature 1.0 and reports pass@1 (mean reward),
-the share of problems with pass@k = 0, how often the model ends with `<eos>` within the budget, how often it reasons
-step by step by itself, and, per number of terms, pass@1. It also continues demo prefixes (the hybrid rollouts of
-Prefix-RFT) to show how much of a demo the base model needs before it can finish the solution.
+the share of problems with pass@k = 0, how often the model ends with `<eos>` within the budget, how often it writes
+a demo-style solution by itself, and pass@1 per number of terms. It also continues demo prefixes (the hybrid
+rollouts of Prefix-RFT) to show how much of a demo the base model needs before it can finish the solution.
 
 Run: python benchmarks/tasks_difficulty.py [--problems 256] [--k 8] [--out runs/tasks_difficulty.json]
 """
@@ -34,9 +34,9 @@ def n_terms(row: dict) -> int:
     return len(problem_of_prompt(row["prompt"][0]["content"]).terms)
 
 
-def is_step_by_step(completion: str) -> bool:
-    """Whether a completion works in steps like the demonstrator (a one-line solution has a single `=`)."""
-    return completion.count("=") >= 2
+def is_demo_style(completion: str) -> bool:
+    """Whether a completion checks its work like the demonstrator (the base corpus's coarse solutions never do)."""
+    return "check" in completion
 
 
 def measure_split(model, tokenizer, rows: list[dict], k: int, max_new_tokens: int) -> dict:
@@ -52,7 +52,7 @@ def measure_split(model, tokenizer, rows: list[dict], k: int, max_new_tokens: in
         "pass@1": statistics.mean(statistics.mean(g) for g in rewards),
         f"frac_pass@{k}=0": statistics.mean(float(max(g) == 0) for g in rewards),
         "eos_rate": statistics.mean(float(c.finished) for c in flat),
-        "step_by_step_rate": statistics.mean(float(is_step_by_step(c.text)) for c in flat),
+        "demo_style_rate": statistics.mean(float(is_demo_style(c.text)) for c in flat),
         "mean_length": statistics.mean(c.length for c in flat),
         "pass@1_by_terms": {t: round(statistics.mean(v), 3) for t, v in sorted(by_terms.items())},
     }

@@ -1,7 +1,7 @@
 import pytest
 
 from prefix_rft.tasks import TaskConfig, demonstrate, is_correct, make_rows, task_reward
-from prefix_rft.tasks.arithmetic import parse_problem, problem_of_prompt
+from prefix_rft.tasks.arithmetic import coarse_solution, parse_problem, problem_of_prompt
 
 
 def test_make_rows_is_deterministic_given_seed():
@@ -90,6 +90,17 @@ def test_demo_of_a_single_addition():
 def test_demo_of_a_subtraction_reaching_zero():
     # 12-3=9, 9-9=0; check 0+9=9.
     assert demonstrate("12-3-9") == "12-3=9\n9-9=0\ncheck 0+9=9 ok\nanswer: 0"
+
+
+def test_coarse_solution_does_several_operations_per_line_and_no_check():
+    # 38+7-9+6 = 42 in one line of three operations, then 42-2 = 40 with the one operation left.
+    assert coarse_solution(parse_problem("38+7-9+6-2"), ops_per_line=3) == "38+7-9+6=42\n42-2=40\nanswer: 40"
+    # two operations per line: 38+7-9 = 36, then 36+6-2 = 40
+    assert coarse_solution(parse_problem("38+7-9+6-2"), ops_per_line=2) == "38+7-9=36\n36+6-2=40\nanswer: 40"
+
+
+def test_coarse_solution_of_a_single_step_is_the_demo_without_its_check():
+    assert coarse_solution(parse_problem("25+9"), ops_per_line=3) == "25+9=34\nanswer: 34"
 
 
 def test_parse_problem_reads_terms_and_signs():

@@ -2,8 +2,8 @@
 
 A problem is a two-digit number followed by a chain of one-digit additions and subtractions, such as `38+7-9+6`.
 The demonstrator solves it one step at a time (`38+7=45`, `45-9=36`, `36+6=42`), checks the last step by its
-inverse, and ends with `answer: 42`. Each step is easy; the whole chain in one shot is not (the last digit alone is
-a sum modulo 10 over every term), so the step-by-step strategy is what separates easy problems from hard ones.
+inverse, and ends with `answer: 42`. One step is easy; several at once are not (the last digit alone is a sum modulo
+10 over every term), so the fine-grained strategy is what separates easy problems from hard ones.
 """
 
 from __future__ import annotations
@@ -109,9 +109,24 @@ def demonstrate(problem: Problem | str) -> str:
     return "\n".join(lines)
 
 
-def restated_answer(problem: Problem) -> str:
-    """The weaker solution the base model is pretrained on: the whole chain in one line, then the answer."""
-    return f"{problem.text}={problem.answer}\nanswer: {problem.answer}"
+def coarse_solution(problem: Problem, ops_per_line: int) -> str:
+    """The weaker strategy the base model is pretrained on: up to `ops_per_line` operations per line, no check.
+
+    >>> print(coarse_solution(parse_problem("38+7-9+6-2"), ops_per_line=3))
+    38+7-9+6=42
+    42-2=40
+    answer: 40
+    """
+    totals = problem.running_totals()
+    lines = []
+    for start in range(0, len(problem.signs), ops_per_line):
+        end = min(start + ops_per_line, len(problem.signs))
+        ops = "".join(
+            f"{s}{t}" for s, t in zip(problem.signs[start:end], problem.terms[start + 1 : end + 1], strict=True)
+        )
+        lines.append(f"{totals[start]}{ops}={totals[end]}")
+    lines.append(f"answer: {problem.answer}")
+    return "\n".join(lines)
 
 
 def extract_answer(completion: str) -> str | None:
@@ -166,8 +181,8 @@ def in_test_split(problem: Problem, config: TaskConfig) -> bool:
 def sample_split_problem(
     rng: random.Random, split: Split, config: TaskConfig, max_terms: int | None = None
 ) -> Problem:
-    """Draw one problem of `split` (at most `max_terms` long, if given); train and test draw from the same
-    distribution and are told apart by `in_test_split`."""
+    """Draw one problem of `split`, at most `max_terms` long if given; train and test draw from the same distribution
+    and are told apart by `in_test_split`."""
     lo, hi = _term_range(config, split)
     hi = hi if max_terms is None else min(hi, max_terms)
     while True:

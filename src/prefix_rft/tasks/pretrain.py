@@ -1,9 +1,10 @@
 """Pretrain the BASE model of the embedded task from scratch on CPU, cached by a hash of its config.
 
-The corpus teaches the answer format and single steps (`45-9=36`) of every train problem, but holds only short
-chains as whole problems, mostly solved in one line (`38+7-9+6=42`) and rarely by the demonstrator. So the base
-model solves short chains, can follow a demo it is shown, but guesses at long chains instead of working them out
-step by step: it stands to the demos as Qwen2.5-Math-7B stands to R1 traces. See docs/tasks.md for the numbers.
+The corpus solves train problems with a coarser strategy than the demonstrator's: several operations per line
+(`38+7-9+6=42`), no check; only a few solutions are demonstrator traces. Single steps (`45-9=36`) are drilled too.
+So the base model knows the problems, the format and how to work line by line, solves short chains, and can follow
+a demo it is shown, but its coarse lines often go wrong on long chains: it stands to the demos as Qwen2.5-Math-7B
+stands to R1 traces (a shorter chain of thought). See docs/tasks.md for the measured numbers.
 
 Run: python -m prefix_rft.tasks.pretrain [--cache-dir DIR] [--force]
 """
@@ -31,10 +32,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from prefix_rft.tasks.arithmetic import (
     Problem,
     TaskConfig,
+    coarse_solution,
     demonstrate,
     in_test_split,
     prompt_text,
-    restated_answer,
     sample_split_problem,
 )
 from prefix_rft.tasks.model import build_model
@@ -56,13 +57,15 @@ class BaseModelConfig:
     """a key of `prefix_rft.tasks.model.MODEL_SIZES`"""
     task: TaskConfig = field(default_factory=TaskConfig)
     """the task whose train split makes the corpus"""
+    ops_per_line: int = 3
+    """operations per line of the corpus's coarse solutions (the demonstrator does one)"""
     corpus_max_terms: int = 4
-    """longest chain posed as a whole problem in the corpus; longer train problems only lend their single steps"""
+    """longest train problem posed whole in the corpus; longer ones only lend their single steps"""
     demo_fraction: float = 0.03
-    """share of the corpus that is (short) train problems solved by the demonstrator"""
-    step_fraction: float = 0.3
-    """share of the corpus that is single steps of train problems (`45-9`); the rest are short train problems
-    solved in one line"""
+    """share of the corpus that is train problems solved by the demonstrator"""
+    step_fraction: float = 0.2
+    """share of the corpus that is single steps of train problems (`45-9`); the rest are train problems solved
+    coarsely"""
     steps: int = 1500
     """optimizer steps"""
     batch_size: int = 64
@@ -116,11 +119,11 @@ def corpus_text(rng: random.Random, config: BaseModelConfig) -> tuple[Problem, s
     draw = rng.random()
     if draw < config.step_fraction:
         step = sample_step(rng, config.task)
-        return step, restated_answer(step)
+        return step, coarse_solution(step, config.ops_per_line)
     problem = sample_split_problem(rng, "train", config.task, max_terms=config.corpus_max_terms)
     if draw < config.step_fraction + config.demo_fraction:
         return problem, demonstrate(problem)
-    return problem, restated_answer(problem)
+    return problem, coarse_solution(problem, config.ops_per_line)
 
 
 def corpus_example(
