@@ -5,12 +5,14 @@ import json
 import pytest
 
 from prefix_rft.baselines import compare
-from prefix_rft.baselines.runs import METHODS, RunSettings, method_budget
+from prefix_rft.baselines.runs import BASE, METHODS, RunSettings, method_budget
+
+TRAINED = [m for m in METHODS if m != BASE]
 
 
 def test_every_method_gets_the_same_optimizer_steps_and_prompts():
     settings = RunSettings(steps=10, prompts_per_step=4)
-    budgets = {m: method_budget(m, settings) for m in METHODS}
+    budgets = {m: method_budget(m, settings) for m in TRAINED}
     assert {b["optimizer_steps"] for b in budgets.values()} == {10}
     assert {b["prompts_per_step"] for b in budgets.values()} == {4}
 
@@ -18,9 +20,17 @@ def test_every_method_gets_the_same_optimizer_steps_and_prompts():
 def test_rl_methods_get_eight_rollouts_per_prompt():
     # 4 prompts x 8 rollouts (LUFFY and RL+SFT: 7 generated + 1 demonstration in the group) = 32 per step
     settings = RunSettings(steps=10, prompts_per_step=4)
-    for method in METHODS:
+    for method in TRAINED:
         if method != "sft":
             assert method_budget(method, settings)["rollouts_per_step"] == 32, method
+
+
+def test_the_base_row_is_untrained():
+    assert method_budget(BASE, RunSettings(steps=10)) == {
+        "optimizer_steps": 0,
+        "rollouts_per_step": 0,
+        "prompts_per_step": 0,
+    }
 
 
 def test_sft_then_rft_splits_the_steps():
@@ -32,7 +42,7 @@ def test_sft_then_rft_splits_the_steps():
 def test_tiny_compare_runs_and_resumes(tmp_path, monkeypatch):
     argv = [
         "--methods",
-        "prefix_rft,rft,sft,sft_rft,rl_sft,luffy,relift",
+        "base,prefix_rft,rft,sft,sft_rft,rl_sft,luffy,relift",
         "--seeds",
         "1",
         "--steps",
@@ -58,14 +68,16 @@ def test_tiny_compare_runs_and_resumes(tmp_path, monkeypatch):
     ]
     assert compare.main(argv) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    methods = ["luffy", "prefix_rft", "relift", "rft", "rl_sft", "sft", "sft_rft"]
+    methods = ["base", "luffy", "prefix_rft", "relift", "rft", "rl_sft", "sft", "sft_rft"]
     assert sorted(r["method"] for r in results["runs"]) == methods
-    assert [p["step"] for p in results["runs"][0]["curve"]] == [0, 2]
+    runs = {r["method"]: r for r in results["runs"]}
+    assert [p["step"] for p in runs["base"]["curve"]] == [0]  # untrained: one point
+    assert [p["step"] for p in runs["prefix_rft"]["curve"]] == [0, 2]
     # SFT then RFT: 1 SFT step, then 1 RFT step counted after it (points at 0, 1 from SFT's end, and 2)
-    sft_rft = next(r for r in results["runs"] if r["method"] == "sft_rft")
-    assert [p["step"] for p in sft_rft["curve"]] == [0, 1, 2]
+    assert [p["step"] for p in runs["sft_rft"]["curve"]] == [0, 1, 2]
     assert (tmp_path / "out" / "results.png").stat().st_size > 0
     assert "| prefix_rft |" in (tmp_path / "out" / "results.md").read_text()
+    assert "| base |" in (tmp_path / "out" / "results.md").read_text()
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished run was redone")

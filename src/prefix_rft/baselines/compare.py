@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from prefix_rft.baselines.runs import (
+    BASE,
     METHODS,
     PAPER_MATH_AVG,
     RunSettings,
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prefix-rft compare", description=__doc__.splitlines()[0])
     p.add_argument(
         "--methods",
-        default="prefix_rft,rft,sft,sft_rft,rl_sft,luffy,relift",
+        default="base,prefix_rft,rft,sft,sft_rft,rl_sft,luffy,relift",
         help=f"comma-separated, from: {', '.join(METHODS)}",
     )
     p.add_argument("--seeds", type=int, default=3, help="seeds per method (0..N-1)")
@@ -39,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_all(methods: list[str], seeds: int, settings: RunSettings, out: Path) -> list[dict[str, Any]]:
     results = []
-    for method in methods:
-        for seed in range(seeds):
+    # Seeds outermost, so a run stopped early has every method at the same number of seeds.
+    for seed in range(seeds):
+        for method in methods:
             path = out / "runs" / method / f"seed{seed}.json"
             if path.exists():  # resumable: a finished run is never redone
                 results.append(json.loads(path.read_text()))
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     settings = settings_from_args(args)
-    budgets = {m: method_budget(m, settings)["optimizer_steps"] for m in methods}
+    budgets = {m: method_budget(m, settings)["optimizer_steps"] for m in methods if m != BASE}
     assert len(set(budgets.values())) == 1, f"unequal optimizer steps: {budgets}"
     out = Path(args.output_dir)
     results = run_all(methods, args.seeds, settings, out)

@@ -34,7 +34,8 @@ RL_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "prefix_rft_demos50": ("PrefixRFTTrainer", {}),  # half the training prompts keep their demo (see train_rows)
 }
 SFT_METHODS = ("sft", "sft_rft")
-METHODS = (*RL_METHODS, *SFT_METHODS)
+BASE = "base"  # the untrained base model, evaluated like every method: the reference row of the comparison
+METHODS = (BASE, *RL_METHODS, *SFT_METHODS)
 # Paper's math averages on Qwen2.5-Math-7B (spec §6.1, §6.4), for orientation only.
 PAPER_MATH_AVG = {
     "prefix_rft": 51.8,
@@ -175,6 +176,8 @@ def sft_config(settings: RunSettings, seed: int, output_dir: Path, steps: int):
 
 def method_budget(method: str, settings: RunSettings) -> dict[str, int]:
     """Optimizer steps and rollouts (generated or demonstrated) per step of a method; equal across methods."""
+    if method == BASE:
+        return {"optimizer_steps": 0, "rollouts_per_step": 0, "prompts_per_step": 0}
     if method == "sft":
         return {
             "optimizer_steps": settings.steps,
@@ -310,7 +313,7 @@ def run_method(method: str, settings: RunSettings, seed: int, output_dir: Path) 
             offset=sft_steps,
         )
         history += trainer.state.log_history
-    else:
+    elif method != BASE:  # the base row is evaluated untrained
         history += train_rl(method, model, tokenizer, settings, seed, output_dir, points).state.log_history
     final = evaluate_splits(model.eval(), tokenizer, seed, settings.eval_k, settings.eval_problems, f"{method} final")
     return {
