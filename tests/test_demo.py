@@ -1,0 +1,34 @@
+"""`prefix-rft demo` end to end with a tiny config: 2 Prefix-RFT steps on a 3-step test base."""
+
+import json
+
+from prefix_rft import demo
+
+
+def test_two_step_demo_writes_report_curves_and_results(tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = ["--steps", "2", "--prompts-per-step", "2", "--eval-problems", "4", "--eval-k", "2"]
+    argv += ["--curve-every", "1", "--curve-problems", "4", "--base-size", "test", "--base-steps", "3"]
+    argv += ["--cache-dir", str(tmp_path / "cache"), "--output-dir", str(out), "--seed", "3"]
+    assert demo.main(argv) == 0
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["seed"] == 3
+    assert [p["step"] for p in results["curve"]] == [0, 1, 2]
+    steps = [h for h in results["log_history"] if "reward/hybrid" in h]
+    assert [h["step"] for h in steps] == [1, 2]
+    # 2 prompts x 8 rollouts, the last row of each group hybrid
+    assert [h["prefix/hybrid_rows"] for h in steps] == [2, 2]
+    # cosine floor over the 2-step run: 0.95 at step 0, then 0.05 + 0.45 * (1 + cos(pi / 2)) = 0.5 at step 1
+    assert abs(steps[0]["prefix/ratio_floor"] - 0.95) < 1e-9
+    assert abs(steps[1]["prefix/ratio_floor"] - 0.5) < 1e-9
+    for when in ("before", "after"):
+        for split in ("test", "ood"):
+            metrics = results[when][split]
+            assert metrics["problems"] == 4 and metrics["samples_per_problem"] == 2
+            assert 0.0 <= metrics["avg@2"] <= metrics["pass@2"] <= 1.0
+
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert "| in-distribution test | avg@2 |" in report and "curves.png" in report
+    assert "| out-of-distribution | avg@2 |" in capsys.readouterr().out
