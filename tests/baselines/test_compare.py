@@ -33,6 +33,28 @@ def test_the_base_row_is_untrained():
     }
 
 
+def _run(method, seed, test, ood):
+    return {
+        "method": method,
+        "seed": seed,
+        "budget": {"optimizer_steps": 40, "rollouts_per_step": 64},
+        "final": {"test": {"avg@4": test}, "ood": {"avg@4": ood}},
+    }
+
+
+def test_summary_pairs_each_method_with_the_base_of_the_same_seed():
+    results = [_run("base", 0, 0.30, 0.05), _run("base", 1, 0.20, 0.10)]
+    results += [_run("m", 0, 0.32, 0.08), _run("m", 1, 0.25, 0.10)]
+    summary = compare.summarize(results, k=4)
+    assert summary["m"]["test"]["mean"] == pytest.approx(28.5)  # (32 + 25) / 2
+    # paired: test 32-30 = 2 and 25-20 = 5 -> 3.5, sd |5-2|/sqrt(2) = 2.1213; OOD 8-5 = 3 and 10-10 = 0 -> 1.5
+    assert summary["m"]["test_vs_base"]["values"] == pytest.approx([2.0, 5.0])
+    assert summary["m"]["test_vs_base"]["mean"] == pytest.approx(3.5)
+    assert summary["m"]["test_vs_base"]["sd"] == pytest.approx(2.1213, abs=1e-4)
+    assert summary["m"]["ood_vs_base"]["mean"] == pytest.approx(1.5)
+    assert "| m | 28.5 ± 4.9 | 9.0 ± 1.4 | +3.5 ± 2.1 | +1.5 ± 2.1 | 2 |" in compare.results_table(summary, k=4)
+
+
 def test_sft_then_rft_splits_the_steps():
     # 11 steps: 5 of SFT, then 6 of RFT
     assert method_budget("sft_rft", RunSettings(steps=11))["optimizer_steps"] == 11

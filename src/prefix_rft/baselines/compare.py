@@ -57,35 +57,54 @@ def run_all(methods: list[str], seeds: int, settings: RunSettings, out: Path) ->
     return results
 
 
+def _stats(values: list[float]) -> dict[str, Any]:
+    return {
+        "mean": statistics.fmean(values),
+        "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "values": values,
+    }
+
+
 def summarize(results: list[dict[str, Any]], k: int) -> dict[str, dict[str, Any]]:
-    """Per method: mean and sd over seeds of avg@k on the test and OOD splits."""
-    summary: dict[str, dict[str, Any]] = {}
+    """Per method: mean and sd over seeds of avg@k (%) on the test and OOD splits, and, when the base row was run,
+    the difference to the base model paired by seed (each seed evaluates on its own problems, so pairing removes
+    the spread between problem sets)."""
+    by_method: dict[str, dict[int, dict[str, float]]] = {}
+    budgets = {}
     for r in results:
-        s = summary.setdefault(r["method"], {"test": [], "ood": [], "budget": r["budget"]})
+        by_method.setdefault(r["method"], {})[r["seed"]] = {
+            split: 100 * r["final"][split][f"avg@{k}"] for split in ("test", "ood")
+        }
+        budgets[r["method"]] = r["budget"]
+    base = by_method.get(BASE, {})
+    summary: dict[str, dict[str, Any]] = {}
+    for method, seeds in by_method.items():
+        s = summary[method] = {"budget": budgets[method]}
         for split in ("test", "ood"):
-            s[split].append(100 * r["final"][split][f"avg@{k}"])
-    for s in summary.values():
-        for split in ("test", "ood"):
-            values = s.pop(split)
-            s[split] = {
-                "mean": statistics.fmean(values),
-                "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-                "values": values,
-            }
+            s[split] = _stats([acc[split] for acc in seeds.values()])
+            paired = [acc[split] - base[seed][split] for seed, acc in seeds.items() if seed in base]
+            if paired:
+                s[f"{split}_vs_base"] = _stats(paired)
     return summary
+
+
+def _delta(s: dict[str, Any], split: str) -> str:
+    d = s.get(f"{split}_vs_base")
+    return "" if d is None else f"{d['mean']:+.1f} ± {d['sd']:.1f}"
 
 
 def results_table(summary: dict[str, dict[str, Any]], k: int) -> str:
     lines = [
-        f"| method | test avg@{k} (%) | OOD avg@{k} (%) | seeds | steps | rollouts/step | paper math avg (7B) |",
-        "|---|---|---|---|---|---|---|",
+        f"| method | test avg@{k} (%) | OOD avg@{k} (%) | test vs base | OOD vs base | seeds | steps | rollouts/step "
+        "| paper math avg (7B) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for method, s in sorted(summary.items(), key=lambda kv: -kv[1]["test"]["mean"]):
-        paper = PAPER_MATH_AVG.get(method)
+        paper = PAPER_MATH_AVG.get(method, "")
         lines.append(
             f"| {method} | {s['test']['mean']:.1f} ± {s['test']['sd']:.1f} | {s['ood']['mean']:.1f} ± "
-            f"{s['ood']['sd']:.1f} | {len(s['test']['values'])} | {s['budget']['optimizer_steps']} | "
-            f"{s['budget']['rollouts_per_step']} | {'' if paper is None else paper} |"
+            f"{s['ood']['sd']:.1f} | {_delta(s, 'test')} | {_delta(s, 'ood')} | {len(s['test']['values'])} | "
+            f"{s['budget']['optimizer_steps']} | {s['budget']['rollouts_per_step']} | {paper} |"
         )
     return "\n".join(lines)
 
@@ -97,11 +116,15 @@ def plot(results: list[dict[str, Any]], summary: dict[str, dict[str, Any]], path
     import matplotlib.pyplot as plt
 
     fig, (ax_curve, ax_bar) = plt.subplots(1, 2, figsize=(15, 4.5))
-    for method in summary:
+    colors = plt.cm.tab20.colors  # 20 distinct colours: the default cycle repeats after 10 of the 17 methods
+    for i, method in enumerate(summary):
         runs = [r["curve"] for r in results if r["method"] == method]
         steps = [p["step"] for p in runs[0]]
-        mean = [statistics.fmean(run[i]["test"] for run in runs) * 100 for i in range(len(steps))]
-        ax_curve.plot(steps, mean, marker=".", label=method)
+        mean = [statistics.fmean(run[j]["test"] for run in runs) * 100 for j in range(len(steps))]
+        if method == BASE:  # one point at step 0: draw it as a level to compare against
+            ax_curve.axhline(mean[0], color="black", linestyle="--", linewidth=1, label=method)
+        else:
+            ax_curve.plot(steps, mean, marker=".", color=colors[i % len(colors)], label=method)
     ax_curve.set(title="test accuracy (avg@1, mean over seeds)", xlabel="step", ylabel="%")
     ax_curve.legend(fontsize=7)
     names = list(summary)
@@ -137,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(results, settings.eval_k)
     table = results_table(summary, settings.eval_k)
     (out / "results.json").write_text(json.dumps({"summary": summary, "runs": results}))
-    (out / "results.md").write_text(f"# prefix-rft compare\n\n{table}\n\n![results](results.png)\n")
+    note = f"Accuracy in %, mean ± sd over seeds; 'vs base': paired by seed, in points. Settings: {vars(args)}"
+    (out / "results.md").write_text(f"# prefix-rft compare\n\n{table}\n\n{note}\n\n![results](results.png)\n")
     plot(results, summary, out / "results.png")
     print(table)
     print(f"\nresults: {out / 'results.md'}, {out / 'results.json'}, {out / 'results.png'}")
