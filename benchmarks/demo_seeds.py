@@ -50,21 +50,22 @@ def main() -> None:
     for key in ("test_base", "test_trained", "ood_base", "ood_trained"):
         summary[key] = dict(zip(("mean", "sd"), mean_sd([r[key] for r in per_seed]), strict=True))
     for split in ("test", "ood"):
-        summary[f"{split}_trained_beats_base_seeds"] = sum(
-            r[f"{split}_trained"] > r[f"{split}_base"] for r in per_seed
-        )
+        gains = [r[f"{split}_trained"] - r[f"{split}_base"] for r in per_seed]  # paired: same problems per seed
+        summary[f"{split}_gain"] = dict(zip(("mean", "sd"), mean_sd(gains), strict=True))
+        summary[f"{split}_trained_beats_base_seeds"] = sum(g > 0 for g in gains)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     result = {"metric": f"avg@{k} (%)", "settings": vars(settings), "per_seed": per_seed, "summary": summary}
     result["commit"] = commit
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
 
-    print(f"\n| split | base avg@{k} | Prefix-RFT avg@{k} | seeds where trained > base |")
-    print("|---|---|---|---|")
+    print(f"\n| split | base avg@{k} | Prefix-RFT avg@{k} | gain, paired by seed | seeds where trained > base |")
+    print("|---|---|---|---|---|")
     for split in ("test", "ood"):
-        b, t = summary[f"{split}_base"], summary[f"{split}_trained"]
+        b, t, g = (summary[f"{split}_{key}"] for key in ("base", "trained", "gain"))
         wins = summary[f"{split}_trained_beats_base_seeds"]
-        print(f"| {split} | {b['mean']} ± {b['sd']} | {t['mean']} ± {t['sd']} | {wins}/{args.seeds} |")
+        row = f"{b['mean']} ± {b['sd']} | {t['mean']} ± {t['sd']} | {g['mean']:+} ± {g['sd']} | {wins}/{args.seeds}"
+        print(f"| {split} | {row} |")
     print(f"wrote {args.out}")
 
 
