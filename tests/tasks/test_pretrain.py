@@ -34,6 +34,21 @@ def test_tiny_pretraining_writes_a_loadable_dir_and_a_second_call_hits_the_cache
     assert load_or_pretrain_base(TINY, cache_dir=str(tmp_path), progress=False) == path
 
 
+def test_pretraining_runs_on_one_thread_whatever_the_load_and_restores_the_callers_count(monkeypatch):
+    # The thread count changes float reduction order: a count chosen by load made one hash cache different weights.
+    import torch
+
+    monkeypatch.setattr(pretrain_module.os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # idle: would pick 2 threads
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _, _, summary = pretrain_module.pretrain(TINY, progress=False)
+        assert summary["threads"] == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_cache_root_prefers_the_argument_then_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFIX_RFT_CACHE", str(tmp_path / "env"))
     assert cache_root(tmp_path / "arg") == tmp_path / "arg"
