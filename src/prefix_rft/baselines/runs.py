@@ -55,7 +55,7 @@ class RunSettings:
     steps: int = 60
     prompts_per_step: int = 16
     num_generations: int = 8
-    learning_rate: float = 3e-5  # 1e-4 lowered demo accuracy (README); 3e-5 raised training reward
+    learning_rate: float = 3e-5  # 1e-4 cost RFT and Prefix-RFT 7-10 test points (docs/tasks.md)
     sft_learning_rate: float = 5e-4
     eval_problems: int = 128
     eval_k: int = 4

@@ -172,19 +172,10 @@ def lr_factor(step: int, config: BaseModelConfig) -> float:
     return config.final_lr_ratio + (1 - config.final_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def cpu_threads() -> int:
-    """Torch's default thread count on an idle machine, one thread when other processes keep the cores busy.
-
-    A tiny model runs thousands of small ops per step, and OpenMP threads that share cores with another process wait
-    for each other at every op: measured on 2 cores next to another torch job, 1.73 s/step with 2 threads against
-    0.27 s/step with 1.
-    """
-    return 1 if os.getloadavg()[0] >= 1.0 else torch.get_num_threads()
-
-
 # Pretraining always runs on one thread. The thread count changes the order of floating-point reductions, so with
 # a count chosen by the machine's load the same config hash cached different weights (measured: test avg@4 29.7 vs
-# 29.5, OOD 6.4 vs 3.1 for 2 threads vs 1). One thread is also the fast choice on a busy machine (see cpu_threads).
+# 29.5, OOD 6.4 vs 3.1 for 2 threads vs 1). One thread is also the fast choice on a busy machine: 0.27 s/step
+# against 1.73 s with 2 threads, measured on 2 cores next to another torch job.
 PRETRAIN_THREADS = 1
 
 
