@@ -100,3 +100,32 @@ def test_forked_child_starts_its_own_workers():
         assert pool.call(-2) == ("ok", 2)  # the parent's worker was left alone
     finally:
         pool.close()
+
+
+def test_closing_a_pool_mid_read_does_not_steal_the_next_pools_messages(monkeypatch):
+    # The race behind a flaky CI run: pool A's start-up thread is inside recv() when A is closed. If close() freed the
+    # pipe's fd right away, pool B's new pipe reused the number and A's thread read B's "ready" message.
+    from multiprocessing.connection import Connection
+    from types import SimpleNamespace
+
+    original_recv = Connection._recv
+    in_recv, b_built = threading.Event(), threading.Event()
+
+    def descheduled_first_recv(self, size):
+        if in_recv.is_set():
+            return original_recv(self, size)
+        in_recv.set()
+        handle = self._handle  # the fd number is taken first, as in Connection._recv ...
+        b_built.wait(timeout=1.0)  # ... then the thread stalls until B exists (or 1 s, if close() waits for it)
+        return original_recv(SimpleNamespace(_handle=handle), size)
+
+    monkeypatch.setattr(Connection, "_recv", descheduled_first_recv)
+    pool_a = WorkerPool(abs, num_workers=1, timeout=5.0)
+    assert in_recv.wait(timeout=60)
+    pool_a.close()
+    pool_b = WorkerPool(abs, num_workers=1, timeout=5.0, start_timeout=10.0)
+    b_built.set()
+    try:
+        assert pool_b.call(-5) == ("ok", 5)
+    finally:
+        pool_b.close()

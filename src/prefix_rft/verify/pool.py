@@ -41,14 +41,19 @@ class _Worker:
         # matters if this process dies without killing the worker.
         self.conn.send((fn, initializer, 2 * timeout + 10))
         self.start_error: str | None = None
+        # Held by whichever thread reads or writes `conn`. kill() takes it before closing: a pipe closed while
+        # another thread is inside recv() frees its fd number, the next Pipe() reuses it, and that thread then
+        # reads (and corrupts) a different worker's messages.
+        self.io_lock = threading.Lock()
 
     def wait_ready(self, timeout: float) -> None:
         """Block until the worker has imported everything; on failure set `start_error`."""
-        try:
-            if self.conn.poll(timeout) and self.conn.recv() == "ready":
-                return
-        except Exception:  # EOF, broken pipe, or the pipe closed under us by close(): all mean "not started"
-            pass
+        with self.io_lock:
+            try:
+                if not self.conn.closed and self.conn.poll(timeout) and self.conn.recv() == "ready":
+                    return
+            except Exception:  # EOF or broken pipe (a killed worker): both mean "not started"
+                pass
         self.start_error = f"verifier worker did not start within {timeout:.0f}s (exit code {self.process.poll()})"
 
     def exit_code(self) -> int | None:
@@ -58,9 +63,11 @@ class _Worker:
             return None
 
     def kill(self) -> None:
+        """Kill the process, then close the pipe once no thread is using it (the kill makes any reader see EOF)."""
         self.process.kill()
         self.process.wait()
-        self.conn.close()
+        with self.io_lock:
+            self.conn.close()
 
 
 class WorkerPool:
@@ -138,13 +145,15 @@ class WorkerPool:
 
     def _run(self, worker: _Worker, args: tuple) -> tuple[Status, Any]:
         deadline = time.monotonic() + self.timeout
-        try:
-            worker.conn.send(args)
-            if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
-                return "timeout", None
-            return worker.conn.recv()
-        except (EOFError, OSError):  # broken pipe or EOF: the worker process died
-            return "crash", worker.exit_code()
+        with worker.io_lock:
+            try:
+                worker.conn.send(args)
+                if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
+                    return "timeout", None
+                return worker.conn.recv()
+            except (EOFError, OSError):  # broken pipe, EOF, or closed by close(): the worker process is gone
+                pass
+        return "crash", worker.exit_code()
 
     def close(self) -> None:
         """Kill every worker; the pool cannot be used afterwards."""
