@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import time
 from pathlib import Path
 
+from prefix_rft.baselines.compare import stats
 from prefix_rft.baselines.runs import add_run_arguments, settings_from_args
 from prefix_rft.demo import run
 
 
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    """Mean and sample sd, in percent (sd 0 for a single value)."""
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return round(100 * statistics.mean(values), 2), round(100 * sd, 2)
+def mean_sd(values: list[float]) -> dict[str, float]:
+    """Mean and sample sd of fractions, in percent, rounded for the JSON."""
+    s = stats([100 * v for v in values])
+    return {"mean": round(s["mean"], 2), "sd": round(s["sd"], 2)}
 
 
 def main() -> None:
@@ -48,10 +48,10 @@ def main() -> None:
 
     summary = {}
     for key in ("test_base", "test_trained", "ood_base", "ood_trained"):
-        summary[key] = dict(zip(("mean", "sd"), mean_sd([r[key] for r in per_seed]), strict=True))
+        summary[key] = mean_sd([r[key] for r in per_seed])
     for split in ("test", "ood"):
         gains = [r[f"{split}_trained"] - r[f"{split}_base"] for r in per_seed]  # paired: same problems per seed
-        summary[f"{split}_gain"] = dict(zip(("mean", "sd"), mean_sd(gains), strict=True))
+        summary[f"{split}_gain"] = mean_sd(gains)
         summary[f"{split}_trained_beats_base_seeds"] = sum(g > 0 for g in gains)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     result = {"metric": f"avg@{k} (%)", "settings": vars(settings), "per_seed": per_seed, "summary": summary}
