@@ -169,3 +169,22 @@ def test_task_reward_grades_strings_and_conversations():
         "no answer",
     ]
     assert task_reward(completions, answer=["7", "7", "7", "7"], prompts=None) == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_rewrite_demo_writes_the_chain_left_after_each_step():
+    # 38+7=45 leaves 45-9+6; 45-9=36 leaves 36+6; 36+6=42 leaves 42; the check undoes the last step: 42-6=36.
+    assert demonstrate("38+7-9+6", style="rewrite") == "45-9+6\n36+6\n42\ncheck 42-6=36 ok\nanswer: 42"
+    # 97+8=105 leaves 105-9; 105-9=96; check 96+9=105.
+    assert demonstrate("97+8-9", style="rewrite") == "105-9\n96\ncheck 96+9=105 ok\nanswer: 96"
+
+
+def test_rewrite_style_reaches_the_rows_and_every_demo_verifies():
+    config = TaskConfig(demo_style="rewrite")
+    for row in make_rows("train", 200, seed=0, config=config):
+        assert "=" not in row["demos"][0].split("\n")[0]  # a rewritten chain, not `a+b=c`
+        assert is_correct(row["demos"][0], row["answer"]), row
+
+
+def test_unknown_demo_style_is_refused():
+    with pytest.raises(ValueError, match="demo_style"):
+        TaskConfig(demo_style="fast")

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 Split = Literal["train", "test", "ood"]
+DemoStyle = Literal["steps", "rewrite"]
+DEMO_STYLES: tuple[str, ...] = ("steps", "rewrite")
 
 _ANSWER_RE = re.compile(r"answer:[ ]*(-?\d+)")
 _PROBLEM_RE = re.compile(r"\d+([+-]\d+)*")
@@ -44,6 +46,13 @@ class TaskConfig:
     """share (in %) of in-distribution problems that belong to the test split"""
     split_seed: int = 0
     """salts the hash that assigns each in-distribution problem to train or test"""
+    demo_style: DemoStyle = "steps"
+    """how the demonstrator writes a step: `steps` (`45-9=36`, the next term looked up in the problem) or `rewrite`
+    (`36+6`: the chain left after the step, so the next operation is always at the start of the line)"""
+
+    def __post_init__(self) -> None:
+        if self.demo_style not in DEMO_STYLES:
+            raise ValueError(f"TaskConfig.demo_style must be one of {DEMO_STYLES}, got {self.demo_style!r}")
 
 
 @dataclass(frozen=True)
@@ -86,7 +95,7 @@ def problem_of_prompt(prompt: str) -> Problem:
     return parse_problem(prompt.removeprefix("compute "))
 
 
-def demonstrate(problem: Problem | str) -> str:
+def demonstrate(problem: Problem | str, style: DemoStyle = "steps") -> str:
     """The expert trace: one step per line, a check of the last step by its inverse, then the answer.
 
     >>> print(demonstrate("38+7-9+6"))
@@ -95,12 +104,23 @@ def demonstrate(problem: Problem | str) -> str:
     36+6=42
     check 42-6=36 ok
     answer: 42
+    >>> print(demonstrate("38+7-9+6", style="rewrite"))
+    45-9+6
+    36+6
+    42
+    check 42-6=36 ok
+    answer: 42
     """
     if isinstance(problem, str):
         problem = parse_problem(problem)
     totals = problem.running_totals()
     steps = list(zip(totals[:-1], problem.signs, problem.terms[1:], totals[1:], strict=True))
-    lines = [f"{before}{sign}{term}={after}" for before, sign, term, after in steps]
+    if style == "rewrite":
+        # After step i the line is the running total followed by the operations not yet done.
+        ops = [f"{s}{t}" for s, t in zip(problem.signs, problem.terms[1:], strict=True)]
+        lines = [f"{totals[i + 1]}{''.join(ops[i + 1 :])}" for i in range(len(ops))]
+    else:
+        lines = [f"{before}{sign}{term}={after}" for before, sign, term, after in steps]
     if steps:
         before, sign, term, after = steps[-1]
         # Undo the last step: recompute the previous running total from the final one.
@@ -211,7 +231,7 @@ def make_rows(split: Split, n: int, seed: int, config: TaskConfig | None = None)
             {
                 "id": f"{split}-{seed}-{len(rows)}",
                 "prompt": [{"role": "user", "content": prompt_text(problem)}],
-                "demos": [demonstrate(problem)],
+                "demos": [demonstrate(problem, config.demo_style)],
                 "answer": str(problem.answer),
             }
         )

@@ -122,7 +122,7 @@ def corpus_text(rng: random.Random, config: BaseModelConfig) -> tuple[Problem, s
         return step, coarse_solution(step, config.ops_per_line)
     problem = sample_split_problem(rng, "train", config.task, max_terms=config.corpus_max_terms)
     if draw < config.step_fraction + config.demo_fraction:
-        return problem, demonstrate(problem)
+        return problem, demonstrate(problem, config.task.demo_style)
     return problem, coarse_solution(problem, config.ops_per_line)
 
 
