@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from prefix_rft.tasks import BaseModelConfig, is_correct, load_or_pretrain_base, make_rows
+from prefix_rft.tasks import BaseModelConfig, TaskConfig, is_correct, load_or_pretrain_base, make_rows
 from prefix_rft.tasks.arithmetic import problem_of_prompt
 from prefix_rft.tasks.sampling import sample_completions
 
@@ -93,18 +93,26 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1234, help="seed of the problems and of sampling")
     parser.add_argument("--cache-dir", default=None, help="cache root of the base model")
     parser.add_argument("--out", default="runs/tasks_difficulty.json", help="where to write the JSON report")
+    parser.add_argument("--demo-style", default="steps", help="the demonstrator of the base's corpus and the prefixes")
     args = parser.parse_args()
 
     start = time.perf_counter()
-    path = load_or_pretrain_base(BaseModelConfig(), args.cache_dir)
+    task = TaskConfig(demo_style=args.demo_style)
+    path = load_or_pretrain_base(BaseModelConfig(task=task), args.cache_dir)
     pretrain_info = json.loads((Path(path) / "pretrain.json").read_text())
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     torch.manual_seed(args.seed)
     torch.set_num_threads(cpu_threads())
-    report = {"base_model": path, "pretrain": pretrain_info, "k": args.k, "max_new_tokens": args.max_new_tokens}
+    report = {
+        "base_model": path,
+        "demo_style": args.demo_style,
+        "pretrain": pretrain_info,
+        "k": args.k,
+        "max_new_tokens": args.max_new_tokens,
+    }
     for split in ("train", "test", "ood"):
-        rows = make_rows(split, args.problems, seed=args.seed)
+        rows = make_rows(split, args.problems, seed=args.seed, config=task)
         report[split] = measure_split(model, tokenizer, rows, args.k, args.max_new_tokens)
         report[split]["prefix_pass@1"] = measure_prefixes(model, tokenizer, rows[:64], args.k, args.max_new_tokens)
         print(split, json.dumps(report[split]), flush=True)

@@ -1,11 +1,20 @@
 """`prefix-rft compare`: equal budgets, and a test-sized run that resumes without redoing finished runs."""
 
+import argparse
 import json
 
 import pytest
 
 from prefix_rft.baselines import compare
-from prefix_rft.baselines.runs import BASE, METHODS, RunSettings, method_budget
+from prefix_rft.baselines.runs import (
+    BASE,
+    METHODS,
+    RunSettings,
+    add_run_arguments,
+    method_budget,
+    settings_from_args,
+    train_rows,
+)
 
 TRAINED = [m for m in METHODS if m != BASE]
 
@@ -53,6 +62,19 @@ def test_summary_pairs_each_method_with_the_base_of_the_same_seed():
     assert summary["m"]["test_vs_base"]["sd"] == pytest.approx(2.1213, abs=1e-4)
     assert summary["m"]["ood_vs_base"]["mean"] == pytest.approx(1.5)
     assert "| m | 28.5 ± 4.9 | 9.0 ± 1.4 | +3.5 ± 2.1 | +1.5 ± 2.1 | 2 |" in compare.results_table(summary, k=4)
+
+
+def test_demo_style_flag_reaches_the_training_demos():
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    settings = settings_from_args(
+        parser.parse_args(["--steps", "1", "--prompts-per-step", "4", "--demo-style", "rewrite"])
+    )
+    for row in train_rows("prefix_rft", settings, seed=0):
+        first_line = row["demos"][0].split("\n")[0]
+        assert "=" not in first_line  # `45-9+6`, the chain left after one step, not `38+7=45`
+    with pytest.raises(ValueError, match="demo_style"):
+        settings_from_args(parser.parse_args(["--demo-style", "fast"]))
 
 
 def test_sft_then_rft_splits_the_steps():

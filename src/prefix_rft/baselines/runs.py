@@ -63,6 +63,7 @@ class RunSettings:
     curve_problems: int = 64
     relift_sft_batch: int = 16
     cache_dir: str | None = None
+    demo_style: str = "steps"  # TaskConfig.demo_style: the demonstrator of the training rows and the base's corpus
     base_overrides: dict[str, Any] = field(default_factory=dict)  # BaseModelConfig fields, e.g. a tiny test base
     extra: dict[str, Any] = field(default_factory=dict)  # PrefixRFTConfig overrides for every RL method
 
@@ -93,12 +94,16 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--curve-problems", type=int, default=d.curve_problems, help="problems per accuracy point")
     parser.add_argument("--learning-rate", type=float, default=d.learning_rate, help="RL learning rate")
     parser.add_argument("--sft-learning-rate", type=float, default=d.sft_learning_rate, help="SFT learning rate")
+    parser.add_argument("--demo-style", default=d.demo_style, help="demonstrator: steps or rewrite (docs/tasks.md)")
     parser.add_argument("--cache-dir", default=None, help="base-model cache (default $PREFIX_RFT_CACHE or ~/.cache)")
     parser.add_argument("--base-size", default=None, help="base model size (default: the embedded task's)")
     parser.add_argument("--base-steps", type=int, default=None, help="base pretraining steps (default: the task's)")
 
 
 def settings_from_args(args: argparse.Namespace) -> RunSettings:
+    from prefix_rft.tasks import TaskConfig
+
+    TaskConfig(demo_style=args.demo_style)  # an unknown style fails here, naming the field, before any work
     base = {"model_size": args.base_size, "steps": args.base_steps}
     return RunSettings(
         steps=args.steps,
@@ -110,6 +115,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         curve_every=args.curve_every,
         curve_problems=args.curve_problems,
         cache_dir=args.cache_dir,
+        demo_style=args.demo_style,
         base_overrides={k: v for k, v in base.items() if v is not None},
     )
 
@@ -122,9 +128,10 @@ def completion_budget() -> int:
 
 def train_rows(method: str, settings: RunSettings, seed: int) -> list[dict]:
     """The same prompts for every method; `prefix_rft_demos50` drops the demos of every other prompt."""
-    from prefix_rft.tasks import make_rows
+    from prefix_rft.tasks import TaskConfig, make_rows
 
-    rows = make_rows("train", settings.steps * settings.prompts_per_step, seed=seed)
+    task = TaskConfig(demo_style=settings.demo_style)
+    rows = make_rows("train", settings.steps * settings.prompts_per_step, seed=seed, config=task)
     if method == "prefix_rft_demos50":
         rows = [{**row, "demos": row["demos"] if i % 2 == 0 else []} for i, row in enumerate(rows)]
     return rows
@@ -246,9 +253,9 @@ def measure_point(model, tokenizer, settings: RunSettings, seed: int, points: li
 def load_base(settings: RunSettings):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from prefix_rft.tasks import BaseModelConfig, load_or_pretrain_base
+    from prefix_rft.tasks import BaseModelConfig, TaskConfig, load_or_pretrain_base
 
-    config = BaseModelConfig(**settings.base_overrides)
+    config = BaseModelConfig(**{"task": TaskConfig(demo_style=settings.demo_style), **settings.base_overrides})
     path = load_or_pretrain_base(config, cache_dir=settings.cache_dir)
     return path, AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
