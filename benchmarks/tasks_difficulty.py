@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from prefix_rft.baselines.runs import demo_style
 from prefix_rft.tasks import BaseModelConfig, TaskConfig, is_correct, load_or_pretrain_base, make_rows
 from prefix_rft.tasks.arithmetic import problem_of_prompt
 from prefix_rft.tasks.sampling import sample_completions
@@ -93,7 +94,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1234, help="seed of the problems and of sampling")
     parser.add_argument("--cache-dir", default=None, help="cache root of the base model")
     parser.add_argument("--out", default="runs/tasks_difficulty.json", help="where to write the JSON report")
-    parser.add_argument("--demo-style", default="steps", help="the demonstrator of the base's corpus and the prefixes")
+    parser.add_argument(
+        "--demo-style", default="steps", type=demo_style, help="the demonstrator of the base's corpus and the prefixes"
+    )
     args = parser.parse_args()
 
     start = time.perf_counter()

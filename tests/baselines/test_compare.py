@@ -11,6 +11,7 @@ from prefix_rft.baselines.runs import (
     METHODS,
     RunSettings,
     add_run_arguments,
+    load_base,
     method_budget,
     settings_from_args,
     train_rows,
@@ -73,8 +74,42 @@ def test_demo_style_flag_reaches_the_training_demos():
     for row in train_rows("prefix_rft", settings, seed=0):
         first_line = row["demos"][0].split("\n")[0]
         assert "=" not in first_line  # `45-9+6`, the chain left after one step, not `38+7=45`
-    with pytest.raises(ValueError, match="demo_style"):
-        settings_from_args(parser.parse_args(["--demo-style", "fast"]))
+    with pytest.raises(SystemExit):  # argparse's usage error
+        parser.parse_args(["--demo-style", "fast"])
+
+
+def test_base_model_is_built_with_the_demo_style(monkeypatch):
+    import prefix_rft.tasks
+
+    seen = []
+
+    def capture(config, cache_dir=None):
+        seen.append(config)
+        raise KeyboardInterrupt  # stop before anything is loaded
+
+    monkeypatch.setattr(prefix_rft.tasks, "load_or_pretrain_base", capture)
+    with pytest.raises(KeyboardInterrupt):
+        load_base(RunSettings(demo_style="rewrite", base_overrides={"model_size": "test"}))
+    assert seen[0].task.demo_style == "rewrite" and seen[0].model_size == "test"
+
+
+def test_resuming_refuses_finished_runs_made_with_other_settings(tmp_path, monkeypatch):
+    stored = {"method": "rft", "seed": 0, "settings": {"steps": 5, "prompts_per_step": 16}}
+    path = tmp_path / "runs" / "rft" / "seed0.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(stored))
+    monkeypatch.setattr(compare, "run_method", lambda *a: pytest.fail("a finished run was redone"))
+    # same settings (fields the old run predates count as defaults): reused as is
+    assert compare.run_all(["rft"], 1, RunSettings(steps=5), tmp_path) == [stored]
+    with pytest.raises(SystemExit, match="steps"):  # 5 then, 6 now
+        compare.run_all(["rft"], 1, RunSettings(steps=6), tmp_path)
+
+
+def test_unequal_budgets_are_refused_before_any_run(monkeypatch):
+    monkeypatch.setattr(compare, "method_budget", lambda m, s: {"optimizer_steps": 10 if m == "rft" else 20})
+    monkeypatch.setattr(compare, "run_all", lambda *a: pytest.fail("ran despite unequal budgets"))
+    with pytest.raises(SystemExit, match="unequal"):
+        compare.main(["--methods", "rft,prefix_rft", "--seeds", "1"])
 
 
 def test_sft_then_rft_splits_the_steps():

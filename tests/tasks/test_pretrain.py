@@ -90,6 +90,18 @@ def test_corpus_holds_short_train_problems_solved_coarsely_a_few_demos_and_singl
     assert kinds["step"] > 0 and kinds["coarse"] > 1500
 
 
+def test_corpus_demos_follow_the_task_demo_style():
+    from prefix_rft.tasks import TaskConfig
+
+    config = BaseModelConfig(task=TaskConfig(demo_style="rewrite"), step_fraction=0.0, demo_fraction=1.0)
+    rng = random.Random(0)
+    for _ in range(50):
+        problem, solution = corpus_text(rng, config)
+        lines = solution.split("\n")
+        # rewrite: the first line is the total after one step, then the operations left (`45-9+6`), never `38+7=45`
+        assert "=" not in lines[0] and lines[-2].startswith("check") and lines[-1] == f"answer: {problem.answer}"
+
+
 def test_lr_warms_up_linearly_then_decays_to_the_final_ratio():
     config = BaseModelConfig(steps=110, warmup_steps=10, final_lr_ratio=0.1)
     assert lr_factor(0, config) == pytest.approx(0.1)  # (0+1)/10

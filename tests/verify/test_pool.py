@@ -109,15 +109,19 @@ def test_closing_a_pool_mid_read_does_not_steal_the_next_pools_messages(monkeypa
     from types import SimpleNamespace
 
     original_recv = Connection._recv
-    in_recv, b_built = threading.Event(), threading.Event()
+    in_recv, b_built, a_done = threading.Event(), threading.Event(), threading.Event()
 
     def descheduled_first_recv(self, size):
         if in_recv.is_set():
+            a_done.wait(timeout=2.0)  # B's reader comes second, so a stale A always reads first
             return original_recv(self, size)
         in_recv.set()
         handle = self._handle  # the fd number is taken first, as in Connection._recv ...
         b_built.wait(timeout=1.0)  # ... then the thread stalls until B exists (or 1 s, if close() waits for it)
-        return original_recv(SimpleNamespace(_handle=handle), size)
+        try:
+            return original_recv(SimpleNamespace(_handle=handle), size)
+        finally:
+            a_done.set()
 
     monkeypatch.setattr(Connection, "_recv", descheduled_first_recv)
     pool_a = WorkerPool(abs, num_workers=1, timeout=5.0)
@@ -129,3 +133,30 @@ def test_closing_a_pool_mid_read_does_not_steal_the_next_pools_messages(monkeypa
         assert pool_b.call(-5) == ("ok", 5)
     finally:
         pool_b.close()
+
+
+def test_close_does_not_wait_for_a_reader_whose_pipe_another_process_keeps_open(monkeypatch):
+    # A process forked while a worker starts inherits the worker's end of the pipe; killing the worker then gives the
+    # parent's reader no EOF, so close() must wake it some other way rather than wait out its 60 s poll.
+    import multiprocessing
+    import signal
+
+    from prefix_rft.verify import pool as pool_module
+
+    real_pipe, held = multiprocessing.Pipe, []
+
+    def pipe_with_an_extra_holder():
+        parent_end, child_end = real_pipe()
+        held.append(os.dup(child_end.fileno()))  # stands in for the forked process
+        return parent_end, child_end
+
+    monkeypatch.setattr(pool_module.multiprocessing, "Pipe", pipe_with_an_extra_holder)
+    pool = WorkerPool(abs, num_workers=1, timeout=5.0, initializer=signal.pause, start_timeout=60.0)
+    time.sleep(0.5)  # the start-up thread is now polling a worker that will never report ready
+    start = time.monotonic()
+    pool.close()
+    try:
+        assert time.monotonic() - start < 20.0
+    finally:
+        for fd in held:
+            os.close(fd)

@@ -8,6 +8,7 @@ interrupted comparison continues where it stopped. The summary goes to `results.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 from pathlib import Path
@@ -38,14 +39,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def settings_mismatch(stored: dict[str, Any], settings: RunSettings) -> dict[str, tuple[Any, Any]]:
+    """{field: (stored, current)} for every setting a finished run differs in; fields it predates count as defaults.
+
+    `cache_dir` is left out: where the base model is cached does not change the result.
+    """
+    current = json.loads(json.dumps(dataclasses.asdict(settings)))
+    defaults = json.loads(json.dumps(dataclasses.asdict(RunSettings())))
+    return {
+        key: (stored.get(key, defaults[key]), value)
+        for key, value in current.items()
+        if key != "cache_dir" and stored.get(key, defaults[key]) != value
+    }
+
+
 def run_all(methods: list[str], seeds: int, settings: RunSettings, out: Path) -> list[dict[str, Any]]:
     results = []
     # Seeds outermost, so a run stopped early has every method at the same number of seeds.
     for seed in range(seeds):
         for method in methods:
             path = out / "runs" / method / f"seed{seed}.json"
-            if path.exists():  # resumable: a finished run is never redone
-                results.append(json.loads(path.read_text()))
+            if path.exists():  # resumable: a finished run is never redone, but never mixed with other settings either
+                result = json.loads(path.read_text())
+                mismatch = settings_mismatch(result.get("settings", {}), settings)
+                if mismatch:
+                    raise SystemExit(
+                        f"{path} was run with other settings, {{field: (then, now)}}: {mismatch}; "
+                        "pass another --output-dir or delete the old runs"
+                    )
+                results.append(result)
                 continue
             print(f"== {method}, seed {seed}")
             result = run_method(method, settings, seed, out / "work" / method / f"seed{seed}")

@@ -94,16 +94,24 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--curve-problems", type=int, default=d.curve_problems, help="problems per accuracy point")
     parser.add_argument("--learning-rate", type=float, default=d.learning_rate, help="RL learning rate")
     parser.add_argument("--sft-learning-rate", type=float, default=d.sft_learning_rate, help="SFT learning rate")
-    parser.add_argument("--demo-style", default=d.demo_style, help="demonstrator: steps or rewrite (docs/tasks.md)")
+    parser.add_argument(
+        "--demo-style", default=d.demo_style, type=demo_style, help="demonstrator: steps or rewrite (docs/tasks.md)"
+    )
     parser.add_argument("--cache-dir", default=None, help="base-model cache (default $PREFIX_RFT_CACHE or ~/.cache)")
     parser.add_argument("--base-size", default=None, help="base model size (default: the embedded task's)")
     parser.add_argument("--base-steps", type=int, default=None, help="base pretraining steps (default: the task's)")
 
 
-def settings_from_args(args: argparse.Namespace) -> RunSettings:
-    from prefix_rft.tasks import TaskConfig
+def demo_style(value: str) -> str:
+    """argparse type of `--demo-style`; imports the task (and torch) only when the flag is given."""
+    from prefix_rft.tasks.arithmetic import DEMO_STYLES
 
-    TaskConfig(demo_style=args.demo_style)  # an unknown style fails here, naming the field, before any work
+    if value not in DEMO_STYLES:
+        raise argparse.ArgumentTypeError(f"unknown demo style {value!r}; choose from {', '.join(DEMO_STYLES)}")
+    return value
+
+
+def settings_from_args(args: argparse.Namespace) -> RunSettings:
     base = {"model_size": args.base_size, "steps": args.base_steps}
     return RunSettings(
         steps=args.steps,
@@ -255,7 +263,9 @@ def load_base(settings: RunSettings):
 
     from prefix_rft.tasks import BaseModelConfig, TaskConfig, load_or_pretrain_base
 
-    config = BaseModelConfig(**{"task": TaskConfig(demo_style=settings.demo_style), **settings.base_overrides})
+    overrides = dict(settings.base_overrides)
+    overrides["task"] = dataclasses.replace(overrides.get("task", TaskConfig()), demo_style=settings.demo_style)
+    config = BaseModelConfig(**overrides)
     path = load_or_pretrain_base(config, cache_dir=settings.cache_dir)
     return path, AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 

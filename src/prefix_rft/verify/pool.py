@@ -13,9 +13,11 @@ guard means re-running the training in each worker.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import multiprocessing
 import os
 import queue
+import socket
 import subprocess
 import sys
 import threading
@@ -45,6 +47,7 @@ class _Worker:
         # another thread is inside recv() frees its fd number, the next Pipe() reuses it, and that thread then
         # reads (and corrupts) a different worker's messages.
         self.io_lock = threading.Lock()
+        self._close_lock = threading.Lock()  # guards conn.close() against a concurrent fileno() in kill()
 
     def wait_ready(self, timeout: float) -> None:
         """Block until the worker has imported everything; on failure set `start_error`."""
@@ -63,10 +66,16 @@ class _Worker:
             return None
 
     def kill(self) -> None:
-        """Kill the process, then close the pipe once no thread is using it (the kill makes any reader see EOF)."""
+        """Kill the process, wake any thread reading the pipe, and close the pipe once no thread is using it."""
         self.process.kill()
         self.process.wait()
-        with self.io_lock:
+        # The kill gives a reader EOF only if no other process (e.g. one forked meanwhile) holds the worker's end;
+        # shutting the socket down wakes it regardless, without freeing the fd number.
+        with self._close_lock, contextlib.suppress(OSError):
+            if not self.conn.closed:
+                with socket.socket(fileno=os.dup(self.conn.fileno())) as duplicate:
+                    duplicate.shutdown(socket.SHUT_RDWR)
+        with self.io_lock, self._close_lock:
             self.conn.close()
 
 
