@@ -13,6 +13,7 @@ from prefix_rft.baselines.runs import (
     add_run_arguments,
     load_base,
     method_budget,
+    rl_config,
     settings_from_args,
     train_rows,
 )
@@ -76,6 +77,20 @@ def test_demo_style_flag_reaches_the_training_demos():
         assert "=" not in first_line  # `45-9+6`, the chain left after one step, not `38+7=45`
     with pytest.raises(SystemExit):  # argparse's usage error
         parser.parse_args(["--demo-style", "fast"])
+
+
+def test_rl_set_overrides_reach_every_rl_config_and_unknown_fields_are_refused():
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    args = parser.parse_args(["--rl-set", "prefix_advantage=paper", "--rl-set", "prefix_entropy_keep_fraction=0.5"])
+    settings = settings_from_args(args)
+    assert settings.extra == {"prefix_advantage": "paper", "prefix_entropy_keep_fraction": 0.5}  # 0.5 read as a number
+    config = rl_config("prefix_rft", settings, seed=0, output_dir="unused")
+    assert (config.prefix_advantage, config.prefix_entropy_keep_fraction) == ("paper", 0.5)
+    with pytest.raises(SystemExit, match="no_such_field"):
+        settings_from_args(parser.parse_args(["--rl-set", "no_such_field=1"]))
+    with pytest.raises(SystemExit):  # argparse's usage error: no '='
+        parser.parse_args(["--rl-set", "prefix_advantage"])
 
 
 def test_base_model_is_built_with_the_demo_style(monkeypatch):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--demo-style", default=d.demo_style, type=demo_style, help="demonstrator: steps or rewrite (docs/tasks.md)"
     )
+    parser.add_argument(
+        "--rl-set",
+        action="append",
+        default=[],
+        type=rl_setting,
+        metavar="FIELD=VALUE",
+        help="override a PrefixRFTConfig field for every RL method, e.g. prefix_advantage=paper (repeatable)",
+    )
     parser.add_argument("--cache-dir", default=None, help="base-model cache (default $PREFIX_RFT_CACHE or ~/.cache)")
     parser.add_argument("--base-size", default=None, help="base model size (default: the embedded task's)")
     parser.add_argument("--base-steps", type=int, default=None, help="base pretraining steps (default: the task's)")
@@ -111,7 +120,25 @@ def demo_style(value: str) -> str:
     return value
 
 
+def rl_setting(text: str) -> tuple[str, Any]:
+    """argparse type of `--rl-set FIELD=VALUE`; VALUE is JSON when it parses (numbers, true, null), else text."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
 def settings_from_args(args: argparse.Namespace) -> RunSettings:
+    if args.rl_set:
+        from prefix_rft.trl.config import PrefixRFTConfig
+
+        known = {f.name for f in dataclasses.fields(PrefixRFTConfig)}
+        unknown = [name for name, _ in args.rl_set if name not in known]
+        if unknown:
+            raise SystemExit(f"--rl-set: PrefixRFTConfig has no field(s) {unknown}")
     base = {"model_size": args.base_size, "steps": args.base_steps}
     return RunSettings(
         steps=args.steps,
@@ -124,6 +151,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         curve_problems=args.curve_problems,
         cache_dir=args.cache_dir,
         demo_style=args.demo_style,
+        extra=dict(args.rl_set),
         base_overrides={k: v for k, v in base.items() if v is not None},
     )
 
