@@ -162,12 +162,19 @@ def completion_budget() -> int:
     return MAX_POSITIONS - 64  # the longest task prompt is under 64 tokens
 
 
+def task_config(settings: RunSettings):
+    """The task of the base's corpus and of the training rows: the base override's (or the default), in the chosen
+    demo style."""
+    from prefix_rft.tasks import TaskConfig
+
+    return dataclasses.replace(settings.base_overrides.get("task", TaskConfig()), demo_style=settings.demo_style)
+
+
 def train_rows(method: str, settings: RunSettings, seed: int) -> list[dict]:
     """The same prompts for every method; `prefix_rft_demos50` drops the demos of every other prompt."""
-    from prefix_rft.tasks import TaskConfig, make_rows
+    from prefix_rft.tasks import make_rows
 
-    task = TaskConfig(demo_style=settings.demo_style)
-    rows = make_rows("train", settings.steps * settings.prompts_per_step, seed=seed, config=task)
+    rows = make_rows("train", settings.steps * settings.prompts_per_step, seed=seed, config=task_config(settings))
     if method == "prefix_rft_demos50":
         rows = [{**row, "demos": row["demos"] if i % 2 == 0 else []} for i, row in enumerate(rows)]
     return rows
@@ -289,11 +296,9 @@ def measure_point(model, tokenizer, settings: RunSettings, seed: int, points: li
 def load_base(settings: RunSettings):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from prefix_rft.tasks import BaseModelConfig, TaskConfig, load_or_pretrain_base
+    from prefix_rft.tasks import BaseModelConfig, load_or_pretrain_base
 
-    overrides = dict(settings.base_overrides)
-    overrides["task"] = dataclasses.replace(overrides.get("task", TaskConfig()), demo_style=settings.demo_style)
-    config = BaseModelConfig(**overrides)
+    config = BaseModelConfig(**{**settings.base_overrides, "task": task_config(settings)})
     path = load_or_pretrain_base(config, cache_dir=settings.cache_dir)
     return path, AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 

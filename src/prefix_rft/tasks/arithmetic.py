@@ -12,11 +12,11 @@ import hashlib
 import random
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 Split = Literal["train", "test", "ood"]
 DemoStyle = Literal["steps", "rewrite"]
-DEMO_STYLES: tuple[str, ...] = ("steps", "rewrite")
+DEMO_STYLES: tuple[str, ...] = get_args(DemoStyle)
 
 _ANSWER_RE = re.compile(r"answer:[ ]*(-?\d+)")
 _PROBLEM_RE = re.compile(r"\d+([+-]\d+)*")
