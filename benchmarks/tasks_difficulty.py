@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from prefix_rft.baselines.runs import demo_style
+from prefix_rft.baselines.runs import add_base_set_argument, check_fields, demo_style
 from prefix_rft.tasks import BaseModelConfig, TaskConfig, is_correct, load_or_pretrain_base, make_rows
 from prefix_rft.tasks.arithmetic import problem_of_prompt
 from prefix_rft.tasks.sampling import sample_completions
@@ -97,11 +97,13 @@ def main() -> None:
     parser.add_argument(
         "--demo-style", default="steps", type=demo_style, help="the demonstrator of the base's corpus and the prefixes"
     )
+    add_base_set_argument(parser)
     args = parser.parse_args()
+    check_fields("--base-set", args.base_set, BaseModelConfig, exclude=("task",))
 
     start = time.perf_counter()
     task = TaskConfig(demo_style=args.demo_style)
-    path = load_or_pretrain_base(BaseModelConfig(task=task), args.cache_dir)
+    path = load_or_pretrain_base(BaseModelConfig(task=task, **dict(args.base_set)), args.cache_dir)
     pretrain_info = json.loads((Path(path) / "pretrain.json").read_text())
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -110,6 +112,7 @@ def main() -> None:
     report = {
         "base_model": path,
         "demo_style": args.demo_style,
+        "base_set": dict(args.base_set),
         "pretrain": pretrain_info,
         "k": args.k,
         "max_new_tokens": args.max_new_tokens,

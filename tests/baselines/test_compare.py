@@ -178,3 +178,20 @@ def test_tiny_compare_runs_and_resumes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(compare, "run_method", must_not_run)
     assert compare.main(argv) == 0
+
+
+def test_base_set_overrides_reach_the_base_config_and_unknown_or_task_fields_are_refused():
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    args = parser.parse_args(
+        ["--base-set", "corpus_max_terms=4", "--base-set", "demo_fraction=0.03", "--base-steps", "7"]
+    )
+    settings = settings_from_args(args)
+    assert settings.base_overrides == {"corpus_max_terms": 4, "demo_fraction": 0.03, "steps": 7}
+    # --base-steps given explicitly wins over a --base-set of the same field
+    args = parser.parse_args(["--base-set", "steps=9", "--base-steps", "7"])
+    assert settings_from_args(args).base_overrides == {"steps": 7}
+    assert settings_from_args(parser.parse_args(["--base-set", "steps=9"])).base_overrides == {"steps": 9}
+    for bad in ("no_such_field=1", "task=x"):
+        with pytest.raises(SystemExit, match=bad.split("=")[0]):
+            settings_from_args(parser.parse_args(["--base-set", bad]))

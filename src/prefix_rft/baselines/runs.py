@@ -106,9 +106,22 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FIELD=VALUE",
         help="override a PrefixRFTConfig field for every RL method, e.g. prefix_advantage=paper (repeatable)",
     )
+    add_base_set_argument(parser)
     parser.add_argument("--cache-dir", default=None, help="base-model cache (default $PREFIX_RFT_CACHE or ~/.cache)")
     parser.add_argument("--base-size", default=None, help="base model size (default: the embedded task's)")
     parser.add_argument("--base-steps", type=int, default=None, help="base pretraining steps (default: the task's)")
+
+
+def add_base_set_argument(parser: argparse.ArgumentParser) -> None:
+    """`--base-set FIELD=VALUE` (repeatable): a BaseModelConfig override; check it with `check_fields`."""
+    parser.add_argument(
+        "--base-set",
+        action="append",
+        default=[],
+        type=rl_setting,
+        metavar="FIELD=VALUE",
+        help="override a BaseModelConfig field of the base model, e.g. corpus_max_terms=4 (repeatable; its own cache)",
+    )
 
 
 def demo_style(value: str) -> str:
@@ -121,7 +134,8 @@ def demo_style(value: str) -> str:
 
 
 def rl_setting(text: str) -> tuple[str, Any]:
-    """argparse type of `--rl-set FIELD=VALUE`; VALUE is JSON when it parses (numbers, true, null), else text."""
+    """argparse type of `--rl-set` / `--base-set FIELD=VALUE`; VALUE is JSON when it parses (numbers, true, null),
+    else text."""
     name, sep, value = text.partition("=")
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
@@ -131,14 +145,24 @@ def rl_setting(text: str) -> tuple[str, Any]:
         return name, value
 
 
+def check_fields(flag: str, settings: list[tuple[str, Any]], config_cls: type, exclude: tuple[str, ...] = ()) -> None:
+    """Exit naming the fields of `settings` that `config_cls` does not have (or that `exclude` reserves)."""
+    known = {f.name for f in dataclasses.fields(config_cls)} - set(exclude)
+    unknown = [name for name, _ in settings if name not in known]
+    if unknown:
+        raise SystemExit(f"{flag}: {config_cls.__name__} has no settable field(s) {unknown}")
+
+
 def settings_from_args(args: argparse.Namespace) -> RunSettings:
     if args.rl_set:
         from prefix_rft.trl.config import PrefixRFTConfig
 
-        known = {f.name for f in dataclasses.fields(PrefixRFTConfig)}
-        unknown = [name for name, _ in args.rl_set if name not in known]
-        if unknown:
-            raise SystemExit(f"--rl-set: PrefixRFTConfig has no field(s) {unknown}")
+        check_fields("--rl-set", args.rl_set, PrefixRFTConfig)
+    if args.base_set:
+        from prefix_rft.tasks import BaseModelConfig
+
+        # The task comes from --demo-style and the run's task; a whole TaskConfig does not fit on a command line.
+        check_fields("--base-set", args.base_set, BaseModelConfig, exclude=("task",))
     base = {"model_size": args.base_size, "steps": args.base_steps}
     return RunSettings(
         steps=args.steps,
@@ -152,7 +176,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         cache_dir=args.cache_dir,
         demo_style=args.demo_style,
         extra=dict(args.rl_set),
-        base_overrides={k: v for k, v in base.items() if v is not None},
+        base_overrides={**dict(args.base_set), **{k: v for k, v in base.items() if v is not None}},
     )
 
 
@@ -303,8 +327,9 @@ def load_base(settings: RunSettings):
     return path, AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
 
-def train_rl(method, model, tokenizer, settings, seed, output_dir, points, steps=None, offset=0):
-    """Train `model` in place with an RL method; returns the trainer."""
+def train_rl(method, model, tokenizer, settings, seed, output_dir, points, steps=None, offset=0, reward_fn=None):
+    """Train `model` in place with an RL method (reward: `reward_fn`, default the task's verifier); returns the
+    trainer."""
     from datasets import Dataset
 
     from prefix_rft import baselines, trl
@@ -314,7 +339,7 @@ def train_rl(method, model, tokenizer, settings, seed, output_dir, points, steps
     trainer_cls = getattr(trl, trainer_name, None) or getattr(baselines, trainer_name)
     trainer = trainer_cls(
         model=model,
-        reward_funcs=[task_reward],
+        reward_funcs=[reward_fn or task_reward],
         args=rl_config(method, settings, seed, output_dir, steps),
         train_dataset=Dataset.from_list(train_rows(method, settings, seed)),
         processing_class=tokenizer,
