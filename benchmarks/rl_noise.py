@@ -1,0 +1,76 @@
+"""How much of an RL update on the embedded base is signal: RFT with the verifier's reward against a shuffled control.
+
+The control gives every completion the reward of another completion of the same batch (a fixed random permutation
+per step), so rewards keep their distribution but say nothing about the completion. If the true reward moves the
+model no better than the shuffled one, the update is noise at that learning rate. Both arms share the seed, the
+prompts and the evaluation problems (docs/tasks.md).
+
+Run: python benchmarks/rl_noise.py [--learning-rates 1e-5,3e-5,1e-4] [--out docs/benchmarks/rl_noise.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from prefix_rft.baselines.runs import add_run_arguments, evaluate_splits, load_base, settings_from_args, train_rl
+from prefix_rft.tasks import task_reward
+
+
+def shuffled_reward(seed: int):
+    """A TRL reward function returning the task reward of the batch's completions in a random order."""
+    rng = random.Random(seed)
+
+    def reward(completions: list, answer: list[str], **kwargs) -> list[float]:
+        scores = task_reward(completions, answer)
+        rng.shuffle(scores)
+        return scores
+
+    reward.__name__ = "shuffled_task_reward"  # TRL names the reward's metrics after the function
+    return reward
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--learning-rates", default="1e-5,3e-5,1e-4", help="comma-separated RL learning rates")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the prompts, sampling and evaluation problems")
+    parser.add_argument("--output-dir", default="runs/rl_noise", help="trainer output dirs go here")
+    parser.add_argument("--out", default="docs/benchmarks/rl_noise.json", help="where the summary JSON goes")
+    add_run_arguments(parser)
+    args = parser.parse_args()
+    settings = settings_from_args(args)
+    seed = args.seed
+
+    _, base, tokenizer = load_base(settings)
+    results = {"base": evaluate_splits(base.eval(), tokenizer, seed, settings.eval_k, settings.eval_problems, "base")}
+    key = f"avg@{settings.eval_k}"
+    print(f"base: test {results['base']['test'][key]:.3f} ood {results['base']['ood'][key]:.3f}", flush=True)
+    for lr in (float(x) for x in args.learning_rates.split(",")):
+        for arm in ("true", "shuffled"):
+            start = time.perf_counter()
+            run_settings = dataclasses.replace(settings, learning_rate=lr)
+            torch.manual_seed(seed)
+            _, model, _ = load_base(run_settings)
+            reward_fn = shuffled_reward(seed) if arm == "shuffled" else None
+            out = Path(args.output_dir) / f"lr{lr:g}_{arm}"
+            train_rl("rft", model, tokenizer, run_settings, seed, out, [], reward_fn=reward_fn)
+            final = evaluate_splits(model.eval(), tokenizer, seed, settings.eval_k, settings.eval_problems, arm)
+            results[f"lr={lr:g} {arm}"] = {**final, "seconds": round(time.perf_counter() - start, 1)}
+            print(f"lr {lr:g} {arm}: test {final['test'][key]:.3f} ood {final['ood'][key]:.3f}", flush=True)
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    report = {"metric": key, "settings": dataclasses.asdict(settings), "seed": seed, "results": results}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({**report, "commit": commit}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
