@@ -1,8 +1,9 @@
 """How much of an RL update on the embedded base is signal: RFT with the verifier's reward against a shuffled control.
 
-The control gives every completion the reward of another completion of the same batch (a fixed random permutation
-per step), so rewards keep their distribution but say nothing about the completion. If the true reward moves the
-model no better than the shuffled one, the update is noise at that learning rate. Both arms share the seed, the
+The control shuffles the rewards inside each group of rollouts of one question (a fresh permutation per group and
+step), so every group keeps its rewards, its mean and its advantages, but which completion earned them is random. What
+the control does to the model is the noise part of an update of that size; what the true reward does beyond it is
+the signal. Both arms share the seed, the
 prompts and the evaluation problems (docs/tasks.md).
 
 Run: python benchmarks/rl_noise.py [--learning-rates 1e-5,3e-5,1e-4] [--out docs/benchmarks/rl_noise.json]
@@ -24,14 +25,23 @@ from prefix_rft.baselines.runs import add_run_arguments, evaluate_splits, load_b
 from prefix_rft.tasks import task_reward
 
 
-def shuffled_reward(seed: int):
-    """A TRL reward function returning the task reward of the batch's completions in a random order."""
+def shuffled_reward(seed: int, group_size: int):
+    """A TRL reward function returning the task reward with each group's rewards shuffled among its rollouts.
+
+    TRL passes the `group_size` rollouts of a question as consecutive rows, so groups are consecutive blocks.
+    """
     rng = random.Random(seed)
 
     def reward(completions: list, answer: list[str], **kwargs) -> list[float]:
         scores = task_reward(completions, answer)
-        rng.shuffle(scores)
-        return scores
+        if len(scores) % group_size:
+            raise ValueError(f"{len(scores)} completions do not split into groups of {group_size}")
+        shuffled = []
+        for start in range(0, len(scores), group_size):
+            group = scores[start : start + group_size]
+            rng.shuffle(group)
+            shuffled += group
+        return shuffled
 
     reward.__name__ = "shuffled_task_reward"  # TRL names the reward's metrics after the function
     return reward
@@ -49,16 +59,19 @@ def main() -> None:
     seed = args.seed
 
     _, base, tokenizer = load_base(settings)
+    start_all = time.perf_counter()
     results = {"base": evaluate_splits(base.eval(), tokenizer, seed, settings.eval_k, settings.eval_problems, "base")}
     key = f"avg@{settings.eval_k}"
     print(f"base: test {results['base']['test'][key]:.3f} ood {results['base']['ood'][key]:.3f}", flush=True)
-    for lr in (float(x) for x in args.learning_rates.split(",")):
+    learning_rates = [float(x) for x in args.learning_rates.split(",")]
+    for lr in learning_rates:
         for arm in ("true", "shuffled"):
             start = time.perf_counter()
-            run_settings = dataclasses.replace(settings, learning_rate=lr)
+            # No accuracy curve: only the final evaluation is reported.
+            run_settings = dataclasses.replace(settings, learning_rate=lr, curve_every=settings.steps + 1)
             torch.manual_seed(seed)
             _, model, _ = load_base(run_settings)
-            reward_fn = shuffled_reward(seed) if arm == "shuffled" else None
+            reward_fn = shuffled_reward(seed, settings.num_generations) if arm == "shuffled" else None
             out = Path(args.output_dir) / f"lr{lr:g}_{arm}"
             train_rl("rft", model, tokenizer, run_settings, seed, out, [], reward_fn=reward_fn)
             final = evaluate_splits(model.eval(), tokenizer, seed, settings.eval_k, settings.eval_problems, arm)
@@ -66,7 +79,9 @@ def main() -> None:
             print(f"lr {lr:g} {arm}: test {final['test'][key]:.3f} ood {final['ood'][key]:.3f}", flush=True)
 
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    report = {"metric": key, "settings": dataclasses.asdict(settings), "seed": seed, "results": results}
+    run = {**dataclasses.asdict(settings), "learning_rate": learning_rates}  # each arm ran at one of these
+    report = {"metric": key, "settings": run, "seed": seed, "results": results}
+    report["seconds"] = round(time.perf_counter() - start_all, 1)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({**report, "commit": commit}, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from prefix_rft.baselines.runs import add_base_set_argument, check_fields, demo_style
+from prefix_rft.baselines.runs import add_base_set_argument, base_overrides, demo_style
 from prefix_rft.tasks import BaseModelConfig, TaskConfig, is_correct, load_or_pretrain_base, make_rows
 from prefix_rft.tasks.arithmetic import problem_of_prompt
 from prefix_rft.tasks.sampling import sample_completions
@@ -99,11 +99,11 @@ def main() -> None:
     )
     add_base_set_argument(parser)
     args = parser.parse_args()
-    check_fields("--base-set", args.base_set, BaseModelConfig, exclude=("task",))
+    overrides = base_overrides(args.base_set)
 
     start = time.perf_counter()
     task = TaskConfig(demo_style=args.demo_style)
-    path = load_or_pretrain_base(BaseModelConfig(task=task, **dict(args.base_set)), args.cache_dir)
+    path = load_or_pretrain_base(BaseModelConfig(task=task, **overrides), args.cache_dir)
     pretrain_info = json.loads((Path(path) / "pretrain.json").read_text())
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -112,7 +112,7 @@ def main() -> None:
     report = {
         "base_model": path,
         "demo_style": args.demo_style,
-        "base_set": dict(args.base_set),
+        "base_set": overrides,
         "pretrain": pretrain_info,
         "k": args.k,
         "max_new_tokens": args.max_new_tokens,

@@ -180,18 +180,32 @@ def test_tiny_compare_runs_and_resumes(tmp_path, monkeypatch):
     assert compare.main(argv) == 0
 
 
-def test_base_set_overrides_reach_the_base_config_and_unknown_or_task_fields_are_refused():
+def test_base_set_overrides_reach_the_base_config_cast_to_the_field_type(monkeypatch):
+    import prefix_rft.tasks
+
     parser = argparse.ArgumentParser()
     add_run_arguments(parser)
-    args = parser.parse_args(
-        ["--base-set", "corpus_max_terms=4", "--base-set", "demo_fraction=0.03", "--base-steps", "7"]
-    )
+    parse = parser.parse_args
+    # 8.0 names the same base as 8 (int field); 0.03 is demo_fraction's default, so it is dropped
+    args = parse(["--base-set", "corpus_max_terms=8.0", "--base-set", "demo_fraction=0.03", "--base-set", "lr=1"])
     settings = settings_from_args(args)
-    assert settings.base_overrides == {"corpus_max_terms": 4, "demo_fraction": 0.03, "steps": 7}
-    # --base-steps given explicitly wins over a --base-set of the same field
-    args = parser.parse_args(["--base-set", "steps=9", "--base-steps", "7"])
-    assert settings_from_args(args).base_overrides == {"steps": 7}
-    assert settings_from_args(parser.parse_args(["--base-set", "steps=9"])).base_overrides == {"steps": 9}
-    for bad in ("no_such_field=1", "task=x"):
-        with pytest.raises(SystemExit, match=bad.split("=")[0]):
-            settings_from_args(parser.parse_args(["--base-set", bad]))
+    assert settings.base_overrides == {"corpus_max_terms": 8, "lr": 1.0}
+    assert type(settings.base_overrides["corpus_max_terms"]) is int and type(settings.base_overrides["lr"]) is float
+
+    seen = []
+
+    def fake_pretrain(config, cache_dir=None):
+        seen.append(config)
+        raise RuntimeError("stop before loading weights")
+
+    monkeypatch.setattr(prefix_rft.tasks, "load_or_pretrain_base", fake_pretrain)
+    with pytest.raises(RuntimeError, match="stop"):
+        load_base(settings)
+    assert (seen[0].corpus_max_terms, seen[0].demo_fraction, seen[0].lr) == (8, 0.03, 1.0)
+
+    # an explicit --base-steps wins over --base-set steps=...
+    assert settings_from_args(parse(["--base-set", "steps=9", "--base-steps", "7"])).base_overrides == {"steps": 7}
+    assert settings_from_args(parse(["--base-set", "steps=9"])).base_overrides == {"steps": 9}
+    for bad, message in [("no_such_field=1", "no_such_field"), ("task=x", "--demo-style"), ("steps=1.5", "int")]:
+        with pytest.raises(SystemExit, match=message):
+            settings_from_args(parse(["--base-set", bad]))

@@ -113,7 +113,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_base_set_argument(parser: argparse.ArgumentParser) -> None:
-    """`--base-set FIELD=VALUE` (repeatable): a BaseModelConfig override; check it with `check_fields`."""
+    """`--base-set FIELD=VALUE` (repeatable): a BaseModelConfig override; `base_overrides` checks and casts it."""
     parser.add_argument(
         "--base-set",
         action="append",
@@ -145,12 +145,38 @@ def rl_setting(text: str) -> tuple[str, Any]:
         return name, value
 
 
-def check_fields(flag: str, settings: list[tuple[str, Any]], config_cls: type, exclude: tuple[str, ...] = ()) -> None:
-    """Exit naming the fields of `settings` that `config_cls` does not have (or that `exclude` reserves)."""
-    known = {f.name for f in dataclasses.fields(config_cls)} - set(exclude)
+def check_fields(flag: str, settings: list[tuple[str, Any]], config_cls: type) -> None:
+    """Exit naming the fields of `settings` that `config_cls` does not have."""
+    known = {f.name for f in dataclasses.fields(config_cls)}
     unknown = [name for name, _ in settings if name not in known]
     if unknown:
         raise SystemExit(f"{flag}: {config_cls.__name__} has no settable field(s) {unknown}")
+
+
+def base_overrides(pairs: list[tuple[str, Any]], **explicit: Any) -> dict[str, Any]:
+    """BaseModelConfig overrides from `--base-set` pairs, then `explicit` ones (None = not given), each cast to its
+    field's type (`8.0` -> 8, so equal values name the same cache) and dropped when equal to the default (so a run
+    that sets a default matches one that does not)."""
+    from prefix_rft.tasks import BaseModelConfig
+
+    if any(name == "task" for name, _ in pairs):
+        raise SystemExit("--base-set: the base's task is set by --demo-style, not by --base-set task=...")
+    check_fields("--base-set", pairs, BaseModelConfig)
+    defaults = BaseModelConfig()
+    merged = {**dict(pairs), **{k: v for k, v in explicit.items() if v is not None}}
+    result = {}
+    for name, value in merged.items():
+        default = getattr(defaults, name)
+        kind = type(default)
+        if kind is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        elif kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not kind:
+            raise SystemExit(f"--base-set: {name} must be a {kind.__name__} like {default!r}, got {value!r}")
+        if value != default:
+            result[name] = value
+    return result
 
 
 def settings_from_args(args: argparse.Namespace) -> RunSettings:
@@ -158,12 +184,6 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         from prefix_rft.trl.config import PrefixRFTConfig
 
         check_fields("--rl-set", args.rl_set, PrefixRFTConfig)
-    if args.base_set:
-        from prefix_rft.tasks import BaseModelConfig
-
-        # The task comes from --demo-style and the run's task; a whole TaskConfig does not fit on a command line.
-        check_fields("--base-set", args.base_set, BaseModelConfig, exclude=("task",))
-    base = {"model_size": args.base_size, "steps": args.base_steps}
     return RunSettings(
         steps=args.steps,
         prompts_per_step=args.prompts_per_step,
@@ -176,7 +196,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         cache_dir=args.cache_dir,
         demo_style=args.demo_style,
         extra=dict(args.rl_set),
-        base_overrides={**dict(args.base_set), **{k: v for k, v in base.items() if v is not None}},
+        base_overrides=base_overrides(args.base_set, model_size=args.base_size, steps=args.base_steps),
     )
 
 
