@@ -3,8 +3,7 @@
 The control shuffles the rewards inside each group of rollouts of one question (a fresh permutation per group and
 step), so every group keeps its rewards, its mean and its advantages, but which completion earned them is random. What
 the control does to the model is the noise part of an update of that size; what the true reward does beyond it is
-the signal. Both arms share the seed, the
-prompts and the evaluation problems (docs/tasks.md).
+the signal. Both arms share the seed, the prompts and the evaluation problems (docs/tasks.md).
 
 Run: python benchmarks/rl_noise.py [--learning-rates 1e-5,3e-5,1e-4] [--out docs/benchmarks/rl_noise.json]
 """

@@ -102,7 +102,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--rl-set",
         action="append",
         default=[],
-        type=rl_setting,
+        type=field_setting,
         metavar="FIELD=VALUE",
         help="override a PrefixRFTConfig field for every RL method, e.g. prefix_advantage=paper (repeatable)",
     )
@@ -118,7 +118,7 @@ def add_base_set_argument(parser: argparse.ArgumentParser) -> None:
         "--base-set",
         action="append",
         default=[],
-        type=rl_setting,
+        type=field_setting,
         metavar="FIELD=VALUE",
         help="override a BaseModelConfig field of the base model, e.g. corpus_max_terms=4 (repeatable; its own cache)",
     )
@@ -133,7 +133,7 @@ def demo_style(value: str) -> str:
     return value
 
 
-def rl_setting(text: str) -> tuple[str, Any]:
+def field_setting(text: str) -> tuple[str, Any]:
     """argparse type of `--rl-set` / `--base-set FIELD=VALUE`; VALUE is JSON when it parses (numbers, true, null),
     else text."""
     name, sep, value = text.partition("=")
