@@ -1,3 +1,5 @@
+import random
+
 import pytest
 
 from prefix_rft.tasks import TaskConfig, demonstrate, is_correct, make_rows, task_reward
@@ -101,6 +103,31 @@ def test_coarse_solution_does_several_operations_per_line_and_no_check():
 
 def test_coarse_solution_of_a_single_step_is_the_demo_without_its_check():
     assert coarse_solution(parse_problem("25+9"), ops_per_line=3) == "25+9=34\nanswer: 34"
+
+
+def test_coarse_solution_with_slips_goes_on_from_the_wrong_value():
+    # slip_rate 1: both lines slip. 38+7-9+6 is 42, written 42+d1; the next line starts there: (42+d1)-2 = 40+d1,
+    # written 40+d1+d2, and that is the answer.
+    for seed in range(20):
+        lines = coarse_solution(parse_problem("38+7-9+6-2"), 3, slip_rate=1.0, rng=random.Random(seed)).split("\n")
+        first = int(lines[0].removeprefix("38+7-9+6="))
+        assert first - 42 in (-10, -1, 1, 10)
+        assert lines[1].startswith(f"{first}-2=")
+        second = int(lines[1].split("=")[1])
+        assert second - (first - 2) in (-10, -1, 1, 10)
+        assert lines[2] == f"answer: {second}"
+
+
+def test_coarse_solution_slips_about_as_often_as_asked_and_never_without_a_rate():
+    rng = random.Random(0)
+    slipped = sum(
+        coarse_solution(parse_problem("25+9"), 3, slip_rate=0.25, rng=rng) != "25+9=34\nanswer: 34"
+        for _ in range(2000)
+    )
+    assert 400 < slipped < 600  # 25% of 2000 = 500
+    assert coarse_solution(parse_problem("25+9"), 3, slip_rate=0.0, rng=rng) == "25+9=34\nanswer: 34"
+    with pytest.raises(ValueError, match="needs an rng"):
+        coarse_solution(parse_problem("25+9"), 3, slip_rate=0.5)
 
 
 def test_parse_problem_reads_terms_and_signs():

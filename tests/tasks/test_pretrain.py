@@ -90,6 +90,26 @@ def test_corpus_holds_short_train_problems_solved_coarsely_a_few_demos_and_singl
     assert kinds["step"] > 0 and kinds["coarse"] > 1500
 
 
+def test_slips_change_coarse_answers_and_steps_but_never_demos():
+    config = BaseModelConfig(slip_rate=0.5)
+    rng = random.Random(0)
+    wrong = {"demo": 0, "other": 0}
+    for _ in range(2000):
+        problem, solution = corpus_text(rng, config)
+        kind = "demo" if "check" in solution else "other"
+        wrong[kind] += solution.split("\n")[-1] != f"answer: {problem.answer}"
+    # every non-demo solution is one line here (at most 4 terms: 3 operations, 3 a line), slipping half the time:
+    # about 0.5 * 97% * 2000 = 970 wrong answers
+    assert wrong["demo"] == 0
+    assert 880 < wrong["other"] < 1060
+
+
+def test_a_field_added_at_its_neutral_value_keeps_the_published_default_hash():
+    # base-886de9e9e1d5 is the default base docs/tasks.md and docs/results.md measure; slip_rate came later.
+    assert config_hash(BaseModelConfig()) == "886de9e9e1d5"
+    assert config_hash(BaseModelConfig(slip_rate=0.25)) != "886de9e9e1d5"
+
+
 def test_corpus_demos_follow_the_task_demo_style():
     from prefix_rft.tasks import TaskConfig
 

@@ -20,6 +20,8 @@ DEMO_STYLES: tuple[str, ...] = get_args(DemoStyle)
 
 _ANSWER_RE = re.compile(r"answer:[ ]*(-?\d+)")
 _PROBLEM_RE = re.compile(r"\d+([+-]\d+)*")
+# A carry slip in a sloppy coarse line: the result off by one in its last or its tens digit.
+SLIPS = (-10, -1, 1, 10)
 
 
 @dataclass(frozen=True)
@@ -129,23 +131,31 @@ def demonstrate(problem: Problem | str, style: DemoStyle = "steps") -> str:
     return "\n".join(lines)
 
 
-def coarse_solution(problem: Problem, ops_per_line: int) -> str:
+def coarse_solution(
+    problem: Problem, ops_per_line: int, slip_rate: float = 0.0, rng: random.Random | None = None
+) -> str:
     """The weaker strategy the base model is pretrained on: up to `ops_per_line` operations per line, no check.
+
+    With `slip_rate` > 0 each line's result is, with that probability, off by 1 or 10 either way (a carry slip), and
+    the next line goes on from the wrong value, so the answer is wrong too. `rng` draws the slips.
 
     >>> print(coarse_solution(parse_problem("38+7-9+6-2"), ops_per_line=3))
     38+7-9+6=42
     42-2=40
     answer: 40
     """
-    totals = problem.running_totals()
-    lines = []
+    if slip_rate > 0 and rng is None:
+        raise ValueError("coarse_solution: slip_rate > 0 needs an rng to draw the slips")
+    value, lines = problem.terms[0], []
     for start in range(0, len(problem.signs), ops_per_line):
         end = min(start + ops_per_line, len(problem.signs))
-        ops = "".join(
-            f"{s}{t}" for s, t in zip(problem.signs[start:end], problem.terms[start + 1 : end + 1], strict=True)
-        )
-        lines.append(f"{totals[start]}{ops}={totals[end]}")
-    lines.append(f"answer: {problem.answer}")
+        pairs = list(zip(problem.signs[start:end], problem.terms[start + 1 : end + 1], strict=True))
+        result = value + sum(t if s == "+" else -t for s, t in pairs)
+        if slip_rate > 0 and rng.random() < slip_rate:
+            result += rng.choice(SLIPS)
+        lines.append(f"{value}{''.join(f'{s}{t}' for s, t in pairs)}={result}")
+        value = result
+    lines.append(f"answer: {value}")
     return "\n".join(lines)
 
 

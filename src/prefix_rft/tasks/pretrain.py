@@ -44,6 +44,8 @@ from prefix_rft.tasks.tokenizer import build_tokenizer
 # Part of the cache key: bump it when the generator, demonstrator, tokenizer or model code changes what is trained.
 CORPUS_VERSION = 2  # 2: Llama architecture (see tasks/model.py)
 CACHE_ENV = "PREFIX_RFT_CACHE"
+# Fields added after bases were cached and published, with the value that trains what was trained before them.
+HASH_NEUTRAL = {"slip_rate": 0.0}
 # Batches are cut from a pool this many batches deep, sorted by length, so that short direct answers are not padded
 # to the length of a long demo.
 POOL_BATCHES = 16
@@ -63,6 +65,9 @@ class BaseModelConfig:
     """longest train problem posed whole in the corpus; longer ones only lend their single steps"""
     demo_fraction: float = 0.03
     """share of the corpus that is train problems solved by the demonstrator"""
+    slip_rate: float = 0.0
+    """chance that a line of a coarse solution (steps included) slips by 1 or 10, so its answer is wrong; the
+    demonstrator never slips"""
     step_fraction: float = 0.2
     """share of the corpus that is single steps of train problems (`45-9`); the rest are train problems solved
     coarsely"""
@@ -86,7 +91,11 @@ class BaseModelConfig:
 
 def config_hash(config: BaseModelConfig) -> str:
     """A short, stable hash of `config` and `CORPUS_VERSION`."""
-    payload = json.dumps({"config": dataclasses.asdict(config), "version": CORPUS_VERSION}, sort_keys=True)
+    settings = dataclasses.asdict(config)
+    for name, neutral in HASH_NEUTRAL.items():  # added later: at its neutral value, a field keeps old hashes valid
+        if settings[name] == neutral:
+            del settings[name]
+    payload = json.dumps({"config": settings, "version": CORPUS_VERSION}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -119,11 +128,11 @@ def corpus_text(rng: random.Random, config: BaseModelConfig) -> tuple[Problem, s
     draw = rng.random()
     if draw < config.step_fraction:
         step = sample_step(rng, config.task)
-        return step, coarse_solution(step, config.ops_per_line)
+        return step, coarse_solution(step, config.ops_per_line, config.slip_rate, rng)
     problem = sample_split_problem(rng, "train", config.task, max_terms=config.corpus_max_terms)
     if draw < config.step_fraction + config.demo_fraction:
         return problem, demonstrate(problem, config.task.demo_style)
-    return problem, coarse_solution(problem, config.ops_per_line)
+    return problem, coarse_solution(problem, config.ops_per_line, config.slip_rate, rng)
 
 
 def corpus_example(
