@@ -94,6 +94,11 @@ def test_demo_of_a_subtraction_reaching_zero():
     assert demonstrate("12-3-9") == "12-3=9\n9-9=0\ncheck 0+9=9 ok\nanswer: 0"
 
 
+def test_demonstrate_refuses_an_unknown_style_instead_of_writing_steps():
+    with pytest.raises(ValueError, match="unknown demo style 'rewrites'; choose from steps, rewrite"):
+        demonstrate("38+7", style="rewrites")
+
+
 def test_coarse_solution_does_several_operations_per_line_and_no_check():
     # 38+7-9+6 = 42 in one line of three operations, then 42-2 = 40 with the one operation left.
     assert coarse_solution(parse_problem("38+7-9+6-2"), ops_per_line=3) == "38+7-9+6=42\n42-2=40\nanswer: 40"

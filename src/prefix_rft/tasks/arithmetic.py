@@ -113,6 +113,8 @@ def demonstrate(problem: Problem | str, style: DemoStyle = "steps") -> str:
     check 42-6=36 ok
     answer: 42
     """
+    if style not in DEMO_STYLES:
+        raise ValueError(f"unknown demo style {style!r}; choose from {', '.join(DEMO_STYLES)}")
     if isinstance(problem, str):
         problem = parse_problem(problem)
     totals = problem.running_totals()
