@@ -123,6 +123,18 @@ def test_coarse_solution_with_slips_goes_on_from_the_wrong_value():
         assert lines[2] == f"answer: {second}"
 
 
+def test_slip_min_ops_keeps_single_operation_lines_exact():
+    # slip_min_ops 2: the 3-operation line 38+7-9+6 (42) always slips to 42+d; the 1-operation line 42+d-2 never
+    # does, so the answer is 40+d. A single step never slips.
+    for seed in range(20):
+        rng = random.Random(seed)
+        lines = coarse_solution(parse_problem("38+7-9+6-2"), 3, 1.0, rng, slip_min_ops=2).split("\n")
+        first = int(lines[0].removeprefix("38+7-9+6="))
+        assert first - 42 in (-10, -1, 1, 10)
+        assert lines[1:] == [f"{first}-2={first - 2}", f"answer: {first - 2}"]
+        assert coarse_solution(parse_problem("25+9"), 3, 1.0, rng, slip_min_ops=2) == "25+9=34\nanswer: 34"
+
+
 def test_coarse_solution_slips_about_as_often_as_asked_and_never_without_a_rate():
     rng = random.Random(0)
     slipped = sum(

@@ -108,6 +108,7 @@ def test_a_field_added_at_its_neutral_value_keeps_the_published_default_hash():
     # base-886de9e9e1d5 is the default base docs/tasks.md and docs/results.md measure; slip_rate came later.
     assert config_hash(BaseModelConfig()) == "886de9e9e1d5"
     assert config_hash(BaseModelConfig(slip_rate=0.25)) != "886de9e9e1d5"
+    assert config_hash(BaseModelConfig(slip_rate=0.25, slip_min_ops=2)) != config_hash(BaseModelConfig(slip_rate=0.25))
 
 
 def test_corpus_demos_follow_the_task_demo_style():

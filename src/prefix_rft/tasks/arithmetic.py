@@ -134,12 +134,17 @@ def demonstrate(problem: Problem | str, style: DemoStyle = "steps") -> str:
 
 
 def coarse_solution(
-    problem: Problem, ops_per_line: int, slip_rate: float = 0.0, rng: random.Random | None = None
+    problem: Problem,
+    ops_per_line: int,
+    slip_rate: float = 0.0,
+    rng: random.Random | None = None,
+    slip_min_ops: int = 1,
 ) -> str:
     """The weaker strategy the base model is pretrained on: up to `ops_per_line` operations per line, no check.
 
-    With `slip_rate` > 0 each line's result is, with that probability, off by 1 or 10 either way (a carry slip), and
-    the next line goes on from the wrong value, so the answer is wrong too. `rng` draws the slips.
+    With `slip_rate` > 0 each line of at least `slip_min_ops` operations has, with that probability, its result off
+    by 1 or 10 either way (a carry slip), and the next line goes on from the wrong value, so the answer is wrong too.
+    `rng` draws the slips.
 
     >>> print(coarse_solution(parse_problem("38+7-9+6-2"), ops_per_line=3))
     38+7-9+6=42
@@ -153,7 +158,7 @@ def coarse_solution(
         end = min(start + ops_per_line, len(problem.signs))
         pairs = list(zip(problem.signs[start:end], problem.terms[start + 1 : end + 1], strict=True))
         result = value + sum(t if s == "+" else -t for s, t in pairs)
-        if slip_rate > 0 and rng.random() < slip_rate:
+        if slip_rate > 0 and len(pairs) >= slip_min_ops and rng.random() < slip_rate:
             result += rng.choice(SLIPS)
         lines.append(f"{value}{''.join(f'{s}{t}' for s, t in pairs)}={result}")
         value = result

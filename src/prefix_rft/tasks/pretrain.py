@@ -45,7 +45,7 @@ from prefix_rft.tasks.tokenizer import build_tokenizer
 CORPUS_VERSION = 2  # 2: Llama architecture (see tasks/model.py)
 CACHE_ENV = "PREFIX_RFT_CACHE"
 # Fields added after bases were cached and published, with the value that trains what was trained before them.
-HASH_NEUTRAL = {"slip_rate": 0.0}
+HASH_NEUTRAL = {"slip_rate": 0.0, "slip_min_ops": 1}
 # Batches are cut from a pool this many batches deep, sorted by length, so that short direct answers are not padded
 # to the length of a long demo.
 POOL_BATCHES = 16
@@ -68,6 +68,9 @@ class BaseModelConfig:
     slip_rate: float = 0.0
     """chance that a line of a coarse solution (steps included) slips by 1 or 10, so its answer is wrong; the
     demonstrator never slips"""
+    slip_min_ops: int = 1
+    """fewest operations in a line that can slip: 2 keeps single steps exact, so only the coarse strategy is
+    sloppy"""
     step_fraction: float = 0.2
     """share of the corpus that is single steps of train problems (`45-9`); the rest are train problems solved
     coarsely"""
@@ -128,11 +131,11 @@ def corpus_text(rng: random.Random, config: BaseModelConfig) -> tuple[Problem, s
     draw = rng.random()
     if draw < config.step_fraction:
         step = sample_step(rng, config.task)
-        return step, coarse_solution(step, config.ops_per_line, config.slip_rate, rng)
+        return step, coarse_solution(step, config.ops_per_line, config.slip_rate, rng, config.slip_min_ops)
     problem = sample_split_problem(rng, "train", config.task, max_terms=config.corpus_max_terms)
     if draw < config.step_fraction + config.demo_fraction:
         return problem, demonstrate(problem, config.task.demo_style)
-    return problem, coarse_solution(problem, config.ops_per_line, config.slip_rate, rng)
+    return problem, coarse_solution(problem, config.ops_per_line, config.slip_rate, rng, config.slip_min_ops)
 
 
 def corpus_example(
