@@ -186,10 +186,10 @@ def test_base_set_overrides_reach_the_base_config_cast_to_the_field_type(monkeyp
     parser = argparse.ArgumentParser()
     add_run_arguments(parser)
     parse = parser.parse_args
-    # 8.0 names the same base as 8 (int field); 0.03 is demo_fraction's default, so it is dropped
-    args = parse(["--base-set", "corpus_max_terms=8.0", "--base-set", "demo_fraction=0.03", "--base-set", "lr=1"])
+    # 4.0 names the same base as 4 (int field); 0.06 is demo_fraction's default, so it is dropped
+    args = parse(["--base-set", "corpus_max_terms=4.0", "--base-set", "demo_fraction=0.06", "--base-set", "lr=1"])
     settings = settings_from_args(args)
-    assert settings.base_overrides == {"corpus_max_terms": 8, "lr": 1.0}
+    assert settings.base_overrides == {"corpus_max_terms": 4, "lr": 1.0}
     assert type(settings.base_overrides["corpus_max_terms"]) is int and type(settings.base_overrides["lr"]) is float
 
     seen = []
@@ -201,7 +201,7 @@ def test_base_set_overrides_reach_the_base_config_cast_to_the_field_type(monkeyp
     monkeypatch.setattr(prefix_rft.tasks, "load_or_pretrain_base", fake_pretrain)
     with pytest.raises(RuntimeError, match="stop"):
         load_base(settings)
-    assert (seen[0].corpus_max_terms, seen[0].demo_fraction, seen[0].lr) == (8, 0.03, 1.0)
+    assert (seen[0].corpus_max_terms, seen[0].demo_fraction, seen[0].lr) == (4, 0.06, 1.0)
 
     # an explicit --base-steps wins over --base-set steps=...
     assert settings_from_args(parse(["--base-set", "steps=9", "--base-steps", "7"])).base_overrides == {"steps": 7}

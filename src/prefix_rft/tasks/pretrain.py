@@ -1,10 +1,12 @@
 """Pretrain the BASE model of the embedded task from scratch on CPU, cached by a hash of its config.
 
-The corpus solves train problems with a coarser strategy than the demonstrator's: several operations per line
-(`38+7-9+6=42`), no check; only a few solutions are demonstrator traces. Single steps (`45-9=36`) are drilled too.
-So the base model knows the problems, the format and how to work line by line, solves short chains, and can follow
-a demo it is shown, but its coarse lines often go wrong on long chains: it stands to the demos as Qwen2.5-Math-7B
-stands to R1 traces (a shorter chain of thought). See docs/tasks.md for the measured numbers.
+The corpus solves train problems of every length with a coarser strategy than the demonstrator's: several
+operations per line (`38+7-9+6=42`), no check, and a line of several operations slips (its result off by 1 or 10)
+40% of the time. Single steps (`45-9=36`) are drilled too, and they never slip; 6% of the solutions are
+demonstrator traces. So the base model knows the problems and the format, solves 2-term chains, can finish a demo
+it is shown, but by itself writes the sloppy coarse solution and gets longer chains wrong: the demonstrator's
+one-step lines are the better strategy it has the skills for but does not use. It stands to the demos as
+Qwen2.5-Math-7B stands to R1 traces. See docs/tasks.md for the measured numbers.
 
 Run: python -m prefix_rft.tasks.pretrain [--cache-dir DIR] [--force]
 """
@@ -61,16 +63,16 @@ class BaseModelConfig:
     """the task whose train split makes the corpus"""
     ops_per_line: int = 3
     """operations per line of the corpus's coarse solutions (the demonstrator does one)"""
-    corpus_max_terms: int = 4
+    corpus_max_terms: int = 8
     """longest train problem posed whole in the corpus; longer ones only lend their single steps"""
-    demo_fraction: float = 0.03
+    demo_fraction: float = 0.06
     """share of the corpus that is train problems solved by the demonstrator"""
-    slip_rate: float = 0.0
-    """chance that a line of a coarse solution (steps included) slips by 1 or 10, so its answer is wrong; the
-    demonstrator never slips"""
-    slip_min_ops: int = 1
+    slip_rate: float = 0.4
+    """chance that a line of a coarse solution slips by 1 or 10, so its answer is wrong; the demonstrator never
+    slips"""
+    slip_min_ops: int = 2
     """fewest operations in a line that can slip: 2 keeps single steps exact, so only the coarse strategy is
-    sloppy"""
+    sloppy (1: steps slip too)"""
     step_fraction: float = 0.2
     """share of the corpus that is single steps of train problems (`45-9`); the rest are train problems solved
     coarsely"""
