@@ -75,19 +75,25 @@ def test_default_corpus_solves_every_train_length_sloppily_with_a_few_demos_and_
     # terms; a line of 2 or more operations slips by 1 or 10 40% of the time, a 1-operation line never does.
     config = BaseModelConfig()
     rng = random.Random(0)
-    demos, multi, slipped, lengths = 0, 0, 0, set()
+    demos, steps, multi, slipped, lengths = 0, 0, 0, 0, set()
     for _ in range(3000):
         problem, solution = corpus_text(rng, config)
         assert not in_test_split(problem, config.task)
         lengths.add(len(problem.terms))
+        steps += not 10 <= problem.terms[0] <= 99  # only a step starts outside 10-99 (at a running total)
         lines = solution.split("\n")
         if "check" in solution:
             demos += 1
             assert lines[-1] == f"answer: {problem.answer}"  # the demonstrator never slips
             continue
+        # Follow the solution by hand: each line starts from the value the previous one wrote.
+        value, operands, any_slip = problem.terms[0], list(problem.terms[1:]), False
         for line in lines[:-1]:
             text, written = line.split("=")
             numbers = [int(n) for n in re.findall(r"[+-]?\d+", text)]  # a running total may be negative: -10+7
+            assert numbers[0] == value
+            assert [abs(n) for n in numbers[1:]] == operands[: len(numbers) - 1]
+            operands = operands[len(numbers) - 1 :]
             exact, ops = sum(numbers), len(numbers) - 1
             assert ops <= 3
             if ops == 1:
@@ -95,10 +101,15 @@ def test_default_corpus_solves_every_train_length_sloppily_with_a_few_demos_and_
             else:
                 multi += 1
                 slipped += int(written) != exact
+                any_slip |= int(written) != exact
                 assert int(written) - exact in (0, -10, -1, 1, 10)
-        assert lines[-1] == f"answer: {lines[-2].split('=')[1]}"  # the answer is the last line's, slipped or not
+            value = int(written)
+        assert operands == [] and lines[-1] == f"answer: {value}"
+        if not any_slip:
+            assert value == problem.answer
     assert lengths == {2, 3, 4, 5, 6, 7, 8}
     assert 120 < demos < 240  # 6% of 3000 = 180
+    assert steps > 0
     assert 0.35 < slipped / multi < 0.45
 
 
@@ -116,10 +127,14 @@ def test_slips_change_coarse_answers_and_steps_but_never_demos():
     assert 880 < wrong["other"] < 1060
 
 
-def test_fields_added_at_their_neutral_values_keep_the_first_default_base_hash():
-    # base-886de9e9e1d5 is the first default base, which docs/results.md measures; the slip fields came later.
+def test_fields_added_at_their_neutral_values_keep_the_recorded_base_hashes():
+    # Cache names the docs cite: the first default base (docs/results.md), the default, and the base of slip_rate
+    # 0.25 recorded before slip_min_ops existed. The slip fields came later.
     first = BaseModelConfig(corpus_max_terms=4, demo_fraction=0.03, slip_rate=0.0, slip_min_ops=1)
     assert config_hash(first) == "886de9e9e1d5"
+    assert config_hash(dataclasses.replace(first, slip_min_ops=2)) == "886de9e9e1d5"  # no slips: min_ops is moot
+    assert config_hash(BaseModelConfig()) == "2a6d2666ec22"
+    assert config_hash(dataclasses.replace(first, slip_rate=0.25)) == "2a1de66d81fe"
     assert config_hash(dataclasses.replace(first, slip_rate=0.25)) != "886de9e9e1d5"
     steps_slip_too = dataclasses.replace(first, slip_rate=0.25)
     assert config_hash(dataclasses.replace(steps_slip_too, slip_min_ops=2)) != config_hash(steps_slip_too)

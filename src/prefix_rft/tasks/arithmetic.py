@@ -143,8 +143,8 @@ def coarse_solution(
     """The weaker strategy the base model is pretrained on: up to `ops_per_line` operations per line, no check.
 
     With `slip_rate` > 0 each line of at least `slip_min_ops` operations has, with that probability, its result off
-    by 1 or 10 either way (a carry slip), and the next line goes on from the wrong value, so the answer is wrong too.
-    `rng` draws the slips.
+    by 1 or 10 either way (a carry slip), and the next line goes on from the wrong value, so the answer is wrong too
+    unless two slips cancel. `rng` draws the slips.
 
     >>> print(coarse_solution(parse_problem("38+7-9+6-2"), ops_per_line=3))
     38+7-9+6=42

@@ -68,8 +68,8 @@ class BaseModelConfig:
     demo_fraction: float = 0.06
     """share of the corpus that is train problems solved by the demonstrator"""
     slip_rate: float = 0.4
-    """chance that a line of a coarse solution slips by 1 or 10, so its answer is wrong; the demonstrator never
-    slips"""
+    """chance that a line of a coarse solution slips by 1 or 10, so its answer is wrong unless two slips cancel;
+    the demonstrator never slips"""
     slip_min_ops: int = 2
     """fewest operations in a line that can slip: 2 keeps single steps exact, so only the coarse strategy is
     sloppy (1: steps slip too)"""
@@ -97,6 +97,8 @@ class BaseModelConfig:
 def config_hash(config: BaseModelConfig) -> str:
     """A short, stable hash of `config` and `CORPUS_VERSION`."""
     settings = dataclasses.asdict(config)
+    if settings["slip_rate"] == 0:  # without slips, slip_min_ops trains nothing different
+        settings["slip_min_ops"] = HASH_NEUTRAL["slip_min_ops"]
     for name, neutral in HASH_NEUTRAL.items():  # added later: at its neutral value, a field keeps old hashes valid
         if settings[name] == neutral:
             del settings[name]
