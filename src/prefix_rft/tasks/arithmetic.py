@@ -156,11 +156,11 @@ def coarse_solution(
     value, lines = problem.terms[0], []
     for start in range(0, len(problem.signs), ops_per_line):
         end = min(start + ops_per_line, len(problem.signs))
-        pairs = list(zip(problem.signs[start:end], problem.terms[start + 1 : end + 1], strict=True))
-        result = value + sum(t if s == "+" else -t for s, t in pairs)
-        if slip_rate > 0 and len(pairs) >= slip_min_ops and rng.random() < slip_rate:
+        line = Problem((value, *problem.terms[start + 1 : end + 1]), problem.signs[start:end])  # from what was written
+        result = line.answer
+        if slip_rate > 0 and end - start >= slip_min_ops and rng.random() < slip_rate:
             result += rng.choice(SLIPS)
-        lines.append(f"{value}{''.join(f'{s}{t}' for s, t in pairs)}={result}")
+        lines.append(f"{line.text}={result}")
         value = result
     lines.append(f"answer: {value}")
     return "\n".join(lines)
