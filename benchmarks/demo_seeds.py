@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from prefix_rft.baselines.compare import stats
-from prefix_rft.baselines.runs import add_run_arguments, settings_from_args
-from prefix_rft.demo import run
+from prefix_rft.baselines.runs import settings_from_args
+from prefix_rft.demo import add_demo_arguments, run
 
 
 def mean_sd(values: list[float]) -> dict[str, float]:
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     parser.add_argument("--output-dir", default="runs/demo_seeds", help="one demo output dir per seed goes here")
     parser.add_argument("--out", default="docs/benchmarks/demo_seeds.json", help="where the summary JSON goes")
-    add_run_arguments(parser)
+    add_demo_arguments(parser)
     args = parser.parse_args()
     settings = settings_from_args(args)
     k = settings.eval_k

@@ -14,9 +14,12 @@ from prefix_rft.baselines.runs import (
     load_base,
     method_budget,
     rl_config,
+    rollout_budget,
     settings_from_args,
     train_rows,
 )
+from prefix_rft.tasks.arithmetic import demonstrate, parse_problem
+from prefix_rft.tasks.tokenizer import build_tokenizer
 
 TRAINED = [m for m in METHODS if m != BASE]
 
@@ -91,6 +94,24 @@ def test_rl_set_overrides_reach_every_rl_config_and_unknown_fields_are_refused()
         settings_from_args(parser.parse_args(["--rl-set", "no_such_field=1"]))
     with pytest.raises(SystemExit):  # argparse's usage error: no '='
         parser.parse_args(["--rl-set", "prefix_advantage"])
+
+
+def test_rollout_cap_reaches_every_rl_config_and_fits_the_longest_train_demo():
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    settings = settings_from_args(parser.parse_args(["--max-completion-length", "110"]))
+    for method in TRAINED:
+        if method not in ("sft", "sft_rft"):
+            assert rl_config(method, settings, seed=0, output_dir="unused").max_completion_length == 110, method
+    # The longest train demo, by hand: 99 then seven +9 (8 terms, the most) runs 108, 117, ..., 162. Seven lines
+    # `AAA+9=BBB` of at most 9 characters plus a newline (99+9=108 has 8), `check 162-9=153 ok` (18) plus a newline,
+    # `answer: 162` (11): 69 + 19 + 11 = 99 characters, one token each, plus EOS = 100 tokens.
+    tokenizer = build_tokenizer()
+    demo = demonstrate(parse_problem("99+9+9+9+9+9+9+9"))
+    assert len(tokenizer(demo + tokenizer.eos_token, add_special_tokens=False)["input_ids"]) == 100
+    assert RunSettings().max_completion_length >= 100
+    with pytest.raises(ValueError, match="between 1 and 192"):
+        rollout_budget(RunSettings(max_completion_length=193))
 
 
 def test_base_model_is_built_with_the_demo_style(monkeypatch):

@@ -56,6 +56,7 @@ class RunSettings:
     steps: int = 60
     prompts_per_step: int = 16
     num_generations: int = 8
+    max_completion_length: int = 128  # RL rollouts: the longest train demo is 100 tokens with EOS
     learning_rate: float = 3e-5  # 1e-4 cost RFT and Prefix-RFT 7-10 test points (docs/tasks.md)
     sft_learning_rate: float = 5e-4
     eval_problems: int = 128
@@ -94,6 +95,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--curve-every", type=int, default=d.curve_every, help="steps between accuracy points")
     parser.add_argument("--curve-problems", type=int, default=d.curve_problems, help="problems per accuracy point")
     parser.add_argument("--learning-rate", type=float, default=d.learning_rate, help="RL learning rate")
+    parser.add_argument(
+        "--max-completion-length",
+        type=int,
+        default=d.max_completion_length,
+        help="RL rollout length cap in tokens (default %(default)s; evaluation always allows the full budget)",
+    )
     parser.add_argument("--sft-learning-rate", type=float, default=d.sft_learning_rate, help="SFT learning rate")
     parser.add_argument(
         "--demo-style", default=d.demo_style, type=demo_style, help="demonstrator: steps or rewrite (docs/tasks.md)"
@@ -188,6 +195,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         steps=args.steps,
         prompts_per_step=args.prompts_per_step,
         learning_rate=args.learning_rate,
+        max_completion_length=args.max_completion_length,
         sft_learning_rate=args.sft_learning_rate,
         eval_problems=args.eval_problems,
         eval_k=args.eval_k,
@@ -201,9 +209,22 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
 
 
 def completion_budget() -> int:
+    """Tokens an evaluation completion may take: all the model's positions but the longest prompt's."""
     from prefix_rft.tasks.model import MAX_POSITIONS
 
     return MAX_POSITIONS - 64  # the longest task prompt is under 64 tokens
+
+
+def rollout_budget(settings: RunSettings) -> int:
+    """Tokens an RL rollout may take: `settings.max_completion_length`, checked against the model's positions.
+
+    Below the evaluation budget on purpose: every train demo fits in 100 tokens (EOS included), while a rollout that
+    rambles on to the full budget stalls its whole batch (such steps took about half of a 120-step run; docs/tasks.md).
+    """
+    budget = completion_budget()
+    if not 1 <= settings.max_completion_length <= budget:
+        raise ValueError(f"max_completion_length must be between 1 and {budget}, got {settings.max_completion_length}")
+    return settings.max_completion_length
 
 
 def task_config(settings: RunSettings):
@@ -241,7 +262,7 @@ def rl_config(method: str, settings: RunSettings, seed: int, output_dir: Path, s
         **cpu_trainer_kwargs(output_dir, seed, steps),
         num_generations=settings.num_generations,
         per_device_train_batch_size=settings.num_generations * settings.prompts_per_step,
-        max_completion_length=completion_budget(),
+        max_completion_length=rollout_budget(settings),
         prefix_ratio_decay_steps=max(steps, 1),  # the paper's cosine floor, over the whole run
         temperature=1.0,
         learning_rate=settings.learning_rate,
