@@ -2,6 +2,8 @@
 
 import json
 
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from prefix_rft import demo
 
 
@@ -29,6 +31,11 @@ def test_two_step_demo_writes_report_curves_and_results(tmp_path, capsys):
             assert 0.0 <= metrics["avg@2"] <= metrics["pass@2"] <= 1.0
 
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The trained model is kept, with its tokenizer, in the base's architecture.
+    trained = AutoModelForCausalLM.from_pretrained(out / "model")
+    base = AutoModelForCausalLM.from_pretrained(results["base_model"])
+    assert AutoTokenizer.from_pretrained(out / "model").chat_template
+    assert {n: p.shape for n, p in trained.named_parameters()} == {n: p.shape for n, p in base.named_parameters()}
     report = (out / "report.md").read_text()
     assert "| in-distribution test | avg@2 |" in report and "curves.png" in report
     assert "| out-of-distribution | avg@2 |" in capsys.readouterr().out

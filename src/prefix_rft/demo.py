@@ -3,7 +3,7 @@
 Builds (or loads from the cache) a tiny base model that knows the answer format but not the demonstrator's
 step-by-step strategy, evaluates it, trains it with Prefix-RFT (8 rollouts with 1 hybrid, cosine prefix floor over the
 run, top-20% entropy selection of prefix tokens), evaluates again, prints a table and writes
-`<output-dir>/report.md` with a PNG of the training curves.
+`<output-dir>/report.md` with a PNG of the training curves; the trained model is saved in `<output-dir>/model`.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def run(settings: RunSettings, seed: int, out: Path) -> dict[str, Any]:
     timings["evaluate base"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    result = run_method("prefix_rft", settings, seed, out / "trainer")
+    result = run_method("prefix_rft", settings, seed, out / "trainer", save_to=out / "model")
     timings["Prefix-RFT training + final evaluation"] = time.perf_counter() - t0
 
     report = {
@@ -72,12 +72,13 @@ def run(settings: RunSettings, seed: int, out: Path) -> dict[str, Any]:
         "log_history": result["log_history"],
         "timings_s": timings,
         "base_model": base_path,
+        "trained_model": str(out / "model"),
     }
     (out / "results.json").write_text(json.dumps(report, indent=2))
     plot_training_curves(report, out / "curves.png")
     table = write_demo_report(report, out / "report.md")
     print(table)
-    print(f"\nreport: {out / 'report.md'}  curves: {out / 'curves.png'}")
+    print(f"\nreport: {out / 'report.md'}  curves: {out / 'curves.png'}  trained model: {out / 'model'}")
     return report
 
 

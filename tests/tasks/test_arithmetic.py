@@ -3,7 +3,7 @@ import random
 import pytest
 
 from prefix_rft.tasks import TaskConfig, demonstrate, is_correct, make_rows, task_reward
-from prefix_rft.tasks.arithmetic import coarse_solution, parse_problem, problem_of_prompt
+from prefix_rft.tasks.arithmetic import coarse_solution, first_error, parse_problem, problem_of_prompt
 
 
 def test_make_rows_is_deterministic_given_seed():
@@ -232,3 +232,23 @@ def test_rewrite_style_reaches_the_rows_and_every_demo_verifies():
 def test_unknown_demo_style_is_refused():
     with pytest.raises(ValueError, match="demo_style"):
         TaskConfig(demo_style="fast")
+
+
+# first_error on 38+7-9+6 (running totals 45, 36, 42; operations +7, -9, +6), each case by hand.
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        ("38+7=45\n45-9=36\n36+6=42\ncheck 42-6=36 ok\nanswer: 42", ("complete", 0)),
+        ("38+7=45\n45-9=37\n37+6=43\nanswer: 43", ("slip", 2)),  # 45-9 is 36
+        ("38+7=45\n45+6=51\nanswer: 51", ("skipped_term", 2)),  # -9 skipped, +6 taken
+        ("38+7=45\n45+7=52\nanswer: 52", ("repeated_term", 2)),  # +7 again
+        ("38-7=31\nanswer: 31", ("wrong_term", 1)),  # the sign of +7 flipped
+        ("38+7=45\n44-9=35\nanswer: 35", ("wrong_value", 2)),  # starts from 44, not 45
+        ("38+7=45\n45-9=36\nanswer: 36", ("stopped", 3)),  # +6 never applied
+        ("38+7=45\n45-9=36\n36+6=42\n42+1=43\nanswer: 43", ("extra_step", 4)),
+        ("38+7-9+6=42\nanswer: 42", ("not_steps", 1)),  # a coarse line
+        ("answer: 42", ("stopped", 1)),
+    ],
+)
+def test_first_error_names_the_first_mistake_and_its_step(completion, expected):
+    assert first_error(completion, parse_problem("38+7-9+6")) == expected

@@ -401,8 +401,11 @@ def train_sft(model, tokenizer, settings, seed, output_dir, points, steps):
     return trainer
 
 
-def run_method(method: str, settings: RunSettings, seed: int, output_dir: Path) -> dict[str, Any]:
-    """Train one method from the base model and evaluate it; returns curves and final metrics."""
+def run_method(
+    method: str, settings: RunSettings, seed: int, output_dir: Path, save_to: Path | None = None
+) -> dict[str, Any]:
+    """Train one method from the base model and evaluate it; returns curves and final metrics. With `save_to`, the
+    trained model and its tokenizer are saved there (`from_pretrained` loads them)."""
     import torch
 
     if method not in METHODS:
@@ -432,6 +435,9 @@ def run_method(method: str, settings: RunSettings, seed: int, output_dir: Path) 
     elif method != BASE:  # the base row is evaluated untrained
         history += train_rl(method, model, tokenizer, settings, seed, output_dir, points).state.log_history
     final = evaluate_splits(model.eval(), tokenizer, seed, settings.eval_k, settings.eval_problems, f"{method} final")
+    if save_to is not None:
+        model.save_pretrained(save_to)
+        tokenizer.save_pretrained(save_to)
     return {
         "method": method,
         "seed": seed,
