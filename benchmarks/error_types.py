@@ -20,9 +20,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from prefix_rft.baselines.runs import RunSettings, completion_budget, load_base  # noqa: E402
-from prefix_rft.eval.harness import evaluate  # noqa: E402
-from prefix_rft.tasks import is_correct, make_rows  # noqa: E402
+from prefix_rft.baselines.runs import RunSettings, evaluate_split, load_base  # noqa: E402
+from prefix_rft.tasks import make_rows  # noqa: E402
 from prefix_rft.tasks.arithmetic import STEP_OUTCOMES, first_error, problem_of_prompt  # noqa: E402
 
 SPLITS = ("test", "ood")
@@ -40,18 +39,8 @@ def load(name: str):
 
 def outcomes(model, tokenizer, split: str, problems: int, k: int, seed: int) -> dict:
     """Shares (in %) of samples by first mistake, the share correct, and the step of the first mistake."""
-    rows = make_rows(split, problems, seed=10_000 + seed)  # the demo's evaluation problems of this seed
-    result = evaluate(
-        model,
-        tokenizer,
-        rows,
-        lambda c, a: float(is_correct(c, a)),
-        k=k,
-        max_new_tokens=completion_budget(),
-        batch_size=64,
-        seed=seed,
-        desc=split,
-    )
+    result = evaluate_split(model, tokenizer, split, seed, k, problems, split)
+    rows = make_rows(split, problems, seed=10_000 + seed)  # the same problems, to read each sample's chain
     by_id = {row["id"]: problem_of_prompt(row["prompt"][0]["content"]) for row in rows}
     kinds, steps = collections.Counter(), collections.Counter()
     for sample in result.samples:

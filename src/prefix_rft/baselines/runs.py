@@ -315,27 +315,31 @@ def method_budget(method: str, settings: RunSettings) -> dict[str, int]:
     }
 
 
-def evaluate_splits(model, tokenizer, seed: int, k: int, n: int, desc: str) -> dict[str, dict]:
-    """avg@k / pass@k on the in-distribution test split and the harder OOD split (T 0.6, top-p 0.95, as the paper)."""
+def evaluate_split(model, tokenizer, split: str, seed: int, k: int, n: int, desc: str):
+    """k samples on each of `n` problems of `split` drawn for `seed` (T 0.6, top-p 0.95, as the paper); returns the
+    harness's `EvalResult` (metrics and per-sample completions)."""
     from prefix_rft.eval.harness import evaluate
     from prefix_rft.tasks import is_correct, make_rows
 
-    results = {}
-    for split in ("test", "ood"):
-        rows = make_rows(split, n, seed=10_000 + seed)
-        result = evaluate(
-            model,
-            tokenizer,
-            rows,
-            lambda c, a: float(is_correct(c, a)),
-            k=k,
-            max_new_tokens=completion_budget(),
-            batch_size=64,
-            seed=seed,
-            desc=f"{desc} {split}",
-        )
-        results[split] = result.metrics
-    return results
+    return evaluate(
+        model,
+        tokenizer,
+        make_rows(split, n, seed=10_000 + seed),
+        lambda c, a: float(is_correct(c, a)),
+        k=k,
+        max_new_tokens=completion_budget(),
+        batch_size=64,
+        seed=seed,
+        desc=desc,
+    )
+
+
+def evaluate_splits(model, tokenizer, seed: int, k: int, n: int, desc: str) -> dict[str, dict]:
+    """avg@k / pass@k on the in-distribution test split and the harder OOD split (`evaluate_split`)."""
+    return {
+        split: evaluate_split(model, tokenizer, split, seed, k, n, f"{desc} {split}").metrics
+        for split in ("test", "ood")
+    }
 
 
 def accuracy_callback(tokenizer, settings: RunSettings, seed: int, points: list[dict], offset: int = 0):
