@@ -218,8 +218,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=12, help="optimizer steps; the prefix floor decays over all of them")
     p.add_argument("--prompts", type=int, default=16)
-    p.add_argument("--max-completion", type=int, default=192, help="completion budget (the demo's is 192)")
-    p.add_argument("--learning-rate", type=float, default=1e-4, help="the demo's learning rate")
+    p.add_argument("--max-completion", type=int, default=192, help="completion budget (the demo's rollouts: 128)")
+    p.add_argument("--learning-rate", type=float, default=1e-4, help="learning rate (the demo's: 3e-5)")
     p.add_argument(
         "--model",
         choices=("auto", "base", "random"),

@@ -3,7 +3,7 @@
 Each seed changes the training prompts' order, the sampling and the prefix draws; the base model is the same cached
 one. The evaluation problems are drawn per seed too, so base and trained are compared on the same problems.
 
-Run: python benchmarks/demo_seeds.py [--seeds 3] [--out docs/benchmarks/demo_seeds.json] [demo flags, e.g. --steps]
+Run: python benchmarks/demo_seeds.py [--seeds 3] [--out runs/demo_seeds/summary.json] [demo flags, e.g. --steps]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     parser.add_argument("--output-dir", default="runs/demo_seeds", help="one demo output dir per seed goes here")
-    parser.add_argument("--out", default="docs/benchmarks/demo_seeds.json", help="where the summary JSON goes")
+    parser.add_argument("--out", default="runs/demo_seeds/summary.json", help="where the summary JSON goes")
     add_demo_arguments(parser)
     args = parser.parse_args()
     settings = settings_from_args(args)

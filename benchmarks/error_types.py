@@ -1,8 +1,9 @@
 """Where solutions go wrong: the first mistake of each sample, by split, for the base and trained models.
 
 Samples k completions per problem with the demo's evaluation settings (T 0.6, top-p 0.95) and classifies each with
-`prefix_rft.tasks.arithmetic.first_error`: a coarse line (`not_steps`), a wrong starting value, a skipped, repeated
-or wrong term, an arithmetic slip, an early stop, or a complete chain of steps. Writes a JSON and a stacked-bar PNG.
+`prefix_rft.tasks.arithmetic.first_error`: a line that is not one step (`not_steps`: a coarse line, a line cut off),
+a wrong starting value, a skipped, repeated or wrong term, a step past the chain's end, an arithmetic slip, an early
+stop, or a complete chain of steps (whose answer line is not judged). Writes a JSON and a stacked-bar PNG.
 
 Run: python benchmarks/error_types.py --models base runs/demo/model [--problems 256 --k 4 --seed 0]
      [--out docs/benchmarks/error_types.json]   ("base" is the default cached base model)
@@ -20,8 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from prefix_rft.baselines.runs import RunSettings, evaluate_split, load_base  # noqa: E402
-from prefix_rft.tasks import make_rows  # noqa: E402
+from prefix_rft.baselines.runs import RunSettings, eval_rows, evaluate_split, load_base  # noqa: E402
 from prefix_rft.tasks.arithmetic import STEP_OUTCOMES, first_error, problem_of_prompt  # noqa: E402
 
 SPLITS = ("test", "ood")
@@ -40,13 +40,12 @@ def load(name: str):
 def outcomes(model, tokenizer, split: str, problems: int, k: int, seed: int) -> dict:
     """Shares (in %) of samples by first mistake, the share correct, and the step of the first mistake."""
     result = evaluate_split(model, tokenizer, split, seed, k, problems, split)
-    rows = make_rows(split, problems, seed=10_000 + seed)  # the same problems, to read each sample's chain
-    by_id = {row["id"]: problem_of_prompt(row["prompt"][0]["content"]) for row in rows}
+    by_id = {row["id"]: problem_of_prompt(row["prompt"][0]["content"]) for row in eval_rows(split, problems, seed)}
     kinds, steps = collections.Counter(), collections.Counter()
     for sample in result.samples:
         kind, step = first_error(sample["completion"], by_id[sample["id"]])
         kinds[kind] += 1
-        if kind not in ("stopped", "complete"):
+        if kind != "complete":  # an early stop counts as a mistake at the first step not written
             steps[step] += 1
     n = len(result.samples)
     mistakes = sum(steps.values())

@@ -5,6 +5,7 @@ import json
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from prefix_rft import demo
+from prefix_rft.baselines import compare
 
 
 def test_two_step_demo_writes_report_curves_and_results(tmp_path, capsys):
@@ -39,3 +40,11 @@ def test_two_step_demo_writes_report_curves_and_results(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "| in-distribution test | avg@2 |" in report and "curves.png" in report
     assert "| out-of-distribution | avg@2 |" in capsys.readouterr().out
+
+
+def test_demo_has_its_own_defaults_and_compare_keeps_the_run_settings():
+    demo_args = demo.build_parser().parse_args([])
+    assert (demo_args.steps, demo_args.eval_problems, demo_args.curve_every) == (100, 256, 20)
+    compare_args = compare.build_parser().parse_args([])
+    assert (compare_args.steps, compare_args.eval_problems, compare_args.curve_every) == (60, 128, 10)
+    assert demo_args.max_completion_length == compare_args.max_completion_length == 128

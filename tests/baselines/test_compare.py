@@ -112,6 +112,8 @@ def test_rollout_cap_reaches_every_rl_config_and_fits_the_longest_train_demo():
     assert RunSettings().max_completion_length >= 100
     with pytest.raises(ValueError, match="between 1 and 192"):
         rollout_budget(RunSettings(max_completion_length=193))
+    with pytest.raises(ValueError, match="at most 192"):  # the --rl-set route is checked too
+        rl_config("prefix_rft", RunSettings(extra={"max_completion_length": 200}), seed=0, output_dir="unused")
 
 
 def test_base_model_is_built_with_the_demo_style(monkeypatch):

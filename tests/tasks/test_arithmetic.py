@@ -248,6 +248,12 @@ def test_unknown_demo_style_is_refused():
         ("38+7=45\n45-9=36\n36+6=42\n42+1=43\nanswer: 43", ("extra_step", 4)),
         ("38+7-9+6=42\nanswer: 42", ("not_steps", 1)),  # a coarse line
         ("answer: 42", ("stopped", 1)),
+        ("", ("stopped", 1)),
+        (" 38+7=45\n\n 45-9=36 \n answer: 36", ("stopped", 3)),  # blank lines and spaces are not steps
+        ("38+7=45\n45-9+6=42\nanswer: 42", ("not_steps", 2)),  # a coarse line after a good step
+        ("38+6=44\nanswer: 44", ("wrong_term", 1)),  # two terms skipped: +6 is the third operation
+        ("38+7=45\n45-9=36\n36-6=30\nanswer: 30", ("wrong_term", 3)),  # the last term's sign flipped
+        ("-38+7=-31\nanswer: -31", ("wrong_value", 1)),  # starts from -38, not 38
     ],
 )
 def test_first_error_names_the_first_mistake_and_its_step(completion, expected):

@@ -56,7 +56,9 @@ class RunSettings:
     steps: int = 60
     prompts_per_step: int = 16
     num_generations: int = 8
-    max_completion_length: int = 128  # RL rollouts: the longest train demo is 100 tokens with EOS
+    # RL rollouts: the longest train demo is 100 tokens with EOS (101 in the rewrite style). Dr. GRPO divides the loss
+    # by this length, so it also scales the loss (AdamW cancels a constant scale; RL+SFT's balance does not).
+    max_completion_length: int = 128
     learning_rate: float = 3e-5  # 1e-4 cost RFT and Prefix-RFT 7-10 test points (docs/tasks.md)
     sft_learning_rate: float = 5e-4
     eval_problems: int = 128
@@ -218,7 +220,7 @@ def completion_budget() -> int:
 def rollout_budget(settings: RunSettings) -> int:
     """Tokens an RL rollout may take: `settings.max_completion_length`, checked against the model's positions.
 
-    Below the evaluation budget on purpose: every train demo fits in 100 tokens (EOS included), while a rollout that
+    Below the evaluation budget on purpose: every train demo fits in 101 tokens (EOS included), while a rollout that
     rambles on to the full budget stalls its whole batch (such steps took about half of a 120-step run; docs/tasks.md).
     """
     budget = completion_budget()
@@ -273,6 +275,8 @@ def rl_config(method: str, settings: RunSettings, seed: int, output_dir: Path, s
         kwargs.update(relift_sft_batch=settings.relift_sft_batch, relift_sft_learning_rate=settings.sft_learning_rate)
     kwargs.update(overrides)
     kwargs.update(settings.extra)
+    if kwargs["max_completion_length"] > completion_budget():  # `--rl-set max_completion_length=...` too
+        raise ValueError(f"max_completion_length must be at most {completion_budget()}")
     return config_cls(**kwargs)
 
 
@@ -315,16 +319,23 @@ def method_budget(method: str, settings: RunSettings) -> dict[str, int]:
     }
 
 
+def eval_rows(split: str, n: int, seed: int) -> list[dict]:
+    """The `n` evaluation problems of `split` for a run of `seed`: the same for the base and every trained model."""
+    from prefix_rft.tasks import make_rows
+
+    return make_rows(split, n, seed=10_000 + seed)
+
+
 def evaluate_split(model, tokenizer, split: str, seed: int, k: int, n: int, desc: str):
     """k samples on each of `n` problems of `split` drawn for `seed` (T 0.6, top-p 0.95, as the paper); returns the
     harness's `EvalResult` (metrics and per-sample completions)."""
     from prefix_rft.eval.harness import evaluate
-    from prefix_rft.tasks import is_correct, make_rows
+    from prefix_rft.tasks import is_correct
 
     return evaluate(
         model,
         tokenizer,
-        make_rows(split, n, seed=10_000 + seed),
+        eval_rows(split, n, seed),
         lambda c, a: float(is_correct(c, a)),
         k=k,
         max_new_tokens=completion_budget(),

@@ -20,7 +20,7 @@ DEMO_STYLES: tuple[str, ...] = get_args(DemoStyle)
 
 _ANSWER_RE = re.compile(r"answer:[ ]*(-?\d+)")
 _PROBLEM_RE = re.compile(r"\d+([+-]\d+)*")
-_STEP_RE = re.compile(r"(\d+)([+-])(\d+)=(-?\d+)")
+_STEP_RE = re.compile(r"(-?\d+)([+-])(\d+)=(-?\d+)")
 # A carry slip in a sloppy coarse line: the result off by one in its last or its tens digit.
 SLIPS = (-10, -1, 1, 10)
 
@@ -184,22 +184,25 @@ STEP_OUTCOMES = (
 def first_error(completion: str, problem: Problem) -> tuple[str, int]:
     """The first mistake in a steps-style solution (`45-9=36` per line), as `(kind, step)`; step counts from 1.
 
-    Each line before `check`/`answer:` must start from the previous line's result (`wrong_value` if not), apply the
-    problem's next operation (`skipped_term` if it applies the one after, `repeated_term` the one before,
+    Each non-blank line before `check`/`answer:` must start from the previous line's result (`wrong_value` if not),
+    apply the problem's next operation (`skipped_term` if it applies the one after, `repeated_term` the one before,
     `wrong_term` any other; `extra_step` once the chain is done) and compute it exactly (`slip`). A line of any other
-    form is `not_steps` (such as a coarse line of several operations). With no mistake: `("stopped", step)` if the
-    lines end before the chain does, else `("complete", 0)`; the answer line is not judged here.
+    form is `not_steps`: a coarse line of several operations, a line cut off, a rewrite-style line. With no mistake:
+    `("stopped", step)` if the lines end before the chain does (`step` is the first step not written), else
+    `("complete", 0)`. The check and answer lines are not judged, so `complete` is not the same as correct.
 
     >>> first_error("38+7=45\\n45-9=37\\nanswer: 37", parse_problem("38+7-9+6"))
     ('slip', 2)
     """
     ops = [f"{sign}{term}" for sign, term in zip(problem.signs, problem.terms[1:], strict=True)]
     value, step = problem.terms[0], 0
-    for line in completion.strip().split("\n"):
+    for line in (raw.strip() for raw in completion.split("\n")):
+        if not line:
+            continue
         if line.startswith(("check", "answer:")):
             break
         step += 1
-        match = _STEP_RE.fullmatch(line.strip())
+        match = _STEP_RE.fullmatch(line)
         if match is None:
             return "not_steps", step
         before, sign, term, after = int(match[1]), match[2], int(match[3]), int(match[4])
@@ -209,7 +212,7 @@ def first_error(completion: str, problem: Problem) -> tuple[str, int]:
         if step > len(ops):
             return "extra_step", step
         if op != ops[step - 1]:
-            if op in ops[step : step + 1]:
+            if step < len(ops) and op == ops[step]:
                 return "skipped_term", step
             if step >= 2 and op == ops[step - 2]:
                 return "repeated_term", step
