@@ -1,4 +1,5 @@
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from prefix_rft.eval import evaluate
@@ -61,3 +62,16 @@ def test_tokenizer_padding_side_is_restored(model_and_tokenizer):
     tokenizer.padding_side = "right"
     run(model_and_tokenizer, k=1)
     assert tokenizer.padding_side == "right"
+
+
+def test_evaluation_leaves_the_callers_random_stream_alone(model_and_tokenizer):
+    # Training evaluates between steps (the demo's accuracy curve); its own sampling must go on as if it had not.
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    run(model_and_tokenizer, k=2, seed=7)
+    assert torch.equal(torch.rand(3), expected)
+    # ... while the evaluation itself stays seeded: the same seed, the same completions.
+    first = [s["completion"] for s in run(model_and_tokenizer, k=2, seed=7).samples]
+    torch.manual_seed(999)
+    assert [s["completion"] for s in run(model_and_tokenizer, k=2, seed=7).samples] == first

@@ -45,7 +45,14 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], sampling: Sampling,
 
 @torch.no_grad()
 def _generate_hf(model: Any, tokenizer: Any, prompts: list[str], sampling: Sampling, batch_size: int, desc: str):
-    torch.manual_seed(sampling.seed)
+    # Seeded for reproducible evaluation, on a forked generator: an evaluation in the middle of training (the
+    # demo's accuracy curve) must not reseed the training's own sampling.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(sampling.seed)
+        return _sample_hf(model, tokenizer, prompts, sampling, batch_size, desc)
+
+
+def _sample_hf(model: Any, tokenizer: Any, prompts: list[str], sampling: Sampling, batch_size: int, desc: str):
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"  # new tokens must follow every prompt
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     completions: list[list[str]] = []
