@@ -59,7 +59,7 @@ def outcomes(model, tokenizer, split: str, problems: int, k: int, seed: int) -> 
 
 def plot(results: dict, path: Path) -> None:
     """One stacked bar per (model, split): the shares of first mistakes."""
-    labels = [f"{model}\n{split}" for model in results for split in SPLITS]
+    labels = ["\n".join([*model.split("/"), split]) for model in results for split in SPLITS]  # paths wrap
     bottom = [0.0] * len(labels)
     fig, ax = plt.subplots(figsize=(1.6 * len(labels) + 3, 4.5))
     for kind in STEP_OUTCOMES:
