@@ -137,10 +137,13 @@ def test_resuming_refuses_finished_runs_made_with_other_settings(tmp_path, monke
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(stored))
     monkeypatch.setattr(compare, "run_method", lambda *a: pytest.fail("a finished run was redone"))
-    # same settings (fields the old run predates count as defaults): reused as is
-    assert compare.run_all(["rft"], 1, RunSettings(steps=5), tmp_path) == [stored]
+    # same settings (fields the old run predates count as defaults): reused as is; it predates the rollout cap, so
+    # its rollouts took the whole budget of 192 tokens
+    assert compare.run_all(["rft"], 1, RunSettings(steps=5, max_completion_length=192), tmp_path) == [stored]
     with pytest.raises(SystemExit, match="steps"):  # 5 then, 6 now
-        compare.run_all(["rft"], 1, RunSettings(steps=6), tmp_path)
+        compare.run_all(["rft"], 1, RunSettings(steps=6, max_completion_length=192), tmp_path)
+    with pytest.raises(SystemExit, match="max_completion_length"):  # 192 then, the default 128 now
+        compare.run_all(["rft"], 1, RunSettings(steps=5), tmp_path)
 
 
 def test_unequal_budgets_are_refused_before_any_run(monkeypatch):
