@@ -61,7 +61,8 @@ def run(settings: RunSettings, seed: int, out: Path) -> dict[str, Any]:
     timings["evaluate base"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    result = run_method("prefix_rft", settings, seed, out / "trainer", save_to=out / "model")
+    model_dir = out / "model"
+    result = run_method("prefix_rft", settings, seed, out / "trainer", save_to=model_dir)
     timings["Prefix-RFT training + final evaluation"] = time.perf_counter() - t0
 
     report = {
@@ -72,13 +73,13 @@ def run(settings: RunSettings, seed: int, out: Path) -> dict[str, Any]:
         "log_history": result["log_history"],
         "timings_s": timings,
         "base_model": base_path,
-        "trained_model": str(out / "model"),
+        "trained_model": str(model_dir),
     }
     (out / "results.json").write_text(json.dumps(report, indent=2))
     plot_training_curves(report, out / "curves.png")
     table = write_demo_report(report, out / "report.md")
     print(table)
-    print(f"\nreport: {out / 'report.md'}  curves: {out / 'curves.png'}  trained model: {out / 'model'}")
+    print(f"\nreport: {out / 'report.md'}  curves: {out / 'curves.png'}  trained model: {model_dir}")
     return report
 
 

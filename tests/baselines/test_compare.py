@@ -14,7 +14,6 @@ from prefix_rft.baselines.runs import (
     load_base,
     method_budget,
     rl_config,
-    rollout_budget,
     settings_from_args,
     train_rows,
 )
@@ -111,8 +110,8 @@ def test_rollout_cap_reaches_every_rl_config_and_fits_the_longest_train_demo():
     assert len(tokenizer(demo + tokenizer.eos_token, add_special_tokens=False)["input_ids"]) == 100
     assert RunSettings().max_completion_length >= 100
     with pytest.raises(ValueError, match="between 1 and 192"):
-        rollout_budget(RunSettings(max_completion_length=193))
-    with pytest.raises(ValueError, match="at most 192"):  # the --rl-set route is checked too
+        rl_config("prefix_rft", RunSettings(max_completion_length=193), seed=0, output_dir="unused")
+    with pytest.raises(ValueError, match="between 1 and 192"):  # the --rl-set route is checked too
         rl_config("prefix_rft", RunSettings(extra={"max_completion_length": 200}), seed=0, output_dir="unused")
 
 

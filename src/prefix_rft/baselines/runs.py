@@ -56,8 +56,10 @@ class RunSettings:
     steps: int = 60
     prompts_per_step: int = 16
     num_generations: int = 8
-    # RL rollouts: the longest train demo is 100 tokens with EOS (101 in the rewrite style). Dr. GRPO divides the loss
-    # by this length, so it also scales the loss (AdamW cancels a constant scale; RL+SFT's balance does not).
+    # RL rollouts, below the evaluation budget on purpose: the longest train demo is 100 tokens with EOS (101 in the
+    # rewrite style), while a rollout that rambles on to the full budget stalls its whole batch (such steps took about
+    # half of a 120-step run; docs/tasks.md). Dr. GRPO divides the loss by this length, so it also scales the loss
+    # (AdamW cancels a constant scale; RL+SFT's balance does not).
     max_completion_length: int = 128
     learning_rate: float = 3e-5  # 1e-4 cost RFT and Prefix-RFT 7-10 test points (docs/tasks.md)
     sft_learning_rate: float = 5e-4
@@ -217,18 +219,6 @@ def completion_budget() -> int:
     return MAX_POSITIONS - 64  # the longest task prompt is under 64 tokens
 
 
-def rollout_budget(settings: RunSettings) -> int:
-    """Tokens an RL rollout may take: `settings.max_completion_length`, checked against the model's positions.
-
-    Below the evaluation budget on purpose: every train demo fits in 101 tokens (EOS included), while a rollout that
-    rambles on to the full budget stalls its whole batch (such steps took about half of a 120-step run; docs/tasks.md).
-    """
-    budget = completion_budget()
-    if not 1 <= settings.max_completion_length <= budget:
-        raise ValueError(f"max_completion_length must be between 1 and {budget}, got {settings.max_completion_length}")
-    return settings.max_completion_length
-
-
 def task_config(settings: RunSettings):
     """The task of the base's corpus and of the training rows: the base override's (or the default), in the chosen
     demo style."""
@@ -264,7 +254,7 @@ def rl_config(method: str, settings: RunSettings, seed: int, output_dir: Path, s
         **cpu_trainer_kwargs(output_dir, seed, steps),
         num_generations=settings.num_generations,
         per_device_train_batch_size=settings.num_generations * settings.prompts_per_step,
-        max_completion_length=rollout_budget(settings),
+        max_completion_length=settings.max_completion_length,
         prefix_ratio_decay_steps=max(steps, 1),  # the paper's cosine floor, over the whole run
         temperature=1.0,
         learning_rate=settings.learning_rate,
@@ -275,8 +265,9 @@ def rl_config(method: str, settings: RunSettings, seed: int, output_dir: Path, s
         kwargs.update(relift_sft_batch=settings.relift_sft_batch, relift_sft_learning_rate=settings.sft_learning_rate)
     kwargs.update(overrides)
     kwargs.update(settings.extra)
-    if kwargs["max_completion_length"] > completion_budget():  # `--rl-set max_completion_length=...` too
-        raise ValueError(f"max_completion_length must be at most {completion_budget()}")
+    cap, budget = kwargs["max_completion_length"], completion_budget()  # after `--rl-set`, which may set it too
+    if not 1 <= cap <= budget:
+        raise ValueError(f"max_completion_length must be between 1 and {budget}, got {cap}")
     return config_cls(**kwargs)
 
 

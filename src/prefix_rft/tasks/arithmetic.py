@@ -217,7 +217,7 @@ def first_error(completion: str, problem: Problem) -> tuple[str, int]:
             if step >= 2 and op == ops[step - 2]:
                 return "repeated_term", step
             return "wrong_term", step
-        if after != (before + term if sign == "+" else before - term):
+        if after != Problem((before, term), (sign,)).answer:
             return "slip", step
         value = after
     return ("stopped", step + 1) if step < len(ops) else ("complete", 0)
