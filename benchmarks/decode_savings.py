@@ -86,7 +86,7 @@ class DecodeRecorder:
 
     def rows_of(self, trainer, prompt_ids, completion_ids, seconds: float) -> dict:
         """One step: per row, group, prefix tokens, decoded tokens, kept continuation tokens, discarded tokens."""
-        plan = trainer._plan
+        plan = trainer._rollout
         prefix_ids = plan.prefix_ids or [[] for _ in plan.rows]
         decoded_by_prompt = defaultdict(list)
         for prompts, lengths in self.calls:

@@ -13,7 +13,8 @@ import torch
 
 from prefix_rft.core import shaped_off_policy_token_loss, unclipped_token_loss
 from prefix_rft.trl.config import PrefixRFTConfig
-from prefix_rft.trl.trainer import PrefixRFTTrainer, RowPlan
+from prefix_rft.trl.rollouts import RowPlan
+from prefix_rft.trl.trainer import PrefixRFTTrainer
 
 
 @dataclass

@@ -19,6 +19,7 @@ from transformers import TrainerCallback
 from prefix_rft.core import masked_mean
 from prefix_rft.data import row_demos
 from prefix_rft.trl.config import PrefixRFTConfig
+from prefix_rft.trl.rollouts import Rollout
 from prefix_rft.trl.trainer import PrefixRFTTrainer
 
 BUFFER_FILE = "relift_buffer.json"
@@ -76,16 +77,11 @@ class ReliftTrainer(PrefixRFTTrainer):
         self._sft_optimizer: torch.optim.Optimizer | None = None
         self.add_callback(_SFTStepCallback(self))
 
-    def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
-        if self.model.training:
-            self._collect_failures(inputs)
-        return output
-
-    def _collect_failures(self, inputs: list[dict]) -> None:
+    def _after_rollout(self, inputs: list[dict], rollout: Rollout) -> None:
+        """Buffer the questions whose whole group failed on this rank."""
         group_size, n_local = self.num_generations, len(inputs)
         rank = self.accelerator.process_index
-        local = self._global_rewards[rank * n_local : (rank + 1) * n_local]
+        local = rollout.rewards[rank * n_local : (rank + 1) * n_local]
         items = []
         for g in all_failed_groups(local, group_size):
             example = inputs[g * group_size]

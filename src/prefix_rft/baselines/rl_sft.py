@@ -12,7 +12,8 @@ import torch
 
 from prefix_rft.core import aggregate_dr_grpo, masked_mean
 from prefix_rft.trl.config import PrefixRFTConfig
-from prefix_rft.trl.trainer import PrefixRFTTrainer, RowPlan
+from prefix_rft.trl.rollouts import RowPlan
+from prefix_rft.trl.trainer import PrefixRFTTrainer
 
 
 @dataclass

@@ -23,6 +23,7 @@ from prefix_rft.core.schedule import (
     LinearDecay,
     PrefixRatioSampler,
     make_controller,
+    rollout_index,
     row_rng,
 )
 
@@ -45,6 +46,7 @@ __all__ = [
     "per_token_advantages",
     "ppo_clip_token_loss",
     "prefix_length",
+    "rollout_index",
     "row_rng",
     "select_prefix_tokens",
     "shaped_off_policy_token_loss",

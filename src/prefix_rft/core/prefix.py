@@ -48,18 +48,23 @@ def fit_prefix_to_prompt(
 
 
 def hybrid_positions(group_size: int, num_hybrid: int) -> list[int]:
-    """Positions inside a group that are hybrid: the last `num_hybrid`, as the reference orders its variants.
+    """Positions inside a group whose role is hybrid (`is_hybrid_row` applied to one group).
 
-    Which position is hybrid does not change any advantage (they are computed per group), so a fixed choice keeps
-    every rank in agreement at no cost.
+    Raises:
+        ValueError: when no on-policy row would remain, or `num_hybrid` is negative.
     """
     if not 0 <= num_hybrid < group_size:
         raise ValueError(f"num_hybrid must be in [0, {group_size - 1}] for groups of {group_size}, got {num_hybrid}")
-    return list(range(group_size - num_hybrid, group_size))
+    return [p for p in range(group_size) if is_hybrid_row(p, group_size, num_hybrid)]
 
 
 def is_hybrid_row(global_row: int, group_size: int, num_hybrid: int) -> bool:
-    """Whether the row at `global_row` of the step's (process-major) generation batch starts from a demo prefix."""
+    """The one rule for a row's planned role: the last `num_hybrid` positions of each group are hybrid slots.
+
+    Rows are numbered in the step's process-major generation batch, as the reference orders its variants. Which
+    position is hybrid does not change any advantage (they are computed per group), so a fixed choice keeps every rank
+    in agreement without communication.
+    """
     return global_row % group_size >= group_size - num_hybrid
 
 

@@ -139,3 +139,15 @@ def row_rng(seed: int, step: int, group: int, position: int) -> np.random.Genera
     the uninterrupted run drew.
     """
     return np.random.default_rng([seed, step, group, position])
+
+
+def rollout_index(optimizer_step: int, micro_step: int, accumulation: int, micro_steps_per_rollout: int) -> int:
+    """Index of the rollout (generation) batch that starts at this point of training: the reference's schedule step.
+
+    Args:
+        optimizer_step: optimizer steps completed (`state.global_step`; restored on resume).
+        micro_step: micro-batches already taken inside the current optimizer step, in [0, accumulation).
+        accumulation: micro-batches per optimizer step (gradient accumulation).
+        micro_steps_per_rollout: micro-batches trained on one generation batch (steps_per_generation x iterations).
+    """
+    return (optimizer_step * accumulation + micro_step) // micro_steps_per_rollout

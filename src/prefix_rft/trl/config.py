@@ -9,6 +9,9 @@ from trl import GRPOConfig
 from prefix_rft.core.prefix import hybrid_positions
 from prefix_rft.core.schedule import Constant, Delay, PrefixRatioSampler, make_controller
 
+ENTROPY_SCOPES = ("optimizer_step", "global_micro_batch", "local_micro_batch")
+RENAMED_SCOPES = {"batch": "global_micro_batch", "micro_batch": "local_micro_batch"}
+
 
 @dataclass
 class PrefixRFTConfig(GRPOConfig):
@@ -61,9 +64,19 @@ class PrefixRFTConfig(GRPOConfig):
         default="top", metadata={"help": "'top' (method), or ablations 'all', 'none', 'random', 'lowest'."}
     )
     prefix_entropy_scope: str = field(
-        default="batch",
+        default="optimizer_step",
         metadata={
-            "help": "'batch': threshold over the batch across ranks (paper); 'micro_batch': per rank (ref. code)."
+            "help": "Prefix tokens the top-entropy share is taken over: 'optimizer_step' (every micro-batch of the "
+            "optimizer step on all ranks: the paper's mini-batch), 'global_micro_batch' (one accumulation "
+            "micro-batch on all ranks) or 'local_micro_batch' (one micro-batch of one rank: the reference code)."
+        },
+    )
+    prefix_schedule_unit: str = field(
+        default="rollout_batch",
+        metadata={
+            "help": "What advances the prefix-ratio floor: 'rollout_batch' (once per generation batch, as the "
+            "reference) or 'optimizer_step'. They agree when steps_per_generation == gradient_accumulation_steps "
+            "and num_iterations == 1."
         },
     )
     prefix_dual_clip: float | None = field(
@@ -101,18 +114,36 @@ class PrefixRFTConfig(GRPOConfig):
             self.prefix_seed = self.seed
 
     def _check_choices(self) -> None:
+        if self.prefix_entropy_scope in RENAMED_SCOPES:
+            raise ValueError(
+                f"prefix_entropy_scope={self.prefix_entropy_scope!r} was renamed: use "
+                f"{RENAMED_SCOPES[self.prefix_entropy_scope]!r} for the same behaviour, or 'optimizer_step' for the "
+                "paper's mini-batch (docs/fidelity.md row 3)"
+            )
         choices = {
             "loss_type": ("dr_grpo",),
             "scale_rewards": ("none",),
             "prefix_ratio_schedule": ("cosine", "linear", "constant"),
             "prefix_advantage": ("reference", "paper"),
             "prefix_entropy_selection": ("top", "all", "none", "random", "lowest"),
-            "prefix_entropy_scope": ("batch", "micro_batch"),
+            "prefix_entropy_scope": ENTROPY_SCOPES,
+            "prefix_schedule_unit": ("rollout_batch", "optimizer_step"),
             "prefix_entropy_bonus_scope": ("all", "continuation"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported; expected one of {allowed}")
+        accumulation = self.gradient_accumulation_steps
+        if self.prefix_entropy_scope == "optimizer_step" and self.steps_per_generation % accumulation:
+            raise ValueError(
+                f"prefix_entropy_scope='optimizer_step' needs every optimizer step inside one generation batch: "
+                f"steps_per_generation ({self.steps_per_generation}) must be a multiple of "
+                f"gradient_accumulation_steps ({self.gradient_accumulation_steps}); or use 'global_micro_batch'"
+            )
+
+    def micro_steps_per_rollout(self) -> int:
+        """Micro-batches trained on one generation batch (TRL regenerates after this many)."""
+        return self.steps_per_generation * self.num_iterations
 
     def prefix_sampler(self) -> PrefixRatioSampler:
         """The prefix-ratio sampler these settings describe."""

@@ -14,7 +14,7 @@ import math
 import os
 import shutil
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -33,12 +33,14 @@ from prefix_rft.core import (
     per_token_advantages,
     ppo_clip_token_loss,
     prefix_length,
+    rollout_index,
     row_rng,
     select_prefix_tokens,
 )
 from prefix_rft.data import row_demos, validate_rows
 from prefix_rft.trl.config import PrefixRFTConfig
 from prefix_rft.trl.guards import NonFiniteStepGuard
+from prefix_rft.trl.rollouts import BudgetedClient, BudgetedLLM, Rollout, RowPlan
 
 logger = logging.getLogger(__name__)
 STAGING_DIR = ".staging"  # checkpoints are written here, then renamed into place
@@ -58,24 +60,6 @@ class EpochSeededRepeatSampler(RepeatSampler):
             self.generator.manual_seed(self.seed + epoch)
 
 
-@dataclass
-class RowPlan:
-    """What one local row of a generation batch does: on-policy (empty prefix) or continue `prefix_text`."""
-
-    demo_ids: list[int] = field(default_factory=list)  # demo tokens revealed (before fitting the prompt budget)
-    demo_len: int = 0
-    sampled_ratio: float = 0.0
-    no_demo: bool = False  # a hybrid slot whose prompt has no demo, so it runs on-policy
-    full_demo: bool = False  # the whole demo (+ EOS) is the completion and nothing is generated (LUFFY, RL+SFT)
-
-
-@dataclass
-class StepPlan:
-    rows: list[RowPlan]
-    prefix_ids: list[list[int]] = field(default_factory=list)  # filled at generation, after the prompt budget
-    truncated_tokens: int = 0
-
-
 class PrefixRFTTrainer(GRPOTrainer):
     """GRPOTrainer for Prefix-RFT. Takes the same arguments; `args` must be a `PrefixRFTConfig`.
 
@@ -89,11 +73,21 @@ class PrefixRFTTrainer(GRPOTrainer):
             raise TypeError(f"PrefixRFTTrainer needs args of type PrefixRFTConfig, got {type(self.args).__name__}")
         self._prefix_sampler = self.args.prefix_sampler()
         self._demo_ids_cache: dict[str, list[int]] = {}
-        self._plan: StepPlan | None = None
-        self._global_rewards: torch.Tensor | None = None
+        self._rollout: Rollout | None = None  # the generation batch in flight; None outside it
         self.validation_report = self._validate_train_dataset()
         self._guard = NonFiniteStepGuard(self.args.max_consecutive_nonfinite_steps)
         self.add_callback(self._guard)
+        self._install_budgeted_vllm()
+
+    def _install_budgeted_vllm(self) -> None:
+        """Give every vLLM request its own prompt and token budget (trl/rollouts.py says why and how)."""
+        if not self.use_vllm:
+            return
+        generation = self.vllm_generation
+        if generation.mode == "colocate":
+            generation.llm = BudgetedLLM(generation.llm)
+        elif self.accelerator.is_main_process:
+            generation.vllm_client = BudgetedClient(generation.vllm_client)
 
     def _validate_train_dataset(self):
         """Refuse bad rows before any compute (errors name the row and field); None if skipped."""
@@ -122,7 +116,7 @@ class PrefixRFTTrainer(GRPOTrainer):
 
     # ---------------------------------------------------------------- rollouts
     def _demo_ids(self, demo: str) -> list[int]:
-        # Demos are tokenized without special tokens (spec §3.4: the reference's BOS-inside-prefix quirk on Llama).
+        # Demos are tokenized without special tokens (fidelity row 12: the reference's BOS-inside-prefix quirk).
         ids = self._demo_ids_cache.get(demo)
         if ids is None:
             # A demo longer than the completion budget could leave no room to continue; validation refuses it
@@ -131,9 +125,20 @@ class PrefixRFTTrainer(GRPOTrainer):
             self._demo_ids_cache[demo] = ids
         return ids
 
-    def _plan_rows(self, inputs: list[dict[str, Any]]) -> StepPlan:
+    def _schedule_step(self) -> int:
+        """Where the prefix-ratio schedule is read for the batch generated now (`prefix_schedule_unit`)."""
+        if self.args.prefix_schedule_unit == "optimizer_step":
+            return self.state.global_step
+        accumulation = self.args.gradient_accumulation_steps
+        # TRL's micro-batch counter restarts at 0 on resume, which is always at an optimizer-step boundary.
+        return rollout_index(
+            self.state.global_step, self._step % accumulation, accumulation, self.args.micro_steps_per_rollout()
+        )
+
+    def _plan_rows(self, inputs: list[dict[str, Any]]) -> Rollout:
         """Choose hybrid rows and draw (demo, prefix ratio) for each, identically on every rank."""
-        args, step, group_size = self.args, self.state.global_step, self.num_generations
+        args, group_size = self.args, self.num_generations
+        step, schedule_step = self.state.global_step, self._schedule_step()
         offset = self.accelerator.process_index * len(inputs)
         rows = []
         for i, example in enumerate(inputs):
@@ -145,11 +150,12 @@ class PrefixRFTTrainer(GRPOTrainer):
             if not demos:
                 rows.append(RowPlan(no_demo=True))
                 continue
+            # Draws are keyed by the optimizer step, so a resumed run repeats them whatever the schedule unit.
             rng = row_rng(args.prefix_seed, step, global_row // group_size, global_row % group_size)
-            ratio = self._prefix_sampler.sample(step, rng)
+            ratio = self._prefix_sampler.sample(schedule_step, rng)
             demo_ids = self._demo_ids(demos[int(rng.integers(len(demos)))])
-            rows.append(self._row_plan(demo_ids, ratio))
-        return StepPlan(rows=rows)
+            rows.append(replace(self._row_plan(demo_ids, ratio), hybrid=True))
+        return Rollout(rows=rows, prompts=[x["prompt"] for x in inputs], schedule_step=schedule_step)
 
     def _row_plan(self, demo_ids: list[int], ratio: float) -> RowPlan:
         """Prefix-RFT reveals floor(ratio * len) demo tokens; baselines that train on whole demos override this."""
@@ -179,62 +185,120 @@ class PrefixRFTTrainer(GRPOTrainer):
             )
         return list(rendered[len(prompt_ids) :])
 
-    def _generate(self, prompts: list):
-        # Stash the prompts so `_generate_single_turn` can render prefixes inside each row's assistant turn.
-        self._current_prompts = prompts
-        return super()._generate(prompts)
-
-    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
-        plan = self._plan
-        if plan is None or not any(r.demo_ids for r in plan.rows):
-            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations)
+    def _fit_prefixes(self, rollout: Rollout, prompt_ids: list[list[int]]) -> list[list[int]]:
+        """Per row, the prefix tokens that follow the prompt, cut to the prompt budget (cuts counted)."""
         prefix_ids = []
-        for prompt, ids, row in zip(self._current_prompts, prompt_ids, plan.rows, strict=True):
+        for prompt, ids, row in zip(rollout.prompts, prompt_ids, rollout.rows, strict=True):
             prefix = self._prefix_token_ids(prompt, ids, row.demo_ids)
             kept, cut = fit_prefix_to_prompt(
                 len(ids), len(prefix), self.args.max_prompt_length, self.args.prefix_min_len
             )
-            plan.truncated_tokens += cut
+            rollout.truncated_tokens += cut
             # A full-demo row's completion is the demo and its EOS, all of it demo tokens (prefix_mask).
             prefix_ids.append(prefix[:kept] + ([self._tokenizer.eos_token_id] if row.full_demo else []))
-        plan.prefix_ids = prefix_ids
-        generate = [i for i, row in enumerate(plan.rows) if not row.full_demo]
-        # vLLM server mode samples each unique prompt once with n=num_generations (it keeps every G-th prompt),
-        # which would drop the hybrids' own prompts; n=1 per row keeps them. Colocate and transformers honour
-        # per-row prompts.
-        n = 1 if self.use_vllm and self.args.vllm_mode == "server" else num_generations
+        return prefix_ids
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        rollout = self._rollout
+        if rollout is None:  # evaluation: stock generation
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations)
+        if len(prompt_ids) != len(rollout.rows):
+            raise NotImplementedError("a generation call on a subset of the batch (e.g. TRL's tool loop)")
+        prefix_ids = rollout.prefix_ids = self._fit_prefixes(rollout, prompt_ids)
         budget = self.max_completion_length
-        completion_ids = [[] for _ in plan.rows]  # full-demo rows generate nothing
-        logprobs, has_logprobs = [[] for _ in plan.rows], False
-        for rows in self._generation_calls(generate, prefix_ids, images, multimodal_fields):
-            gen_prompts = [list(prompt_ids[i]) + prefix_ids[i] for i in rows]
-            # No row of this call can keep more new tokens than the budget left after the call's shortest prefix.
-            with self._max_new_tokens(max(1, budget - min(len(prefix_ids[i]) for i in rows))):
-                generated, gen_logprobs = super()._generate_single_turn(gen_prompts, images, multimodal_fields, n)
-            has_logprobs = gen_logprobs is not None
-            for j, i in enumerate(rows):
-                completion_ids[i] = generated[j]
-                if has_logprobs:
-                    logprobs[i] = gen_logprobs[j]
-        logprobs = logprobs if has_logprobs else None
+        if self.use_vllm:
+            completion_ids, logprobs = self._generate_vllm(prompt_ids, prefix_ids, images, multimodal_fields)
+        else:
+            completion_ids, logprobs = self._generate_transformers(prompt_ids, prefix_ids, images, multimodal_fields)
         completion_ids = [(p + list(c))[:budget] for p, c in zip(prefix_ids, completion_ids, strict=True)]
         if logprobs is not None:
             # Demo tokens were not sampled: NaN makes TRL's importance-sampling correction a ratio of 1 for them.
             logprobs = [([math.nan] * len(p) + list(lp))[:budget] for p, lp in zip(prefix_ids, logprobs, strict=True)]
+        rollout.completion_lens = [len(c) for c in completion_ids]
         return completion_ids, logprobs
 
-    def _generation_calls(self, rows, prefix_ids, images, multimodal_fields) -> list[list[int]]:
-        """Rows generated together: transformers' `generate` left-pads a batch to its longest prompt + prefix, and
-        every row pays for that width in prefill, attention and KV cache at each decoding step, so on-policy rows
-        and rows that continue a prefix go in separate calls. vLLM and continuous batching do not pad: one call."""
-        if self.use_vllm or self.use_transformers_continuous_batching or images is not None or multimodal_fields:
-            return [rows]
-        groups = [[i for i in rows if not prefix_ids[i]], [i for i in rows if prefix_ids[i]]]
-        return [group for group in groups if group]
+    def _row_budgets(self, prefix_ids: list[list[int]]) -> list[int]:
+        """New tokens each row may sample: the completion budget left after its prefix; 1 for a full-demo row, whose
+        sample is discarded (every rank must send the same number of requests)."""
+        rows = self._rollout.rows
+        return [
+            1 if row.full_demo else max(1, self.max_completion_length - len(p))
+            for row, p in zip(rows, prefix_ids, strict=True)
+        ]
+
+    def _generate_vllm(self, prompt_ids, prefix_ids, images, multimodal_fields):
+        """One vLLM call with every row as its own request (prompt + prefix) and its own `max_tokens`."""
+        budgets = self._row_budgets(prefix_ids)
+        generation = self.vllm_generation
+        if generation.mode == "server":
+            all_budgets = gather_object(budgets)  # the main process sends every rank's rows
+            if self.accelerator.is_main_process:
+                generation.vllm_client.budgets = all_budgets
+        else:
+            if generation.tensor_parallel_size > 1:  # TRL gathers the prompts of the tensor-parallel group
+                gathered = [None] * generation.tensor_parallel_size
+                torch.distributed.all_gather_object(gathered, budgets, group=generation.tp_group)
+                budgets = [b for part in gathered for b in part]
+            generation.llm.budgets = budgets
+        gen_prompts = [list(ids) + p for ids, p in zip(prompt_ids, prefix_ids, strict=True)]
+        completion_ids, logprobs = super()._generate_single_turn(gen_prompts, images, multimodal_fields, 1)
+        keep = [not row.full_demo for row in self._rollout.rows]
+        completion_ids = [list(c) if k else [] for c, k in zip(completion_ids, keep, strict=True)]
+        if logprobs is not None:
+            logprobs = [list(lp) if k else [] for lp, k in zip(logprobs, keep, strict=True)]
+        return completion_ids, logprobs
+
+    def _generate_transformers(self, prompt_ids, prefix_ids, images, multimodal_fields):
+        """`generate` calls over row groups, the same number of calls on every rank.
+
+        Transformers left-pads a batch to its longest prompt + prefix and every row pays for that width, so rows
+        without and with a prefix go in separate calls. Under ZeRO-3 or FSDP each call gathers the parameters (a
+        collective), so every rank makes the call for a group that any rank has, with a one-token stand-in row when it
+        has none of its own.
+        """
+        rows = self._rollout.rows
+        generate = [i for i, row in enumerate(rows) if not row.full_demo]
+        if self.use_transformers_continuous_batching or images is not None or multimodal_fields:
+            groups = [generate]
+        else:
+            groups = [[i for i in generate if not prefix_ids[i]], [i for i in generate if prefix_ids[i]]]
+        present = self._groups_present_on_any_rank(groups)
+        completion_ids: list[list[int]] = [[] for _ in rows]  # full-demo rows generate nothing
+        logprobs, has_logprobs = [[] for _ in rows], False
+        for group, needed in zip(groups, present, strict=True):
+            if not needed:
+                continue
+            if not group:
+                self._stand_in_generate(prompt_ids, images, multimodal_fields)
+                continue
+            gen_prompts = [list(prompt_ids[i]) + prefix_ids[i] for i in group]
+            # No row of this call can keep more new tokens than the budget left after the call's shortest prefix.
+            limit = max(1, self.max_completion_length - min(len(prefix_ids[i]) for i in group))
+            with self._max_new_tokens(limit):
+                generated, gen_logprobs = super()._generate_single_turn(gen_prompts, images, multimodal_fields, 1)
+            has_logprobs = gen_logprobs is not None
+            for j, i in enumerate(group):
+                completion_ids[i] = generated[j]
+                if has_logprobs:
+                    logprobs[i] = gen_logprobs[j]
+        return completion_ids, (logprobs if has_logprobs else None)
+
+    def _groups_present_on_any_rank(self, groups: list[list[int]]) -> list[bool]:
+        """For each row group, whether any rank has rows in it (one small all-gather when there are several ranks)."""
+        local = torch.tensor([len(g) > 0 for g in groups], device=self.accelerator.device)
+        if self.accelerator.num_processes == 1:
+            return local.tolist()
+        return self.accelerator.gather(local.unsqueeze(0)).any(dim=0).tolist()
+
+    def _stand_in_generate(self, prompt_ids, images, multimodal_fields) -> None:
+        """Take part in a generate call this rank has no rows for: one row, one new token, result discarded."""
+        with self._max_new_tokens(1):
+            super()._generate_single_turn([list(prompt_ids[0])], images, multimodal_fields, 1)
+        self._metrics["train"]["prefix/stand_in_generate_calls"].append(1.0)
 
     @contextmanager
     def _max_new_tokens(self, limit: int):
-        """Temporarily cap transformers generation at `limit` new tokens (vLLM keeps its own limit)."""
+        """Temporarily cap transformers generation at `limit` new tokens."""
         config = getattr(self, "generation_config", None)
         if config is None:
             yield
@@ -256,7 +320,9 @@ class PrefixRFTTrainer(GRPOTrainer):
             row = int(bad.nonzero()[0, 0])
             values = dict(zip(self.reward_func_names, rewards_per_func[row].tolist(), strict=True))
             raise ValueError(f"reward of row {row} (of the gathered batch) is not finite: {values}")
-        self._global_rewards = (rewards_per_func * self.reward_weights.to(rewards_per_func.device)).nansum(dim=1)
+        if self._rollout is not None:
+            weights = self.reward_weights.to(rewards_per_func.device)
+            self._rollout.rewards = (rewards_per_func * weights).nansum(dim=1)
         return rewards_per_func
 
     def _locate_reward_error(self, inputs, prompts, completions, completion_ids_list) -> Exception:
@@ -281,32 +347,39 @@ class PrefixRFTTrainer(GRPOTrainer):
         return RuntimeError("a reward function failed on the whole batch but on no single row")
 
     def _generate_and_score_completions(self, inputs):
-        train = self.model.training
-        self._plan = self._plan_rows(inputs) if train else None
-        output = super()._generate_and_score_completions(inputs)
-        if train:
-            self._add_prefix_fields(output, self._plan)
-        self._plan = None
+        if not self.model.training:
+            return super()._generate_and_score_completions(inputs)
+        self._rollout = self._plan_rows(inputs)
+        try:
+            output = super()._generate_and_score_completions(inputs)
+            self._add_prefix_fields(output, self._rollout)
+            self._after_rollout(inputs, self._rollout)
+        finally:
+            self._rollout = None
         return output
 
-    def _add_prefix_fields(self, output: dict[str, Any], plan: StepPlan) -> None:
+    def _after_rollout(self, inputs: list[dict[str, Any]], rollout: Rollout) -> None:
+        """Called once per scored training batch, before its record is dropped (ReLIFT collects failures here)."""
+
+    def _add_prefix_fields(self, output: dict[str, Any], rollout: Rollout) -> None:
         """Add `prefix_mask` and per-token advantages (B, T) to a generation batch, and log prefix metrics."""
         device = output["completion_ids"].device
-        completion_lens = output["completion_mask"].sum(dim=1)  # (B,)
-        lens = [len(p) for p in plan.prefix_ids] if plan.prefix_ids else [0] * len(plan.rows)
-        prefix_lens = torch.minimum(torch.tensor(lens, device=device), completion_lens)  # (B,) truncation may cut it
+        completion_lens = torch.tensor(rollout.completion_lens, device=device)  # (B,) before any masking
+        lens = torch.tensor([len(p) for p in rollout.prefix_ids], device=device)
+        prefix_lens = torch.minimum(lens, completion_lens)  # (B,) the completion budget may cut a full demo's EOS
         output["prefix_mask"] = build_prefix_mask(prefix_lens, output["completion_ids"].size(1))  # (B, T)
 
-        is_hybrid = self.accelerator.gather(prefix_lens > 0)  # (N,) over all ranks, process-major like the rewards
+        # The planned role decides the baseline, never the prefix length or the completion mask.
+        local_hybrid = torch.tensor(rollout.hybrid, dtype=torch.bool, device=device)
+        is_hybrid = self.accelerator.gather(local_hybrid)  # (N,) over all ranks, process-major like the rewards
         cont_adv, prefix_adv = hybrid_advantages(
-            self._global_rewards, is_hybrid, self.num_generations, self.args.prefix_advantage
+            rollout.rewards, is_hybrid, self.num_generations, self.args.prefix_advantage
         )
-        local = slice(
-            self.accelerator.process_index * len(plan.rows), (self.accelerator.process_index + 1) * len(plan.rows)
-        )
+        rank, n = self.accelerator.process_index, len(rollout.rows)
+        local = slice(rank * n, (rank + 1) * n)
         output["advantages"] = per_token_advantages(cont_adv[local], prefix_adv[local], output["prefix_mask"])
         self._replace_logged_advantages(cont_adv)
-        self._log_prefix_metrics(plan, prefix_lens, completion_lens, is_hybrid, cont_adv, prefix_adv)
+        self._log_prefix_metrics(rollout, prefix_lens, completion_lens, is_hybrid, cont_adv, prefix_adv)
 
     def _replace_logged_advantages(self, cont_adv: torch.Tensor) -> None:
         """The completions table shows the advantage each row trained with (continuation tokens for hybrids)."""
@@ -315,20 +388,21 @@ class PrefixRFTTrainer(GRPOTrainer):
             logged.pop()
         logged.extend(cont_adv.tolist())
 
-    def _log_prefix_metrics(self, plan, prefix_lens, completion_lens, is_hybrid, cont_adv, prefix_adv) -> None:
+    def _log_prefix_metrics(self, rollout, prefix_lens, completion_lens, is_hybrid, cont_adv, prefix_adv) -> None:
         metrics = self._metrics["train"]
-        low, high = self._prefix_sampler.bounds(self.state.global_step)
+        low, high = self._prefix_sampler.bounds(rollout.schedule_step)
         metrics["prefix/ratio_floor"].append(low)
         metrics["prefix/ratio_ceiling"].append(high)
-        demo_lens = [max(r.demo_len, 1) for r in plan.rows]
-        ratios = [n / d for n, d in zip(prefix_lens.tolist(), demo_lens, strict=True)]
+        metrics["prefix/schedule_step"].append(float(rollout.schedule_step))
+        demo_lens = [max(r.demo_len, 1) for r in rollout.rows]
+        ratios = [n / d if h else 0.0 for n, d, h in zip(prefix_lens.tolist(), demo_lens, rollout.hybrid, strict=True)]
         local = torch.tensor(
             [
                 sum(ratios),
                 float(prefix_lens.sum()),
                 float(completion_lens.sum()),
-                float(sum(r.no_demo for r in plan.rows)),
-                float(plan.truncated_tokens),
+                float(sum(r.no_demo for r in rollout.rows)),
+                float(rollout.truncated_tokens),
             ],
             device=prefix_lens.device,
         )
@@ -336,7 +410,7 @@ class PrefixRFTTrainer(GRPOTrainer):
             local, "sum"
         ).tolist()
         num_hybrid = int(is_hybrid.sum())
-        rewards = self._global_rewards
+        rewards = rollout.rewards
         metrics["prefix/ratio_mean"].append(ratio_sum / num_hybrid if num_hybrid else float("nan"))
         metrics["prefix/token_fraction"].append(prefix_tokens / max(completion_tokens, 1.0))
         metrics["prefix/hybrid_rows"].append(float(num_hybrid))
@@ -350,14 +424,14 @@ class PrefixRFTTrainer(GRPOTrainer):
         if num_hybrid:
             metrics["advantage/hybrid_continuation_mean"].append(cont_adv[is_hybrid].mean().item())
             metrics["advantage/hybrid_prefix_mean"].append(prefix_adv[is_hybrid].mean().item())
-        self._mark_logged_prefixes(plan, prefix_lens)
+        self._mark_logged_prefixes(rollout, prefix_lens)
 
-    def _mark_logged_prefixes(self, plan: StepPlan, prefix_lens: torch.Tensor) -> None:
+    def _mark_logged_prefixes(self, rollout: Rollout, prefix_lens: torch.Tensor) -> None:
         """Completions tables: a `prefix_len` column, and `PREFIX_MARK` where the demo prefix ends in the text."""
         self._logs["extra"]["prefix_len"].extend(gather_object(prefix_lens.tolist()))
         prefix_texts = [
             self._tokenizer.decode(ids[:n], skip_special_tokens=True) if n else None
-            for ids, n in zip(plan.prefix_ids or [[]] * len(plan.rows), prefix_lens.tolist(), strict=True)
+            for ids, n in zip(rollout.prefix_ids, prefix_lens.tolist(), strict=True)
         ]
         prefix_texts = gather_object(prefix_texts)
         logged = self._logs["completion"]
@@ -410,28 +484,120 @@ class PrefixRFTTrainer(GRPOTrainer):
         self.accelerator.wait_for_everyone()
 
     # ---------------------------------------------------------------- loss
-    def _prefix_keep_mask(self, entropies: torch.Tensor, prefix_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) bool: tokens that keep their advantage after entropy selection of prefix tokens (spec §3.10)."""
-        args, pool, generator = self.args, None, None
-        if args.prefix_entropy_scope == "batch" and self.accelerator.num_processes > 1:
-            local = entropies[prefix_mask].float()
-            padded = self.accelerator.pad_across_processes(local, dim=0, pad_index=-1.0)
-            pool = self.accelerator.gather(padded)
-            pool = pool[pool >= 0]  # entropies are >= 0, so -1 marks padding
+    def _prefix_keep_mask(self, entropies: torch.Tensor, prefix_mask: torch.Tensor, inputs: dict) -> torch.Tensor:
+        """(B, T) bool: tokens that keep their advantage after entropy selection of prefix tokens (fidelity 3-4)."""
+        precomputed = inputs.get("prefix_keep")  # optimizer_step scope over several micro-batches (_prepare_inputs)
+        if precomputed is not None:
+            return precomputed
+        args, pool, offset, generator = self.args, None, 0, None
+        if args.prefix_entropy_scope != "local_micro_batch":  # this micro-batch on every rank
+            pool, offset = self._gathered_pool(entropies[prefix_mask].float())
         if args.prefix_entropy_selection == "random":
             generator = torch.Generator().manual_seed(
                 hash((args.prefix_seed, self._step, self.accelerator.process_index))
             )
         return select_prefix_tokens(
-            entropies, prefix_mask, args.prefix_entropy_keep_fraction, args.prefix_entropy_selection, pool, generator
+            entropies,
+            prefix_mask,
+            args.prefix_entropy_keep_fraction,
+            args.prefix_entropy_selection,
+            pool,
+            pool_offset=offset,
+            generator=generator,
         )
+
+    def _gathered_pool(self, local: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(M,) every rank's `local` values concatenated in rank order, and the index where this rank's start."""
+        if self.accelerator.num_processes == 1:
+            return local, 0
+        counts = self.accelerator.gather(torch.tensor([local.numel()], device=local.device)).tolist()
+        offset = sum(counts[: self.accelerator.process_index])
+        if max(counts) == 0:
+            return local, offset
+        padded = self.accelerator.pad_across_processes(local, dim=0)
+        gathered = self.accelerator.gather(padded).view(len(counts), -1)
+        return torch.cat([gathered[r, :c] for r, c in enumerate(counts)]), offset
+
+    def _prepare_inputs(self, generation_batch):
+        inputs = super()._prepare_inputs(generation_batch)
+        accumulation = self.args.gradient_accumulation_steps
+        if self.model.training and self._needs_step_entropy_pass() and self._step % accumulation == 0:
+            start = self._step % self.args.steps_per_generation
+            self._select_over_optimizer_step(self._buffered_inputs[start : start + accumulation])
+        return inputs
+
+    def _needs_step_entropy_pass(self) -> bool:
+        """The optimizer_step scope spans several micro-batches only with gradient accumulation; with one micro-batch
+        per step it is that micro-batch on every rank, selected in the loss at no extra cost."""
+        args = self.args
+        return (
+            args.prefix_entropy_scope == "optimizer_step"
+            and args.gradient_accumulation_steps > 1
+            and args.prefix_entropy_selection in ("top", "lowest")
+        )
+
+    def _select_over_optimizer_step(self, micro_batches: list[dict]) -> None:
+        """Write `prefix_keep` (B, T) into each micro-batch of the optimizer step about to start.
+
+        The threshold is taken over every prefix token of the step's micro-batches on all ranks (the paper's
+        mini-batch), so their entropies under the current policy are needed before the first backward: a no-grad
+        forward of the rows that have prefix tokens. The policy does not change until the step ends, so these are the
+        entropies the loss would see.
+        """
+        masks = [inputs.get("prefix_mask", torch.zeros(1, 1, dtype=torch.bool)) for inputs in micro_batches]
+        masks = [m & self._loss_mask(inputs).bool() for m, inputs in zip(masks, micro_batches, strict=True)]
+        counts = [int(m.sum()) for m in masks]
+        total = torch.tensor([sum(counts)], device=self.accelerator.device)
+        if int(self.accelerator.reduce(total, "sum")) == 0:
+            for inputs, m in zip(micro_batches, masks, strict=True):
+                inputs["prefix_keep"] = torch.ones_like(m)
+            return
+        entropies = [self._prefix_entropies(inputs, m) for inputs, m in zip(micro_batches, masks, strict=True)]
+        pool, offset = self._gathered_pool(torch.cat([e[m].float() for e, m in zip(entropies, masks, strict=True)]))
+        args = self.args
+        for inputs, entropy, m, count in zip(micro_batches, entropies, masks, counts, strict=True):
+            inputs["prefix_keep"] = select_prefix_tokens(
+                entropy,
+                m,
+                args.prefix_entropy_keep_fraction,
+                args.prefix_entropy_selection,
+                pool,
+                pool_offset=offset,
+            )
+            offset += count
+
+    @staticmethod
+    def _loss_mask(inputs: dict) -> torch.Tensor:
+        """(B, T) completion tokens that enter the loss."""
+        mask = inputs["completion_mask"]
+        return mask if "tool_mask" not in inputs else mask * inputs["tool_mask"]
+
+    @torch.no_grad()
+    def _prefix_entropies(self, inputs: dict, prefix_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) policy entropies on the rows with prefix tokens (0 elsewhere).
+
+        A rank without such rows still runs one row: under ZeRO-3 and FSDP every forward is a collective.
+        """
+        rows = prefix_mask.any(dim=1).nonzero(as_tuple=True)[0]
+        forward_rows = rows if rows.numel() else torch.zeros(1, dtype=torch.long, device=prefix_mask.device)
+        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)[forward_rows]
+        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)[forward_rows]
+        width = inputs["completion_ids"].size(1)
+        _, entropies, _ = self._get_per_token_logps_and_entropies(
+            self.model_wrapped, input_ids, attention_mask, width, compute_entropy=True
+        )
+        full = torch.zeros(prefix_mask.shape, dtype=torch.float32, device=prefix_mask.device)
+        if rows.numel():
+            full[rows] = entropies.float()
+        self._metrics["train"]["prefix/entropy_pass_rows"].append(float(forward_rows.numel()))
+        return full
 
     def _compute_loss(self, model, inputs):
         prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]  # (B, T)
+        mask = self._loss_mask(inputs)  # (B, T)
         logps, entropies, _ = self._get_per_token_logps_and_entropies(
             model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=True
         )
@@ -440,7 +606,7 @@ class PrefixRFTTrainer(GRPOTrainer):
             advantages = advantages.unsqueeze(1)
         prefix_mask = inputs.get("prefix_mask", torch.zeros_like(mask, dtype=torch.bool)) & mask.bool()
         # Prefix-RFT (App. A.2): zero the advantage of prefix tokens outside the top entropy share.
-        keep = self._prefix_keep_mask(entropies.detach(), prefix_mask)
+        keep = self._prefix_keep_mask(entropies.detach(), prefix_mask, inputs)
         advantages = advantages * keep
         old_logps = inputs.get("old_per_token_logps")
         old_logps = logps.detach() if old_logps is None else old_logps
