@@ -27,8 +27,11 @@ def test_recipe_parses(path):
 def test_paper_recipe_states_the_paper_settings():
     script, config = parse(next(p for p in CONFIGS if p.name == "paper_qwen25_math_7b.yaml"))
     assert script.dataset_format == "luffy" and script.reward == "math"
-    # 8 GPUs x 128 rows = 1024 rows = 128 questions x 8 rollouts; lr 1e-6 constant; 500 steps (spec §4)
-    assert config.per_device_train_batch_size * 8 == 128 * 8
+    # 8 GPUs x micro-batch x accumulation = 1024 rows = 128 questions x 8 rollouts, one generation batch per optimizer
+    # step; lr 1e-6 constant; 500 steps (spec §4)
+    assert config.per_device_train_batch_size * config.gradient_accumulation_steps * 8 == 128 * 8
+    assert config.steps_per_generation == config.gradient_accumulation_steps
+    assert (config.prefix_entropy_scope, config.prefix_schedule_unit) == ("optimizer_step", "rollout_batch")
     assert (config.learning_rate, config.lr_scheduler_type, config.max_steps) == (1e-6, "constant", 500)
     assert config.prefix_sampler().bounds(250) == pytest.approx((0.5, 0.95))
     assert config.prefix_entropy_keep_fraction == 0.2 and config.beta == 0.0
