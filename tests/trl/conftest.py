@@ -21,6 +21,16 @@ def model(tokenizer):
     return build_model(tokenizer, "test")
 
 
+@pytest.fixture
+def model_dir(tmp_path, tokenizer):
+    """The tiny model and tokenizer saved where vLLM (or its double) loads them from."""
+    torch.manual_seed(0)
+    path = tmp_path / "model"
+    build_model(tokenizer, "test").save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def make_dataset(chat: bool = True) -> Dataset:
     rows = []
     for demo in DEMOS:
