@@ -133,3 +133,30 @@ def test_old_scope_names_are_refused_with_their_new_names(tmp_path):
 def test_step_scope_needs_whole_optimizer_steps_per_generation(tmp_path):
     with pytest.raises(ValueError, match=r"steps_per_generation \(3\) must be a multiple of gradient_accumulation"):
         train_args(tmp_path, per_device_train_batch_size=8, steps_per_generation=3, gradient_accumulation_steps=2)
+
+
+def test_lora_trains_only_adapter_weights_with_hybrid_rows(tmp_path, model, tokenizer):
+    from peft import LoraConfig
+
+    trainer = PrefixRFTTrainer(
+        model=model,
+        reward_funcs=[FixedRewards(PATTERN)],
+        args=train_args(tmp_path),
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
+    )
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.train()
+    changed = {name for name, p in trainer.model.named_parameters() if not torch.equal(p, before[name])}
+    # LoRA's B starts at 0, so the first step moves B (A's gradient is B^T times something, i.e. 0).
+    assert changed and all(".lora_B." in name for name in changed)
+    assert [h["prefix/hybrid_rows"] for h in trainer.state.log_history if "prefix/hybrid_rows" in h] == [2.0]
+
+
+def test_bf16_autocast_step_keeps_hybrid_rows(tmp_path, model, tokenizer):
+    trainer = trainer_for(tmp_path, model, tokenizer, bf16=True)
+    trainer.train()
+    (logged,) = [h for h in trainer.state.log_history if "prefix/hybrid_rows" in h]
+    assert logged["prefix/hybrid_rows"] == 2.0 and logged["prefix/token_fraction"] > 0
+    assert torch.isfinite(torch.tensor(logged["loss"]))
