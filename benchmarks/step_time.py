@@ -19,7 +19,19 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-VARIANTS = ("stock_dr_grpo", "prefix_rft", "prefix_rft_no_hybrid", "floor")
+VARIANTS = (
+    "stock_dr_grpo",
+    "prefix_rft",
+    "prefix_rft_no_hybrid",
+    "floor",
+    # vLLM colocate mode on the HF-backed vllm.LLM double of tests/trl/doubles (TRL's real vLLM code path on CPU)
+    "stock_dr_grpo_vllm_double",
+    "prefix_rft_vllm_double",
+    # 2 micro-batches per optimizer step: the paper's entropy scope (a no-grad pass over the step) vs per micro-batch
+    "prefix_rft_accum2_step_scope",
+    "prefix_rft_accum2_micro_scope",
+)
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def build(args):
@@ -87,13 +99,18 @@ def run_trainer(variant: str, args) -> dict:
     from prefix_rft.tasks import task_reward
 
     model, tokenizer, dataset = build(args)
-    if variant == "stock_dr_grpo":
-        config = GRPOConfig(**common_kwargs(args), loss_type="dr_grpo", scale_rewards="none")
+    kwargs = common_kwargs(args)
+    engines = install_vllm_double(model, kwargs) if variant.endswith("_vllm_double") else []
+    if variant.startswith("prefix_rft_accum2"):
+        kwargs.update(per_device_train_batch_size=4 * args.prompts, gradient_accumulation_steps=2)
+        kwargs["prefix_entropy_scope"] = "optimizer_step" if variant.endswith("step_scope") else "global_micro_batch"
+    if variant.startswith("stock_dr_grpo"):
+        config = GRPOConfig(**kwargs, loss_type="dr_grpo", scale_rewards="none")
         cls = GRPOTrainer
     else:
         hybrids = 0 if variant == "prefix_rft_no_hybrid" else 1
         # Demos longer than the budget are cut (counted) rather than refused, so any --max-completion works.
-        config = PrefixRFTConfig(**common_kwargs(args), num_hybrid=hybrids, prefix_truncate_long_demos=True)
+        config = PrefixRFTConfig(**kwargs, num_hybrid=hybrids, prefix_truncate_long_demos=True)
         cls = PrefixRFTTrainer
     trainer = cls(
         model=model, reward_funcs=[task_reward], args=config, train_dataset=dataset, processing_class=tokenizer
@@ -127,7 +144,27 @@ def run_trainer(variant: str, args) -> dict:
 
     trainer.add_callback(Clock())
     trainer.train()
-    return {"steps": steps, "forward_calls": dict(timers.calls)}
+    result = {"steps": steps, "forward_calls": dict(timers.calls)}
+    if engines:  # tokens the engine decoded per step (a hybrid decodes only the budget left after its prefix)
+        calls = engines[0].generate_calls
+        result["decoded_tokens_per_step"] = statistics.median(
+            sum(len(c) for request in call for c in request.completion_ids) for call in calls
+        )
+    return result
+
+
+def install_vllm_double(model, kwargs: dict) -> list:
+    """Colocate vLLM on the test double: the model is saved where TRL's engine loads it from."""
+    import pytest
+
+    sys.path.insert(0, str(REPO_ROOT))  # the doubles live with the tests, not in the package
+    from tests.trl.doubles.vllm_colocate import install_colocate_double
+
+    path = Path(kwargs["output_dir"]) / "model"
+    model.save_pretrained(path)
+    model.name_or_path = str(path)
+    kwargs.update(use_vllm=True, vllm_mode="colocate")
+    return install_colocate_double(pytest.MonkeyPatch())
 
 
 def run_floor(args) -> dict:
@@ -218,14 +255,19 @@ def parent(args) -> None:
             "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in rs),
             "forward_calls_per_step": {k: v / args.steps for k, v in rs[0]["forward_calls"].items()},
         }
-    stock, ours = summary["stock_dr_grpo"], summary["prefix_rft"]
+    total = {variant: summary[variant]["step_s"]["total"] for variant in summary}
     ratios = {
-        "prefix_rft / stock step time": ours["step_s"]["total"] / stock["step_s"]["total"],
-        "prefix_rft(no hybrid) / stock step time": summary["prefix_rft_no_hybrid"]["step_s"]["total"]
-        / stock["step_s"]["total"],
-        "prefix_rft / floor step time": ours["step_s"]["total"] / summary["floor"]["step_s"]["total"],
-        "stock / floor step time": stock["step_s"]["total"] / summary["floor"]["step_s"]["total"],
-        "prefix_rft / stock peak RSS": ours["peak_rss_mb"] / stock["peak_rss_mb"],
+        "prefix_rft / stock step time": total["prefix_rft"] / total["stock_dr_grpo"],
+        "prefix_rft(no hybrid) / stock step time": total["prefix_rft_no_hybrid"] / total["stock_dr_grpo"],
+        "prefix_rft / floor step time": total["prefix_rft"] / total["floor"],
+        "stock / floor step time": total["stock_dr_grpo"] / total["floor"],
+        "prefix_rft / stock peak RSS": summary["prefix_rft"]["peak_rss_mb"] / summary["stock_dr_grpo"]["peak_rss_mb"],
+        "vLLM double: prefix_rft / stock step time": total["prefix_rft_vllm_double"]
+        / total["stock_dr_grpo_vllm_double"],
+        "vLLM double: prefix_rft / stock decoded tokens": runs["prefix_rft_vllm_double"][0]["decoded_tokens_per_step"]
+        / runs["stock_dr_grpo_vllm_double"][0]["decoded_tokens_per_step"],
+        "accumulation 2: step scope / micro-batch scope step time": total["prefix_rft_accum2_step_scope"]
+        / total["prefix_rft_accum2_micro_scope"],
     }
     report = {"settings": vars(args), "summary": summary, "ratios": ratios, "runs": runs}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

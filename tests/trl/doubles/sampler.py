@@ -233,8 +233,8 @@ class Engine:
                     input_ids=next_ids[:, None],
                     attention_mask=mask,
                     position_ids=positions,
-                    cache=out.cache,
                     use_cache=True,
+                    **_cache_kwargs(out),
                 )
         return samples
 
@@ -287,3 +287,11 @@ class Engine:
         """A copy of the current parameters, by checkpoint name (tied weights once)."""
         with self.lock:
             return {name: p.detach().clone() for name, p in self.model.named_parameters()}
+
+
+def _cache_kwargs(output) -> dict:
+    """The KV cache of a forward, passed back the way this transformers names it (5.20+: `cache`, before:
+    `past_key_values`)."""
+    if hasattr(output, "cache"):
+        return {"cache": output.cache}
+    return {"past_key_values": output.past_key_values}
