@@ -7,10 +7,6 @@ weights at the end of step 1, and nothing syncs after the last step.
 """
 
 import importlib.util
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -21,7 +17,12 @@ from trl.generation.vllm_generation import extract_logprobs
 from .conftest import DEMOS, base_kwargs, make_dataset
 from .doubles.ddp_vllm_worker import WeightSnapshots, length_reward
 from .doubles.vllm_colocate import FakeLLM, SamplingParams, install_colocate_double
-from .doubles.vllm_server import REPO_ROOT, free_port, install_server_client_double, python_path, running_server
+from .doubles.vllm_server import (
+    free_port,
+    install_server_client_double,
+    run_two_ranks_with_server,
+    running_server,
+)
 
 MAX_TOKENS = 24  # base_kwargs' max_completion_length
 GENERATIONS = 8  # base_kwargs' num_generations
@@ -320,20 +321,7 @@ def test_stock_grpo_server_mode_on_the_server_double(tmp_path, monkeypatch, mode
 @pytest.mark.slow
 @needs_requests
 def test_stock_grpo_server_mode_on_two_processes(tmp_path, model_dir, tokenizer):
-    out_dir = tmp_path / "ranks"
-    out_dir.mkdir()
-    # torchrun, not `accelerate launch --cpu`, which silently starts one process (cpu_feasibility.md §3)
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": python_path()}
-    worker = ["-m", "tests.trl.doubles.ddp_vllm_worker"]
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *worker]
-    with running_server(model_dir, tmp_path / "server.jsonl") as server:
-        args = [str(out_dir), str(model_dir), server.url, str(free_port())]
-        result = subprocess.run([*launch, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
-        served = server.weights()
-        events = server.events()
-
-    ranks = [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(2)]
+    ranks, events, served = run_two_ranks_with_server(tmp_path, model_dir, "tests.trl.doubles.ddp_vllm_worker")
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert ranks[0]["distributed_type"] == "DistributedType.MULTI_CPU"
     assert [r["has_client"] for r in ranks] == [True, False]  # only the main process talks to the server

@@ -5,11 +5,6 @@ step 0 the floor is 0.95, so l = 0.95 and the hybrid reveals floor(0.95 * 20) = 
 24 - 19 = 5 more; at step 1 the floor is 0.949991 and l < 0.95, so 18 tokens and 6 more. On-policy rows sample 24.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -19,7 +14,7 @@ from prefix_rft import PrefixRFTTrainer
 from .conftest import DEMOS, make_dataset, train_args
 from .doubles.ddp_vllm_worker import WeightSnapshots, length_reward
 from .doubles.vllm_colocate import install_colocate_double
-from .doubles.vllm_server import REPO_ROOT, free_port, python_path, running_server
+from .doubles.vllm_server import run_two_ranks_with_server
 from .test_trainer import generate_batch
 from .test_vllm_doubles import dataset_prompt_ids, needs_requests
 
@@ -93,17 +88,8 @@ def test_colocate_prefix_tokens_get_importance_ratio_one(tmp_path, monkeypatch, 
 @pytest.mark.slow
 @needs_requests
 def test_server_mode_rank0_without_hybrid_sends_every_hybrid_its_prefix(tmp_path, model_dir, tokenizer):
-    out_dir = tmp_path / "ranks"
-    out_dir.mkdir()
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": python_path()}
-    worker = ["-m", "tests.trl.doubles.prefix_vllm_worker"]
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *worker]
-    with running_server(model_dir, tmp_path / "server.jsonl") as server:
-        args = [str(out_dir), str(model_dir), server.url, str(free_port())]
-        result = subprocess.run([*launch, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
-        requests = server.completion_requests()
-    ranks = [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(2)]
+    ranks, events, _ = run_two_ranks_with_server(tmp_path, model_dir, "tests.trl.doubles.prefix_vllm_worker")
+    requests = [e for e in events if e["event"] == "completions"]
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert [b["prefix_lens"] for b in ranks[0]["batches"]] == [[0, 0, 0, 0]] * 2  # rank 0: rows 0-3, on-policy
     assert [b["prefix_lens"] for b in ranks[1]["batches"]] == [[0, 0, 0, 19], [0, 0, 0, 18]]

@@ -82,22 +82,6 @@ from .sampler import LOGPROBS_MODES, Engine, Sample, SamplingSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 LOOPBACK = "127.0.0.1"
-COMPLETION_FIELDS = {
-    "model",
-    "prompt",
-    "n",
-    "max_tokens",
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "repetition_penalty",
-    "logprobs",
-    "seed",
-    "stream",
-    "return_token_ids",
-    "return_tokens_as_token_ids",
-}
 SAMPLING_FIELDS = (
     "n",
     "max_tokens",
@@ -109,6 +93,8 @@ SAMPLING_FIELDS = (
     "logprobs",
     "seed",
 )
+# Request fields the server double accepts on /v1/completions; anything else is refused with HTTP 400.
+COMPLETION_FIELDS = {"model", "prompt", *SAMPLING_FIELDS, "stream", "return_token_ids", "return_tokens_as_token_ids"}
 LOGPROB_FLOOR = -9999.0  # vLLM clamps -inf logprobs to this in OpenAI responses
 
 
@@ -580,3 +566,26 @@ def install_server_client_double(monkeypatch: Any, vllm_version: str = EMULATED_
 
 if __name__ == "__main__":
     main()
+
+
+def run_two_ranks_with_server(
+    tmp_path: Path, model_dir: Path, worker_module: str
+) -> tuple[list[dict], list[dict], dict]:
+    """Run `python -m worker_module OUT MODEL URL PORT` on 2 gloo ranks against a fresh server double.
+
+    Returns each rank's `rank{R}.json`, the server's logged events and its weights at the end.
+    """
+    out_dir = tmp_path / "ranks"
+    out_dir.mkdir()
+    # torchrun, not `accelerate launch --cpu`, which silently starts one process (cpu_feasibility.md §3)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": python_path()}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    with running_server(model_dir, tmp_path / "server.jsonl") as server:
+        args = [str(out_dir), str(model_dir), server.url, str(free_port())]
+        result = subprocess.run(
+            [*launch, "-m", worker_module, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        served, events = server.weights(), server.events()
+    ranks = [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(2)]
+    return ranks, events, served
