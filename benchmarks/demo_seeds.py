@@ -14,9 +14,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from prefix_rft.baselines.compare import stats
-from prefix_rft.baselines.runs import settings_from_args
-from prefix_rft.demo import add_demo_arguments, run
+from prefix_rft.recipes.compare import stats
+from prefix_rft.recipes.demo import add_demo_arguments, run
+from prefix_rft.recipes.toy import settings_from_args
 
 
 def mean_sd(values: list[float]) -> dict[str, float]:

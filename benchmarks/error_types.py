@@ -21,7 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from prefix_rft.baselines.runs import RunSettings, eval_rows, evaluate_split, load_base  # noqa: E402
+from prefix_rft.recipes.toy import RunSettings, eval_rows, evaluate_split, load_base  # noqa: E402
 from prefix_rft.tasks.arithmetic import STEP_OUTCOMES, first_error, problem_of_prompt  # noqa: E402
 
 SPLITS = ("test", "ood")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from prefix_rft.baselines.runs import add_run_arguments, evaluate_splits, load_base, settings_from_args, train_rl
+from prefix_rft.recipes.toy import add_run_arguments, evaluate_splits, load_base, settings_from_args, train_rl
 from prefix_rft.tasks import task_reward
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from prefix_rft.baselines.runs import add_base_set_argument, base_overrides, demo_style
+from prefix_rft.recipes.toy import add_base_set_argument, base_overrides, demo_style
 from prefix_rft.tasks import BaseModelConfig, TaskConfig, is_correct, load_or_pretrain_base, make_rows
 from prefix_rft.tasks.arithmetic import problem_of_prompt
 from prefix_rft.tasks.sampling import sample_completions

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from prefix_rft.baselines import compare
-from prefix_rft.baselines.runs import (
+from prefix_rft.recipes import compare
+from prefix_rft.recipes.toy import (
     BASE,
     METHODS,
     RunSettings,

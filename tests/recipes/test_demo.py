@@ -4,8 +4,7 @@ import json
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from prefix_rft import demo
-from prefix_rft.baselines import compare
+from prefix_rft.recipes import compare, demo
 
 
 def test_two_step_demo_writes_report_curves_and_results(tmp_path, capsys):

@@ -17,9 +17,9 @@ from datasets import Dataset
 from transformers import GenerationMixin
 
 from prefix_rft import PrefixRFTConfig, PrefixRFTTrainer
-from prefix_rft.baselines.runs import cpu_trainer_kwargs
 from prefix_rft.tasks.model import build_model
 from prefix_rft.tasks.tokenizer import build_tokenizer
+from prefix_rft.trl.cpu import cpu_trainer_kwargs
 
 DEMOS = ["12+30 is 42. ans: 42", "17+18 is 35. ans: 35", "40+20 is 60. ans: 60", "25+25 is 50. ans: 50"]
 # name -> trainer settings; 2 ranks, 2 optimizer steps each.

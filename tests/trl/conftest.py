@@ -2,9 +2,9 @@ import pytest
 import torch
 from datasets import Dataset
 
-from prefix_rft.baselines.runs import cpu_trainer_kwargs
 from prefix_rft.tasks.model import build_model
 from prefix_rft.tasks.tokenizer import build_tokenizer
+from prefix_rft.trl.cpu import cpu_trainer_kwargs
 
 # Four questions, each with one 20-character demo (one token per character).
 DEMOS = ["12+30 is 42. ans: 42", "17+18 is 35. ans: 35", "40+20 is 60. ans: 60", "25+25 is 50. ans: 50"]

@@ -11,9 +11,9 @@ import torch.distributed as dist
 from datasets import Dataset
 
 from prefix_rft import PrefixRFTConfig, PrefixRFTTrainer
-from prefix_rft.baselines.runs import cpu_trainer_kwargs
 from prefix_rft.tasks.model import build_model
 from prefix_rft.tasks.tokenizer import build_tokenizer
+from prefix_rft.trl.cpu import cpu_trainer_kwargs
 
 
 class RecordingTrainer(PrefixRFTTrainer):

@@ -16,9 +16,9 @@ from datasets import Dataset
 from transformers.trainer_utils import get_last_checkpoint
 
 from prefix_rft import PrefixRFTConfig, PrefixRFTTrainer
-from prefix_rft.baselines.runs import cpu_trainer_kwargs
 from prefix_rft.tasks.model import build_model
 from prefix_rft.tasks.tokenizer import build_tokenizer
+from prefix_rft.trl.cpu import cpu_trainer_kwargs
 
 MAX_STEPS = 6
 

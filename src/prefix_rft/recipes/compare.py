@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from prefix_rft.baselines.runs import (
+from prefix_rft.recipes.toy import (
     BASE,
     METHODS,
     PAPER_MATH_AVG,

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefix_rft.baselines.runs import (
+from prefix_rft.recipes.report import plot_training_curves, write_demo_report
+from prefix_rft.recipes.toy import (
     RunSettings,
     add_run_arguments,
     evaluate_splits,
@@ -23,7 +24,6 @@ from prefix_rft.baselines.runs import (
     run_method,
     settings_from_args,
 )
-from prefix_rft.report import plot_training_curves, write_demo_report
 
 # The demo's own defaults over `RunSettings` (which `prefix-rft compare` keeps). 100 steps leave room in the 6-minute
 # warm budget (120 steps took about 6.2 minutes); 256 evaluation problems per split halve the sampling variance of

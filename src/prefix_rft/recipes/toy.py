@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefix_rft.trl.cpu import cpu_trainer_kwargs
+
 logger = logging.getLogger(__name__)
 
 # method -> (trainer class name in prefix_rft.baselines / prefix_rft.trl, config overrides)
@@ -72,21 +74,6 @@ class RunSettings:
     demo_style: str = "steps"  # TaskConfig.demo_style: the demonstrator of the training rows and the base's corpus
     base_overrides: dict[str, Any] = field(default_factory=dict)  # BaseModelConfig fields, e.g. a tiny test base
     extra: dict[str, Any] = field(default_factory=dict)  # PrefixRFTConfig overrides for every RL method
-
-
-def cpu_trainer_kwargs(output_dir, seed: int, max_steps: int) -> dict[str, Any]:
-    """TrainingArguments shared by every CPU run here: fp32, no checkpoints, no trackers, a log line per step."""
-    return dict(
-        output_dir=str(output_dir),
-        max_steps=max_steps,
-        seed=seed,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-    )
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
