@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from prefix_rft.recipes import compare
+from prefix_rft.recipes import compare, toy
 from prefix_rft.recipes.toy import (
     BASE,
     METHODS,
@@ -116,15 +116,13 @@ def test_rollout_cap_reaches_every_rl_config_and_fits_the_longest_train_demo():
 
 
 def test_base_model_is_built_with_the_demo_style(monkeypatch):
-    import prefix_rft.tasks
-
     seen = []
 
-    def capture(config, cache_dir=None):
+    def capture(config, cache_dir=None, rebuild=False):
         seen.append(config)
         raise KeyboardInterrupt  # stop before anything is loaded
 
-    monkeypatch.setattr(prefix_rft.tasks, "load_or_pretrain_base", capture)
+    monkeypatch.setattr(toy, "load_or_pretrain_base", capture)
     with pytest.raises(KeyboardInterrupt):
         load_base(RunSettings(demo_style="rewrite", base_overrides={"model_size": "test"}))
     assert seen[0].task.demo_style == "rewrite" and seen[0].model_size == "test"
@@ -136,13 +134,13 @@ def test_resuming_refuses_finished_runs_made_with_other_settings(tmp_path, monke
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(stored))
     monkeypatch.setattr(compare, "run_method", lambda *a: pytest.fail("a finished run was redone"))
-    # same settings (fields the old run predates count as defaults): reused as is; it predates the rollout cap, so
-    # its rollouts took the whole budget of 192 tokens
-    assert compare.run_all(["rft"], 1, RunSettings(steps=5, max_completion_length=192), tmp_path) == [stored]
+    # same settings (fields the stored run does not name count as defaults): reused as is
+    assert compare.run_all(["rft"], 1, RunSettings(steps=5), tmp_path) == [stored]
+    assert compare.run_all(["rft"], 1, RunSettings(steps=5, rebuild_base=True), tmp_path) == [stored]
     with pytest.raises(SystemExit, match="steps"):  # 5 then, 6 now
-        compare.run_all(["rft"], 1, RunSettings(steps=6, max_completion_length=192), tmp_path)
-    with pytest.raises(SystemExit, match="max_completion_length"):  # 192 then, the default 128 now
-        compare.run_all(["rft"], 1, RunSettings(steps=5), tmp_path)
+        compare.run_all(["rft"], 1, RunSettings(steps=6), tmp_path)
+    with pytest.raises(SystemExit, match="max_completion_length"):  # the default 128 then, 192 now
+        compare.run_all(["rft"], 1, RunSettings(steps=5, max_completion_length=192), tmp_path)
 
 
 def test_unequal_budgets_are_refused_before_any_run(monkeypatch):
@@ -206,8 +204,6 @@ def test_tiny_compare_runs_and_resumes(tmp_path, monkeypatch):
 
 
 def test_base_set_overrides_reach_the_base_config_cast_to_the_field_type(monkeypatch):
-    import prefix_rft.tasks
-
     parser = argparse.ArgumentParser()
     add_run_arguments(parser)
     parse = parser.parse_args
@@ -219,11 +215,11 @@ def test_base_set_overrides_reach_the_base_config_cast_to_the_field_type(monkeyp
 
     seen = []
 
-    def fake_pretrain(config, cache_dir=None):
+    def fake_pretrain(config, cache_dir=None, rebuild=False):
         seen.append(config)
         raise RuntimeError("stop before loading weights")
 
-    monkeypatch.setattr(prefix_rft.tasks, "load_or_pretrain_base", fake_pretrain)
+    monkeypatch.setattr(toy, "load_or_pretrain_base", fake_pretrain)
     with pytest.raises(RuntimeError, match="stop"):
         load_base(settings)
     assert (seen[0].corpus_max_terms, seen[0].demo_fraction, seen[0].lr) == (4, 0.06, 1.0)

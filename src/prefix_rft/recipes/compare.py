@@ -39,23 +39,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# What a run did before the field existed, where that differs from the field's default: RL rollouts took the whole
-# evaluation budget (192 tokens) until `max_completion_length` capped them at 128.
-BEFORE_FIELD = {"max_completion_length": 192}
-
-
 def settings_mismatch(stored: dict[str, Any], settings: RunSettings) -> dict[str, tuple[Any, Any]]:
     """{field: (stored, current)} for every setting a finished run differs in; a field it predates counts as its
-    `BEFORE_FIELD` value, else as the default.
+    default.
 
-    `cache_dir` is left out: where the base model is cached does not change the result.
+    `cache_dir` and `rebuild_base` are left out: where the base model comes from does not change its config.
     """
     current = json.loads(json.dumps(dataclasses.asdict(settings)))
-    defaults = {**json.loads(json.dumps(dataclasses.asdict(RunSettings()))), **BEFORE_FIELD}
+    defaults = json.loads(json.dumps(dataclasses.asdict(RunSettings())))
     return {
         key: (stored.get(key, defaults[key]), value)
         for key, value in current.items()
-        if key != "cache_dir" and stored.get(key, defaults[key]) != value
+        if key not in ("cache_dir", "rebuild_base") and stored.get(key, defaults[key]) != value
     }
 
 

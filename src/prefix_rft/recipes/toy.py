@@ -14,27 +14,57 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from trl import SFTConfig
+
+from prefix_rft.baselines import (
+    LuffyConfig,
+    LuffyTrainer,
+    ReliftConfig,
+    ReliftTrainer,
+    RLWithSFTConfig,
+    RLWithSFTTrainer,
+)
+from prefix_rft.baselines.sft import build_sft_trainer
+from prefix_rft.eval.harness import evaluate
+from prefix_rft.tasks import BaseModelConfig, TaskConfig, is_correct, load_or_pretrain_base, make_rows, task_reward
+from prefix_rft.tasks.arithmetic import DEMO_STYLES
+from prefix_rft.tasks.model import MAX_POSITIONS
+from prefix_rft.trl.config import PrefixRFTConfig
 from prefix_rft.trl.cpu import cpu_trainer_kwargs
+from prefix_rft.trl.trainer import PrefixRFTTrainer
 
 logger = logging.getLogger(__name__)
 
-# method -> (trainer class name in prefix_rft.baselines / prefix_rft.trl, config overrides)
-RL_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
-    "prefix_rft": ("PrefixRFTTrainer", {}),
-    "rft": ("PrefixRFTTrainer", {"num_hybrid": 0}),
-    "rl_sft": ("RLWithSFTTrainer", {}),
-    "luffy": ("LuffyTrainer", {}),
-    "relift": ("ReliftTrainer", {}),
+
+@dataclass(frozen=True)
+class RLMethod:
+    """An RL method of the comparison: its trainer and config classes and its config overrides."""
+
+    trainer: type[PrefixRFTTrainer]
+    config: type[PrefixRFTConfig]
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+PREFIX_RFT = RLMethod(PrefixRFTTrainer, PrefixRFTConfig)
+RL_METHODS: dict[str, RLMethod] = {
+    "prefix_rft": PREFIX_RFT,
+    "rft": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"num_hybrid": 0}),
+    "rl_sft": RLMethod(RLWithSFTTrainer, RLWithSFTConfig),
+    "luffy": RLMethod(LuffyTrainer, LuffyConfig),
+    "relift": RLMethod(ReliftTrainer, ReliftConfig),
     # Prefix-RFT ablations (paper §6, Table 8)
-    "prefix_rft_select_all": ("PrefixRFTTrainer", {"prefix_entropy_selection": "all"}),
-    "prefix_rft_freeze_prefix": ("PrefixRFTTrainer", {"prefix_entropy_selection": "none"}),
-    "prefix_rft_random": ("PrefixRFTTrainer", {"prefix_entropy_selection": "random"}),
-    "prefix_rft_lowest": ("PrefixRFTTrainer", {"prefix_entropy_selection": "lowest"}),
-    "prefix_rft_keep0.5": ("PrefixRFTTrainer", {"prefix_entropy_keep_fraction": 0.5}),
-    "prefix_rft_keep0.8": ("PrefixRFTTrainer", {"prefix_entropy_keep_fraction": 0.8}),
-    "prefix_rft_uniform": ("PrefixRFTTrainer", {"prefix_ratio_schedule": "constant"}),
-    "prefix_rft_paper_adv": ("PrefixRFTTrainer", {"prefix_advantage": "paper"}),
-    "prefix_rft_demos50": ("PrefixRFTTrainer", {}),  # half the training prompts keep their demo (see train_rows)
+    "prefix_rft_select_all": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_entropy_selection": "all"}),
+    "prefix_rft_freeze_prefix": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_entropy_selection": "none"}),
+    "prefix_rft_random": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_entropy_selection": "random"}),
+    "prefix_rft_lowest": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_entropy_selection": "lowest"}),
+    "prefix_rft_keep0.5": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_entropy_keep_fraction": 0.5}),
+    "prefix_rft_keep0.8": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_entropy_keep_fraction": 0.8}),
+    "prefix_rft_uniform": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_ratio_schedule": "constant"}),
+    "prefix_rft_paper_adv": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_advantage": "paper"}),
+    "prefix_rft_demos50": PREFIX_RFT,  # half the training prompts keep their demo (see train_rows)
 }
 SFT_METHODS = ("sft", "sft_rft")
 BASE = "base"  # the untrained base model, evaluated like every method: the reference row of the comparison
@@ -71,6 +101,7 @@ class RunSettings:
     curve_problems: int = 64
     relift_sft_batch: int = 16
     cache_dir: str | None = None
+    rebuild_base: bool = False  # pretrain the base anew into the cache instead of using the shipped one
     demo_style: str = "steps"  # TaskConfig.demo_style: the demonstrator of the training rows and the base's corpus
     base_overrides: dict[str, Any] = field(default_factory=dict)  # BaseModelConfig fields, e.g. a tiny test base
     extra: dict[str, Any] = field(default_factory=dict)  # PrefixRFTConfig overrides for every RL method
@@ -106,6 +137,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_base_set_argument(parser)
     parser.add_argument("--cache-dir", default=None, help="base-model cache (default $PREFIX_RFT_CACHE or ~/.cache)")
+    parser.add_argument(
+        "--rebuild-base", action="store_true", help="pretrain the base model anew (minutes) instead of the shipped one"
+    )
     parser.add_argument("--base-size", default=None, help="base model size (default: the embedded task's)")
     parser.add_argument("--base-steps", type=int, default=None, help="base pretraining steps (default: the task's)")
 
@@ -123,9 +157,7 @@ def add_base_set_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def demo_style(value: str) -> str:
-    """argparse type of `--demo-style`; imports the task (and torch) only when the flag is given."""
-    from prefix_rft.tasks.arithmetic import DEMO_STYLES
-
+    """argparse type of `--demo-style`."""
     if value not in DEMO_STYLES:
         raise argparse.ArgumentTypeError(f"unknown demo style {value!r}; choose from {', '.join(DEMO_STYLES)}")
     return value
@@ -155,8 +187,6 @@ def base_overrides(pairs: list[tuple[str, Any]], **explicit: Any) -> dict[str, A
     """BaseModelConfig overrides from `--base-set` pairs, then `explicit` ones (None = not given), each cast to its
     field's type (`8.0` -> 8, so equal values name the same cache) and dropped when equal to the default (so a run
     that sets a default matches one that does not)."""
-    from prefix_rft.tasks import BaseModelConfig
-
     if any(name == "task" for name, _ in pairs):
         raise SystemExit("--base-set: the base's task is set by --demo-style, not by --base-set task=...")
     check_fields("--base-set", pairs, BaseModelConfig)
@@ -179,8 +209,6 @@ def base_overrides(pairs: list[tuple[str, Any]], **explicit: Any) -> dict[str, A
 
 def settings_from_args(args: argparse.Namespace) -> RunSettings:
     if args.rl_set:
-        from prefix_rft.trl.config import PrefixRFTConfig
-
         check_fields("--rl-set", args.rl_set, PrefixRFTConfig)
     return RunSettings(
         steps=args.steps,
@@ -193,6 +221,7 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
         curve_every=args.curve_every,
         curve_problems=args.curve_problems,
         cache_dir=args.cache_dir,
+        rebuild_base=args.rebuild_base,
         demo_style=args.demo_style,
         extra=dict(args.rl_set),
         base_overrides=base_overrides(args.base_set, model_size=args.base_size, steps=args.base_steps),
@@ -201,23 +230,17 @@ def settings_from_args(args: argparse.Namespace) -> RunSettings:
 
 def completion_budget() -> int:
     """Tokens an evaluation completion may take: all the model's positions but the longest prompt's."""
-    from prefix_rft.tasks.model import MAX_POSITIONS
-
     return MAX_POSITIONS - 64  # the longest task prompt is under 64 tokens
 
 
 def task_config(settings: RunSettings):
     """The task of the base's corpus and of the training rows: the base override's (or the default), in the chosen
     demo style."""
-    from prefix_rft.tasks import TaskConfig
-
     return dataclasses.replace(settings.base_overrides.get("task", TaskConfig()), demo_style=settings.demo_style)
 
 
 def train_rows(method: str, settings: RunSettings, seed: int) -> list[dict]:
     """The same prompts for every method; `prefix_rft_demos50` drops the demos of every other prompt."""
-    from prefix_rft.tasks import make_rows
-
     rows = make_rows("train", settings.steps * settings.prompts_per_step, seed=seed, config=task_config(settings))
     if method == "prefix_rft_demos50":
         rows = [{**row, "demos": row["demos"] if i % 2 == 0 else []} for i, row in enumerate(rows)]
@@ -226,16 +249,7 @@ def train_rows(method: str, settings: RunSettings, seed: int) -> list[dict]:
 
 def rl_config(method: str, settings: RunSettings, seed: int, output_dir: Path, steps: int | None = None):
     """The config of an RL method: paper settings scaled to the task, plus the method's overrides."""
-    from prefix_rft import baselines
-    from prefix_rft.trl.config import PrefixRFTConfig
-
-    trainer_name, overrides = RL_METHODS[method]
-    config_cls = {
-        "PrefixRFTTrainer": PrefixRFTConfig,
-        "RLWithSFTTrainer": baselines.RLWithSFTConfig,
-        "LuffyTrainer": baselines.LuffyConfig,
-        "ReliftTrainer": baselines.ReliftConfig,
-    }[trainer_name]
+    spec = RL_METHODS[method]
     steps = settings.steps if steps is None else steps
     kwargs = dict(
         **cpu_trainer_kwargs(output_dir, seed, steps),
@@ -248,19 +262,17 @@ def rl_config(method: str, settings: RunSettings, seed: int, output_dir: Path, s
         lr_scheduler_type="constant",
         log_completions=False,
     )
-    if trainer_name == "ReliftTrainer":
+    if spec.trainer is ReliftTrainer:
         kwargs.update(relift_sft_batch=settings.relift_sft_batch, relift_sft_learning_rate=settings.sft_learning_rate)
-    kwargs.update(overrides)
+    kwargs.update(spec.overrides)
     kwargs.update(settings.extra)
     cap, budget = kwargs["max_completion_length"], completion_budget()  # after `--rl-set`, which may set it too
     if not 1 <= cap <= budget:
         raise ValueError(f"max_completion_length must be between 1 and {budget}, got {cap}")
-    return config_cls(**kwargs)
+    return spec.config(**kwargs)
 
 
 def sft_config(settings: RunSettings, seed: int, output_dir: Path, steps: int):
-    from trl import SFTConfig
-
     return SFTConfig(
         **cpu_trainer_kwargs(output_dir, seed, steps),
         per_device_train_batch_size=settings.prompts_per_step,
@@ -299,17 +311,12 @@ def method_budget(method: str, settings: RunSettings) -> dict[str, int]:
 
 def eval_rows(split: str, n: int, seed: int) -> list[dict]:
     """The `n` evaluation problems of `split` for a run of `seed`: the same for the base and every trained model."""
-    from prefix_rft.tasks import make_rows
-
     return make_rows(split, n, seed=10_000 + seed)
 
 
 def evaluate_split(model, tokenizer, split: str, seed: int, k: int, n: int, desc: str):
     """k samples on each of `n` problems of `split` drawn for `seed` (T 0.6, top-p 0.95, as the paper); returns the
     harness's `EvalResult` (metrics and per-sample completions)."""
-    from prefix_rft.eval.harness import evaluate
-    from prefix_rft.tasks import is_correct
-
     return evaluate(
         model,
         tokenizer,
@@ -333,7 +340,6 @@ def evaluate_splits(model, tokenizer, seed: int, k: int, n: int, desc: str) -> d
 
 def accuracy_callback(tokenizer, settings: RunSettings, seed: int, points: list[dict], offset: int = 0):
     """A TrainerCallback appending {"step", "test", "ood"} (avg@1) to `points` every `curve_every` steps."""
-    from transformers import TrainerCallback
 
     class AccuracyCurve(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):
@@ -352,26 +358,17 @@ def measure_point(model, tokenizer, settings: RunSettings, seed: int, points: li
 
 
 def load_base(settings: RunSettings):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from prefix_rft.tasks import BaseModelConfig, load_or_pretrain_base
 
     config = BaseModelConfig(**{**settings.base_overrides, "task": task_config(settings)})
-    path = load_or_pretrain_base(config, cache_dir=settings.cache_dir)
+    path = load_or_pretrain_base(config, cache_dir=settings.cache_dir, rebuild=settings.rebuild_base)
     return path, AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
 
 def train_rl(method, model, tokenizer, settings, seed, output_dir, points, steps=None, offset=0, reward_fn=None):
     """Train `model` in place with an RL method (reward: `reward_fn`, default the task's verifier); returns the
     trainer."""
-    from datasets import Dataset
 
-    from prefix_rft import baselines, trl
-    from prefix_rft.tasks import task_reward
-
-    trainer_name = RL_METHODS[method][0]
-    trainer_cls = getattr(trl, trainer_name, None) or getattr(baselines, trainer_name)
-    trainer = trainer_cls(
+    trainer = RL_METHODS[method].trainer(
         model=model,
         reward_funcs=[reward_fn or task_reward],
         args=rl_config(method, settings, seed, output_dir, steps),
@@ -384,8 +381,6 @@ def train_rl(method, model, tokenizer, settings, seed, output_dir, points, steps
 
 
 def train_sft(model, tokenizer, settings, seed, output_dir, points, steps):
-    from prefix_rft.baselines.sft import build_sft_trainer
-
     trainer = build_sft_trainer(
         model, tokenizer, train_rows("sft", settings, seed), sft_config(settings, seed, output_dir, steps)
     )
@@ -399,8 +394,6 @@ def run_method(
 ) -> dict[str, Any]:
     """Train one method from the base model and evaluate it; returns curves and final metrics. With `save_to`, the
     trained model and its tokenizer are saved there (`from_pretrained` loads them)."""
-    import torch
-
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     torch.manual_seed(seed)

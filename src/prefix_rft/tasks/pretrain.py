@@ -8,7 +8,11 @@ it is shown, but by itself writes the sloppy coarse solution and gets longer cha
 one-step lines are the better strategy it has the skills for but does not use. It stands to the demos as
 Qwen2.5-Math-7B stands to R1 traces. See docs/tasks.md for the measured numbers.
 
-Run: python -m prefix_rft.tasks.pretrain [--cache-dir DIR] [--force]
+The default base is shipped with the package (`tasks/base/`, with its config hash and the sha256 of its weights), so
+every machine starts from the same weights: float kernels differ between hosts, and a base pretrained elsewhere is not
+bit-identical. Other configs, or `rebuild=True`, pretrain into the cache.
+
+Run: python -m prefix_rft.tasks.pretrain [--cache-dir DIR] [--force] [--ship]
 """
 
 from __future__ import annotations
@@ -46,8 +50,8 @@ from prefix_rft.tasks.tokenizer import build_tokenizer
 # Part of the cache key: bump it when the generator, demonstrator, tokenizer or model code changes what is trained.
 CORPUS_VERSION = 2  # 2: Llama architecture (see tasks/model.py)
 CACHE_ENV = "PREFIX_RFT_CACHE"
-# Fields added after bases were cached and published, with the value that trains what was trained before them.
-HASH_NEUTRAL = {"slip_rate": 0.0, "slip_min_ops": 1}
+SHIPPED_DIR = Path(__file__).with_name("base")  # the default base, package data
+SHIPPED_INFO = "shipped.json"  # {"hash": config hash, "sha256": of model.safetensors, "config": ...}
 # Batches are cut from a pool this many batches deep, sorted by length, so that short direct answers are not padded
 # to the length of a long demo.
 POOL_BATCHES = 16
@@ -98,10 +102,7 @@ def config_hash(config: BaseModelConfig) -> str:
     """A short, stable hash of `config` and `CORPUS_VERSION`."""
     settings = dataclasses.asdict(config)
     if settings["slip_rate"] == 0:  # without slips, slip_min_ops trains nothing different
-        settings["slip_min_ops"] = HASH_NEUTRAL["slip_min_ops"]
-    for name, neutral in HASH_NEUTRAL.items():  # added later: at its neutral value, a field keeps old hashes valid
-        if settings[name] == neutral:
-            del settings[name]
+        settings["slip_min_ops"] = 1
     payload = json.dumps({"config": settings, "version": CORPUS_VERSION}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
@@ -252,12 +253,47 @@ def _save_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     return target
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shipped_base(config: BaseModelConfig) -> Path | None:
+    """The shipped base directory when it was built from `config`, else None.
+
+    Raises:
+        RuntimeError: when the shipped weights do not match their recorded sha256 (a damaged install).
+    """
+    info_path = SHIPPED_DIR / SHIPPED_INFO
+    if not info_path.is_file():
+        return None
+    info = json.loads(info_path.read_text())
+    if info["hash"] != config_hash(config):
+        return None
+    actual = file_sha256(SHIPPED_DIR / "model.safetensors")
+    if actual != info["sha256"]:
+        raise RuntimeError(
+            f"the shipped base model {SHIPPED_DIR} is damaged (sha256 {actual[:12]}, recorded {info['sha256'][:12]}); "
+            "reinstall prefix-rft, or pass --rebuild-base to pretrain one into the cache"
+        )
+    return SHIPPED_DIR
+
+
 def load_or_pretrain_base(
-    config: BaseModelConfig | None = None, cache_dir: str | None = None, progress: bool = True
+    config: BaseModelConfig | None = None, cache_dir: str | None = None, progress: bool = True, rebuild: bool = False
 ) -> str:
-    """Path of a `save_pretrained` directory (model + tokenizer) of the base model, pretraining it on a cache miss."""
+    """Path of a `save_pretrained` directory (model + tokenizer) of the base model: the shipped one for its config,
+    else the cached one, pretraining on a cache miss. `rebuild` pretrains anew into the cache."""
     config = config or BaseModelConfig()
+    shipped = None if rebuild else shipped_base(config)
+    if shipped is not None:
+        return str(shipped)
     target = base_model_dir(config, cache_dir)
+    if rebuild and target.is_dir():
+        shutil.rmtree(target)
     if target.is_dir():
         return str(target)
     model, tokenizer, summary = pretrain(config, progress=progress)
@@ -265,18 +301,39 @@ def load_or_pretrain_base(
     return str(_save_atomically(model, tokenizer, info, target))
 
 
+def ship(source: Path, config: BaseModelConfig) -> Path:
+    """Copy a pretrained base of `config` into the package (`SHIPPED_DIR`) with its hash and weights' sha256."""
+    if SHIPPED_DIR.exists():
+        shutil.rmtree(SHIPPED_DIR)
+    SHIPPED_DIR.mkdir(parents=True)
+    for item in source.iterdir():
+        if item.is_file():
+            shutil.copy2(item, SHIPPED_DIR / item.name)
+    info = {
+        "hash": config_hash(config),
+        "sha256": file_sha256(SHIPPED_DIR / "model.safetensors"),
+        "config": dataclasses.asdict(config),
+        "version": CORPUS_VERSION,
+    }
+    (SHIPPED_DIR / SHIPPED_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    return SHIPPED_DIR
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build (or find in the cache) the base model of the embedded task.")
     parser.add_argument("--cache-dir", default=None, help=f"cache root (default: ${CACHE_ENV} or ~/.cache/prefix_rft)")
-    parser.add_argument("--force", action="store_true", help="retrain even if the cache holds this config")
+    parser.add_argument("--force", action="store_true", help="pretrain anew even if the cache holds this config")
+    parser.add_argument("--ship", action="store_true", help="then copy it into the package (maintainers)")
     args = parser.parse_args(argv)
     config = BaseModelConfig()
-    target = base_model_dir(config, args.cache_dir)
-    if args.force and target.is_dir():
-        shutil.rmtree(target)
-    hit = target.is_dir()
-    path = load_or_pretrain_base(config, args.cache_dir)
-    print(f"base model {'found in cache' if hit else 'saved'}: {path}")
+    cached = base_model_dir(config, args.cache_dir)
+    if args.ship and cached.is_dir() and not args.force:  # ship what the cache holds; never the shipped copy itself
+        path = cached
+    else:
+        path = Path(load_or_pretrain_base(config, args.cache_dir, rebuild=args.force or args.ship))
+    print(f"base model: {path}")
+    if args.ship:
+        print(f"shipped: {ship(path, config)}")
     return 0
 
 
