@@ -1,7 +1,8 @@
 """`prefix-rft train --config FILE.yaml [--key value ...]`: Prefix-RFT from a YAML recipe (TrlParser conventions).
 
 The YAML holds `PrefixRFTConfig` fields (all of GRPOConfig and the `prefix_*` fields) and the script fields below.
-Launch multi-GPU runs with accelerate, e.g. `accelerate launch --num_processes 8 -m prefix_rft.cli train --config ...`.
+Launch multi-GPU runs with accelerate, e.g.
+`accelerate launch --config_file configs/accelerate/zero3.yaml -m prefix_rft.cli train --config ...`.
 """
 
 from __future__ import annotations

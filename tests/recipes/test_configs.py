@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from trl import TrlParser
 
+from prefix_rft.recipes.train import TrainScriptArguments
 from prefix_rft.trl.config import PrefixRFTConfig
-from prefix_rft.trl.train import TrainScriptArguments
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
 

@@ -1,0 +1,40 @@
+"""Components know nothing above them: no module of core, trl, verify, eval, data or baselines imports the recipes or
+the embedded task, not even inside a function."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "prefix_rft"
+COMPONENTS = ("core", "trl", "verify", "eval", "data", "baselines")
+ABOVE = ("prefix_rft.recipes", "prefix_rft.tasks")
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module an `import` or `from ... import` statement in `path` names, wherever the statement stands."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_the_walk_sees_function_local_imports(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text("def f():\n    from prefix_rft.tasks import make_rows\n    import prefix_rft.recipes.toy\n")
+    assert {"prefix_rft.tasks", "prefix_rft.tasks.make_rows", "prefix_rft.recipes.toy"} <= imported_modules(source)
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_component_does_not_import_recipes_or_the_task(component):
+    offenders = {
+        f"{path.relative_to(PACKAGE)}: {name}"
+        for path in (PACKAGE / component).rglob("*.py")
+        for name in imported_modules(path)
+        if name.startswith(ABOVE) or name in ("prefix_rft.recipes", "prefix_rft.tasks")
+    }
+    assert not offenders, sorted(offenders)
