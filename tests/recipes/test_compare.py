@@ -1,22 +1,12 @@
 """`prefix-rft compare`: equal budgets, and a test-sized run that resumes without redoing finished runs."""
 
-import argparse
 import json
 
 import pytest
 
 from prefix_rft.recipes import compare, toy
-from prefix_rft.recipes.toy import (
-    BASE,
-    METHODS,
-    RunSettings,
-    add_run_arguments,
-    load_base,
-    method_budget,
-    rl_config,
-    settings_from_args,
-    train_rows,
-)
+from prefix_rft.recipes.settings import RunSettings, parse_settings
+from prefix_rft.recipes.toy import BASE, METHODS, load_base, method_budget, rl_config, train_rows
 from prefix_rft.tasks.arithmetic import demonstrate, parse_problem
 from prefix_rft.tasks.tokenizer import build_tokenizer
 
@@ -68,37 +58,32 @@ def test_summary_pairs_each_method_with_the_base_of_the_same_seed():
     assert "| m | 28.5 ± 4.9 | 9.0 ± 1.4 | +3.5 ± 2.1 | +1.5 ± 2.1 | 2 |" in compare.results_table(summary, k=4)
 
 
+def parse(argv: list[str]) -> tuple:
+    return parse_settings(argv, prog="test")
+
+
 def test_demo_style_flag_reaches_the_training_demos():
-    parser = argparse.ArgumentParser()
-    add_run_arguments(parser)
-    settings = settings_from_args(
-        parser.parse_args(["--steps", "1", "--prompts-per-step", "4", "--demo-style", "rewrite"])
-    )
+    (settings,) = parse(["--steps", "1", "--prompts-per-step", "4", "--demo-style", "rewrite"])
     for row in train_rows("prefix_rft", settings, seed=0):
         first_line = row["demos"][0].split("\n")[0]
         assert "=" not in first_line  # `45-9+6`, the chain left after one step, not `38+7=45`
     with pytest.raises(SystemExit):  # argparse's usage error
-        parser.parse_args(["--demo-style", "fast"])
+        parse(["--demo-style", "fast"])
 
 
 def test_rl_set_overrides_reach_every_rl_config_and_unknown_fields_are_refused():
-    parser = argparse.ArgumentParser()
-    add_run_arguments(parser)
-    args = parser.parse_args(["--rl-set", "prefix_advantage=paper", "--rl-set", "prefix_entropy_keep_fraction=0.5"])
-    settings = settings_from_args(args)
+    (settings,) = parse(["--rl-set", "prefix_advantage=paper", "--rl-set", "prefix_entropy_keep_fraction=0.5"])
     assert settings.extra == {"prefix_advantage": "paper", "prefix_entropy_keep_fraction": 0.5}  # 0.5 read as a number
     config = rl_config("prefix_rft", settings, seed=0, output_dir="unused")
     assert (config.prefix_advantage, config.prefix_entropy_keep_fraction) == ("paper", 0.5)
     with pytest.raises(SystemExit, match="no_such_field"):
-        settings_from_args(parser.parse_args(["--rl-set", "no_such_field=1"]))
-    with pytest.raises(SystemExit):  # argparse's usage error: no '='
-        parser.parse_args(["--rl-set", "prefix_advantage"])
+        parse(["--rl-set", "no_such_field=1"])
+    with pytest.raises(SystemExit, match="expected FIELD=VALUE"):
+        parse(["--rl-set", "prefix_advantage"])
 
 
 def test_rollout_cap_reaches_every_rl_config_and_fits_the_longest_train_demo():
-    parser = argparse.ArgumentParser()
-    add_run_arguments(parser)
-    settings = settings_from_args(parser.parse_args(["--max-completion-length", "110"]))
+    (settings,) = parse(["--max-completion-length", "110"])
     for method in TRAINED:
         if method not in ("sft", "sft_rft"):
             assert rl_config(method, settings, seed=0, output_dir="unused").max_completion_length == 110, method
@@ -112,7 +97,7 @@ def test_rollout_cap_reaches_every_rl_config_and_fits_the_longest_train_demo():
     with pytest.raises(ValueError, match="between 1 and 192"):
         rl_config("prefix_rft", RunSettings(max_completion_length=193), seed=0, output_dir="unused")
     with pytest.raises(ValueError, match="between 1 and 192"):  # the --rl-set route is checked too
-        rl_config("prefix_rft", RunSettings(extra={"max_completion_length": 200}), seed=0, output_dir="unused")
+        rl_config("prefix_rft", RunSettings(rl_set=["max_completion_length=200"]), seed=0, output_dir="unused")
 
 
 def test_base_model_is_built_with_the_demo_style(monkeypatch):
@@ -124,7 +109,7 @@ def test_base_model_is_built_with_the_demo_style(monkeypatch):
 
     monkeypatch.setattr(toy, "load_or_pretrain_base", capture)
     with pytest.raises(KeyboardInterrupt):
-        load_base(RunSettings(demo_style="rewrite", base_overrides={"model_size": "test"}))
+        load_base(RunSettings(demo_style="rewrite", base_size="test"))
     assert seen[0].task.demo_style == "rewrite" and seen[0].model_size == "test"
 
 
@@ -135,12 +120,12 @@ def test_resuming_refuses_finished_runs_made_with_other_settings(tmp_path, monke
     path.write_text(json.dumps(stored))
     monkeypatch.setattr(compare, "run_method", lambda *a: pytest.fail("a finished run was redone"))
     # same settings (fields the stored run does not name count as defaults): reused as is
-    assert compare.run_all(["rft"], 1, RunSettings(steps=5), tmp_path) == [stored]
-    assert compare.run_all(["rft"], 1, RunSettings(steps=5, rebuild_base=True), tmp_path) == [stored]
+    assert compare.run_all(["rft"], [0], RunSettings(steps=5), tmp_path) == [stored]
+    assert compare.run_all(["rft"], [0], RunSettings(steps=5, rebuild_base=True), tmp_path) == [stored]
     with pytest.raises(SystemExit, match="steps"):  # 5 then, 6 now
-        compare.run_all(["rft"], 1, RunSettings(steps=6), tmp_path)
+        compare.run_all(["rft"], [0], RunSettings(steps=6), tmp_path)
     with pytest.raises(SystemExit, match="max_completion_length"):  # the default 128 then, 192 now
-        compare.run_all(["rft"], 1, RunSettings(steps=5, max_completion_length=192), tmp_path)
+        compare.run_all(["rft"], [0], RunSettings(steps=5, max_completion_length=192), tmp_path)
 
 
 def test_unequal_budgets_are_refused_before_any_run(monkeypatch):
@@ -204,12 +189,10 @@ def test_tiny_compare_runs_and_resumes(tmp_path, monkeypatch):
 
 
 def test_base_set_overrides_reach_the_base_config_cast_to_the_field_type(monkeypatch):
-    parser = argparse.ArgumentParser()
-    add_run_arguments(parser)
-    parse = parser.parse_args
     # 4.0 names the same base as 4 (int field); 0.06 is demo_fraction's default, so it is dropped
-    args = parse(["--base-set", "corpus_max_terms=4.0", "--base-set", "demo_fraction=0.06", "--base-set", "lr=1"])
-    settings = settings_from_args(args)
+    (settings,) = parse(
+        ["--base-set", "corpus_max_terms=4.0", "--base-set", "demo_fraction=0.06", "--base-set", "lr=1"]
+    )
     assert settings.base_overrides == {"corpus_max_terms": 4, "lr": 1.0}
     assert type(settings.base_overrides["corpus_max_terms"]) is int and type(settings.base_overrides["lr"]) is float
 
@@ -225,8 +208,8 @@ def test_base_set_overrides_reach_the_base_config_cast_to_the_field_type(monkeyp
     assert (seen[0].corpus_max_terms, seen[0].demo_fraction, seen[0].lr) == (4, 0.06, 1.0)
 
     # an explicit --base-steps wins over --base-set steps=...
-    assert settings_from_args(parse(["--base-set", "steps=9", "--base-steps", "7"])).base_overrides == {"steps": 7}
-    assert settings_from_args(parse(["--base-set", "steps=9"])).base_overrides == {"steps": 9}
+    assert parse(["--base-set", "steps=9", "--base-steps", "7"])[0].base_overrides == {"steps": 7}
+    assert parse(["--base-set", "steps=9"])[0].base_overrides == {"steps": 9}
     for bad, message in [("no_such_field=1", "no_such_field"), ("task=x", "--demo-style"), ("steps=1.5", "int")]:
         with pytest.raises(SystemExit, match=message):
-            settings_from_args(parse(["--base-set", bad]))
+            parse(["--base-set", bad])

@@ -2,9 +2,11 @@
 
 import json
 
+import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from prefix_rft.recipes import compare, demo
+from prefix_rft.recipes.settings import RunSettings, parse_settings
 
 
 def test_two_step_demo_writes_report_curves_and_results(tmp_path, capsys):
@@ -41,9 +43,17 @@ def test_two_step_demo_writes_report_curves_and_results(tmp_path, capsys):
     assert "| out-of-distribution | avg@2 |" in capsys.readouterr().out
 
 
-def test_demo_has_its_own_defaults_and_compare_keeps_the_run_settings():
-    demo_args = demo.build_parser().parse_args([])
-    assert (demo_args.steps, demo_args.eval_problems, demo_args.curve_every) == (100, 256, 20)
-    compare_args = compare.build_parser().parse_args([])
-    assert (compare_args.steps, compare_args.eval_problems, compare_args.curve_every) == (60, 128, 10)
-    assert demo_args.max_completion_length == compare_args.max_completion_length == 128
+def test_demo_and_compare_share_one_definition_of_the_run_settings():
+    settings, demo_args = parse_settings([], demo.DemoArguments, prog="prefix-rft demo")
+    compare_settings, compare_args = parse_settings([], compare.CompareArguments, prog="prefix-rft compare")
+    assert settings == compare_settings == RunSettings()
+    assert (settings.steps, settings.eval_problems, settings.curve_every) == (100, 256, 20)
+    assert (demo_args.output_dir, compare_args.output_dir) == ("runs/demo", "runs/compare")
+
+
+def test_compare_takes_any_list_of_seeds():
+    assert compare.seed_list("3") == [0, 1, 2]
+    assert compare.seed_list("11,12,13") == [11, 12, 13]
+    for bad in ("0", "1,1", "a,b"):
+        with pytest.raises(SystemExit, match="--seeds"):
+            compare.seed_list(bad)

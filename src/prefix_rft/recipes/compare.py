@@ -7,36 +7,46 @@ interrupted comparison continues where it stopped. The summary goes to `results.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefix_rft.recipes.settings import RunSettings, parse_settings
 from prefix_rft.recipes.toy import (
     BASE,
     METHODS,
     PAPER_MATH_AVG,
-    RunSettings,
-    add_run_arguments,
     method_budget,
     run_method,
-    settings_from_args,
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="prefix-rft compare", description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--methods",
+@dataclass
+class CompareArguments:
+    methods: str = field(
         default="base,prefix_rft,rft,sft,sft_rft,rl_sft,luffy,relift",
-        help=f"comma-separated, from: {', '.join(METHODS)}",
+        metadata={"help": f"comma-separated, from: {', '.join(METHODS)}"},
     )
-    p.add_argument("--seeds", type=int, default=3, help="seeds per method (0..N-1)")
-    p.add_argument("--output-dir", default="runs/compare", help="results and per-run JSON")
-    add_run_arguments(p)
-    return p
+    seeds: str = field(default="3", metadata={"help": "N (seeds 0..N-1) or a comma-separated list, e.g. 11,12,13"})
+    output_dir: str = field(default="runs/compare", metadata={"help": "results and per-run JSON"})
+
+
+def seed_list(text: str) -> list[int]:
+    """`3` -> [0, 1, 2]; `11,12,13` -> [11, 12, 13]."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SystemExit(f"--seeds: expected N or a comma-separated list of integers, got {text!r}") from None
+    if len(values) == 1 and "," not in text:
+        if values[0] < 1:
+            raise SystemExit(f"--seeds: expected at least 1 seed, got {text!r}")
+        return list(range(values[0]))
+    if len(set(values)) != len(values) or not values:
+        raise SystemExit(f"--seeds: expected distinct seeds, got {text!r}")
+    return values
 
 
 def settings_mismatch(stored: dict[str, Any], settings: RunSettings) -> dict[str, tuple[Any, Any]]:
@@ -54,10 +64,10 @@ def settings_mismatch(stored: dict[str, Any], settings: RunSettings) -> dict[str
     }
 
 
-def run_all(methods: list[str], seeds: int, settings: RunSettings, out: Path) -> list[dict[str, Any]]:
+def run_all(methods: list[str], seeds: list[int], settings: RunSettings, out: Path) -> list[dict[str, Any]]:
     results = []
     # Seeds outermost, so a run stopped early has every method at the same number of seeds.
-    for seed in range(seeds):
+    for seed in seeds:
         for method in methods:
             path = out / "runs" / method / f"seed{seed}.json"
             if path.exists():  # resumable: a finished run is never redone, but never mixed with other settings either
@@ -171,21 +181,23 @@ def plot(results: list[dict[str, Any]], summary: dict[str, dict[str, Any]], path
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    settings, args = parse_settings(argv, CompareArguments, prog="prefix-rft compare")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
-    settings = settings_from_args(args)
     budgets = {m: method_budget(m, settings)["optimizer_steps"] for m in methods if m != BASE}
     if len(set(budgets.values())) > 1:  # a comparison at unequal budgets would be meaningless: refuse it
         raise SystemExit(f"methods would train for unequal numbers of optimizer steps: {budgets}")
     out = Path(args.output_dir)
-    results = run_all(methods, args.seeds, settings, out)
+    results = run_all(methods, seed_list(args.seeds), settings, out)
     summary = summarize(results, settings.eval_k)
     table = results_table(summary, settings.eval_k)
     (out / "results.json").write_text(json.dumps({"summary": summary, "runs": results}))
-    note = f"Accuracy in %, mean ± sd over seeds; 'vs base': paired by seed, in points. Settings: {vars(args)}"
+    note = (
+        "Accuracy in %, mean ± sd over seeds; 'vs base': paired by seed, in points. "
+        f"Arguments: {dataclasses.asdict(args)}; settings: {dataclasses.asdict(settings)}"
+    )
     (out / "results.md").write_text(f"# prefix-rft compare\n\n{table}\n\n{note}\n\n![results](results.png)\n")
     plot(results, summary, out / "results.png")
     print(table)

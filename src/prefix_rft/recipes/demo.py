@@ -8,45 +8,22 @@ run, top-20% entropy selection of prefix tokens), evaluates again, prints a tabl
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prefix_rft.recipes.report import plot_training_curves, write_demo_report
-from prefix_rft.recipes.toy import (
-    RunSettings,
-    add_run_arguments,
-    evaluate_splits,
-    load_base,
-    run_method,
-    settings_from_args,
-)
-
-# The demo's own defaults over `RunSettings` (which `prefix-rft compare` keeps). 100 steps leave room in the 6-minute
-# warm budget (120 steps took about 6.2 minutes); 256 evaluation problems per split halve the sampling variance of
-# the small out-of-distribution accuracy. Measured over 3 seeds in docs/tasks.md.
-DEMO_DEFAULTS: dict[str, int] = {"steps": 100, "eval_problems": 256, "curve_every": 20}
+from prefix_rft.recipes.settings import RunSettings, parse_settings
+from prefix_rft.recipes.toy import evaluate_splits, load_base, run_method
 
 
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    """The run flags of `prefix-rft demo` (and `benchmarks/demo_seeds.py`), with the demo's defaults."""
-    add_run_arguments(parser)
-    parser.set_defaults(**DEMO_DEFAULTS)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="prefix-rft demo",
-        description="Train the embedded tiny model with Prefix-RFT on CPU, evaluate it before and after, and write a "
-        "report (table, curves). The base model is pretrained once (a few minutes) and cached.",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of data, sampling and prefixes")
-    parser.add_argument("--output-dir", default="runs/demo", help="where the report, curves and results go")
-    add_demo_arguments(parser)
-    return parser
+@dataclass
+class DemoArguments:
+    seed: int = field(default=0, metadata={"help": "seed of data, sampling and prefixes"})
+    output_dir: str = field(default="runs/demo", metadata={"help": "where the report, curves and model go"})
 
 
 def run(settings: RunSettings, seed: int, out: Path) -> dict[str, Any]:
@@ -62,7 +39,8 @@ def run(settings: RunSettings, seed: int, out: Path) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     model_dir = out / "model"
-    result = run_method("prefix_rft", settings, seed, out / "trainer", save_to=model_dir)
+    base_model = (base_path, base, tokenizer)  # trained in place from here on
+    result = run_method("prefix_rft", settings, seed, out / "trainer", save_to=model_dir, base=base_model)
     timings["Prefix-RFT training + final evaluation"] = time.perf_counter() - t0
 
     report = {
@@ -85,7 +63,6 @@ def run(settings: RunSettings, seed: int, out: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
-    args = build_parser().parse_args(argv)
-    settings = settings_from_args(args)
+    settings, args = parse_settings(argv, DemoArguments, prog="prefix-rft demo")
     run(settings, args.seed, Path(args.output_dir))
     return 0

@@ -6,9 +6,7 @@ for the RL methods, the same group of 8 rollouts per prompt; `method_budget` rep
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +27,8 @@ from prefix_rft.baselines import (
 )
 from prefix_rft.baselines.sft import build_sft_trainer
 from prefix_rft.eval.harness import evaluate
+from prefix_rft.recipes.settings import RunSettings
 from prefix_rft.tasks import BaseModelConfig, TaskConfig, is_correct, load_or_pretrain_base, make_rows, task_reward
-from prefix_rft.tasks.arithmetic import DEMO_STYLES
 from prefix_rft.tasks.model import MAX_POSITIONS
 from prefix_rft.trl.config import PrefixRFTConfig
 from prefix_rft.trl.cpu import cpu_trainer_kwargs
@@ -81,151 +79,6 @@ PAPER_MATH_AVG = {
     "prefix_rft_freeze_prefix": 45.4,
     "prefix_rft_select_all": 45.7,
 }
-
-
-@dataclass
-class RunSettings:
-    steps: int = 60
-    prompts_per_step: int = 16
-    num_generations: int = 8
-    # RL rollouts, below the evaluation budget on purpose: the longest train demo is 100 tokens with EOS (101 in the
-    # rewrite style), while a rollout that rambles on to the full budget stalls its whole batch (such steps took about
-    # half of a 120-step run; docs/tasks.md). Dr. GRPO divides the loss by this length, so it also scales the loss
-    # (AdamW cancels a constant scale; RL+SFT's balance does not).
-    max_completion_length: int = 128
-    learning_rate: float = 3e-5  # 1e-4 cost RFT and Prefix-RFT 7-10 test points (docs/tasks.md)
-    sft_learning_rate: float = 5e-4
-    eval_problems: int = 128
-    eval_k: int = 4
-    curve_every: int = 10
-    curve_problems: int = 64
-    relift_sft_batch: int = 16
-    cache_dir: str | None = None
-    rebuild_base: bool = False  # pretrain the base anew into the cache instead of using the shipped one
-    demo_style: str = "steps"  # TaskConfig.demo_style: the demonstrator of the training rows and the base's corpus
-    base_overrides: dict[str, Any] = field(default_factory=dict)  # BaseModelConfig fields, e.g. a tiny test base
-    extra: dict[str, Any] = field(default_factory=dict)  # PrefixRFTConfig overrides for every RL method
-
-
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """Command-line flags of `RunSettings` shared by `prefix-rft demo` and `prefix-rft compare`."""
-    d = RunSettings()
-    parser.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (default %(default)s)")
-    parser.add_argument("--prompts-per-step", type=int, default=d.prompts_per_step, help="questions per step (x 8)")
-    parser.add_argument("--eval-problems", type=int, default=d.eval_problems, help="problems per split at the end")
-    parser.add_argument("--eval-k", type=int, default=d.eval_k, help="samples per problem (avg@k, pass@k)")
-    parser.add_argument("--curve-every", type=int, default=d.curve_every, help="steps between accuracy points")
-    parser.add_argument("--curve-problems", type=int, default=d.curve_problems, help="problems per accuracy point")
-    parser.add_argument("--learning-rate", type=float, default=d.learning_rate, help="RL learning rate")
-    parser.add_argument(
-        "--max-completion-length",
-        type=int,
-        default=d.max_completion_length,
-        help="RL rollout length cap in tokens (default %(default)s; evaluation always allows the full budget)",
-    )
-    parser.add_argument("--sft-learning-rate", type=float, default=d.sft_learning_rate, help="SFT learning rate")
-    parser.add_argument(
-        "--demo-style", default=d.demo_style, type=demo_style, help="demonstrator: steps or rewrite (docs/tasks.md)"
-    )
-    parser.add_argument(
-        "--rl-set",
-        action="append",
-        default=[],
-        type=field_setting,
-        metavar="FIELD=VALUE",
-        help="override a PrefixRFTConfig field for every RL method, e.g. prefix_advantage=paper (repeatable)",
-    )
-    add_base_set_argument(parser)
-    parser.add_argument("--cache-dir", default=None, help="base-model cache (default $PREFIX_RFT_CACHE or ~/.cache)")
-    parser.add_argument(
-        "--rebuild-base", action="store_true", help="pretrain the base model anew (minutes) instead of the shipped one"
-    )
-    parser.add_argument("--base-size", default=None, help="base model size (default: the embedded task's)")
-    parser.add_argument("--base-steps", type=int, default=None, help="base pretraining steps (default: the task's)")
-
-
-def add_base_set_argument(parser: argparse.ArgumentParser) -> None:
-    """`--base-set FIELD=VALUE` (repeatable): a BaseModelConfig override; `base_overrides` checks and casts it."""
-    parser.add_argument(
-        "--base-set",
-        action="append",
-        default=[],
-        type=field_setting,
-        metavar="FIELD=VALUE",
-        help="override a BaseModelConfig field of the base model, e.g. corpus_max_terms=4 (repeatable; its own cache)",
-    )
-
-
-def demo_style(value: str) -> str:
-    """argparse type of `--demo-style`."""
-    if value not in DEMO_STYLES:
-        raise argparse.ArgumentTypeError(f"unknown demo style {value!r}; choose from {', '.join(DEMO_STYLES)}")
-    return value
-
-
-def field_setting(text: str) -> tuple[str, Any]:
-    """argparse type of `--rl-set` / `--base-set FIELD=VALUE`; VALUE is JSON when it parses (numbers, true, null),
-    else text."""
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
-    try:
-        return name, json.loads(value)
-    except json.JSONDecodeError:
-        return name, value
-
-
-def check_fields(flag: str, settings: list[tuple[str, Any]], config_cls: type) -> None:
-    """Exit naming the fields of `settings` that `config_cls` does not have."""
-    known = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = [name for name, _ in settings if name not in known]
-    if unknown:
-        raise SystemExit(f"{flag}: {config_cls.__name__} has no settable field(s) {unknown}")
-
-
-def base_overrides(pairs: list[tuple[str, Any]], **explicit: Any) -> dict[str, Any]:
-    """BaseModelConfig overrides from `--base-set` pairs, then `explicit` ones (None = not given), each cast to its
-    field's type (`8.0` -> 8, so equal values name the same cache) and dropped when equal to the default (so a run
-    that sets a default matches one that does not)."""
-    if any(name == "task" for name, _ in pairs):
-        raise SystemExit("--base-set: the base's task is set by --demo-style, not by --base-set task=...")
-    check_fields("--base-set", pairs, BaseModelConfig)
-    defaults = BaseModelConfig()
-    merged = {**dict(pairs), **{k: v for k, v in explicit.items() if v is not None}}
-    result = {}
-    for name, value in merged.items():
-        default = getattr(defaults, name)
-        kind = type(default)
-        if kind is int and isinstance(value, float) and value.is_integer():
-            value = int(value)
-        elif kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if type(value) is not kind:
-            raise SystemExit(f"--base-set: {name} must be a {kind.__name__} like {default!r}, got {value!r}")
-        if value != default:
-            result[name] = value
-    return result
-
-
-def settings_from_args(args: argparse.Namespace) -> RunSettings:
-    if args.rl_set:
-        check_fields("--rl-set", args.rl_set, PrefixRFTConfig)
-    return RunSettings(
-        steps=args.steps,
-        prompts_per_step=args.prompts_per_step,
-        learning_rate=args.learning_rate,
-        max_completion_length=args.max_completion_length,
-        sft_learning_rate=args.sft_learning_rate,
-        eval_problems=args.eval_problems,
-        eval_k=args.eval_k,
-        curve_every=args.curve_every,
-        curve_problems=args.curve_problems,
-        cache_dir=args.cache_dir,
-        rebuild_base=args.rebuild_base,
-        demo_style=args.demo_style,
-        extra=dict(args.rl_set),
-        base_overrides=base_overrides(args.base_set, model_size=args.base_size, steps=args.base_steps),
-    )
 
 
 def completion_budget() -> int:
@@ -390,14 +243,15 @@ def train_sft(model, tokenizer, settings, seed, output_dir, points, steps):
 
 
 def run_method(
-    method: str, settings: RunSettings, seed: int, output_dir: Path, save_to: Path | None = None
+    method: str, settings: RunSettings, seed: int, output_dir: Path, save_to: Path | None = None, base=None
 ) -> dict[str, Any]:
     """Train one method from the base model and evaluate it; returns curves and final metrics. With `save_to`, the
-    trained model and its tokenizer are saved there (`from_pretrained` loads them)."""
+    trained model and its tokenizer are saved there (`from_pretrained` loads them). `base`: (path, model, tokenizer)
+    of `load_base(settings)` when the caller has loaded it already; the model is trained in place."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     torch.manual_seed(seed)
-    base_path, model, tokenizer = load_base(settings)
+    base_path, model, tokenizer = base or load_base(settings)
     points: list[dict] = []
     measure_point(model, tokenizer, settings, seed, points, 0)
     history: list[dict] = []

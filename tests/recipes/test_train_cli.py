@@ -1,0 +1,43 @@
+"""`prefix-rft train` reports a bad config field or dataset by name, without a traceback, and exits 2."""
+
+import pytest
+
+from prefix_rft.recipes.train import main
+
+SMALL = """\
+model_name_or_path: embedded-random
+model_size: test
+dataset_name: embedded
+embedded_train_rows: 16
+output_dir: {out}
+use_cpu: true
+report_to: none
+save_strategy: "no"
+per_device_train_batch_size: 8
+num_generations: 8
+max_completion_length: 8
+"""
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("max_steps: 2.5", "max_steps must be int, got 2.5 (float)"),
+        ("num_hybrid: [1]", "num_hybrid must be int, got [1] (list)"),
+    ],
+)
+def test_yaml_value_of_the_wrong_type_names_the_field(tmp_path, capsys, line, message):
+    config = tmp_path / "run.yaml"
+    config.write_text(SMALL.format(out=tmp_path / "out") + line + "\n")
+    assert main(["--config", str(config)]) == 2
+    assert capsys.readouterr().err == f"prefix-rft train: {message}\n"
+
+
+def test_dataset_limit_zero_says_so(tmp_path, capsys):
+    # it used to reach validation with 0 rows and report "needs column(s) ['answer']"
+    config = tmp_path / "run.yaml"
+    config.write_text(SMALL.format(out=tmp_path / "out") + "max_steps: 1\ndataset_limit: 0\n")
+    assert main(["--config", str(config)]) == 2
+    assert capsys.readouterr().err == (
+        "prefix-rft train: dataset_limit=0 leaves no rows to train on; give a positive number or leave it unset\n"
+    )
