@@ -16,7 +16,9 @@ import statistics
 import time
 from pathlib import Path
 
-MATH500 = Path(__file__).resolve().parents[1] / "src/prefix_rft/data/benchmarks/math500/test.jsonl"
+from prefix_rft.eval.benchmarks import DATA_DIR
+
+MATH500 = Path(DATA_DIR) / "math500" / "test.jsonl"  # the copy that ships with prefix_rft.eval
 
 
 def load_pairs(limit: int | None) -> tuple[list[str], list[str]]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import prefix_rft
 
 DATA = Path(__file__).parent / "data"
-MATH500 = Path(prefix_rft.__file__).parent / "data" / "benchmarks" / "math500" / "test.jsonl"
+MATH500 = Path(prefix_rft.__file__).parent / "eval" / "data" / "math500" / "test.jsonl"
 GSM8K_SOLVERS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")
 
 # Rows of math_verify_test_cases.jsonl (0-based) where our verifier differs from the expected value. Each upstream

@@ -1,6 +1,6 @@
 """The seven math benchmarks shipped with the package, read into rows {"id", "problem", "answer"}.
 
-Each benchmark keeps its upstream file format (data/benchmarks/README.md); a small function per format maps a record
+Each benchmark keeps its upstream file format (eval/data/README.md); a small function per format maps a record
 to a row, so a user's copy of the same upstream file loads the same way. A benchmark may also come from any local
 JSONL/JSON/Parquet file or a Hugging Face hub dataset with `problem`/`question` and `answer` fields.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from prefix_rft.verify.extract import gold_text, last_boxed
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "benchmarks"
+DATA_DIR = Path(__file__).resolve().parent / "data"  # the test sets ship with the evaluation component
 Row = dict[str, object]
 
 
