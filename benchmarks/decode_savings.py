@@ -5,10 +5,10 @@ falls from 0.95 to 0.05 over the run), then the same run with `num_hybrid=0` (sa
 step and every row it records what the generator decoded (up to and including EOS, before the completion budget
 cuts it), the demo prefix the row was given for free, and the tokens that survive into the completion.
 
-The model is the embedded task's base model when it is cached (`load_or_pretrain_base`), else a random tiny model;
-`--model base` pretrains it on a cache miss (minutes), `--model random` never looks for it.
+The model is the embedded task's default base model (`--model base`, the default) or the random tiny model of
+`step_time.py` (`--model random`).
 
-    python benchmarks/decode_savings.py --steps 12 --out docs/benchmarks/decode_savings.json
+    python benchmarks/decode_savings.py --steps 12 --out runs/benchmarks/decode_savings.json
 
 HF `generate` pads a batch to its longest row: every row occupies a decoding slot until the last row of the batch
 has finished, so fewer tokens for hybrid rows only turn into wall time with vLLM or continuous batching. The token
@@ -21,26 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from step_time import build, common_kwargs  # noqa: E402  (benchmarks/ is not a package)
-
-
-def cached_base_path(model: str) -> str | None:
-    """The base model directory to use, or None for a random model."""
-    if model == "random":
-        return None
-    from prefix_rft.tasks import BaseModelConfig, load_or_pretrain_base
-    from prefix_rft.tasks.pretrain import base_model_dir
-
-    if model == "auto" and not base_model_dir(BaseModelConfig()).is_dir():
-        return None
-    return load_or_pretrain_base()
+from common import base_model_path, build, common_kwargs, load_model, write_report
 
 
 class DecodeRecorder:
@@ -160,15 +144,12 @@ def summarize_step(step: dict) -> dict:
 
 
 def run(num_hybrid: int, args, base_path: str | None) -> list[dict]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from prefix_rft import PrefixRFTConfig, PrefixRFTTrainer
     from prefix_rft.tasks import task_reward
 
     model, tokenizer, dataset = build(args)
     if base_path is not None:
-        model = AutoModelForCausalLM.from_pretrained(base_path)
-        tokenizer = AutoTokenizer.from_pretrained(base_path)
+        model, tokenizer = load_model(base_path)
     kwargs = common_kwargs(args) | {
         "output_dir": "/tmp/bench_decode_savings",
         "learning_rate": args.learning_rate,
@@ -220,17 +201,12 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--max-completion", type=int, default=192, help="completion budget (the demo's rollouts: 128)")
     p.add_argument("--learning-rate", type=float, default=1e-4, help="learning rate (the demo's: 3e-5)")
-    p.add_argument(
-        "--model",
-        choices=("auto", "base", "random"),
-        default="auto",
-        help="auto: the cached base model if there is one, else random; base: pretrain it on a cache miss",
-    )
+    p.add_argument("--model", choices=("base", "random"), default="base", help="the default base or a random model")
     p.add_argument("--model-size", default="1m", help="size of the random model (the base model has its own)")
-    p.add_argument("--out", default="docs/benchmarks/decode_savings.json")
+    p.add_argument("--out", default="runs/benchmarks/decode_savings.json")
     args = p.parse_args()
 
-    base_path = cached_base_path(args.model)
+    base_path = base_model_path(args.model)
     print(f"model: {base_path or 'random ' + args.model_size}", flush=True)
     t0 = time.perf_counter()
     hybrid = run(1, args, base_path)
@@ -263,8 +239,7 @@ def main() -> None:
         "with_hybrid": hybrid,
         "without_hybrid": plain,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1))
+    write_report(args.out, report)
     print(f"wrote {args.out}")
 
 

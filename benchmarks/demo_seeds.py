@@ -8,15 +8,23 @@ Run: python benchmarks/demo_seeds.py [--seeds 3] [--out runs/demo_seeds/summary.
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from common import write_report
+
 from prefix_rft.recipes.compare import stats
-from prefix_rft.recipes.demo import add_demo_arguments, run
-from prefix_rft.recipes.toy import settings_from_args
+from prefix_rft.recipes.demo import run
+from prefix_rft.recipes.settings import parse_settings
+
+
+@dataclass
+class SeedArguments:
+    seeds: int = field(default=3, metadata={"help": "seeds 0..N-1"})
+    output_dir: str = field(default="runs/demo_seeds", metadata={"help": "one demo output dir per seed goes here"})
+    out: str = field(default="runs/demo_seeds/summary.json", metadata={"help": "where the summary JSON goes"})
 
 
 def mean_sd(values: list[float]) -> dict[str, float]:
@@ -26,13 +34,7 @@ def mean_sd(values: list[float]) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
-    parser.add_argument("--output-dir", default="runs/demo_seeds", help="one demo output dir per seed goes here")
-    parser.add_argument("--out", default="runs/demo_seeds/summary.json", help="where the summary JSON goes")
-    add_demo_arguments(parser)
-    args = parser.parse_args()
-    settings = settings_from_args(args)
+    settings, args = parse_settings(None, SeedArguments, prog="benchmarks/demo_seeds.py")
     k = settings.eval_k
 
     per_seed = []
@@ -53,11 +55,8 @@ def main() -> None:
         gains = [r[f"{split}_trained"] - r[f"{split}_base"] for r in per_seed]  # paired: same problems per seed
         summary[f"{split}_gain"] = mean_sd(gains)
         summary[f"{split}_trained_beats_base_seeds"] = sum(g > 0 for g in gains)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     result = {"metric": f"avg@{k} (%)", "settings": vars(settings), "per_seed": per_seed, "summary": summary}
-    result["commit"] = commit
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_report(args.out, result)
 
     print(f"\n| split | base avg@{k} | Prefix-RFT avg@{k} | gain, paired by seed | seeds where trained > base |")
     print("|---|---|---|---|---|")

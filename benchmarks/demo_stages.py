@@ -1,6 +1,6 @@
 """Wall time of `prefix-rft demo` by stage, from the `results.json` it writes.
 
-    python benchmarks/demo_stages.py [runs/demo/results.json] [--json docs/benchmarks/demo_stages.json]
+    python benchmarks/demo_stages.py [runs/demo/results.json] [--json runs/benchmarks/demo_stages.json]
 
 Besides the demo's own stages (`timings_s`), the training stage is split with the trainer's log: TRL's per-step
 `step_time` (generation, rewards, loss forward and backward of each step, summed) and the rest (optimizer steps,
@@ -13,6 +13,8 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+
+from common import write_report
 
 TRAIN_STAGE = "Prefix-RFT training + final evaluation"
 
@@ -49,9 +51,7 @@ def main() -> None:
         print(f"{'  median step_time':<45} {s['median_step_s']:9.2f}")
     print(f"{'total':<45} {total:9.1f}")
     if args.json:
-        settings = report.get("settings", {})
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"results": args.results, "settings": settings, **s}, indent=1))
+        write_report(args.json, {"results": args.results, "settings": report.get("settings", {}), **s})
 
 
 if __name__ == "__main__":

@@ -6,35 +6,25 @@ a wrong starting value, a skipped, repeated or wrong term, a step past the chain
 stop, or a complete chain of steps (whose answer line is not judged). Writes a JSON and a stacked-bar PNG.
 
 Run: python benchmarks/error_types.py --models base runs/demo/model [--problems 256 --k 4 --seed 0]
-     [--out docs/benchmarks/error_types.json]   ("base" is the default cached base model)
+     [--out runs/error_types.json]   ("base" is the default base model)
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import json
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from common import load_model, write_report  # noqa: E402
 
-from prefix_rft.recipes.toy import RunSettings, eval_rows, evaluate_split, load_base  # noqa: E402
+from prefix_rft.recipes.toy import eval_rows, evaluate_split  # noqa: E402
 from prefix_rft.tasks.arithmetic import STEP_OUTCOMES, first_error, problem_of_prompt  # noqa: E402
 
 SPLITS = ("test", "ood")
-
-
-def load(name: str):
-    """The default base for "base", else a saved model directory (such as `runs/demo/model`)."""
-    if name == "base":
-        _, model, tokenizer = load_base(RunSettings())
-        return model, tokenizer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    return AutoModelForCausalLM.from_pretrained(name), AutoTokenizer.from_pretrained(name)
 
 
 def outcomes(model, tokenizer, split: str, problems: int, k: int, seed: int) -> dict:
@@ -80,18 +70,17 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=256, help="problems per split")
     parser.add_argument("--k", type=int, default=4, help="samples per problem")
     parser.add_argument("--seed", type=int, default=0, help="the demo seed whose evaluation problems to use")
-    parser.add_argument("--out", default="docs/benchmarks/error_types.json", help="JSON; the PNG goes beside it")
+    parser.add_argument("--out", default="runs/error_types.json", help="JSON; the PNG goes beside it")
     args = parser.parse_args()
 
     results = {}
     for name in args.models:
-        model, tokenizer = load(name)
+        model, tokenizer = load_model(name)
         results[name] = {
             split: outcomes(model.eval(), tokenizer, split, args.problems, args.k, args.seed) for split in SPLITS
         }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": vars(args), "results": results}, indent=2) + "\n")
+    write_report(out, {"settings": vars(args), "results": results})
     plot(results, out.with_suffix(".png"))
 
     print("| model | split | correct | " + " | ".join(STEP_OUTCOMES) + " | mistakes at step 1 |")

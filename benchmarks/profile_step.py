@@ -4,7 +4,7 @@ Runs `benchmarks/step_time.py --child --variant V` under `py-spy record` (`pip i
 reports, for a fixed list of functions, the share of the process's samples spent inside them (inclusive), so that
 variants can be compared stage by stage. The raw collapsed stacks (megabytes) go to `--stacks-dir`, for flame graphs.
 
-    python benchmarks/profile_step.py --variants stock_dr_grpo prefix_rft --out docs/benchmarks/profile_step.json
+    python benchmarks/profile_step.py --variants stock_dr_grpo prefix_rft --out runs/benchmarks/profile_step.json
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
+
+from common import write_report
 
 STEP_TIME = Path(__file__).resolve().parent / "step_time.py"
 # label -> regex on a py-spy frame "Class.function (file:line)"; a sample counts once per label however deep the match.
@@ -112,7 +114,7 @@ def main() -> None:
     p.add_argument("--max-completion", type=int, default=64)
     p.add_argument("--model-size", default="1m")
     p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
-    p.add_argument("--out", default="docs/benchmarks/profile_step.json")
+    p.add_argument("--out", default="runs/benchmarks/profile_step.json")
     p.add_argument("--stacks-dir", default=str(Path(tempfile.gettempdir()) / "prefix_rft_profile"))
     args = p.parse_args()
     py_spy()
@@ -130,7 +132,7 @@ def main() -> None:
         print(f"{label:<58}" + "".join(f"{c:>22.1%}" for c in cells))
     seconds = [report["variants"][v]["step_time_result"]["steps"] for v in args.variants]
     print(f"{'train loop seconds (all steps)':<58}" + "".join(f"{sum(s['total'] for s in x):>22.2f}" for x in seconds))
-    out.write_text(json.dumps(report, indent=1))
+    write_report(out, report)
     print(f"wrote {out}")
 
 

@@ -2,12 +2,12 @@
 
 Both runs train the same model on the same prompts with 16 prompts x 8 rollouts per optimizer step: the 2-process run
 gives each rank 64 rows. The 2-process run is `torchrun --standalone --nproc_per_node 2` with `use_cpu=True`,
-`ACCELERATE_USE_CPU=true` and `OMP_NUM_THREADS=1` (docs: cpu_feasibility.md §3); each worker asserts its world size
-and destroys the process group at exit. Reported: throughput (rows/s, median step time, first step dropped), and what
+`ACCELERATE_USE_CPU=true` and `OMP_NUM_THREADS=1`; each worker asserts its world size and destroys the process group
+at exit. Reported: throughput (rows/s, median step time, first step dropped), and what
 is equal between the two runs (the prompts of every step, hybrid rows, prefix ratios and lengths) and what is not (the
 rollouts, hence rewards and parameters, because the ranks draw from their own sampling RNG streams).
 
-    python benchmarks/scaling.py --steps 6 --out docs/benchmarks/scaling.json
+    python benchmarks/scaling.py --steps 6 --out runs/benchmarks/scaling.json
 """
 
 from __future__ import annotations
@@ -22,25 +22,21 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from decode_savings import cached_base_path  # noqa: E402  (benchmarks/ is not a package)
-from step_time import build, common_kwargs  # noqa: E402
+from common import base_model_path, build, common_kwargs, load_model, write_report
 
 
 def worker(args) -> None:
     """One training run (one rank of it under torchrun); rank 0 writes the results to `args.result`."""
     import torch
     from accelerate.utils import DistributedType, gather_object
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import TrainerCallback
 
     from prefix_rft import PrefixRFTConfig, PrefixRFTTrainer
     from prefix_rft.tasks import task_reward
 
     model, tokenizer, dataset = build(args)
     if args.base_path:
-        model = AutoModelForCausalLM.from_pretrained(args.base_path)
-        tokenizer = AutoTokenizer.from_pretrained(args.base_path)
+        model, tokenizer = load_model(args.base_path)
     global_rows = 8 * args.prompts
     kwargs = common_kwargs(args) | {
         "output_dir": tempfile.mkdtemp(prefix="bench_scaling_"),
@@ -191,7 +187,7 @@ def summarize(run: dict, rows: int) -> dict:
 def parent(args) -> None:
     import torch
 
-    args.base_path = cached_base_path(args.model)
+    args.base_path = base_model_path(args.model)
     print(f"model: {args.base_path or 'random ' + args.model_size}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="bench_scaling_"))
     runs: dict[int, list[dict]] = {1: [], 2: []}
@@ -230,8 +226,7 @@ def parent(args) -> None:
     print("step  reward(1 proc)  reward(2 procs)")
     for s, (a, b) in enumerate(zip(one["reward"], two["reward"], strict=False)):
         print(f"{s:>4}  {a:14.3f}  {b:15.3f}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=1))
+    write_report(args.out, report)
     print(f"wrote {args.out}")
 
 
@@ -242,9 +237,9 @@ def main() -> None:
     p.add_argument("--max-completion", type=int, default=192)
     p.add_argument("--learning-rate", type=float, default=1e-4)
     p.add_argument("--repeats", type=int, default=1, help="runs per setting; 2 also checks that reruns are identical")
-    p.add_argument("--model", choices=("auto", "base", "random"), default="auto")
+    p.add_argument("--model", choices=("base", "random"), default="base", help="the default base or a random model")
     p.add_argument("--model-size", default="1m")
-    p.add_argument("--out", default="docs/benchmarks/scaling.json")
+    p.add_argument("--out", default="runs/benchmarks/scaling.json")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--world", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)

@@ -5,12 +5,16 @@ rollouts) for a few steps, each in its own fresh process so that peak RSS is its
 repeat, the first step of every run is a warm-up and is dropped, and the median over repeats is reported.
 
     python benchmarks/step_time.py --repeats 5 --out docs/benchmarks/step_time.json
+    git worktree add /tmp/base 181b0b5 && python benchmarks/step_time.py --baseline-src /tmp/base/src \
+        --variants stock_dr_grpo,prefix_rft,prefix_rft@baseline,prefix_rft_no_hybrid \
+        --out docs/benchmarks/step_time_vs_181b0b5.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -100,7 +104,7 @@ def run_trainer(variant: str, args) -> dict:
 
     model, tokenizer, dataset = build(args)
     kwargs = common_kwargs(args)
-    engines = install_vllm_double(model, kwargs) if variant.endswith("_vllm_double") else []
+    engines = install_vllm_double(model, tokenizer, kwargs) if variant.endswith("_vllm_double") else []
     if variant.startswith("prefix_rft_accum2"):
         kwargs.update(per_device_train_batch_size=4 * args.prompts, gradient_accumulation_steps=2)
         kwargs["prefix_entropy_scope"] = "optimizer_step" if variant.endswith("step_scope") else "global_micro_batch"
@@ -153,7 +157,7 @@ def run_trainer(variant: str, args) -> dict:
     return result
 
 
-def install_vllm_double(model, kwargs: dict) -> list:
+def install_vllm_double(model, tokenizer, kwargs: dict) -> list:
     """Colocate vLLM on the test double: the model is saved where TRL's engine loads it from."""
     import pytest
 
@@ -162,6 +166,7 @@ def install_vllm_double(model, kwargs: dict) -> list:
 
     path = Path(kwargs["output_dir"]) / "model"
     model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
     model.name_or_path = str(path)
     kwargs.update(use_vllm=True, vllm_mode="colocate")
     return install_colocate_double(pytest.MonkeyPatch())
@@ -239,13 +244,51 @@ def median_breakdown(runs: list[dict]) -> dict:
     return {k: statistics.median(p[k] for p in per_run) for k in keys}
 
 
+RATIOS = {  # name: (numerator variant, denominator variant, quantity)
+    "prefix_rft / stock step time": ("prefix_rft", "stock_dr_grpo", "total"),
+    "prefix_rft(no hybrid) / stock step time": ("prefix_rft_no_hybrid", "stock_dr_grpo", "total"),
+    "prefix_rft / floor step time": ("prefix_rft", "floor", "total"),
+    "stock / floor step time": ("stock_dr_grpo", "floor", "total"),
+    "prefix_rft / stock peak RSS": ("prefix_rft", "stock_dr_grpo", "peak_rss_mb"),
+    "prefix_rft / prefix_rft at the baseline commit step time": ("prefix_rft", "prefix_rft@baseline", "total"),
+    "vLLM double: prefix_rft / stock step time": ("prefix_rft_vllm_double", "stock_dr_grpo_vllm_double", "total"),
+    "vLLM double: prefix_rft / stock decoded tokens": (
+        "prefix_rft_vllm_double",
+        "stock_dr_grpo_vllm_double",
+        "decoded_tokens_per_step",
+    ),
+    "accumulation 2: step scope / micro-batch scope step time": (
+        "prefix_rft_accum2_step_scope",
+        "prefix_rft_accum2_micro_scope",
+        "total",
+    ),
+}
+
+
+def ratios_of(summary: dict, runs: dict) -> dict[str, float]:
+    """The ratios whose two variants ran."""
+
+    def value(variant: str, quantity: str) -> float:
+        if quantity == "total":
+            return summary[variant]["step_s"]["total"]
+        if quantity == "peak_rss_mb":
+            return summary[variant]["peak_rss_mb"]
+        return statistics.median(r[quantity] for r in runs[variant])
+
+    return {name: value(a, q) / value(b, q) for name, (a, b, q) in RATIOS.items() if a in summary and b in summary}
+
+
 def parent(args) -> None:
     runs = defaultdict(list)
     for repeat in range(args.repeats):
-        order = VARIANTS[repeat % len(VARIANTS) :] + VARIANTS[: repeat % len(VARIANTS)]  # alternate who goes first
+        variants = args.variants
+        order = variants[repeat % len(variants) :] + variants[: repeat % len(variants)]  # alternate who goes first
         for variant in order:
-            cmd = [sys.executable, __file__, "--child", "--variant", variant, *args.passthrough]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            cmd = [sys.executable, __file__, "--child", "--variant", variant.split("@")[0], *args.passthrough]
+            env = dict(os.environ)
+            if variant.endswith("@baseline"):  # the same variant on the code of --baseline-src
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.baseline_src, env.get("PYTHONPATH")]))
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
             runs[variant].append(json.loads(out.split("RESULT ", 1)[1]))
             print(f"repeat {repeat}: {variant} done", flush=True)
     summary = {}
@@ -255,20 +298,7 @@ def parent(args) -> None:
             "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in rs),
             "forward_calls_per_step": {k: v / args.steps for k, v in rs[0]["forward_calls"].items()},
         }
-    total = {variant: summary[variant]["step_s"]["total"] for variant in summary}
-    ratios = {
-        "prefix_rft / stock step time": total["prefix_rft"] / total["stock_dr_grpo"],
-        "prefix_rft(no hybrid) / stock step time": total["prefix_rft_no_hybrid"] / total["stock_dr_grpo"],
-        "prefix_rft / floor step time": total["prefix_rft"] / total["floor"],
-        "stock / floor step time": total["stock_dr_grpo"] / total["floor"],
-        "prefix_rft / stock peak RSS": summary["prefix_rft"]["peak_rss_mb"] / summary["stock_dr_grpo"]["peak_rss_mb"],
-        "vLLM double: prefix_rft / stock step time": total["prefix_rft_vllm_double"]
-        / total["stock_dr_grpo_vllm_double"],
-        "vLLM double: prefix_rft / stock decoded tokens": runs["prefix_rft_vllm_double"][0]["decoded_tokens_per_step"]
-        / runs["stock_dr_grpo_vllm_double"][0]["decoded_tokens_per_step"],
-        "accumulation 2: step scope / micro-batch scope step time": total["prefix_rft_accum2_step_scope"]
-        / total["prefix_rft_accum2_micro_scope"],
-    }
+    ratios = ratios_of(summary, runs)
     report = {"settings": vars(args), "summary": summary, "ratios": ratios, "runs": runs}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
@@ -283,12 +313,21 @@ def main() -> None:
     p.add_argument("--max-completion", type=int, default=64)
     p.add_argument("--model-size", default="1m")
     p.add_argument("--out", default="docs/benchmarks/step_time.json")
+    p.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="comma-separated; VARIANT@baseline runs VARIANT on --baseline-src",
+    )
+    p.add_argument(
+        "--baseline-src", default=None, help="src/ of another checkout, e.g. a worktree of the last release"
+    )
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--variant", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         child(args)
         return
+    args.variants = args.variants.split(",")
     args.passthrough = [
         f"--steps={args.steps}",
         f"--prompts={args.prompts}",

@@ -5,24 +5,23 @@ against their gold answers; the timed pass starts once every worker has started.
 parsed for the first time in its worker); `warm` grades the same pairs again on the same verifier (golds cached per
 worker, as for the 8 rollouts of a group in training). Median of `--repeats` fresh verifiers.
 
-    python benchmarks/verifier_throughput.py --workers 1 2 --repeats 3 --out docs/benchmarks/verifier_throughput.json
+    python benchmarks/verifier_throughput.py --workers 1 2 --repeats 3 --out runs/benchmarks/verifier_throughput.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
-from prefix_rft.eval.benchmarks import DATA_DIR
+from common import write_report
 
-MATH500 = Path(DATA_DIR) / "math500" / "test.jsonl"  # the copy that ships with prefix_rft.eval
+from prefix_rft.eval.benchmarks import BENCHMARKS, DATA_DIR, read_records
 
 
 def load_pairs(limit: int | None) -> tuple[list[str], list[str]]:
-    rows = [json.loads(line) for line in MATH500.read_text().splitlines() if line.strip()]
+    """MATH-500's reference solutions and gold answers, from the copy that ships with prefix_rft.eval."""
+    rows = read_records(DATA_DIR / BENCHMARKS["math500"][0])
     rows = rows[:limit] if limit else rows
     return [r["solution"] for r in rows], [r["answer"] for r in rows]
 
@@ -50,7 +49,7 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", default=["math_verify", "oat"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--limit", type=int, default=None, help="grade only the first N problems")
-    p.add_argument("--out", default="docs/benchmarks/verifier_throughput.json")
+    p.add_argument("--out", default="runs/benchmarks/verifier_throughput.json")
     args = p.parse_args()
     predictions, golds = load_pairs(args.limit)
     results = []
@@ -74,8 +73,7 @@ def main() -> None:
                 f"{row['warm_calls_per_s']:13.1f} {row['correct']:>5}/{len(predictions)}",
                 flush=True,
             )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"settings": vars(args), "results": results}, indent=1))
+    write_report(args.out, {"settings": vars(args), "results": results})
     print(f"wrote {args.out}")
 
 

@@ -3,25 +3,36 @@
 The control shuffles the rewards inside each group of rollouts of one question (a fresh permutation per group and
 step), so every group keeps its rewards, its mean and its advantages, but which completion earned them is random. What
 the control does to the model is the noise part of an update of that size; what the true reward does beyond it is
-the signal. Both arms share the seed, the prompts and the evaluation problems (docs/tasks.md).
+the signal. Both arms share the seed, the prompts and the evaluation problems. Its run on the first default base is in
+docs/LOG.md (2026-11-22 12:17).
 
-Run: python benchmarks/rl_noise.py [--learning-rates 1e-5,3e-5,1e-4] [--out docs/benchmarks/rl_noise.json]
+Run: python benchmarks/tasks/rl_noise.py [--learning-rates 1e-5,3e-5,1e-4] [--out runs/rl_noise.json] [run flags of
+     prefix-rft demo, e.g. --steps 60 --base-set FIELD=VALUE]
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import random
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from prefix_rft.recipes.toy import add_run_arguments, evaluate_splits, load_base, settings_from_args, train_rl
+from prefix_rft.recipes.settings import parse_settings
+from prefix_rft.recipes.toy import evaluate_splits, load_base, train_rl
 from prefix_rft.tasks import task_reward
+
+
+@dataclass
+class NoiseArguments:
+    learning_rates: str = field(default="1e-5,3e-5,1e-4", metadata={"help": "comma-separated RL learning rates"})
+    seed: int = field(default=0, metadata={"help": "seed of the prompts, sampling and evaluation problems"})
+    output_dir: str = field(default="runs/rl_noise", metadata={"help": "trainer output dirs go here"})
+    out: str = field(default="runs/rl_noise.json", metadata={"help": "where the summary JSON goes"})
 
 
 def shuffled_reward(seed: int, group_size: int):
@@ -47,14 +58,7 @@ def shuffled_reward(seed: int, group_size: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--learning-rates", default="1e-5,3e-5,1e-4", help="comma-separated RL learning rates")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the prompts, sampling and evaluation problems")
-    parser.add_argument("--output-dir", default="runs/rl_noise", help="trainer output dirs go here")
-    parser.add_argument("--out", default="docs/benchmarks/rl_noise.json", help="where the summary JSON goes")
-    add_run_arguments(parser)
-    args = parser.parse_args()
-    settings = settings_from_args(args)
+    settings, args = parse_settings(None, NoiseArguments, prog="benchmarks/tasks/rl_noise.py")
     seed = args.seed
 
     _, base, tokenizer = load_base(settings)

@@ -1,11 +1,13 @@
-"""Measure how hard the embedded task is for the cached base model (docs/tasks.md quotes its output).
+"""Measure how hard the embedded task is for a base model (docs/tasks.md quotes its output for the default base).
 
 For each split it samples `--k` completions per problem at temperature 1.0 and reports pass@1 (mean reward),
 the share of problems with pass@k = 0, how often the model ends with `<eos>` within the budget, how often it writes
 a demo-style solution by itself, and pass@1 per number of terms. It also continues demo prefixes (the hybrid
-rollouts of Prefix-RFT) to show how much of a demo the base model needs before it can finish the solution.
+rollouts of Prefix-RFT) to show how much of a demo the base model needs before it can finish the solution. Sampling
+is plain (no top-k, no top-p), unlike the demo's evaluation (T 0.6, top-p 0.95).
 
-Run: python benchmarks/tasks_difficulty.py [--problems 256] [--k 8] [--out runs/tasks_difficulty.json]
+Run: python benchmarks/tasks/tasks_difficulty.py [--problems 256] [--k 8] [--base-set FIELD=VALUE ...]
+     [--demo-style rewrite] [--out runs/tasks_difficulty.json]
 """
 
 from __future__ import annotations
@@ -19,16 +21,73 @@ import subprocess
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from prefix_rft.recipes.toy import add_base_set_argument, base_overrides, demo_style
+from prefix_rft.recipes.settings import base_overrides, field_setting
 from prefix_rft.tasks import BaseModelConfig, TaskConfig, is_correct, load_or_pretrain_base, make_rows
-from prefix_rft.tasks.arithmetic import problem_of_prompt
-from prefix_rft.tasks.sampling import sample_completions
+from prefix_rft.tasks.arithmetic import DEMO_STYLES, problem_of_prompt
 
 PREFIX_RATIOS = (0.25, 0.5, 0.75)
+
+
+class Completion(NamedTuple):
+    text: str
+    """decoded completion, special tokens removed"""
+    finished: bool
+    """True if the model emitted `<eos>` within the budget"""
+    length: int
+    """generated tokens, `<eos>` included"""
+
+
+def render_prompt(tokenizer: PreTrainedTokenizerBase, chat: list[dict]) -> str:
+    """A chat as generation-prompt text; a final assistant message is continued (a demo prefix), not closed."""
+    if chat[-1]["role"] == "assistant":
+        return tokenizer.apply_chat_template(chat, continue_final_message=True, tokenize=False)
+    return tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+
+
+@torch.no_grad()
+def sample_completions(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[dict]],
+    n: int,
+    max_new_tokens: int = 160,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> list[list[Completion]]:
+    """`n` completions for each chat prompt, sampled at temperature 1.0 (no top-k, no top-p) from torch's global
+    generator. A prompt ending with an assistant message is continued, and its completion excludes that message."""
+    flat = [prompt for prompt in prompts for _ in range(n)]
+    out: list[Completion] = []
+    for start in tqdm(range(0, len(flat), batch_size), desc="sampling", disable=not progress):
+        out += _sample_batch(model, tokenizer, flat[start : start + batch_size], max_new_tokens)
+    return [out[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+
+def _sample_batch(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int) -> list[Completion]:
+    texts = [render_prompt(tokenizer, p) for p in prompts]
+    inputs = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    generated = model.generate(
+        **inputs,
+        max_new_tokens=max_new_tokens,
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    completions = []
+    for row in generated[:, inputs["input_ids"].shape[1] :].tolist():
+        finished = tokenizer.eos_token_id in row
+        ids = row[: row.index(tokenizer.eos_token_id) + 1] if finished else row
+        completions.append(Completion(tokenizer.decode(ids, skip_special_tokens=True), finished, len(ids)))
+    return completions
 
 
 def cpu_threads() -> int:
@@ -95,11 +154,17 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None, help="cache root of the base model")
     parser.add_argument("--out", default="runs/tasks_difficulty.json", help="where to write the JSON report")
     parser.add_argument(
-        "--demo-style", default="steps", type=demo_style, help="the demonstrator of the base's corpus and the prefixes"
+        "--demo-style", default="steps", choices=DEMO_STYLES, help="the demonstrator of the base's corpus and prefixes"
     )
-    add_base_set_argument(parser)
+    parser.add_argument(
+        "--base-set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a BaseModelConfig field of the base, e.g. corpus_max_terms=4 (repeatable; its own cache)",
+    )
     args = parser.parse_args()
-    overrides = base_overrides(args.base_set)
+    overrides = base_overrides([field_setting(text) for text in args.base_set])
 
     start = time.perf_counter()
     task = TaskConfig(demo_style=args.demo_style)
