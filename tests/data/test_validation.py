@@ -3,6 +3,7 @@
 import pytest
 
 from prefix_rft.data import validate_rows
+from prefix_rft.data.validation import PromptBudgets
 
 
 def good_row(i=0, **changes):
@@ -64,7 +65,8 @@ def test_empty_demo():
 def test_prompt_plus_min_prefix_over_budget():
     # prompt of 12 tokens + min prefix 5 = 17 > 16
     with pytest.raises(ValueError, match=r"row 0: field 'prompt' needs 17 tokens .* max_prompt_length=16"):
-        validate_rows([good_row(0)], prompt_length=lambda p: 12, max_prompt_length=16, min_prefix_len=5)
+        budgets = PromptBudgets(lambda p: 12, limit=100, limit_source="", max_prompt_length=16, min_prefix_len=5)
+        validate_rows([good_row(0)], prompt_budgets=budgets)
 
 
 def test_demo_over_completion_budget_is_an_error_by_default():
@@ -101,3 +103,89 @@ def test_single_demo_column_is_checked_too():
     row["demo"] = 7
     with pytest.raises(ValueError, match=r"row 0: field 'demo' item 0 must be a non-empty string"):
         validate_rows([row])
+
+
+# ---- message structure: an unknown role or non-text content would crash the chat template (Jinja) mid-run
+
+
+def test_chat_message_with_unknown_role():
+    prompt = [{"role": "user", "content": "2+2="}, {"role": "robot", "content": "beep"}]
+    with pytest.raises(
+        ValueError,
+        match=r"^row 1: field 'prompt' message 1 has role 'robot'; expected one of "
+        r"system, user, assistant, tool$",
+    ):
+        validate_rows([good_row(0), good_row(1, prompt=prompt)])
+
+
+def test_chat_message_with_content_none():
+    with pytest.raises(ValueError, match=r"^row 0: field 'prompt' message 0 has content None; expected text$"):
+        validate_rows([good_row(0, prompt=[{"role": "user", "content": None}])])
+
+
+# ---- prompt length: with max_prompt_length=None a 1 MB prompt used to reach the first step
+
+
+def test_prompt_longer_than_the_context_names_row_and_length():
+    # one token per character: 1,000,004 characters -> 1,000,004 tokens > 232 = 256 positions - 24 completion tokens
+    budgets = PromptBudgets(len, limit=232, limit_source="the model's context of 256 positions less 24")
+    rows = [good_row(0, prompt="2+2="), good_row(1, prompt="x" * 1_000_000 + "2+2=")]
+    with pytest.raises(
+        ValueError,
+        match=r"^row 1: field 'prompt' has 1000004 tokens, more than 232 \(the model's "
+        r"context of 256 positions less 24\); shorten the prompt or drop the row$",
+    ):
+        validate_rows(rows, prompt_budgets=budgets)
+
+
+def test_prompt_that_the_chat_template_cannot_render_names_the_row():
+    def failing_template(prompt):
+        raise RuntimeError("template error")
+
+    budgets = PromptBudgets(failing_template, limit=100, limit_source="")
+    with pytest.raises(
+        ValueError,
+        match=r"^row 0: field 'prompt' cannot be rendered by the chat template: "
+        r"template error$",
+    ):
+        validate_rows([good_row(0)], prompt_budgets=budgets)
+
+
+# ---- answer types: a reward function's `list[T]` annotation declares what it can grade
+
+
+def grades_text(completions, answer: list[str], **kwargs):
+    return [0.0] * len(completions)
+
+
+def grades_text_or_numbers(completions, answer: list[str | int | float], **kwargs):
+    return [0.0] * len(completions)
+
+
+def test_answer_type_the_reward_function_cannot_grade_is_refused():
+    with pytest.raises(
+        ValueError,
+        match=r"^row 1: field 'answer' is of type list, but reward function "
+        r"'grades_text' grades str$",
+    ):
+        validate_rows([good_row(0), good_row(1, answer=["4"])], reward_funcs=[grades_text])
+
+
+def test_dict_answer_is_refused_for_a_reward_grading_text_or_numbers():
+    with pytest.raises(
+        ValueError,
+        match=r"^row 0: field 'answer' is of type dict, but reward function "
+        r"'grades_text_or_numbers' grades str or int or float$",
+    ):
+        validate_rows([good_row(0, answer={"value": 4})], reward_funcs=[grades_text_or_numbers])
+
+
+def test_declared_answer_types_pass():
+    rows = [good_row(0, answer="4"), good_row(1, answer=4), good_row(2, answer=4.5)]
+    assert validate_rows(rows, reward_funcs=[grades_text_or_numbers]).rows == 3
+
+
+def test_dataset_without_rows():
+    # a limit of 0 or an empty file used to end in "needs column(s) ['answer']", which names the wrong problem
+    with pytest.raises(ValueError, match=r"^the training dataset has no rows$"):
+        validate_rows([], reward_funcs=[reward_needing_answer])

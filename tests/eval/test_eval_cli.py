@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from prefix_rft.eval.cli import main
 
 SEVEN = ["aime24", "aime25", "amc", "math500", "minerva", "olympiadbench", "gsm8k"]
@@ -53,3 +55,43 @@ def test_eval_greedy_on_a_local_file_with_a_system_template(tiny_model_dir, tmp_
     assert report["benchmarks"]["mine"]["problems"] == 3 and "avg@1" in report["benchmarks"]["mine"]
     first = json.loads((out / "mine.samples.jsonl").read_text().splitlines()[0])
     assert first["prompt"].startswith("<|im_start|>system\nPlease reason step by step")
+
+
+def three_problems(tmp_path):
+    data = tmp_path / "three.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{n}+{n}?", "answer": 2 * n}) + "\n" for n in range(3)))
+    return data
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--limit", "-1"), ("--limit", "0"), ("--k", "0"), ("--k", "-1"), ("--batch-size", "0")]
+)
+def test_counts_below_one_are_refused_by_name(tiny_model_dir, tmp_path, capsys, flag, value):
+    # --limit -1 used to slice [:-1] and evaluate 2 of 3 problems; --k 0 and --batch-size 0 crashed in range()/zip()
+    argv = ["--model", str(tiny_model_dir), "--benchmarks", f"three={three_problems(tmp_path)}", flag, value]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--max-new-tokens", "2", "--output-dir", str(tmp_path / "eval")])
+    assert exit_info.value.code == 2
+    assert (
+        f"prefix-rft eval: error: argument {flag}: must be a positive integer, got {value}" in capsys.readouterr().err
+    )
+
+
+def test_malformed_benchmark_line_is_named_by_its_line(tiny_model_dir, tmp_path, capsys):
+    # line 2 '{"question": "q", "answer": 1' stops at column 30 (29 characters); json.loads alone says "line 1"
+    data = tmp_path / "mine.jsonl"
+    data.write_text('{"question": "q", "answer": 1}\n{"question": "q", "answer": 1\n')
+    argv = ["--model", str(tiny_model_dir), "--benchmarks", f"mine={data}", "--output-dir", str(tmp_path / "eval")]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"prefix-rft eval: {data}, line 2, column 30: not valid JSON (Expecting ',' delimiter); each line must hold "
+        "one complete JSON object\n"
+    )
+
+
+def test_missing_model_path_is_named(tmp_path, capsys):
+    missing = tmp_path / "no" / "model"
+    assert main(["--model", str(missing), "--benchmarks", "aime24", "--output-dir", str(tmp_path / "eval")]) == 2
+    assert capsys.readouterr().err == (
+        f"prefix-rft eval: --model {missing}: no such file or directory, and not a hub id of the form org/name\n"
+    )

@@ -1,9 +1,11 @@
 """Worker for test_resume.py: a short training run that can SIGKILL itself at a chosen step and phase.
 
-    python resume_worker.py OUT_DIR [--kill PHASE:STEP] [--resume]
+    python resume_worker.py OUT_DIR [--kill PHASE:STEP] [--resume] [--max-steps N]
 
-PHASE is `generate` (after rollouts are scored), `backward` (after the loss is computed) or `save` (halfway through
-writing a checkpoint: model written, optimizer and RNG states not yet). STEP counts optimizer steps from 0.
+PHASE is `generate` (after rollouts are scored), `backward` (after the loss is computed), `save` (halfway through
+writing a checkpoint: model written, optimizer and RNG states not yet) or `saved` (right after checkpoint STEP is
+complete; STEP counts checkpoints, so `saved:N` is after the last step of an N-step run). STEP otherwise counts
+optimizer steps from 0.
 """
 
 import argparse
@@ -52,6 +54,11 @@ class KillableTrainer(PrefixRFTTrainer):
             die()
         super()._save_optimizer_and_scheduler(output_dir)
 
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.kill_phase == "saved" and self.state.global_step == self.kill_step:
+            die()
+
 
 def reward(completions, answer, **kwargs):
     # deterministic and varied: reward 1 for completions whose length has the parity of the answer
@@ -63,6 +70,7 @@ def main() -> None:
     parser.add_argument("out_dir")
     parser.add_argument("--kill", default=None)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--max-steps", type=int, default=MAX_STEPS)
     opts = parser.parse_args()
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
@@ -75,7 +83,7 @@ def main() -> None:
         ]
     )
     args = PrefixRFTConfig(
-        **{**cpu_trainer_kwargs(opts.out_dir, seed=0, max_steps=MAX_STEPS), "save_strategy": "steps"},
+        **{**cpu_trainer_kwargs(opts.out_dir, seed=0, max_steps=opts.max_steps), "save_strategy": "steps"},
         per_device_train_batch_size=16,
         num_generations=8,
         max_completion_length=24,
@@ -83,7 +91,7 @@ def main() -> None:
         save_steps=1,
         disable_tqdm=True,
         log_completions=False,
-        prefix_ratio_decay_steps=MAX_STEPS,
+        prefix_ratio_decay_steps=opts.max_steps,
     )
     trainer = KillableTrainer(
         model=model, reward_funcs=[reward], args=args, train_dataset=dataset, processing_class=tokenizer

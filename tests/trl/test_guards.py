@@ -78,23 +78,6 @@ def test_reward_exception_names_function_and_row(tmp_path, model, tokenizer):
         trainer._generate_and_score_completions(batch)
 
 
-def test_nan_reward_is_an_error(tmp_path, model, tokenizer):
-    def none_reward(completions, **kwargs):
-        return [None] * len(completions)
-
-    trainer = PrefixRFTTrainer(
-        model=model,
-        reward_funcs=[none_reward],
-        args=train_args(tmp_path),
-        train_dataset=make_dataset(),
-        processing_class=tokenizer,
-    )
-    batch = next(iter(trainer.get_train_dataloader()))
-    trainer.model.train()
-    with pytest.raises(ValueError, match=r"reward of row 0 .* not finite: \{'none_reward': nan\}"):
-        trainer._generate_and_score_completions(batch)
-
-
 def test_trainer_refuses_bad_dataset_before_training(tmp_path, model, tokenizer):
     dataset = make_dataset().map(lambda row, i: {"answer": "" if i == 2 else row["answer"]}, with_indices=True)
     with pytest.raises(ValueError, match=r"row 2: field 'answer' is missing or empty"):

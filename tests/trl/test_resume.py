@@ -50,3 +50,21 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, reference, kill)
     assert final["resumed_from"].endswith(f"checkpoint-{int(step)}")
     assert final["params"] == reference["params"]
     assert comparable(final["log_history"]) == comparable(reference["log_history"])
+
+
+@pytest.mark.slow
+def test_run_killed_after_its_last_checkpoint_ends_there(tmp_path_factory):
+    # 6 questions x 8 rollouts / 16 rows per step = 3 steps per epoch, so a 5-step run ends inside epoch 1. Resumed
+    # from checkpoint-5, transformers restarted that epoch at its 3rd step and trained it (checkpoint-6) before it
+    # checked max_steps; the run must end as it was, with the uninterrupted run's parameters.
+    reference_dir, out = tmp_path_factory.mktemp("five_steps"), tmp_path_factory.mktemp("killed_at_the_end")
+    assert run(reference_dir, "--max-steps", "5").returncode == 0
+    reference = json.loads((reference_dir / "final.json").read_text())
+    assert run(out, "--max-steps", "5", "--kill", "saved:5").returncode == -9
+    resumed = run(out, "--max-steps", "5", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = json.loads((out / "final.json").read_text())
+    assert final["resumed_from"].endswith("checkpoint-5")
+    assert not (out / "checkpoint-6").exists()
+    assert final["params"] == reference["params"]
+    assert comparable(final["log_history"]) == comparable(reference["log_history"])

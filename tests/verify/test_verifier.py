@@ -176,3 +176,34 @@ def test_math_reward_reports_timeouts_through_log_metric(default_with_short_time
 def test_math_reward_names_row_and_field_of_bad_gold(bad):
     with pytest.raises(ValueError, match=r"row 2: field 'answer'"):
         math_reward(["a", "b", "c"], answer=["1", "2", bad])
+
+
+def test_unparsable_gold_is_counted_per_pair_and_warned_once(caplog):
+    # r"\boxed{}" holds no expression: both pairs score 0 and count; the second pair of the same gold logs nothing
+    with MathVerifier(num_workers=1) as fresh, caplog.at_level(logging.WARNING, logger="prefix_rft.verify.verifier"):
+        assert fresh.score_batch([r"\boxed{1}", r"\boxed{2}"], [r"\boxed{}", r"\boxed{}"]) == [0.0, 0.0]
+        stats = fresh.stats
+    assert (stats["gold_parse_failures"], stats["errors"], stats["prediction_parse_failures"]) == (2, 2, 0)
+    assert caplog.text.count("GoldParseError") == 1
+
+
+def test_prediction_without_an_answer_is_counted(verifier):
+    # an empty answer region (nothing after </think> here, as with after_think) and text with no expression
+    before = verifier.stats["prediction_parse_failures"]
+    assert verifier.score_batch(["", "no answer here"], ["3", "3"]) == [0.0, 0.0]
+    assert verifier.stats["prediction_parse_failures"] == before + 2
+
+
+def test_math_reward_reports_parse_failures_through_log_metric(default_with_short_timeout):
+    # row 0 right, row 1 has no answer, row 2's gold has no expression
+    logged = []
+    completions = [r"\boxed{1}", "no answer here", r"\boxed{1}"]
+    scores = math_reward(completions, answer=["1", "1", r"\boxed{}"], log_metric=lambda *item: logged.append(item))
+    assert scores == [1.0, 0.0, 0.0]
+    assert ("verifier/gold_parse_failures", 1.0) in logged
+    assert ("verifier/prediction_parse_failures", 1.0) in logged
+
+
+def test_math_reward_names_the_row_of_a_gold_that_is_not_text_or_a_number():
+    with pytest.raises(ValueError, match=r"^row 1: field 'answer': gold answer must be text or a number, got dict$"):
+        math_reward(["a", "b"], answer=["1", {"value": 2}])

@@ -31,3 +31,54 @@ def test_cli_rejects_a_missing_gold_naming_the_row(tmp_path, capsys):
     write_jsonl(data, [{"gold": "1", "prediction": "1"}, {"gold": "", "prediction": "2"}])
     assert main([str(data)]) == 2
     assert "row 1: field 'gold'" in capsys.readouterr().err
+
+
+def refused(path, capsys, message):
+    assert main([str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"prefix-rft verify: {message}\n"
+    assert "Traceback" not in captured.err and captured.out == ""
+
+
+def test_missing_file_is_named(tmp_path, capsys):
+    refused(tmp_path / "nope.jsonl", capsys, f"{tmp_path / 'nope.jsonl'}: no such file")
+
+
+def test_malformed_line_is_reported_with_its_own_line_number(tmp_path, capsys):
+    # json.loads on line 2 alone used to say "line 1 column 45"; '{"gold": "1", "prediction": "1"' ends at column 31
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"gold": "1", "prediction": "1"}\n{"gold": "1", "prediction": "1"\n')
+    refused(
+        data,
+        capsys,
+        f"{data}, line 2, column 32: not valid JSON (Expecting ',' delimiter); each line must hold one complete JSON "
+        "object",
+    )
+
+
+def test_non_utf8_file_is_named_with_line(tmp_path, capsys):
+    # '{"gold": "' is 10 bytes, so the Latin-1 byte 0xe9 is byte 11 of line 1
+    data = tmp_path / "pairs.jsonl"
+    data.write_bytes(b'{"gold": "\xe9", "prediction": "1"}\n')
+    refused(
+        data, capsys, f"{data}, line 1: not valid UTF-8 (byte 0xe9 at byte 11 of the line); save the file as UTF-8"
+    )
+
+
+def test_line_that_is_not_an_object(tmp_path, capsys):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"gold": "1", "prediction": "1"}\n["1", "1"]\n')
+    refused(data, capsys, f"{data}, line 2: expected a JSON object {{...}}, got list")
+
+
+def test_empty_file_is_an_error_not_an_accuracy(tmp_path, capsys):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n")
+    refused(data, capsys, f"{data} has no rows: the file is empty or holds only blank lines")
+
+
+def test_dict_gold_is_refused_naming_line_row_and_field(tmp_path, capsys):
+    # it used to be graded as the text "{'value': 1}" and score 0 with no error counted
+    data = tmp_path / "pairs.jsonl"
+    write_jsonl(data, [{"gold": "1", "prediction": "1"}, {"gold": {"value": 1}, "prediction": "1"}])
+    refused(data, capsys, f"{data}, line 2: row 1: field 'gold': gold answer must be text or a number, got dict")

@@ -6,6 +6,7 @@
 
 from prefix_rft.data.loading import (
     LUFFY_HUB_NAME,
+    first_rows,
     load_luffy_openr1,
     load_prefix_rft_dataset,
     row_demos,
@@ -15,6 +16,7 @@ from prefix_rft.data.validation import ValidationReport, validate_rows
 __all__ = [
     "LUFFY_HUB_NAME",
     "ValidationReport",
+    "first_rows",
     "load_luffy_openr1",
     "load_prefix_rft_dataset",
     "row_demos",

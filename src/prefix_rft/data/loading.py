@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any
+
+from prefix_rft.data.jsonl import iter_jsonl
 
 LUFFY_HUB_NAME = "Elliott/Openr1-Math-46k-8192"
 _LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -19,12 +22,87 @@ def row_demos(row: dict[str, Any]) -> list[str]:
 
 
 def _load(path_or_name: str, split: str):
-    from datasets import load_dataset  # deferred: keeps `import prefix_rft.data` light
+    """A local file in one of `_LOCAL_FORMATS` (checked first, so errors name the file and line) or a hub dataset."""
+    # Deferred: `import prefix_rft.data` stays light (`prefix-rft verify` reads JSONL through this package).
+    from datasets import load_dataset
+    from datasets.exceptions import DatasetGenerationError
+    from pyarrow import ArrowException
 
     ext = os.path.splitext(path_or_name)[1].lower()
-    if os.path.isfile(path_or_name) and ext in _LOCAL_FORMATS:
-        return load_dataset(_LOCAL_FORMATS[ext], data_files={split: path_or_name}, split=split)
-    return load_dataset(path_or_name, split=split)
+    if ext not in _LOCAL_FORMATS:
+        return require_rows(load_dataset(path_or_name, split=split), path_or_name)
+    if not os.path.isfile(path_or_name):  # hub names have no file extension, so this was meant as a local file
+        raise ValueError(f"{path_or_name}: no such file")
+    _check_local_file(path_or_name, ext)
+    try:
+        dataset = load_dataset(_LOCAL_FORMATS[ext], data_files={split: path_or_name}, split=split)
+    except (DatasetGenerationError, ArrowException) as error:  # these name neither a row nor a field
+        raise ValueError(
+            f"{path_or_name}: cannot be read as a table ({error.__cause__ or error}); every row needs the same "
+            "fields with values of the same type"
+        ) from error
+    return require_rows(dataset, path_or_name)
+
+
+def _check_local_file(path: str, ext: str) -> None:
+    """Refuse an unreadable or empty local file before `datasets` reports it without a line or row."""
+    if ext == ".parquet":
+        import pyarrow.parquet as pq
+        from pyarrow import ArrowException
+
+        try:
+            rows = pq.ParquetFile(path).metadata.num_rows
+        except ArrowException as error:
+            raise ValueError(f"{path}: not a readable Parquet file ({error})") from None
+        if rows == 0:
+            raise ValueError(f"{path} has no rows: write at least one row")
+    elif ext == ".jsonl" or (ext == ".json" and not _is_json_array(path)):
+        _check_field_types(path, iter_jsonl(path))
+
+
+def _is_json_array(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return {str: "text", list: "a list", dict: "an object"}[type(value)]
+
+
+def _check_field_types(path: str, lines: Iterable[tuple[int, dict[str, Any]]]) -> None:
+    """Each field of one JSON type on every line: a table column has one type."""
+    first: dict[str, tuple[str, int]] = {}  # field -> (kind, line it was first seen on)
+    for number, row in lines:
+        for field, value in row.items():
+            if value is None:
+                continue
+            kind = _json_kind(value)
+            seen = first.setdefault(field, (kind, number))
+            if seen[0] != kind:
+                raise ValueError(
+                    f"{path}, line {number}: field {field!r} is {kind} here but {seen[0]} on line {seen[1]}; "
+                    "a field must hold one type on every line"
+                )
+
+
+def require_rows(dataset, source: str):
+    """`dataset` itself; refuses one without rows, which would otherwise fail later without saying why."""
+    if len(dataset) == 0:
+        raise ValueError(f"{source} has no rows: nothing to train on")
+    return dataset
+
+
+def first_rows(dataset, limit: int | None):
+    """The first `limit` rows of `dataset` (all of them for None)."""
+    if limit is None:
+        return dataset
+    if limit < 1:
+        raise ValueError(f"dataset_limit={limit} leaves no rows to train on; give a positive number or leave it unset")
+    return dataset.select(range(min(limit, len(dataset))))
 
 
 def load_prefix_rft_dataset(path_or_name: str, split: str = "train"):
@@ -47,7 +125,5 @@ def load_luffy_openr1(path_or_name: str = LUFFY_HUB_NAME, split: str = "train", 
     Source columns: chat `prompt`, `target` (the DeepSeek-R1 demonstration), `reward_model.ground_truth`.
     Result columns: `prompt`, `demos` (one demonstration), `answer`.
     """
-    dataset = _load(path_or_name, split)
-    if limit is not None:
-        dataset = dataset.select(range(min(limit, len(dataset))))
+    dataset = first_rows(_load(path_or_name, split), limit)
     return dataset.map(_luffy_row, remove_columns=dataset.column_names)

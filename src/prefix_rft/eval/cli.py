@@ -9,10 +9,15 @@ import argparse
 import importlib.util
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
+from prefix_rft.data.jsonl import iter_jsonl
 from prefix_rft.eval.benchmarks import BENCHMARKS, load_benchmark
 from prefix_rft.eval.harness import evaluate, write_samples
 from prefix_rft.eval.metrics import average
@@ -28,14 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(BENCHMARKS),
         help="comma-separated: shipped names, NAME=PATH (jsonl/json/parquet) or NAME=HUB_ID[:SPLIT]",
     )
-    parser.add_argument("--k", type=int, default=2, help="completions per problem (avg@k, pass@1..k)")
+    parser.add_argument("--k", type=positive_int, default=2, help="completions per problem (avg@k, pass@1..k)")
     parser.add_argument("--greedy", action="store_true", help="greedy decoding; implies --k 1")
     parser.add_argument("--temperature", type=float, default=0.6)
     parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--max-new-tokens", type=int, default=8192)
-    parser.add_argument("--limit", type=int, help="first N problems of each benchmark")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=8192)
+    parser.add_argument("--limit", type=positive_int, help="first N problems of each benchmark")
     parser.add_argument("--template", choices=sorted(TEMPLATES), default="no_system")
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (transformers)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="prompts per generate call (transformers)")
     parser.add_argument("--backend", choices=("auto", "hf", "vllm"), default="auto", help="auto: vLLM if usable")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verifier-mode", choices=("math_verify", "oat"), default="math_verify")
@@ -44,16 +49,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (0 or a negative count would evaluate nothing, or silently less)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     k = 1 if args.greedy else args.k
     backend = _resolve_backend(args.backend)
-    specs = args.benchmarks.split(",")
     started = time.monotonic()
+    try:  # everything that can be checked before the model loads
+        check_model_name(args.model)
+        benchmarks = [load_checked_benchmark(spec.strip(), args.limit) for spec in args.benchmarks.split(",")]
+    except ValueError as exc:
+        print(f"prefix-rft eval: {exc}", file=sys.stderr)
+        return 2
     model, tokenizer = load_model(args.model, backend, args.seed)
     with MathVerifier(mode=args.verifier_mode, after_think=args.after_think) as verifier:
-        per_benchmark = dict(_run_benchmark(spec.strip(), model, tokenizer, verifier, args, k) for spec in specs)
+        per_benchmark = dict(
+            _run_benchmark(name, problems, model, tokenizer, verifier, args, k) for name, problems in benchmarks
+        )
         verifier_stats = verifier.stats
     report = {
         "config": {**vars(args), "k": k, "backend": backend, "output_dir": str(args.output_dir)},
@@ -68,11 +88,35 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def check_model_name(name: str) -> None:
+    """Refuse a `--model` that is neither an existing path nor a hub id, before transformers calls it a bad repo id."""
+    if Path(name).exists():
+        return
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise ValueError(f"--model {name}: no such file or directory, and not a hub id of the form org/name") from None
+
+
+def load_checked_benchmark(spec: str, limit: int | None) -> tuple[str, list[dict]]:
+    """`load_benchmark`, after reading a local JSONL source line by line so that a bad line is named by its number."""
+    source = Path(spec.partition("=")[2])
+    if source.suffix == ".jsonl" and source.is_file():
+        for _ in iter_jsonl(source):
+            pass
+    return load_benchmark(spec, limit)
+
+
 def _run_benchmark(
-    spec: str, model: Any, tokenizer: Any, verifier: MathVerifier, args: argparse.Namespace, k: int
+    name: str,
+    problems: list[dict],
+    model: Any,
+    tokenizer: Any,
+    verifier: MathVerifier,
+    args: argparse.Namespace,
+    k: int,
 ) -> tuple[str, dict[str, float]]:
     """Evaluate one benchmark, write its samples, return (name, metrics)."""
-    name, problems = load_benchmark(spec, args.limit)
     rows = [{**row, "prompt": build_messages(str(row["problem"]), args.template)} for row in problems]
     result = evaluate(
         model,

@@ -8,6 +8,7 @@ Launch multi-GPU runs with accelerate, e.g.
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 
 from trl import TrlParser
@@ -40,12 +41,15 @@ class TrainScriptArguments:
     reward: str = field(default="auto", metadata={"help": "'task' (embedded), 'math' (math-verify) or 'auto'."})
 
 
-def load_model_and_tokenizer(script: TrainScriptArguments):
-    """(model or hub name, tokenizer or None) for the trainer; None lets TRL load the tokenizer of a hub model."""
+def load_model_and_tokenizer(script: TrainScriptArguments, seed: int):
+    """(model, tokenizer) for the trainer; `embedded-random` draws its weights from `seed`."""
     if script.model_name_or_path == "embedded-random":
+        import torch
+
         from prefix_rft.tasks import build_model, build_tokenizer
 
         tokenizer = build_tokenizer()
+        torch.manual_seed(seed)  # the run's seed decides the initial weights, so two runs of one seed match
         return build_model(tokenizer, script.model_size), tokenizer
     path = script.model_name_or_path
     if path == "embedded-base":
@@ -60,7 +64,7 @@ def load_model_and_tokenizer(script: TrainScriptArguments):
 def load_train_dataset(script: TrainScriptArguments, seed: int):
     from datasets import Dataset
 
-    from prefix_rft.data import load_luffy_openr1, load_prefix_rft_dataset
+    from prefix_rft.data import first_rows, load_luffy_openr1, load_prefix_rft_dataset
 
     if script.dataset_name == EMBEDDED:
         from prefix_rft.tasks import make_rows
@@ -72,9 +76,7 @@ def load_train_dataset(script: TrainScriptArguments, seed: int):
         dataset = load_prefix_rft_dataset(script.dataset_name, script.dataset_split)
     else:
         raise ValueError(f"dataset_format={script.dataset_format!r}; expected 'prefix_rft' or 'luffy'")
-    if script.dataset_limit is not None:
-        dataset = dataset.select(range(min(script.dataset_limit, len(dataset))))
-    return dataset
+    return first_rows(dataset, script.dataset_limit)
 
 
 def reward_function(script: TrainScriptArguments):
@@ -93,7 +95,7 @@ def reward_function(script: TrainScriptArguments):
 
 
 def build_trainer(script: TrainScriptArguments, config: PrefixRFTConfig) -> PrefixRFTTrainer:
-    model, tokenizer = load_model_and_tokenizer(script)
+    model, tokenizer = load_model_and_tokenizer(script, config.seed)
     return PrefixRFTTrainer(
         model=model,
         reward_funcs=[reward_function(script)],
@@ -105,8 +107,13 @@ def build_trainer(script: TrainScriptArguments, config: PrefixRFTConfig) -> Pref
 
 def main(argv: list[str] | None = None) -> int:
     parser = TrlParser((TrainScriptArguments, PrefixRFTConfig), prog="prefix-rft train")
-    script, config = parser.parse_args_and_config(argv)
-    trainer = build_trainer(script, config)
+    try:
+        script, config = parser.parse_args_and_config(argv)
+        trainer = build_trainer(script, config)
+    except ValueError as error:  # a config field or a training row, named in the message: no traceback needed
+        logger.debug("refused before training", exc_info=True)
+        print(f"prefix-rft train: {error}", file=sys.stderr)
+        return 2
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
     logger.info("saved the trained model to %s", config.output_dir)

@@ -7,7 +7,9 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
+from prefix_rft.data.jsonl import iter_jsonl
 from prefix_rft.verify.extract import gold_text
 from prefix_rft.verify.verifier import MathVerifier
 
@@ -25,27 +27,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def read_pairs(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """(rows, predictions, golds) of the input file.
+
+    Raises:
+        ValueError: naming file and line (and row and field) of the first row that cannot be graded.
+    """
+    rows, predictions, golds = [], [], []
+    for i, (number, row) in enumerate(iter_jsonl(args.path)):
+        where = f"{args.path}, line {number}: row {i}"
+        for field in (args.prediction_field, args.gold_field):
+            if field not in row:
+                raise ValueError(f"{where}: field {field!r} is missing")
+        prediction = row[args.prediction_field]
+        if isinstance(prediction, bool) or not isinstance(prediction, str | int | float):
+            raise ValueError(
+                f"{where}: field {args.prediction_field!r} must be text or a number, got {type(prediction).__name__}"
+            )
+        try:
+            golds.append(gold_text(row[args.gold_field]))
+        except ValueError as exc:
+            raise ValueError(f"{where}: field {args.gold_field!r}: {exc}") from None
+        rows.append(row)
+        predictions.append(str(prediction))
+    return rows, predictions, golds
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    rows = [json.loads(line) for line in args.path.read_text(encoding="utf-8").splitlines() if line.strip()]
     try:
-        predictions = [str(row[args.prediction_field]) for row in rows]
-        golds = [row[args.gold_field] for row in rows]
-    except KeyError as exc:
-        print(f"prefix-rft verify: a row has no field {exc}", file=sys.stderr)
+        rows, predictions, golds = read_pairs(args)
+    except ValueError as exc:  # JsonlError included: file, line, and how to fix it
+        print(f"prefix-rft verify: {exc}", file=sys.stderr)
         return 2
-    for index, gold in enumerate(golds):
-        try:
-            gold_text(gold)
-        except ValueError as exc:
-            print(f"prefix-rft verify: row {index}: field {args.gold_field!r}: {exc}", file=sys.stderr)
-            return 2
     with MathVerifier(args.timeout, args.workers, args.mode, args.after_think) as verifier:
         scores = verifier.score_batch(predictions, golds)
         stats = verifier.stats
     correct = sum(scores)
-    accuracy = correct / len(scores) if scores else 0.0
+    accuracy = correct / len(scores)  # read_pairs refuses a file without rows
     print(f"accuracy: {accuracy:.4f} ({correct:g}/{len(scores)})")
     print("stats: " + json.dumps(stats))
     if args.scores_out is not None:

@@ -95,10 +95,13 @@ def gold_text(gold: object) -> str:
     """A gold answer as a non-empty string; numbers (AMC stores floats such as 27.0) are written out.
 
     Raises:
-        ValueError: for None, empty or whitespace-only gold, which would silently score every completion 0.
+        ValueError: for None, empty or whitespace-only gold, which would silently score every completion 0, and for
+            a gold that is neither text nor a number (a list or dict would be graded as its Python repr).
     """
     if gold is None:
         raise ValueError("gold answer is None")
+    if isinstance(gold, bool) or not isinstance(gold, str | int | float):
+        raise ValueError(f"gold answer must be text or a number, got {type(gold).__name__}")
     if isinstance(gold, float) and gold.is_integer():
         gold = int(gold)
     text = str(gold).strip()

@@ -30,15 +30,18 @@ def init_worker() -> None:
         logging.getLogger(name).addFilter(lambda record: not record.getMessage().startswith("Timeout is disabled"))
 
 
-def grade(region: str, gold: str, mode: str) -> float:
-    """1.0 if the answer in `region` equals `gold`, else 0.0; `mode` is "math_verify" or "oat".
+def grade(region: str, gold: str, mode: str) -> tuple[float, bool]:
+    """(1.0 if the answer in `region` equals `gold` else 0.0, whether an answer was found in `region` at all);
+    `mode` is "math_verify" or "oat".
 
     Raises:
         GoldParseError: if math-verify finds nothing in the gold answer.
     """
     if mode == "oat":
         return _grade_oat(region, gold)
-    return float(verify(parse_gold(gold), _parse(final_boxed_group(region)), timeout_seconds=None))
+    gold_parsed = parse_gold(gold)  # first: an unparsable gold is the error to report, whatever the prediction
+    answer = _parse(final_boxed_group(region))
+    return float(verify(gold_parsed, answer, timeout_seconds=None)), bool(answer)
 
 
 @lru_cache(maxsize=8192)
@@ -57,11 +60,11 @@ def _parse(text: str) -> list:
     return parse(text, list(_EXTRACTION), parsing_timeout=None)
 
 
-def _grade_oat(region: str, gold: str) -> float:
+def _grade_oat(region: str, gold: str) -> tuple[float, bool]:
     """Dr. GRPO / OAT: last boxed answer only, then mathd string match, sympy equality, math-verify."""
     answer = last_boxed(region)
     if answer is None:
-        return 0.0
+        return 0.0, False
     if mathd_equal(answer, gold) or sympy_equal(answer, gold):
-        return 1.0
-    return float(verify(parse_gold(gold), _parse(f"\\boxed{{{answer}}}"), timeout_seconds=None))
+        return 1.0, True
+    return float(verify(parse_gold(gold), _parse(f"\\boxed{{{answer}}}"), timeout_seconds=None)), True

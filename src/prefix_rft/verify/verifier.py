@@ -13,12 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, get_args
 
 from prefix_rft.verify.extract import answer_region, gold_text
-from prefix_rft.verify.pool import Status, WorkerPool
+from prefix_rft.verify.pool import WorkerPool
 
 logger = logging.getLogger(__name__)
 
 Completion = str | list[dict[str, Any]]
 Mode = Literal["math_verify", "oat"]
+# How a pair was scored: a pool status, or a parse failure (scored 0 and counted).
+Outcome = Literal["ok", "no_answer", "gold_unparsable", "timeout", "crash", "error"]
+GOLD_PARSE_ERROR = "GoldParseError"  # grade.GoldParseError's name, as the worker reports it (grade imports sympy)
 _PREVIEW_CHARS = 120
 
 
@@ -32,7 +35,9 @@ class MathVerifier:
             Dr. GRPO / OAT grader: last boxed answer, normalised string, sympy, then math-verify).
         after_think: grade only the text after the last `</think>`; without one the completion scores 0.
 
-    `stats` counts calls, timeouts, crashes (worker died) and errors (grading raised, e.g. an unparsable gold).
+    `stats` counts calls, timeouts, crashes (worker died), errors (grading raised), and among the pairs scored 0 for
+    a parse failure: gold_parse_failures (math-verify finds no expression in the gold; also an error) and
+    prediction_parse_failures (no answer found in the prediction).
     """
 
     def __init__(
@@ -49,8 +54,11 @@ class MathVerifier:
 
         self.mode, self.after_think, self.timeout = mode, after_think, timeout
         self._pool = WorkerPool(grade, num_workers, timeout, initializer=init_worker)
-        self._stats: Counter[str] = Counter(calls=0, timeouts=0, crashes=0, errors=0)
+        self._stats: Counter[str] = Counter(
+            calls=0, timeouts=0, crashes=0, errors=0, gold_parse_failures=0, prediction_parse_failures=0
+        )
         self._stats_lock = threading.Lock()
+        self._unparsable_golds: set[str] = set()  # warned about once each, counted every time
 
     @property
     def stats(self) -> dict[str, int]:
@@ -69,7 +77,7 @@ class MathVerifier:
         """`score` over pairs, using all workers at once. Raises ValueError naming the first bad gold's index."""
         return [score for score, _ in self._score_batch(predictions, golds)]
 
-    def _score_batch(self, predictions: Sequence[str], golds: Sequence[object]) -> list[tuple[float, Status]]:
+    def _score_batch(self, predictions: Sequence[str], golds: Sequence[object]) -> list[tuple[float, Outcome]]:
         if len(predictions) != len(golds):
             raise ValueError(f"{len(predictions)} predictions but {len(golds)} golds")
         checked = [_checked_gold(gold, i, "gold") for i, gold in enumerate(golds)]
@@ -77,24 +85,38 @@ class MathVerifier:
         with ThreadPoolExecutor(max_workers=self._pool.num_workers) as threads:
             return list(threads.map(self._score, predictions, checked))
 
-    def _score(self, prediction: str, gold: str) -> tuple[float, Status]:
+    def _score(self, prediction: str, gold: str) -> tuple[float, Outcome]:
         self._count("calls")
         region = answer_region(prediction, self.after_think)
         if not region.strip():
-            return 0.0, "ok"
+            self._count("prediction_parse_failures")
+            return 0.0, "no_answer"
         status, value = self._pool.call(region, gold, self.mode)
         if status == "ok":
-            return float(value), status
+            score, found = value
+            if not found:
+                self._count("prediction_parse_failures")
+            return score, "ok" if found else "no_answer"
+        if status == "error" and value.startswith(f"{GOLD_PARSE_ERROR}:"):
+            self._count("gold_parse_failures")
+            status = "gold_unparsable"
         self._report(status, value, region, gold)
         return 0.0, status
 
-    def _report(self, status: Status, detail: Any, region: str, gold: str) -> None:
-        key = {"timeout": "timeouts", "crash": "crashes", "error": "errors"}[status]
+    def _report(self, status: Outcome, detail: Any, region: str, gold: str) -> None:
+        key = {"timeout": "timeouts", "crash": "crashes", "error": "errors", "gold_unparsable": "errors"}[status]
         total = self._count(key)
+        if status == "gold_unparsable":
+            with self._stats_lock:
+                seen = gold in self._unparsable_golds
+                self._unparsable_golds.add(gold)
+            if seen:  # one warning per gold, not one per completion of its group; every one is counted
+                return
         reason = {
             "timeout": f"timed out after {self.timeout:g}s; worker killed and replaced",
             "crash": f"worker died (exit code {detail}); replaced",
             "error": f"raised {detail}",
+            "gold_unparsable": f"raised {detail} (warned once per gold, counted in gold_parse_failures)",
         }[status]
         logger.warning(
             "math verifier %s, scored 0 (%s so far: %d). gold=%r prediction[-%d:]=%r",
@@ -138,14 +160,15 @@ def default_verifier() -> MathVerifier:
 
 def math_reward(
     completions: Sequence[Completion],
-    answer: Sequence[object],
+    answer: Sequence[str | int | float],
     log_metric: Callable[[str, float], None] | None = None,
     **kwargs: Any,
 ) -> list[float]:
     r"""TRL reward function: 1.0 for a completion whose final answer equals the row's `answer`, else 0.0.
 
     Completions are strings or chat messages (the last message's content is graded). TRL's `log_metric`, when
-    given, receives this batch's number of verifier timeouts and crashes.
+    given, receives this batch's number of verifier timeouts, crashes and parse failures (of gold answers and of
+    completions).
 
     Example:
         >>> math_reward([r"so \boxed{\frac{1}{3}}", [{"role": "assistant", "content": r"\boxed{2}"}]], ["1/3", "3"])
@@ -158,9 +181,11 @@ def math_reward(
     texts = [_completion_text(completion) for completion in completions]
     results = default_verifier()._score_batch(texts, golds)
     if log_metric is not None:
-        statuses = Counter(status for _, status in results)
-        log_metric("verifier/timeouts", float(statuses["timeout"]))
-        log_metric("verifier/crashes", float(statuses["crash"]))
+        outcomes = Counter(outcome for _, outcome in results)
+        log_metric("verifier/timeouts", float(outcomes["timeout"]))
+        log_metric("verifier/crashes", float(outcomes["crash"]))
+        log_metric("verifier/gold_parse_failures", float(outcomes["gold_unparsable"]))
+        log_metric("verifier/prediction_parse_failures", float(outcomes["no_answer"]))
     return [score for score, _ in results]
 
 

@@ -1,0 +1,37 @@
+"""Type annotations read as the classes a value may be an instance of, for refusing wrong types by name up front."""
+
+from __future__ import annotations
+
+import types
+from typing import Any, Union, get_args, get_origin
+
+
+def runtime_types(annotation: Any) -> tuple[type, ...] | None:
+    """Classes an instance of `annotation` may have (`int | None` -> (int, NoneType), `list[str]` -> (list,)).
+
+    None when the annotation admits anything or cannot be checked with `isinstance` (Any, object, Literal, TypeVar).
+    """
+    if annotation is Any or annotation is object:
+        return None
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        parts = [runtime_types(arg) for arg in get_args(annotation)]
+        return None if any(part is None for part in parts) else tuple(t for part in parts for t in part)
+    if annotation is None:
+        return (type(None),)
+    checked = origin if origin is not None else annotation
+    return (checked,) if isinstance(checked, type) else None
+
+
+def is_instance(value: Any, allowed: tuple[type, ...]) -> bool:
+    """`isinstance` as a config or a column means it: an int passes for a float, a bool never passes for a number."""
+    if isinstance(value, bool) and bool not in allowed:
+        return False
+    if isinstance(value, int) and float in allowed:
+        return True
+    return isinstance(value, allowed)
+
+
+def type_names(allowed: tuple[type, ...]) -> str:
+    """`(int, NoneType)` -> "int or None"."""
+    return " or ".join("None" if t is type(None) else t.__name__ for t in allowed)

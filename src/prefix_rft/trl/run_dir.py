@@ -1,0 +1,92 @@
+"""A run's `output_dir`: writable before the first step, and never shared by two runs unless the user says which.
+
+transformers 5 has no `overwrite_output_dir`, and `resume_from_checkpoint=True` takes the highest `checkpoint-N` in
+the folder whichever run wrote it: a new run that crashes at step 3 in a finished 6-step run's folder resumes from
+the old run's checkpoint-6. So a fresh start refuses a folder holding checkpoints unless `overwrite_output_dir`
+(which deletes them), and each run records its settings so that a resume with different ones is pointed out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from typing import Any
+
+logger = logging.getLogger(__name__)
+RUN_RECORD = "prefix_rft_run.json"  # the settings of the run that owns the folder
+FINAL_MODEL_MARK = "training_args.bin"  # written by Trainer.save_model next to the final weights
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+_UNCOMPARED = {"output_dir", "logging_dir", "resume_from_checkpoint", "overwrite_output_dir"}
+
+
+def check_writable(output_dir: str) -> None:
+    """Create `output_dir` if needed and write a file into it, so an unwritable folder fails now, not at the save."""
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=output_dir, prefix=".write-probe-")
+        os.close(handle)
+        os.remove(probe)
+    except OSError as error:
+        raise ValueError(
+            f"output_dir {output_dir!r} is not writable ({error.strerror or error}): the run would train and then "
+            "fail to save; choose another output_dir or make it writable"
+        ) from None
+
+
+def checkpoints_in(output_dir: str) -> list[str]:
+    """Names of the `checkpoint-N` folders in `output_dir`, by step."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = [
+        (int(match[1]), name)
+        for name in os.listdir(output_dir)
+        if (match := _CHECKPOINT.fullmatch(name)) and os.path.isdir(os.path.join(output_dir, name))
+    ]
+    return [name for _, name in sorted(found)]
+
+
+def claim_output_dir(
+    output_dir: str, *, resuming: bool, overwrite: bool, settings: dict[str, Any], leftovers: tuple[str, ...] = ()
+) -> None:
+    """Make `output_dir` this run's, or refuse to mix two runs in it.
+
+    Args:
+        resuming: the run continues from a checkpoint (the user said so).
+        overwrite: the user allows deleting another run's checkpoints (and `leftovers`, e.g. a staging folder).
+        settings: this run's settings (JSON), recorded; on resume, compared with the recorded ones.
+    """
+    record = os.path.join(output_dir, RUN_RECORD)
+    checkpoints = checkpoints_in(output_dir)
+    if resuming:
+        _warn_on_changed_settings(record, settings)
+    elif checkpoints and not overwrite:
+        raise ValueError(
+            f"output_dir {output_dir!r} holds another run's checkpoints ({', '.join(checkpoints)}); pass "
+            "resume_from_checkpoint=True to continue that run, overwrite_output_dir=True to delete them and start "
+            "anew, or choose another output_dir"
+        )
+    elif checkpoints:
+        for name in [*checkpoints, *leftovers]:
+            shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+        logger.warning("overwrite_output_dir: deleted the previous run's %s in %s", ", ".join(checkpoints), output_dir)
+    elif os.path.exists(os.path.join(output_dir, FINAL_MODEL_MARK)):
+        logger.warning(
+            "output_dir %s holds a saved model of an earlier run; this run's final save replaces it", output_dir
+        )
+    if not (resuming and os.path.exists(record)):
+        with open(record, "w", encoding="utf-8") as f:
+            json.dump(settings, f, indent=1, sort_keys=True)
+
+
+def _warn_on_changed_settings(record: str, settings: dict[str, Any]) -> None:
+    if not os.path.exists(record):
+        return
+    with open(record, encoding="utf-8") as f:
+        recorded = json.load(f)
+    changed = sorted(k for k in settings.keys() - _UNCOMPARED if recorded.get(k) != settings[k])
+    if changed:
+        logger.warning("resuming with settings that differ from the run's start: %s", ", ".join(changed))

@@ -1,0 +1,62 @@
+"""Local training files that cannot be trained on are refused naming the file, the line (or row) and the fix."""
+
+import re
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from prefix_rft.data import load_prefix_rft_dataset
+
+ROW = '{"prompt": "1+1=", "demos": ["2"], "answer": "2"}\n'
+
+
+def refused(path, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        load_prefix_rft_dataset(str(path))
+
+
+def test_good_file_loads(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text(ROW * 3)
+    assert len(load_prefix_rft_dataset(str(path))) == 3
+
+
+def test_non_utf8_file_names_line_and_byte(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(ROW.encode() + b'{"prompt": "caf\xe9"}\n')  # Latin-1 e-acute, byte 16 of line 2
+    refused(path, f"{path}, line 2: not valid UTF-8 (byte 0xe9 at byte 16 of the line); save the file as UTF-8")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(  # '{"prompt": "1+1' : the string opens at column 12, and the line has no line end
+            ROW + '{"prompt": "1+1',
+            "{path}, line 2, column 12: not valid JSON (Unterminated string starting at); the line has no line end, "
+            "so the file looks cut off: re-create it or delete that line",
+            id="truncated last line",
+        ),
+        pytest.param("", "{path} has no rows: the file is empty or holds only blank lines", id="no rows"),
+        pytest.param(
+            ROW + '{"prompt": "1+2=", "demos": ["3"], "answer": ["3"]}\n',
+            "{path}, line 2: field 'answer' is a list here but text on line 1; a field must hold one type on every "
+            "line",
+            id="field type changes",
+        ),
+    ],
+)
+def test_jsonl_file_that_cannot_be_a_table_names_file_and_line(tmp_path, text, message):
+    path = tmp_path / "train.jsonl"
+    path.write_text(text)
+    refused(path, message.format(path=path))
+
+
+def test_parquet_file_without_rows(tmp_path):
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.table({"prompt": pa.array([], pa.string()), "answer": pa.array([], pa.string())}), path)
+    refused(path, f"{path} has no rows: write at least one row")
+
+
+def test_missing_local_file(tmp_path):
+    refused(tmp_path / "train.jsonl", f"{tmp_path / 'train.jsonl'}: no such file")

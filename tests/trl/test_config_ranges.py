@@ -1,0 +1,88 @@
+"""`PrefixRFTConfig` refuses a field of the wrong type or out of range when it is built, naming field and range."""
+
+import re
+
+import pytest
+
+from .conftest import train_args
+
+
+def refused(tmp_path, message, **overrides):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        train_args(tmp_path, **overrides)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        # YAML hands these to the dataclass unconverted; they used to fail later as a bare TypeError
+        ({"max_steps": 2.5}, "max_steps must be int, got 2.5 (float)"),
+        ({"num_hybrid": [1]}, "num_hybrid must be int, got [1] (list)"),
+        ({"prefix_ratio_ceiling": "high"}, "prefix_ratio_ceiling must be float, got 'high' (str)"),
+        ({"prefix_dual_clip": True}, "prefix_dual_clip must be float or None, got True (bool)"),
+    ],
+)
+def test_wrong_type_names_field_and_type(tmp_path, overrides, message):
+    refused(tmp_path, message, **overrides)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"prefix_ratio_floor_start": 2.0}, "prefix_ratio_floor_start=2.0 is out of range; expected [0, 1]"),
+        ({"prefix_ratio_ceiling": -0.5}, "prefix_ratio_ceiling=-0.5 is out of range; expected [0, 1]"),
+        (
+            {"num_generations": 0, "per_device_train_batch_size": 8},
+            "num_generations=0 is out of range; expected >= 2 (advantages compare the rollouts of a group)",
+        ),
+        ({"prefix_ratio_alpha": 0}, "prefix_ratio_alpha=0 is out of range; expected > 0 (a Beta distribution shape)"),
+        (
+            {"prefix_ratio_beta": -1.0},
+            "prefix_ratio_beta=-1.0 is out of range; expected > 0 (a Beta distribution shape)",
+        ),
+        ({"prefix_ratio_decay_steps": 0}, "prefix_ratio_decay_steps=0 is out of range; expected >= 1"),
+        ({"prefix_ratio_warmup_ratio": 1.0}, "prefix_ratio_warmup_ratio=1.0 is out of range; expected [0, 1)"),
+        ({"prefix_min_len": -1}, "prefix_min_len=-1 is out of range; expected >= 0"),
+        (
+            {"prefix_dual_clip": 0.5},
+            "prefix_dual_clip=0.5 is out of range; expected > 1 (dual-clip PPO), or null to disable",
+        ),
+        ({"max_consecutive_nonfinite_steps": 0}, "max_consecutive_nonfinite_steps=0 is out of range; expected >= 1"),
+        ({"max_completion_length": 0}, "max_completion_length=0 is out of range; expected >= 1"),
+        ({"temperature": 0.0}, "temperature=0.0 is out of range; expected > 0"),
+        ({"max_steps": 0}, "max_steps=0 trains nothing; expected a positive number of steps, or -1 for epochs"),
+    ],
+)
+def test_out_of_range_names_field_and_allowed_range(tmp_path, overrides, message):
+    refused(tmp_path, message, **overrides)
+
+
+def test_ceiling_below_the_floor_is_refused(tmp_path):
+    # floor_start 0.95 (default) > ceiling 0.5: the sampling window [floor, ceiling] would be empty
+    refused(
+        tmp_path,
+        "prefix_ratio_ceiling=0.5 is below the floor (0.95); expected prefix_ratio_ceiling >= "
+        "prefix_ratio_floor_start and >= prefix_ratio_floor_end",
+        prefix_ratio_ceiling=0.5,
+    )
+
+
+def test_defaults_and_edges_of_the_ranges_are_accepted(tmp_path):
+    config = train_args(
+        tmp_path, prefix_ratio_floor_start=1.0, prefix_ratio_ceiling=1.0, prefix_ratio_floor_end=0.0, prefix_min_len=0
+    )
+    assert (config.prefix_ratio_floor_start, config.prefix_ratio_ceiling) == (1.0, 1.0)
+
+
+def test_constant_schedule_compares_the_ceiling_with_the_end_floor_only(tmp_path):
+    # 'constant' holds the floor at prefix_ratio_floor_end from step 0; floor_start (0.95) is never reached
+    config = train_args(
+        tmp_path, prefix_ratio_schedule="constant", prefix_ratio_floor_end=0.01, prefix_ratio_ceiling=0.02
+    )
+    assert config.prefix_sampler().bounds(0) == pytest.approx((0.01, 0.02))
+    refused(
+        tmp_path,
+        "prefix_ratio_ceiling=0.02 is below the floor (0.05); expected prefix_ratio_ceiling >= prefix_ratio_floor_end",
+        prefix_ratio_schedule="constant",
+        prefix_ratio_ceiling=0.02,
+    )

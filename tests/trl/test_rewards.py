@@ -1,0 +1,76 @@
+"""Rows a reward function leaves unscored (None): unscorable rows train with advantage 0, partly scored rows stop the
+run unless the user opts in, and both are counted."""
+
+import re
+
+import pytest
+
+from prefix_rft import PrefixRFTTrainer
+
+from .conftest import make_dataset, train_args
+
+
+def build(tmp_path, model, tokenizer, reward_funcs, **overrides):
+    trainer = PrefixRFTTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=train_args(tmp_path, **overrides),
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
+    )
+    trainer.model.train()
+    return trainer, next(iter(trainer.get_train_dataloader()))
+
+
+def parity(completions, **kwargs):
+    """1 for a completion of even length, else 0: deterministic given the completions."""
+    return [float(len(c[0]["content"]) % 2 == 0) for c in completions]
+
+
+def test_row_no_function_scores_gets_advantage_zero_and_leaves_the_baseline(tmp_path, model, tokenizer):
+    recorded = []
+
+    def parity_but_row_0(completions, **kwargs):
+        rewards = parity(completions)
+        rewards[0] = None  # row 0 of the batch: every reward function (this one) leaves it unscored
+        recorded.extend(rewards)
+        return rewards
+
+    trainer, batch = build(tmp_path, model, tokenizer, [parity_but_row_0])
+    output = trainer._generate_and_score_completions(batch)  # used to raise "reward of row 0 ... is not finite"
+    # group 0 = rows 0..7, row 7 the hybrid (num_hybrid=1, last slot). Spec §3.7 reference rule over the scored
+    # on-policy rows 1..6 only: baseline b = mean(r1..r6); on-policy advantage r_i - b; hybrid continuation r7
+    r = recorded[:8]
+    b = sum(r[1:7]) / 6
+    advantages = output["advantages"]  # (B, T)
+    assert advantages[0].abs().sum().item() == 0.0
+    for i in range(1, 7):
+        assert advantages[i, 0].item() == pytest.approx(r[i] - b)
+    assert advantages[7, -1].item() == pytest.approx(r[7])  # last token: continuation (the prefix comes first)
+    assert trainer._metrics["train"]["reward/unscored_rows"] == [1.0]
+
+
+def test_row_one_of_two_functions_leaves_unscored_is_refused(tmp_path, model, tokenizer):
+    def parity_but_row_3(completions, **kwargs):
+        return [None if i == 3 else r for i, r in enumerate(parity(completions))]
+
+    trainer, batch = build(tmp_path, model, tokenizer, [parity, parity_but_row_3])
+    message = (
+        "reward function 'parity_but_row_3' returned None for row 3 (of the gathered batch), which ['parity'] "
+        "scored: the row's reward would leave 'parity_but_row_3' out. Return a number for every row, or set "
+        "allow_partial_rewards=True to sum the functions that score it"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        trainer._generate_and_score_completions(batch)
+
+
+def test_partly_scored_rows_are_counted_per_function_when_allowed(tmp_path, model, tokenizer):
+    def parity_but_rows_3_and_5(completions, **kwargs):
+        return [None if i in (3, 5) else r for i, r in enumerate(parity(completions))]
+
+    trainer, batch = build(tmp_path, model, tokenizer, [parity, parity_but_rows_3_and_5], allow_partial_rewards=True)
+    trainer._generate_and_score_completions(batch)
+    metrics = trainer._metrics["train"]
+    assert metrics["reward/partial_rows/parity_but_rows_3_and_5"] == [2.0]
+    assert metrics["reward/partial_rows/parity"] == [0.0]
+    assert metrics["reward/unscored_rows"] == [0.0]

@@ -1,0 +1,98 @@
+"""A run refuses an unwritable output_dir, and another run's checkpoints, before its first step."""
+
+import contextlib
+import logging
+import os
+import re
+import subprocess
+
+import pytest
+from transformers.trainer_utils import get_last_checkpoint
+
+from prefix_rft import PrefixRFTTrainer
+from prefix_rft.trl.run_dir import RUN_RECORD, claim_output_dir
+
+from .conftest import make_dataset, train_args
+
+
+def build(out, model, tokenizer, **overrides):
+    args = train_args(out.parent, **overrides)
+    args.output_dir = str(out)
+    return PrefixRFTTrainer(
+        model=model,
+        reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
+        args=args,
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
+    )
+
+
+@contextlib.contextmanager
+def read_only(path):
+    """`path` made read-only for this process: immutable for root (permission bits do not stop root), else 0o555."""
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+            pytest.skip("root, and the file system has no immutable attribute")
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+    else:
+        path.chmod(0o555)
+        try:
+            yield
+        finally:
+            path.chmod(0o755)
+
+
+def test_read_only_output_dir_is_refused_before_the_first_step(tmp_path, model, tokenizer):
+    # it used to train every step and then fail in the final save
+    out = tmp_path / "out"
+    out.mkdir()
+    trainer = build(out, model, tokenizer)
+    with read_only(out), pytest.raises(ValueError) as refused:
+        trainer.train()
+    assert re.fullmatch(
+        rf"output_dir '{re.escape(str(out))}' is not writable \((Operation not permitted|Permission denied)\): "
+        "the run would train and then fail to save; choose another output_dir or make it writable",
+        str(refused.value),
+    )
+    assert trainer.state.global_step == 0
+
+
+def finished_run(out):
+    """What a finished 6-step run leaves: its checkpoints (their contents do not matter here)."""
+    for step in (5, 6):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+
+
+def test_new_run_in_a_folder_with_another_runs_checkpoints_is_refused(tmp_path, model, tokenizer):
+    out = tmp_path / "out"
+    finished_run(out)
+    trainer = build(out, model, tokenizer)
+    message = (
+        f"output_dir '{out}' holds another run's checkpoints (checkpoint-5, checkpoint-6); pass "
+        "resume_from_checkpoint=True to continue that run, overwrite_output_dir=True to delete them and start anew, "
+        "or choose another output_dir"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        trainer.train()
+    assert trainer.state.global_step == 0
+
+
+def test_overwrite_deletes_the_old_checkpoints_so_a_resume_finds_only_the_new_runs(tmp_path, model, tokenizer):
+    # a crash of the new run after its checkpoint-1 used to resume from the old run's checkpoint-6
+    out = tmp_path / "out"
+    finished_run(out)
+    trainer = build(out, model, tokenizer, overwrite_output_dir=True, save_strategy="steps", save_steps=1)
+    trainer.train()
+    assert get_last_checkpoint(str(out)) == str(out / "checkpoint-1")
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
+
+
+def test_resume_with_changed_settings_is_pointed_out(tmp_path, caplog):
+    claim_output_dir(str(tmp_path), resuming=False, overwrite=False, settings={"learning_rate": 1e-6, "seed": 0})
+    assert (tmp_path / RUN_RECORD).exists()
+    with caplog.at_level(logging.WARNING, logger="prefix_rft.trl.run_dir"):
+        claim_output_dir(str(tmp_path), resuming=True, overwrite=False, settings={"learning_rate": 1e-5, "seed": 0})
+    assert "resuming with settings that differ from the run's start: learning_rate" in caplog.text
