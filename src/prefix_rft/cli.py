@@ -11,7 +11,7 @@ import sys
 # command -> (module with a `main(argv: list[str]) -> int | None`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("prefix_rft.recipes.demo", "train the embedded tiny model with Prefix-RFT on CPU and write a report"),
-    "train": ("prefix_rft.recipes.train", "train from a YAML recipe (TrlParser: --config FILE.yaml [--key value ...])"),
+    "train": ("prefix_rft.recipes.train", "train from a YAML recipe (TrlParser: --config FILE.yaml [--key value])"),
     "eval": ("prefix_rft.eval.cli", "evaluate a model on math benchmarks or the embedded task (avg@k, pass@k)"),
     "verify": ("prefix_rft.verify.cli", "grade a JSONL file of (gold, prediction) pairs"),
     "compare": ("prefix_rft.recipes.compare", "run baselines and Prefix-RFT at equal budgets and compare them"),

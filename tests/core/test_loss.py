@@ -5,8 +5,10 @@ import torch
 
 from prefix_rft.core.loss import (
     aggregate_dr_grpo,
+    aggregate_token_loss,
     masked_mean,
     ppo_clip_token_loss,
+    sequence_level_old_logp,
     shaped_off_policy_token_loss,
     unclipped_token_loss,
 )
@@ -81,3 +83,51 @@ def test_unclipped_loss_keeps_large_ratio():
     # ratio exp(0.5) = 1.6487 is not clipped: loss = -1.6487 for A = 1
     loss = unclipped_token_loss(torch.tensor([[0.5]]), torch.zeros(1, 1), torch.ones(1, 1))
     assert loss.item() == pytest.approx(-math.exp(0.5))
+
+
+def test_two_sided_clip_caps_negative_advantage_loss_at_delta():
+    # TRL's delta (INTELLECT-2): ratio exp(2) = 7.389, A = -1: -min(min(7.389, 4) * -1, 1.2 * -1) = max(4, 1.2) = 4
+    loss, ratio = ppo_clip_token_loss(torch.tensor([[2.0]]), torch.zeros(1, 1), -torch.ones(1, 1), delta=4.0)
+    assert loss.item() == pytest.approx(4.0)
+    assert ratio.item() == pytest.approx(math.exp(2))  # the ratio itself is returned unclipped
+
+
+def test_two_sided_clip_leaves_positive_advantage_at_the_ppo_clip():
+    # A = 1, ratio 7.389: -min(min(7.389, 4), 1.2) = -1.2, as without delta
+    loss, _ = ppo_clip_token_loss(torch.tensor([[2.0]]), torch.zeros(1, 1), torch.ones(1, 1), delta=4.0)
+    assert loss.item() == pytest.approx(-1.2)
+
+
+def test_sequence_level_old_logp_gives_every_token_the_mean_log_ratio():
+    # log-ratios 0.2 and 0.4 on the two trained tokens (the third is padding): mean 0.3 on every token
+    logp = torch.tensor([[0.2, 0.4, 9.0]], requires_grad=True)
+    old = sequence_level_old_logp(logp, torch.zeros(1, 3), torch.tensor([[1, 1, 0]]))
+    assert (logp - old).tolist()[0] == pytest.approx([0.3, 0.3, 0.3])
+    # GSPO's gradient: d(mean log-ratio)/d logp_t = 1/2 on each trained token, 0 on padding
+    (logp - old)[0, 0].backward()
+    assert logp.grad.tolist() == [[0.5, 0.5, 0.0]]
+
+
+# token losses 1, 2 (row 0) and 3 (row 1) are trained; the 9s are padding
+TOKEN_LOSS = torch.tensor([[1.0, 2.0, 9.0], [3.0, 9.0, 9.0]])
+LOSS_MASK = torch.tensor([[1, 1, 0], [1, 0, 0]])
+
+
+@pytest.mark.parametrize(
+    ("loss_type", "expected"),
+    [
+        ("grpo", 2.25),  # row means 3/2 and 3/1 -> (1.5 + 3) / 2
+        ("bnpo", 2.0),  # (1 + 2 + 3) / 3 tokens
+        ("dapo", 0.5),  # 6 / 12 tokens per micro-batch (given)
+        ("luspo", 3.0),  # row sums 3 and 3 -> mean 3
+        ("dr_grpo", 0.3),  # 6 / (2 rows * 10)
+    ],
+)
+def test_aggregation_follows_trl_loss_type(loss_type, expected):
+    loss = aggregate_token_loss(TOKEN_LOSS, LOSS_MASK, loss_type, loss_normalizer=10, tokens_per_micro_batch=12.0)
+    assert loss.item() == pytest.approx(expected)
+
+
+def test_dapo_aggregation_needs_the_token_count():
+    with pytest.raises(ValueError, match="tokens_per_micro_batch"):
+        aggregate_token_loss(TOKEN_LOSS, LOSS_MASK, "dapo", loss_normalizer=10)

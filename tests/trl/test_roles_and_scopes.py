@@ -41,6 +41,7 @@ def test_hybrid_whose_prefix_rounds_to_zero_stays_hybrid(tmp_path, model, tokeni
         model,
         tokenizer,
         prefix_ratio_schedule="constant",
+        prefix_ratio_floor_start=0.01,
         prefix_ratio_floor_end=0.01,
         prefix_ratio_ceiling=0.02,
     )

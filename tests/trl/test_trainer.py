@@ -162,9 +162,9 @@ def test_config_rejects_group_without_on_policy_row(tmp_path):
         train_args(tmp_path, num_hybrid=8)
 
 
-def test_config_rejects_std_scaling(tmp_path):
-    with pytest.raises(ValueError, match="scale_rewards"):
-        train_args(tmp_path, scale_rewards="group")
+def test_config_rejects_unknown_reward_scaling(tmp_path):
+    with pytest.raises(ValueError, match="scale_rewards='rank' is not supported"):
+        train_args(tmp_path, scale_rewards="rank")
 
 
 def test_config_defaults_are_the_papers():

@@ -1,11 +1,18 @@
 """The method as pure functions on tensors and ids. Imports only torch, numpy and the standard library."""
 
-from prefix_rft.core.advantages import dr_grpo_advantages, hybrid_advantages, per_token_advantages
+from prefix_rft.core.advantages import (
+    dr_grpo_advantages,
+    hybrid_advantages,
+    per_token_advantages,
+    reward_std_divisor,
+)
 from prefix_rft.core.entropy import num_dropped, select_prefix_tokens
 from prefix_rft.core.loss import (
     aggregate_dr_grpo,
+    aggregate_token_loss,
     masked_mean,
     ppo_clip_token_loss,
+    sequence_level_old_logp,
     shaped_off_policy_token_loss,
     unclipped_token_loss,
 )
@@ -34,6 +41,7 @@ __all__ = [
     "LinearDecay",
     "PrefixRatioSampler",
     "aggregate_dr_grpo",
+    "aggregate_token_loss",
     "build_prefix_mask",
     "dr_grpo_advantages",
     "fit_prefix_to_prompt",
@@ -46,9 +54,11 @@ __all__ = [
     "per_token_advantages",
     "ppo_clip_token_loss",
     "prefix_length",
+    "reward_std_divisor",
     "rollout_index",
     "row_rng",
     "select_prefix_tokens",
+    "sequence_level_old_logp",
     "shaped_off_policy_token_loss",
     "unclipped_token_loss",
 ]

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
+
+LossType = Literal["dr_grpo", "grpo", "bnpo", "dapo", "luspo"]
+LOSS_TYPES: tuple[str, ...] = get_args(LossType)
 
 
 def ppo_clip_token_loss(
@@ -12,6 +17,7 @@ def ppo_clip_token_loss(
     epsilon_low: float = 0.2,
     epsilon_high: float = 0.2,
     dual_clip: float | None = None,
+    delta: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token loss max(-A*rho, -A*clip(rho, 1-eps_low, 1+eps_high)), optionally capped at -c*A where A < 0.
 
@@ -19,12 +25,16 @@ def ppo_clip_token_loss(
         logp, old_logp: (B, T) log-probs of the taken tokens under the current and the rollout policy.
         advantages: (B, T) or (B, 1).
         dual_clip: c of dual-clip PPO (reference: 3.0); None disables it.
+        delta: two-sided clip (TRL's `delta`, INTELLECT-2, arXiv 2505.07291): the unclipped branch uses
+            min(rho, delta); None disables it.
     Returns:
-        ((B, T) loss, (B, T) ratio rho).
+        ((B, T) loss, (B, T) ratio rho, before any clipping).
     """
     ratio = torch.exp(logp - old_logp)
     clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
-    loss = -torch.min(ratio * advantages, clipped * advantages)
+    # Two-sided clip: with A < 0 the unclipped branch alone would let a large ratio grow the loss without bound.
+    unclipped = ratio if delta is None else torch.clamp(ratio, max=delta)
+    loss = -torch.min(unclipped * advantages, clipped * advantages)
     if dual_clip is not None:
         # Dual clip: a negative advantage with a huge ratio would otherwise give an unbounded loss.
         loss = torch.where(advantages < 0, torch.minimum(loss, -dual_clip * advantages), loss)
@@ -43,6 +53,60 @@ def aggregate_dr_grpo(token_loss: torch.Tensor, mask: torch.Tensor, loss_normali
         loss_normalizer: usually `max_completion_length`.
     """
     return (token_loss * mask).sum() / (token_loss.size(0) * loss_normalizer)
+
+
+def aggregate_token_loss(
+    token_loss: torch.Tensor,
+    mask: torch.Tensor,
+    loss_type: LossType,
+    loss_normalizer: int,
+    tokens_per_micro_batch: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """Scalar loss of one micro-batch, before gradient-accumulation scaling, as TRL's `loss_type` aggregates it.
+
+    Prefix tokens are ordinary trained tokens here: they count in every token mean, including those whose advantage
+    entropy selection zeroed (the reference keeps them in its loss mask too).
+
+    Args:
+        token_loss: (B, T) per-token loss.
+        mask: (B, T) 0/1, tokens that are trained.
+        loss_type: ``dr_grpo`` sum / (B * `loss_normalizer`); ``grpo`` mean over rows of each row's token mean;
+            ``bnpo`` mean over the micro-batch's tokens; ``dapo`` sum / `tokens_per_micro_batch`; ``luspo`` sum / B.
+        loss_normalizer: Dr. GRPO's constant, usually `max_completion_length`.
+        tokens_per_micro_batch: DAPO's divisor, the trained tokens of the whole generation batch (all ranks) per
+            rank and micro-batch, so every token of the optimizer step weighs the same.
+    """
+    masked = token_loss * mask
+    if loss_type == "dr_grpo":
+        return aggregate_dr_grpo(token_loss, mask, loss_normalizer)
+    if loss_type == "grpo":
+        return (masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()
+    if loss_type == "bnpo":
+        return masked.sum() / mask.sum().clamp(min=1)
+    if loss_type == "dapo":
+        if tokens_per_micro_batch is None:
+            raise ValueError("loss_type='dapo' needs tokens_per_micro_batch")
+        return masked.sum() / tokens_per_micro_batch
+    if loss_type == "luspo":
+        return masked.sum(dim=1).mean()
+    raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {LOSS_TYPES}")
+
+
+def sequence_level_old_logp(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Old log-probs that give every token of a row the row's sequence-level ratio (GSPO, arXiv 2507.18071).
+
+    logp - result = s, the row's mean log-ratio over `mask`, on every token; any token loss written in terms of
+    exp(logp - old_logp) then uses the sequence ratio exp(s), and the gradient flows through s as in GSPO.
+
+    Args:
+        logp, old_logp: (B, T) log-probs of the taken tokens under the current and the rollout policy.
+        mask: (B, T) 0/1, tokens that are trained.
+    Returns:
+        (B, T) old log-probs.
+    """
+    tokens = mask.sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1)
+    sequence_log_ratio = ((logp - old_logp) * mask).sum(dim=1, keepdim=True) / tokens  # (B, 1)
+    return logp - sequence_log_ratio
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -2,15 +2,58 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass, field, fields
+from typing import get_type_hints
 
 from trl import GRPOConfig
 
+from prefix_rft.core.loss import LOSS_TYPES
 from prefix_rft.core.prefix import hybrid_positions
 from prefix_rft.core.schedule import Constant, Delay, PrefixRatioSampler, make_controller
+from prefix_rft.data.annotations import is_instance, runtime_types, type_names
+from prefix_rft.trl.fields import REFUSED_GRPO_FIELDS, REFUSED_LOSS_TYPES
 
 ENTROPY_SCOPES = ("optimizer_step", "global_micro_batch", "local_micro_batch")
 RENAMED_SCOPES = {"batch": "global_micro_batch", "micro_batch": "local_micro_batch"}
+GRPO_DEFAULTS = {f.name: f.default for f in fields(GRPOConfig)}
+
+
+# Allowed ranges (low, high, as the error states it) of the prefix_* fields and the TRL fields the trainer relies on.
+_INF = float("inf")
+RANGES: dict[str, tuple[float, float, str]] = {
+    "num_generations": (2, _INF, ">= 2 (advantages compare the rollouts of a group)"),
+    "max_completion_length": (1, _INF, ">= 1"),
+    "max_prompt_length": (1, _INF, ">= 1, or null for the model's context"),
+    "per_device_train_batch_size": (1, _INF, ">= 1"),
+    "gradient_accumulation_steps": (1, _INF, ">= 1"),
+    "steps_per_generation": (1, _INF, ">= 1"),
+    "num_iterations": (1, _INF, ">= 1"),
+    "temperature": (1e-8, _INF, "> 0"),
+    "learning_rate": (0, _INF, ">= 0"),
+    "beta": (0, _INF, ">= 0"),
+    "epsilon": (0, _INF, ">= 0"),
+    "epsilon_high": (0, _INF, ">= 0"),
+    "prefix_ratio_floor_start": (0, 1, "[0, 1]"),
+    "prefix_ratio_floor_end": (0, 1, "[0, 1]"),
+    "prefix_ratio_ceiling": (0, 1, "[0, 1]"),
+    "prefix_ratio_decay_steps": (1, _INF, ">= 1"),
+    "prefix_ratio_warmup_ratio": (0, 1 - 1e-12, "[0, 1)"),
+    "prefix_ratio_delay_steps": (0, _INF, ">= 0"),
+    "prefix_ratio_alpha": (1e-12, _INF, "> 0 (a Beta distribution shape)"),
+    "prefix_ratio_beta": (1e-12, _INF, "> 0 (a Beta distribution shape)"),
+    "prefix_min_len": (0, _INF, ">= 0"),
+    "prefix_dual_clip": (1 + 1e-12, _INF, "> 1 (dual-clip PPO), or null to disable"),
+    "max_consecutive_nonfinite_steps": (1, _INF, ">= 1"),
+}
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, tuple[type, ...]]:
+    """Field -> classes its value may have, for every field whose annotation `isinstance` can check."""
+    hints = get_type_hints(cls)
+    checked = {f.name: runtime_types(hints[f.name]) for f in fields(cls) if f.name in hints}
+    return {name: allowed for name, allowed in checked.items() if allowed is not None}
 
 
 @dataclass
@@ -22,8 +65,14 @@ class PrefixRFTConfig(GRPOConfig):
     """
 
     # Dr. GRPO (spec §3.7, §3.9): no std scaling, token sum over a constant.
-    loss_type: str = field(default="dr_grpo", metadata={"help": "Only 'dr_grpo' is supported (paper setting)."})
-    scale_rewards: str = field(default="none", metadata={"help": "Only 'none' is supported (Dr. GRPO: no std)."})
+    loss_type: str = field(
+        default="dr_grpo",
+        metadata={"help": "'dr_grpo' (paper), 'grpo', 'dapo', 'bnpo' or 'luspo'; prefix tokens count as trained."},
+    )
+    scale_rewards: str = field(
+        default="none",
+        metadata={"help": "'none' (paper, Dr. GRPO), or divide every advantage by the std of the 'group' or 'batch'."},
+    )
     max_prompt_length: int | None = field(
         default=None,
         metadata={
@@ -96,8 +145,21 @@ class PrefixRFTConfig(GRPOConfig):
     prefix_seed: int | None = field(
         default=None, metadata={"help": "Seed of prefix draws (ratio, demo choice); defaults to `seed`."}
     )
+    allow_partial_rewards: bool = field(
+        default=False,
+        metadata={
+            "help": "Train on rows that some reward functions left unscored (None), summing the others; by default "
+            "such a row stops the run, naming the function."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start a new run in an output_dir holding another run's checkpoints (they are deleted)."},
+    )
 
     def __post_init__(self) -> None:
+        self._check_ranges()  # first: a wrong type or range would otherwise fail inside TRL or numpy, unnamed
+        self._refuse_unsupported()  # before TRL's checks, so these errors give our reason
         super().__post_init__()
         self._check_choices()
         hybrid_positions(self.num_generations, self.num_hybrid)  # raises if no on-policy row would remain
@@ -105,13 +167,44 @@ class PrefixRFTConfig(GRPOConfig):
             raise ValueError(
                 f"prefix_entropy_keep_fraction must be in (0, 1], got {self.prefix_entropy_keep_fraction}"
             )
-        if self.top_entropy_quantile != 1.0 or self.use_adaptive_entropy:
-            raise ValueError(
-                "top_entropy_quantile and use_adaptive_entropy are not used by PrefixRFTTrainer; "
-                "prefix tokens are selected with prefix_entropy_keep_fraction"
-            )
         if self.prefix_seed is None:
             self.prefix_seed = self.seed
+
+    def _check_ranges(self) -> None:
+        """Refuse a field of the wrong type (a YAML value reaches the dataclass unconverted) or out of its range."""
+        for name, allowed in _field_types(type(self)).items():
+            value = getattr(self, name)
+            # None means unset: argparse gives it to fields whose annotation omits None (e.g. `debug`).
+            if value is not None and not is_instance(value, allowed):
+                raise ValueError(f"{name} must be {type_names(allowed)}, got {value!r} ({type(value).__name__})")
+        for name, (low, high, allowed_range) in RANGES.items():
+            value = getattr(self, name)
+            if value is not None and not (low <= value <= high):
+                raise ValueError(f"{name}={value!r} is out of range; expected {allowed_range}")
+        # The floors the schedule reaches: 'constant' starts at the end value unless a delay holds the start one.
+        floors = ["prefix_ratio_floor_end"]
+        if self.prefix_ratio_schedule != "constant" or self.prefix_ratio_delay_steps:
+            floors.insert(0, "prefix_ratio_floor_start")
+        floor = max(getattr(self, name) for name in floors)
+        if self.prefix_ratio_ceiling < floor:
+            raise ValueError(
+                f"prefix_ratio_ceiling={self.prefix_ratio_ceiling!r} is below the floor ({floor!r}); expected "
+                f"prefix_ratio_ceiling >= {' and >= '.join(floors)}"
+            )
+        if self.max_steps == 0:
+            raise ValueError("max_steps=0 trains nothing; expected a positive number of steps, or -1 for epochs")
+
+    def _refuse_unsupported(self) -> None:
+        """Refuse GRPOConfig options that have no Prefix-RFT meaning (trl/fields.py gives each reason)."""
+        for name, reason in REFUSED_GRPO_FIELDS.items():
+            value = getattr(self, name, GRPO_DEFAULTS.get(name))  # an older transformers may lack the field
+            if value != GRPO_DEFAULTS.get(name):
+                raise ValueError(f"{name}={value!r} is not supported by PrefixRFTTrainer: {reason}")
+        if self.loss_type in REFUSED_LOSS_TYPES:
+            raise ValueError(
+                f"loss_type={self.loss_type!r} is not supported by PrefixRFTTrainer: "
+                f"{REFUSED_LOSS_TYPES[self.loss_type]}; use one of {LOSS_TYPES}"
+            )
 
     def _check_choices(self) -> None:
         if self.prefix_entropy_scope in RENAMED_SCOPES:
@@ -121,8 +214,8 @@ class PrefixRFTConfig(GRPOConfig):
                 "paper's mini-batch (docs/fidelity.md row 3)"
             )
         choices = {
-            "loss_type": ("dr_grpo",),
-            "scale_rewards": ("none",),
+            "loss_type": LOSS_TYPES,
+            "scale_rewards": ("none", "group", "batch"),
             "prefix_ratio_schedule": ("cosine", "linear", "constant"),
             "prefix_advantage": ("reference", "paper"),
             "prefix_entropy_selection": ("top", "all", "none", "random", "lowest"),

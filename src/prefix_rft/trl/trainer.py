@@ -9,10 +9,12 @@ get their own advantage (spec §3.7) and only the highest-entropy share keeps it
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import shutil
+import textwrap
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
@@ -21,10 +23,10 @@ import torch
 from accelerate.utils import gather_object
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from trl import GRPOTrainer
-from trl.trainer.utils import RepeatSampler
+from trl.trainer.utils import RepeatSampler, get_config_model_id
 
 from prefix_rft.core import (
-    aggregate_dr_grpo,
+    aggregate_token_loss,
     build_prefix_mask,
     fit_prefix_to_prompt,
     hybrid_advantages,
@@ -33,18 +35,30 @@ from prefix_rft.core import (
     per_token_advantages,
     ppo_clip_token_loss,
     prefix_length,
+    reward_std_divisor,
     rollout_index,
     row_rng,
     select_prefix_tokens,
+    sequence_level_old_logp,
 )
 from prefix_rft.data import row_demos, validate_rows
+from prefix_rft.data.validation import PromptBudgets, ValidationReport
 from prefix_rft.trl.config import PrefixRFTConfig
 from prefix_rft.trl.guards import NonFiniteStepGuard
 from prefix_rft.trl.rollouts import BudgetedClient, BudgetedLLM, Rollout, RowPlan
+from prefix_rft.trl.run_dir import check_writable, claim_output_dir
 
 logger = logging.getLogger(__name__)
 STAGING_DIR = ".staging"  # checkpoints are written here, then renamed into place
 PREFIX_MARK = " ⟦/prefix⟧ "  # shown in completions tables where a hybrid's demo prefix ends
+# Prompt tokens allowed when the model states no context length: a 1 MB prompt would otherwise ask for ~1 TB.
+DEFAULT_PROMPT_TOKEN_LIMIT = 32_768
+# Trainer arguments that replace or bypass the rollouts that start hybrid rows from their demo prefixes.
+REFUSED_TRAINER_ARGUMENTS = {
+    "tools": "TRL's tool loop regenerates a subset of rows without their demo prefixes",
+    "environment_factory": "its tool loop regenerates a subset of rows without their demo prefixes",
+    "rollout_func": "it replaces the generation that starts hybrid rows from their demo prefixes",
+}
 
 
 class EpochSeededRepeatSampler(RepeatSampler):
@@ -67,8 +81,32 @@ class PrefixRFTTrainer(GRPOTrainer):
     rows without demos train on-policy only. Other columns (e.g. `answer`) reach the reward functions.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    # Model cards name the method and cite its paper (TRL's create_model_card reads these).
+    _tag_names = ["trl", "prefix-rft"]
+    _name = "Prefix-RFT"
+    _paper = {
+        "title": "Blending Supervised and Reinforcement Fine-Tuning with Prefix Sampling",
+        "id": "2507.01679",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @article{huang2025blending,
+                title        = {{Blending Supervised and Reinforcement Fine-Tuning with Prefix Sampling}},
+                author       = {Zeyu Huang and Tianhao Cheng and Zihan Qiu and Zili Wang and Yinghui Xu and
+                                Edoardo M. Ponti and Ivan Titov},
+                year         = 2025,
+                eprint       = {arXiv:2507.01679},
+            }"""),
+    }
+    _tokens_per_micro_batch: torch.Tensor | None = None  # DAPO's divisor for the micro-batch in flight
+
+    def __init__(self, model, reward_funcs=None, args: PrefixRFTConfig | None = None, *rest: Any, **kwargs: Any):
+        for name, reason in REFUSED_TRAINER_ARGUMENTS.items():
+            if kwargs.get(name) is not None:
+                raise ValueError(f"PrefixRFTTrainer does not support `{name}`: {reason}")
+        if args is None:  # as GRPOTrainer builds a default GRPOConfig
+            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
+            args = PrefixRFTConfig(f"{model_name.split('/')[-1]}-Prefix-RFT")
+        super().__init__(model, reward_funcs, args, *rest, **kwargs)
         if not isinstance(self.args, PrefixRFTConfig):
             raise TypeError(f"PrefixRFTTrainer needs args of type PrefixRFTConfig, got {type(self.args).__name__}")
         self._prefix_sampler = self.args.prefix_sampler()
@@ -94,16 +132,47 @@ class PrefixRFTTrainer(GRPOTrainer):
         dataset = self.train_dataset
         if not self.args.validate_dataset or dataset is None or not hasattr(dataset, "__len__"):
             return None
+        return self._validate_rows(dataset)
+
+    def _validate_rows(self, rows) -> ValidationReport:
+        """The checks `_validate_train_dataset` runs, on any sequence of rows."""
         return validate_rows(
-            dataset,
+            rows,
             reward_funcs=self.reward_funcs,
-            prompt_length=self._prompt_length,
+            prompt_budgets=self._prompt_budgets(),
             demo_length=lambda demo: len(self._tokenizer(demo, add_special_tokens=False)["input_ids"]),
-            max_prompt_length=self.args.max_prompt_length,
-            min_prefix_len=self.args.prefix_min_len,
             max_completion_length=self.max_completion_length,
             truncate_long_demos=self.args.prefix_truncate_long_demos,
         )
+
+    def _prompt_budgets(self) -> PromptBudgets:
+        """No prompt may outgrow the model's context less the completion budget, nor `max_prompt_length` (which
+        `fit_prefix_to_prompt` enforces at run time); with `max_prompt_length=None` the context alone bounds it."""
+        context = self._context_length()
+        if context is None:
+            limit, source = DEFAULT_PROMPT_TOKEN_LIMIT, "the limit for a model whose config states no context length"
+        else:
+            limit = context - self.max_completion_length
+            source = (
+                f"the model's context of {context} positions less max_completion_length={self.max_completion_length}"
+            )
+            if limit < 1:
+                raise ValueError(
+                    f"max_completion_length={self.max_completion_length} leaves no room for a prompt in the model's "
+                    f"context of {context} positions"
+                )
+        max_prompt_length = self.args.max_prompt_length
+        if max_prompt_length is not None and max_prompt_length < limit:
+            limit, source = max_prompt_length, f"max_prompt_length={max_prompt_length}"
+        return PromptBudgets(self._prompt_length, limit, source, max_prompt_length, self.args.prefix_min_len)
+
+    def _context_length(self) -> int | None:
+        """Positions the model can attend over: the smaller of what its config and its tokenizer state."""
+        config = getattr(self.model, "config", None)
+        stated = [getattr(config, "max_position_embeddings", None), getattr(self._tokenizer, "model_max_length", None)]
+        # Tokenizers without a stated limit report a huge placeholder (int(1e30)).
+        known = [n for n in stated if isinstance(n, int) and 0 < n < 10**9]
+        return min(known) if known else None
 
     def _prompt_length(self, prompt: Any) -> int:
         if isinstance(prompt, list):
@@ -201,7 +270,9 @@ class PrefixRFTTrainer(GRPOTrainer):
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         rollout = self._rollout
         if rollout is None:  # evaluation: stock generation
-            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations)
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images=has_tool_images
+            )
         if len(prompt_ids) != len(rollout.rows):
             raise NotImplementedError("a generation call on a subset of the batch (e.g. TRL's tool loop)")
         prefix_ids = rollout.prefix_ids = self._fit_prefixes(rollout, prompt_ids)
@@ -315,15 +386,45 @@ class PrefixRFTTrainer(GRPOTrainer):
             rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         except Exception as error:
             raise self._locate_reward_error(inputs, prompts, completions, completion_ids_list) from error
-        bad = torch.isnan(rewards_per_func).all(dim=1) | torch.isinf(rewards_per_func).any(dim=1)
-        if bool(bad.any()):
-            row = int(bad.nonzero()[0, 0])
-            values = dict(zip(self.reward_func_names, rewards_per_func[row].tolist(), strict=True))
-            raise ValueError(f"reward of row {row} (of the gathered batch) is not finite: {values}")
+        unscored = self._check_rewards(rewards_per_func)
         if self._rollout is not None:
             weights = self.reward_weights.to(rewards_per_func.device)
-            self._rollout.rewards = (rewards_per_func * weights).nansum(dim=1)
+            rewards = (rewards_per_func * weights).nansum(dim=1)
+            # TRL's contract: a row no function scored is unscorable (NaN), not a reward of 0; its advantages are 0
+            # and it is left out of its group's baseline (core.advantages).
+            self._rollout.rewards = torch.where(unscored, torch.nan, rewards)
         return rewards_per_func
+
+    def _check_rewards(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: the rows of the gathered batch that no reward function scored (every one returned None).
+
+        Counts them, and per function the rows it left unscored while another function scored them. Refuses an
+        infinite reward, and such a partly scored row unless `allow_partial_rewards`: TRL sums the functions that did
+        score it, so the missing one would be dropped without a trace.
+        """
+        names = self.reward_func_names
+        infinite = torch.isinf(rewards_per_func).any(dim=1)
+        if bool(infinite.any()):
+            row = int(infinite.nonzero()[0, 0])
+            values = dict(zip(names, rewards_per_func[row].tolist(), strict=True))
+            raise ValueError(f"reward of row {row} (of the gathered batch) is not finite: {values}")
+        missing = torch.isnan(rewards_per_func)  # (N, F)
+        unscored = missing.all(dim=1)
+        partial = missing & ~unscored.unsqueeze(1)  # (N, F)
+        metrics = self._metrics["train" if self.model.training else "eval"]
+        metrics["reward/unscored_rows"].append(float(unscored.sum()))
+        if len(names) > 1:
+            for j, name in enumerate(names):
+                metrics[f"reward/partial_rows/{name}"].append(float(partial[:, j].sum()))
+        if bool(partial.any()) and not self.args.allow_partial_rewards:
+            row, j = partial.nonzero()[0].tolist()
+            scored_by = [n for n, gone in zip(names, missing[row].tolist(), strict=True) if not gone]
+            raise ValueError(
+                f"reward function {names[j]!r} returned None for row {row} (of the gathered batch), which {scored_by} "
+                f"scored: the row's reward would leave {names[j]!r} out. Return a number for every row, or set "
+                "allow_partial_rewards=True to sum the functions that score it"
+            )
+        return unscored
 
     def _locate_reward_error(self, inputs, prompts, completions, completion_ids_list) -> Exception:
         """Re-run each reward function row by row to name the function and the row that fail."""
@@ -372,14 +473,20 @@ class PrefixRFTTrainer(GRPOTrainer):
         # The planned role decides the baseline, never the prefix length or the completion mask.
         local_hybrid = torch.tensor(rollout.hybrid, dtype=torch.bool, device=device)
         is_hybrid = self.accelerator.gather(local_hybrid)  # (N,) over all ranks, process-major like the rewards
-        cont_adv, prefix_adv = hybrid_advantages(
-            rollout.rewards, is_hybrid, self.num_generations, self.args.prefix_advantage
-        )
+        cont_adv, prefix_adv = self._hybrid_advantages(rollout.rewards, is_hybrid)
         rank, n = self.accelerator.process_index, len(rollout.rows)
         local = slice(rank * n, (rank + 1) * n)
         output["advantages"] = per_token_advantages(cont_adv[local], prefix_adv[local], output["prefix_mask"])
         self._replace_logged_advantages(cont_adv)
         self._log_prefix_metrics(rollout, prefix_lens, completion_lens, is_hybrid, cont_adv, prefix_adv)
+
+    def _hybrid_advantages(self, rewards: torch.Tensor, is_hybrid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,) continuation and (N,) prefix advantages of the gathered batch (spec §3.7), each divided by the reward
+        std when `scale_rewards` is 'group' or 'batch' (one divisor for every advantage of a group)."""
+        group_size = self.num_generations
+        cont_adv, prefix_adv = hybrid_advantages(rewards, is_hybrid, group_size, self.args.prefix_advantage)
+        divisor = reward_std_divisor(rewards, group_size, self.scale_rewards)  # (N,)
+        return cont_adv / divisor, prefix_adv / divisor
 
     def _replace_logged_advantages(self, cont_adv: torch.Tensor) -> None:
         """The completions table shows the advantage each row trained with (continuation tokens for hybrids)."""
@@ -417,8 +524,9 @@ class PrefixRFTTrainer(GRPOTrainer):
         metrics["prefix/no_demo_rows"].append(no_demo)
         metrics["prefix/truncated_tokens"].append(truncated)
         metrics["train/skipped_nonfinite_steps"].append(float(self._guard.skipped))
-        metrics["reward/hybrid"].append(rewards[is_hybrid].mean().item() if num_hybrid else float("nan"))
-        metrics["reward/on_policy"].append(rewards[~is_hybrid].mean().item())
+        # nanmean: unscored rows (NaN) have no reward to average
+        metrics["reward/hybrid"].append(rewards[is_hybrid].nanmean().item() if num_hybrid else float("nan"))
+        metrics["reward/on_policy"].append(rewards[~is_hybrid].nanmean().item())
         metrics["advantage/on_policy_mean"].append(cont_adv[~is_hybrid].mean().item())
         metrics["advantage/on_policy_abs_mean"].append(cont_adv[~is_hybrid].abs().mean().item())
         if num_hybrid:
@@ -453,6 +561,31 @@ class PrefixRFTTrainer(GRPOTrainer):
         return sampler
 
     # ---------------------------------------------------------------- checkpoints
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs: Any):
+        """Trainer.train, after making sure `output_dir` can be written and holds no other run (run_dir.py)."""
+        if self.args.should_save:
+            check_writable(self.args.output_dir)
+            claim_output_dir(
+                self.args.output_dir,
+                resuming=bool(resume_from_checkpoint),
+                overwrite=self.args.overwrite_output_dir,
+                settings=json.loads(self.args.to_json_string()),
+                leftovers=(STAGING_DIR,),
+            )
+        self.accelerator.wait_for_everyone()
+        return super().train(resume_from_checkpoint, trial, **kwargs)
+
+    def _run_epoch(self, *args: Any, **kwargs: Any) -> None:
+        """Trainer._run_epoch, unless the run has already reached `max_steps`.
+
+        A run resumed from its final checkpoint (killed after writing it) restarts the epoch that checkpoint fell in,
+        and transformers would train that epoch's next step before checking `max_steps`: one step too many.
+        """
+        if self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return
+        super()._run_epoch(*args, **kwargs)
+
     def _get_output_dir(self, trial) -> str:
         base = super()._get_output_dir(trial)
         return os.path.join(base, STAGING_DIR) if getattr(self, "_staging", False) else base
@@ -593,14 +726,8 @@ class PrefixRFTTrainer(GRPOTrainer):
         return full
 
     def _compute_loss(self, model, inputs):
-        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
-        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
         mask = self._loss_mask(inputs)  # (B, T)
-        logps, entropies, _ = self._get_per_token_logps_and_entropies(
-            model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=True
-        )
+        logps, entropies, aux_loss = self._forward(model, inputs)
         advantages = inputs["advantages"]
         if advantages.dim() == 1:  # eval batches carry TRL's (B,) advantages
             advantages = advantages.unsqueeze(1)
@@ -608,32 +735,122 @@ class PrefixRFTTrainer(GRPOTrainer):
         # Prefix-RFT (App. A.2): zero the advantage of prefix tokens outside the top entropy share.
         keep = self._prefix_keep_mask(entropies.detach(), prefix_mask, inputs)
         advantages = advantages * keep
-        old_logps = inputs.get("old_per_token_logps")
-        old_logps = logps.detach() if old_logps is None else old_logps
+        old_logps = self._old_logps(logps, inputs, mask)
         token_loss, ratio = self._token_loss(logps, old_logps, advantages, prefix_mask)
         if self.use_vllm and self.vllm_importance_sampling_correction:
             token_loss = token_loss * inputs["importance_sampling_ratio"]
+        mode = "train" if self.model.training else "eval"
         if self.beta != 0.0:
-            ref = inputs["ref_per_token_logps"]
-            token_loss = token_loss + self.beta * (torch.exp(ref - logps) - (ref - logps) - 1)
-        train = self.model.training
-        accumulation = self.current_gradient_accumulation_steps if train else 1.0
-        loss = self._aggregate(token_loss, logps, mask, prefix_mask) / accumulation
-        if self.entropy_coef:
-            scope = mask if self.args.prefix_entropy_bonus_scope == "all" else mask * ~prefix_mask
-            loss = loss - self.entropy_coef * masked_mean(entropies, scope) / accumulation
-        self._log_loss_metrics("train" if train else "eval", mask, prefix_mask, keep, entropies, ratio, advantages)
+            token_loss = token_loss + self.beta * self._kl(logps, old_logps, inputs["ref_per_token_logps"], mask, mode)
+        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        # `_aggregate` keeps the signature the baselines override, so DAPO's divisor reaches it on the trainer.
+        self._tokens_per_micro_batch = self._dapo_tokens(inputs, mode)
+        policy_loss = self._aggregate(token_loss, logps, mask, prefix_mask)
+        loss = policy_loss / accumulation - self._entropy_bonus(entropies, mask, prefix_mask, mode) / accumulation
+        if self.aux_loss_enabled:  # MoE load balancing, as stock GRPOTrainer adds it
+            loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
+        self._log_loss_metrics(mode, mask, prefix_mask, keep, entropies, ratio, advantages)
+        self._log_loss_terms(mode, policy_loss, aux_loss)
         return loss
+
+    def _forward(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(B, T) log-probs and entropies of the completion tokens, and the MoE router aux loss (None if disabled)."""
+        completion_ids = inputs["completion_ids"]
+        input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        return self._get_per_token_logps_and_entropies(
+            model,
+            input_ids,
+            attention_mask,
+            completion_ids.size(1),
+            compute_entropy=True,
+            compute_aux_loss=self.aux_loss_enabled,
+        )
+
+    def _old_logps(self, logps: torch.Tensor, inputs: dict, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) rollout-policy log-probs as the importance ratio uses them: per token, or shifted so that every token
+        of a row carries the row's ratio (`importance_sampling_level="sequence"`, GSPO)."""
+        old_logps = inputs.get("old_per_token_logps")
+        # TRL leaves them out when they equal the current ones (strictly on-policy micro-batches).
+        old_logps = logps.detach() if old_logps is None else old_logps
+        if self.importance_sampling_level == "sequence":
+            return sequence_level_old_logp(logps, old_logps, mask)
+        return old_logps
 
     def _token_loss(self, logps, old_logps, advantages, prefix_mask) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T) per-token loss and PPO ratio: the same clipped objective for prefix and continuation tokens."""
+        args = self.args
         return ppo_clip_token_loss(
-            logps, old_logps, advantages, self.epsilon_low, self.epsilon_high, self.args.prefix_dual_clip
+            logps, old_logps, advantages, self.epsilon_low, self.epsilon_high, args.prefix_dual_clip, args.delta
         )
 
+    def _kl(self, logps, old_logps, ref_logps, mask, mode: str) -> torch.Tensor:
+        """(B, T) k3 estimate of KL(policy || reference), logged as `kl`.
+
+        With `use_bias_correction_kl` it is weighted by the importance ratio, which makes its gradient the unbiased
+        reverse-KL gradient (TRL, DeepSeek-V3.2); the ratio is differentiable, so this matters even at ratio 1.
+        """
+        kl = torch.exp(ref_logps - logps) - (ref_logps - logps) - 1
+        if self.args.use_bias_correction_kl:
+            kl = kl * torch.exp(logps - old_logps)
+        totals = self.accelerator.reduce(torch.stack([(kl * mask).sum(), mask.sum()]).float(), "sum")
+        self._metrics[mode]["kl"].append((totals[0] / totals[1].clamp(min=1.0)).item())
+        return kl
+
+    def _dapo_tokens(self, inputs: dict, mode: str) -> torch.Tensor | None:
+        """DAPO's divisor (TRL's): the generation batch's trained tokens on all ranks, per rank and micro-batch."""
+        if self.loss_type != "dapo":
+            return None
+        tokens = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+        # Evaluation batches are neither split into micro-batches nor accumulated.
+        return tokens / self.args.steps_per_generation if mode == "train" else tokens
+
     def _aggregate(self, token_loss, logps, mask, prefix_mask) -> torch.Tensor:
-        """Scalar loss of a micro-batch before gradient-accumulation scaling: Dr. GRPO's sum over a constant."""
-        return aggregate_dr_grpo(token_loss, mask, self.max_completion_length)
+        """Scalar loss of a micro-batch before gradient-accumulation scaling, aggregated as `loss_type` says."""
+        return aggregate_token_loss(
+            token_loss, mask, self.loss_type, self.max_completion_length, self._tokens_per_micro_batch
+        )
+
+    def _entropy_bonus(self, entropies, mask, prefix_mask, mode: str) -> torch.Tensor | float:
+        """Coefficient x mean entropy over the `prefix_entropy_bonus_scope` tokens (0 when disabled).
+
+        The coefficient is `entropy_coef`, or with `use_adaptive_entropy` (Skywork-OR1) the one of the previous
+        optimizer step, applied only while entropy is at or below `entropy_target`, as TRL does.
+        """
+        if not self._entropy_bonus_enabled:
+            return 0.0
+        scope = mask if self.args.prefix_entropy_bonus_scope == "all" else mask * ~prefix_mask
+        coef = self.entropy_coef
+        if self.use_adaptive_entropy:
+            coef = coef if self._last_world_entropy <= self.args.entropy_target else 0.0
+            if mode == "train":
+                self._update_entropy_coef(entropies.detach(), scope)
+        if mode == "train" and self.accelerator.sync_gradients:
+            self._metrics[mode]["entropy_coef"].append(self.entropy_coef)
+        return coef * masked_mean(entropies, scope)
+
+    def _update_entropy_coef(self, entropies: torch.Tensor, scope: torch.Tensor) -> None:
+        """Adaptive entropy control: at each optimizer step, move `entropy_coef` by `entropy_coef_delta` towards more
+        entropy when the step's mean entropy (all ranks, all micro-batches) is at or below the target, else less."""
+        stats = torch.stack([(entropies * scope).sum(), scope.sum()]).float()
+        window = self._entropy_window_stats
+        self._entropy_window_stats = stats if window is None else window + stats
+        if not self.accelerator.sync_gradients:
+            return
+        total = self.accelerator.reduce(self._entropy_window_stats, "sum")
+        args, entropy = self.args, (total[0] / total[1].clamp(min=1.0)).item()
+        if entropy <= args.entropy_target:
+            self.entropy_coef = min(self.entropy_coef + args.entropy_coef_delta, args.entropy_coef_max)
+        else:
+            self.entropy_coef = max(self.entropy_coef - args.entropy_coef_delta, args.entropy_coef_min)
+        self._last_world_entropy, self._entropy_window_stats = entropy, None
+
+    def _log_loss_terms(self, mode: str, policy_loss: torch.Tensor, aux_loss: torch.Tensor | None) -> None:
+        """`policy_loss` (the micro-batch's policy term before accumulation scaling) and the MoE `aux_loss`."""
+        metrics = self._metrics[mode]
+        metrics["policy_loss"].append(self.accelerator.gather(policy_loss.detach()).nanmean().item())
+        if aux_loss is not None:
+            metrics["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss.detach()).mean().item())
 
     def _log_loss_metrics(self, mode, mask, prefix_mask, keep, entropies, ratio, advantages) -> None:
         mask = mask.bool()

@@ -1,0 +1,115 @@
+"""Every `GRPOConfig` field, classified: PrefixRFTTrainer implements it, or `PrefixRFTConfig` refuses it.
+
+A field is in exactly one of the two collections (tests/trl/test_grpo_fields.py checks it against the installed TRL,
+so a field a new TRL adds fails the tests until it is classified here). A refused field is an error when set to
+anything but its GRPOConfig default; the message names the field and gives the reason below.
+"""
+
+from __future__ import annotations
+
+# TrainingArguments fields: the Trainer machinery (optimizer, schedule, precision, logging, checkpoints, evaluation,
+# distribution) runs unchanged, as under stock GRPOTrainer.
+SUPPORTED_TRAINING_FIELDS = frozenset(
+    """
+    output_dir per_device_train_batch_size num_train_epochs max_steps learning_rate lr_scheduler_type
+    lr_scheduler_kwargs warmup_steps optim optim_args weight_decay adam_beta1 adam_beta2 adam_epsilon
+    optim_target_modules gradient_accumulation_steps average_tokens_across_devices max_grad_norm bf16 fp16
+    bf16_full_eval fp16_full_eval tf32 activation_checkpointing activation_checkpointing_kwargs gradient_checkpointing
+    gradient_checkpointing_kwargs torch_compile torch_compile_backend torch_compile_mode use_liger_kernel
+    liger_kernel_config use_cache neftune_noise_alpha torch_empty_cache_steps logging_strategy logging_steps
+    logging_first_step log_on_each_node logging_nan_inf_filter include_num_input_tokens_seen log_level
+    log_level_replica disable_tqdm report_to run_name project trackio_space_id trackio_bucket_id
+    trackio_static_space_id eval_strategy eval_steps eval_delay per_device_eval_batch_size prediction_loss_only
+    eval_on_start eval_do_concat_batches eval_use_gather_object eval_accumulation_steps include_for_metrics
+    batch_eval_metrics save_only_model save_strategy save_steps save_on_each_node save_total_limit
+    enable_jit_checkpoint push_to_hub hub_token hub_private_repo hub_model_id hub_strategy hub_always_push
+    hub_revision load_best_model_at_end metric_for_best_model greater_is_better ignore_data_skip
+    restore_callback_states_from_checkpoint full_determinism seed data_seed use_cpu accelerator_config
+    parallelism_config dataloader_drop_last dataloader_num_workers dataloader_pin_memory dataloader_persistent_workers
+    dataloader_prefetch_factor dataloader_multiprocessing_context dataloader_in_order label_names
+    ddp_find_unused_parameters ddp_bucket_cap_mb ddp_broadcast_buffers ddp_static_graph ddp_backend ddp_timeout fsdp
+    fsdp_config deepspeed debug skip_memory_metrics do_train do_eval do_predict resume_from_checkpoint local_rank
+    """.split()
+)
+
+# GRPOConfig's own fields that PrefixRFTTrainer implements. Generation, rewards, vLLM and logging are TRL's; the loss
+# options are re-implemented in PrefixRFTTrainer._compute_loss with prefix tokens as ordinary trained tokens
+# (docs/fidelity.md rows 26-31).
+SUPPORTED_GRPO_OWN_FIELDS = frozenset(
+    """
+    model_init_kwargs trust_remote_code router_aux_loss_coef disable_dropout cast_lm_head_to_fp32 num_generations
+    num_generations_eval max_completion_length ds3_gather_for_generation shuffle_dataset pad_to_multiple_of
+    generation_batch_size steps_per_generation temperature top_p top_k min_p generation_kwargs chat_template_kwargs
+    repetition_penalty cache_implementation use_vllm vllm_mode vllm_model_impl vllm_enable_sleep_mode
+    vllm_server_base_url vllm_server_host vllm_server_port vllm_server_timeout vllm_group_port
+    vllm_gpu_memory_utilization vllm_max_model_length vllm_tensor_parallel_size beta num_iterations epsilon delta
+    epsilon_high importance_sampling_level reward_weights scale_rewards loss_type mask_truncated_completions
+    sync_ref_model ref_model_mixup_alpha ref_model_sync_steps entropy_coef use_adaptive_entropy entropy_coef_min
+    entropy_coef_max entropy_coef_delta entropy_target vllm_importance_sampling_correction
+    vllm_importance_sampling_mode vllm_importance_sampling_clip_max vllm_importance_sampling_clip_min
+    use_bias_correction_kl log_completions log_multimodal num_completions_to_print log_unique_prompts
+    log_completions_hub_repo use_transformers_continuous_batching transformers_continuous_batching_config
+    use_transformers_paged vllm_importance_sampling_cap
+    """.split()
+)
+
+SUPPORTED_GRPO_FIELDS = SUPPORTED_TRAINING_FIELDS | SUPPORTED_GRPO_OWN_FIELDS
+
+_SAPO = "it is only read by loss_type='sapo', which PrefixRFTTrainer refuses"
+_VESPO = "it is only read by loss_type='vespo', which PrefixRFTTrainer refuses"
+
+REFUSED_GRPO_FIELDS: dict[str, str] = {
+    "off_policy_mask_threshold": (
+        "off-policy sequence masking compares a sequence with the policy that sampled it, and no policy sampled a "
+        "hybrid's demo prefix (its sampling log-probs are NaN and would count as zero KL), so the mask has no meaning "
+        "for hybrid rows"
+    ),
+    "multi_objective_aggregation": (
+        "'normalize_then_sum' centres each reward function on the mean of the whole group, hybrid included, before "
+        "the prefix advantage is formed, while the reference advantage keeps the hybrid out of the on-policy "
+        "baseline; combine rewards with reward_weights ('sum_then_normalize')"
+    ),
+    "top_entropy_quantile": (
+        "Prefix-RFT selects prefix tokens by entropy with prefix_entropy_keep_fraction; a quantile over all "
+        "completion tokens would also mask on-policy tokens, which the method trains in full"
+    ),
+    "max_tool_calling_iterations": (
+        "tool calling is not supported: TRL's tool loop regenerates a subset of rows without their demo prefixes"
+    ),
+    "vllm_structured_outputs_regex": (
+        "the regex would constrain a hybrid's continuation from its first token, but the completion it must "
+        "describe starts with the demo prefix"
+    ),
+    "sapo_temperature_neg": _SAPO,
+    "sapo_temperature_pos": _SAPO,
+    "vespo_k_pos": _VESPO,
+    "vespo_lambda_pos": _VESPO,
+    "vespo_k_neg": _VESPO,
+    "vespo_lambda_neg": _VESPO,
+    "remove_unused_columns": (
+        "it drops the demos column (and every column a reward function reads) before rollouts, so no row could "
+        "become a hybrid"
+    ),
+    "auto_find_batch_size": "TRL refuses it: a smaller batch would split the groups of num_generations rollouts",
+    "label_smoothing_factor": "the policy-gradient loss has no labels to smooth (GRPO ignores it)",
+    "train_sampling_strategy": "GRPO's repeat sampler, which keeps each group's rollouts together, replaces it",
+    "length_column_name": "it is only read by train_sampling_strategy='group_by_length', which is refused",
+}
+
+# Loss types without a prefix meaning (TRL's other values of loss_type are supported).
+REFUSED_LOSS_TYPES: dict[str, str] = {
+    "cispo": (
+        "CISPO replaces the PPO clip, which bounds the update of demo-prefix tokens (prefix_dual_clip, "
+        "docs/fidelity.md rows 7-8), with a clipped-weight REINFORCE term that the reference never defines for "
+        "prefix tokens"
+    ),
+    "sapo": (
+        "SAPO's soft gate replaces the PPO clip, which bounds the update of demo-prefix tokens (prefix_dual_clip, "
+        "docs/fidelity.md rows 7-8), and the reference never defines it for prefix tokens"
+    ),
+    "vespo": (
+        "VESPO weights each sequence by its sampling importance ratio and by the sign of one advantage per "
+        "sequence, but a hybrid mixes demo tokens that no policy sampled with sampled ones and carries two "
+        "advantages (prefix and continuation)"
+    ),
+}

@@ -1,0 +1,132 @@
+"""The TRL internals PrefixRFTTrainer relies on still exist with the signatures it expects (issue 16).
+
+TRL has no public hook for per-row prompts, per-token advantages or a custom loss, so the trainer overrides private
+GRPOTrainer/Trainer methods and reads private attributes. pyproject pins `trl>=1.16,<1.17`; when a new TRL is tried,
+these tests say what changed and which override to adapt, instead of a run failing (or silently training wrong).
+"""
+
+import inspect
+
+import pytest
+from trl import GRPOTrainer
+from trl.generation import vllm_generation
+
+from .test_trl_options import make_trainer
+
+# name -> (parameters after self, exactly; what our override does with it)
+OVERRIDDEN = {
+    "_generate_single_turn": (
+        ("prompt_ids", "images", "multimodal_fields", "num_generations", "has_tool_images"),
+        "starts each hybrid row from its demo prefix and gives it the budget left after the prefix",
+    ),
+    "_calculate_rewards": (
+        ("inputs", "prompts", "completions", "completion_ids_list"),
+        "keeps the weighted rewards for the prefix advantages and names the row of a failing reward function",
+    ),
+    "_generate_and_score_completions": (
+        ("inputs",),
+        "plans the hybrid rows before TRL generates and adds prefix_mask and per-token advantages after it scores",
+    ),
+    "_compute_loss": (("model", "inputs"), "the Prefix-RFT loss (entropy-selected prefix tokens, dual clip)"),
+    "_get_train_sampler": (("dataset",), "reseeds the RepeatSampler per epoch so a resumed run keeps its order"),
+    "_save_checkpoint": (("model", "trial"), "writes checkpoints into a staging folder, then renames them"),
+    "_get_output_dir": (("trial",), "points TRL's checkpoint writer at the staging folder"),
+    "_prepare_inputs": (("generation_batch",), "selects prefix tokens over a whole optimizer step"),
+    "_save_rng_state": (("output_dir",), "ReliftTrainer saves its SFT buffer and optimizer next to the RNG state"),
+    "_load_rng_state": (("checkpoint",), "ReliftTrainer restores its SFT buffer and optimizer on resume"),
+}
+
+# name -> (leading parameters after self that we pass by name or position)
+CALLED = {
+    "__init__": ("model", "reward_funcs", "args", "train_dataset"),
+    "_get_per_token_logps_and_entropies": (
+        "model",
+        "input_ids",
+        "attention_mask",
+        "logits_to_keep",
+        "batch_size",
+        "compute_entropy",
+        "compute_aux_loss",
+    ),
+}
+
+# Trainer attributes read or written by trl/trainer.py, trl/rollouts.py and the baselines.
+ATTRIBUTES = (
+    "_logs",
+    "_metrics",
+    "_step",
+    "_tokenizer",
+    "_buffered_inputs",
+    "_entropy_bonus_enabled",
+    "_last_world_entropy",
+    "_entropy_window_stats",
+    "aux_loss_enabled",
+    "router_aux_loss_coef",
+    "beta",
+    "chat_template_kwargs",
+    "entropy_coef",
+    "epsilon_high",
+    "epsilon_low",
+    "generation_config",
+    "importance_sampling_level",
+    "loss_type",
+    "max_completion_length",
+    "num_generations",
+    "reward_func_names",
+    "reward_weights",
+    "scale_rewards",
+    "use_adaptive_entropy",
+    "use_transformers_continuous_batching",
+    "use_vllm",
+    "vllm_importance_sampling_correction",
+)
+
+# VLLMGeneration attributes the vLLM paths of trl/trainer.py use (set in __init__/_init_vllm; vLLM is not installed).
+VLLM_GENERATION_ATTRIBUTES = ("mode", "llm", "vllm_client", "tensor_parallel_size", "tp_group")
+
+
+def parameters(function) -> tuple[str, ...]:
+    return tuple(name for name in inspect.signature(function).parameters if name != "self")
+
+
+@pytest.mark.parametrize("name", sorted(OVERRIDDEN))
+def test_overridden_trl_method_keeps_its_signature(name):
+    expected, role = OVERRIDDEN[name]
+    found = parameters(getattr(GRPOTrainer, name))
+    assert found == expected, (
+        f"TRL's GRPOTrainer.{name} now takes {found}, not {expected}. PrefixRFTTrainer.{name} (or a baseline's) "
+        f"overrides it to {role}: adapt the override to the new signature and to what TRL now does there."
+    )
+
+
+@pytest.mark.parametrize("name", sorted(CALLED))
+def test_called_trl_method_keeps_its_leading_parameters(name):
+    expected = CALLED[name]
+    found = parameters(getattr(GRPOTrainer, name))
+    assert found[: len(expected)] == expected, (
+        f"TRL's GRPOTrainer.{name} now starts with {found[: len(expected)]}, not {expected}: adapt the calls in "
+        "src/prefix_rft/trl/trainer.py."
+    )
+
+
+def test_trainer_refusals_name_arguments_trl_still_takes():
+    init = parameters(GRPOTrainer.__init__)
+    for name in ("tools", "rollout_func", "environment_factory"):
+        assert name in init, f"GRPOTrainer no longer takes `{name}`: update REFUSED_TRAINER_ARGUMENTS in trainer.py"
+
+
+def test_trl_attributes_the_trainer_reads_exist(tmp_path, model, tokenizer):
+    trainer = make_trainer(tmp_path, model, tokenizer)
+    missing = [name for name in ATTRIBUTES if not hasattr(trainer, name)]
+    assert not missing, f"GRPOTrainer no longer sets {missing}: adapt src/prefix_rft/trl/trainer.py, which reads them"
+    assert {"completion", "advantages", "extra"} <= trainer._logs.keys(), "TRL's completions log changed shape"
+    assert {"train", "eval"} <= trainer._metrics.keys(), "TRL's metrics store changed shape"
+
+
+def test_vllm_generation_attributes_the_trainer_reads_exist():
+    trainer_source = inspect.getsource(GRPOTrainer)
+    assert "self.vllm_generation = VLLMGeneration(" in trainer_source, "GRPOTrainer no longer sets vllm_generation"
+    generation = vllm_generation.VLLMGeneration
+    source = inspect.getsource(generation.__init__) + inspect.getsource(generation._init_vllm)
+    missing = [name for name in VLLM_GENERATION_ATTRIBUTES if f"self.{name}" not in source]
+    assert not missing, f"VLLMGeneration no longer sets {missing}: adapt PrefixRFTTrainer._generate_vllm"

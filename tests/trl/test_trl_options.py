@@ -1,0 +1,160 @@
+"""TRL options PrefixRFTTrainer implements (issue 16): each changes the loss or the advantages as worked out by hand.
+
+Loss tests fix the policy's per-token log-probs and entropies (the forward is replaced by constants), so every
+expected value is arithmetic on the numbers in the test. base_kwargs: max_completion_length 24 (Dr. GRPO's constant),
+one micro-batch per generation batch, epsilon 0.2, prefix_dual_clip 3.
+"""
+
+import math
+
+import pytest
+import torch
+
+from prefix_rft import PrefixRFTTrainer
+
+from .conftest import make_dataset, train_args
+from .test_trainer import FixedRewards, generate_batch
+
+
+def make_trainer(tmp_path, model, tokenizer, rewards=(0.0,), **overrides):
+    return PrefixRFTTrainer(
+        model=model,
+        reward_funcs=[FixedRewards(list(rewards))],
+        args=train_args(tmp_path, **overrides),
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
+    )
+
+
+def fix_forward(trainer, logps, entropies=None) -> None:
+    """The policy forward returns these (B, T) log-probs and entropies, and no MoE aux loss."""
+    logps = torch.tensor(logps, requires_grad=True)
+    entropies = torch.zeros_like(logps) if entropies is None else torch.tensor(entropies)
+    trainer._get_per_token_logps_and_entropies = lambda *args, **kwargs: (logps, entropies, None)
+
+
+def loss_inputs(advantages, mask=None, **extra) -> dict:
+    """A micro-batch with these (B, T) advantages; the token ids do not matter once the forward is fixed."""
+    advantages = torch.tensor(advantages)
+    mask = torch.ones_like(advantages, dtype=torch.long) if mask is None else torch.tensor(mask)
+    rows = advantages.size(0)
+    return {
+        "prompt_ids": torch.ones(rows, 1, dtype=torch.long),
+        "prompt_mask": torch.ones(rows, 1, dtype=torch.long),
+        "completion_ids": torch.ones_like(mask),
+        "completion_mask": mask,
+        "advantages": advantages,
+        **{key: torch.tensor(value) for key, value in extra.items()},
+    }
+
+
+def train_loss(trainer, inputs) -> float:
+    """The loss of one training micro-batch (no gradient accumulation)."""
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which these tests skip
+    return trainer._compute_loss(trainer.model, inputs).item()
+
+
+def test_delta_caps_a_negative_advantage_tokens_ratio(tmp_path, model, tokenizer):
+    # ratio exp(2) = 7.389, A = -1: two-sided clip delta = 2 -> -min(2 * -1, 1.2 * -1) = 2 (dual clip 3 does not
+    # bind; without delta it would cap 7.389 at 3); Dr. GRPO: 2 / (1 row * 24)
+    trainer = make_trainer(tmp_path, model, tokenizer, delta=2.0)
+    fix_forward(trainer, [[2.0]])
+    assert train_loss(trainer, loss_inputs([[-1.0]], old_per_token_logps=[[0.0]])) == pytest.approx(2 / 24)
+
+
+def test_sequence_level_importance_sampling_gives_a_row_one_ratio(tmp_path, model, tokenizer):
+    # log-ratios 0.1 and 0.5 -> sequence ratio exp(0.3) = 1.3499, clipped at 1.2 on both tokens with A = 1:
+    # (-1.2 - 1.2) / 24 = -0.1. (Token level: -(exp(0.1) + 1.2) / 24 = -0.09605.)
+    trainer = make_trainer(tmp_path, model, tokenizer, importance_sampling_level="sequence")
+    fix_forward(trainer, [[0.1, 0.5]])
+    loss = train_loss(trainer, loss_inputs([[1.0, 1.0]], old_per_token_logps=[[0.0, 0.0]]))
+    assert loss == pytest.approx(-0.1)
+
+
+@pytest.mark.parametrize(
+    ("bias_correction", "kl"),
+    [
+        # k3 at log pi = 0.5, log pi_ref = 0: exp(-0.5) + 0.5 - 1 = 0.106531; times ratio exp(0.5) = 0.175639
+        (True, 0.106531 * math.exp(0.5)),
+        (False, 0.106531),
+    ],
+)
+def test_kl_term_follows_use_bias_correction_kl(tmp_path, model_dir, tokenizer, bias_correction, kl):
+    # A = 0, so the loss is beta * kl / 24 with beta = 0.1 (a saved model: TRL loads the reference from its path)
+    trainer = make_trainer(tmp_path, str(model_dir), tokenizer, beta=0.1, use_bias_correction_kl=bias_correction)
+    fix_forward(trainer, [[0.5]])
+    inputs = loss_inputs([[0.0]], old_per_token_logps=[[0.0]], ref_per_token_logps=[[0.0]])
+    assert train_loss(trainer, inputs) == pytest.approx(0.1 * kl / 24, rel=1e-5)
+    assert trainer._metrics["train"]["kl"] == pytest.approx([kl], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("loss_type", "expected"),
+    [
+        ("grpo", -2.25),  # row means (-1 - 2) / 2 and -3 / 1 -> (-1.5 - 3) / 2
+        ("bnpo", -2.0),  # -6 / 3 tokens
+        ("dapo", -0.5),  # -6 / (12 tokens in the generation batch / 1 rank / 1 micro-batch)
+        ("luspo", -3.0),  # row sums -3 and -3 -> mean -3
+    ],
+)
+def test_loss_type_counts_prefix_tokens_as_trained_tokens(tmp_path, model, tokenizer, loss_type, expected):
+    # ratio 1, so each token's loss is -A: -1 (a prefix token, kept: selection 'all'), -2, -3; one padding token
+    trainer = make_trainer(tmp_path, model, tokenizer, loss_type=loss_type, prefix_entropy_selection="all")
+    fix_forward(trainer, [[0.0, 0.0], [0.0, 0.0]])
+    inputs = loss_inputs(
+        [[1.0, 2.0], [3.0, 9.0]],
+        mask=[[1, 1], [1, 0]],
+        prefix_mask=[[True, False], [False, False]],
+        num_items_in_batch=12.0,
+    )
+    assert train_loss(trainer, inputs) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("scale_rewards", "std"),
+    [
+        # one group of 8 rewards [1,0,0,1,0,0,0,1]: mean 3/8, squared deviations 3 * 25/64 + 5 * 9/64 = 1.875,
+        # Bessel variance 1.875 / 7 = 0.267857, std 0.517549
+        ("group", 0.517549),
+        # both groups of the batch (16 rewards): 2 * 1.875 / 15 = 0.25, std 0.5
+        ("batch", 0.5),
+    ],
+)
+def test_std_scaling_divides_every_advantage_of_the_group(tmp_path, model, tokenizer, scale_rewards, std):
+    # reference advantages (spec §3.7): on-policy baseline 2/7 -> rows 5/7 and -2/7; hybrid continuation 1, its prefix
+    # 5/7 (before entropy selection); each divided by std + 1e-4
+    trainer = make_trainer(tmp_path, model, tokenizer, rewards=[1.0, 0, 0, 1, 0, 0, 0, 1], scale_rewards=scale_rewards)
+    _, out = generate_batch(trainer)
+    adv, prefix_mask, divisor = out["advantages"], out["prefix_mask"], std + 1e-4
+    assert adv[0].unique().tolist() == pytest.approx([5 / 7 / divisor], rel=1e-5)
+    assert adv[1].unique().tolist() == pytest.approx([-2 / 7 / divisor], rel=1e-5)
+    assert adv[7][~prefix_mask[7]].unique().tolist() == pytest.approx([1 / divisor], rel=1e-5)
+    assert adv[7][prefix_mask[7]].unique().tolist() == pytest.approx([5 / 7 / divisor], rel=1e-5)
+
+
+def test_adaptive_entropy_coefficient_moves_towards_the_target(tmp_path, model, tokenizer):
+    # step 1: no entropy measured yet (TRL starts at +inf > target), so no bonus; the step's entropy 0.3 <= target 0.5
+    # raises the coefficient 0.1 -> 0.15. Step 2 applies 0.15: loss = 0 - 0.15 * 0.3 = -0.045 (A = 0); 0.15 -> 0.2.
+    trainer = make_trainer(
+        tmp_path,
+        model,
+        tokenizer,
+        use_adaptive_entropy=True,
+        entropy_coef=0.1,
+        entropy_target=0.5,
+        entropy_coef_delta=0.05,
+    )
+    fix_forward(trainer, [[0.0, 0.0]], entropies=[[0.2, 0.4]])
+    assert train_loss(trainer, loss_inputs([[0.0, 0.0]])) == pytest.approx(0.0)
+    assert train_loss(trainer, loss_inputs([[0.0, 0.0]])) == pytest.approx(-0.045)
+    assert trainer._metrics["train"]["entropy_coef"] == pytest.approx([0.15, 0.2])
+
+
+def test_policy_loss_and_entropy_coef_are_logged(tmp_path, model, tokenizer):
+    # ratio 1, A = 1 on two tokens: policy loss -2 / 24; the bonus 0.01 * mean entropy 0.5 is not part of it
+    trainer = make_trainer(tmp_path, model, tokenizer, entropy_coef=0.01)
+    fix_forward(trainer, [[0.0, 0.0]], entropies=[[0.5, 0.5]])
+    assert train_loss(trainer, loss_inputs([[1.0, 1.0]])) == pytest.approx(-2 / 24 - 0.01 * 0.5)
+    assert trainer._metrics["train"]["policy_loss"] == pytest.approx([-2 / 24])
+    assert trainer._metrics["train"]["entropy_coef"] == [0.01]
