@@ -38,3 +38,10 @@ def test_component_does_not_import_recipes_or_the_task(component):
         if name.startswith(ABOVE) or name in ("prefix_rft.recipes", "prefix_rft.tasks")
     }
     assert not offenders, sorted(offenders)
+
+
+def test_no_source_file_is_over_400_lines():
+    long = {
+        str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400
+    }
+    assert not long, long

@@ -1,0 +1,238 @@
+"""Rollouts of `PrefixRFTTrainer`: which rows are hybrid, their demo prefixes, and generation with per-row budgets.
+
+Every rank plans every row the same way without communication (`core.is_hybrid_row`, `core.row_rng`), and makes
+the same generate calls (docs/scale.md), so ZeRO-3 / FSDP collectives stay matched.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+import torch
+from accelerate.utils import gather_object
+
+from prefix_rft.core import (
+    fit_prefix_to_prompt,
+    is_hybrid_row,
+    prefix_length,
+    rollout_index,
+    row_rng,
+)
+from prefix_rft.data import row_demos
+from prefix_rft.trl.rollouts import BudgetedClient, BudgetedLLM, Rollout, RowPlan
+
+logger = logging.getLogger(__name__)
+
+
+class PrefixGenerationMixin:
+    """Planning and generation hooks of `PrefixRFTTrainer` (a mixin over TRL's `GRPOTrainer`)."""
+
+    def _install_budgeted_vllm(self) -> None:
+        """Give every vLLM request its own prompt and token budget (trl/rollouts.py says why and how)."""
+        if not self.use_vllm:
+            return
+        generation = self.vllm_generation
+        if generation.mode == "colocate":
+            generation.llm = BudgetedLLM(generation.llm)
+        elif self.accelerator.is_main_process:
+            generation.vllm_client = BudgetedClient(generation.vllm_client)
+
+    def _demo_ids(self, demo: str) -> list[int]:
+        # Demos are tokenized without special tokens (fidelity row 12: the reference's BOS-inside-prefix quirk).
+        ids = self._demo_ids_cache.get(demo)
+        if ids is None:
+            # A demo longer than the completion budget could leave no room to continue; validation refuses it
+            # unless prefix_truncate_long_demos is set, in which case it is cut here (and counted at validation).
+            ids = self._tokenizer(demo, add_special_tokens=False)["input_ids"][: self.max_completion_length]
+            self._demo_ids_cache[demo] = ids
+        return ids
+
+    def _schedule_step(self) -> int:
+        """Where the prefix-ratio schedule is read for the batch generated now (`prefix_schedule_unit`)."""
+        if self.args.prefix_schedule_unit == "optimizer_step":
+            return self.state.global_step
+        accumulation = self.args.gradient_accumulation_steps
+        # TRL's micro-batch counter restarts at 0 on resume, which is always at an optimizer-step boundary.
+        return rollout_index(
+            self.state.global_step, self._step % accumulation, accumulation, self.args.micro_steps_per_rollout()
+        )
+
+    def _plan_rows(self, inputs: list[dict[str, Any]]) -> Rollout:
+        """Choose hybrid rows and draw (demo, prefix ratio) for each, identically on every rank."""
+        args, group_size = self.args, self.num_generations
+        step, schedule_step = self.state.global_step, self._schedule_step()
+        offset = self.accelerator.process_index * len(inputs)
+        rows = []
+        for i, example in enumerate(inputs):
+            global_row = offset + i
+            if not is_hybrid_row(global_row, group_size, args.num_hybrid):
+                rows.append(RowPlan())
+                continue
+            demos = row_demos(example)
+            if not demos:
+                rows.append(RowPlan(no_demo=True))
+                continue
+            # Draws are keyed by the optimizer step, so a resumed run repeats them whatever the schedule unit.
+            rng = row_rng(args.prefix_seed, step, global_row // group_size, global_row % group_size)
+            ratio = self._prefix_sampler.sample(schedule_step, rng)
+            demo_ids = self._demo_ids(demos[int(rng.integers(len(demos)))])
+            rows.append(replace(self._row_plan(demo_ids, ratio), hybrid=True))
+        return Rollout(rows=rows, prompts=[x["prompt"] for x in inputs], schedule_step=schedule_step)
+
+    def _row_plan(self, demo_ids: list[int], ratio: float) -> RowPlan:
+        """Prefix-RFT reveals floor(ratio * len) demo tokens; baselines that train on whole demos override this."""
+        n = prefix_length(ratio, len(demo_ids), self.args.prefix_min_len)
+        return RowPlan(demo_ids=demo_ids[:n], demo_len=len(demo_ids), sampled_ratio=ratio)
+
+    def _prefix_token_ids(self, prompt: Any, prompt_ids: list[int], demo_ids: list[int]) -> list[int]:
+        """Token ids that follow `prompt_ids` when the demo prefix starts the assistant turn.
+
+        Chat prompts go through the chat template with `continue_final_message=True` (as the reference does), so the
+        model continues inside its own assistant turn; plain-text prompts get the demo tokens appended.
+        """
+        if not demo_ids or not isinstance(prompt, list):
+            return list(demo_ids)
+        text = self._tokenizer.decode(demo_ids)
+        rendered = self.processing_class.apply_chat_template(
+            [*prompt, {"role": "assistant", "content": text}],
+            continue_final_message=True,
+            tokenize=True,
+            return_dict=True,
+            **self.chat_template_kwargs,
+        )["input_ids"]
+        if list(rendered[: len(prompt_ids)]) != list(prompt_ids):
+            raise ValueError(
+                "the chat template renders an assistant message differently from its generation prompt, so a demo "
+                "prefix cannot continue the prompt; check the template's add_generation_prompt/assistant rendering"
+            )
+        return list(rendered[len(prompt_ids) :])
+
+    def _fit_prefixes(self, rollout: Rollout, prompt_ids: list[list[int]]) -> list[list[int]]:
+        """Per row, the prefix tokens that follow the prompt, cut to the prompt budget (cuts counted)."""
+        prefix_ids = []
+        for prompt, ids, row in zip(rollout.prompts, prompt_ids, rollout.rows, strict=True):
+            prefix = self._prefix_token_ids(prompt, ids, row.demo_ids)
+            kept, cut = fit_prefix_to_prompt(
+                len(ids), len(prefix), self.args.max_prompt_length, self.args.prefix_min_len
+            )
+            rollout.truncated_tokens += cut
+            # A full-demo row's completion is the demo and its EOS, all of it demo tokens (prefix_mask).
+            prefix_ids.append(prefix[:kept] + ([self._tokenizer.eos_token_id] if row.full_demo else []))
+        return prefix_ids
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        rollout = self._rollout
+        if rollout is None:  # evaluation: stock generation
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images=has_tool_images
+            )
+        if len(prompt_ids) != len(rollout.rows):
+            raise NotImplementedError("a generation call on a subset of the batch (e.g. TRL's tool loop)")
+        prefix_ids = rollout.prefix_ids = self._fit_prefixes(rollout, prompt_ids)
+        budget = self.max_completion_length
+        if self.use_vllm:
+            completion_ids, logprobs = self._generate_vllm(prompt_ids, prefix_ids, images, multimodal_fields)
+        else:
+            completion_ids, logprobs = self._generate_transformers(prompt_ids, prefix_ids, images, multimodal_fields)
+        completion_ids = [(p + list(c))[:budget] for p, c in zip(prefix_ids, completion_ids, strict=True)]
+        if logprobs is not None:
+            # Demo tokens were not sampled: NaN makes TRL's importance-sampling correction a ratio of 1 for them.
+            logprobs = [([math.nan] * len(p) + list(lp))[:budget] for p, lp in zip(prefix_ids, logprobs, strict=True)]
+        rollout.completion_lens = [len(c) for c in completion_ids]
+        return completion_ids, logprobs
+
+    def _row_budgets(self, prefix_ids: list[list[int]]) -> list[int]:
+        """New tokens each row may sample: the completion budget left after its prefix; 1 for a full-demo row, whose
+        sample is discarded (every rank must send the same number of requests)."""
+        rows = self._rollout.rows
+        return [
+            1 if row.full_demo else max(1, self.max_completion_length - len(p))
+            for row, p in zip(rows, prefix_ids, strict=True)
+        ]
+
+    def _generate_vllm(self, prompt_ids, prefix_ids, images, multimodal_fields):
+        """One vLLM call with every row as its own request (prompt + prefix) and its own `max_tokens`."""
+        budgets = self._row_budgets(prefix_ids)
+        generation = self.vllm_generation
+        if generation.mode == "server":
+            all_budgets = gather_object(budgets)  # the main process sends every rank's rows
+            if self.accelerator.is_main_process:
+                generation.vllm_client.budgets = all_budgets
+        else:
+            if generation.tensor_parallel_size > 1:  # TRL gathers the prompts of the tensor-parallel group
+                gathered = [None] * generation.tensor_parallel_size
+                torch.distributed.all_gather_object(gathered, budgets, group=generation.tp_group)
+                budgets = [b for part in gathered for b in part]
+            generation.llm.budgets = budgets
+        gen_prompts = [list(ids) + p for ids, p in zip(prompt_ids, prefix_ids, strict=True)]
+        completion_ids, logprobs = super()._generate_single_turn(gen_prompts, images, multimodal_fields, 1)
+        keep = [not row.full_demo for row in self._rollout.rows]
+        completion_ids = [list(c) if k else [] for c, k in zip(completion_ids, keep, strict=True)]
+        if logprobs is not None:
+            logprobs = [list(lp) if k else [] for lp, k in zip(logprobs, keep, strict=True)]
+        return completion_ids, logprobs
+
+    def _generate_transformers(self, prompt_ids, prefix_ids, images, multimodal_fields):
+        """`generate` calls over row groups, the same number of calls on every rank.
+
+        Transformers left-pads a batch to its longest prompt + prefix and every row pays for that width, so rows
+        without and with a prefix go in separate calls. Under ZeRO-3 or FSDP each call gathers the parameters (a
+        collective), so every rank makes the call for a group that any rank has, with a one-token stand-in row when it
+        has none of its own.
+        """
+        rows = self._rollout.rows
+        generate = [i for i, row in enumerate(rows) if not row.full_demo]
+        if self.use_transformers_continuous_batching or images is not None or multimodal_fields:
+            groups = [generate]
+        else:
+            groups = [[i for i in generate if not prefix_ids[i]], [i for i in generate if prefix_ids[i]]]
+        present = self._groups_present_on_any_rank(groups)
+        completion_ids: list[list[int]] = [[] for _ in rows]  # full-demo rows generate nothing
+        logprobs, has_logprobs = [[] for _ in rows], False
+        for group, needed in zip(groups, present, strict=True):
+            if not needed:
+                continue
+            if not group:
+                self._stand_in_generate(prompt_ids, images, multimodal_fields)
+                continue
+            gen_prompts = [list(prompt_ids[i]) + prefix_ids[i] for i in group]
+            # No row of this call can keep more new tokens than the budget left after the call's shortest prefix.
+            limit = max(1, self.max_completion_length - min(len(prefix_ids[i]) for i in group))
+            with self._max_new_tokens(limit):
+                generated, gen_logprobs = super()._generate_single_turn(gen_prompts, images, multimodal_fields, 1)
+            has_logprobs = gen_logprobs is not None
+            for j, i in enumerate(group):
+                completion_ids[i] = generated[j]
+                if has_logprobs:
+                    logprobs[i] = gen_logprobs[j]
+        return completion_ids, (logprobs if has_logprobs else None)
+
+    def _groups_present_on_any_rank(self, groups: list[list[int]]) -> list[bool]:
+        """For each row group, whether any rank has rows in it (one small all-gather when there are several ranks)."""
+        local = torch.tensor([len(g) > 0 for g in groups], device=self.accelerator.device)
+        if self.accelerator.num_processes == 1:
+            return local.tolist()
+        return self.accelerator.gather(local.unsqueeze(0)).any(dim=0).tolist()
+
+    def _stand_in_generate(self, prompt_ids, images, multimodal_fields) -> None:
+        """Take part in a generate call this rank has no rows for: one row, one new token, result discarded."""
+        with self._max_new_tokens(1):
+            super()._generate_single_turn([list(prompt_ids[0])], images, multimodal_fields, 1)
+        self._metrics["train"]["prefix/stand_in_generate_calls"].append(1.0)
+
+    @contextmanager
+    def _max_new_tokens(self, limit: int):
+        """Temporarily cap transformers generation at `limit` new tokens."""
+        config = getattr(self, "generation_config", None)
+        if config is None:
+            yield
+            return
+        saved, config.max_new_tokens = config.max_new_tokens, min(limit, config.max_new_tokens)
+        try:
+            yield
+        finally:
+            config.max_new_tokens = saved

@@ -1,0 +1,199 @@
+"""Scoring of `PrefixRFTTrainer`: rewards, the prefix advantages of hybrid rows, and the prefix metrics."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from accelerate.utils import gather_object
+
+from prefix_rft.core import (
+    build_prefix_mask,
+    hybrid_advantages,
+    per_token_advantages,
+    reward_std_divisor,
+)
+from prefix_rft.trl.rollouts import Rollout
+
+logger = logging.getLogger(__name__)
+
+PREFIX_MARK = " ⟦/prefix⟧ "  # shown in completions tables where a hybrid's demo prefix ends
+
+
+class PrefixScoringMixin:
+    """Reward and advantage hooks of `PrefixRFTTrainer` (a mixin over TRL's `GRPOTrainer`)."""
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        try:
+            rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        except Exception as error:
+            raise self._locate_reward_error(inputs, prompts, completions, completion_ids_list) from error
+        unscored = self._check_rewards(rewards_per_func)
+        if self._rollout is not None:
+            weights = self.reward_weights.to(rewards_per_func.device)
+            rewards = (rewards_per_func * weights).nansum(dim=1)
+            # TRL's contract: a row no function scored is unscorable (NaN), not a reward of 0; its advantages are 0
+            # and it is left out of its group's baseline (core.advantages).
+            self._rollout.rewards = torch.where(unscored, torch.nan, rewards)
+        return rewards_per_func
+
+    def _check_rewards(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: the rows of the gathered batch that no reward function scored (every one returned None).
+
+        Counts them, and per function the rows it left unscored while another function scored them. Refuses an
+        infinite reward, and such a partly scored row unless `allow_partial_rewards`: TRL sums the functions that did
+        score it, so the missing one would be dropped without a trace.
+        """
+        names = self.reward_func_names
+        infinite = torch.isinf(rewards_per_func).any(dim=1)
+        if bool(infinite.any()):
+            row = int(infinite.nonzero()[0, 0])
+            values = dict(zip(names, rewards_per_func[row].tolist(), strict=True))
+            raise ValueError(f"reward of row {row} (of the gathered batch) is not finite: {values}")
+        missing = torch.isnan(rewards_per_func)  # (N, F)
+        unscored = missing.all(dim=1)
+        partial = missing & ~unscored.unsqueeze(1)  # (N, F)
+        metrics = self._metrics["train" if self.model.training else "eval"]
+        metrics["reward/unscored_rows"].append(float(unscored.sum()))
+        if len(names) > 1:
+            for j, name in enumerate(names):
+                metrics[f"reward/partial_rows/{name}"].append(float(partial[:, j].sum()))
+        if bool(partial.any()) and not self.args.allow_partial_rewards:
+            row, j = partial.nonzero()[0].tolist()
+            scored_by = [n for n, gone in zip(names, missing[row].tolist(), strict=True) if not gone]
+            raise ValueError(
+                f"reward function {names[j]!r} returned None for row {row} (of the gathered batch), which {scored_by} "
+                f"scored: the row's reward would leave {names[j]!r} out. Return a number for every row, or set "
+                "allow_partial_rewards=True to sum the functions that score it"
+            )
+        return unscored
+
+    def _locate_reward_error(self, inputs, prompts, completions, completion_ids_list) -> Exception:
+        """Re-run each reward function row by row to name the function and the row that fail."""
+        for func, name in zip(self.reward_funcs, self.reward_func_names, strict=True):
+            if not callable(func) or isinstance(func, torch.nn.Module):
+                continue
+            for i, example in enumerate(inputs):
+                columns = {k: [v] for k, v in example.items() if k not in ("prompt", "completion", "completion_ids")}
+                try:
+                    func(
+                        prompts=[prompts[i]],
+                        completions=[completions[i]],
+                        completion_ids=[completion_ids_list[i]],
+                        trainer_state=self.state,
+                        log_extra=lambda *a: None,
+                        log_metric=lambda *a: None,
+                        **columns,
+                    )
+                except Exception as error:  # noqa: BLE001 - re-raised with its location
+                    return RuntimeError(f"reward function {name!r} failed on row {i} of this rank's batch: {error!r}")
+        return RuntimeError("a reward function failed on the whole batch but on no single row")
+
+    def _generate_and_score_completions(self, inputs):
+        if not self.model.training:
+            return super()._generate_and_score_completions(inputs)
+        self._rollout = self._plan_rows(inputs)
+        try:
+            output = super()._generate_and_score_completions(inputs)
+            self._add_prefix_fields(output, self._rollout)
+            self._after_rollout(inputs, self._rollout)
+        finally:
+            self._rollout = None
+        return output
+
+    def _after_rollout(self, inputs: list[dict[str, Any]], rollout: Rollout) -> None:
+        """Called once per scored training batch, before its record is dropped (ReLIFT collects failures here)."""
+
+    def _add_prefix_fields(self, output: dict[str, Any], rollout: Rollout) -> None:
+        """Add `prefix_mask` and per-token advantages (B, T) to a generation batch, and log prefix metrics."""
+        device = output["completion_ids"].device
+        completion_lens = torch.tensor(rollout.completion_lens, device=device)  # (B,) before any masking
+        lens = torch.tensor([len(p) for p in rollout.prefix_ids], device=device)
+        prefix_lens = torch.minimum(lens, completion_lens)  # (B,) the completion budget may cut a full demo's EOS
+        output["prefix_mask"] = build_prefix_mask(prefix_lens, output["completion_ids"].size(1))  # (B, T)
+
+        # The planned role decides the baseline, never the prefix length or the completion mask.
+        local_hybrid = torch.tensor(rollout.hybrid, dtype=torch.bool, device=device)
+        is_hybrid = self.accelerator.gather(local_hybrid)  # (N,) over all ranks, process-major like the rewards
+        cont_adv, prefix_adv = self._hybrid_advantages(rollout.rewards, is_hybrid)
+        rank, n = self.accelerator.process_index, len(rollout.rows)
+        local = slice(rank * n, (rank + 1) * n)
+        output["advantages"] = per_token_advantages(cont_adv[local], prefix_adv[local], output["prefix_mask"])
+        self._replace_logged_advantages(cont_adv)
+        self._log_prefix_metrics(rollout, prefix_lens, completion_lens, is_hybrid, cont_adv, prefix_adv)
+
+    def _hybrid_advantages(self, rewards: torch.Tensor, is_hybrid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,) continuation and (N,) prefix advantages of the gathered batch (spec §3.7), each divided by the reward
+        std when `scale_rewards` is 'group' or 'batch' (one divisor for every advantage of a group)."""
+        group_size = self.num_generations
+        cont_adv, prefix_adv = hybrid_advantages(rewards, is_hybrid, group_size, self.args.prefix_advantage)
+        divisor = reward_std_divisor(rewards, group_size, self.scale_rewards)  # (N,)
+        return cont_adv / divisor, prefix_adv / divisor
+
+    def _replace_logged_advantages(self, cont_adv: torch.Tensor) -> None:
+        """The completions table shows the advantage each row trained with (continuation tokens for hybrids)."""
+        logged = self._logs["advantages"]
+        for _ in range(min(len(cont_adv), len(logged))):
+            logged.pop()
+        logged.extend(cont_adv.tolist())
+
+    def _log_prefix_metrics(self, rollout, prefix_lens, completion_lens, is_hybrid, cont_adv, prefix_adv) -> None:
+        metrics = self._metrics["train"]
+        low, high = self._prefix_sampler.bounds(rollout.schedule_step)
+        metrics["prefix/ratio_floor"].append(low)
+        metrics["prefix/ratio_ceiling"].append(high)
+        metrics["prefix/schedule_step"].append(float(rollout.schedule_step))
+        demo_lens = [max(r.demo_len, 1) for r in rollout.rows]
+        ratios = [n / d if h else 0.0 for n, d, h in zip(prefix_lens.tolist(), demo_lens, rollout.hybrid, strict=True)]
+        local = torch.tensor(
+            [
+                sum(ratios),
+                float(prefix_lens.sum()),
+                float(completion_lens.sum()),
+                float(sum(r.no_demo for r in rollout.rows)),
+                float(rollout.truncated_tokens),
+            ],
+            device=prefix_lens.device,
+        )
+        ratio_sum, prefix_tokens, completion_tokens, no_demo, truncated = self.accelerator.reduce(
+            local, "sum"
+        ).tolist()
+        num_hybrid = int(is_hybrid.sum())
+        rewards = rollout.rewards
+        metrics["prefix/ratio_mean"].append(ratio_sum / num_hybrid if num_hybrid else float("nan"))
+        metrics["prefix/token_fraction"].append(prefix_tokens / max(completion_tokens, 1.0))
+        metrics["prefix/hybrid_rows"].append(float(num_hybrid))
+        metrics["prefix/no_demo_rows"].append(no_demo)
+        metrics["prefix/truncated_tokens"].append(truncated)
+        metrics["train/skipped_nonfinite_steps"].append(float(self._guard.skipped))
+        # nanmean: unscored rows (NaN) have no reward to average
+        metrics["reward/hybrid"].append(rewards[is_hybrid].nanmean().item() if num_hybrid else float("nan"))
+        metrics["reward/on_policy"].append(rewards[~is_hybrid].nanmean().item())
+        metrics["advantage/on_policy_mean"].append(cont_adv[~is_hybrid].mean().item())
+        metrics["advantage/on_policy_abs_mean"].append(cont_adv[~is_hybrid].abs().mean().item())
+        if num_hybrid:
+            metrics["advantage/hybrid_continuation_mean"].append(cont_adv[is_hybrid].mean().item())
+            metrics["advantage/hybrid_prefix_mean"].append(prefix_adv[is_hybrid].mean().item())
+        self._mark_logged_prefixes(rollout, prefix_lens)
+
+    def _mark_logged_prefixes(self, rollout: Rollout, prefix_lens: torch.Tensor) -> None:
+        """Completions tables: a `prefix_len` column, and `PREFIX_MARK` where the demo prefix ends in the text."""
+        self._logs["extra"]["prefix_len"].extend(gather_object(prefix_lens.tolist()))
+        prefix_texts = [
+            self._tokenizer.decode(ids[:n], skip_special_tokens=True) if n else None
+            for ids, n in zip(rollout.prefix_ids, prefix_lens.tolist(), strict=True)
+        ]
+        prefix_texts = gather_object(prefix_texts)
+        logged = self._logs["completion"]
+        start = len(logged) - len(prefix_texts)
+        for i, prefix in enumerate(prefix_texts):
+            if prefix is None or start + i < 0:
+                continue
+            completion = logged[start + i]
+            if isinstance(completion, list):  # chat: [{"role": "assistant", "content": ...}]
+                content = completion[0]["content"]
+                if content.startswith(prefix):
+                    logged[start + i] = [{**completion[0], "content": prefix + PREFIX_MARK + content[len(prefix) :]}]
+            elif completion.startswith(prefix):
+                logged[start + i] = prefix + PREFIX_MARK + completion[len(prefix) :]
