@@ -1,4 +1,4 @@
-"""LUFFY (Yan et al. 2025, arXiv 2504.14945) in the Prefix-RFT trainer (spec §7).
+"""LUFFY (Yan et al. 2025, arXiv 2504.14945) in the Prefix-RFT trainer (docs/results.md).
 
 Per group: G - 1 on-policy rollouts plus the full demonstration as one off-policy member. Advantages: r - mean over
 all G rewards, no std (the demonstration included). On-policy tokens: -A * rho with no clip. Demonstration tokens:

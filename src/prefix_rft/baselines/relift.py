@@ -1,4 +1,4 @@
-"""ReLIFT (Ma et al. 2025, arXiv 2506.07527; spec §7): RL steps, interleaved with SFT on the hardest questions.
+"""ReLIFT (Ma et al. 2025, arXiv 2506.07527; docs/results.md): RL steps, interleaved with SFT on the hardest questions.
 
 After every RL step, each question whose G rollouts all failed joins a buffer (once). When the buffer holds
 `relift_sft_batch` questions, the oldest that many are taken and one SFT step is run on their demonstrations (NLL,

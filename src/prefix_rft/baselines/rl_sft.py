@@ -1,4 +1,4 @@
-"""RL with an SFT loss (LUFFY's "RL w/ SFT loss" row, spec §7).
+"""RL with an SFT loss (LUFFY's "RL w/ SFT loss" row; docs/results.md).
 
 G - 1 on-policy rollouts trained with Dr. GRPO (baseline: the on-policy rows), plus a token-mean NLL on the full
 demonstration in the G-th slot: loss = pg_loss + sft_loss_coef * nll.

@@ -1,4 +1,4 @@
-"""Group-relative advantages without std scaling (Dr. GRPO), with a separate advantage for prefix tokens (spec §3.7).
+"""Group-relative advantages (Dr. GRPO), with a separate advantage for prefix tokens (docs/fidelity.md rows 1-2, 20).
 
 Two readings of the hybrid's advantage are offered:
 

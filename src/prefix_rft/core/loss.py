@@ -1,4 +1,4 @@
-"""PPO-clip token loss and Dr. GRPO aggregation (spec §3.9)."""
+"""PPO-clip token loss and Dr. GRPO aggregation (docs/fidelity.md rows 7-9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Prefix cutting and hybrid-row choice (spec §3.2, §3.4)."""
+"""Prefix cutting and hybrid-row choice (docs/fidelity.md rows 12-14, 17)."""
 
 from __future__ import annotations
 

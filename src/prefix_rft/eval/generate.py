@@ -14,7 +14,7 @@ Prompt = str | list[dict[str, str]]
 
 @dataclass(frozen=True)
 class Sampling:
-    """How completions are drawn. Defaults follow the paper's evaluation (spec §3.11): T = 0.6, top-p 0.95."""
+    """How completions are drawn. Defaults follow the paper's evaluation (docs/eval.md): T = 0.6, top-p 0.95."""
 
     n: int = 1
     temperature: float = 0.6

@@ -1,9 +1,9 @@
-"""The paper's prompt templates (spec §2.2) as chat messages; the model's chat template renders them."""
+"""The paper's prompt templates (App. A; docs/eval.md) as chat messages; the model's chat template renders them."""
 
 from __future__ import annotations
 
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}"
-# LUFFY's system prompt without its <think> format sentences ("sys_wo_format"); quoted verbatim in spec §2.2.
+# LUFFY's system prompt without its <think> format sentences ("sys_wo_format"); quoted verbatim in docs/eval.md.
 SYS_WO_FORMAT = (
     "Your task is to follow a systematic, thorough reasoning process before providing the final solution. This "
     "involves analyzing, summarizing, exploring, reassessing, and refining your thought process through multiple "

@@ -67,7 +67,7 @@ RL_METHODS: dict[str, RLMethod] = {
 SFT_METHODS = ("sft", "sft_rft")
 BASE = "base"  # the untrained base model, evaluated like every method: the reference row of the comparison
 METHODS = (BASE, *RL_METHODS, *SFT_METHODS)
-# Paper's math averages on Qwen2.5-Math-7B (spec §6.1, §6.4), for orientation only.
+# Paper's math averages on Qwen2.5-Math-7B (paper Tables 1 and 8), for orientation only.
 PAPER_MATH_AVG = {
     "prefix_rft": 51.8,
     "luffy": 50.1,

@@ -1,4 +1,4 @@
-"""`PrefixRFTConfig`: GRPOConfig plus the `prefix_*` fields of Prefix-RFT, with the paper's defaults (spec §4)."""
+"""`PrefixRFTConfig`: GRPOConfig plus the `prefix_*` fields of Prefix-RFT, with the paper's defaults (fidelity.md)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class PrefixRFTConfig(GRPOConfig):
     (`loss_type="dr_grpo"`, `scale_rewards="none"`) and where the paper trains in fp32-friendly settings on CPU.
     """
 
-    # Dr. GRPO (spec §3.7, §3.9): no std scaling, token sum over a constant.
+    # Dr. GRPO (fidelity rows 1, 9): no std scaling, token sum over a constant.
     loss_type: str = field(
         default="dr_grpo",
         metadata={"help": "'dr_grpo' (paper), 'grpo', 'dapo', 'bnpo' or 'luspo'; prefix tokens count as trained."},

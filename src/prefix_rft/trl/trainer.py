@@ -1,9 +1,9 @@
 """`PrefixRFTTrainer`: TRL's GRPOTrainer with hybrid rollouts that continue a demonstration prefix.
 
 Unlike stock Dr. GRPO: (1) `num_hybrid` rollouts per group start from the first L tokens of a demo inside the assistant
-turn, L = floor(l * |demo|) with l drawn from a decaying window (spec §3.3-3.4); (2) the completion of a hybrid is
+turn, L = floor(l * |demo|) with l drawn from a decaying window (fidelity 12-18); (2) the completion of a hybrid is
 prefix + continuation, so the reward sees the whole solution and the prefix tokens are trained too; (3) prefix tokens
-get their own advantage (spec §3.7) and only the highest-entropy share keeps it (spec §3.10). Everything else
+get their own advantage (fidelity rows 1-2) and only the highest-entropy share keeps it (rows 3-6). Everything else
 (sampling, rewards, PPO clip, Dr. GRPO aggregation, accelerate/DeepSpeed/FSDP, vLLM, checkpoints) is TRL's.
 """
 
