@@ -124,8 +124,8 @@ class PrefixScoringMixin:
         self._log_prefix_metrics(rollout, prefix_lens, completion_lens, is_hybrid, cont_adv, prefix_adv)
 
     def _hybrid_advantages(self, rewards: torch.Tensor, is_hybrid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N,) continuation and (N,) prefix advantages of the gathered batch (fidelity 1-2), each divided by the reward
-        std when `scale_rewards` is 'group' or 'batch' (one divisor for every advantage of a group)."""
+        """(N,) continuation and (N,) prefix advantages of the gathered batch (fidelity 1-2), each divided by the
+        reward std when `scale_rewards` is 'group' or 'batch' (one divisor for every advantage of a group)."""
         group_size = self.num_generations
         cont_adv, prefix_adv = hybrid_advantages(rewards, is_hybrid, group_size, self.args.prefix_advantage)
         divisor = reward_std_divisor(rewards, group_size, self.scale_rewards)  # (N,)
