@@ -23,6 +23,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from common import build
+
 VARIANTS = (
     "stock_dr_grpo",
     "prefix_rft",
@@ -38,20 +40,8 @@ VARIANTS = (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def build(args):
-    import torch
-    from datasets import Dataset
-
-    from prefix_rft.tasks import build_model, build_tokenizer, make_rows
-
-    tokenizer = build_tokenizer()
-    torch.manual_seed(0)
-    model = build_model(tokenizer, args.model_size)
-    rows = make_rows("train", args.prompts * (args.steps + 1), seed=0)
-    return model, tokenizer, Dataset.from_list(rows)
-
-
 def common_kwargs(args) -> dict:
+    """common.py's settings written out: `--baseline-src` runs this file on older checkouts, which lack trl/cpu.py."""
     return dict(
         output_dir="/tmp/bench_step_time",
         per_device_train_batch_size=8 * args.prompts,
