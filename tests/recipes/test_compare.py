@@ -6,7 +6,7 @@ import pytest
 
 from prefix_rft.recipes import compare, toy
 from prefix_rft.recipes.settings import RunSettings, parse_settings
-from prefix_rft.recipes.toy import BASE, METHODS, load_base, method_budget, rl_config, train_rows
+from prefix_rft.recipes.toy import BASE, METHODS, SFT_METHODS, load_base, method_budget, rl_config, train_rows
 from prefix_rft.tasks.arithmetic import demonstrate, parse_problem
 from prefix_rft.tasks.tokenizer import build_tokenizer
 
@@ -85,7 +85,7 @@ def test_rl_set_overrides_reach_every_rl_config_and_unknown_fields_are_refused()
 def test_rollout_cap_reaches_every_rl_config_and_fits_the_longest_train_demo():
     (settings,) = parse(["--max-completion-length", "110"])
     for method in TRAINED:
-        if method not in ("sft", "sft_rft"):
+        if method not in SFT_METHODS:
             assert rl_config(method, settings, seed=0, output_dir="unused").max_completion_length == 110, method
     # The longest train demo, by hand: 99 then seven +9 (8 terms, the most) runs 108, 117, ..., 162. Seven lines
     # `AAA+9=BBB` of at most 9 characters plus a newline (99+9=108 has 8), `check 162-9=153 ok` (18) plus a newline,
@@ -144,9 +144,15 @@ def test_sft_then_rft_splits_the_steps():
 def test_tiny_compare_runs_and_resumes(tmp_path, monkeypatch):
     argv = [
         "--methods",
-        "base,prefix_rft,rft,sft,sft_rft,rl_sft,luffy,relift",
+        "base,prefix_rft,rft,sft,sft_rft,rl_sft,luffy,relift,sft_best_rft,prefix_rft_prompt_hint",
         "--seeds",
         "1",
+        "--sft-eval-every",
+        "1",
+        "--sft-patience",
+        "1",
+        "--sft-val-problems",
+        "4",
         "--steps",
         "2",
         "--prompts-per-step",
@@ -170,13 +176,18 @@ def test_tiny_compare_runs_and_resumes(tmp_path, monkeypatch):
     ]
     assert compare.main(argv) == 0
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    methods = ["base", "luffy", "prefix_rft", "relift", "rft", "rl_sft", "sft", "sft_rft"]
+    methods = ["base", "luffy", "prefix_rft", "prefix_rft_prompt_hint", "relift", "rft", "rl_sft", "sft"]
+    methods += ["sft_best_rft", "sft_rft"]
     assert sorted(r["method"] for r in results["runs"]) == methods
     runs = {r["method"]: r for r in results["runs"]}
     assert [p["step"] for p in runs["base"]["curve"]] == [0]  # untrained: one point
     assert [p["step"] for p in runs["prefix_rft"]["curve"]] == [0, 2]
     # SFT then RFT: 1 SFT step, then 1 RFT step counted after it (points at 0, 1 from SFT's end, and 2)
     assert [p["step"] for p in runs["sft_rft"]["curve"]] == [0, 1, 2]
+    # SFT to its best: wherever it stops (step 1 or 2), the curve keeps the run's grid of 2 steps
+    selection = runs["sft_best_rft"]["sft_selection"]
+    assert selection["sft_steps"] + selection["rl_steps"] == 2
+    assert [p["step"] for p in runs["sft_best_rft"]["curve"]] == [0, 2]
     assert (tmp_path / "out" / "results.png").stat().st_size > 0
     assert "| prefix_rft |" in (tmp_path / "out" / "results.md").read_text()
     assert "| base |" in (tmp_path / "out" / "results.md").read_text()

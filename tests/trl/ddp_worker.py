@@ -1,6 +1,7 @@
 """Worker for test_multiprocess.py: trains a tiny model for 2 steps on 2 gloo processes and records what each saw.
 
-Run with `torchrun --standalone --nproc_per_node 2 ddp_worker.py OUT_DIR`.
+Run with `torchrun --standalone --nproc_per_node 2 ddp_worker.py OUT_DIR [--guided]`. `--guided` trains 4 steps (every
+question twice) with the per-question options on and records each rank's per-question state.
 """
 
 import json
@@ -30,7 +31,7 @@ def reward(completions, **kwargs):
     return [float(len(c[0]["content"]) % 2) for c in completions]
 
 
-def main(out_dir: str) -> None:
+def main(out_dir: str, guided: bool) -> None:
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
     model = build_model(tokenizer, "test")
@@ -39,13 +40,14 @@ def main(out_dir: str) -> None:
         [{"prompt": [{"role": "user", "content": d[:5]}], "demos": [d], "answer": d[-2:]} for d in demos]
     )
     args = PrefixRFTConfig(
-        **cpu_trainer_kwargs(out_dir, seed=0, max_steps=2),
+        **cpu_trainer_kwargs(out_dir, seed=0, max_steps=4 if guided else 2),
         per_device_train_batch_size=8,
         num_generations=8,
         max_completion_length=24,
         learning_rate=1e-2,
         disable_tqdm=True,
         log_completions=False,
+        **({"prefix_success_target": 0.5, "prefix_rescue_max_success": 0.5} if guided else {}),
     )
     trainer = RecordingTrainer(
         model=model, reward_funcs=[reward], args=args, train_dataset=dataset, processing_class=tokenizer
@@ -60,6 +62,12 @@ def main(out_dir: str) -> None:
         "logged_prefix_lens": list(trainer._logs["extra"]["prefix_len"]),
         "params": params.tolist(),
         "kept_fraction": [h.get("prefix/kept_fraction") for h in trainer.state.log_history if "loss" in h],
+        "questions": trainer._questions.state_dict() if guided else None,
+        "guided_rows": [
+            (h["prefix/adaptive_rows"], h["prefix/solved_rows"])
+            for h in trainer.state.log_history
+            if guided and "loss" in h
+        ],
     }
     with open(f"{out_dir}/rank{rank}.json", "w") as f:
         json.dump(record, f)
@@ -69,4 +77,4 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], guided="--guided" in sys.argv[2:])

@@ -1,11 +1,12 @@
 """Worker for test_resume.py: a short training run that can SIGKILL itself at a chosen step and phase.
 
-    python resume_worker.py OUT_DIR [--kill PHASE:STEP] [--resume] [--max-steps N]
+    python resume_worker.py OUT_DIR [--kill PHASE:STEP] [--resume] [--max-steps N] [--guided]
 
 PHASE is `generate` (after rollouts are scored), `backward` (after the loss is computed), `save` (halfway through
 writing a checkpoint: model written, optimizer and RNG states not yet) or `saved` (right after checkpoint STEP is
 complete; STEP counts checkpoints, so `saved:N` is after the last step of an N-step run). STEP otherwise counts
-optimizer steps from 0.
+optimizer steps from 0. `--guided` turns on the per-question options (adaptive prefix ratio and rescue), whose state
+the checkpoints carry.
 """
 
 import argparse
@@ -23,6 +24,9 @@ from prefix_rft.tasks.tokenizer import build_tokenizer
 from prefix_rft.trl.cpu import cpu_trainer_kwargs
 
 MAX_STEPS = 6
+# 6 questions, 2 per step: steps 3-5 revisit those of steps 0-2 and are planned from the per-question state. The parity
+# reward succeeds about half the time: steps 3-5 plan 2, 2 and 1 adapted ratios, and step 5 a solved (on-policy) slot.
+GUIDED = {"prefix_success_target": 0.5, "prefix_rescue_max_success": 0.6}
 
 
 def die() -> None:
@@ -71,6 +75,7 @@ def main() -> None:
     parser.add_argument("--kill", default=None)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--max-steps", type=int, default=MAX_STEPS)
+    parser.add_argument("--guided", action="store_true")
     opts = parser.parse_args()
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
@@ -92,6 +97,7 @@ def main() -> None:
         disable_tqdm=True,
         log_completions=False,
         prefix_ratio_decay_steps=opts.max_steps,
+        **(GUIDED if opts.guided else {}),
     )
     trainer = KillableTrainer(
         model=model, reward_funcs=[reward], args=args, train_dataset=dataset, processing_class=tokenizer

@@ -11,15 +11,18 @@ import pytest
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-@pytest.mark.slow
-def test_two_processes_agree_on_hybrids_and_parameters(tmp_path):
+def run_two_ranks(out_dir: Path, *extra: str) -> tuple[dict, dict]:
     # torchrun, not `accelerate launch --cpu`, which silently starts one process (cpu_feasibility.md §3)
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER)]
-    result = subprocess.run([*cmd, str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([*cmd, str(out_dir), *extra], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    rank0 = json.loads((tmp_path / "rank0.json").read_text())
-    rank1 = json.loads((tmp_path / "rank1.json").read_text())
+    return json.loads((out_dir / "rank0.json").read_text()), json.loads((out_dir / "rank1.json").read_text())
+
+
+@pytest.mark.slow
+def test_two_processes_agree_on_hybrids_and_parameters(tmp_path):
+    rank0, rank1 = run_two_ranks(tmp_path)
     assert rank0["world_size"] == rank1["world_size"] == 2
     assert rank0["distributed_type"] == "DistributedType.MULTI_CPU"
     # One group of 8 per rank per step; the hybrid is global row 7 (rank 0) and 15 (rank 1) of 20-token demos.
@@ -30,4 +33,17 @@ def test_two_processes_agree_on_hybrids_and_parameters(tmp_path):
     assert rank0["logged_prefix_lens"] == rank1["logged_prefix_lens"]
     # Entropy selection over the batch of both ranks: 38 prefix tokens keep 38 - floor(0.8 * 38) = 8; 36 keep 8.
     assert rank0["kept_fraction"] == pytest.approx([8 / 38, 8 / 36])
+    assert rank0["params"] == rank1["params"]
+
+
+@pytest.mark.slow
+def test_two_processes_hold_one_per_question_state(tmp_path):
+    # Each rank plans its own group from its copy of the state, updated from the gathered rewards and keys: the copies,
+    # the roles (same prefix lengths logged) and the parameters must agree.
+    rank0, rank1 = run_two_ranks(tmp_path, "--guided")
+    assert rank0["questions"] == rank1["questions"]
+    assert len(rank0["questions"]["records"]) == 4
+    assert rank0["guided_rows"] == rank1["guided_rows"]
+    assert sum(a + s for a, s in rank0["guided_rows"][2:]) > 0  # precondition: steps 2-3 were planned from the state
+    assert rank0["logged_prefix_lens"] == rank1["logged_prefix_lens"]
     assert rank0["params"] == rank1["params"]

@@ -53,6 +53,25 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, reference, kill)
 
 
 @pytest.mark.slow
+def test_resumed_run_plans_from_the_saved_per_question_state(tmp_path_factory):
+    # Killed while generating step 3, resumed from checkpoint-3: steps 3-5 revisit the questions of steps 0-2, so every
+    # remaining plan (adapted ratios, a solved slot run on-policy) reads the state that checkpoint-3 carried.
+    reference_dir, out = tmp_path_factory.mktemp("guided"), tmp_path_factory.mktemp("guided_killed")
+    assert run(reference_dir, "--guided").returncode == 0
+    reference = json.loads((reference_dir / "final.json").read_text())
+    after_kill = [h for h in reference["log_history"] if "loss" in h][3:]
+    # precondition: those plans read the state (2, 2, 1 adapted ratios and 0, 0, 1 solved slots)
+    assert sum(h["prefix/adaptive_rows"] for h in after_kill) > 0 and sum(h["prefix/solved_rows"] for h in after_kill)
+    assert run(out, "--guided", "--kill", "generate:3").returncode == -9
+    resumed = run(out, "--guided", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = json.loads((out / "final.json").read_text())
+    assert final["resumed_from"].endswith("checkpoint-3")
+    assert final["params"] == reference["params"]
+    assert comparable(final["log_history"]) == comparable(reference["log_history"])
+
+
+@pytest.mark.slow
 def test_run_killed_after_its_last_checkpoint_ends_there(tmp_path_factory):
     # 6 questions x 8 rollouts / 16 rows per step = 3 steps per epoch, so a 5-step run ends inside epoch 1. Resumed
     # from checkpoint-5, transformers restarted that epoch at its 3rd step and trained it (checkpoint-6) before it

@@ -19,6 +19,10 @@ OVERRIDDEN = {
         ("prompt_ids", "images", "multimodal_fields", "num_generations", "has_tool_images"),
         "starts each hybrid row from its demo prefix and gives it the budget left after the prefix",
     ),
+    "_tokenize_prompts": (
+        ("prompts",),
+        "adds the demo hint to hybrid rows' prompt ids under prefix_placement='prompt' (TRL trains on those ids)",
+    ),
     "_calculate_rewards": (
         ("inputs", "prompts", "completions", "completion_ids_list"),
         "keeps the weighted rewards for the prefix advantages and names the row of a failing reward function",

@@ -85,6 +85,27 @@ def test_colocate_prefix_tokens_get_importance_ratio_one(tmp_path, monkeypatch, 
         assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-3)
 
 
+def test_colocate_hint_rows_send_the_hint_in_the_prompt_with_the_full_budget(
+    tmp_path, monkeypatch, model_dir, tokenizer
+):
+    # prefix_placement="prompt": the hybrid's 19 demo tokens end its user message (trl/placement.py); nothing is
+    # prefixed to its completion, so it may sample the whole budget of 24, and every token it keeps was sampled
+    engines = install_colocate_double(monkeypatch)
+    trainer, _ = colocate_trainer(tmp_path, model_dir, tokenizer, prefix_placement="prompt")
+    batch, out = generate_batch(trainer)
+    (engine,) = engines
+    (call,) = engine.generate_calls
+    assert len(call) == 16
+    for row, request in enumerate(call):
+        question = batch[row]["prompt"][0]["content"]
+        hint = "\n\n## Hint.\n" + batch[row]["demos"][0][:19] if row % 8 == 7 else ""
+        assert tokenizer.decode(request.prompt_token_ids) == f"<bos><user>{question}{hint}<eos><assistant>"
+        assert request.max_tokens == 24
+    assert not out["prefix_mask"].any()
+    sampled = out["sampling_per_token_logps"][out["completion_mask"].bool()]
+    assert not torch.isnan(sampled).any()  # no demo token, so no NaN: the importance ratio covers every token
+
+
 @pytest.mark.slow
 @needs_requests
 def test_server_mode_rank0_without_hybrid_sends_every_hybrid_its_prefix(tmp_path, model_dir, tokenizer):

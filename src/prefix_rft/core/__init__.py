@@ -23,6 +23,13 @@ from prefix_rft.core.prefix import (
     is_hybrid_row,
     prefix_length,
 )
+from prefix_rft.core.questions import (
+    QuestionRecord,
+    QuestionStats,
+    needs_rescue,
+    next_prefix_ratio,
+    on_policy_success,
+)
 from prefix_rft.core.schedule import (
     Constant,
     CosineDecay,
@@ -40,6 +47,8 @@ __all__ = [
     "Delay",
     "LinearDecay",
     "PrefixRatioSampler",
+    "QuestionRecord",
+    "QuestionStats",
     "aggregate_dr_grpo",
     "aggregate_token_loss",
     "build_prefix_mask",
@@ -50,7 +59,10 @@ __all__ = [
     "is_hybrid_row",
     "make_controller",
     "masked_mean",
+    "needs_rescue",
+    "next_prefix_ratio",
     "num_dropped",
+    "on_policy_success",
     "per_token_advantages",
     "ppo_clip_token_loss",
     "prefix_length",

@@ -36,6 +36,9 @@ class RunSettings:
     curve_every: int = _opt(20, "optimizer steps between accuracy-curve points")
     curve_problems: int = _opt(64, "problems per split at each accuracy-curve point")
     relift_sft_batch: int = _opt(16, "ReLIFT: buffered questions per SFT step")
+    sft_eval_every: int = _opt(5, "sft_best_rft: SFT steps between validation evaluations (avg@1)")
+    sft_patience: int = _opt(3, "sft_best_rft: evaluations without improvement before SFT stops")
+    sft_val_problems: int = _opt(128, "sft_best_rft: held-out training-split questions it validates on")
     demo_style: str = _opt("steps", "demonstrator of the training rows and the base's corpus", choices=DEMO_STYLES)
     rl_set: list[str] = field(
         default_factory=list,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,8 @@ from prefix_rft.baselines import (
     RLWithSFTTrainer,
 )
 from prefix_rft.baselines.sft import build_sft_trainer
-from prefix_rft.eval.harness import evaluate
+from prefix_rft.eval.harness import EvalResult, evaluate
+from prefix_rft.recipes.early_stopping import EarlyStopping
 from prefix_rft.recipes.settings import RunSettings
 from prefix_rft.tasks import BaseModelConfig, TaskConfig, is_correct, load_or_pretrain_base, make_rows, task_reward
 from prefix_rft.tasks.model import MAX_POSITIONS
@@ -63,8 +66,15 @@ RL_METHODS: dict[str, RLMethod] = {
     "prefix_rft_uniform": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_ratio_schedule": "constant"}),
     "prefix_rft_paper_adv": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_advantage": "paper"}),
     "prefix_rft_demos50": PREFIX_RFT,  # half the training prompts keep their demo (see train_rows)
+    # The demo prefix as a hint in the prompt, never trained (QuestA; docs/fidelity.md row 32)
+    "prefix_rft_prompt_hint": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_placement": "prompt"}),
+    # Per-question guidance (docs/fidelity.md rows 33-34) acts from a question's second visit on; `train_rows` gives
+    # every step new questions, so until they repeat these two plan exactly as prefix_rft does.
+    "prefix_rft_adaptive": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_success_target": 0.5}),  # SEELE
+    "prefix_rft_rescue": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_rescue_max_success": 0.0}),  # BREAD
 }
-SFT_METHODS = ("sft", "sft_rft")
+# sft_best_rft: SFT to its best validation accuracy, then RFT for the rest of the budget (arXiv 2604.23747)
+SFT_METHODS = ("sft", "sft_rft", "sft_best_rft")
 BASE = "base"  # the untrained base model, evaluated like every method: the reference row of the comparison
 METHODS = (BASE, *RL_METHODS, *SFT_METHODS)
 # Paper's math averages on Qwen2.5-Math-7B (paper Tables 1 and 8), for orientation only.
@@ -138,6 +148,10 @@ def sft_config(settings: RunSettings, seed: int, output_dir: Path, steps: int):
 
 def method_budget(method: str, settings: RunSettings) -> dict[str, int]:
     """Optimizer steps and rollouts (generated or demonstrated) per step of a method; equal across methods."""
+    if method == "sft_best_rft":
+        # Early stopping splits the steps at run time, and RFT gets all the SFT did not run (`train_sft_best_rft`):
+        # the total is RFT's budget whatever the split; the run's record states the split.
+        return method_budget("rft", settings)
     if method == BASE:
         return {"optimizer_steps": 0, "rollouts_per_step": 0, "prompts_per_step": 0}
     if method == "sft":
@@ -167,13 +181,29 @@ def eval_rows(split: str, n: int, seed: int) -> list[dict]:
     return make_rows(split, n, seed=10_000 + seed)
 
 
-def evaluate_split(model, tokenizer, split: str, seed: int, k: int, n: int, desc: str):
-    """k samples on each of `n` problems of `split` drawn for `seed` (T 0.6, top-p 0.95, as the paper); returns the
-    harness's `EvalResult` (metrics and per-sample completions)."""
+def validation_rows(settings: RunSettings, seed: int) -> list[dict]:
+    """`sft_val_problems` training-split questions held out of training, for `sft_best_rft`'s early stopping.
+
+    They are the next questions of the training rows' own seeded stream (`make_rows` draws in order and never repeats
+    a problem), so every method keeps the same training questions and none of these is one of them; the train split
+    holds no test problem (salted hash) and no OOD one (OOD problems have more terms).
+    """
+    n = settings.steps * settings.prompts_per_step
+    return make_rows("train", n + settings.sft_val_problems, seed=seed, config=task_config(settings))[n:]
+
+
+def evaluate_split(model, tokenizer, split: str, seed: int, k: int, n: int, desc: str) -> EvalResult:
+    """k samples on each of `n` problems of `split` drawn for `seed` (`evaluate_rows`)."""
+    return evaluate_rows(model, tokenizer, eval_rows(split, n, seed), seed, k, desc)
+
+
+def evaluate_rows(model, tokenizer, rows: list[dict], seed: int, k: int, desc: str) -> EvalResult:
+    """k samples on each row (T 0.6, top-p 0.95, as the paper); returns the harness's `EvalResult` (metrics and
+    per-sample completions)."""
     return evaluate(
         model,
         tokenizer,
-        eval_rows(split, n, seed),
+        rows,
         lambda c, a: float(is_correct(c, a)),
         k=k,
         max_new_tokens=completion_budget(),
@@ -191,23 +221,44 @@ def evaluate_splits(model, tokenizer, seed: int, k: int, n: int, desc: str) -> d
     }
 
 
+def validation_accuracy(model, tokenizer, rows: list[dict], seed: int) -> float:
+    """avg@1 on held-out training-split questions (`validation_rows`): one sample each, to keep it cheap."""
+    with evaluating(model):
+        return evaluate_rows(model, tokenizer, rows, seed, k=1, desc="validation").metrics["avg@1"]
+
+
 def accuracy_callback(tokenizer, settings: RunSettings, seed: int, points: list[dict], offset: int = 0):
-    """A TrainerCallback appending {"step", "test", "ood"} (avg@1) to `points` every `curve_every` steps."""
+    """A TrainerCallback appending {"step", "test", "ood"} (avg@1) to `points` at every multiple of `curve_every`
+    steps of the whole run (`offset` = steps trained before this trainer) and at the trainer's last step.
+
+    Counting from the start of the run keeps every seed on one grid when a first stage ends at a step that varies
+    by seed (`sft_best_rft`).
+    """
 
     class AccuracyCurve(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):
-            if state.global_step % settings.curve_every == 0 or state.global_step == state.max_steps:
-                measure_point(model, tokenizer, settings, seed, points, offset + state.global_step)
+            step = offset + state.global_step
+            if step % settings.curve_every == 0 or state.global_step == state.max_steps:
+                measure_point(model, tokenizer, settings, seed, points, step)
 
     return AccuracyCurve()
 
 
-def measure_point(model, tokenizer, settings: RunSettings, seed: int, points: list[dict], step: int) -> None:
+@contextmanager
+def evaluating(model) -> Iterator[None]:
+    """`model` in eval mode inside the block, then back in the mode it was in (evaluations run mid-training)."""
     was_training = model.training
     model.eval()
-    metrics = evaluate_splits(model, tokenizer, seed, k=1, n=settings.curve_problems, desc=f"step {step}")
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def measure_point(model, tokenizer, settings: RunSettings, seed: int, points: list[dict], step: int) -> None:
+    with evaluating(model):
+        metrics = evaluate_splits(model, tokenizer, seed, k=1, n=settings.curve_problems, desc=f"step {step}")
     points.append({"step": step, **{split: m["avg@1"] for split, m in metrics.items()}})
-    model.train(was_training)
 
 
 def load_base(settings: RunSettings):
@@ -233,13 +284,46 @@ def train_rl(method, model, tokenizer, settings, seed, output_dir, points, steps
     return trainer
 
 
-def train_sft(model, tokenizer, settings, seed, output_dir, points, steps):
+def train_sft(model, tokenizer, settings, seed, output_dir, points, steps, callbacks: tuple = ()):
     trainer = build_sft_trainer(
         model, tokenizer, train_rows("sft", settings, seed), sft_config(settings, seed, output_dir, steps)
     )
-    trainer.add_callback(accuracy_callback(tokenizer, settings, seed, points))
+    for callback in (accuracy_callback(tokenizer, settings, seed, points), *callbacks):
+        trainer.add_callback(callback)
     trainer.train()
     return trainer
+
+
+def train_sft_to_best(model, tokenizer, settings: RunSettings, seed: int, output_dir: Path, points: list[dict]):
+    """SFT with early stopping on `validation_rows` (avg@1 every `sft_eval_every` steps, `sft_patience`), then the
+    best weights restored into `model`; returns (the SFT trainer, the `EarlyStopping` record).
+
+    The schedule is `sft`'s over the whole budget, so up to its stop this is the `sft` run itself.
+    """
+    rows = validation_rows(settings, seed)
+    stopper = EarlyStopping(
+        lambda m: validation_accuracy(m, tokenizer, rows, seed), settings.sft_eval_every, settings.sft_patience
+    )
+    trainer = train_sft(model, tokenizer, settings, seed, output_dir, points, settings.steps, callbacks=(stopper,))
+    stopper.restore(model)
+    return trainer, stopper.record()
+
+
+def train_sft_best_rft(model, tokenizer, settings: RunSettings, seed: int, output_dir: Path, points: list[dict]):
+    """`train_sft_to_best`, then RFT (`num_hybrid=0`) for the steps SFT did not run; returns (log history, record).
+
+    Every SFT step run counts, those after the best one too: they were spent choosing it.
+    """
+    sft, record = train_sft_to_best(model, tokenizer, settings, seed, output_dir / "sft", points)
+    sft_steps = sft.state.global_step
+    history = list(sft.state.log_history)
+    rl_steps = settings.steps - sft_steps
+    if rl_steps:  # none left when SFT kept improving to the end of the budget
+        rl = train_rl(
+            "rft", model, tokenizer, settings, seed, output_dir / "rft", points, steps=rl_steps, offset=sft_steps
+        )
+        history += rl.state.log_history
+    return history, {**record, "sft_steps": sft_steps, "rl_steps": rl_steps}
 
 
 def run_method(
@@ -255,6 +339,7 @@ def run_method(
     points: list[dict] = []
     measure_point(model, tokenizer, settings, seed, points, 0)
     history: list[dict] = []
+    extra: dict[str, Any] = {}
     if method == "sft":
         history += train_sft(model, tokenizer, settings, seed, output_dir, points, settings.steps).state.log_history
     elif method == "sft_rft":
@@ -272,6 +357,9 @@ def run_method(
             offset=sft_steps,
         )
         history += trainer.state.log_history
+    elif method == "sft_best_rft":
+        logs, extra["sft_selection"] = train_sft_best_rft(model, tokenizer, settings, seed, output_dir, points)
+        history += logs
     elif method != BASE:  # the base row is evaluated untrained
         history += train_rl(method, model, tokenizer, settings, seed, output_dir, points).state.log_history
     final = evaluate_splits(model.eval(), tokenizer, seed, settings.eval_k, settings.eval_problems, f"{method} final")
@@ -287,4 +375,5 @@ def run_method(
         "curve": points,
         "final": final,
         "log_history": history,
+        **extra,
     }

@@ -17,6 +17,7 @@ from prefix_rft.trl.fields import REFUSED_GRPO_FIELDS, REFUSED_LOSS_TYPES
 ENTROPY_SCOPES = ("optimizer_step", "global_micro_batch", "local_micro_batch")
 RENAMED_SCOPES = {"batch": "global_micro_batch", "micro_batch": "local_micro_batch"}
 GRPO_DEFAULTS = {f.name: f.default for f in fields(GRPOConfig)}
+DEFAULT_RATIO_STEP = 0.2  # per-question controller: 0 successes at a target of 0.5 raise the ratio by 0.1
 
 
 # Allowed ranges (low, high, as the error states it) of the prefix_* fields and the TRL fields the trainer relies on.
@@ -43,6 +44,9 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "prefix_ratio_alpha": (1e-12, _INF, "> 0 (a Beta distribution shape)"),
     "prefix_ratio_beta": (1e-12, _INF, "> 0 (a Beta distribution shape)"),
     "prefix_min_len": (0, _INF, ">= 0"),
+    "prefix_success_target": (0, 1, "[0, 1], or null for the schedule"),
+    "prefix_ratio_step": (1e-12, 1, "(0, 1]"),
+    "prefix_rescue_max_success": (0, 1, "[0, 1], or null to rescue every question"),
     "prefix_dual_clip": (1 + 1e-12, _INF, "> 1 (dual-clip PPO), or null to disable"),
     "max_consecutive_nonfinite_steps": (1, _INF, ">= 1"),
 }
@@ -102,9 +106,35 @@ class PrefixRFTConfig(GRPOConfig):
     prefix_min_len: int = field(
         default=0, metadata={"help": "Minimum prefix length in tokens (reference min_prefix_len)."}
     )
+    # Per-question guidance (docs/fidelity.md rows 33-34). A question's evidence is the on-policy success rate of its
+    # latest group, kept per `id` column (else per prompt hash) and checkpointed; an unseen question follows the paper.
+    prefix_success_target: float | None = field(
+        default=None,
+        metadata={
+            "help": "Adaptive prefix ratio (after SEELE): after each visit a question's ratio moves by "
+            "prefix_ratio_step * (target - its on-policy success), within [floor_end, ceiling]; null: the schedule."
+        },
+    )
+    prefix_ratio_step: float = field(
+        default=DEFAULT_RATIO_STEP, metadata={"help": "Change of a question's prefix ratio per unit of success error."}
+    )
+    prefix_rescue_max_success: float | None = field(
+        default=None,
+        metadata={
+            "help": "Rescue (after BREAD): a question's hybrid slots carry a prefix only while its last on-policy "
+            "success is at most this (0: only after a group that all failed), else run on-policy; null: always."
+        },
+    )
     prefix_advantage: str = field(
         default="reference",
         metadata={"help": "'reference' (authors' dr_grpo_prefix, n=1) or 'paper' (one shared advantage, Eq. 3)."},
+    )
+    prefix_placement: str = field(
+        default="response",
+        metadata={
+            "help": "Where a hybrid row's demo prefix goes: 'response' (Prefix-RFT: it starts the completion and is "
+            "trained) or 'prompt' (QuestA: a hint appended to the question, never trained; docs/fidelity.md row 32)."
+        },
     )
     prefix_entropy_keep_fraction: float = field(
         default=0.2, metadata={"help": "Share of prefix tokens, by highest entropy, that keep their advantage."}
@@ -163,6 +193,7 @@ class PrefixRFTConfig(GRPOConfig):
         super().__post_init__()
         self._check_choices()
         hybrid_positions(self.num_generations, self.num_hybrid)  # raises if no on-policy row would remain
+        self._check_question_guidance()
         if not 0.0 < self.prefix_entropy_keep_fraction <= 1.0:
             raise ValueError(
                 f"prefix_entropy_keep_fraction must be in (0, 1], got {self.prefix_entropy_keep_fraction}"
@@ -218,6 +249,7 @@ class PrefixRFTConfig(GRPOConfig):
             "scale_rewards": ("none", "group", "batch"),
             "prefix_ratio_schedule": ("cosine", "linear", "constant"),
             "prefix_advantage": ("reference", "paper"),
+            "prefix_placement": ("response", "prompt"),
             "prefix_entropy_selection": ("top", "all", "none", "random", "lowest"),
             "prefix_entropy_scope": ENTROPY_SCOPES,
             "prefix_schedule_unit": ("rollout_batch", "optimizer_step"),
@@ -233,6 +265,14 @@ class PrefixRFTConfig(GRPOConfig):
                 f"steps_per_generation ({self.steps_per_generation}) must be a multiple of "
                 f"gradient_accumulation_steps ({self.gradient_accumulation_steps}); or use 'global_micro_batch'"
             )
+
+    def _check_question_guidance(self) -> None:
+        """Refuse per-question settings that would have no effect."""
+        guided = [n for n in ("prefix_success_target", "prefix_rescue_max_success") if getattr(self, n) is not None]
+        if guided and self.num_hybrid == 0:
+            raise ValueError(f"{' and '.join(guided)} act on hybrid rows, but num_hybrid=0 plans none")
+        if self.prefix_success_target is None and self.prefix_ratio_step != DEFAULT_RATIO_STEP:
+            raise ValueError("prefix_ratio_step acts only with prefix_success_target (the adaptive prefix ratio)")
 
     def micro_steps_per_rollout(self) -> int:
         """Micro-batches trained on one generation batch (TRL regenerates after this many)."""

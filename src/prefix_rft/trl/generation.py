@@ -76,11 +76,15 @@ class PrefixGenerationMixin:
             if not demos:
                 rows.append(RowPlan(no_demo=True))
                 continue
-            # Draws are keyed by the optimizer step, so a resumed run repeats them whatever the schedule unit.
+            if not self._rescues(example):  # prefix_rescue_max_success: solved last time, so no prefix is spent
+                rows.append(RowPlan(solved=True))
+                continue
+            # Draws are keyed by the optimizer step, so a resumed run repeats them whatever the schedule unit. The
+            # ratio is drawn even when the question's adapted ratio replaces it, so the demo choice stays the same.
             rng = row_rng(args.prefix_seed, step, global_row // group_size, global_row % group_size)
-            ratio = self._prefix_sampler.sample(schedule_step, rng)
+            ratio, adapted = self._question_ratio(example, self._prefix_sampler.sample(schedule_step, rng))
             demo_ids = self._demo_ids(demos[int(rng.integers(len(demos)))])
-            rows.append(replace(self._row_plan(demo_ids, ratio), hybrid=True))
+            rows.append(replace(self._row_plan(demo_ids, ratio), hybrid=True, adapted=adapted))
         return Rollout(rows=rows, prompts=[x["prompt"] for x in inputs], schedule_step=schedule_step)
 
     def _row_plan(self, demo_ids: list[int], ratio: float) -> RowPlan:
@@ -115,7 +119,8 @@ class PrefixGenerationMixin:
         """Per row, the prefix tokens that follow the prompt, cut to the prompt budget (cuts counted)."""
         prefix_ids = []
         for prompt, ids, row in zip(rollout.prompts, prompt_ids, rollout.rows, strict=True):
-            prefix = self._prefix_token_ids(prompt, ids, row.demo_ids)
+            # prefix_placement='prompt': the demo is already in `ids` as a hint (trl/placement.py), not a prefix.
+            prefix = self._prefix_token_ids(prompt, ids, [] if self._hint_row(row) else row.demo_ids)
             kept, cut = fit_prefix_to_prompt(
                 len(ids), len(prefix), self.args.max_prompt_length, self.args.prefix_min_len
             )
@@ -180,16 +185,17 @@ class PrefixGenerationMixin:
         """`generate` calls over row groups, the same number of calls on every rank.
 
         Transformers left-pads a batch to its longest prompt + prefix and every row pays for that width, so rows
-        without and with a prefix go in separate calls. Under ZeRO-3 or FSDP each call gathers the parameters (a
-        collective), so every rank makes the call for a group that any rank has, with a one-token stand-in row when it
-        has none of its own.
+        without and with a prefix (or a hint in the prompt) go in separate calls. Under ZeRO-3 or FSDP each call
+        gathers the parameters (a collective), so every rank makes the call for a group that any rank has, with a
+        one-token stand-in row when it has none of its own.
         """
         rows = self._rollout.rows
         generate = [i for i, row in enumerate(rows) if not row.full_demo]
         if self.use_transformers_continuous_batching or images is not None or multimodal_fields:
             groups = [generate]
         else:
-            groups = [[i for i in generate if not prefix_ids[i]], [i for i in generate if prefix_ids[i]]]
+            guided = [bool(p) or self._hint_row(row) for p, row in zip(prefix_ids, rows, strict=True)]
+            groups = [[i for i in generate if not guided[i]], [i for i in generate if guided[i]]]
         present = self._groups_present_on_any_rank(groups)
         completion_ids: list[list[int]] = [[] for _ in rows]  # full-demo rows generate nothing
         logprobs, has_logprobs = [[] for _ in rows], False

@@ -33,6 +33,8 @@ class RowPlan:
     hybrid: bool = False
     no_demo: bool = False  # a hybrid slot whose prompt has no demo, so it runs on-policy
     full_demo: bool = False  # the whole demo (+ EOS) is the completion and nothing is generated (LUFFY, RL+SFT)
+    adapted: bool = False  # its prefix ratio is its question's adapted one (prefix_success_target), not a draw
+    solved: bool = False  # a hybrid slot run on-policy: its question passed prefix_rescue_max_success last time
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Rollout:
     schedule_step: int  # the step the prefix-ratio schedule was read at
     prefix_ids: list[list[int]] = field(default_factory=list)  # per row, after fitting the prompt budget
     completion_lens: list[int] = field(default_factory=list)  # per row, prefix included, before any masking
+    hint_lens: list[int] = field(default_factory=list)  # per row, demo tokens shown in the prompt (placement 'prompt')
     truncated_tokens: int = 0
     rewards: torch.Tensor | None = None  # (N,) weighted rewards of the whole batch, all ranks, process-major
 

@@ -97,6 +97,7 @@ class PrefixScoringMixin:
         try:
             output = super()._generate_and_score_completions(inputs)
             self._add_prefix_fields(output, self._rollout)
+            self._observe_questions(inputs, self._rollout)
             self._after_rollout(inputs, self._rollout)
         finally:
             self._rollout = None
@@ -145,7 +146,9 @@ class PrefixScoringMixin:
         metrics["prefix/ratio_ceiling"].append(high)
         metrics["prefix/schedule_step"].append(float(rollout.schedule_step))
         demo_lens = [max(r.demo_len, 1) for r in rollout.rows]
-        ratios = [n / d if h else 0.0 for n, d, h in zip(prefix_lens.tolist(), demo_lens, rollout.hybrid, strict=True)]
+        # Demo tokens revealed: in the completion (placement 'response') or in the prompt as a hint ('prompt').
+        revealed = [p + h for p, h in zip(prefix_lens.tolist(), rollout.hint_lens, strict=True)]
+        ratios = [n / d if h else 0.0 for n, d, h in zip(revealed, demo_lens, rollout.hybrid, strict=True)]
         local = torch.tensor(
             [
                 sum(ratios),

@@ -27,6 +27,8 @@ from prefix_rft.trl.config import PrefixRFTConfig
 from prefix_rft.trl.generation import PrefixGenerationMixin
 from prefix_rft.trl.guards import NonFiniteStepGuard
 from prefix_rft.trl.loss import PrefixLossMixin
+from prefix_rft.trl.placement import PrefixPlacementMixin
+from prefix_rft.trl.questions import QuestionGuidanceMixin
 from prefix_rft.trl.rollouts import Rollout
 from prefix_rft.trl.run_dir import check_writable, claim_output_dir
 from prefix_rft.trl.scoring import PrefixScoringMixin
@@ -56,7 +58,14 @@ class EpochSeededRepeatSampler(RepeatSampler):
             self.generator.manual_seed(self.seed + epoch)
 
 
-class PrefixRFTTrainer(PrefixGenerationMixin, PrefixScoringMixin, PrefixLossMixin, GRPOTrainer):
+class PrefixRFTTrainer(
+    PrefixGenerationMixin,
+    PrefixPlacementMixin,
+    QuestionGuidanceMixin,
+    PrefixScoringMixin,
+    PrefixLossMixin,
+    GRPOTrainer,
+):
     """GRPOTrainer for Prefix-RFT. Takes the same arguments; `args` must be a `PrefixRFTConfig`.
 
     The dataset needs a `prompt` column (text or chat messages) and `demos` (list of strings) or `demo` (a string);
@@ -94,6 +103,7 @@ class PrefixRFTTrainer(PrefixGenerationMixin, PrefixScoringMixin, PrefixLossMixi
         self._prefix_sampler = self.args.prefix_sampler()
         self._demo_ids_cache: dict[str, list[int]] = {}
         self._rollout: Rollout | None = None  # the generation batch in flight; None outside it
+        self._init_question_stats()
         self.validation_report = self._validate_train_dataset()
         self._guard = NonFiniteStepGuard(self.args.max_consecutive_nonfinite_steps)
         self.add_callback(self._guard)

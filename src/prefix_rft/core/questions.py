@@ -1,0 +1,147 @@
+"""Per-question evidence for guidance that adapts to each question (docs/fidelity.md rows 33-34, issue 18).
+
+A question's evidence is the on-policy success rate of its latest group: the share of its scored on-policy rows whose
+reward is > 0 (a group "all fails" when none is, ReLIFT's `solve_none`). Two options read it:
+
+* adaptive prefix ratio (after SEELE, arXiv 2509.06923, which keeps accuracy near 50%): after each visit the
+  question's ratio moves by ``step * (target - success)``, clipped to [low, high], so a failing question is shown more
+  of its demo next time and a solved one less. The first visit uses the ratio the schedule drew.
+* rescue (after BREAD, arXiv 2506.17211, which adds expert prefixes only when a whole group fails): the question's
+  hybrid slots carry a prefix only while its success is <= `max_success`; a question not seen yet is rescued.
+
+The state is plain data (str keys, floats, ints), so it round-trips exactly through JSON, and it is updated only from
+gathered (all-rank) rewards in a fixed order, so every rank holds the same state without further communication.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class QuestionRecord:
+    """What is known about one question after its latest visit."""
+
+    success: float  # on-policy success rate of its latest scored group, in [0, 1]
+    ratio: float | None  # prefix ratio its next hybrid rows get; None until a visit carried a prefix (or no target)
+    visits: int  # scored groups seen
+
+
+def on_policy_success(rewards: torch.Tensor, is_hybrid: torch.Tensor) -> float | None:
+    """Share of a group's scored on-policy rows whose reward is > 0.
+
+    Args:
+        rewards: (G,) rewards of one group; NaN marks a row no reward function scored.
+        is_hybrid: (G,) bool, the planned role (a hybrid slot that ran on-policy counts as on-policy).
+    Returns:
+        The success rate, or None when no on-policy row was scored (no evidence).
+    """
+    scored = ~is_hybrid & ~torch.isnan(rewards)  # (G,)
+    count = int(scored.sum())
+    if count == 0:
+        return None
+    return int((rewards[scored] > 0).sum()) / count
+
+
+def next_prefix_ratio(ratio: float, success: float, target: float, step: float, low: float, high: float) -> float:
+    """One step of the per-question controller: ``clip(ratio + step * (target - success), low, high)``.
+
+    A proportional step on the success error: below the target the question is shown more of its demo, above it less,
+    and a question exactly at the target keeps its ratio.
+    """
+    return min(high, max(low, ratio + step * (target - success)))
+
+
+def needs_rescue(success: float | None, max_success: float | None) -> bool:
+    """Whether a question's hybrid slots carry a prefix: always without a threshold (paper) or without evidence yet,
+    otherwise while its latest on-policy success is at most `max_success` (0 means: only after a group that all
+    failed)."""
+    return max_success is None or success is None or success <= max_success
+
+
+@dataclass
+class QuestionStats:
+    """Evidence and prefix ratio per question key, with the settings that read them.
+
+    Attributes:
+        target: on-policy success rate the adaptive ratio aims at; None keeps the schedule's ratio (no adaptation).
+        step: ratio change per unit of success error.
+        low, high: bounds of an adapted ratio.
+        max_success: rescue threshold (`needs_rescue`); None gives every question its hybrid rows.
+        records: question key -> `QuestionRecord`.
+    """
+
+    target: float | None
+    step: float
+    low: float
+    high: float
+    max_success: float | None = None
+    records: dict[str, QuestionRecord] = field(default_factory=dict)
+
+    def ratio(self, key: str) -> float | None:
+        """The adapted prefix ratio of `key`, or None when the schedule decides (no target, or no record yet)."""
+        record = self.records.get(key)
+        return None if record is None else record.ratio
+
+    def rescues(self, key: str) -> bool:
+        """Whether `key`'s hybrid slots carry a prefix in the next batch."""
+        record = self.records.get(key)
+        return needs_rescue(None if record is None else record.success, self.max_success)
+
+    def observe(self, key: str, success: float, ratio_used: float | None) -> None:
+        """Record one scored group of `key`.
+
+        Args:
+            success: its on-policy success rate.
+            ratio_used: mean prefix ratio planned for its hybrid rows, None if it had none; it starts the controller
+                when the question has no adapted ratio yet (otherwise the adapted ratio is what was used).
+        """
+        record = self.records.get(key)
+        base = record.ratio if record is not None and record.ratio is not None else ratio_used
+        ratio = None
+        if self.target is not None and base is not None:
+            ratio = next_prefix_ratio(base, success, self.target, self.step, self.low, self.high)
+        visits = 1 if record is None else record.visits + 1
+        self.records[key] = QuestionRecord(success=success, ratio=ratio, visits=visits)
+
+    def observe_groups(
+        self, keys: list[str], rewards: torch.Tensor, is_hybrid: torch.Tensor, ratios: torch.Tensor, group_size: int
+    ) -> list[float]:
+        """Record every scored group of a gathered batch, in order (a question twice in a batch is updated twice).
+
+        Args:
+            keys: (N,) question key of each row; the G rows of a group share one.
+            rewards: (N,) rewards, groups contiguous; NaN marks an unscored row.
+            is_hybrid: (N,) bool planned roles.
+            ratios: (N,) float64 prefix ratio planned for each hybrid row, NaN for the other rows.
+            group_size: G.
+        Returns:
+            The on-policy success rate of each group that had evidence, in order.
+        """
+        successes = []
+        for start in range(0, len(keys), group_size):
+            group = slice(start, start + group_size)
+            if len(set(keys[group])) != 1:
+                raise ValueError(f"rows {start}..{start + group_size - 1} form one group but hold different questions")
+            success = on_policy_success(rewards[group], is_hybrid[group])
+            if success is None:
+                continue
+            planned = ratios[group][is_hybrid[group] & ~torch.isnan(ratios[group])]  # (H,)
+            ratio_used = float(planned.mean()) if len(planned) else None
+            self.observe(keys[start], success, ratio_used)
+            successes.append(success)
+        return successes
+
+    def state_dict(self) -> dict[str, Any]:
+        """The records as JSON-ready data (floats survive a JSON round trip exactly)."""
+        return {"records": {key: [r.success, r.ratio, r.visits] for key, r in self.records.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Replace the records with those of `state_dict()`; the settings stay this object's own."""
+        self.records = {
+            key: QuestionRecord(success=float(success), ratio=None if ratio is None else float(ratio), visits=visits)
+            for key, (success, ratio, visits) in state["records"].items()
+        }
