@@ -1,32 +1,64 @@
-"""Every recipe in configs/ parses into the script arguments and a PrefixRFTConfig with the values it states."""
+"""Every recipe in configs/ parses into the script arguments and a PrefixRFTConfig with the values it states, and one
+whose tracker is not installed is refused with the command that installs it."""
 
+import tomllib
 from pathlib import Path
 
 import pytest
-from trl import TrlParser
+import yaml
 
-from prefix_rft.recipes.train import TrainScriptArguments
-from prefix_rft.trl.config import PrefixRFTConfig
+from prefix_rft.recipes.train import TRACKER_INSTALL, main, parse_args
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
 
 
 def parse(path: Path):
     # GPU recipes ask for bf16, which transformers refuses on a machine without a GPU unless told to use the CPU.
-    parser = TrlParser((TrainScriptArguments, PrefixRFTConfig))
-    return parser.parse_args_and_config(["--config", str(path), "--use_cpu", "true"])
+    return parse_args(["--config", str(path), "--use_cpu", "true"])
+
+
+def trackers(path: Path) -> list[str]:
+    report_to = yaml.safe_load(path.read_text()).get("report_to", "none")
+    return [name for name in ([report_to] if isinstance(report_to, str) else report_to) if name != "none"]
+
+
+@pytest.fixture
+def every_tracker_installed(monkeypatch):
+    monkeypatch.setattr(
+        "transformers.integrations.get_available_reporting_integrations", lambda: list(TRACKER_INSTALL)
+    )
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_recipe_parses(path):
-    script, config = parse(path)
+def test_recipe_parses(path, every_tracker_installed):
+    script, config, model, mixture = parse(path)
     assert config.num_generations == 8 and config.num_hybrid == 1
     assert config.loss_type == "dr_grpo" and config.scale_rewards == "none"
 
 
-def test_paper_recipe_states_the_paper_settings():
-    script, config = parse(next(p for p in CONFIGS if p.name == "paper_qwen25_math_7b.yaml"))
-    assert script.dataset_format == "luffy" and script.reward == "math"
+@pytest.mark.parametrize("path", [p for p in CONFIGS if trackers(p)], ids=lambda p: p.name)
+def test_recipe_with_a_tracker_that_is_not_installed_names_the_install_command(path, monkeypatch, capsys):
+    monkeypatch.setattr("transformers.integrations.get_available_reporting_integrations", lambda: [])
+    name = trackers(path)[0]
+    assert main(["--config", str(path), "--use_cpu", "true"]) == 2
+    message = capsys.readouterr().err
+    assert message.startswith(f"prefix-rft train: report_to={name!r} needs the {name} package, which is not installed")
+    assert TRACKER_INSTALL[name] in message
+
+
+def test_every_extra_a_refusal_names_installs_that_tracker():
+    extras = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    named = {name: command.split("[")[1].split("]")[0] for name, command in TRACKER_INSTALL.items() if "[" in command}
+    assert set(named) >= {"trackio", "tensorboard"}
+    for name, extra in named.items():
+        assert any(requirement.startswith(name) for requirement in extras[extra]), (name, extras.get(extra))
+
+
+def test_paper_recipe_states_the_paper_settings(every_tracker_installed):
+    script, config, model, mixture = parse(next(p for p in CONFIGS if p.name == "paper_qwen25_math_7b.yaml"))
+    assert script.dataset_format == "luffy" and script.reward == "math" and model.dtype == "bfloat16"
     # 8 GPUs x micro-batch x accumulation = 1024 rows = 128 questions x 8 rollouts, one generation batch per optimizer
     # step; lr 1e-6 constant; 500 steps (spec §4)
     assert config.per_device_train_batch_size * config.gradient_accumulation_steps * 8 == 128 * 8
@@ -42,9 +74,9 @@ def test_smoke_recipe_learns_something(tmp_path):
     # 2 steps of the smoke recipe from the shipped base: some rollouts are right, so rewards and gradients are not 0
     from prefix_rft.recipes.train import build_trainer
 
-    script, config = parse(next(p for p in CONFIGS if p.name == "smoke_cpu.yaml"))
-    config.max_steps, config.output_dir = 2, str(tmp_path)
-    trainer = build_trainer(script, config)
+    args = parse(next(p for p in CONFIGS if p.name == "smoke_cpu.yaml"))
+    args.config.max_steps, args.config.output_dir = 2, str(tmp_path)
+    trainer = build_trainer(args)
     before = [p.detach().clone() for p in trainer.model.parameters()]
     trainer.train()
     logged = [h for h in trainer.state.log_history if "reward" in h]
@@ -53,9 +85,11 @@ def test_smoke_recipe_learns_something(tmp_path):
 
 
 def test_embedded_random_draws_its_weights_from_the_seed():
-    from prefix_rft.recipes.train import load_model_and_tokenizer
+    from prefix_rft.recipes.train import ModelArguments, load_model
+    from prefix_rft.trl.config import PrefixRFTConfig
 
-    script = TrainScriptArguments(model_name_or_path="embedded-random", model_size="test")
-    first, second, other = (load_model_and_tokenizer(script, seed)[0] for seed in (0, 0, 1))
+    model_args = ModelArguments(model_name_or_path="embedded-random", model_size="test")
+    configs = [PrefixRFTConfig(output_dir="unused", seed=seed, use_cpu=True) for seed in (0, 0, 1)]
+    first, second, other = (load_model(model_args, config)[0] for config in configs)
     weights = [next(m.parameters()).detach() for m in (first, second, other)]
     assert weights[0].equal(weights[1]) and not weights[0].equal(weights[2])

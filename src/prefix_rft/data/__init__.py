@@ -7,6 +7,7 @@
 from prefix_rft.data.loading import (
     LUFFY_HUB_NAME,
     first_rows,
+    from_luffy,
     load_luffy_openr1,
     load_prefix_rft_dataset,
     row_demos,
@@ -17,6 +18,7 @@ __all__ = [
     "LUFFY_HUB_NAME",
     "ValidationReport",
     "first_rows",
+    "from_luffy",
     "load_luffy_openr1",
     "load_prefix_rft_dataset",
     "row_demos",

@@ -21,8 +21,9 @@ def row_demos(row: dict[str, Any]) -> list[str]:
     return list(demos)
 
 
-def _load(path_or_name: str, split: str):
-    """A local file in one of `_LOCAL_FORMATS` (checked first, so errors name the file and line) or a hub dataset."""
+def _load(path_or_name: str, split: str, name: str | None = None):
+    """A local file in one of `_LOCAL_FORMATS` (checked first, so errors name the file and line) or a hub dataset
+    (or local folder) with its subset `name`."""
     # Deferred: `import prefix_rft.data` stays light (`prefix-rft verify` reads JSONL through this package).
     from datasets import load_dataset
     from datasets.exceptions import DatasetGenerationError
@@ -30,9 +31,11 @@ def _load(path_or_name: str, split: str):
 
     ext = os.path.splitext(path_or_name)[1].lower()
     if ext not in _LOCAL_FORMATS:
-        return require_rows(load_dataset(path_or_name, split=split), path_or_name)
+        return require_rows(load_dataset(path_or_name, name=name, split=split), path_or_name)
     if not os.path.isfile(path_or_name):  # hub names have no file extension, so this was meant as a local file
         raise ValueError(f"{path_or_name}: no such file")
+    if name is not None:
+        raise ValueError(f"dataset_config={name!r} names a subset of a hub dataset, but {path_or_name} is a file")
     _check_local_file(path_or_name, ext)
     try:
         dataset = load_dataset(_LOCAL_FORMATS[ext], data_files={split: path_or_name}, split=split)
@@ -105,9 +108,9 @@ def first_rows(dataset, limit: int | None):
     return dataset.select(range(min(limit, len(dataset))))
 
 
-def load_prefix_rft_dataset(path_or_name: str, split: str = "train"):
-    """Load a dataset in our schema from a local .jsonl/.json/.parquet/.csv file or a hub name."""
-    return _load(path_or_name, split)
+def load_prefix_rft_dataset(path_or_name: str, split: str = "train", name: str | None = None):
+    """Load a dataset in our schema from a local .jsonl/.json/.parquet/.csv file or a hub name (subset `name`)."""
+    return _load(path_or_name, split, name)
 
 
 def _luffy_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -119,11 +122,17 @@ def _luffy_row(row: dict[str, Any]) -> dict[str, Any]:
     return {"prompt": row["prompt"], "demos": demos, "answer": str(row["reward_model"]["ground_truth"])}
 
 
-def load_luffy_openr1(path_or_name: str = LUFFY_HUB_NAME, split: str = "train", limit: int | None = None):
-    """Load the paper's training set (OpenR1-Math-46k as prepared by LUFFY) and map it to our schema.
+def load_luffy_openr1(
+    path_or_name: str = LUFFY_HUB_NAME, split: str = "train", limit: int | None = None, name: str | None = None
+):
+    """Load the paper's training set (OpenR1-Math-46k as prepared by LUFFY) and map it to our schema."""
+    return from_luffy(first_rows(_load(path_or_name, split, name), limit))
+
+
+def from_luffy(dataset):
+    """Map rows of LUFFY's schema to ours.
 
     Source columns: chat `prompt`, `target` (the DeepSeek-R1 demonstration), `reward_model.ground_truth`.
     Result columns: `prompt`, `demos` (one demonstration), `answer`.
     """
-    dataset = first_rows(_load(path_or_name, split), limit)
     return dataset.map(_luffy_row, remove_columns=dataset.column_names)

@@ -1,120 +1,287 @@
-"""`prefix-rft train --config FILE.yaml [--key value ...]`: Prefix-RFT from a YAML recipe (TrlParser conventions).
+"""`prefix-rft train --config FILE.yaml [--key value ...]`: Prefix-RFT from a YAML recipe, as `trl grpo` takes one.
 
-The YAML holds `PrefixRFTConfig` fields (all of GRPOConfig and the `prefix_*` fields) and the script fields below.
-Launch multi-GPU runs with accelerate, e.g.
+The parser holds what `trl grpo` parses (ScriptArguments + `reward_funcs`, GRPOConfig, ModelConfig, a dataset
+mixture), with `PrefixRFTConfig` in place of GRPOConfig and a few fields of ours: `dataset_format`, `dataset_limit`,
+`reward` and the embedded task's (docs/from_trl.md). Multi-process runs: `torchrun ... -m prefix_rft.cli train` or
 `accelerate launch --config_file configs/accelerate/zero3.yaml -m prefix_rft.cli train --config ...`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
-from trl import TrlParser
+import transformers
+from packaging.version import Version
+from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
+from prefix_rft.recipes.rewards import reward_functions, uses_trl_rewards
 from prefix_rft.trl.config import PrefixRFTConfig
+from prefix_rft.trl.run_dir import checkpoints_in
 from prefix_rft.trl.trainer import PrefixRFTTrainer
 
 logger = logging.getLogger(__name__)
 EMBEDDED = "embedded"
+_TRAINER_HAS_END = Version(transformers.__version__) >= Version("5.18.0")  # Trainer.end() appeared in 5.18
+STATE_FILE = "trainer_state.json"  # transformers writes it last into a checkpoint (TRAINER_STATE_NAME)
+# Trackers a `report_to` may name, and how to install each: ours as extras, the rest as transformers names them.
+TRACKER_INSTALL = {
+    "trackio": "pip install 'prefix-rft[trackio]'",
+    "tensorboard": "pip install 'prefix-rft[tensorboard]'",
+    "wandb": "pip install 'prefix-rft[wandb]'",
+    "mlflow": "pip install mlflow",
+    "comet_ml": "pip install comet-ml",
+    "neptune": "pip install neptune",
+    "clearml": "pip install clearml",
+    "dagshub": "pip install dagshub",
+    "dvclive": "pip install dvclive",
+    "codecarbon": "pip install codecarbon",
+    "swanlab": "pip install swanlab",
+}
 
 
 @dataclass
-class TrainScriptArguments:
-    """What to train on: model, data and reward."""
+class TrainScriptArguments(ScriptArguments):
+    """What to train on: data and reward (TRL's ScriptArguments and `trl grpo`'s reward fields, plus ours)."""
 
-    model_name_or_path: str = field(
-        default="embedded-base",
-        metadata={"help": "Hub name or local path; 'embedded-base' (pretrained tiny model) or 'embedded-random'."},
-    )
-    model_size: str = field(default="1m", metadata={"help": "Size of an 'embedded-random' model (tasks.MODEL_SIZES)."})
-    dataset_name: str = field(
-        default=EMBEDDED, metadata={"help": "'embedded' (synthetic task), a local .jsonl/.parquet file or a hub name."}
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "'embedded' (synthetic task; the default without `datasets`), a local file or folder, or a "
+            "hub name."
+        },
     )
     dataset_format: str = field(
         default="prefix_rft", metadata={"help": "'prefix_rft' (prompt, demos, answer) or 'luffy' (OpenR1-Math-46k)."}
     )
-    dataset_split: str = field(default="train", metadata={"help": "Split to load from a hub dataset."})
-    dataset_limit: int | None = field(default=None, metadata={"help": "Use only the first N rows."})
+    dataset_limit: int | None = field(default=None, metadata={"help": "Use only the first N rows of each split."})
     embedded_train_rows: int = field(default=2000, metadata={"help": "Rows generated for the embedded task."})
-    reward: str = field(default="auto", metadata={"help": "'task' (embedded), 'math' (math-verify) or 'auto'."})
+    embedded_eval_rows: int = field(default=64, metadata={"help": "Eval rows of the embedded task (eval_strategy)."})
+    reward: str | None = field(
+        default=None,
+        metadata={"help": "'task' (embedded), 'math' (math-verify) or 'auto' (the default without reward_funcs)."},
+    )
+    reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "As `trl grpo`: TRL reward names (accuracy_reward, think_format_reward, ...) or dotted "
+            "import paths (my_lib.rewards.my_reward)."
+        },
+    )
+    reward_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "As `trl grpo`: a sequence-classification reward model (hub name or path)."}
+    )
 
 
-def load_model_and_tokenizer(script: TrainScriptArguments, seed: int):
-    """(model, tokenizer) for the trainer; `embedded-random` draws its weights from `seed`."""
-    if script.model_name_or_path == "embedded-random":
+@dataclass
+class ModelArguments(ModelConfig):
+    """TRL's ModelConfig (loading options, PEFT, quantization) with our embedded models."""
+
+    model_name_or_path: str | None = field(
+        default="embedded-base",
+        metadata={"help": "Hub name or local path; 'embedded-base' (pretrained tiny model) or 'embedded-random'."},
+    )
+    model_size: str = field(default="1m", metadata={"help": "Size of an 'embedded-random' model (tasks.MODEL_SIZES)."})
+
+
+class TrainArguments(NamedTuple):
+    """Everything `prefix-rft train` parses."""
+
+    script: TrainScriptArguments
+    config: PrefixRFTConfig
+    model: ModelArguments
+    mixture: DatasetMixtureConfig
+
+
+class _Parser(TrlParser):
+    def set_defaults_with_config(self, **kwargs: Any) -> list[str]:
+        # YAML `resume_from_checkpoint: true` is a bool, which the str field refuses; `trl grpo` passes it to train().
+        if isinstance(kwargs.get("resume_from_checkpoint"), bool):
+            kwargs["resume_from_checkpoint"] = str(kwargs["resume_from_checkpoint"])
+        return super().set_defaults_with_config(**kwargs)
+
+
+def parse_args(argv: list[str] | None = None) -> TrainArguments:
+    """Parse the YAML and command line, and refuse what could only fail later (trackers, rewards, streaming)."""
+    parser = _Parser(
+        (TrainScriptArguments, PrefixRFTConfig, ModelArguments, DatasetMixtureConfig), prog="prefix-rft train"
+    )
+    args = TrainArguments(*parser.parse_args_and_config(argv))
+    check_trackers(args.config.report_to)
+    uses_trl_rewards(args.script)  # refuses `reward` given together with reward_funcs
+    if args.script.dataset_streaming or args.mixture.streaming:
+        raise ValueError(
+            "streaming datasets are not supported: every row is checked before training, which needs the whole "
+            "dataset; set dataset_streaming (and streaming) to false"
+        )
+    if args.mixture.datasets and args.script.dataset_name is not None:
+        raise ValueError("both dataset_name and datasets choose the training data: give one of them")
+    args.config.resume_from_checkpoint = resolve_resume(args.config.resume_from_checkpoint, args.config.output_dir)
+    return args
+
+
+def resolve_resume(value: str | None, output_dir: str) -> str | None:
+    """`resume_from_checkpoint` as Trainer.train takes it: 'true' (any case) is the newest complete checkpoint of
+    `output_dir`, one holding its trainer_state.json; 'false' is None; anything else a checkpoint path."""
+    if value is None or value.lower() == "false":
+        return None
+    if value.lower() != "true":
+        return value
+    complete = [n for n in checkpoints_in(output_dir) if os.path.isfile(os.path.join(output_dir, n, STATE_FILE))]
+    if not complete:
+        raise ValueError(
+            f"resume_from_checkpoint={value} resumes the newest checkpoint of output_dir {output_dir!r}, but it holds "
+            "no complete checkpoint-N; start without resume_from_checkpoint or point it at a checkpoint folder"
+        )
+    return os.path.join(output_dir, complete[-1])
+
+
+def check_trackers(report_to: list[str]) -> None:
+    """Refuse a tracker whose package is missing now, rather than with a RuntimeError once the model is loaded."""
+    from transformers.integrations import get_available_reporting_integrations
+
+    available = set(get_available_reporting_integrations())
+    for name in report_to:
+        if name in TRACKER_INSTALL and name not in available:
+            raise ValueError(
+                f"report_to={name!r} needs the {name} package, which is not installed: {TRACKER_INSTALL[name]}, or "
+                "set report_to: none"
+            )
+
+
+def load_model(model_args: ModelArguments, config: PrefixRFTConfig):
+    """(model or path, tokenizer or None) for the trainer.
+
+    A path or hub name is left to TRL to load, tokenizer included, with the `model_init_kwargs` set here from
+    ModelConfig as `trl grpo` sets them; `embedded-random` is built here, its weights drawn from the run's seed.
+    """
+    if model_args.model_name_or_path == "embedded-random":
         import torch
 
         from prefix_rft.tasks import build_model, build_tokenizer
 
         tokenizer = build_tokenizer()
-        torch.manual_seed(seed)  # the run's seed decides the initial weights, so two runs of one seed match
-        return build_model(tokenizer, script.model_size), tokenizer
-    path = script.model_name_or_path
+        torch.manual_seed(config.seed)  # the run's seed decides the initial weights, so two runs of one seed match
+        return build_model(tokenizer, model_args.model_size), tokenizer
+    path = model_args.model_name_or_path
     if path == "embedded-base":
         from prefix_rft.tasks import load_or_pretrain_base
 
         path = load_or_pretrain_base()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    config.model_init_kwargs = model_init_kwargs(model_args, config)
+    return path, None
 
-    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+def model_init_kwargs(model_args: ModelArguments, config: PrefixRFTConfig) -> dict[str, Any]:
+    """ModelConfig's loading options, overridden by the config's own `model_init_kwargs` (as `trl grpo`)."""
+    kwargs = dict(
+        revision=model_args.model_revision,
+        trust_remote_code=config.trust_remote_code,
+        attn_implementation=model_args.attn_implementation,
+        dtype=model_args.dtype,
+    )
+    kwargs.update(config.model_init_kwargs or {})
+    return kwargs
 
 
-def load_train_dataset(script: TrainScriptArguments, seed: int):
+def is_embedded(args: TrainArguments) -> bool:
+    """The run trains on the embedded task: `dataset_name: embedded`, or neither dataset_name nor `datasets`."""
+    return args.script.dataset_name == EMBEDDED or (args.script.dataset_name is None and not args.mixture.datasets)
+
+
+def load_datasets(args: TrainArguments):
+    """(train, eval) datasets in our schema; eval is None unless `eval_strategy` asks for evaluation."""
+    from prefix_rft.data import first_rows, from_luffy
+
+    script, wants_eval = args.script, args.config.eval_strategy != "no"
+    if script.dataset_format not in ("prefix_rft", "luffy"):
+        raise ValueError(f"dataset_format={script.dataset_format!r}; expected 'prefix_rft' or 'luffy'")
+    if is_embedded(args):
+        return _embedded_splits(script, args.config.seed, wants_eval)
+    splits = [script.dataset_train_split, *([script.dataset_test_split] if wants_eval else [])]
+    datasets = [first_rows(dataset, script.dataset_limit) for dataset in _load_splits(args, splits)]
+    if script.dataset_format == "luffy":
+        datasets = [from_luffy(dataset) for dataset in datasets]
+    return datasets[0], (datasets[1] if wants_eval else None)
+
+
+def _load_splits(args: TrainArguments, splits: list[str]) -> list:
+    """`splits` of the `datasets` mixture, or of `dataset_name` (a file, folder or hub dataset, with its
+    `dataset_config` subset)."""
+    if not args.mixture.datasets:
+        from prefix_rft.data import load_prefix_rft_dataset
+
+        return [
+            load_prefix_rft_dataset(args.script.dataset_name, split, args.script.dataset_config) for split in splits
+        ]
+    from trl import get_dataset
+
+    mixture = get_dataset(args.mixture)
+    for split in splits:
+        if split not in mixture:
+            raise ValueError(
+                f"the datasets mixture has no split {split!r} (it has {list(mixture)}); see test_split_size"
+            )
+    return [mixture[split] for split in splits]
+
+
+def _embedded_splits(script: TrainScriptArguments, seed: int, wants_eval: bool):
     from datasets import Dataset
 
-    from prefix_rft.data import first_rows, load_luffy_openr1, load_prefix_rft_dataset
+    from prefix_rft.data import first_rows
+    from prefix_rft.tasks import make_rows
 
-    if script.dataset_name == EMBEDDED:
-        from prefix_rft.tasks import make_rows
-
-        dataset = Dataset.from_list(make_rows("train", script.embedded_train_rows, seed=seed))
-    elif script.dataset_format == "luffy":
-        dataset = load_luffy_openr1(script.dataset_name, script.dataset_split)
-    elif script.dataset_format == "prefix_rft":
-        dataset = load_prefix_rft_dataset(script.dataset_name, script.dataset_split)
-    else:
-        raise ValueError(f"dataset_format={script.dataset_format!r}; expected 'prefix_rft' or 'luffy'")
-    return first_rows(dataset, script.dataset_limit)
+    train = Dataset.from_list(make_rows(script.dataset_train_split, script.embedded_train_rows, seed=seed))
+    if not wants_eval:
+        return first_rows(train, script.dataset_limit), None
+    test = Dataset.from_list(make_rows(script.dataset_test_split, script.embedded_eval_rows, seed=seed))
+    return first_rows(train, script.dataset_limit), first_rows(test, script.dataset_limit)
 
 
-def reward_function(script: TrainScriptArguments):
-    kind = script.reward
-    if kind == "auto":
-        kind = "task" if script.dataset_name == EMBEDDED else "math"
-    if kind == "task":
-        from prefix_rft.tasks import task_reward
-
-        return task_reward
-    if kind == "math":
-        from prefix_rft.verify import math_reward
-
-        return math_reward
-    raise ValueError(f"reward={script.reward!r}; expected 'task', 'math' or 'auto'")
-
-
-def build_trainer(script: TrainScriptArguments, config: PrefixRFTConfig) -> PrefixRFTTrainer:
-    model, tokenizer = load_model_and_tokenizer(script, config.seed)
+def build_trainer(args: TrainArguments) -> PrefixRFTTrainer:
+    """The trainer `trl grpo` would build from these arguments, with PrefixRFTTrainer in place of GRPOTrainer."""
+    model, tokenizer = load_model(args.model, args.config)
+    train_dataset, eval_dataset = load_datasets(args)
     return PrefixRFTTrainer(
         model=model,
-        reward_funcs=[reward_function(script)],
-        args=config,
-        train_dataset=load_train_dataset(script, config.seed),
+        reward_funcs=reward_functions(args.script, embedded=is_embedded(args)),
+        args=args.config,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
+        quantization_config=get_quantization_config(args.model),
+        peft_config=get_peft_config(args.model),
     )
 
 
+def end_run(trainer: PrefixRFTTrainer) -> None:
+    """Finish the trackers and destroy the process group once every process is done.
+
+    Without it the processes exit with the group alive while the main one may still write the model: under torchrun
+    a rank aborted ("terminate called without an active exception", exit 1), or both hung at exit for minutes.
+    """
+    trainer.accelerator.wait_for_everyone()  # only the main process saves; the others wait for it here
+    if _TRAINER_HAS_END:
+        trainer.end()
+    else:  # transformers 5.17 (which vLLM 0.31 needs): what Trainer.end does in later versions
+        trainer.accelerator.end_training()
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = TrlParser((TrainScriptArguments, PrefixRFTConfig), prog="prefix-rft train")
     try:
-        script, config = parser.parse_args_and_config(argv)
-        trainer = build_trainer(script, config)
+        args = parse_args(argv)
+        trainer = build_trainer(args)
     except ValueError as error:  # a config field or a training row, named in the message: no traceback needed
         logger.debug("refused before training", exc_info=True)
         print(f"prefix-rft train: {error}", file=sys.stderr)
         return 2
-    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
-    trainer.save_model(config.output_dir)
-    logger.info("saved the trained model to %s", config.output_dir)
+    accelerator = trainer.accelerator
+    accelerator.print(f"prefix-rft train: {accelerator.num_processes} process(es), {accelerator.distributed_type}")
+    trainer.train(resume_from_checkpoint=args.config.resume_from_checkpoint)
+    trainer.save_model(args.config.output_dir)
+    accelerator.print(f"prefix-rft train: saved the model to {args.config.output_dir}")
+    end_run(trainer)
     return 0
