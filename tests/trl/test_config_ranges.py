@@ -86,3 +86,7 @@ def test_constant_schedule_compares_the_ceiling_with_the_end_floor_only(tmp_path
         prefix_ratio_schedule="constant",
         prefix_ratio_ceiling=0.02,
     )
+
+
+def test_resume_from_checkpoint_true_is_accepted_as_transformers_users_pass_it(tmp_path):
+    assert train_args(tmp_path, resume_from_checkpoint=True).resume_from_checkpoint is True

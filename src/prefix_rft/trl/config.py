@@ -206,6 +206,8 @@ class PrefixRFTConfig(GRPOConfig):
         for name, allowed in _field_types(type(self)).items():
             value = getattr(self, name)
             # None means unset: argparse gives it to fields whose annotation omits None (e.g. `debug`).
+            if name == "resume_from_checkpoint" and isinstance(value, bool):
+                continue  # transformers' annotation says str, but True (the latest checkpoint) is how users pass it
             if value is not None and not is_instance(value, allowed):
                 raise ValueError(f"{name} must be {type_names(allowed)}, got {value!r} ({type(value).__name__})")
         for name, (low, high, allowed_range) in RANGES.items():
