@@ -31,6 +31,18 @@ def generate_batch(trainer):
     return batch, trainer._generate_and_score_completions(batch)
 
 
+def first_batch_of(tmp_path, model, tokenizer, dataset):
+    """(trainer, its first generation batch) on `dataset`, every reward 0."""
+    trainer = PrefixRFTTrainer(
+        model=model,
+        reward_funcs=[FixedRewards([0.0])],
+        args=train_args(tmp_path),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
+    return trainer, generate_batch(trainer)[1]
+
+
 def test_hybrid_completion_starts_with_demo_prefix(tmp_path, model, tokenizer):
     # step 0: floor = ceiling = 0.95, so l = 0.95 and prefix_len = floor(0.95 * 20) = 19 demo tokens
     trainer = PrefixRFTTrainer(
@@ -111,14 +123,7 @@ def test_prompt_budget_cuts_prefix_not_question(tmp_path, model, tokenizer):
 
 def test_rows_without_demos_run_on_policy_and_are_counted(tmp_path, model, tokenizer):
     dataset = make_dataset().map(lambda row: {"demos": []})
-    trainer = PrefixRFTTrainer(
-        model=model,
-        reward_funcs=[FixedRewards([0.0])],
-        args=train_args(tmp_path),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-    )
-    _, out = generate_batch(trainer)
+    trainer, out = first_batch_of(tmp_path, model, tokenizer, dataset)
     assert not out["prefix_mask"].any()
     assert trainer._metrics["train"]["prefix/no_demo_rows"][-1] == 2
 
@@ -179,13 +184,6 @@ def test_config_defaults_are_the_papers():
 
 def test_demo_column_accepts_single_string(tmp_path, model, tokenizer):
     dataset = make_dataset().map(lambda row: {"demo": row["demos"][0]}, remove_columns=["demos"])
-    trainer = PrefixRFTTrainer(
-        model=model,
-        reward_funcs=[FixedRewards([0.0])],
-        args=train_args(tmp_path),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-    )
-    _, out = generate_batch(trainer)
+    _, out = first_batch_of(tmp_path, model, tokenizer, dataset)
     assert out["prefix_mask"][7].sum().item() == 19
     assert DEMOS  # the module constant documents the 20-token demos used above
