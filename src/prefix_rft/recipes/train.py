@@ -96,17 +96,9 @@ class TrainArguments(NamedTuple):
     mixture: DatasetMixtureConfig
 
 
-class _Parser(TrlParser):
-    def set_defaults_with_config(self, **kwargs: Any) -> list[str]:
-        # YAML `resume_from_checkpoint: true` is a bool, which the str field refuses; `trl grpo` passes it to train().
-        if isinstance(kwargs.get("resume_from_checkpoint"), bool):
-            kwargs["resume_from_checkpoint"] = str(kwargs["resume_from_checkpoint"])
-        return super().set_defaults_with_config(**kwargs)
-
-
 def parse_args(argv: list[str] | None = None) -> TrainArguments:
     """Parse the YAML and command line, and refuse what could only fail later (trackers, rewards, streaming)."""
-    parser = _Parser(
+    parser = TrlParser(
         (TrainScriptArguments, PrefixRFTConfig, ModelArguments, DatasetMixtureConfig), prog="prefix-rft train"
     )
     args = TrainArguments(*parser.parse_args_and_config(argv))
@@ -123,9 +115,11 @@ def parse_args(argv: list[str] | None = None) -> TrainArguments:
     return args
 
 
-def resolve_resume(value: str | None, output_dir: str) -> str | None:
-    """`resume_from_checkpoint` as Trainer.train takes it: 'true' (any case) is the newest complete checkpoint of
-    `output_dir`, one holding its trainer_state.json; 'false' is None; anything else a checkpoint path."""
+def resolve_resume(value: str | bool | None, output_dir: str) -> str | None:
+    """`resume_from_checkpoint` as Trainer.train takes it: 'true' (any case, or YAML's true) is the newest complete
+    checkpoint of `output_dir`, one holding its trainer_state.json; 'false' is None; else a checkpoint path."""
+    if isinstance(value, bool):  # YAML `resume_from_checkpoint: true`; PrefixRFTConfig accepts the bool
+        value = str(value)
     if value is None or value.lower() == "false":
         return None
     if value.lower() != "true":
