@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("prefix_rft.eval.cli", "evaluate a model on math benchmarks or the embedded task (avg@k, pass@k)"),
     "verify": ("prefix_rft.verify.cli", "grade a JSONL file of (gold, prediction) pairs"),
     "compare": ("prefix_rft.recipes.compare", "run baselines and Prefix-RFT at equal budgets and compare them"),
+    "protocol": ("prefix_rft.recipes.protocol", "tune each method on held-out questions, then compare over seeds"),
 }
 
 

@@ -90,35 +90,50 @@ def run_all(methods: list[str], seeds: list[int], settings: RunSettings, out: Pa
     return results
 
 
+# Two-sided 95% quantiles of Student's t by degrees of freedom (standard tables); above 30, the normal's 1.96.
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+T95 |= {11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
+
+
+def t95(df: int) -> float:
+    """Student's t two-sided 95% quantile for `df` degrees of freedom (the table's next lower df between its rows:
+    a slightly wider interval)."""
+    return T95[max(d for d in T95 if d <= df)] if df <= 30 else 1.96
+
+
 def stats(values: list[float]) -> dict[str, Any]:
-    """Mean, sample sd (0 for one value) and the values themselves."""
+    """Mean, sample sd (0 for one value), the 95% t-interval's half-width (None for one value) and the values."""
+    n = len(values)
+    sd = statistics.stdev(values) if n > 1 else 0.0
     return {
         "mean": statistics.fmean(values),
-        "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "sd": sd,
+        "ci95": t95(n - 1) * sd / n**0.5 if n > 1 else None,
         "values": values,
     }
 
 
-def summarize(results: list[dict[str, Any]], k: int) -> dict[str, dict[str, Any]]:
-    """Per method: mean and sd over seeds of avg@k (%) on the test and OOD splits, and, when the base row was run,
-    the difference to the base model paired by seed (each seed evaluates on its own problems, so pairing removes
-    the spread between problem sets)."""
+def summarize(results: list[dict[str, Any]], k: int, references: tuple[str, ...] = (BASE,)) -> dict[str, dict]:
+    """Per method: mean and sd over seeds of avg@k (%) on each split scored (test and OOD), and, for each reference
+    method that was run (default: the base model), the difference to it paired by seed under `<split>_vs_<ref>`
+    (each seed evaluates on its own problems, so pairing removes the spread between problem sets)."""
     by_method: dict[str, dict[int, dict[str, float]]] = {}
     budgets = {}
     for r in results:
         by_method.setdefault(r["method"], {})[r["seed"]] = {
-            split: 100 * r["final"][split][f"avg@{k}"] for split in ("test", "ood")
+            split: 100 * metrics[f"avg@{k}"] for split, metrics in r["final"].items()
         }
         budgets[r["method"]] = r["budget"]
-    base = by_method.get(BASE, {})
     summary: dict[str, dict[str, Any]] = {}
     for method, seeds in by_method.items():
         s = summary[method] = {"budget": budgets[method]}
-        for split in ("test", "ood"):
+        for split in next(iter(seeds.values())):
             s[split] = stats([acc[split] for acc in seeds.values()])
-            paired = [acc[split] - base[seed][split] for seed, acc in seeds.items() if seed in base]
-            if paired:
-                s[f"{split}_vs_base"] = stats(paired)
+            for ref in references:
+                other = by_method.get(ref, {})
+                paired = [acc[split] - other[seed][split] for seed, acc in seeds.items() if seed in other]
+                if paired and ref != method:
+                    s[f"{split}_vs_{ref}"] = stats(paired)
     return summary
 
 

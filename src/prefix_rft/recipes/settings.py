@@ -39,6 +39,17 @@ class RunSettings:
     sft_eval_every: int = _opt(5, "sft_best_rft: SFT steps between validation evaluations (avg@1)")
     sft_patience: int = _opt(3, "sft_best_rft: evaluations without improvement before SFT stops")
     sft_val_problems: int = _opt(128, "sft_best_rft: held-out training-split questions it validates on")
+    question_epochs: int = _opt(
+        1,
+        "passes over the training questions: steps * prompts_per_step / question_epochs distinct ones, each seen "
+        "that many times (per-question guidance acts from a question's second visit)",
+    )
+    evaluate_on: str = _opt(
+        "test",
+        "what curves and the final evaluation score: the test and OOD splits, or held-out training "
+        "questions (`validation`, for tuning: it never touches test or OOD)",
+        choices=("test", "validation"),
+    )
     demo_style: str = _opt("steps", "demonstrator of the training rows and the base's corpus", choices=DEMO_STYLES)
     rl_set: list[str] = field(
         default_factory=list,
@@ -59,6 +70,10 @@ class RunSettings:
     base_overrides: dict[str, Any] = field(default_factory=dict, init=False)  # BaseModelConfig fields, from base_set
 
     def __post_init__(self) -> None:
+        if self.question_epochs < 1 or self.steps % self.question_epochs:
+            raise SystemExit(f"question_epochs must divide steps ({self.steps}), got {self.question_epochs}")
+        if self.evaluate_on not in ("test", "validation"):
+            raise SystemExit(f"evaluate_on must be 'test' or 'validation', got {self.evaluate_on!r}")
         rl_pairs = [field_setting(text) for text in self.rl_set]
         check_fields("--rl-set", rl_pairs, PrefixRFTConfig)
         self.extra = dict(rl_pairs)

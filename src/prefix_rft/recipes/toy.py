@@ -68,8 +68,8 @@ RL_METHODS: dict[str, RLMethod] = {
     "prefix_rft_demos50": PREFIX_RFT,  # half the training prompts keep their demo (see train_rows)
     # The demo prefix as a hint in the prompt, never trained (QuestA; docs/fidelity.md row 32)
     "prefix_rft_prompt_hint": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_placement": "prompt"}),
-    # Per-question guidance (docs/fidelity.md rows 33-34) acts from a question's second visit on; `train_rows` gives
-    # every step new questions, so until they repeat these two plan exactly as prefix_rft does.
+    # Per-question guidance (docs/fidelity.md rows 33-34) acts from a question's second visit on: with the default
+    # `question_epochs=1` every step has new questions, and these two plan exactly as prefix_rft does.
     "prefix_rft_adaptive": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_success_target": 0.5}),  # SEELE
     "prefix_rft_rescue": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_rescue_max_success": 0.0}),  # BREAD
 }
@@ -102,9 +102,15 @@ def task_config(settings: RunSettings):
     return dataclasses.replace(settings.base_overrides.get("task", TaskConfig()), demo_style=settings.demo_style)
 
 
+def question_pool(settings: RunSettings) -> int:
+    """Distinct training questions of a run: its steps' questions over `question_epochs` passes."""
+    return settings.steps * settings.prompts_per_step // settings.question_epochs
+
+
 def train_rows(method: str, settings: RunSettings, seed: int) -> list[dict]:
-    """The same prompts for every method; `prefix_rft_demos50` drops the demos of every other prompt."""
-    rows = make_rows("train", settings.steps * settings.prompts_per_step, seed=seed, config=task_config(settings))
+    """The same prompts for every method; `prefix_rft_demos50` drops the demos of every other prompt. The trainers
+    reshuffle them at each pass (`question_epochs`)."""
+    rows = make_rows("train", question_pool(settings), seed=seed, config=task_config(settings))
     if method == "prefix_rft_demos50":
         rows = [{**row, "demos": row["demos"] if i % 2 == 0 else []} for i, row in enumerate(rows)]
     return rows
@@ -181,15 +187,16 @@ def eval_rows(split: str, n: int, seed: int) -> list[dict]:
     return make_rows(split, n, seed=10_000 + seed)
 
 
-def validation_rows(settings: RunSettings, seed: int) -> list[dict]:
-    """`sft_val_problems` training-split questions held out of training, for `sft_best_rft`'s early stopping.
+def validation_rows(settings: RunSettings, seed: int, n: int | None = None) -> list[dict]:
+    """`n` (default `sft_val_problems`) training-split questions held out of training: `sft_best_rft`'s early
+    stopping scores on the first `sft_val_problems`, tuning (`evaluate_on="validation"`) on the ones after them.
 
     They are the next questions of the training rows' own seeded stream (`make_rows` draws in order and never repeats
     a problem), so every method keeps the same training questions and none of these is one of them; the train split
     holds no test problem (salted hash) and no OOD one (OOD problems have more terms).
     """
-    n = settings.steps * settings.prompts_per_step
-    return make_rows("train", n + settings.sft_val_problems, seed=seed, config=task_config(settings))[n:]
+    pool, n = question_pool(settings), settings.sft_val_problems if n is None else n
+    return make_rows("train", pool + n, seed=seed, config=task_config(settings))[pool:]
 
 
 def evaluate_split(model, tokenizer, split: str, seed: int, k: int, n: int, desc: str) -> EvalResult:
@@ -219,6 +226,16 @@ def evaluate_splits(model, tokenizer, seed: int, k: int, n: int, desc: str) -> d
         split: evaluate_split(model, tokenizer, split, seed, k, n, f"{desc} {split}").metrics
         for split in ("test", "ood")
     }
+
+
+def score_run(model, tokenizer, settings: RunSettings, seed: int, k: int, n: int, desc: str) -> dict[str, dict]:
+    """`evaluate_splits`, or with `evaluate_on="validation"` avg@k / pass@k on `n` held-out training questions
+    (`validation_rows` after the early-stopping ones) under the key "validation"."""
+    if settings.evaluate_on == "test":
+        return evaluate_splits(model, tokenizer, seed, k, n, desc)
+    held_out = settings.sft_val_problems  # `sft_best_rft` stops on these: score on the next ones, unseen by it
+    rows = validation_rows(settings, seed, held_out + n)[held_out:]
+    return {"validation": evaluate_rows(model, tokenizer, rows, seed, k, f"{desc} validation").metrics}
 
 
 def validation_accuracy(model, tokenizer, rows: list[dict], seed: int) -> float:
@@ -257,7 +274,7 @@ def evaluating(model) -> Iterator[None]:
 
 def measure_point(model, tokenizer, settings: RunSettings, seed: int, points: list[dict], step: int) -> None:
     with evaluating(model):
-        metrics = evaluate_splits(model, tokenizer, seed, k=1, n=settings.curve_problems, desc=f"step {step}")
+        metrics = score_run(model, tokenizer, settings, seed, k=1, n=settings.curve_problems, desc=f"step {step}")
     points.append({"step": step, **{split: m["avg@1"] for split, m in metrics.items()}})
 
 
@@ -362,7 +379,8 @@ def run_method(
         history += logs
     elif method != BASE:  # the base row is evaluated untrained
         history += train_rl(method, model, tokenizer, settings, seed, output_dir, points).state.log_history
-    final = evaluate_splits(model.eval(), tokenizer, seed, settings.eval_k, settings.eval_problems, f"{method} final")
+    k, n = settings.eval_k, settings.eval_problems
+    final = score_run(model.eval(), tokenizer, settings, seed, k, n, f"{method} final")
     if save_to is not None:
         model.save_pretrained(save_to)
         tokenizer.save_pretrained(save_to)
