@@ -8,7 +8,7 @@
    differences against the base and against Prefix-RFT with 95% t-intervals.
 
 Runs go to `<output-dir>/tune/<method>/<field>=<value>.json` and `<output-dir>/final/<method>/seed<k>.json`; a
-finished run is never redone (resumable), and `--jobs 2` runs two one-thread processes side by side.
+finished run is never redone (resumable); `--jobs 2` runs two processes side by side with the cores shared out.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class ProtocolArguments:
     seeds: str = field(default="21,22,23,24,25", metadata={"help": "final seeds: N (0..N-1) or a list"})
     cut_points: float = field(default=5.0, metadata={"help": "finals drop methods this far behind the best tuned"})
     max_finalists: int = field(default=4, metadata={"help": "at most this many methods in the finals, Prefix-RFT in"})
-    jobs: int = field(default=2, metadata={"help": "runs side by side, one thread each"})
+    jobs: int = field(default=1, metadata={"help": "runs side by side, sharing the cores out"})
     stage: str = field(default="all", metadata={"help": "`tuning`: stop after it", "choices": ["all", "tuning"]})
     output_dir: str = field(default="runs/protocol", metadata={"help": "per-run JSON, plan, results"})
 
@@ -125,11 +125,11 @@ def final_jobs(finalists: dict[str, dict], seeds: list[int], settings: RunSettin
     return jobs
 
 
-def run_job(job: Job) -> tuple[Job, float]:
-    """Run `job` in this process (one thread), its output to `<path>.log`; write its JSON atomically."""
+def run_job(job: Job, threads: int) -> tuple[Job, float]:
+    """Run `job` in this process on `threads` threads, its output to `<path>.log`; write its JSON atomically."""
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     job.path.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     with open(job.path.with_suffix(".log"), "w") as log:
@@ -166,7 +166,8 @@ def run_jobs(jobs: list[Job], n_jobs: int, stage: str) -> list[dict[str, Any]]:
     if todo:
         context = multiprocessing.get_context("spawn")  # no forked torch state; each process sets one thread
         with ProcessPoolExecutor(max_workers=n_jobs, mp_context=context) as pool:
-            futures = [pool.submit(run_job, job) for job in todo]
+            threads = max(1, (os.cpu_count() or 1) // n_jobs)  # the cores shared out, one thread each at least
+            futures = [pool.submit(run_job, job, threads) for job in todo]
             for done, future in enumerate(as_completed(futures), 1):
                 job, seconds = future.result()
                 elapsed = time.monotonic() - start
