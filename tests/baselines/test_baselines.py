@@ -103,3 +103,18 @@ def test_sft_rows_pair_each_prompt_with_each_demo():
         {"prompt": "1+1=", "completion": "2"},
         {"prompt": "1+1=", "completion": "two"},
     ]
+
+
+@pytest.mark.parametrize(
+    ("config_cls", "name", "value"),
+    [
+        (LuffyConfig, "delta", 2.0),
+        (LuffyConfig, "prefix_dual_clip", 3.0),
+        (LuffyConfig, "epsilon", 0.1),
+        (LuffyConfig, "epsilon_high", 0.28),
+        (RLWithSFTConfig, "loss_type", "grpo"),
+    ],
+)
+def test_baselines_refuse_options_their_objective_ignores(tmp_path, config_cls, name, value):
+    with pytest.raises(ValueError, match=f"{name}={value!r} is not used by {config_cls.__name__}"):
+        config_cls(**base_kwargs(tmp_path, **{name: value}))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from prefix_rft.core import shaped_off_policy_token_loss, unclipped_token_loss
-from prefix_rft.trl.config import PrefixRFTConfig
+from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
 from prefix_rft.trl.rollouts import RowPlan
 from prefix_rft.trl.trainer import PrefixRFTTrainer
 
@@ -21,7 +21,14 @@ from prefix_rft.trl.trainer import PrefixRFTTrainer
 class LuffyConfig(PrefixRFTConfig):
     prefix_advantage: str = field(default="paper", metadata={"help": "LUFFY: group mean over all members."})
     prefix_entropy_selection: str = field(default="all", metadata={"help": "LUFFY trains every demo token."})
+    prefix_dual_clip: float | None = field(default=None, metadata={"help": "LUFFY has no clip: must stay null."})
     luffy_gamma: float = field(default=0.1, metadata={"help": "gamma of the shaping f(p) = p / (p + gamma)."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        no_clip = "LUFFY's objective has no clip (on-policy tokens -A * rho, demonstration tokens policy-shaped)"
+        names = ("epsilon", "epsilon_high", "delta", "prefix_dual_clip")
+        refuse_unused(self, dict.fromkeys(names, no_clip))
 
 
 class LuffyTrainer(PrefixRFTTrainer):

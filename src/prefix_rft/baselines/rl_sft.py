@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from prefix_rft.core import aggregate_dr_grpo, masked_mean
-from prefix_rft.trl.config import PrefixRFTConfig
+from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
 from prefix_rft.trl.rollouts import RowPlan
 from prefix_rft.trl.trainer import PrefixRFTTrainer
 
@@ -20,6 +20,10 @@ from prefix_rft.trl.trainer import PrefixRFTTrainer
 class RLWithSFTConfig(PrefixRFTConfig):
     prefix_entropy_selection: str = field(default="all", metadata={"help": "Every demo token is in the NLL."})
     sft_loss_coef: float = field(default=1.0, metadata={"help": "Weight of the demonstration NLL (LUFFY: 1.0)."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        refuse_unused(self, {"loss_type": "the RL part is summed over a constant (Dr. GRPO), the NLL token-averaged"})
 
 
 class RLWithSFTTrainer(PrefixRFTTrainer):

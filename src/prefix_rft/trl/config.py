@@ -52,6 +52,15 @@ RANGES: dict[str, tuple[float, float, str]] = {
 }
 
 
+def refuse_unused(config: GRPOConfig, unused: dict[str, str]) -> None:
+    """Raise when a field of `unused` (name -> why the trainer ignores it) is set away from its default on `config`:
+    a baseline's objective that has no place for it would otherwise train as if it were unset."""
+    defaults = {f.name: f.default for f in fields(config)}
+    for name, reason in unused.items():
+        if getattr(config, name) != defaults[name]:
+            raise ValueError(f"{name}={getattr(config, name)!r} is not used by {type(config).__name__}: {reason}")
+
+
 @functools.cache
 def _field_types(cls: type) -> dict[str, tuple[type, ...]]:
     """Field -> classes its value may have, for every field whose annotation `isinstance` can check."""
