@@ -69,6 +69,13 @@ def test_all_failed_groups():
     assert all_failed_groups(rewards, 4) == [0, 2]
 
 
+def test_unscored_rows_are_no_success():
+    # [nan,nan,nan,nan] and [0,nan,0,nan] solve nothing; [nan,1,nan,nan] solves one
+    nan = float("nan")
+    rewards = torch.tensor([nan, nan, nan, nan, 0, nan, 0, nan, nan, 1, nan, nan])
+    assert all_failed_groups(rewards, 4) == [0, 1]
+
+
 def test_buffer_takes_each_question_once_and_triggers_at_size():
     buffer = []
     add_to_buffer(buffer, [{"key": "a"}, {"key": "b"}, {"key": "a"}])
