@@ -60,3 +60,52 @@ def test_parquet_file_without_rows(tmp_path):
 
 def test_missing_local_file(tmp_path):
     refused(tmp_path / "train.jsonl", f"{tmp_path / 'train.jsonl'}: no such file")
+
+
+def test_non_utf8_csv_names_line_and_byte(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_bytes(b"prompt,answer\n1+1=,2\ncaf\xe9,3\n")  # Latin-1 e-acute: byte 4 of line 3
+    refused(path, f"{path}, line 3: not valid UTF-8 (byte 0xe9 at byte 4 of the line); save the file as UTF-8")
+
+
+def test_csv_with_a_header_only(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("prompt,answer\n")
+    refused(path, f"{path} has no rows: a header line and at least one row are needed")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            '[\n {"prompt": "1+1=", "answer": "2"},\n {"prompt": "1+2=" "answer": "3"}\n]',
+            # line 3 ' {"prompt": "1+2=" "answer"': the comma is missing before column 20
+            "{path}, line 3, column 20: not valid JSON (Expecting ',' delimiter)",
+            id="syntax error",
+        ),
+        pytest.param("[]", "{path} has no rows: the array is empty", id="empty array"),
+        pytest.param(
+            '[{"prompt": "1+1=", "answer": "2"}, "3"]',
+            "{path}, item 2: expected a JSON object {{...}}, got str",
+            id="not an object",
+        ),
+        pytest.param(
+            '[{"prompt": "1+1=", "answer": "2"}, {"prompt": "1+2=", "answer": 3}]',
+            "{path}, item 2: field 'answer' is a number here but text on item 1; a field must hold one type on every "
+            "item",
+            id="field type changes",
+        ),
+    ],
+)
+def test_json_array_file_that_cannot_be_a_table_names_the_line_or_item(tmp_path, text, message):
+    path = tmp_path / "train.json"
+    path.write_text(text)
+    refused(path, message.format(path=path))
+
+
+def test_good_json_array_and_csv_load(tmp_path):
+    array, table = tmp_path / "train.json", tmp_path / "train.csv"
+    array.write_text('[{"prompt": "1+1=", "answer": "2"}, {"prompt": "1+2=", "answer": "3"}]')
+    table.write_text("prompt,answer\n1+1=,2\n1+2=,3\n1+3=,4\n")
+    assert len(load_prefix_rft_dataset(str(array))) == 2
+    assert len(load_prefix_rft_dataset(str(table))) == 3

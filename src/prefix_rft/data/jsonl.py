@@ -30,7 +30,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     rows = 0
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
-            text = _decode(path, number, raw.removeprefix(b"\xef\xbb\xbf") if number == 1 else raw)
+            text = decode_line(path, number, raw.removeprefix(b"\xef\xbb\xbf") if number == 1 else raw)
             if not text.strip():
                 continue
             rows += 1
@@ -44,7 +44,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return [row for _, row in iter_jsonl(path)]
 
 
-def _decode(path: Path, number: int, raw: bytes) -> str:
+def decode_line(path: Path, number: int, raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as error:

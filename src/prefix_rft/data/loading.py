@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from typing import Any
 
-from prefix_rft.data.jsonl import iter_jsonl
+from prefix_rft.data.jsonl import decode_line, iter_jsonl
 
 LUFFY_HUB_NAME = "Elliott/Openr1-Math-46k-8192"
 _LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -59,8 +60,42 @@ def _check_local_file(path: str, ext: str) -> None:
             raise ValueError(f"{path}: not a readable Parquet file ({error})") from None
         if rows == 0:
             raise ValueError(f"{path} has no rows: write at least one row")
-    elif ext == ".jsonl" or (ext == ".json" and not _is_json_array(path)):
+    elif ext == ".csv":
+        _check_csv(path)
+    elif ext == ".json" and _is_json_array(path):
+        _check_field_types(path, _json_array_items(path), unit="item")
+    else:
         _check_field_types(path, iter_jsonl(path))
+
+
+def _check_csv(path: str) -> None:
+    """UTF-8 on every line (named with its byte) and a header plus at least one row."""
+    with open(path, "rb") as f:
+        lines = [decode_line(path, number, raw) for number, raw in enumerate(f, 1)]
+    if sum(1 for line in lines if line.strip()) < 2:
+        raise ValueError(f"{path} has no rows: a header line and at least one row are needed")
+
+
+def _json_array_items(path: str) -> Iterable[tuple[int, dict[str, Any]]]:
+    """(item number from 1, object) of a file holding one JSON array; names the line and column of a syntax error
+    and the item that is not an object."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        items = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}, line {line}: not valid UTF-8 (byte 0x{raw[error.start]:02x}); save it as UTF-8"
+        ) from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}, line {error.lineno}, column {error.colno}: not valid JSON ({error.msg})") from None
+    if not items:
+        raise ValueError(f"{path} has no rows: the array is empty")
+    for number, item in enumerate(items, 1):
+        if not isinstance(item, dict):
+            raise ValueError(f"{path}, item {number}: expected a JSON object {{...}}, got {type(item).__name__}")
+        yield number, item
 
 
 def _is_json_array(path: str) -> bool:
@@ -76,8 +111,8 @@ def _json_kind(value: Any) -> str:
     return {str: "text", list: "a list", dict: "an object"}[type(value)]
 
 
-def _check_field_types(path: str, lines: Iterable[tuple[int, dict[str, Any]]]) -> None:
-    """Each field of one JSON type on every line: a table column has one type."""
+def _check_field_types(path: str, lines: Iterable[tuple[int, dict[str, Any]]], unit: str = "line") -> None:
+    """Each field of one JSON type on every line (or array item, `unit`): a table column has one type."""
     first: dict[str, tuple[str, int]] = {}  # field -> (kind, line it was first seen on)
     for number, row in lines:
         for field, value in row.items():
@@ -87,8 +122,8 @@ def _check_field_types(path: str, lines: Iterable[tuple[int, dict[str, Any]]]) -
             seen = first.setdefault(field, (kind, number))
             if seen[0] != kind:
                 raise ValueError(
-                    f"{path}, line {number}: field {field!r} is {kind} here but {seen[0]} on line {seen[1]}; "
-                    "a field must hold one type on every line"
+                    f"{path}, {unit} {number}: field {field!r} is {kind} here but {seen[0]} on {unit} {seen[1]}; "
+                    f"a field must hold one type on every {unit}"
                 )
 
 
