@@ -16,6 +16,12 @@ def refused(path, message):
         load_prefix_rft_dataset(str(path))
 
 
+def refused_text(path, text, message):
+    """`text` written to `path` is refused with `message` ({path} filled in)."""
+    path.write_text(text)
+    refused(path, message.format(path=path))
+
+
 def test_good_file_loads(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text(ROW * 3)
@@ -47,9 +53,7 @@ def test_non_utf8_file_names_line_and_byte(tmp_path):
     ],
 )
 def test_jsonl_file_that_cannot_be_a_table_names_file_and_line(tmp_path, text, message):
-    path = tmp_path / "train.jsonl"
-    path.write_text(text)
-    refused(path, message.format(path=path))
+    refused_text(tmp_path / "train.jsonl", text, message)
 
 
 def test_parquet_file_without_rows(tmp_path):
@@ -98,9 +102,7 @@ def test_csv_with_a_header_only(tmp_path):
     ],
 )
 def test_json_array_file_that_cannot_be_a_table_names_the_line_or_item(tmp_path, text, message):
-    path = tmp_path / "train.json"
-    path.write_text(text)
-    refused(path, message.format(path=path))
+    refused_text(tmp_path / "train.json", text, message)
 
 
 def test_good_json_array_and_csv_load(tmp_path):
