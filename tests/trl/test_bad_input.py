@@ -100,3 +100,16 @@ def test_dict_answer_is_refused_for_the_math_reward(tmp_path, model, tokenizer):
         rows,
         reward=math_reward,
     )
+
+
+@pytest.mark.parametrize("column", ["image", "images"])
+def test_image_prompts_are_refused_rather_than_trained_without_their_images(tmp_path, model, tokenizer, column):
+    rows = [{**row, column: None} for row in make_dataset().to_list()]
+    refused(
+        f"PrefixRFTTrainer does not support image prompts (train_dataset has an {column!r} column): its prefix "
+        "generation and loss pass no image inputs to the model; use trl's GRPOTrainer",
+        tmp_path,
+        model,
+        tokenizer,
+        rows,
+    )

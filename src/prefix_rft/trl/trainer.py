@@ -104,10 +104,26 @@ class PrefixRFTTrainer(
         self._demo_ids_cache: dict[str, list[int]] = {}
         self._rollout: Rollout | None = None  # the generation batch in flight; None outside it
         self._init_question_stats()
+        self._refuse_images()
         self.validation_report = self._validate_train_dataset()
         self._guard = NonFiniteStepGuard(self.args.max_consecutive_nonfinite_steps)
         self.add_callback(self._guard)
         self._install_budgeted_vllm()
+
+    def _refuse_images(self) -> None:
+        """Refuse datasets with image columns: the prefix generation, entropy pass and loss forward carry no image
+        inputs, so a vision-language model would train without its images."""
+        datasets = {"train_dataset": self.train_dataset}
+        eval_data = self.eval_dataset
+        datasets |= eval_data if isinstance(eval_data, dict) else {"eval_dataset": eval_data}
+        for name, dataset in datasets.items():
+            columns = getattr(dataset, "column_names", None) or []
+            for column in ("image", "images"):
+                if column in columns:
+                    raise ValueError(
+                        f"PrefixRFTTrainer does not support image prompts ({name} has an {column!r} column): its "
+                        "prefix generation and loss pass no image inputs to the model; use trl's GRPOTrainer"
+                    )
 
     def _validate_train_dataset(self):
         """Refuse bad rows before any compute (errors name the row and field); None if skipped."""
