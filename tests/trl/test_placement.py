@@ -129,3 +129,13 @@ def test_with_hint_appends_to_the_last_user_message_and_refuses_other_roles():
 
 def test_default_placement_is_the_papers(tmp_path):
     assert train_args(tmp_path).prefix_placement == "response"
+
+
+def test_completions_table_shows_the_hint_row_prompt_with_its_hint(tmp_path, model, tokenizer):
+    trainer = prompt_trainer(tmp_path, model, tokenizer, FixedRewards([0.0]))
+    batch, _ = generate_batch(trainer)
+    logged = list(trainer._logs["prompt"])[-16:]
+    demo = batch[7]["demos"][0]
+    # the hybrid slot 7: the question, the label and the 19 demo characters the model was shown
+    assert logged[7] == [{"role": "user", "content": question(batch, 7) + "\n\n## Hint.\n" + demo[:19]}]
+    assert logged[6] == [{"role": "user", "content": question(batch, 6)}]  # on-policy rows as they were

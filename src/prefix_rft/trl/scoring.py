@@ -14,6 +14,7 @@ from prefix_rft.core import (
     per_token_advantages,
     reward_std_divisor,
 )
+from prefix_rft.trl.placement import HINT_LABEL, with_hint
 from prefix_rft.trl.rollouts import Rollout
 
 logger = logging.getLogger(__name__)
@@ -188,6 +189,7 @@ class PrefixScoringMixin:
             for ids, n in zip(rollout.prefix_ids, prefix_lens.tolist(), strict=True)
         ]
         prefix_texts = gather_object(prefix_texts)
+        self._show_logged_hints(rollout)
         logged = self._logs["completion"]
         start = len(logged) - len(prefix_texts)
         for i, prefix in enumerate(prefix_texts):
@@ -200,3 +202,16 @@ class PrefixScoringMixin:
                     logged[start + i] = [{**completion[0], "content": prefix + PREFIX_MARK + content[len(prefix) :]}]
             elif completion.startswith(prefix):
                 logged[start + i] = prefix + PREFIX_MARK + completion[len(prefix) :]
+
+    def _show_logged_hints(self, rollout: Rollout) -> None:
+        """Completions tables: a hint row's prompt as the model saw it, with its hint (`prefix_placement='prompt'`)."""
+        hints = [
+            HINT_LABEL + self._tokenizer.decode(row.demo_ids[:n], skip_special_tokens=True) if n else None
+            for row, n in zip(rollout.rows, rollout.hint_lens or [0] * len(rollout.rows), strict=True)
+        ]
+        hints = gather_object(hints)
+        logged = self._logs["prompt"]
+        start = len(logged) - len(hints)
+        for i, hint in enumerate(hints):
+            if hint is not None and start + i >= 0:
+                logged[start + i] = with_hint(logged[start + i], hint)
