@@ -125,3 +125,13 @@ def test_tiny_protocol_tunes_selects_runs_finals_and_resumes(tmp_path, capsys):
     assert protocol.main(argv) == 0  # everything done: nothing is rerun
     out = capsys.readouterr().out
     assert "== tuning: 4 runs, 4 already done" in out and "== finals: 6 runs, 6 already done" in out
+
+
+@pytest.mark.parametrize("command", ["demo", "compare", "protocol"])
+def test_commands_refuse_validation_scoring_which_only_the_protocol_sets_per_stage(command):
+    import importlib
+
+    module = importlib.import_module(f"prefix_rft.recipes.{command}")
+    message = f"prefix-rft {command} scores the test and OOD splits; --evaluate_on validation is prefix-rft protocol's"
+    with pytest.raises(SystemExit, match=f"^{message}$"):
+        module.main(["--evaluate_on", "validation", "--output_dir", "/nonexistent/never-written"])

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefix_rft.recipes.settings import RunSettings, parse_settings
+from prefix_rft.recipes.settings import RunSettings, parse_settings, require_test_scoring
 from prefix_rft.recipes.toy import (
     BASE,
     METHODS,
@@ -197,6 +197,7 @@ def plot(results: list[dict[str, Any]], summary: dict[str, dict[str, Any]], path
 
 def main(argv: list[str] | None = None) -> int:
     settings, args = parse_settings(argv, CompareArguments, prog="prefix-rft compare")
+    require_test_scoring(settings, "prefix-rft compare")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:

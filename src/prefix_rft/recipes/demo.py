@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from prefix_rft.recipes.report import plot_training_curves, write_demo_report
-from prefix_rft.recipes.settings import RunSettings, parse_settings
+from prefix_rft.recipes.settings import RunSettings, parse_settings, require_test_scoring
 from prefix_rft.recipes.toy import evaluate_splits, load_base, run_method
 
 
@@ -64,5 +64,6 @@ def run(settings: RunSettings, seed: int, out: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     settings, args = parse_settings(argv, DemoArguments, prog="prefix-rft demo")
+    require_test_scoring(settings, "prefix-rft demo")
     run(settings, args.seed, Path(args.output_dir))
     return 0

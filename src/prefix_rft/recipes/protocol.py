@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from prefix_rft.recipes.compare import plot, seed_list, settings_mismatch, summarize
-from prefix_rft.recipes.settings import RunSettings, parse_settings
+from prefix_rft.recipes.settings import RunSettings, parse_settings, require_test_scoring
 from prefix_rft.recipes.toy import BASE, METHODS, SFT_METHODS, run_method
 
 REFERENCE = "prefix_rft"  # the paper's method: every finalist is also paired against it
@@ -213,14 +213,13 @@ def write_json(path: Path, data: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     settings, args = parse_settings(argv, ProtocolArguments, prog="prefix-rft protocol")
+    require_test_scoring(settings, "prefix-rft protocol")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS) | ({BASE} & set(methods)))
     if unknown:
         raise SystemExit(f"--methods: cannot tune {unknown}; choose from {', '.join(m for m in METHODS if m != BASE)}")
     if REFERENCE not in methods:
         raise SystemExit(f"--methods must include {REFERENCE}: every finalist is paired against it")
-    if settings.evaluate_on != "test":
-        raise SystemExit("--evaluate_on: the protocol sets it per stage (validation to tune, test for the finals)")
     out, seeds = Path(args.output_dir), seed_list(args.seeds)
     if args.tune_seed in seeds:
         raise SystemExit(f"--tune_seed {args.tune_seed} is also a final seed: the finals must be unseen seeds")

@@ -88,6 +88,12 @@ def parse_settings(argv: list[str] | None, *others: type, prog: str) -> tuple:
     return (parsed[-1], *parsed[:-1])
 
 
+def require_test_scoring(settings: RunSettings, prog: str) -> None:
+    """Exit unless `settings` score the test and OOD splits: only `prefix-rft protocol` sets validation, per stage."""
+    if settings.evaluate_on != "test":
+        raise SystemExit(f"{prog} scores the test and OOD splits; --evaluate_on validation is prefix-rft protocol's")
+
+
 def field_setting(text: str) -> tuple[str, Any]:
     """`FIELD=VALUE` -> (FIELD, VALUE), VALUE read as JSON when it parses (numbers, true, null), else as text."""
     name, sep, value = text.partition("=")
