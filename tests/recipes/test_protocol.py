@@ -113,11 +113,11 @@ def test_tiny_protocol_tunes_selects_runs_finals_and_resumes(tmp_path, capsys):
     argv += ["--curve_problems", "2", "--seeds", "1,2", "--jobs", "2", "--cut_points", "100"]
     argv += ["--output_dir", str(tmp_path)]
     assert protocol.main(argv) == 0
-    tuned = sorted(p.name for p in (tmp_path / "tune").rglob("*.json"))
+    tuned = sorted(p.name for p in (tmp_path / "tune").glob("*/*.json"))
     assert tuned == ["learning_rate=1e-05.json"] * 2 + ["learning_rate=3e-05.json"] * 2  # 2 methods x 2 values
     run = json.loads((tmp_path / "tune" / "rft" / "learning_rate=3e-05.json").read_text())
     assert list(run["final"]) == ["validation"] and run["settings"]["steps"] == 2
-    finals = sorted(str(p.relative_to(tmp_path / "final")) for p in (tmp_path / "final").rglob("*.json"))
+    finals = sorted(str(p.relative_to(tmp_path / "final")) for p in (tmp_path / "final").glob("*/*.json"))
     assert finals == [f"{m}/seed{s}.json" for m in ("base", "prefix_rft", "rft") for s in (1, 2)]
     assert list(json.loads((tmp_path / "final" / "rft" / "seed1.json").read_text())["final"]) == ["test", "ood"]
     assert (tmp_path / "results.png").exists()
