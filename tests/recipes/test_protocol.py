@@ -120,7 +120,7 @@ def test_tiny_protocol_tunes_selects_runs_finals_and_resumes(tmp_path, capsys):
     finals = sorted(str(p.relative_to(tmp_path / "final")) for p in (tmp_path / "final").glob("*/*.json"))
     assert finals == [f"{m}/seed{s}.json" for m in ("base", "prefix_rft", "rft") for s in (1, 2)]
     assert list(json.loads((tmp_path / "final" / "rft" / "seed1.json").read_text())["final"]) == ["test", "ood"]
-    assert (tmp_path / "results.png").exists()
+    assert (tmp_path / "results.png").exists() and (tmp_path / "differences.png").exists()
     capsys.readouterr()
     assert protocol.main(argv) == 0  # everything done: nothing is rerun
     out = capsys.readouterr().out

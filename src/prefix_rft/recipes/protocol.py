@@ -206,6 +206,33 @@ def results_table(summary: dict[str, dict[str, Any]], chosen: dict[str, dict], k
     return "\n".join(lines)
 
 
+def plot_differences(summary: dict[str, dict[str, Any]], path: Path) -> None:
+    """Paired differences with their 95% intervals: against the base and against Prefix-RFT, test and OOD."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        (f"{split}_vs_{ref}", f"{split.upper() if split == 'ood' else split} vs {ref}")
+        for ref in (BASE, REFERENCE)
+        for split in ("test", "ood")
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 0.5 * len(summary) + 1.5), sharey=True)
+    names = sorted(summary, key=lambda m: summary[m]["test"]["mean"])
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for y, method in enumerate(names):
+            d = summary[method].get(key)
+            if d is not None:
+                ax.errorbar(d["mean"], y, xerr=d["ci95"] or 0.0, fmt="o", capsize=3, color="tab:blue")
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set(title=title, xlabel="points (mean, 95% interval over seeds)")
+    axes[0].set_yticks(range(len(names)), names)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1))
@@ -245,7 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(results, settings.eval_k, references=(BASE, REFERENCE))
     table = results_table(summary, chosen, settings.eval_k)
     write_json(out / "results.json", {"summary": summary, "selection": {"chosen": chosen, "verdict": verdict}})
-    (out / "results.md").write_text(f"# prefix-rft protocol\n\n{table}\n\n![results](results.png)\n")
+    (out / "results.md").write_text(
+        f"# prefix-rft protocol\n\n{table}\n\n![results](results.png)\n\n![differences](differences.png)\n"
+    )
     plot(results, summary, out / "results.png")
+    plot_differences(summary, out / "differences.png")
     print(table)
     return 0
