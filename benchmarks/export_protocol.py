@@ -1,0 +1,45 @@
+"""Copy a `prefix-rft protocol` output folder's records into the repository, small enough to keep in git.
+
+Every run's JSON keeps everything but its trainer log history, which is cut to step, reward and loss per logged step;
+the plan, selection and results JSON are copied as they are, and the two plots go beside docs/results.md.
+
+    python benchmarks/export_protocol.py runs/protocol docs/benchmarks/protocol --plots-prefix docs/protocol
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+KEPT_LOG_KEYS = ("step", "reward", "loss")
+
+
+def thin(run: dict) -> dict:
+    """`run` with each log-history entry cut to `KEPT_LOG_KEYS` (SFT entries: step and loss)."""
+    history = [{k: e[k] for k in KEPT_LOG_KEYS if k in e} for e in run.get("log_history", [])]
+    return {**run, "log_history": [e for e in history if len(e) > 1]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", type=Path)
+    parser.add_argument("dest", type=Path)
+    parser.add_argument("--plots-prefix", type=Path, required=True)
+    args = parser.parse_args()
+    for stage in ("tune", "final"):
+        for path in sorted((args.source / stage).glob("*/*.json")):
+            target = args.dest / path.relative_to(args.source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps(thin(json.loads(path.read_text())), indent=1))
+    for name in ("plan.json", "selection.json", "results.json", "results.md"):
+        if (args.source / name).exists():
+            shutil.copy(args.source / name, args.dest / name)
+    for name in ("results", "differences"):
+        if (args.source / f"{name}.png").exists():
+            shutil.copy(args.source / f"{name}.png", f"{args.plots_prefix}_{name}.png")
+
+
+if __name__ == "__main__":
+    main()
