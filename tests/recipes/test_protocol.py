@@ -72,18 +72,18 @@ def test_each_method_keeps_its_best_value_and_the_first_on_a_tie():
     assert chosen["sft"]["value"] == 1e-4
 
 
-def test_cut_rule_drops_the_far_behind_then_keeps_prefix_rft_and_the_best_up_to_the_cap():
+def test_cut_rule_keeps_prefix_rft_as_the_reference_drops_the_far_behind_and_caps_the_rest():
     scores = {"prefix_rft": 30.0, "a": 40.0, "b": 36.0, "c": 35.5, "d": 34.0}
     chosen = {m: {"validation": v} for m, v in scores.items()}
     verdict = select_finalists(chosen, cut_points=5.0, max_finalists=3)
-    # best 40: prefix_rft is 10 behind and d 6 behind (dropped); b (4 behind) and c (4.5) pass; cap 3 keeps a, b, c
-    assert verdict["prefix_rft"].startswith("dropped: 10.0 points")
-    assert verdict["d"].startswith("dropped: 6.0 points")
+    # best 40: prefix_rft is 10 behind but is the reference; d is 6 behind (dropped); a, b (4 behind), c (4.5) pass
+    assert verdict["prefix_rft"] == "reference"
+    assert verdict["d"] == "dropped: 6.0 points behind the best (> 5)"
     assert [m for m, v in verdict.items() if v == "final"] == ["a", "b", "c"]
-    verdict = select_finalists({**chosen, "prefix_rft": {"validation": 39.0}}, cut_points=5.0, max_finalists=3)
-    # within the cut, prefix_rft is always in; then a (40) and b (36); c falls to the cap
-    assert {m for m, v in verdict.items() if v == "final"} == {"prefix_rft", "a", "b"}
-    assert verdict["c"] == "dropped: beyond the 3 finalists"
+    verdict = select_finalists(chosen, cut_points=5.0, max_finalists=2)
+    # the cap takes the best two by score: a (40) and b (36); c (35.5) falls to it
+    assert {m for m, v in verdict.items() if v == "final"} == {"a", "b"}
+    assert verdict["c"] == "dropped: beyond the 2 finalists"
 
 
 def test_95_percent_interval_uses_student_t():

@@ -43,7 +43,7 @@ class ProtocolArguments:
     tune_seed: int = field(default=100, metadata={"help": "seed of the tuning runs (not a final seed)"})
     seeds: str = field(default="21,22,23,24,25", metadata={"help": "final seeds: N (0..N-1) or a list"})
     cut_points: float = field(default=5.0, metadata={"help": "finals drop methods this far behind the best tuned"})
-    max_finalists: int = field(default=4, metadata={"help": "at most this many methods in the finals, Prefix-RFT in"})
+    max_finalists: int = field(default=4, metadata={"help": "at most this many methods beside Prefix-RFT"})
     jobs: int = field(default=1, metadata={"help": "runs side by side, sharing the cores out"})
     stage: str = field(default="all", metadata={"help": "`tuning`: stop after it", "choices": ["all", "tuning"]})
     output_dir: str = field(default="runs/protocol", metadata={"help": "per-run JSON, plan, results"})
@@ -97,19 +97,23 @@ def choose(tuned: list[dict[str, Any]], k: int) -> dict[str, dict[str, Any]]:
 
 
 def select_finalists(chosen: dict[str, dict[str, Any]], cut_points: float, max_finalists: int) -> dict[str, str]:
-    """The cut rule, fixed before any final run: {method: "final" or why it is dropped}.
+    """The cut rule: {method: "reference", "final" or why it is dropped}.
 
-    A method more than `cut_points` behind the best tuned validation score is dropped; of the rest, Prefix-RFT (the
-    reference) and then the best others by score go to the finals, up to `max_finalists` (the machine's budget).
+    Prefix-RFT is the reference every finalist is paired against, so it runs in the finals whatever its score, like
+    the base. Of the others, a method more than `cut_points` behind the best tuned validation score is dropped, and
+    the best of the rest by score go to the finals, up to `max_finalists` (the machine's budget).
     """
     best = max(c["validation"] for c in chosen.values())
-    verdict = {}
-    for method, c in chosen.items():
-        if c["validation"] < best - cut_points:
-            verdict[method] = f"dropped: {best - c['validation']:.1f} points behind the best (> {cut_points:g})"
-    ranked = sorted((m for m in chosen if m not in verdict), key=lambda m: (m != REFERENCE, -chosen[m]["validation"]))
-    for i, method in enumerate(ranked):
-        verdict[method] = "final" if i < max_finalists else f"dropped: beyond the {max_finalists} finalists"
+    verdict = {REFERENCE: "reference"}
+    ranked = sorted((m for m in chosen if m != REFERENCE), key=lambda m: -chosen[m]["validation"])
+    for method in ranked:
+        behind = best - chosen[method]["validation"]
+        if behind > cut_points:
+            verdict[method] = f"dropped: {behind:.1f} points behind the best (> {cut_points:g})"
+        elif sum(v == "final" for v in verdict.values()) < max_finalists:
+            verdict[method] = "final"
+        else:
+            verdict[method] = f"dropped: beyond the {max_finalists} finalists"
     return verdict
 
 
@@ -255,8 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out / "plan.json", {"arguments": dataclasses.asdict(args), "settings": dataclasses.asdict(settings)})
     print(
         f"plan: {len(tune)} tuning runs of {args.tune_steps} steps, then at most "
-        f"{len(seeds) * (min(len(methods), args.max_finalists) + 1)} final runs of {settings.steps} steps "
-        f"({len(seeds)} seeds, the base and at most {args.max_finalists} methods of {len(planned) // len(seeds) - 1})",
+        f"{len(seeds) * (min(len(methods) - 1, args.max_finalists) + 2)} final runs of {settings.steps} steps "
+        f"({len(seeds)} seeds: the base, {REFERENCE} and at most {args.max_finalists} of the "
+        f"{len(planned) // len(seeds) - 2} others)",
         flush=True,
     )
     tuned = run_jobs(tune, args.jobs, "tuning")
@@ -267,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{method}: {c['field']}={c['value']:g}, validation {c['validation']:.1f}% -> {verdict[method]}")
     if args.stage == "tuning":
         return 0
-    finalists = {m: chosen[m] for m in methods if verdict[m] == "final"}
+    finalists = {m: chosen[m] for m in methods if verdict[m] in ("reference", "final")}
     results = run_jobs(final_jobs(finalists, seeds, settings, out), args.jobs, "finals")
     summary = summarize(results, settings.eval_k, references=(BASE, REFERENCE))
     table = results_table(summary, chosen, settings.eval_k)
