@@ -255,17 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.tune_seed in seeds:
         raise SystemExit(f"--tune_seed {args.tune_seed} is also a final seed: the finals must be unseen seeds")
     tune = tuning_jobs(methods, args, settings, out)
-    planned = final_jobs({m: {"field": grid_field(m), "value": 0.0} for m in methods}, seeds, settings, out)
     write_json(out / "plan.json", {"arguments": dataclasses.asdict(args), "settings": dataclasses.asdict(settings)})
+    others = min(len(methods) - 1, args.max_finalists)
     print(
-        f"plan: {len(tune)} tuning runs of {args.tune_steps} steps, then at most "
-        f"{len(seeds) * (min(len(methods) - 1, args.max_finalists) + 2)} final runs of {settings.steps} steps "
-        f"({len(seeds)} seeds: the base, {REFERENCE} and at most {args.max_finalists} of the "
-        f"{len(planned) // len(seeds) - 2} others)",
+        f"plan: {len(tune)} tuning runs of {args.tune_steps} steps, then at most {len(seeds) * (others + 2)} final "
+        f"runs of {settings.steps} steps ({len(seeds)} seeds: the base, {REFERENCE} and at most {others} others)",
         flush=True,
     )
-    tuned = run_jobs(tune, args.jobs, "tuning")
-    chosen = choose(tuned, settings.eval_k)
+    chosen = choose(run_jobs(tune, args.jobs, "tuning"), settings.eval_k)
     verdict = select_finalists(chosen, args.cut_points, args.max_finalists)
     write_json(out / "selection.json", {"chosen": chosen, "verdict": verdict})
     for method, c in chosen.items():
@@ -274,13 +271,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finalists = {m: chosen[m] for m in methods if verdict[m] in ("reference", "final")}
     results = run_jobs(final_jobs(finalists, seeds, settings, out), args.jobs, "finals")
-    summary = summarize(results, settings.eval_k, references=(BASE, REFERENCE))
-    table = results_table(summary, chosen, settings.eval_k)
-    write_json(out / "results.json", {"summary": summary, "selection": {"chosen": chosen, "verdict": verdict}})
+    print(report(results, {"chosen": chosen, "verdict": verdict}, settings.eval_k, out))
+    return 0
+
+
+def report(results: list[dict[str, Any]], selection: dict[str, dict], k: int, out: Path) -> str:
+    """Write the finals' summary (results.json, results.md and the two plots) to `out`; returns the table."""
+    summary = summarize(results, k, references=(BASE, REFERENCE))
+    table = results_table(summary, selection["chosen"], k)
+    write_json(out / "results.json", {"summary": summary, "selection": selection})
     (out / "results.md").write_text(
         f"# prefix-rft protocol\n\n{table}\n\n![results](results.png)\n\n![differences](differences.png)\n"
     )
     plot(results, summary, out / "results.png")
     plot_differences(summary, out / "differences.png")
-    print(table)
-    return 0
+    return table
