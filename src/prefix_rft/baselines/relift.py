@@ -20,6 +20,7 @@ from prefix_rft.core import masked_mean
 from prefix_rft.data import row_demos
 from prefix_rft.trl.config import PrefixRFTConfig
 from prefix_rft.trl.rollouts import Rollout
+from prefix_rft.trl.run_dir import load_rank_state, save_rank_state
 from prefix_rft.trl.trainer import PrefixRFTTrainer
 
 BUFFER_FILE = "relift_buffer.json"
@@ -145,8 +146,7 @@ class ReliftTrainer(PrefixRFTTrainer):
     def _save_rng_state(self, output_dir: str) -> None:
         super()._save_rng_state(output_dir)
         rank = self.accelerator.process_index
-        with open(os.path.join(output_dir, f"{rank}_{BUFFER_FILE}"), "w") as f:
-            json.dump({"buffer": self.relift_buffer, "sft_steps": self.sft_steps}, f)
+        save_rank_state(output_dir, rank, BUFFER_FILE, {"buffer": self.relift_buffer, "sft_steps": self.sft_steps})
         if self._sft_optimizer is not None:
             torch.save(self._sft_optimizer.state_dict(), os.path.join(output_dir, f"{rank}_{OPTIMIZER_FILE}"))
 
@@ -155,10 +155,8 @@ class ReliftTrainer(PrefixRFTTrainer):
         if checkpoint is None:
             return
         rank = self.accelerator.process_index
-        path = os.path.join(checkpoint, f"{rank}_{BUFFER_FILE}")
-        if os.path.exists(path):
-            with open(path) as f:
-                saved = json.load(f)
+        saved = load_rank_state(checkpoint, rank, BUFFER_FILE, "ReLIFT buffer")
+        if saved is not None:
             self.relift_buffer, self.sft_steps = saved["buffer"], saved["sft_steps"]
         optimizer_path = os.path.join(checkpoint, f"{rank}_{OPTIMIZER_FILE}")
         if os.path.exists(optimizer_path):

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from typing import Any
 
 import torch
@@ -20,6 +19,7 @@ from accelerate.utils import gather_object
 
 from prefix_rft.core import QuestionStats
 from prefix_rft.trl.rollouts import Rollout
+from prefix_rft.trl.run_dir import load_rank_state, save_rank_state
 
 logger = logging.getLogger(__name__)
 QUESTIONS_FILE = "prefix_questions.json"
@@ -101,19 +101,13 @@ class QuestionGuidanceMixin:
     # The state is saved beside the RNG state, which every checkpoint writes and reads on every rank.
     def _save_rng_state(self, output_dir: str) -> None:
         super()._save_rng_state(output_dir)
-        if self._questions is None:
-            return
-        path = os.path.join(output_dir, f"{self.accelerator.process_index}_{QUESTIONS_FILE}")
-        with open(path, "w") as f:
-            json.dump(self._questions.state_dict(), f)
+        if self._questions is not None:
+            save_rank_state(output_dir, self.accelerator.process_index, QUESTIONS_FILE, self._questions.state_dict())
 
     def _load_rng_state(self, checkpoint: str | None) -> None:
         super()._load_rng_state(checkpoint)
         if checkpoint is None or self._questions is None:
             return
-        path = os.path.join(checkpoint, f"{self.accelerator.process_index}_{QUESTIONS_FILE}")
-        if not os.path.exists(path):
-            logger.warning("%s has no per-question state (%s): every question starts unseen", checkpoint, path)
-            return
-        with open(path) as f:
-            self._questions.load_state_dict(json.load(f))
+        state = load_rank_state(checkpoint, self.accelerator.process_index, QUESTIONS_FILE, "per-question state")
+        if state is not None:
+            self._questions.load_state_dict(state)

@@ -90,3 +90,19 @@ def _warn_on_changed_settings(record: str, settings: dict[str, Any]) -> None:
     changed = sorted(k for k in settings.keys() - _UNCOMPARED if recorded.get(k) != settings[k])
     if changed:
         logger.warning("resuming with settings that differ from the run's start: %s", ", ".join(changed))
+
+
+def save_rank_state(output_dir: str, rank: int, name: str, state: dict[str, Any]) -> None:
+    """Write one rank's trainer-side state as `<rank>_<name>` JSON beside the RNG state of a checkpoint."""
+    with open(os.path.join(output_dir, f"{rank}_{name}"), "w") as f:
+        json.dump(state, f)
+
+
+def load_rank_state(checkpoint: str, rank: int, name: str, what: str) -> dict[str, Any] | None:
+    """The state `save_rank_state` wrote, or None with a warning naming `what` starts empty (an older checkpoint)."""
+    path = os.path.join(checkpoint, f"{rank}_{name}")
+    if not os.path.exists(path):
+        logger.warning("%s has no %s (%s): it starts empty", checkpoint, what, path)
+        return None
+    with open(path) as f:
+        return json.load(f)
