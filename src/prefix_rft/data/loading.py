@@ -70,9 +70,9 @@ def _check_local_file(path: str, ext: str) -> None:
 
 def _check_csv(path: str) -> None:
     """UTF-8 on every line (named with its byte) and a header plus at least one row."""
-    with open(path, "rb") as f:
-        lines = [decode_line(path, number, raw) for number, raw in enumerate(f, 1)]
-    if sum(1 for line in lines if line.strip()) < 2:
+    with open(path, "rb") as f:  # streamed: only the count of non-blank lines is kept
+        filled = sum(1 for number, raw in enumerate(f, 1) if decode_line(path, number, raw).strip())
+    if filled < 2:
         raise ValueError(f"{path} has no rows: a header line and at least one row are needed")
 
 

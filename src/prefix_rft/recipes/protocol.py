@@ -104,14 +104,14 @@ def select_finalists(chosen: dict[str, dict[str, Any]], cut_points: float, max_f
     the best of the rest by score go to the finals, up to `max_finalists` (the machine's budget).
     """
     best = max(c["validation"] for c in chosen.values())
-    verdict = {REFERENCE: "reference"}
+    verdict, finalists = {REFERENCE: "reference"}, 0
     ranked = sorted((m for m in chosen if m != REFERENCE), key=lambda m: -chosen[m]["validation"])
     for method in ranked:
         behind = best - chosen[method]["validation"]
         if behind > cut_points:
             verdict[method] = f"dropped: {behind:.1f} points behind the best (> {cut_points:g})"
-        elif sum(v == "final" for v in verdict.values()) < max_finalists:
-            verdict[method] = "final"
+        elif finalists < max_finalists:
+            verdict[method], finalists = "final", finalists + 1
         else:
             verdict[method] = f"dropped: beyond the {max_finalists} finalists"
     return verdict
@@ -129,8 +129,9 @@ def final_jobs(finalists: dict[str, dict], seeds: list[int], settings: RunSettin
     return jobs
 
 
-def run_job(job: Job, threads: int) -> tuple[Job, float]:
-    """Run `job` in this process on `threads` threads, its output to `<path>.log`; write its JSON atomically."""
+def run_job(job: Job, threads: int) -> tuple[Job, dict[str, Any]]:
+    """Run `job` in this process on `threads` threads, its output to `<path>.log`; write its JSON atomically and
+    return it."""
     import torch
 
     torch.set_num_threads(threads)
@@ -148,7 +149,7 @@ def run_job(job: Job, threads: int) -> tuple[Job, float]:
     tmp = job.path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
     tmp.replace(job.path)  # a kill mid-write leaves no half result
-    return job, result["seconds"]
+    return job, result
 
 
 def load_done(job: Job) -> dict[str, Any] | None:
@@ -164,7 +165,8 @@ def load_done(job: Job) -> dict[str, Any] | None:
 
 def run_jobs(jobs: list[Job], n_jobs: int, stage: str) -> list[dict[str, Any]]:
     """Run the unfinished `jobs`, `n_jobs` at a time in fresh processes, printing progress; all results in order."""
-    todo = [job for job in jobs if load_done(job) is None]
+    results = {job.path: load_done(job) for job in jobs}  # read once: None for the runs still to do
+    todo = [job for job in jobs if results[job.path] is None]
     print(f"== {stage}: {len(jobs)} runs, {len(jobs) - len(todo)} already done", flush=True)
     start = time.monotonic()
     if todo:
@@ -173,7 +175,8 @@ def run_jobs(jobs: list[Job], n_jobs: int, stage: str) -> list[dict[str, Any]]:
             threads = max(1, (os.cpu_count() or 1) // n_jobs)  # the cores shared out, one thread each at least
             futures = [pool.submit(run_job, job, threads) for job in todo]
             for done, future in enumerate(as_completed(futures), 1):
-                job, seconds = future.result()
+                job, result = future.result()
+                results[job.path], seconds = result, result["seconds"]
                 elapsed = time.monotonic() - start
                 eta = elapsed / done * (len(todo) - done)
                 print(
@@ -181,7 +184,7 @@ def run_jobs(jobs: list[Job], n_jobs: int, stage: str) -> list[dict[str, Any]]:
                     f"elapsed {elapsed / 60:.1f} min, about {eta / 60:.0f} min left",
                     flush=True,
                 )
-    return [load_done(job) for job in jobs]
+    return [results[job.path] for job in jobs]
 
 
 def results_table(summary: dict[str, dict[str, Any]], chosen: dict[str, dict], k: int) -> str:

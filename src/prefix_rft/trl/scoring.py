@@ -205,6 +205,8 @@ class PrefixScoringMixin:
 
     def _show_logged_hints(self, rollout: Rollout) -> None:
         """Completions tables: a hint row's prompt as the model saw it, with its hint (`prefix_placement='prompt'`)."""
+        if self.args.prefix_placement != "prompt":  # the same on every rank: no rank skips a gather the others make
+            return
         hints = [
             HINT_LABEL + self._tokenizer.decode(row.demo_ids[:n], skip_special_tokens=True) if n else None
             for row, n in zip(rollout.rows, rollout.hint_lens or [0] * len(rollout.rows), strict=True)
