@@ -6,6 +6,8 @@ import torch
 from prefix_rft.core.loss import (
     aggregate_dr_grpo,
     aggregate_token_loss,
+    chord_phi,
+    demo_nll,
     masked_mean,
     ppo_clip_token_loss,
     sequence_level_old_logp,
@@ -131,3 +133,27 @@ def test_aggregation_follows_trl_loss_type(loss_type, expected):
 def test_dapo_aggregation_needs_the_token_count():
     with pytest.raises(ValueError, match="tokens_per_micro_batch"):
         aggregate_token_loss(TOKEN_LOSS, LOSS_MASK, "dapo", loss_normalizer=10)
+
+
+def test_chord_phi_is_p_times_one_minus_p_and_carries_no_gradient():
+    logp = torch.tensor([[math.log(0.5), math.log(0.9), math.log(1.0)]], requires_grad=True)
+    phi = chord_phi(logp)
+    assert phi.tolist()[0] == pytest.approx([0.25, 0.09, 0.0])
+    assert not phi.requires_grad
+
+
+def test_demo_nll_is_the_token_mean_of_weighted_nll_over_the_mask():
+    logp = torch.tensor([[math.log(0.5), math.log(0.9), -7.0]], requires_grad=True)
+    mask = torch.tensor([[True, True, False]])  # the third token is not a demo token
+    weights = torch.tensor([[0.25, 0.09, 1.0]])
+    loss = demo_nll(logp, mask, weights)
+    # (0.25 * ln 2 + 0.09 * ln(1/0.9)) / 2 tokens
+    assert loss.item() == pytest.approx((0.25 * math.log(2) + 0.09 * math.log(1 / 0.9)) / 2)
+    loss.backward()
+    assert logp.grad.tolist()[0] == pytest.approx([-0.125, -0.045, 0.0])  # -w / 2 on each masked token
+
+
+def test_demo_nll_without_weights_is_plain_nll_and_zero_on_an_empty_mask():
+    logp = torch.tensor([[-1.0, -3.0]])
+    assert demo_nll(logp, torch.tensor([[True, True]])).item() == pytest.approx(2.0)
+    assert demo_nll(logp, torch.tensor([[False, False]])).item() == 0.0

@@ -9,6 +9,7 @@ from prefix_rft.core.schedule import (
     PrefixRatioSampler,
     make_controller,
     row_rng,
+    warmup_cosine_weight,
 )
 
 PAPER_FLOOR = CosineDecay(init=0.95, target=0.05, decay_steps=500)
@@ -102,3 +103,22 @@ def test_row_rng_is_a_pure_function_of_its_key():
     c = row_rng(7, 4, 5, 7).uniform()
     assert a == b
     assert a != c
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [
+        (0, 0.0),  # warm-up starts at 0
+        (2, 0.45),  # 2 / 4 * 0.9
+        (4, 0.9),  # peak once the warm-up is over
+        (9, 0.5),  # half way through the decay: 0.1 + 0.8 * (1 + cos(pi / 2)) / 2
+        (14, 0.1),  # decay over: the valley
+        (100, 0.1),
+    ],
+)
+def test_chord_mu_warms_up_then_cosine_decays_to_the_valley(step, expected):
+    assert warmup_cosine_weight(step, 4, 10, 0.9, 0.1) == pytest.approx(expected)
+
+
+def test_chord_mu_without_warmup_or_decay_is_the_valley_from_the_start():
+    assert warmup_cosine_weight(0, 0, 0, 0.9, 0.1) == 0.1

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from prefix_rft.baselines.demo_rows import FullDemoRows
 from prefix_rft.core import shaped_off_policy_token_loss, unclipped_token_loss
 from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
-from prefix_rft.trl.rollouts import RowPlan
 from prefix_rft.trl.trainer import PrefixRFTTrainer
 
 
@@ -31,11 +31,8 @@ class LuffyConfig(PrefixRFTConfig):
         refuse_unused(self, dict.fromkeys(names, no_clip))
 
 
-class LuffyTrainer(PrefixRFTTrainer):
+class LuffyTrainer(FullDemoRows, PrefixRFTTrainer):
     """`PrefixRFTTrainer` whose hybrid rows are whole demonstrations trained with LUFFY's shaped objective."""
-
-    def _row_plan(self, demo_ids: list[int], ratio: float) -> RowPlan:
-        return RowPlan(demo_ids=list(demo_ids), demo_len=len(demo_ids), sampled_ratio=1.0, full_demo=True)
 
     def _token_loss(self, logps, old_logps, advantages, prefix_mask):
         on_policy = unclipped_token_loss(logps, old_logps, advantages)

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from prefix_rft.core import aggregate_dr_grpo, masked_mean
+from prefix_rft.baselines.demo_rows import FullDemoRows
+from prefix_rft.core import aggregate_dr_grpo, demo_nll
 from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
-from prefix_rft.trl.rollouts import RowPlan
 from prefix_rft.trl.trainer import PrefixRFTTrainer
 
 
@@ -26,13 +26,10 @@ class RLWithSFTConfig(PrefixRFTConfig):
         refuse_unused(self, {"loss_type": "the RL part is summed over a constant (Dr. GRPO), the NLL token-averaged"})
 
 
-class RLWithSFTTrainer(PrefixRFTTrainer):
+class RLWithSFTTrainer(FullDemoRows, PrefixRFTTrainer):
     """Demonstration rows carry a plain NLL; on-policy rows the usual clipped Dr. GRPO objective."""
-
-    def _row_plan(self, demo_ids: list[int], ratio: float) -> RowPlan:
-        return RowPlan(demo_ids=list(demo_ids), demo_len=len(demo_ids), sampled_ratio=1.0, full_demo=True)
 
     def _aggregate(self, token_loss, logps, mask, prefix_mask) -> torch.Tensor:
         on_policy = mask * ~prefix_mask
         pg = aggregate_dr_grpo(token_loss, on_policy, self.max_completion_length)
-        return pg + self.args.sft_loss_coef * masked_mean(-logps, prefix_mask)
+        return pg + self.args.sft_loss_coef * demo_nll(logps, prefix_mask)

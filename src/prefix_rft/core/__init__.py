@@ -10,6 +10,8 @@ from prefix_rft.core.entropy import num_dropped, select_prefix_tokens
 from prefix_rft.core.loss import (
     aggregate_dr_grpo,
     aggregate_token_loss,
+    chord_phi,
+    demo_nll,
     masked_mean,
     ppo_clip_token_loss,
     sequence_level_old_logp,
@@ -39,6 +41,7 @@ from prefix_rft.core.schedule import (
     make_controller,
     rollout_index,
     row_rng,
+    warmup_cosine_weight,
 )
 
 __all__ = [
@@ -52,6 +55,8 @@ __all__ = [
     "aggregate_dr_grpo",
     "aggregate_token_loss",
     "build_prefix_mask",
+    "chord_phi",
+    "demo_nll",
     "dr_grpo_advantages",
     "fit_prefix_to_prompt",
     "hybrid_advantages",
@@ -73,4 +78,5 @@ __all__ = [
     "sequence_level_old_logp",
     "shaped_off_policy_token_loss",
     "unclipped_token_loss",
+    "warmup_cosine_weight",
 ]

@@ -132,3 +132,35 @@ def shaped_off_policy_token_loss(logp: torch.Tensor, advantages: torch.Tensor, g
 def unclipped_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
     """-A * rho without clipping (LUFFY's on-policy loss with `loss_remove_clip=True`)."""
     return -advantages * torch.exp(logp - old_logp)
+
+
+def demo_nll(logp: torch.Tensor, mask: torch.Tensor, token_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """SFT loss on demonstration tokens: the token mean over `mask` of -w * log p (w = 1 without `token_weights`).
+
+    The one SFT-on-demos loss of the family (RL with SFT loss, CHORD, HPT, SRFT); methods differ only in the weights.
+
+    Args:
+        logp: (B, T) log-probs of the demo tokens under the current policy.
+        mask: (B, T) 0/1 or bool, the demo tokens in the loss.
+        token_weights: (B, T) or (B, 1) weights, used as given (detach them when they must carry no gradient).
+    Returns:
+        Scalar; 0 when `mask` is empty.
+    """
+    nll = -logp if token_weights is None else -logp * token_weights
+    return masked_mean(nll, mask)
+
+
+def chord_phi(logp: torch.Tensor) -> torch.Tensor:
+    """CHORD-phi's token weight phi = p (1 - p), p = exp(logp), detached (arXiv 2508.11408, Eq. for CHORD-phi).
+
+    Largest (1/4) at p = 1/2: tokens the policy is unsure of weigh most; near-certain (p -> 1) and near-impossible
+    (p -> 0) demo tokens weigh little, which keeps the SFT term from collapsing entropy or dragging the policy to
+    far-off tokens. A weight, not part of the gradient path: d loss / d logp = -phi per token.
+
+    Args:
+        logp: (B, T) log-probs of the demo tokens.
+    Returns:
+        (B, T) weights in [0, 1/4].
+    """
+    p = torch.exp(logp.detach())
+    return p * (1 - p)

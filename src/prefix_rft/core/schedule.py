@@ -151,3 +151,17 @@ def rollout_index(optimizer_step: int, micro_step: int, accumulation: int, micro
         micro_steps_per_rollout: micro-batches trained on one generation batch (steps_per_generation x iterations).
     """
     return (optimizer_step * accumulation + micro_step) // micro_steps_per_rollout
+
+
+def warmup_cosine_weight(step: int, warmup_steps: int, decay_steps: int, peak: float, valley: float) -> float:
+    """CHORD's global SFT weight mu at an optimizer step (arXiv 2508.11408; Trinity-RFT's `mu_schedule_function`).
+
+    Linear from 0 to `peak` over `warmup_steps` (step / warmup_steps * peak), then cosine from `peak` to `valley` over
+    `decay_steps`, then `valley` for good. With no warm-up and no decay it is `valley` from step 0 (a constant mu).
+    """
+    if step < warmup_steps:
+        return step / warmup_steps * peak
+    if step >= warmup_steps + decay_steps:
+        return valley
+    progress = (step - warmup_steps) / decay_steps
+    return valley + (peak - valley) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -20,6 +20,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import SFTConfig
 
 from prefix_rft.baselines import (
+    ChordConfig,
+    ChordTrainer,
     LuffyConfig,
     LuffyTrainer,
     ReliftConfig,
@@ -27,6 +29,7 @@ from prefix_rft.baselines import (
     RLWithSFTConfig,
     RLWithSFTTrainer,
 )
+from prefix_rft.baselines.demo_rows import FullDemoRows
 from prefix_rft.baselines.sft import build_sft_trainer
 from prefix_rft.eval.harness import EvalResult, evaluate
 from prefix_rft.recipes.early_stopping import EarlyStopping
@@ -56,6 +59,8 @@ RL_METHODS: dict[str, RLMethod] = {
     "rl_sft": RLMethod(RLWithSFTTrainer, RLWithSFTConfig),
     "luffy": RLMethod(LuffyTrainer, LuffyConfig),
     "relift": RLMethod(ReliftTrainer, ReliftConfig),
+    # The family's leading methods (issue 25; docs/fidelity.md rows 36-): CHORD's mu decays over the whole run
+    "chord": RLMethod(ChordTrainer, ChordConfig),
     # Prefix-RFT ablations (paper §6, Table 8)
     "prefix_rft_select_all": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_entropy_selection": "all"}),
     "prefix_rft_freeze_prefix": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_entropy_selection": "none"}),
@@ -125,12 +130,13 @@ def rl_config(method: str, settings: RunSettings, seed: int, output_dir: Path, s
         num_generations=settings.num_generations,
         per_device_train_batch_size=settings.num_generations * settings.prompts_per_step,
         max_completion_length=settings.max_completion_length,
-        prefix_ratio_decay_steps=max(steps, 1),  # the paper's cosine floor, over the whole run
         temperature=1.0,
         learning_rate=settings.learning_rate,
         lr_scheduler_type="constant",
         log_completions=False,
     )
+    if not issubclass(spec.trainer, FullDemoRows):  # a whole-demo slot draws no prefix (CHORD refuses the option)
+        kwargs["prefix_ratio_decay_steps"] = max(steps, 1)  # the paper's cosine floor, over the whole run
     if spec.trainer is ReliftTrainer:
         kwargs.update(relift_sft_batch=settings.relift_sft_batch, relift_sft_learning_rate=settings.sft_learning_rate)
     kwargs.update(spec.overrides)

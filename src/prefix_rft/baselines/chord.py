@@ -1,0 +1,74 @@
+"""CHORD (Zhang et al. 2025, arXiv 2508.11408): GRPO plus an SFT loss on demos, weighted globally and per token.
+
+loss = (1 - mu_t) * L_GRPO + mu_t * L_SFT. Per group: G - 1 on-policy rollouts (their advantages from their own
+rewards: the demo is not in the baseline) and the question's full demonstration in the G-th slot, the SFT data.
+mu_t follows a linear warm-up then a cosine decay from `chord_mu_peak` to `chord_mu_valley` (CHORD-mu); with
+`chord_phi` each demo token's NLL is weighted by phi = p (1 - p), p its probability under the policy (CHORD-phi).
+L_SFT is the token mean over the micro-batch's demo tokens; L_GRPO is the clipped objective of the on-policy tokens,
+aggregated as `loss_type` says. docs/fidelity.md (CHORD row) lists where this departs from the paper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from prefix_rft.baselines.demo_rows import FullDemoRows, refuse_prefix_options
+from prefix_rft.core import aggregate_token_loss, chord_phi, demo_nll, warmup_cosine_weight
+from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
+from prefix_rft.trl.trainer import PrefixRFTTrainer
+
+
+@dataclass
+class ChordConfig(PrefixRFTConfig):
+    prefix_entropy_selection: str = field(default="all", metadata={"help": "Every demo token is in the SFT loss."})
+    chord_mu_peak: float = field(default=0.9, metadata={"help": "mu after the warm-up (SFT weight at its largest)."})
+    chord_mu_valley: float = field(default=0.05, metadata={"help": "mu once the cosine decay is over."})
+    chord_mu_warmup_steps: int = field(default=0, metadata={"help": "Optimizer steps of mu's linear rise 0 -> peak."})
+    chord_mu_decay_steps: int | None = field(
+        default=None,
+        metadata={"help": "Optimizer steps of mu's cosine decay peak -> valley; null: the rest of the run."},
+    )
+    chord_phi: bool = field(default=True, metadata={"help": "Weight each demo token's NLL by p (1 - p) (CHORD-phi)."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        refuse_prefix_options(self)
+        refuse_unused(self, {"prefix_entropy_selection": "demo tokens get the SFT loss, never an advantage"})
+        if self.loss_type == "dapo":
+            raise ValueError(
+                "loss_type='dapo' is not supported by ChordConfig: its divisor counts the demo tokens, which are in "
+                "the SFT term and not in L_GRPO"
+            )
+        for name in ("chord_mu_peak", "chord_mu_valley"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1] (mu weighs SFT against GRPO), got {getattr(self, name)}")
+        for name in ("chord_mu_warmup_steps", "chord_mu_decay_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+class ChordTrainer(FullDemoRows, PrefixRFTTrainer):
+    """`PrefixRFTTrainer` whose demo slot carries CHORD's weighted SFT loss, mixed with GRPO by mu."""
+
+    def chord_mu(self, step: int) -> float:
+        """mu at optimizer step `step`; a null decay length spans the run after the warm-up."""
+        args = self.args
+        decay = args.chord_mu_decay_steps
+        if decay is None:
+            decay = max(self.state.max_steps - args.chord_mu_warmup_steps, 0)
+        return warmup_cosine_weight(step, args.chord_mu_warmup_steps, decay, args.chord_mu_peak, args.chord_mu_valley)
+
+    def _aggregate(self, token_loss, logps, mask, prefix_mask) -> torch.Tensor:
+        on_policy = mask * ~prefix_mask
+        pg = aggregate_token_loss(token_loss, on_policy, self.loss_type, self.max_completion_length)
+        weights = chord_phi(logps) if self.args.chord_phi else None
+        sft = demo_nll(logps, prefix_mask, weights)
+        mu = self.chord_mu(self.state.global_step)
+        if self.model.training:
+            metrics = self._metrics["train"]
+            metrics["chord/mu"].append(mu)
+            metrics["chord/sft_loss"].append(self.accelerator.gather(sft.detach()).mean().item())
+        return (1 - mu) * pg + mu * sft

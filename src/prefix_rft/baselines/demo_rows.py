@@ -1,0 +1,42 @@
+"""What the whole-demonstration methods share: the G-th slot of a group holds the full demo (+ EOS) as its completion.
+
+RL with SFT loss, LUFFY, CHORD and HPT train that slot as an off-policy member (LUFFY) or with an SFT loss on it
+(the others); no prefix is drawn, so the prefix-ratio schedule, its per-question variants and prefix entropy
+selection have no meaning there and are refused by name (`refuse_prefix_options`).
+"""
+
+from __future__ import annotations
+
+from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
+from prefix_rft.trl.rollouts import RowPlan
+
+# Options of a drawn prefix: a full-demo slot has none.
+PREFIX_OPTIONS = (
+    "prefix_ratio_schedule",
+    "prefix_ratio_floor_start",
+    "prefix_ratio_floor_end",
+    "prefix_ratio_decay_steps",
+    "prefix_ratio_warmup_ratio",
+    "prefix_ratio_delay_steps",
+    "prefix_ratio_ceiling",
+    "prefix_ratio_alpha",
+    "prefix_ratio_beta",
+    "prefix_min_len",
+    "prefix_success_target",
+    "prefix_rescue_max_success",
+    "prefix_placement",
+    "prefix_entropy_keep_fraction",
+)
+
+
+def refuse_prefix_options(config: PrefixRFTConfig) -> None:
+    """Refuse every drawn-prefix option set away from its default: the method's demo slot is the whole demo."""
+    reason = "its demo slot holds the whole demonstration, so no prefix is drawn"
+    refuse_unused(config, dict.fromkeys(PREFIX_OPTIONS, reason))
+
+
+class FullDemoRows:
+    """`_row_plan` of a trainer whose hybrid slots hold the whole demo and its EOS, nothing generated."""
+
+    def _row_plan(self, demo_ids: list[int], ratio: float) -> RowPlan:
+        return RowPlan(demo_ids=list(demo_ids), demo_len=len(demo_ids), sampled_ratio=1.0, full_demo=True)
