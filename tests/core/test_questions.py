@@ -6,7 +6,16 @@ import math
 import pytest
 import torch
 
-from prefix_rft.core import QuestionRecord, QuestionStats, needs_rescue, next_prefix_ratio, on_policy_success
+from prefix_rft.core import (
+    QuestionRecord,
+    QuestionStats,
+    hpt_group_modes,
+    hpt_mode,
+    needs_rescue,
+    next_prefix_ratio,
+    on_policy_solved,
+    on_policy_success,
+)
 
 NAN = math.nan
 
@@ -130,3 +139,32 @@ def test_state_round_trips_exactly_through_json():
     restored.load_state_dict(json.loads(json.dumps(questions.state_dict())))
     assert restored.records == questions.records  # exact equality, not approx
     assert restored.records["b"].ratio is None
+
+
+def test_solved_counts_scored_on_policy_rows_with_positive_reward():
+    # rows: solved, failed, unscored (NaN: neither), solved hybrid (not on-policy)
+    rewards = torch.tensor([1.0, 0.0, NAN, 1.0])
+    assert on_policy_solved(rewards, torch.tensor([False, False, False, True])) == (1, 2)
+
+
+@pytest.mark.parametrize(
+    ("solved", "has_demo", "gate", "gate_off", "mode"),
+    [
+        (0, True, 0, 0, "sft"),  # the paper's switch: no rollout solved it -> SFT on the demo
+        (1, True, 0, 0, "rl"),
+        (0, False, 0, 0, "rl"),  # no demo to learn from: RL whatever the count
+        (2, True, 2, 3, "sft"),  # at the gate
+        (3, True, 2, 3, "none"),  # in (gate, gate_off]: neither
+        (4, True, 2, 3, "rl"),
+    ],
+)
+def test_hpt_mode_switches_on_solved_count(solved, has_demo, gate, gate_off, mode):
+    assert hpt_mode(solved, has_demo, gate, gate_off) == mode
+
+
+def test_hpt_group_modes_read_each_group_of_the_gathered_batch():
+    # groups of 4, last row the demo: [0,0,0 | d] all fail -> sft; [0,1,0 | d] one solved -> rl;
+    # [1,1,1,1] no demo row (every row on-policy) -> rl
+    rewards = torch.tensor([0.0, 0, 0, 1, 0, 1, 0, 1, 1, 1, 1, 1])
+    hybrid = torch.tensor([False, False, False, True] * 2 + [False] * 4)
+    assert hpt_group_modes(rewards, hybrid, 4, gate=0, gate_off=0) == ["sft", "rl", "rl"]

@@ -4,10 +4,11 @@
 * SFT: TRL's SFTTrainer on the demonstrations (`sft.py`).
 * SFT then RFT: the SFT model as the starting point of RFT (`compare.py` chains them).
 * RL with SFT loss, LUFFY, ReLIFT: `rl_sft.py`, `luffy.py`, `relift.py`.
-* CHORD (GRPO + SFT weighted by mu and phi): `chord.py`.
+* CHORD (GRPO + SFT weighted by mu and phi), HPT (SFT or RL per question by its accuracy): `chord.py`, `hpt.py`.
 """
 
 from prefix_rft.baselines.chord import ChordConfig, ChordTrainer
+from prefix_rft.baselines.hpt import HptConfig, HptTrainer
 from prefix_rft.baselines.luffy import LuffyConfig, LuffyTrainer
 from prefix_rft.baselines.relift import ReliftConfig, ReliftTrainer
 from prefix_rft.baselines.rl_sft import RLWithSFTConfig, RLWithSFTTrainer
@@ -15,6 +16,8 @@ from prefix_rft.baselines.rl_sft import RLWithSFTConfig, RLWithSFTTrainer
 __all__ = [
     "ChordConfig",
     "ChordTrainer",
+    "HptConfig",
+    "HptTrainer",
     "LuffyConfig",
     "LuffyTrainer",
     "RLWithSFTConfig",

@@ -28,8 +28,11 @@ from prefix_rft.core.prefix import (
 from prefix_rft.core.questions import (
     QuestionRecord,
     QuestionStats,
+    hpt_group_modes,
+    hpt_mode,
     needs_rescue,
     next_prefix_ratio,
+    on_policy_solved,
     on_policy_success,
 )
 from prefix_rft.core.schedule import (
@@ -59,6 +62,8 @@ __all__ = [
     "demo_nll",
     "dr_grpo_advantages",
     "fit_prefix_to_prompt",
+    "hpt_group_modes",
+    "hpt_mode",
     "hybrid_advantages",
     "hybrid_positions",
     "is_hybrid_row",
@@ -67,6 +72,7 @@ __all__ = [
     "needs_rescue",
     "next_prefix_ratio",
     "num_dropped",
+    "on_policy_solved",
     "on_policy_success",
     "per_token_advantages",
     "ppo_clip_token_loss",

@@ -1,4 +1,4 @@
-"""Per-question evidence for guidance that adapts to each question (docs/fidelity.md rows 33-34, issue 18).
+"""Per-question evidence for guidance that adapts to each question (docs/fidelity.md rows 33-34 and 37, issues 18, 25).
 
 A question's evidence is the on-policy success rate of its latest group: the share of its scored on-policy rows whose
 reward is > 0 (a group "all fails" when none is, ReLIFT's `solve_none`). Two options read it:
@@ -8,6 +8,9 @@ reward is > 0 (a group "all fails" when none is, ReLIFT's `solve_none`). Two opt
   of its demo next time and a solved one less. The first visit uses the ratio the schedule drew.
 * rescue (after BREAD, arXiv 2506.17211, which adds expert prefixes only when a whole group fails): the question's
   hybrid slots carry a prefix only while its success is <= `max_success`; a question not seen yet is rescued.
+
+HPT (arXiv 2509.04419) reads the same count in the question's current group instead of a stored record: SFT on the
+demo when at most `gate` rollouts solved it, RL otherwise (`hpt_mode`).
 
 The state is plain data (str keys, floats, ints), so it round-trips exactly through JSON, and it is updated only from
 gathered (all-rank) rewards in a fixed order, so every rank holds the same state without further communication.
@@ -39,11 +42,53 @@ def on_policy_success(rewards: torch.Tensor, is_hybrid: torch.Tensor) -> float |
     Returns:
         The success rate, or None when no on-policy row was scored (no evidence).
     """
+    solved, scored = on_policy_solved(rewards, is_hybrid)
+    return None if scored == 0 else solved / scored
+
+
+def on_policy_solved(rewards: torch.Tensor, is_hybrid: torch.Tensor) -> tuple[int, int]:
+    """(solved, scored): a group's scored on-policy rows whose reward is > 0, and its scored on-policy rows.
+
+    Args:
+        rewards: (G,) rewards of one group; NaN marks a row no reward function scored (neither solved nor scored).
+        is_hybrid: (G,) bool, the planned role.
+    """
     scored = ~is_hybrid & ~torch.isnan(rewards)  # (G,)
-    count = int(scored.sum())
-    if count == 0:
-        return None
-    return int((rewards[scored] > 0).sum()) / count
+    return int((rewards[scored] > 0).sum()), int(scored.sum())
+
+
+HPT_MODES = ("sft", "none", "rl")
+
+
+def hpt_mode(solved: int, has_demo: bool, gate: int, gate_off: int) -> str:
+    """How HPT (arXiv 2509.04419, `unify_strategy='switch'`) trains a question from its current group.
+
+    'sft' (the demo's NLL, the rollouts dropped) when at most `gate` rollouts solved it; 'none' (neither) when at
+    most `gate_off`; 'rl' (GRPO on the rollouts, the demo dropped) otherwise, and always for a question without a demo.
+    """
+    if not has_demo:
+        return "rl"
+    if solved <= gate:
+        return "sft"
+    return "none" if solved <= gate_off else "rl"
+
+
+def hpt_group_modes(
+    rewards: torch.Tensor, is_hybrid: torch.Tensor, group_size: int, gate: int, gate_off: int
+) -> list[str]:
+    """`hpt_mode` of every group of a gathered batch; a group has a demo when one of its rows is hybrid.
+
+    Args:
+        rewards: (N,) rewards, groups contiguous; NaN marks an unscored row.
+        is_hybrid: (N,) bool planned roles (a hybrid row holds the question's demo).
+        group_size: G.
+    """
+    modes = []
+    for start in range(0, len(rewards), group_size):
+        group = slice(start, start + group_size)
+        solved, _ = on_policy_solved(rewards[group], is_hybrid[group])
+        modes.append(hpt_mode(solved, bool(is_hybrid[group].any()), gate, gate_off))
+    return modes
 
 
 def next_prefix_ratio(ratio: float, success: float, target: float, step: float, low: float, high: float) -> float:

@@ -22,6 +22,8 @@ from trl import SFTConfig
 from prefix_rft.baselines import (
     ChordConfig,
     ChordTrainer,
+    HptConfig,
+    HptTrainer,
     LuffyConfig,
     LuffyTrainer,
     ReliftConfig,
@@ -61,6 +63,7 @@ RL_METHODS: dict[str, RLMethod] = {
     "relift": RLMethod(ReliftTrainer, ReliftConfig),
     # The family's leading methods (issue 25; docs/fidelity.md rows 36-): CHORD's mu decays over the whole run
     "chord": RLMethod(ChordTrainer, ChordConfig),
+    "hpt": RLMethod(HptTrainer, HptConfig),
     # Prefix-RFT ablations (paper §6, Table 8)
     "prefix_rft_select_all": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_entropy_selection": "all"}),
     "prefix_rft_freeze_prefix": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_entropy_selection": "none"}),

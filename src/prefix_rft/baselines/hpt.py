@@ -1,0 +1,96 @@
+"""HPT, Hybrid Post-Training (Lv et al. 2025, arXiv 2509.04419; authors' code TsinghuaC3I/Unify-Post-Training).
+
+Each question switches between SFT and RL by how well the policy does on it now. Per group: G - 1 on-policy rollouts
+and the question's full demonstration in the G-th slot. Once the group is scored, with s = rollouts that solved it
+(reward > 0): s <= `hpt_switch_gate` (paper: 0) -> the rollouts are dropped and the demo is trained with SFT
+(token-mean NLL x `hpt_sft_loss_coef`); s <= `hpt_switch_gate_off` -> neither; otherwise -> the demo is dropped and
+the rollouts are trained with GRPO (advantages from their own rewards, -A * rho without clip, as the authors' script).
+The decision is made from the gathered rewards, so every rank takes the same one; docs/fidelity.md row 37 lists the
+departures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from prefix_rft.baselines.demo_rows import FullDemoRows, refuse_prefix_options
+from prefix_rft.core import aggregate_dr_grpo, demo_nll, hpt_group_modes, unclipped_token_loss
+from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
+from prefix_rft.trl.rollouts import Rollout
+from prefix_rft.trl.trainer import PrefixRFTTrainer
+
+NO_CLIP = "HPT's RL loss has no clip (-A * rho, the authors' loss_remove_clip=True)"
+
+
+@dataclass
+class HptConfig(PrefixRFTConfig):
+    prefix_entropy_selection: str = field(default="all", metadata={"help": "Every demo token is in the SFT loss."})
+    prefix_dual_clip: float | None = field(default=None, metadata={"help": "HPT has no clip: must stay null."})
+    entropy_coef: float = field(default=0.001, metadata={"help": "Entropy bonus (the authors' script: 0.001)."})
+    hpt_switch_gate: int = field(
+        default=0, metadata={"help": "A question whose rollouts solved it at most this often is trained with SFT."}
+    )
+    hpt_switch_gate_off: int = field(
+        default=0, metadata={"help": "Above the gate and at most this: neither SFT nor RL (paper: 0, unused)."}
+    )
+    hpt_sft_loss_coef: float = field(
+        default=1.0, metadata={"help": "Weight of the SFT loss (the authors: 1.0 at 7B, 0.3 at 1.5B)."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        refuse_prefix_options(self)
+        refuse_unused(self, {"prefix_entropy_selection": "demo tokens get the SFT loss, never an advantage"})
+        refuse_unused(self, dict.fromkeys(("epsilon", "epsilon_high", "delta", "prefix_dual_clip"), NO_CLIP))
+        refuse_unused(self, {"loss_type": "the RL part is summed over a constant (Dr. GRPO), the NLL token-averaged"})
+        if self.hpt_switch_gate < 0 or self.hpt_sft_loss_coef < 0:
+            raise ValueError(
+                f"hpt_switch_gate and hpt_sft_loss_coef must be >= 0, got {self.hpt_switch_gate}, "
+                f"{self.hpt_sft_loss_coef}"
+            )
+
+
+class HptTrainer(FullDemoRows, PrefixRFTTrainer):
+    """`PrefixRFTTrainer` that trains each question's group with SFT on its demo or RL on its rollouts, not both."""
+
+    _hpt_rows: tuple[torch.Tensor, torch.Tensor] | None = None  # (sft rows, rl rows) of the micro-batch in the loss
+
+    def _add_prefix_fields(self, output: dict[str, Any], rollout: Rollout) -> None:
+        """Add `hpt_sft_rows` and `hpt_rl_rows` (B,) bool: which local rows the loss trains, and how."""
+        super()._add_prefix_fields(output, rollout)
+        device = output["completion_ids"].device
+        is_hybrid = self.accelerator.gather(torch.tensor(rollout.hybrid, dtype=torch.bool, device=device))  # (N,)
+        args, group_size = self.args, self.num_generations
+        modes = hpt_group_modes(rollout.rewards, is_hybrid, group_size, args.hpt_switch_gate, args.hpt_switch_gate_off)
+        group_mode = torch.tensor([["sft", "none", "rl"].index(m) for m in modes], device=device)
+        row_mode = group_mode.repeat_interleave(group_size)  # (N,)
+        sft_rows, rl_rows = (row_mode == 0) & is_hybrid, (row_mode == 2) & ~is_hybrid
+        rank, n = self.accelerator.process_index, len(rollout.rows)
+        local = slice(rank * n, (rank + 1) * n)
+        output["hpt_sft_rows"], output["hpt_rl_rows"] = sft_rows[local], rl_rows[local]
+        metrics = self._metrics["train"]
+        for code, name in enumerate(("sft", "none", "rl")):
+            metrics[f"hpt/{name}_questions"].append(float((group_mode == code).sum()))
+
+    def _compute_loss(self, model, inputs):
+        self._hpt_rows = (inputs["hpt_sft_rows"], inputs["hpt_rl_rows"]) if "hpt_sft_rows" in inputs else None
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._hpt_rows = None
+
+    def _token_loss(self, logps, old_logps, advantages, prefix_mask):
+        ratio = torch.exp(logps - old_logps).detach()
+        return unclipped_token_loss(logps, old_logps, advantages), ratio
+
+    def _aggregate(self, token_loss, logps, mask, prefix_mask) -> torch.Tensor:
+        """Dr. GRPO over the RL rows' tokens + coef x token-mean NLL over the SFT rows' demo tokens."""
+        on_policy, demo = mask * ~prefix_mask, prefix_mask
+        if self._hpt_rows is not None:  # evaluation batches carry no switch: their rollouts are all on-policy
+            sft_rows, rl_rows = self._hpt_rows
+            on_policy, demo = on_policy * rl_rows.unsqueeze(1), demo & sft_rows.unsqueeze(1)
+        pg = aggregate_dr_grpo(token_loss, on_policy, self.max_completion_length)
+        return pg + self.args.hpt_sft_loss_coef * demo_nll(logps, demo)

@@ -1,0 +1,67 @@
+"""HPT: the per-question switch on a scored batch, the loss of each kind of row by hand, refusals, a training step."""
+
+import math
+
+import pytest
+import torch
+
+from prefix_rft.baselines import HptConfig, HptTrainer
+
+from ..trl.conftest import base_kwargs
+from ..trl.test_trainer import generate_batch
+from .test_baselines import make
+
+
+def hpt(tmp_path, model, tokenizer, rewards=(0.0,), **overrides):
+    return make(HptTrainer, HptConfig, tmp_path, model, tokenizer, list(rewards), **overrides)
+
+
+def test_hpt_trains_the_demo_of_a_failed_question_and_the_rollouts_of_a_solved_one(tmp_path, model, tokenizer):
+    # two groups of 8 (slot 7 the demo): the first group's rollouts all score 0 -> SFT; the second's row 8 scores 1
+    trainer = hpt(tmp_path, model, tokenizer, [0.0] * 8 + [1.0] + [0.0] * 7)
+    _, out = generate_batch(trainer)
+    assert out["hpt_sft_rows"].tolist() == [False] * 7 + [True] + [False] * 8
+    assert out["hpt_rl_rows"].tolist() == [False] * 8 + [True] * 7 + [False]
+    metrics = trainer._metrics["train"]
+    assert (metrics["hpt/sft_questions"], metrics["hpt/rl_questions"]) == ([1.0], [1.0])
+
+
+def test_hpt_loss_sums_grpo_of_rl_rows_and_nll_of_sft_demos(tmp_path, model, tokenizer):
+    trainer = hpt(tmp_path, model, tokenizer, hpt_sft_loss_coef=0.5)
+    token_loss = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    logps = torch.tensor([[-9.0, -9.0], [-9.0, -9.0], [-1.0, -3.0]])
+    prefix_mask = torch.tensor([[False, False], [False, False], [True, True]])
+    # row 0: a rollout of an RL question; row 1: a rollout of an SFT question (dropped); row 2: that question's demo
+    trainer._hpt_rows = (torch.tensor([False, False, True]), torch.tensor([True, False, False]))
+    loss = trainer._aggregate(token_loss, logps, torch.ones(3, 2), prefix_mask)
+    # Dr. GRPO: (1 + 2) / (3 rows * 24) = 1/24; NLL token mean of the demo (1 + 3) / 2 = 2, x 0.5
+    assert loss.item() == pytest.approx(1 / 24 + 0.5 * 2.0)
+
+
+def test_hpt_rl_tokens_are_not_clipped(tmp_path, model, tokenizer):
+    trainer = hpt(tmp_path, model, tokenizer)
+    loss, _ = trainer._token_loss(torch.tensor([[0.5]]), torch.zeros(1, 1), torch.ones(1, 1), torch.zeros(1, 1).bool())
+    assert loss.item() == pytest.approx(-math.exp(0.5))  # -A * rho, rho = exp(0.5) above 1 + 0.2
+
+
+def test_hpt_step_on_failed_questions_is_sft(tmp_path, model, tokenizer):
+    trainer = hpt(tmp_path, model, tokenizer, [0.0])  # every question fails: both groups train their demo
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer.train()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert trainer.state.log_history[0]["hpt/sft_questions"] == 2.0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"epsilon": 0.1}, "epsilon=0.1 is not used by HptConfig"),
+        ({"prefix_dual_clip": 3.0}, "prefix_dual_clip=3.0 is not used by HptConfig"),
+        ({"loss_type": "grpo"}, "loss_type='grpo' is not used by HptConfig"),
+        ({"prefix_ratio_floor_end": 0.1}, "prefix_ratio_floor_end=0.1 is not used by HptConfig"),
+        ({"hpt_switch_gate": -1}, "hpt_switch_gate and hpt_sft_loss_coef must be >= 0"),
+    ],
+)
+def test_hpt_refuses_options_it_has_no_use_for(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        HptConfig(**base_kwargs(tmp_path, **overrides))

@@ -1,0 +1,41 @@
+"""Two gloo processes: a per-question method takes the same decision for every question on every rank, and each rank
+applies it to its own rows."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+WORKER = Path(__file__).with_name("method_worker.py")
+SOLVED_QUESTIONS = {"12+30", "40+20"}  # answers 42 and 60: reward 1 on every row (method_worker.SOLVED)
+
+
+def run_two_ranks(out_dir: Path, method: str) -> tuple[dict, dict]:
+    # torchrun, not `accelerate launch --cpu`, which silently starts one process (cpu_feasibility.md §3)
+    root = str(Path(__file__).parents[2])  # the worker imports the test settings (tests.trl.conftest)
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER)]
+    result = subprocess.run([*cmd, str(out_dir), method], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((out_dir / "rank0.json").read_text()), json.loads((out_dir / "rank1.json").read_text())
+
+
+@pytest.mark.slow
+def test_hpt_switches_each_ranks_own_questions(tmp_path):
+    rank0, rank1 = run_two_ranks(tmp_path, "hpt")
+    assert rank0["world_size"] == 2
+    for record in (rank0, rank1):
+        for batch in record["seen"]:  # one question (a group of 8, slot 7 its demo) per rank and step
+            (question,) = batch["questions"]
+            if question in SOLVED_QUESTIONS:  # RL on the 7 rollouts, the demo dropped
+                assert (batch["rl_rows"], batch["sft_rows"]) == ([True] * 7 + [False], [False] * 8), question
+            else:  # no rollout solved it: SFT on the demo, the rollouts dropped
+                assert (batch["rl_rows"], batch["sft_rows"]) == ([False] * 8, [False] * 7 + [True]), question
+    # precondition: in some step the two ranks held questions that were switched differently
+    kinds = [[b["questions"][0] in SOLVED_QUESTIONS for b in r["seen"]] for r in (rank0, rank1)]
+    assert any(a != b for a, b in zip(*kinds, strict=True))
+    assert rank0["params"] == rank1["params"]
