@@ -9,9 +9,12 @@ from prefix_rft.core.loss import (
     chord_phi,
     demo_nll,
     masked_mean,
+    masked_row_mean,
     ppo_clip_token_loss,
     sequence_level_old_logp,
     shaped_off_policy_token_loss,
+    srft_self_token_loss,
+    srft_weights,
     unclipped_token_loss,
 )
 
@@ -157,3 +160,23 @@ def test_demo_nll_without_weights_is_plain_nll_and_zero_on_an_empty_mask():
     logp = torch.tensor([[-1.0, -3.0]])
     assert demo_nll(logp, torch.tensor([[True, True]])).item() == pytest.approx(2.0)
     assert demo_nll(logp, torch.tensor([[False, False]])).item() == 0.0
+
+
+def test_masked_row_mean_averages_each_row_over_its_mask():
+    values = torch.tensor([[1.0, 3.0, 100.0], [5.0, 100.0, 100.0], [7.0, 7.0, 7.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]])
+    assert masked_row_mean(values, mask).tolist() == [2.0, 5.0, 0.0]
+
+
+def test_srft_weights_trade_demo_imitation_against_own_successes_by_entropy():
+    w_sft, w_rl = srft_weights(torch.tensor([0.0, math.log(2)]))
+    assert w_sft.tolist() == pytest.approx([0.5, 0.25])  # 0.5 e^-H: 0.5, 0.5 / 2
+    assert w_rl.tolist() == pytest.approx([0.1, 0.2])  # 0.1 e^H: 0.1, 0.1 * 2
+
+
+def test_srft_self_loss_imitates_solved_rows_and_pushes_failed_ones_down():
+    logp = torch.tensor([[-1.0, -2.0], [-1.0, -2.0]], requires_grad=True)
+    loss = srft_self_token_loss(logp, torch.tensor([True, False]), torch.tensor([0.2, 0.2]))
+    assert loss.flatten().tolist() == pytest.approx([0.2, 0.4, -1.0, -2.0])  # -0.2 log p; +log p
+    loss.sum().backward()
+    assert logp.grad.flatten().tolist() == pytest.approx([-0.2, -0.2, 1.0, 1.0])

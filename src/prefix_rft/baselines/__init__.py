@@ -4,7 +4,8 @@
 * SFT: TRL's SFTTrainer on the demonstrations (`sft.py`).
 * SFT then RFT: the SFT model as the starting point of RFT (`compare.py` chains them).
 * RL with SFT loss, LUFFY, ReLIFT: `rl_sft.py`, `luffy.py`, `relift.py`.
-* CHORD (GRPO + SFT weighted by mu and phi), HPT (SFT or RL per question by its accuracy): `chord.py`, `hpt.py`.
+* CHORD (GRPO + SFT weighted by mu and phi), HPT (SFT or RL per question by its accuracy), SRFT (entropy-weighted
+  SFT and RL in one stage): `chord.py`, `hpt.py`, `srft.py`.
 """
 
 from prefix_rft.baselines.chord import ChordConfig, ChordTrainer
@@ -12,6 +13,7 @@ from prefix_rft.baselines.hpt import HptConfig, HptTrainer
 from prefix_rft.baselines.luffy import LuffyConfig, LuffyTrainer
 from prefix_rft.baselines.relift import ReliftConfig, ReliftTrainer
 from prefix_rft.baselines.rl_sft import RLWithSFTConfig, RLWithSFTTrainer
+from prefix_rft.baselines.srft import SrftConfig, SrftTrainer
 
 __all__ = [
     "ChordConfig",
@@ -24,4 +26,6 @@ __all__ = [
     "RLWithSFTTrainer",
     "ReliftConfig",
     "ReliftTrainer",
+    "SrftConfig",
+    "SrftTrainer",
 ]

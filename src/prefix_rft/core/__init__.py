@@ -13,9 +13,12 @@ from prefix_rft.core.loss import (
     chord_phi,
     demo_nll,
     masked_mean,
+    masked_row_mean,
     ppo_clip_token_loss,
     sequence_level_old_logp,
     shaped_off_policy_token_loss,
+    srft_self_token_loss,
+    srft_weights,
     unclipped_token_loss,
 )
 from prefix_rft.core.prefix import (
@@ -69,6 +72,7 @@ __all__ = [
     "is_hybrid_row",
     "make_controller",
     "masked_mean",
+    "masked_row_mean",
     "needs_rescue",
     "next_prefix_ratio",
     "num_dropped",
@@ -83,6 +87,8 @@ __all__ = [
     "select_prefix_tokens",
     "sequence_level_old_logp",
     "shaped_off_policy_token_loss",
+    "srft_self_token_loss",
+    "srft_weights",
     "unclipped_token_loss",
     "warmup_cosine_weight",
 ]

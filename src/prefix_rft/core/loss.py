@@ -164,3 +164,41 @@ def chord_phi(logp: torch.Tensor) -> torch.Tensor:
     """
     p = torch.exp(logp.detach())
     return p * (1 - p)
+
+
+def masked_row_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) mean of each row of `values` (B, T) over its `mask` (0 for a row with an empty mask)."""
+    return (values * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+
+def srft_weights(
+    row_entropy: torch.Tensor, sft_scale: float = 0.5, rl_scale: float = 0.1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SRFT's entropy-aware weights (arXiv 2506.19767): w_SFT = 0.5 exp(-H) and w_RL = 0.1 exp(H), H detached.
+
+    A confident policy (low H) learns more from the demos; an uncertain one leans on its own successes.
+
+    Args:
+        row_entropy: (B,) mean policy entropy over each row's trained tokens.
+    Returns:
+        ((B,) w_SFT, (B,) w_RL).
+    """
+    h = row_entropy.detach()
+    return sft_scale * torch.exp(-h), rl_scale * torch.exp(h)
+
+
+def srft_self_token_loss(logp: torch.Tensor, solved: torch.Tensor, rl_weight: torch.Tensor) -> torch.Tensor:
+    """SRFT's loss on the policy's own rollouts: -w_RL log p on a solved row, +log p on a failed one.
+
+    Positive rollouts are imitated with the entropy weight w_RL; negative ones have their likelihood pushed down with
+    weight 1. No group baseline and no importance ratio.
+
+    Args:
+        logp: (B, T) log-probs of the rollout tokens.
+        solved: (B,) bool, the row's reward is > 0.
+        rl_weight: (B,) w_RL.
+    Returns:
+        (B, T) per-token loss.
+    """
+    sign = torch.where(solved, rl_weight, -torch.ones_like(rl_weight))  # (B,)
+    return -sign.unsqueeze(1) * logp

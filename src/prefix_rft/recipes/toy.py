@@ -30,6 +30,8 @@ from prefix_rft.baselines import (
     ReliftTrainer,
     RLWithSFTConfig,
     RLWithSFTTrainer,
+    SrftConfig,
+    SrftTrainer,
 )
 from prefix_rft.baselines.demo_rows import FullDemoRows
 from prefix_rft.baselines.sft import build_sft_trainer
@@ -64,6 +66,7 @@ RL_METHODS: dict[str, RLMethod] = {
     # The family's leading methods (issue 25; docs/fidelity.md rows 36-): CHORD's mu decays over the whole run
     "chord": RLMethod(ChordTrainer, ChordConfig),
     "hpt": RLMethod(HptTrainer, HptConfig),
+    "srft": RLMethod(SrftTrainer, SrftConfig),
     # Prefix-RFT ablations (paper §6, Table 8)
     "prefix_rft_select_all": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_entropy_selection": "all"}),
     "prefix_rft_freeze_prefix": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_entropy_selection": "none"}),
