@@ -1,8 +1,8 @@
 """Worker for test_multiprocess.py: trains a per-question method for 2 steps on 2 gloo processes and records, per
 generation batch, each rank's questions and what the method did with their rows.
 
-Run with `torchrun --standalone --nproc_per_node 2 method_worker.py OUT_DIR METHOD` (METHOD: hpt). Questions whose
-answer is in SOLVED get reward 1 on every row, the others 0.
+Run with `torchrun --standalone --nproc_per_node 2 method_worker.py OUT_DIR METHOD` (METHOD: hpt for 2 steps, trapo
+for 4: every question twice). Questions whose answer is in SOLVED get reward 1 on every row, the others 0.
 """
 
 import json
@@ -13,30 +13,39 @@ import torch
 import torch.distributed as dist
 from datasets import Dataset
 
-from prefix_rft.baselines import HptConfig, HptTrainer
+from prefix_rft.baselines import HptConfig, HptTrainer, TrapoConfig, TrapoTrainer
 from prefix_rft.tasks.model import build_model
 from prefix_rft.tasks.tokenizer import build_tokenizer
 from tests.trl.conftest import DEMOS, base_kwargs  # the test puts the repository root on PYTHONPATH
 
-SOLVED = {"42", "60"}
+SOLVED = {"42", "50"}
 
 
 def reward(completions, answer, **kwargs):
     return [float(a in SOLVED) for a in answer]
 
 
-class RecordingHpt(HptTrainer):
-    seen: list[dict] = []
+def recording(trainer_cls):
+    """`trainer_cls` recording, per generation batch, its local questions, prefix lengths and method row flags."""
 
-    def _add_prefix_fields(self, output, rollout):
-        super()._add_prefix_fields(output, rollout)
-        self.seen.append(
-            {
+    class Recording(trainer_cls):
+        seen: list[dict] = []
+
+        def _add_prefix_fields(self, output, rollout):
+            super()._add_prefix_fields(output, rollout)
+            entry = {
                 "questions": [p[0]["content"] for p in rollout.prompts[:: self.num_generations]],
-                "sft_rows": output["hpt_sft_rows"].tolist(),
-                "rl_rows": output["hpt_rl_rows"].tolist(),
+                "prefix_lens": output["prefix_mask"].sum(dim=1).tolist(),
             }
-        )
+            for key in ("hpt_sft_rows", "hpt_rl_rows", "trapo_sft_rows"):
+                if key in output:
+                    entry[key] = output[key].tolist()
+            self.seen.append(entry)
+
+    return Recording
+
+
+METHODS = {"hpt": (HptTrainer, HptConfig, 2), "trapo": (TrapoTrainer, TrapoConfig, 4)}
 
 
 def main(out_dir: str, method: str) -> None:
@@ -44,9 +53,9 @@ def main(out_dir: str, method: str) -> None:
     torch.manual_seed(0)
     model = build_model(tokenizer, "test")
     rows = [{"prompt": [{"role": "user", "content": d[:5]}], "demos": [d], "answer": d[-2:]} for d in DEMOS]
-    trainer_cls, config_cls = {"hpt": (RecordingHpt, HptConfig)}[method]
-    args = config_cls(**base_kwargs(Path(out_dir), max_steps=2, per_device_train_batch_size=8))
-    trainer = trainer_cls(
+    trainer_cls, config_cls, steps = METHODS[method]
+    args = config_cls(**base_kwargs(Path(out_dir), max_steps=steps, per_device_train_batch_size=8))
+    trainer = recording(trainer_cls)(
         model=model,
         reward_funcs=[reward],
         args=args,
@@ -56,6 +65,8 @@ def main(out_dir: str, method: str) -> None:
     trainer.train()
     params = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
     record = {"seen": trainer.seen, "params": params.tolist(), "world_size": trainer.accelerator.num_processes}
+    if method == "trapo":
+        record["levels"] = trainer.escalation.state_dict()
     with open(f"{out_dir}/rank{trainer.accelerator.process_index}.json", "w") as f:
         json.dump(record, f)
     if dist.is_initialized():  # a clean teardown avoids a SIGABRT at interpreter exit (cpu_feasibility.md §3)

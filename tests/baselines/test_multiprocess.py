@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 WORKER = Path(__file__).with_name("method_worker.py")
-SOLVED_QUESTIONS = {"12+30", "40+20"}  # answers 42 and 60: reward 1 on every row (method_worker.SOLVED)
+SOLVED_QUESTIONS = {"12+30", "25+25"}  # answers 42 and 50: reward 1 on every row (method_worker.SOLVED)
 
 
 def run_two_ranks(out_dir: Path, method: str) -> tuple[dict, dict]:
@@ -32,10 +32,29 @@ def test_hpt_switches_each_ranks_own_questions(tmp_path):
         for batch in record["seen"]:  # one question (a group of 8, slot 7 its demo) per rank and step
             (question,) = batch["questions"]
             if question in SOLVED_QUESTIONS:  # RL on the 7 rollouts, the demo dropped
-                assert (batch["rl_rows"], batch["sft_rows"]) == ([True] * 7 + [False], [False] * 8), question
+                assert (batch["hpt_rl_rows"], batch["hpt_sft_rows"]) == ([True] * 7 + [False], [False] * 8), question
             else:  # no rollout solved it: SFT on the demo, the rollouts dropped
-                assert (batch["rl_rows"], batch["sft_rows"]) == ([False] * 8, [False] * 7 + [True]), question
+                assert (batch["hpt_rl_rows"], batch["hpt_sft_rows"]) == ([False] * 8, [False] * 7 + [True]), question
     # precondition: in some step the two ranks held questions that were switched differently
     kinds = [[b["questions"][0] in SOLVED_QUESTIONS for b in r["seen"]] for r in (rank0, rank1)]
+    assert any(a != b for a, b in zip(*kinds, strict=True))
+    assert rank0["params"] == rank1["params"]
+
+
+@pytest.mark.slow
+def test_trapo_ranks_hold_one_escalation_state_and_guide_their_own_questions(tmp_path):
+    rank0, rank1 = run_two_ranks(tmp_path, "trapo")
+    # every question seen once in steps 0-1 (unguided), again in steps 2-3 with the levels its first group set
+    assert rank0["levels"] == rank1["levels"]
+    assert len(rank0["levels"]["levels"]) == 4
+    for record in (rank0, rank1):
+        for step, batch in enumerate(record["seen"]):
+            (question,) = batch["questions"]
+            guided = step >= 2 and question not in SOLVED_QUESTIONS  # an unsolved question on its second visit
+            # 20-token demos: 25% (5 tokens) at positions 4-5, 50% (10) at 6, the whole demo and EOS (21) at 7
+            assert batch["prefix_lens"] == ([0] * 4 + [5, 5, 10, 21] if guided else [0] * 8), (step, question)
+            assert batch["trapo_sft_rows"] == ([False] * 5 + [True] * 3 if guided else [False] * 8)
+    # precondition: in some step of the second pass the two ranks held questions guided differently
+    kinds = [[b["questions"][0] in SOLVED_QUESTIONS for b in r["seen"][2:]] for r in (rank0, rank1)]
     assert any(a != b for a, b in zip(*kinds, strict=True))
     assert rank0["params"] == rank1["params"]

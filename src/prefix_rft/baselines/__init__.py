@@ -5,7 +5,8 @@
 * SFT then RFT: the SFT model as the starting point of RFT (`compare.py` chains them).
 * RL with SFT loss, LUFFY, ReLIFT: `rl_sft.py`, `luffy.py`, `relift.py`.
 * CHORD (GRPO + SFT weighted by mu and phi), HPT (SFT or RL per question by its accuracy), SRFT (entropy-weighted
-  SFT and RL in one stage): `chord.py`, `hpt.py`, `srft.py`.
+  SFT and RL in one stage), TRAPO (trust-region SFT on prefixes escalated per question): `chord.py`, `hpt.py`,
+  `srft.py`, `trapo.py`.
 """
 
 from prefix_rft.baselines.chord import ChordConfig, ChordTrainer
@@ -14,6 +15,7 @@ from prefix_rft.baselines.luffy import LuffyConfig, LuffyTrainer
 from prefix_rft.baselines.relift import ReliftConfig, ReliftTrainer
 from prefix_rft.baselines.rl_sft import RLWithSFTConfig, RLWithSFTTrainer
 from prefix_rft.baselines.srft import SrftConfig, SrftTrainer
+from prefix_rft.baselines.trapo import TrapoConfig, TrapoTrainer
 
 __all__ = [
     "ChordConfig",
@@ -28,4 +30,6 @@ __all__ = [
     "ReliftTrainer",
     "SrftConfig",
     "SrftTrainer",
+    "TrapoConfig",
+    "TrapoTrainer",
 ]

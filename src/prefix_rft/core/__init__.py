@@ -7,6 +7,7 @@ from prefix_rft.core.advantages import (
     reward_std_divisor,
 )
 from prefix_rft.core.entropy import num_dropped, select_prefix_tokens
+from prefix_rft.core.escalation import EscalationState, level_at, prefix_end, trains_prefix, trapo_levels
 from prefix_rft.core.loss import (
     aggregate_dr_grpo,
     aggregate_token_loss,
@@ -19,6 +20,7 @@ from prefix_rft.core.loss import (
     shaped_off_policy_token_loss,
     srft_self_token_loss,
     srft_weights,
+    trust_region_sft_token_loss,
     unclipped_token_loss,
 )
 from prefix_rft.core.prefix import (
@@ -54,6 +56,7 @@ __all__ = [
     "Constant",
     "CosineDecay",
     "Delay",
+    "EscalationState",
     "LinearDecay",
     "PrefixRatioSampler",
     "QuestionRecord",
@@ -70,6 +73,7 @@ __all__ = [
     "hybrid_advantages",
     "hybrid_positions",
     "is_hybrid_row",
+    "level_at",
     "make_controller",
     "masked_mean",
     "masked_row_mean",
@@ -80,6 +84,7 @@ __all__ = [
     "on_policy_success",
     "per_token_advantages",
     "ppo_clip_token_loss",
+    "prefix_end",
     "prefix_length",
     "reward_std_divisor",
     "rollout_index",
@@ -89,6 +94,9 @@ __all__ = [
     "shaped_off_policy_token_loss",
     "srft_self_token_loss",
     "srft_weights",
+    "trains_prefix",
+    "trapo_levels",
+    "trust_region_sft_token_loss",
     "unclipped_token_loss",
     "warmup_cosine_weight",
 ]

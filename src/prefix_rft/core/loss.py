@@ -202,3 +202,19 @@ def srft_self_token_loss(logp: torch.Tensor, solved: torch.Tensor, rl_weight: to
     """
     sign = torch.where(solved, rl_weight, -torch.ones_like(rl_weight))  # (B,)
     return -sign.unsqueeze(1) * logp
+
+
+def trust_region_sft_token_loss(logp: torch.Tensor, alpha: float = 0.1) -> torch.Tensor:
+    """TRAPO's trust-region SFT on demo tokens: -p / max(sg(p), alpha), p = exp(logp) (arXiv 2512.17636).
+
+    Its gradient is -grad log p while p >= alpha (plain SFT inside the trust region) and -(p / alpha) grad log p below
+    it: a demo token the policy finds very unlikely pulls with at most p / alpha of SFT's force, which keeps SFT from
+    large unstable steps (mode-seeking rather than mode-covering).
+
+    Args:
+        logp: (B, T) log-probs of the demo tokens.
+    Returns:
+        (B, T) per-token loss; its value is -1 inside the region.
+    """
+    p = torch.exp(logp)
+    return -p / torch.clamp(p.detach(), min=alpha)

@@ -32,6 +32,8 @@ from prefix_rft.baselines import (
     RLWithSFTTrainer,
     SrftConfig,
     SrftTrainer,
+    TrapoConfig,
+    TrapoTrainer,
 )
 from prefix_rft.baselines.demo_rows import FullDemoRows
 from prefix_rft.baselines.sft import build_sft_trainer
@@ -63,10 +65,12 @@ RL_METHODS: dict[str, RLMethod] = {
     "rl_sft": RLMethod(RLWithSFTTrainer, RLWithSFTConfig),
     "luffy": RLMethod(LuffyTrainer, LuffyConfig),
     "relift": RLMethod(ReliftTrainer, ReliftConfig),
-    # The family's leading methods (issue 25; docs/fidelity.md rows 36-): CHORD's mu decays over the whole run
+    # The family's leading methods (issue 25; docs/fidelity.md rows 36-39); CHORD's mu decays over the whole run
     "chord": RLMethod(ChordTrainer, ChordConfig),
     "hpt": RLMethod(HptTrainer, HptConfig),
     "srft": RLMethod(SrftTrainer, SrftConfig),
+    # TRAPO guides a question from its second visit on (`question_epochs` > 1); before that it is 8-rollout GRPO
+    "trapo": RLMethod(TrapoTrainer, TrapoConfig),
     # Prefix-RFT ablations (paper §6, Table 8)
     "prefix_rft_select_all": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_entropy_selection": "all"}),
     "prefix_rft_freeze_prefix": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_entropy_selection": "none"}),
