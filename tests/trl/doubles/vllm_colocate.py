@@ -88,19 +88,20 @@ class SamplingParams:
     extra_args: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        self._spec(max_model_len=1).validate()  # vLLM validates the ranges on construction too
+        self._spec(room=1).validate()  # vLLM validates the ranges on construction too
 
-    def to_spec(self, max_model_len: int) -> SamplingSpec:
-        """The engine's settings; raises NotImplementedError for any non-default setting the double ignores."""
+    def to_spec(self, room: int) -> SamplingSpec:
+        """The engine's settings (`room`: max_model_len less the prompt, what max_tokens=None means); raises
+        NotImplementedError for any non-default setting the double ignores."""
         unsupported = [f.name for f in fields(self) if f.name in _UNSUPPORTED and getattr(self, f.name) != f.default]
         if unsupported:
             raise NotImplementedError(f"the vLLM double does not implement {unsupported}")
-        return self._spec(max_model_len)
+        return self._spec(room)
 
-    def _spec(self, max_model_len: int) -> SamplingSpec:
+    def _spec(self, room: int) -> SamplingSpec:
         return SamplingSpec(
             n=self.n,
-            max_tokens=max_model_len if self.max_tokens is None else self.max_tokens,  # None: up to the context end
+            max_tokens=room if self.max_tokens is None else self.max_tokens,  # None: up to the context end
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=self.top_k,
@@ -279,7 +280,7 @@ class FakeLLM:
         else:
             params = [sampling_params or SamplingParams()] * len(prompts)
         prompt_ids = [self._prompt_ids(prompt) for prompt in prompts]
-        specs = [p.to_spec(self.engine.max_model_len) for p in params]
+        specs = [p.to_spec(self.engine.max_model_len - len(ids)) for p, ids in zip(params, prompt_ids)]
         samples = self.engine.generate(list(zip(prompt_ids, specs)))
         self.generate_calls.append(
             [
