@@ -8,6 +8,7 @@ from prefix_rft.core.loss import (
     aggregate_token_loss,
     masked_mean,
     ppo_clip_token_loss,
+    sampler_ratio_on_continuation,
     sequence_level_old_logp,
     shaped_off_policy_token_loss,
     unclipped_token_loss,
@@ -131,3 +132,13 @@ def test_aggregation_follows_trl_loss_type(loss_type, expected):
 def test_dapo_aggregation_needs_the_token_count():
     with pytest.raises(ValueError, match="tokens_per_micro_batch"):
         aggregate_token_loss(TOKEN_LOSS, LOSS_MASK, "dapo", loss_normalizer=10)
+
+
+def test_sampler_ratio_on_continuation_keeps_demo_tokens_at_one():
+    # Row 0: 2 demo tokens, then 2 sampled; row 1: on-policy. Sequence weights (B, 1): row 0 masked out (0), row 1
+    # truncated at 2; token weights (B, T) pass through except on demo tokens.
+    prefix_mask = torch.tensor([[True, True, False, False], [False, False, False, False]])
+    sequence = sampler_ratio_on_continuation(torch.tensor([[0.0], [2.0]]), prefix_mask)
+    assert sequence.tolist() == [[1.0, 1.0, 0.0, 0.0], [2.0, 2.0, 2.0, 2.0]]
+    token = sampler_ratio_on_continuation(torch.tensor([[0.5, 3.0, 1.5, 0.0], [0.5, 3.0, 1.5, 0.0]]), prefix_mask)
+    assert token.tolist() == [[1.0, 1.0, 1.5, 0.0], [0.5, 3.0, 1.5, 0.0]]

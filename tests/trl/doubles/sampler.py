@@ -15,8 +15,10 @@ What is mirrored from vLLM, because TRL's code depends on it:
 - `load_weights` takes checkpoint names, skips `lm_head.weight` of a tied model and rejects unknown names (KeyError)
   or shapes (ValueError), as vLLM's model loaders do.
 
-What is not: vLLM's kernels, batching, prefix cache, CUDA graphs and its default down-cast of fp32 checkpoints to 16
-bits; the double keeps the checkpoint's dtype, so weights it receives compare exactly.
+What is not: vLLM's kernels, batching (the server double batches, `vllm_server.Batcher`), prefix cache, CUDA graphs.
+The double keeps the checkpoint's dtype, so weights it receives compare exactly, unless built with `dtype` (e.g.
+`torch.bfloat16`, vLLM's down-cast of an fp32 checkpoint): then it samples a policy that differs from the trained one,
+and received weights are cast on load, so TRL's importance-sampling ratios are not 1.
 """
 
 from __future__ import annotations
@@ -156,10 +158,15 @@ class Engine:
         max_model_len: int | None = None,
         logprobs_mode: str = "processed_logprobs",
         load_tokenizer: bool = True,
+        dtype: torch.dtype | None = None,
     ):
         if logprobs_mode not in LOGPROBS_MODES:
             raise NotImplementedError(f"logprobs_mode {logprobs_mode!r}: the double implements {LOGPROBS_MODES}")
         self.model = AutoModelForCausalLM.from_pretrained(model_path).eval()
+        if (
+            dtype is not None
+        ):  # e.g. bf16, as vLLM down-casts an fp32 checkpoint: a policy that differs from the trained
+            self.model = self.model.to(dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path) if load_tokenizer else None
         self.logprobs_mode = logprobs_mode
         self.max_model_len = max_model_len or self.model.config.max_position_embeddings

@@ -10,7 +10,8 @@ Public API:
   Records: `generate_calls` (one list of `RecordedRequest` per call: prompt token ids, n, max_tokens, completions),
   `loaded_weights` (a copy of the last tensor loaded under each name), `load_weights_calls`,
   `reset_prefix_cache_calls`, `sleep_calls`, `wake_up_calls`.
-- `install_colocate_double(monkeypatch) -> list[FakeLLM]`: the engines TRL builds, in creation order.
+- `install_colocate_double(monkeypatch, dtype=None) -> list[FakeLLM]`: the engines TRL builds, in creation order;
+  `dtype=torch.bfloat16` makes them sample a bf16 copy of the trained weights (TRL's importance ratios are then not 1).
 
 What the installer patches, all in `trl.generation.vllm_generation` (vllm is not installed, so these names are absent
 or answer "no"):
@@ -215,6 +216,7 @@ class FakeLLM:
         enable_sleep_mode: bool = False,
         logprobs_mode: str = "raw_logprobs",
         skip_tokenizer_init: bool = False,
+        dtype: torch.dtype | None = None,
         **engine_kwargs: Any,
     ):
         if tensor_parallel_size != 1:
@@ -235,6 +237,7 @@ class FakeLLM:
             max_model_len=max_model_len,
             logprobs_mode=logprobs_mode,
             load_tokenizer=not skip_tokenizer_init,
+            dtype=dtype,
         )
         self.enable_sleep_mode = enable_sleep_mode
         runner = _Chain(model=_WorkerModel(self))
@@ -340,14 +343,17 @@ class FakeLLM:
         self.sleeping -= {"weights", "kv_cache"} if tags is None else set(tags)
 
 
-def install_colocate_double(monkeypatch: pytest.MonkeyPatch) -> list[FakeLLM]:
-    """Make TRL's colocate mode build `FakeLLM`s; returns the list the engines are appended to as they are built."""
+def install_colocate_double(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype | None = None) -> list[FakeLLM]:
+    """Make TRL's colocate mode build `FakeLLM`s; returns the list the engines are appended to as they are built.
+
+    `dtype` (e.g. torch.bfloat16) makes every engine sample in that dtype: a sampler that is not the trained policy.
+    """
     from trl.generation import vllm_generation
 
     created: list[FakeLLM] = []
 
     def build_llm(*args: Any, **kwargs: Any) -> FakeLLM:
-        llm = FakeLLM(*args, **kwargs)
+        llm = FakeLLM(*args, dtype=dtype, **kwargs)
         created.append(llm)
         return llm
 
