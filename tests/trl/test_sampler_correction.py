@@ -102,3 +102,10 @@ def test_demo_tokens_keep_weight_one_against_a_bf16_sampler(tmp_path, monkeypatc
         trainer.args.prefix_sampler_correction = "row"
         row_weights = trainer._sampler_ratio(ratio, prefix & mask)
         assert all((row_weights[row] == 0).all() for row in masked_hybrids)
+
+
+def test_an_unknown_sampler_correction_is_refused_by_name(tmp_path):
+    from .conftest import train_args
+
+    with pytest.raises(ValueError, match=r"prefix_sampler_correction='prefix' is not supported; expected one of"):
+        train_args(tmp_path, prefix_sampler_correction="prefix")

@@ -1,10 +1,6 @@
 """What the trainer asks of a vLLM engine: server calls in flight together, budget buckets cut back exactly, and no
 request beyond the engine's `max_model_len` (the doubles refuse one, as vLLM does)."""
 
-import json
-import urllib.error
-import urllib.request
-
 import pytest
 from transformers import AutoModelForCausalLM
 
@@ -66,6 +62,40 @@ def test_fit_to_context_cuts_the_budget_and_names_a_row_with_no_room():
         fit_to_context(30, 1, 30, row=3)
 
 
+class RecordingClient:
+    """A `VLLMClient` stand-in serving a model of `max_model_len` 20 positions: records each call, returns
+    `max_tokens` tokens (ids 100, 101, ...) per sample."""
+
+    base_url = "http://stand-in"
+
+    def __init__(self):
+        self.calls = []
+
+    def _get(self, url):
+        assert url == "http://stand-in/v1/models"
+        return {"data": [{"id": "m", "max_model_len": 20}]}
+
+    def generate(self, prompts, n=1, max_tokens=16, **kwargs):
+        self.calls.append((prompts, n, max_tokens))
+        completions = [list(range(100, 100 + max_tokens)) for _ in prompts for _ in range(n)]
+        logprobs = [[[-1.0]] * len(c) for c in completions]
+        return {"prompt_ids": prompts, "completion_ids": completions, "logprobs": logprobs, "logprob_token_ids": None}
+
+
+def test_server_client_cuts_budgets_to_the_servers_max_model_len():
+    # max_model_len 20 (from /v1/models), M = 8. Row 0: 10-token prompt, budget 8, room 10 -> 8. Row 1: 15-token
+    # prompt, budget 8, room 5 -> 5, and its bucket (6) is cut to the room too: max_tokens 5.
+    client = BudgetedClient(RecordingClient())
+    client.budgets = [8, 8]
+    out = client.generate(prompts=[[1] * 10, [2] * 15], n=1, max_tokens=8)
+    assert sorted((p, n, m) for p, n, m in client._client.calls) == [([[1] * 10], 1, 8), ([[2] * 15], 1, 5)]
+    assert out["completion_ids"] == [list(range(100, 108)), list(range(100, 105))]
+    assert [len(lp) for lp in out["logprobs"]] == [8, 5] and out["logprob_token_ids"] is None
+    client.budgets = [8]
+    with pytest.raises(ValueError, match="generation row 0: .* 20 tokens"):
+        client.generate(prompts=[[3] * 20], n=1, max_tokens=8)
+
+
 @pytest.mark.slow
 @needs_requests
 def test_server_client_puts_every_call_of_a_step_in_flight_together(tmp_path, monkeypatch, model_dir, tokenizer):
@@ -118,18 +148,17 @@ def test_colocate_double_refuses_a_request_beyond_max_model_len(model_dir, token
 
 
 @pytest.mark.slow
+@needs_requests
 def test_server_double_answers_400_to_a_request_beyond_max_model_len(tmp_path, model_dir, tokenizer):
+    import requests
+
     prompt = dataset_prompt_ids(tokenizer)[0]  # 10 tokens
     with running_server(model_dir, tmp_path / "server.jsonl", extra_args=["--max-model-len", "20"]) as server:
         body = {"model": str(model_dir), "prompt": [prompt], "max_tokens": 11, "return_token_ids": True}
-        request = urllib.request.Request(
-            f"{server.url}/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
-        )
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(request, timeout=30)
+        response = requests.post(f"{server.url}/v1/completions", json=body, timeout=30)
         (record,) = server.completion_requests()
-    assert refused.value.code == 400
-    message = json.loads(refused.value.read())["error"]["message"]
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
     assert message.startswith("'max_tokens' or 'max_completion_tokens' is too large: 11.")
     assert "(11 > 20 - 10)" in message and record["error"] == message
 

@@ -16,7 +16,7 @@ The server speaks the HTTP protocol TRL 1.16's `VLLMClient` uses against `VLLM_S
 - `GET /double/weights`: not vLLM's; the served parameters as safetensors bytes, for tests.
 
 Completion requests are batched as vLLM's scheduler batches concurrent requests (`Batcher`): the requests in flight
-together are decoded as one engine batch, once none has arrived for `--batch-window` seconds (0.1). A request whose
+together are decoded as one engine batch, once none has arrived for `--batch-window` seconds (0.2). A request whose
 prompt + max_tokens exceeds `--max-model-len` is refused with 400 and vLLM's message, as `vllm serve` does.
 
 Every request that changes or uses the engine is appended to the JSON-lines log given with `--log`, one object per
@@ -479,7 +479,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument(
-        "--batch-window", type=float, default=0.1, help="seconds without a new request before a batch is decoded"
+        "--batch-window", type=float, default=0.2, help="seconds without a new request before a batch is decoded"
     )
     # Defaults as `trl vllm-serve` starts vLLM: processed logprobs, an NCCL weight-transfer config.
     parser.add_argument("--logprobs-mode", default="processed_logprobs", choices=LOGPROBS_MODES)
