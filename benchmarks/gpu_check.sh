@@ -4,8 +4,9 @@
 # rented box with 1 to 3 GPUs (install included when the wheels are cached; the vLLM wheel itself takes longer).
 #
 # NEVER RUN on a GPU yet. Written on a CPU-only machine: `bash -n`, the pass criteria (benchmarks/gpu_checks.py,
-# tested on good and broken logs in tests/benchmarks/test_gpu_checks.py) and one single-process CPU run of the same
-# training arguments checked by them. Expect small fixes on the first GPU run.
+# tested on good and broken logs in tests/benchmarks/test_gpu_checks.py), one single-process CPU run of the same
+# training arguments checked by them, and a dry run of the orchestration for 1-3 GPUs with a stand-in interpreter
+# (docs/scale.md). Expect small fixes on the first GPU run.
 #
 # Install (INSTALL=auto, the default, runs it when vllm or deepspeed is missing; INSTALL=0 never does):
 #   pip install wheel -e ".[vllm]" && DS_BUILD_OPS=0 pip install --no-build-isolation -e ".[vllm,deepspeed]"
@@ -282,8 +283,8 @@ for name in colocate server transformers; do
   printf '%-14s %s\n' "$name" "${RESULT[$name]:-FAIL (not run)}"
   [[ "${RESULT[$name]:-}" == PASS* ]] || status=1
 done
-for name in "${!NOT_COVERED[@]}"; do
-  [[ "$name" == transformers_stand_in ]] && printf '%-14s %s\n' "" "not covered: ${NOT_COVERED[$name]}"
-done
+if [[ -n "${NOT_COVERED[transformers_stand_in]:-}" ]]; then
+  printf '%-14s %s\n' "" "not covered: ${NOT_COVERED[transformers_stand_in]}"
+fi
 echo "== covered on $NGPU GPU(s): the cells above marked PASS or FAIL; 'not covered' ones need a bigger box"
 exit "$status"
