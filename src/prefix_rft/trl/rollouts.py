@@ -208,11 +208,17 @@ def prompt_runs(prompts: list[list[int]], budgets: list[int]) -> list[tuple[int,
     return runs
 
 
+MAX_CONCURRENT_CALLS = 64  # TRL's VLLMClient keeps a pool of 64 connections (_DEFAULT_GENERATION_CONCURRENCY)
+
+
 def run_concurrently(tasks: list[Callable[[], Any]]) -> list[Any]:
-    """Results of `tasks` in order, all of them running at once so the server can batch them."""
+    """Results of `tasks` in order, all running at once (up to TRL's 64 connections) so the server batches them.
+
+    A step makes a few calls (4 buckets x the distinct n); more only when many rows are cut to distinct context rooms.
+    """
     if len(tasks) == 1:
         return [tasks[0]()]
-    with ThreadPoolExecutor(max_workers=len(tasks)) as pool:
+    with ThreadPoolExecutor(max_workers=min(len(tasks), MAX_CONCURRENT_CALLS)) as pool:
         return list(pool.map(lambda task: task(), tasks))
 
 
