@@ -11,6 +11,7 @@ from prefix_rft.core.loss import (
     masked_mean,
     masked_row_mean,
     ppo_clip_token_loss,
+    sampler_ratio_on_continuation,
     sequence_level_old_logp,
     shaped_off_policy_token_loss,
     srft_self_token_loss,
@@ -180,3 +181,11 @@ def test_srft_self_loss_imitates_solved_rows_and_pushes_failed_ones_down():
     assert loss.flatten().tolist() == pytest.approx([0.2, 0.4, -1.0, -2.0])  # -0.2 log p; +log p
     loss.sum().backward()
     assert logp.grad.flatten().tolist() == pytest.approx([-0.2, -0.2, 1.0, 1.0])
+def test_sampler_ratio_on_continuation_keeps_demo_tokens_at_one():
+    # Row 0: 2 demo tokens, then 2 sampled; row 1: on-policy. Sequence weights (B, 1): row 0 masked out (0), row 1
+    # truncated at 2; token weights (B, T) pass through except on demo tokens.
+    prefix_mask = torch.tensor([[True, True, False, False], [False, False, False, False]])
+    sequence = sampler_ratio_on_continuation(torch.tensor([[0.0], [2.0]]), prefix_mask)
+    assert sequence.tolist() == [[1.0, 1.0, 0.0, 0.0], [2.0, 2.0, 2.0, 2.0]]
+    token = sampler_ratio_on_continuation(torch.tensor([[0.5, 3.0, 1.5, 0.0], [0.5, 3.0, 1.5, 0.0]]), prefix_mask)
+    assert token.tolist() == [[1.0, 1.0, 1.5, 0.0], [0.5, 3.0, 1.5, 0.0]]

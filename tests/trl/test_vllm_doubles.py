@@ -170,7 +170,7 @@ def test_sampling_params_double_rejects_what_it_cannot_honour():
     with pytest.raises(ValueError):
         SamplingParams(top_p=0)
     with pytest.raises(NotImplementedError):
-        SamplingParams(stop=["\n"]).to_spec(max_model_len=256)
+        SamplingParams(stop=["\n"]).to_spec(room=256)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -115,16 +115,18 @@ def test_server_mode_rank0_without_hybrid_sends_every_hybrid_its_prefix(tmp_path
     assert [b["prefix_lens"] for b in ranks[0]["batches"]] == [[0, 0, 0, 0]] * 2  # rank 0: rows 0-3, on-policy
     assert [b["prefix_lens"] for b in ranks[1]["batches"]] == [[0, 0, 0, 19], [0, 0, 0, 18]]
     # Per step: the 7 on-policy rows (4 on rank 0, 3 on rank 1) are one prompt sent once with n=7 and the full
-    # budget; the hybrid is prompt + its prefix with n=1 and the budget left after the prefix. Never the bare prompt
-    # for the hybrid, as rank 0's n=8 deduplication used to do.
+    # budget; the hybrid is prompt + its prefix with n=1 and the budget left after the prefix (5, then 6) rounded up
+    # to its bucket (width ceil(24 / 4) = 6: 6), its completion cut back to that budget. Never the bare prompt for
+    # the hybrid, as rank 0's n=8 deduplication used to do. Both calls of a step are in flight together.
     assert len(requests) == 4
     for step in (0, 1):
         on_policy, hybrid = sorted(requests[2 * step : 2 * step + 2], key=lambda r: r["n"], reverse=True)
         assert (on_policy["n"], on_policy["max_tokens"], len(on_policy["prompts"])) == (7, 24, 1)
-        assert (hybrid["n"], hybrid["max_tokens"], len(hybrid["prompts"])) == (1, 24 - PREFIX_BY_STEP[step], 1)
+        assert (hybrid["n"], hybrid["max_tokens"], len(hybrid["prompts"])) == (1, 6, 1)
+        assert (on_policy["batch_requests"], hybrid["batch_requests"]) == (2, 2)
         prompt, prefix = split_prompt(tokenizer, hybrid["prompts"][0])
         assert on_policy["prompts"][0] == prompt
         assert prefix == demo_ids(tokenizer, prompt, PREFIX_BY_STEP[step])
         # Rank 1's hybrid completion is exactly its prefix followed by what the server generated after it.
         completion = ranks[1]["batches"][step]["completions"][3]
-        assert completion == prefix + hybrid["completion_ids"][0]
+        assert completion == prefix + hybrid["completion_ids"][0][: 24 - PREFIX_BY_STEP[step]]

@@ -109,6 +109,21 @@ def sequence_level_old_logp(logp: torch.Tensor, old_logp: torch.Tensor, mask: to
     return logp - sequence_log_ratio
 
 
+def sampler_ratio_on_continuation(ratio: torch.Tensor, prefix_mask: torch.Tensor) -> torch.Tensor:
+    """A sampler importance-sampling weight that leaves demo tokens alone: 1 on them, `ratio` on every other token.
+
+    Demo tokens were not sampled, so the sampler/trainer mismatch the weight corrects (TRL's vLLM correction, truncated
+    or masked) does not apply to them, and a masked-out continuation does not take its demo prefix with it.
+
+    Args:
+        ratio: (B, T) per-token or (B, 1) per-sequence weights.
+        prefix_mask: (B, T) bool, demo tokens.
+    Returns:
+        (B, T) weights.
+    """
+    return torch.where(prefix_mask, torch.ones_like(ratio), ratio.expand_as(prefix_mask).to(ratio.dtype))
+
+
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of `values` where `mask` is set (0 when the mask is empty)."""
     return (values * mask).sum() / mask.sum().clamp(min=1)

@@ -145,6 +145,14 @@ class PrefixRFTConfig(GRPOConfig):
             "trained) or 'prompt' (QuestA: a hint appended to the question, never trained; docs/fidelity.md row 32)."
         },
     )
+    prefix_sampler_correction: str = field(
+        default="continuation",
+        metadata={
+            "help": "How TRL's vLLM importance-sampling correction (vllm_importance_sampling_mode) treats a hybrid's "
+            "demo tokens: 'continuation' (ratio 1, never masked; the ratio is the sampled continuation's) or 'row' "
+            "(TRL's own: a sequence ratio, or its mask, weights the whole row; docs/fidelity.md row 40)."
+        },
+    )
     prefix_entropy_keep_fraction: float = field(
         default=0.2, metadata={"help": "Share of prefix tokens, by highest entropy, that keep their advantage."}
     )
@@ -261,6 +269,7 @@ class PrefixRFTConfig(GRPOConfig):
             "prefix_ratio_schedule": ("cosine", "linear", "constant"),
             "prefix_advantage": ("reference", "paper"),
             "prefix_placement": ("response", "prompt"),
+            "prefix_sampler_correction": ("continuation", "row"),
             "prefix_entropy_selection": ("top", "all", "none", "random", "lowest"),
             "prefix_entropy_scope": ENTROPY_SCOPES,
             "prefix_schedule_unit": ("rollout_batch", "optimizer_step"),

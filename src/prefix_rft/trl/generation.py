@@ -160,7 +160,8 @@ class PrefixGenerationMixin:
         ]
 
     def _generate_vllm(self, prompt_ids, prefix_ids, images, multimodal_fields):
-        """One vLLM call with every row as its own request (prompt + prefix) and its own `max_tokens`."""
+        """One vLLM call with every row as its own request (prompt + prefix) and its own `max_tokens`, which the
+        wrappers of trl/rollouts.py cut to the engine's `max_model_len`."""
         budgets = self._row_budgets(prefix_ids)
         generation = self.vllm_generation
         if generation.mode == "server":
@@ -173,9 +174,11 @@ class PrefixGenerationMixin:
                 torch.distributed.all_gather_object(gathered, budgets, group=generation.tp_group)
                 budgets = [b for part in gathered for b in part]
             generation.llm.budgets = budgets
-        gen_prompts = [list(ids) + p for ids, p in zip(prompt_ids, prefix_ids, strict=True)]
-        completion_ids, logprobs = super()._generate_single_turn(gen_prompts, images, multimodal_fields, 1)
         keep = [not row.full_demo for row in self._rollout.rows]
+        # A full-demo row's one-token sample is discarded, so it is asked for after the prompt alone: prompt + demo +
+        # EOS + 1 could exceed the engine's max_model_len, which vLLM refuses.
+        gen_prompts = [list(ids) + (p if k else []) for ids, p, k in zip(prompt_ids, prefix_ids, keep, strict=True)]
+        completion_ids, logprobs = super()._generate_single_turn(gen_prompts, images, multimodal_fields, 1)
         completion_ids = [list(c) if k else [] for c, k in zip(completion_ids, keep, strict=True)]
         if logprobs is not None:
             logprobs = [list(lp) if k else [] for lp, k in zip(logprobs, keep, strict=True)]

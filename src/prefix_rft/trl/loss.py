@@ -10,6 +10,7 @@ from prefix_rft.core import (
     aggregate_token_loss,
     masked_mean,
     ppo_clip_token_loss,
+    sampler_ratio_on_continuation,
     select_prefix_tokens,
     sequence_level_old_logp,
 )
@@ -141,7 +142,7 @@ class PrefixLossMixin:
         old_logps = self._old_logps(logps, inputs, mask)
         token_loss, ratio = self._token_loss(logps, old_logps, advantages, prefix_mask)
         if self.use_vllm and self.vllm_importance_sampling_correction:
-            token_loss = token_loss * inputs["importance_sampling_ratio"]
+            token_loss = token_loss * self._sampler_ratio(inputs["importance_sampling_ratio"], prefix_mask)
         mode = "train" if self.model.training else "eval"
         if self.beta != 0.0:
             token_loss = token_loss + self.beta * self._kl(logps, old_logps, inputs["ref_per_token_logps"], mask, mode)
@@ -155,6 +156,17 @@ class PrefixLossMixin:
         self._log_loss_metrics(mode, mask, prefix_mask, keep, entropies, ratio, advantages)
         self._log_loss_terms(mode, policy_loss, aux_loss)
         return loss
+
+    def _sampler_ratio(self, ratio: torch.Tensor, prefix_mask: torch.Tensor) -> torch.Tensor:
+        """TRL's vLLM importance-sampling weight, (B, T) or (B, 1), as `prefix_sampler_correction` applies it.
+
+        Demo tokens carry no sampler logprob (NaN), so TRL gives them a token ratio of 1 and its sequence ratio is the
+        sampled continuation's alone. 'row' multiplies every token of the row by it, demo tokens included, and a
+        sequence_mask zero drops the whole row; 'continuation' keeps demo tokens at 1 in every mode.
+        """
+        if self.args.prefix_sampler_correction == "row":
+            return ratio
+        return sampler_ratio_on_continuation(ratio, prefix_mask)
 
     def _forward(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(B, T) log-probs and entropies of the completion tokens, and the MoE router aux loss (None if disabled)."""

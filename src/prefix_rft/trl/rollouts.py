@@ -59,6 +59,35 @@ class Rollout:
         return [row.hybrid for row in self.rows]
 
 
+BUDGET_BUCKETS = 4  # server mode: hybrid budgets are rounded up to one of this many evenly spaced values
+
+
+def bucket_budget(budget: int, max_budget: int, buckets: int = BUDGET_BUCKETS) -> int:
+    """The smallest of the `buckets` budgets ceil(max_budget / buckets) * k (k = 1, 2, ..., capped at `max_budget`)
+    that is at least `budget`; a budget of 1 (a full-demo row's discarded sample) stays 1. A row sampled with its
+    bucket and cut back to its budget decodes at most ceil(max_budget / buckets) - 1 tokens more than it keeps, and
+    only when it has not stopped earlier."""
+    if budget <= 1:
+        return budget
+    width = -(-max_budget // buckets)
+    return min(max_budget, -(-budget // width) * width)
+
+
+def fit_to_context(prompt_len: int, budget: int, max_model_len: int | None, row: int) -> int:
+    """`budget` cut so that prompt + new tokens fit the engine's `max_model_len` (vLLM refuses a request whose
+    prompt + max_tokens exceeds it). A row cut here ends without EOS, as one that reached its budget."""
+    if max_model_len is None:
+        return budget
+    room = max_model_len - prompt_len
+    if room < 1:
+        raise ValueError(
+            f"generation row {row}: its request (prompt, plus any demo prefix or hint) is {prompt_len} tokens, which "
+            f"leaves no room under the engine's max_model_len={max_model_len}; set max_prompt_length below "
+            f"max_model_len or raise vllm_max_model_length"
+        )
+    return min(budget, room)
+
+
 def per_request_params(base: Any, budgets: list[int]) -> list[Any]:
     """One copy of vLLM `SamplingParams` per request, each with its own `max_tokens`."""
     params = []
@@ -69,8 +98,14 @@ def per_request_params(base: Any, budgets: list[int]) -> list[Any]:
     return params
 
 
+def _prompt_len(prompt: Any) -> int:
+    """Tokens of a colocate request: TRL sends `{"prompt_token_ids": ids}` (with images, more keys)."""
+    return len(prompt["prompt_token_ids"] if isinstance(prompt, dict) else prompt)
+
+
 class BudgetedLLM:
-    """Wraps a colocated `vllm.LLM` so the next `generate` call gives request i the token budget `budgets[i]`.
+    """Wraps a colocated `vllm.LLM` so the next `generate` call gives request i the token budget `budgets[i]`, cut to
+    the engine's `max_model_len`.
 
     TRL's colocate path builds one `SamplingParams` for every request; vLLM accepts a list, one per request.
     """
@@ -87,6 +122,11 @@ class BudgetedLLM:
         if budgets is not None:
             if len(budgets) != len(prompts):
                 raise RuntimeError(f"{len(budgets)} token budgets for {len(prompts)} vLLM requests")
+            limit = self._llm.llm_engine.model_config.max_model_len
+            budgets = [
+                fit_to_context(_prompt_len(p), b, limit, i)
+                for i, (p, b) in enumerate(zip(prompts, budgets, strict=True))
+            ]
             sampling_params = per_request_params(sampling_params, budgets)
         return self._llm.generate(prompts, sampling_params=sampling_params, **kwargs)
 
@@ -95,17 +135,31 @@ class BudgetedClient:
     """Wraps TRL's `VLLMClient` (main process, server mode) so each prompt is sampled with its own budget.
 
     TRL calls `generate(prompts, n=1, max_tokens=M, ...)` with every row of every rank. Runs of identical consecutive
-    (prompt, budget) pairs (the on-policy rows of a group) are sent once with n = run length; requests that share
-    (budget, n) go in one HTTP call, and the calls run concurrently so the server batches them.
+    (prompt, budget) pairs (the on-policy rows of a group) are sent once with n = run length. A budget below M is
+    rounded up to its bucket (`bucket_budget`: one of 4 evenly spaced values, M among them), and requests that share
+    (bucket, n) go in one HTTP call; every call of the step is in flight at once, so the server batches them all. Each
+    completion and its logprobs are then cut to the row's own budget: sampling is autoregressive, so a completion cut
+    at b tokens has the distribution of one sampled with max_tokens=b, and a cut one has no EOS, as one that reached
+    b. The cost is decoding: a row whose sample runs past its budget decodes up to ceil(M/4) - 1 tokens it does not
+    keep (docs/scale.md). Budgets are also cut to the server's `max_model_len` (`fit_to_context`), which `/v1/models`
+    reports.
     """
 
-    def __init__(self, client: Any, max_workers: int = 8) -> None:
+    def __init__(self, client: Any, max_model_len: int | None = None, buckets: int = BUDGET_BUCKETS) -> None:
         self._client = client
-        self._max_workers = max_workers
+        self._max_model_len = max_model_len
+        self._buckets = buckets
         self.budgets: list[int] | None = None  # every rank's budgets, process-major; set before TRL's call
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
+
+    def max_model_len(self) -> int | None:
+        """The served model's context (`/v1/models`, as vLLM reports it), read once."""
+        if self._max_model_len is None:
+            cards = self._client._get(f"{self._client.base_url}/v1/models")["data"]
+            self._max_model_len = cards[0].get("max_model_len")
+        return self._max_model_len
 
     def generate(self, prompts: list, n: int = 1, max_tokens: int = 16, **kwargs: Any) -> dict[str, list]:
         budgets, self.budgets = self.budgets, None
@@ -113,10 +167,14 @@ class BudgetedClient:
             return self._client.generate(prompts=prompts, n=n, max_tokens=max_tokens, **kwargs)
         if n != 1 or len(budgets) != len(prompts):
             raise RuntimeError(f"per-row budgets need n=1 and a budget per prompt: n={n}, {len(budgets)} budgets")
+        limit = self.max_model_len()
+        budgets = [fit_to_context(len(p), b, limit, i) for i, (p, b) in enumerate(zip(prompts, budgets, strict=True))]
         runs = prompt_runs(prompts, budgets)
         calls: dict[tuple[int, int], list[int]] = {}
         for index, (start, length) in enumerate(runs):
-            calls.setdefault((budgets[start], length), []).append(index)
+            room = max_tokens if limit is None else limit - len(prompts[start])
+            bucket = min(bucket_budget(budgets[start], max_tokens, self._buckets), room)
+            calls.setdefault((bucket, length), []).append(index)
         results = run_concurrently(
             [
                 (
@@ -125,10 +183,18 @@ class BudgetedClient:
                     )
                 )
                 for key, members in calls.items()
-            ],
-            self._max_workers,
+            ]
         )
-        return reassemble(runs, list(calls.values()), [key[1] for key in calls], results)
+        out = reassemble(runs, list(calls.values()), [key[1] for key in calls], results)
+        return cut_to_budgets(out, budgets)
+
+
+def cut_to_budgets(out: dict[str, list], budgets: list[int]) -> dict[str, list]:
+    """Each row's completion ids, logprobs and logprob token ids cut to its budget (`VLLMClient.generate` format)."""
+    for key in ("completion_ids", "logprobs", "logprob_token_ids"):
+        if out.get(key) is not None:
+            out[key] = [list(values)[:budget] for values, budget in zip(out[key], budgets, strict=True)]
+    return out
 
 
 def prompt_runs(prompts: list[list[int]], budgets: list[int]) -> list[tuple[int, int]]:
@@ -142,11 +208,17 @@ def prompt_runs(prompts: list[list[int]], budgets: list[int]) -> list[tuple[int,
     return runs
 
 
-def run_concurrently(tasks: list[Callable[[], Any]], max_workers: int) -> list[Any]:
-    """Results of `tasks` in order; several at once so the server can batch them."""
+MAX_CONCURRENT_CALLS = 64  # TRL's VLLMClient keeps a pool of 64 connections (_DEFAULT_GENERATION_CONCURRENCY)
+
+
+def run_concurrently(tasks: list[Callable[[], Any]]) -> list[Any]:
+    """Results of `tasks` in order, all running at once (up to TRL's 64 connections) so the server batches them.
+
+    A step makes a few calls (4 buckets x the distinct n); more only when many rows are cut to distinct context rooms.
+    """
     if len(tasks) == 1:
         return [tasks[0]()]
-    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(tasks)))) as pool:
+    with ThreadPoolExecutor(max_workers=min(len(tasks), MAX_CONCURRENT_CALLS)) as pool:
         return list(pool.map(lambda task: task(), tasks))
 
 

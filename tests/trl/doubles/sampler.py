@@ -2,7 +2,7 @@
 
 What is mirrored from vLLM, because TRL's code depends on it:
 
-- per request: `n` samples, at most `max_tokens` new tokens (further capped by `max_model_len`), `temperature` (below
+- per request: `n` samples, at most `max_tokens` new tokens, `temperature` (below
   1e-5 means greedy), `top_k` (0 or -1 disables it), `top_p`, `min_p`, `repetition_penalty`, an optional `seed`;
 - the processing order: repetition penalty (over prompt and output tokens), temperature, min-p, top-k, top-p;
 - a sample stops at the first EOS token, which stays in its `token_ids` (finish reason "stop"), else after its token
@@ -10,11 +10,15 @@ What is mirrored from vLLM, because TRL's code depends on it:
 - logprobs: the sampled token's logprob and rank (the number of tokens at least as likely, so 1 for the argmax), then
   the top-N others, under `logprobs_mode` "processed_logprobs" (log-softmax of the logits after every step above;
   greedy rows after the penalty only) or "raw_logprobs" (log-softmax of the model's logits);
+- a request whose prompt + `max_tokens` exceeds `max_model_len` is refused (ValueError, vLLM's server message) rather
+  than capped, so a caller that would overrun a real engine fails a test;
 - `load_weights` takes checkpoint names, skips `lm_head.weight` of a tied model and rejects unknown names (KeyError)
   or shapes (ValueError), as vLLM's model loaders do.
 
-What is not: vLLM's kernels, batching, prefix cache, CUDA graphs and its default down-cast of fp32 checkpoints to 16
-bits; the double keeps the checkpoint's dtype, so weights it receives compare exactly.
+What is not: vLLM's kernels, batching (the server double batches, `vllm_server.Batcher`), prefix cache, CUDA graphs.
+The double keeps the checkpoint's dtype, so weights it receives compare exactly, unless built with `dtype` (e.g.
+`torch.bfloat16`, vLLM's down-cast of an fp32 checkpoint): then it samples a policy that differs from the trained one,
+and received weights are cast on load, so TRL's importance-sampling ratios are not 1.
 """
 
 from __future__ import annotations
@@ -154,10 +158,15 @@ class Engine:
         max_model_len: int | None = None,
         logprobs_mode: str = "processed_logprobs",
         load_tokenizer: bool = True,
+        dtype: torch.dtype | None = None,
     ):
         if logprobs_mode not in LOGPROBS_MODES:
             raise NotImplementedError(f"logprobs_mode {logprobs_mode!r}: the double implements {LOGPROBS_MODES}")
         self.model = AutoModelForCausalLM.from_pretrained(model_path).eval()
+        if (
+            dtype is not None
+        ):  # e.g. bf16, as vLLM down-casts an fp32 checkpoint: a policy that differs from the trained
+            self.model = self.model.to(dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path) if load_tokenizer else None
         self.logprobs_mode = logprobs_mode
         self.max_model_len = max_model_len or self.model.config.max_position_embeddings
@@ -181,10 +190,9 @@ class Engine:
 
     def generate(self, requests: Sequence[tuple[list[int], SamplingSpec]]) -> list[list[Sample]]:
         """Samples for each (prompt token ids, spec) request: `spec.n` per request, in request order."""
+        self.check(requests)
         rows = []
         for prompt, spec in requests:
-            spec.validate()
-            self._check_prompt(prompt)
             generator = self.generator if spec.seed is None else torch.Generator().manual_seed(spec.seed)
             rows += [(list(prompt), spec, generator)] * spec.n
         with self.lock, torch.no_grad():
@@ -195,16 +203,32 @@ class Engine:
             start += spec.n
         return grouped
 
+    def check(self, requests: Sequence[tuple[list[int], SamplingSpec]]) -> None:
+        """Raise ValueError on a request vLLM refuses: bad settings, bad token ids, or prompt + max_tokens over
+        `max_model_len` (vLLM's server answers 400 with this message; the double never caps a request silently)."""
+        for prompt, spec in requests:
+            spec.validate()
+            self._check_prompt(prompt)
+            if len(prompt) + spec.max_tokens > self.max_model_len:
+                raise ValueError(
+                    f"'max_tokens' or 'max_completion_tokens' is too large: {spec.max_tokens}. This model's maximum "
+                    f"context length is {self.max_model_len} tokens and your request has {len(prompt)} input tokens "
+                    f"({spec.max_tokens} > {self.max_model_len} - {len(prompt)})."
+                )
+
     def _check_prompt(self, prompt: list[int]) -> None:
         vocab_size = self.model.config.vocab_size
         if not prompt or not all(isinstance(t, int) and 0 <= t < vocab_size for t in prompt):
             raise ValueError(f"a prompt must be a non-empty list of token ids below {vocab_size}, got {prompt!r}")
         if len(prompt) >= self.max_model_len:
-            raise ValueError(f"prompt of {len(prompt)} tokens leaves no room under max_model_len={self.max_model_len}")
+            raise ValueError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, your request has "
+                f"{len(prompt)} input tokens. Please reduce the length of the input."
+            )
 
     def _decode(self, rows: list[tuple[list[int], SamplingSpec, torch.Generator]]) -> list[Sample]:
         prompts, specs, generators = zip(*rows)
-        budgets = [min(spec.max_tokens, self.max_model_len - len(prompt)) for prompt, spec in zip(prompts, specs)]
+        budgets = [spec.max_tokens for spec in specs]  # within max_model_len: `check` refused any request beyond it
         input_ids, mask = self._left_pad(prompts)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)

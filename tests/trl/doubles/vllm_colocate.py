@@ -10,7 +10,8 @@ Public API:
   Records: `generate_calls` (one list of `RecordedRequest` per call: prompt token ids, n, max_tokens, completions),
   `loaded_weights` (a copy of the last tensor loaded under each name), `load_weights_calls`,
   `reset_prefix_cache_calls`, `sleep_calls`, `wake_up_calls`.
-- `install_colocate_double(monkeypatch) -> list[FakeLLM]`: the engines TRL builds, in creation order.
+- `install_colocate_double(monkeypatch, dtype=None) -> list[FakeLLM]`: the engines TRL builds, in creation order;
+  `dtype=torch.bfloat16` makes them sample a bf16 copy of the trained weights (TRL's importance ratios are then not 1).
 
 What the installer patches, all in `trl.generation.vllm_generation` (vllm is not installed, so these names are absent
 or answer "no"):
@@ -88,19 +89,20 @@ class SamplingParams:
     extra_args: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        self._spec(max_model_len=1).validate()  # vLLM validates the ranges on construction too
+        self._spec(room=1).validate()  # vLLM validates the ranges on construction too
 
-    def to_spec(self, max_model_len: int) -> SamplingSpec:
-        """The engine's settings; raises NotImplementedError for any non-default setting the double ignores."""
+    def to_spec(self, room: int) -> SamplingSpec:
+        """The engine's settings (`room`: max_model_len less the prompt, what max_tokens=None means); raises
+        NotImplementedError for any non-default setting the double ignores."""
         unsupported = [f.name for f in fields(self) if f.name in _UNSUPPORTED and getattr(self, f.name) != f.default]
         if unsupported:
             raise NotImplementedError(f"the vLLM double does not implement {unsupported}")
-        return self._spec(max_model_len)
+        return self._spec(room)
 
-    def _spec(self, max_model_len: int) -> SamplingSpec:
+    def _spec(self, room: int) -> SamplingSpec:
         return SamplingSpec(
             n=self.n,
-            max_tokens=max_model_len if self.max_tokens is None else self.max_tokens,  # None: up to the context end
+            max_tokens=room if self.max_tokens is None else self.max_tokens,  # None: up to the context end
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=self.top_k,
@@ -214,6 +216,7 @@ class FakeLLM:
         enable_sleep_mode: bool = False,
         logprobs_mode: str = "raw_logprobs",
         skip_tokenizer_init: bool = False,
+        dtype: torch.dtype | None = None,
         **engine_kwargs: Any,
     ):
         if tensor_parallel_size != 1:
@@ -234,6 +237,7 @@ class FakeLLM:
             max_model_len=max_model_len,
             logprobs_mode=logprobs_mode,
             load_tokenizer=not skip_tokenizer_init,
+            dtype=dtype,
         )
         self.enable_sleep_mode = enable_sleep_mode
         runner = _Chain(model=_WorkerModel(self))
@@ -279,7 +283,7 @@ class FakeLLM:
         else:
             params = [sampling_params or SamplingParams()] * len(prompts)
         prompt_ids = [self._prompt_ids(prompt) for prompt in prompts]
-        specs = [p.to_spec(self.engine.max_model_len) for p in params]
+        specs = [p.to_spec(self.engine.max_model_len - len(ids)) for p, ids in zip(params, prompt_ids)]
         samples = self.engine.generate(list(zip(prompt_ids, specs)))
         self.generate_calls.append(
             [
@@ -339,14 +343,17 @@ class FakeLLM:
         self.sleeping -= {"weights", "kv_cache"} if tags is None else set(tags)
 
 
-def install_colocate_double(monkeypatch: pytest.MonkeyPatch) -> list[FakeLLM]:
-    """Make TRL's colocate mode build `FakeLLM`s; returns the list the engines are appended to as they are built."""
+def install_colocate_double(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype | None = None) -> list[FakeLLM]:
+    """Make TRL's colocate mode build `FakeLLM`s; returns the list the engines are appended to as they are built.
+
+    `dtype` (e.g. torch.bfloat16) makes every engine sample in that dtype: a sampler that is not the trained policy.
+    """
     from trl.generation import vllm_generation
 
     created: list[FakeLLM] = []
 
     def build_llm(*args: Any, **kwargs: Any) -> FakeLLM:
-        llm = FakeLLM(*args, **kwargs)
+        llm = FakeLLM(*args, dtype=dtype, **kwargs)
         created.append(llm)
         return llm
 

@@ -15,8 +15,13 @@ The server speaks the HTTP protocol TRL 1.16's `VLLMClient` uses against `VLLM_S
   empty body when emulating vLLM < 0.26). TRL 1.16 has no close endpoint: `close_communicator` only drops its side.
 - `GET /double/weights`: not vLLM's; the served parameters as safetensors bytes, for tests.
 
+Completion requests are batched as vLLM's scheduler batches concurrent requests (`Batcher`): the requests in flight
+together are decoded as one engine batch, once none has arrived for `--batch-window` seconds (0.2). A request whose
+prompt + max_tokens exceeds `--max-model-len` is refused with 400 and vLLM's message, as `vllm serve` does.
+
 Every request that changes or uses the engine is appended to the JSON-lines log given with `--log`, one object per
-line with an `event` key: `completions` (prompts, n, max_tokens, the other sampling fields, completion_ids, or error),
+line with an `event` key: `completions` (prompts, n, max_tokens, the other sampling fields, completion_ids, or error;
+`batch_requests`: HTTP requests decoded in its batch, `in_flight`: completion requests in flight when it started),
 `init_weight_transfer_engine`, `start_weight_update`, `update_weights` (names, dtype_names, shapes, packed),
 `finish_weight_update` (the names loaded since the start) and `reset_prefix_cache`.
 
@@ -66,7 +71,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -114,6 +119,7 @@ class ServerState:
 
     def __init__(self, engine: Engine, args: argparse.Namespace):
         self.engine = engine
+        self.batcher = Batcher(engine, args.batch_window)
         self.model_path = args.model
         self.served_name = args.served_model_name or args.model
         self.weight_transfer = not args.no_weight_transfer
@@ -128,6 +134,79 @@ class ServerState:
         line = json.dumps({"event": event, "time": time.time(), **fields})
         with self.lock, self.log_path.open("a") as f:
             f.write(line + "\n")
+
+
+@dataclass
+class _Job:
+    """One HTTP request's (prompt, spec) pairs waiting for a batch, and what the batch gave it."""
+
+    requests: list[tuple[list[int], SamplingSpec]]
+    done: threading.Event = field(default_factory=threading.Event)
+    samples: list[list[Sample]] | None = None
+    error: Exception | None = None
+    batch_requests: int = 0  # HTTP requests decoded in the same engine batch as this one
+    in_flight: int = 0  # HTTP completion requests in flight (received, not answered) when its batch started
+
+
+class Batcher:
+    """Decodes the completion requests that are in flight together as one engine batch, as vLLM's scheduler does.
+
+    A batch starts once no new request has arrived for `window` seconds, and takes every request waiting then; each
+    request's log record says how many HTTP requests shared its batch and how many were in flight, so a client that
+    sends one call at a time (or a few) shows up in tests. A request vLLM would refuse fails alone (HTTP 400).
+    """
+
+    def __init__(self, engine: Engine, window: float):
+        self.engine, self.window = engine, window
+        self.cond = threading.Condition()
+        self.pending: list[_Job] = []
+        self.in_flight = 0
+        self.last_arrival = 0.0
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def submit(self, requests: list[tuple[list[int], SamplingSpec]]) -> _Job:
+        job = _Job(requests)
+        with self.cond:
+            self.in_flight += 1
+            self.pending.append(job)
+            self.last_arrival = time.monotonic()
+            self.cond.notify_all()
+        job.done.wait()
+        with self.cond:
+            self.in_flight -= 1
+        if job.error is not None:
+            raise job.error
+        return job
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                while not self.pending:
+                    self.cond.wait()
+                while (quiet := self.last_arrival + self.window - time.monotonic()) > 0:
+                    self.cond.wait(quiet)
+                jobs, self.pending, in_flight = self.pending, [], self.in_flight
+            self._decode(jobs, in_flight)
+
+    def _decode(self, jobs: list[_Job], in_flight: int) -> None:
+        valid = []
+        for job in jobs:
+            job.batch_requests, job.in_flight = len(jobs), in_flight
+            try:
+                self.engine.check(job.requests)
+                valid.append(job)
+            except ValueError as error:
+                job.error = HTTPError(HTTPStatus.BAD_REQUEST, str(error))
+        try:
+            samples = self.engine.generate([r for job in valid for r in job.requests]) if valid else []
+            start = 0
+            for job in valid:
+                job.samples, start = samples[start : start + len(job.requests)], start + len(job.requests)
+        except Exception as error:  # reaches every client of the batch as a 500
+            for job in valid:
+                job.error = error
+        for job in jobs:
+            job.done.set()
 
 
 def health(state: ServerState, query: dict, body: dict) -> bytes:
@@ -177,7 +256,7 @@ def completions(state: ServerState, query: dict, body: dict) -> dict:
         state.log("completions", **record, error=str(error))
         raise
     record["completion_ids"] = [choice["token_ids"] for choice in response["choices"]]
-    state.log("completions", **record)
+    state.log("completions", **record, **response.pop("double_batch"))
     return response
 
 
@@ -189,10 +268,8 @@ def _complete(state: ServerState, body: dict) -> dict:
         raise HTTPError(HTTPStatus.BAD_REQUEST, f"the vLLM double does not implement {unknown or ['stream']}")
     prompts = _token_prompts(state.engine, body["prompt"])
     spec = SamplingSpec(**{key: body[key] for key in SAMPLING_FIELDS if body.get(key) is not None})
-    try:
-        samples = state.engine.generate([(prompt, spec) for prompt in prompts])
-    except ValueError as error:
-        raise HTTPError(HTTPStatus.BAD_REQUEST, str(error)) from error
+    job = state.batcher.submit([(prompt, spec) for prompt in prompts])
+    samples = job.samples
     choices = []
     for prompt, group in zip(prompts, samples):  # prompt-major, as vLLM merges its per-prompt results
         for sample in group:
@@ -205,6 +282,7 @@ def _complete(state: ServerState, body: dict) -> dict:
         "created": int(time.time()),
         "model": state.served_name,
         "choices": choices,
+        "double_batch": {"batch_requests": job.batch_requests, "in_flight": job.in_flight},
         "usage": {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
@@ -400,6 +478,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--served-model-name", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument(
+        "--batch-window", type=float, default=0.2, help="seconds without a new request before a batch is decoded"
+    )
     # Defaults as `trl vllm-serve` starts vLLM: processed logprobs, an NCCL weight-transfer config.
     parser.add_argument("--logprobs-mode", default="processed_logprobs", choices=LOGPROBS_MODES)
     parser.add_argument("--no-weight-transfer", action="store_true", help="serve without --weight-transfer-config")
