@@ -181,6 +181,8 @@ def test_srft_self_loss_imitates_solved_rows_and_pushes_failed_ones_down():
     assert loss.flatten().tolist() == pytest.approx([0.2, 0.4, -1.0, -2.0])  # -0.2 log p; +log p
     loss.sum().backward()
     assert logp.grad.flatten().tolist() == pytest.approx([-0.2, -0.2, 1.0, 1.0])
+
+
 def test_sampler_ratio_on_continuation_keeps_demo_tokens_at_one():
     # Row 0: 2 demo tokens, then 2 sampled; row 1: on-policy. Sequence weights (B, 1): row 0 masked out (0), row 1
     # truncated at 2; token weights (B, T) pass through except on demo tokens.
