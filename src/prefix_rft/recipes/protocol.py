@@ -86,6 +86,11 @@ def floats(text: str) -> list[float]:
         raise SystemExit(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def grid_values(method: str, args: ProtocolArguments) -> list[float]:
+    """The values a method's grid starts from: `sft_grid` for SFT methods, `rl_grid` for the others."""
+    return floats(args.sft_grid if grid_field(method) == "sft_learning_rate" else args.rl_grid)
+
+
 def tuning_settings(settings: RunSettings) -> RunSettings:
     """The finals' settings (steps, schedules, curve points) scored on held-out training questions."""
     return dataclasses.replace(settings, evaluate_on="validation", select_best=True)
@@ -359,7 +364,8 @@ def results_table(summary: dict[str, dict[str, Any]], chosen: dict[str, dict], k
             f"| {method} | {tuned} | {s['test']['mean']:.1f} ± {s['test']['sd']:.1f} | {s['ood']['mean']:.1f} ± "
             f"{s['ood']['sd']:.1f} | {diff(s, 'test_vs_base')} | {diff(s, 'ood_vs_base')} | "
             f"{diff(s, f'test_vs_{REFERENCE}')} | {diff(s, f'ood_vs_{REFERENCE}')} | {len(s['test']['values'])} | "
-            f"{used[method]['labelled_questions']} | {used[method]['demo_tokens_offered']} |"
+            f"{used.get(method, {}).get('labelled_questions', '')} | "
+            f"{used.get(method, {}).get('demo_tokens_offered', '')} |"
         )
     return "\n".join(lines)
 
@@ -400,7 +406,7 @@ def tuning_stage(methods: list[str], args: ProtocolArguments, settings: RunSetti
     """The grids at every tuning seed, then extension rounds while a best value sits at an edge and the budget
     allows; returns (every tuning run, {method: why its grid stopped growing})."""
     tune_seeds, budget = seed_list(args.tune_seeds), 3600 * args.budget_hours
-    grids = {m: floats(args.sft_grid if grid_field(m) == "sft_learning_rate" else args.rl_grid) for m in methods}
+    grids = {m: grid_values(m, args) for m in methods}
     jobs = [job for m in methods for job in tuning_jobs(m, grids[m], tune_seeds, settings, out)]
     runs = run_jobs(jobs, args.jobs, "tuning")
     status: dict[str, str] = {}
@@ -446,9 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             f"--tune_seeds {sorted(set(tune_seeds) & set(seeds))} are also final seeds: finals must be unseen"
         )
     write_json(out / "plan.json", {"arguments": dataclasses.asdict(args), "settings": dataclasses.asdict(settings)})
-    grid_runs = sum(
-        len(floats(args.sft_grid if grid_field(m) == "sft_learning_rate" else args.rl_grid)) for m in methods
-    )
+    grid_runs = sum(len(grid_values(m, args)) for m in methods)
     print(
         f"plan: {grid_runs * len(tune_seeds)} tuning runs of {settings.steps} steps ({len(tune_seeds)} seeds), up to "
         f"{args.extensions} x2 extensions per method, then the finals: {len(seeds)} seeds x (the base, {REFERENCE} "
@@ -492,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
 def report(results: list[dict[str, Any]], selection: dict[str, dict], k: int, out: Path) -> str:
     """Write the finals' summary (results.json, results.md and the two plots) to `out`; returns the table."""
     summary = summarize(results, k, references=(BASE, REFERENCE))
-    used = {r["method"]: r["inputs"] for r in results}  # the last seed's; only demo tokens vary by seed
+    # the last seed's (only demo tokens vary by seed); v1's runs (docs/benchmarks/protocol) predate `inputs`
+    used = {r["method"]: r["inputs"] for r in results if "inputs" in r}
     table = results_table(summary, selection["chosen"], k, used)
     write_json(out / "results.json", {"summary": summary, "selection": selection})
     (out / "results.md").write_text(
