@@ -426,6 +426,11 @@ def tuning_stage(methods: list[str], args: ProtocolArguments, settings: RunSetti
         )
         cost = {m: len(tune_seeds) * median_seconds(runs, m) for m in proposals}
         taken, bound = extension_round(proposals, chosen, cost, left)
+        print(
+            f"extension round {round_}: {len(proposals)} methods at an edge, {len(taken)} paid for "
+            f"({left / 3600:.1f} CPU-hours left beside the finals' reserve)",
+            flush=True,
+        )
         for m in set(proposals) - set(taken):
             status[m] = f"at an edge: extension round {round_} cut by budget"
         jobs = [job for m in taken for job in tuning_jobs(m, [proposals[m]], tune_seeds, settings, out)]
@@ -482,7 +487,11 @@ def main(argv: list[str] | None = None) -> int:
         "spent_hours": sum(r["seconds"] for r in runs) / 3600,
     }
     write_json(out / "selection.json", selection)
-    print(f"spread of paired differences {sigma:.2f} points: cut {threshold:.2f}; the budget pays for {affordable}")
+    print(
+        f"tuning spent {selection['spent_hours']:.1f} of {args.budget_hours:g} CPU-hours; spread of paired "
+        f"differences {sigma:.2f} points: cut {threshold:.2f}; the budget pays for {affordable} finalists",
+        flush=True,
+    )
     for m, c in chosen.items():
         print(f"{m}: {c['field']}={c['value']:g}, validation {c['validation']:.1f}% {c['edge']} -> {verdict[m]}")
     if args.stage == "tuning":
