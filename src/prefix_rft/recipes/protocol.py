@@ -246,28 +246,35 @@ def final_jobs(finalists: dict[str, dict], seeds: list[int], settings: RunSettin
     return jobs
 
 
-def inputs(method: str, settings: RunSettings, demo_lengths: list[int]) -> dict[str, int]:
+def inputs(method: str, settings: RunSettings, demo_lengths: list[int], rl_demo_tokens: float, sft_steps: int):
     """What a run used beside the base: distinct training questions, question visits, held-out questions it selected
-    on, labelled questions in all, and demo tokens offered (`demo_lengths`: tokens of each training question's demo;
-    every visit offers the whole demo to a method that reads demos: an upper bound for those that train a part)."""
+    on, labelled questions in all, demo tokens offered and demo tokens in its training rows.
+
+    `demo_lengths`: tokens of each training question's demo; every visit offers the whole demo to a method that reads
+    demos (an upper bound for those that train a part). `rl_demo_tokens`: the RL stages' logged `prefix/demo_tokens`,
+    summed; `sft_steps`: SFT steps run, whose rows are whole demos: their share of the offered tokens is added.
+    """
     if method == BASE:
-        return {
-            "training_questions": 0,
-            "question_visits": 0,
-            "selection_questions": 0,
-            "labelled_questions": 0,
-            "demo_tokens_offered": 0,
-        }
+        keys = ("training_questions", "question_visits", "selection_questions", "labelled_questions")
+        return dict.fromkeys((*keys, "demo_tokens_offered", "demo_tokens_in_rows"), 0)
     selects = settings.select_best or method == "sft_best_rft"
     selection = settings.sft_val_problems if selects else 0
     pool = question_pool(settings)
+    offered = 0 if method in NO_DEMOS else settings.question_epochs * sum(demo_lengths)
     return {
         "training_questions": pool,
         "question_visits": settings.steps * settings.prompts_per_step,
         "selection_questions": selection,
         "labelled_questions": pool + selection,
-        "demo_tokens_offered": 0 if method in NO_DEMOS else settings.question_epochs * sum(demo_lengths),
+        "demo_tokens_offered": offered,
+        "demo_tokens_in_rows": round(rl_demo_tokens + offered * sft_steps / settings.steps),
     }
+
+
+def sft_steps_run(method: str, result: dict[str, Any]) -> int:
+    """SFT steps a finished run took: all of `sft`'s, half of `sft_rft`'s, `sft_best_rft`'s recorded split."""
+    steps = result["settings"]["steps"]
+    return {"sft": steps, "sft_rft": steps // 2}.get(method) or result.get("sft_selection", {}).get("sft_steps", 0)
 
 
 def demo_lengths(method: str, settings: RunSettings, seed: int, base_path: str) -> list[int]:
@@ -299,7 +306,8 @@ def run_job(job: Job, threads: int) -> tuple[Job, dict[str, Any]]:
             os.dup2(saved[0], 1), os.dup2(saved[1], 2)
     result["seconds"] = time.monotonic() - start
     lengths = [] if job.method in NO_DEMOS else demo_lengths(job.method, job.settings, job.seed, result["base_model"])
-    result["inputs"] = inputs(job.method, job.settings, lengths)
+    rl_demo_tokens = sum(h.get("prefix/demo_tokens", 0.0) for h in result["log_history"])
+    result["inputs"] = inputs(job.method, job.settings, lengths, rl_demo_tokens, sft_steps_run(job.method, result))
     tmp = job.path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
     tmp.replace(job.path)  # a kill mid-write leaves no half result
@@ -354,8 +362,8 @@ def results_table(summary: dict[str, dict[str, Any]], chosen: dict[str, dict], k
 
     lines = [
         f"| method | tuned | test avg@{k} (%) | OOD avg@{k} (%) | test vs base | OOD vs base | test vs prefix_rft "
-        "| OOD vs prefix_rft | seeds | labelled questions | demo tokens offered |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| OOD vs prefix_rft | seeds | labelled questions | demo tokens offered | demo tokens in rows |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, s in sorted(summary.items(), key=lambda kv: -kv[1]["test"]["mean"]):
         c = chosen.get(method)
@@ -365,7 +373,8 @@ def results_table(summary: dict[str, dict[str, Any]], chosen: dict[str, dict], k
             f"{s['ood']['sd']:.1f} | {diff(s, 'test_vs_base')} | {diff(s, 'ood_vs_base')} | "
             f"{diff(s, f'test_vs_{REFERENCE}')} | {diff(s, f'ood_vs_{REFERENCE}')} | {len(s['test']['values'])} | "
             f"{used.get(method, {}).get('labelled_questions', '')} | "
-            f"{used.get(method, {}).get('demo_tokens_offered', '')} |"
+            f"{used.get(method, {}).get('demo_tokens_offered', '')} | "
+            f"{used.get(method, {}).get('demo_tokens_in_rows', '')} |"
         )
     return "\n".join(lines)
 
