@@ -154,6 +154,49 @@ def test_budget_pays_for_the_largest_number_of_finalists_that_fits():
     assert affordable_finalists(1000.0, 600.0, n_seeds=5, max_finalists=6) == 0
 
 
+def _fake_runs(score):
+    """`run_jobs` without training: every run takes 100 s and scores `score(method, learning_rate)`."""
+
+    def run_jobs(jobs, n_jobs, stage):
+        return [
+            {
+                "method": j.method,
+                "seed": j.seed,
+                "settings": {"learning_rate": j.settings.learning_rate},
+                "final": {"validation": {"avg@4": score(j.method, j.settings.learning_rate)}},
+                "seconds": 100.0,
+            }
+            for j in jobs
+        ]
+
+    return run_jobs
+
+
+@pytest.mark.parametrize(
+    ("budget_seconds", "runs", "a_values", "status"),
+    [
+        # ample: a (better at every larger rate) is doubled twice, 6e-5 -> 1.2e-4 -> 2.4e-4, and stays at the edge
+        (86400.0, 16, [1.5e-5, 3e-5, 6e-5, 1.2e-4, 2.4e-4], {}),
+        # 2600 s: 12 grid runs (1200 s) and the finals' reserve 5 x ((1 + 1) x 100 + 30) = 1150 s leave 250 s for
+        # round 1's 2 runs (200 s); round 2 has 50 s left and ends the extensions
+        (2600.0, 14, [1.5e-5, 3e-5, 6e-5, 1.2e-4], {"a": "at an edge: extensions stopped by budget in round 2"}),
+    ],
+)
+def test_tuning_extends_a_grid_at_its_edge_until_the_limit_or_the_budget(
+    tmp_path, monkeypatch, budget_seconds, runs, a_values, status
+):
+    # prefix_rft peaks inside its grid (3e-5) and is never extended
+    monkeypatch.setattr(
+        protocol, "run_jobs", _fake_runs(lambda m, lr: 1000 * lr if m == "a" else 0.3 - abs(lr - 3e-5))
+    )
+    args = protocol.ProtocolArguments(extensions=2, max_finalists=1, budget_hours=budget_seconds / 3600)
+    done, why = protocol.tuning_stage(["prefix_rft", "a"], args, RunSettings(), tmp_path, k=4)
+    assert len(done) == runs
+    assert sorted({r["settings"]["learning_rate"] for r in done if r["method"] == "a"}) == pytest.approx(a_values)
+    assert {r["settings"]["learning_rate"] for r in done if r["method"] == "prefix_rft"} == {1.5e-5, 3e-5, 6e-5}
+    assert why == status
+
+
 def test_finals_reserve_and_run_costs_use_the_measured_medians():
     runs = [{"method": "a", "seconds": 100.0}, {"method": "a", "seconds": 300.0}, {"method": "b", "seconds": 500.0}]
     assert median_seconds(runs, "a") == 200.0 and median_seconds(runs, "c") == 300.0  # c unmeasured: all runs

@@ -441,10 +441,13 @@ def tuning_stage(methods: list[str], args: ProtocolArguments, settings: RunSetti
             flush=True,
         )
         for m in set(proposals) - set(taken):
-            status[m] = f"at an edge: extension round {round_} cut by budget"
+            status[m] = f"at an edge: extensions stopped by budget in round {round_}"
         jobs = [job for m in taken for job in tuning_jobs(m, [proposals[m]], tune_seeds, settings, out)]
         runs += run_jobs(jobs, args.jobs, f"extension {round_}")
-        if bound:
+        if bound:  # the budget ended every extension: a method still at an edge was cut, not exhausted
+            for m, c in choose(runs, k).items():
+                if not c["bracketed"] and len(c["grid"]) - len(grids[m]) < args.extensions:
+                    status.setdefault(m, f"at an edge: extensions stopped by budget in round {round_}")
             break
     return runs, status
 
