@@ -6,7 +6,19 @@ import pytest
 
 from prefix_rft.recipes import protocol, toy
 from prefix_rft.recipes.compare import stats, summarize, t95
-from prefix_rft.recipes.protocol import ProtocolArguments, choose, select_finalists, tuning_jobs
+from prefix_rft.recipes.protocol import (
+    affordable_finalists,
+    choose,
+    cut_threshold,
+    extension_round,
+    finals_reserve,
+    grid_extension,
+    inputs,
+    median_seconds,
+    select_finalists,
+    sft_steps_run,
+    tuning_jobs,
+)
 from prefix_rft.recipes.settings import RunSettings
 from prefix_rft.recipes.toy import train_rows, validation_rows
 
@@ -44,32 +56,69 @@ def _metrics():
     return Result()
 
 
-def test_tuning_gives_every_method_its_grid_at_the_same_steps_and_seed(tmp_path):
-    args = ProtocolArguments(methods="prefix_rft,sft_best_rft", rl_grid="1e-5,2e-5", sft_grid="3e-4,6e-4")
-    jobs = tuning_jobs(["prefix_rft", "sft_best_rft"], args, RunSettings(), tmp_path)
-    assert [(j.method, j.settings.learning_rate, j.settings.sft_learning_rate) for j in jobs] == [
-        ("prefix_rft", 1e-5, 5e-4),
-        ("prefix_rft", 2e-5, 5e-4),
-        ("sft_best_rft", 3e-5, 3e-4),
-        ("sft_best_rft", 3e-5, 6e-4),
+def test_tuning_runs_every_grid_value_at_every_tuning_seed_at_the_finals_settings(tmp_path):
+    settings = RunSettings(steps=100, curve_every=20)
+    jobs = tuning_jobs("sft_best_rft", [3e-4, 6e-4], [100, 101], settings, tmp_path)
+    assert [(j.seed, j.settings.sft_learning_rate, j.settings.learning_rate) for j in jobs] == [
+        (100, 3e-4, 3e-5),
+        (101, 3e-4, 3e-5),
+        (100, 6e-4, 3e-5),
+        (101, 6e-4, 3e-5),
     ]
-    assert {(j.seed, j.settings.steps, j.settings.evaluate_on) for j in jobs} == {(100, 40, "validation")}
+    # the finals' horizon and curve points, scored on validation, selecting the best weights like every run
+    assert {
+        (j.settings.steps, j.settings.curve_every, j.settings.evaluate_on, j.settings.select_best) for j in jobs
+    } == {(100, 20, "validation", True)}
+    assert jobs[1].path == tmp_path / "tune" / "sft_best_rft" / "sft_learning_rate=0.0003" / "seed101.json"
 
 
-def _tuned(method, field, value, accuracy):
-    return {"method": method, "settings": {field: value}, "final": {"validation": {"avg@4": accuracy}}}
+def _tuned(method, field, value, accuracy, seed=100):
+    return {"method": method, "seed": seed, "settings": {field: value}, "final": {"validation": {"avg@4": accuracy}}}
 
 
-def test_each_method_keeps_its_best_value_and_the_first_on_a_tie():
+def test_each_method_keeps_its_best_mean_over_seeds_and_the_smaller_on_a_tie():
     tuned = [
         _tuned("prefix_rft", "learning_rate", 1e-5, 0.30),
-        _tuned("prefix_rft", "learning_rate", 2e-5, 0.40),
-        _tuned("prefix_rft", "learning_rate", 4e-5, 0.40),
+        _tuned("prefix_rft", "learning_rate", 1e-5, 0.50, seed=101),  # mean 40
+        _tuned("prefix_rft", "learning_rate", 2e-5, 0.44),
+        _tuned("prefix_rft", "learning_rate", 2e-5, 0.36, seed=101),  # mean 40: a tie, the smaller value wins
+        _tuned("prefix_rft", "learning_rate", 4e-5, 0.45),
+        _tuned("prefix_rft", "learning_rate", 4e-5, 0.33, seed=101),  # mean 39
         _tuned("sft", "sft_learning_rate", 1e-4, 0.25),
     ]
     chosen = choose(tuned, k=4)
-    assert chosen["prefix_rft"] == {"field": "learning_rate", "value": 2e-5, "validation": pytest.approx(40.0)}
+    assert chosen["prefix_rft"]["value"] == 1e-5
+    assert chosen["prefix_rft"]["validation"] == pytest.approx(40.0)
+    assert chosen["prefix_rft"]["per_seed"] == {100: pytest.approx(30.0), 101: pytest.approx(50.0)}
+    assert chosen["prefix_rft"]["bracketed"] is False  # 1e-5 is the grid's lowest value
     assert chosen["sft"]["value"] == 1e-4
+
+
+def test_grid_extends_beyond_the_edge_holding_the_best_until_bracketed_or_the_limit():
+    upper = {1.5e-5: {0: 27.0}, 3e-5: {0: 42.0}, 6e-5: {0: 46.0}}
+    assert grid_extension(upper, extended=0, limit=2) == pytest.approx(1.2e-4)  # best at the top: doubled
+    lower = {2.5e-4: {0: 46.0, 1: 40.0}, 5e-4: {0: 38.0, 1: 37.0}, 1e-3: {0: 25.0, 1: 30.0}}
+    assert grid_extension(lower, extended=0, limit=2) == pytest.approx(1.25e-4)  # best mean 43 at the bottom: halved
+    inside = {1.5e-5: {0: 27.0}, 3e-5: {0: 38.0}, 6e-5: {0: 35.0}}
+    assert grid_extension(inside, extended=0, limit=2) is None  # bracketed
+    assert grid_extension(upper, extended=2, limit=2) is None  # the limit reached
+
+
+def test_cut_threshold_is_a_multiple_of_the_tuning_seeds_spread_of_paired_differences():
+    chosen = {
+        "prefix_rft": {"per_seed": {100: 30.0, 101: 32.0}},
+        "a": {"per_seed": {100: 40.0, 101: 38.0}},  # differences 10, 6: variance 8
+        "b": {"per_seed": {100: 35.0, 101: 35.0}},  # differences 5, 3: variance 2
+    }
+    sigma, threshold = cut_threshold(chosen, multiple=2.0)
+    # sigma = sqrt((8 + 2) / 2) = sqrt(5) = 2.2361; T = 2 x sigma x sqrt(2 / 2) = 4.4721
+    assert sigma == pytest.approx(2.2361, abs=1e-4)
+    assert threshold == pytest.approx(4.4721, abs=1e-4)
+    chosen["prefix_rft"]["per_seed"][102] = 31.0
+    chosen["a"]["per_seed"][102] = 41.0  # differences 10, 6, 10: variance 5.3333
+    chosen["b"]["per_seed"][102] = 35.0  # differences 5, 3, 4: variance 1
+    # sigma = sqrt(6.3333 / 2) = 1.7795; T = 2 x 1.7795 x sqrt(2 / 3) = 2.9059
+    assert cut_threshold(chosen, multiple=2.0)[1] == pytest.approx(2.9059, abs=1e-4)
 
 
 def test_cut_rule_keeps_prefix_rft_as_the_reference_drops_the_far_behind_and_caps_the_rest():
@@ -78,12 +127,104 @@ def test_cut_rule_keeps_prefix_rft_as_the_reference_drops_the_far_behind_and_cap
     verdict = select_finalists(chosen, cut_points=5.0, max_finalists=3)
     # best 40: prefix_rft is 10 behind but is the reference; d is 6 behind (dropped); a, b (4 behind), c (4.5) pass
     assert verdict["prefix_rft"] == "reference"
-    assert verdict["d"] == "dropped: 6.0 points behind the best (> 5)"
+    assert verdict["d"] == "dropped: 6.0 points behind the best (> 5.0)"
     assert [m for m, v in verdict.items() if v == "final"] == ["a", "b", "c"]
     verdict = select_finalists(chosen, cut_points=5.0, max_finalists=2)
-    # the cap takes the best two by score: a (40) and b (36); c (35.5) falls to it
+    # the budget's cap takes the best two by score: a (40) and b (36); c (35.5) falls to it
     assert {m for m, v in verdict.items() if v == "final"} == {"a", "b"}
-    assert verdict["c"] == "dropped: beyond the 2 finalists"
+    assert verdict["c"] == "cut by budget: beyond the 2 finalists it pays for"
+
+
+def test_budget_takes_extensions_best_method_first_until_one_does_not_fit():
+    chosen = {"a": {"validation": 40.0}, "b": {"validation": 45.0}, "c": {"validation": 30.0}}
+    proposals = {"a": 1.2e-4, "b": 1.2e-4, "c": 7.5e-6}
+    cost = {"a": 1000.0, "b": 1200.0, "c": 100.0}
+    # b (45) first: 1200 of 2500; a (40): 1000 more, 300 left; c's 100 would fit but comes after: taken too
+    assert extension_round(proposals, chosen, cost, left=2500.0) == (["b", "a", "c"], False)
+    # 2000: b (1200), then a's 1000 > 800 left ends every extension, c's included
+    assert extension_round(proposals, chosen, cost, left=2000.0) == (["b"], True)
+
+
+def test_budget_pays_for_the_largest_number_of_finalists_that_fits():
+    # 5 seeds x 600 s per run, base 5 x 30 = 150 s: K others cost 5 x 600 x (K + 1) + 150
+    assert affordable_finalists(21150.0, 600.0, n_seeds=5, max_finalists=6) == 6  # 5 x 600 x 7 + 150
+    assert affordable_finalists(21149.0, 600.0, n_seeds=5, max_finalists=6) == 5
+    assert affordable_finalists(9150.0, 600.0, n_seeds=5, max_finalists=6) == 2  # 5 x 600 x 3 + 150
+    assert affordable_finalists(99999.0, 600.0, n_seeds=5, max_finalists=6) == 6  # the cap
+    assert affordable_finalists(1000.0, 600.0, n_seeds=5, max_finalists=6) == 0
+
+
+def _fake_runs(score):
+    """`run_jobs` without training: every run takes 100 s and scores `score(method, learning_rate)`."""
+
+    def run_jobs(jobs, n_jobs, stage):
+        return [
+            {
+                "method": j.method,
+                "seed": j.seed,
+                "settings": {"learning_rate": j.settings.learning_rate},
+                "final": {"validation": {"avg@4": score(j.method, j.settings.learning_rate)}},
+                "seconds": 100.0,
+            }
+            for j in jobs
+        ]
+
+    return run_jobs
+
+
+@pytest.mark.parametrize(
+    ("budget_seconds", "runs", "a_values", "status"),
+    [
+        # ample: a (better at every larger rate) is doubled twice, 6e-5 -> 1.2e-4 -> 2.4e-4, and stays at the edge
+        (86400.0, 16, [1.5e-5, 3e-5, 6e-5, 1.2e-4, 2.4e-4], {}),
+        # 2600 s: 12 grid runs (1200 s) and the finals' reserve 5 x ((1 + 1) x 100 + 30) = 1150 s leave 250 s for
+        # round 1's 2 runs (200 s); round 2 has 50 s left and ends the extensions
+        (2600.0, 14, [1.5e-5, 3e-5, 6e-5, 1.2e-4], {"a": "at an edge: extensions stopped by budget in round 2"}),
+    ],
+)
+def test_tuning_extends_a_grid_at_its_edge_until_the_limit_or_the_budget(
+    tmp_path, monkeypatch, budget_seconds, runs, a_values, status
+):
+    # prefix_rft peaks inside its grid (3e-5) and is never extended
+    monkeypatch.setattr(
+        protocol, "run_jobs", _fake_runs(lambda m, lr: 1000 * lr if m == "a" else 0.3 - abs(lr - 3e-5))
+    )
+    args = protocol.ProtocolArguments(extensions=2, max_finalists=1, budget_hours=budget_seconds / 3600)
+    done, why = protocol.tuning_stage(["prefix_rft", "a"], args, RunSettings(), tmp_path, k=4)
+    assert len(done) == runs
+    assert sorted({r["settings"]["learning_rate"] for r in done if r["method"] == "a"}) == pytest.approx(a_values)
+    assert {r["settings"]["learning_rate"] for r in done if r["method"] == "prefix_rft"} == {1.5e-5, 3e-5, 6e-5}
+    assert why == status
+
+
+def test_finals_reserve_and_run_costs_use_the_measured_medians():
+    runs = [{"method": "a", "seconds": 100.0}, {"method": "a", "seconds": 300.0}, {"method": "b", "seconds": 500.0}]
+    assert median_seconds(runs, "a") == 200.0 and median_seconds(runs, "c") == 300.0  # c unmeasured: all runs
+    # 5 seeds x ((1 + 2) x 300 + 30) = 4650
+    assert finals_reserve(runs, n_seeds=5, max_finalists=2) == 4650.0
+
+
+def test_inputs_count_labelled_questions_and_demo_tokens_offered_and_in_rows():
+    settings = RunSettings(steps=8, prompts_per_step=4, question_epochs=2, sft_val_problems=5, select_best=True)
+    # 8 x 4 / 2 = 16 questions; 5 selection questions; demos of 3 + 4 tokens offered at both passes: 14; the RL
+    # stages logged 9.0 demo tokens in their rows
+    assert inputs("rl_sft", settings, [3, 4], rl_demo_tokens=9.0, sft_steps=0) == {
+        "training_questions": 16,
+        "question_visits": 32,
+        "selection_questions": 5,
+        "labelled_questions": 21,
+        "demo_tokens_offered": 14,
+        "demo_tokens_in_rows": 9,
+    }
+    assert inputs("rft", settings, [3, 4], 0.0, 0)["demo_tokens_offered"] == 0
+    # SFT for 4 of the 8 steps trains whole demos: half of the 14 offered, 7, plus its RFT stage's logged 0
+    assert inputs("sft_rft", settings, [3, 4], 0.0, sft_steps=4)["demo_tokens_in_rows"] == 7
+    plain = RunSettings(steps=8, prompts_per_step=4, question_epochs=2, sft_val_problems=5)
+    assert inputs("prefix_rft", plain, [3], 0.0, 0)["selection_questions"] == 0
+    assert inputs("sft_best_rft", plain, [3], 0.0, 0)["labelled_questions"] == 21  # its early stopping's 5 questions
+    assert sft_steps_run("sft_rft", {"settings": {"steps": 9}}) == 4
+    assert sft_steps_run("sft_best_rft", {"settings": {"steps": 9}, "sft_selection": {"sft_steps": 6}}) == 6
+    assert sft_steps_run("luffy", {"settings": {"steps": 9}}) == 0
 
 
 def test_95_percent_interval_uses_student_t():
@@ -107,24 +248,53 @@ def test_finals_pair_each_method_with_prefix_rft_of_the_same_seed():
 
 
 @pytest.mark.slow
-def test_tiny_protocol_tunes_selects_runs_finals_and_resumes(tmp_path, capsys):
-    argv = ["--methods", "prefix_rft,rft", "--rl_grid", "1e-5,3e-5", "--tune_steps", "2", "--steps", "2"]
-    argv += ["--prompts_per_step", "2", "--question_epochs", "2", "--eval_problems", "4", "--eval_k", "1"]
-    argv += ["--curve_problems", "2", "--seeds", "1,2", "--jobs", "2", "--cut_points", "100"]
-    argv += ["--output_dir", str(tmp_path)]
+def test_tiny_protocol_tunes_extends_selects_runs_finals_and_resumes(tmp_path, capsys):
+    argv = ["--methods", "prefix_rft,sft", "--rl_grid", "3e-5", "--sft_grid", "5e-4,1e-3", "--tune_seeds", "100,101"]
+    argv += ["--extensions", "1"]
+    argv += ["--steps", "2", "--prompts_per_step", "2", "--question_epochs", "2", "--eval_problems", "4"]
+    argv += ["--eval_k", "2", "--curve_problems", "2", "--curve_every", "2", "--sft_val_problems", "2"]
+    argv += ["--seeds", "1,2", "--jobs", "2", "--spread_multiple", "1000", "--output_dir", str(tmp_path)]
     assert protocol.main(argv) == 0
-    tuned = sorted(p.name for p in (tmp_path / "tune").glob("*/*.json"))
-    assert tuned == ["learning_rate=1e-05.json"] * 2 + ["learning_rate=3e-05.json"] * 2  # 2 methods x 2 values
-    run = json.loads((tmp_path / "tune" / "rft" / "learning_rate=3e-05.json").read_text())
+    tuned = sorted(str(p.relative_to(tmp_path / "tune")) for p in (tmp_path / "tune").glob("*/*/*.json"))
+    # Prefix-RFT's one value (nothing to extend) and SFT's two x 2 seeds, then one extension round for SFT: with
+    # two values its best is at an edge, so 2.5e-4 or 2e-3 is run at both seeds
+    assert {p.split("/")[1] for p in tuned if p.startswith("prefix_rft/")} == {"learning_rate=3e-05"}
+    sft_values = {p.split("/")[1] for p in tuned if p.startswith("sft/")}
+    assert len(sft_values) == 3 and sft_values - {"sft_learning_rate=0.0005", "sft_learning_rate=0.001"} in (
+        {"sft_learning_rate=0.00025"},
+        {"sft_learning_rate=0.002"},
+    )
+    assert len(tuned) == 8
+    run = json.loads((tmp_path / "tune" / "prefix_rft" / "learning_rate=3e-05" / "seed101.json").read_text())
     assert list(run["final"]) == ["validation"] and run["settings"]["steps"] == 2
+    assert set(run["final"]["validation"]) >= {"avg@2", "pass@1", "pass@2"}
+    # 2 x 2 / 2 = 2 training questions, 2 selection questions; demo tokens of 2 questions at 2 passes
+    tokens = ("demo_tokens_offered", "demo_tokens_in_rows")
+    assert {k: v for k, v in run["inputs"].items() if k not in tokens} == {
+        "training_questions": 2,
+        "question_visits": 4,
+        "selection_questions": 2,
+        "labelled_questions": 4,
+    }
+    assert run["inputs"]["demo_tokens_offered"] > 0 and run["inputs"]["demo_tokens_offered"] % 2 == 0
+    # one hybrid row per question visit, each a drawn prefix (at most 95%) of its demo: fewer tokens than offered
+    logged = sum(h.get("prefix/demo_tokens", 0) for h in run["log_history"])
+    assert 0 < run["inputs"]["demo_tokens_in_rows"] == round(logged) <= run["inputs"]["demo_tokens_offered"]
+    assert [e["step"] for e in run["model_selection"]["evaluations"]] == [0, 2]
     finals = sorted(str(p.relative_to(tmp_path / "final")) for p in (tmp_path / "final").glob("*/*.json"))
-    assert finals == [f"{m}/seed{s}.json" for m in ("base", "prefix_rft", "rft") for s in (1, 2)]
-    assert list(json.loads((tmp_path / "final" / "rft" / "seed1.json").read_text())["final"]) == ["test", "ood"]
+    assert finals == [f"{m}/seed{s}.json" for m in ("base", "prefix_rft", "sft") for s in (1, 2)]
+    final = json.loads((tmp_path / "final" / "sft" / "seed1.json").read_text())
+    assert list(final["final"]) == ["test", "ood"] and "pass@2" in final["final"]["ood"]
+    assert final["inputs"]["labelled_questions"] == 4 and final["model_selection"]["best_step"] in (0, 2)
+    assert final["inputs"]["demo_tokens_in_rows"] == final["inputs"]["demo_tokens_offered"]  # SFT: whole demos
+    selection = json.loads((tmp_path / "selection.json").read_text())
+    assert selection["verdict"] == {"prefix_rft": "reference", "sft": "final"}
     assert (tmp_path / "results.png").exists() and (tmp_path / "differences.png").exists()
     capsys.readouterr()
     assert protocol.main(argv) == 0  # everything done: nothing is rerun
     out = capsys.readouterr().out
-    assert "== tuning: 4 runs, 4 already done" in out and "== finals: 6 runs, 6 already done" in out
+    assert "== tuning: 6 runs, 6 already done" in out and "== extension 1: 2 runs, 2 already done" in out
+    assert "== finals: 6 runs, 6 already done" in out
 
 
 @pytest.mark.parametrize("command", ["demo", "compare", "protocol"])

@@ -63,7 +63,7 @@ def test_sft_best_rft_gives_rft_the_steps_sft_did_not_run(tmp_path, monkeypatch,
     )
     rl_calls = []
 
-    def fake_rl(method, model, tokenizer, settings, seed, output_dir, points, steps=None, offset=0, reward_fn=None):
+    def fake_rl(method, model, tokenizer, settings, seed, output_dir, points, steps=None, offset=0, callbacks=()):
         rl_calls.append((method, steps, offset))
         return SimpleNamespace(state=SimpleNamespace(log_history=[]))
 
@@ -98,3 +98,25 @@ def test_early_stopping_keeps_the_starting_weights_when_training_never_beats_the
 def test_early_stopping_refuses_a_patience_of_zero():
     with pytest.raises(ValueError, match="patience >= 1"):
         EarlyStopping(lambda m: 0.0, every=1, patience=0)
+
+
+def test_select_best_restores_the_weights_that_scored_best_on_the_selection_questions(
+    tmp_path, monkeypatch, model, tokenizer
+):
+    # `select_best` (every protocol run): scores at steps 0, 2, 4 of a 4-step SFT run (curve every 2) are 0.1, 0.4,
+    # 0.3; the step-2 weights are the ones evaluated at the end, and the run records the choice
+    scores, snapshots = iter([0.1, 0.4, 0.3]), []
+
+    def scripted_validation(m, tokenizer, rows, seed):
+        snapshots.append({name: t.detach().clone() for name, t in m.state_dict().items()})
+        return next(scores)
+
+    monkeypatch.setattr(toy, "validation_accuracy", scripted_validation)
+    monkeypatch.setattr(toy, "score_run", lambda *args, **kwargs: {"test": {"avg@1": 0.0}})
+    settings = RunSettings(steps=4, prompts_per_step=2, curve_every=2, select_best=True)
+    result = toy.run_method("sft", settings, 0, tmp_path, base=("tiny", model, tokenizer))
+    assert (result["model_selection"]["best_step"], result["model_selection"]["best_score"]) == (2, 0.4)
+    assert [e["step"] for e in result["model_selection"]["evaluations"]] == [0, 2, 4]
+    final = model.state_dict()
+    assert all(torch.equal(final[name], snapshots[1][name]) for name in final)
+    assert any(not torch.equal(snapshots[2][name], snapshots[1][name]) for name in final)  # training went on after

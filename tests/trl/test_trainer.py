@@ -156,6 +156,7 @@ def test_training_logs_prefix_metrics_and_updates_parameters(tmp_path, model, to
     assert logs["prefix/hybrid_rows"] == 2
     # 2 hybrids x 19 prefix tokens; top 20% kept: ceil(0.2 * 38) = 8 of 38 (drop floor(0.8 * 38) = 30)
     assert logs["prefix/kept_fraction"] == pytest.approx(8 / 38)
+    assert logs["prefix/demo_tokens"] == 38  # the demo tokens put in the step's rows, whether trained or not
     assert logs["reward/hybrid"] == 1.0 and logs["reward/on_policy"] == pytest.approx(2 / 7)
     # step 1's floor follows the cosine over 500 steps: 0.05 + 0.5 * (1 + cos(pi / 500)) * 0.9
     assert trainer.state.log_history[1]["prefix/ratio_floor"] == pytest.approx(0.949991, abs=1e-6)

@@ -1,22 +1,27 @@
-"""`prefix-rft protocol`: the family compared fairly on the embedded task, in two stages.
+"""`prefix-rft protocol` (v2, docs/results.md): the family compared fairly on the embedded task, in two stages.
 
-1. Tuning: every method trains once per value of its learning-rate grid (the same number of runs, steps and seed for
-   each), scored on held-out training questions (`evaluate_on="validation"`); the test and OOD splits are not
-   touched. Each method keeps its best value.
-2. Finals: the methods that pass the cut rule (`select_finalists`, fixed before any final run), with their tuned
-   values, plus the untrained base, over the final seeds at the full budget, scored on test and OOD; paired
-   differences against the base and against Prefix-RFT with 95% t-intervals.
+1. Tuning: every method trains at every value of its learning-rate grid at every tuning seed, at the finals'
+   horizon and schedules, scored on held-out training questions (`evaluate_on="validation"`; test and OOD are not
+   touched). While a method's best mean is at an edge of its grid, the value beyond it (halved or doubled) is run,
+   up to `extensions` per method and while the budget allows (`extension_round`).
+2. Finals: the reference Prefix-RFT, the base and the methods that pass the cut (`cut_threshold`, from the tuning
+   seeds' spread of paired differences) and that the budget pays for (`affordable_finalists`), at their tuned
+   values over the final seeds, scored on test and OOD; paired differences against the base and Prefix-RFT.
 
-Runs go to `<output-dir>/tune/<method>/<field>=<value>.json` and `<output-dir>/final/<method>/seed<k>.json`; a
-finished run is never redone (resumable); `--jobs 2` runs two processes side by side with the cores shared out.
+Every run selects its best weights on the same held-out questions (`select_best`) and records its inputs
+(`inputs`). Runs go to `<output-dir>/tune/<method>/<field>=<value>/seed<k>.json` and
+`<output-dir>/final/<method>/seed<k>.json`; a finished run is never redone (resumable); `--jobs 2` runs two processes
+side by side with the cores shared out.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import multiprocessing
 import os
+import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -26,24 +31,33 @@ from typing import Any
 
 from prefix_rft.recipes.compare import plot, seed_list, settings_mismatch, summarize
 from prefix_rft.recipes.settings import RunSettings, parse_settings, require_test_scoring
-from prefix_rft.recipes.toy import BASE, METHODS, SFT_METHODS, run_method
+from prefix_rft.recipes.toy import BASE, METHODS, SFT_METHODS, question_pool, run_method, train_rows
 
 REFERENCE = "prefix_rft"  # the paper's method: every finalist is also paired against it
+SCREEN = (
+    "prefix_rft,rft,sft,sft_rft,sft_best_rft,rl_sft,luffy,relift,chord,hpt,srft,trapo,"
+    "prefix_rft_adaptive,prefix_rft_rescue,prefix_rft_prompt_hint"
+)
+NO_DEMOS = (BASE, "rft")  # methods that never read a demonstration
+BASE_SECONDS = 30.0  # cost of a base run (evaluation only; 19-24 s measured in v1) in the finals' reserve
 
 
 @dataclass
 class ProtocolArguments:
     methods: str = field(
-        default="prefix_rft,rl_sft,sft_best_rft,prefix_rft_adaptive,prefix_rft_rescue,prefix_rft_prompt_hint",
+        default=SCREEN,
         metadata={"help": f"methods to tune, comma-separated, from: {', '.join(m for m in METHODS if m != BASE)}"},
     )
     rl_grid: str = field(default="1.5e-5,3e-5,6e-5", metadata={"help": "learning_rate values of RL methods"})
     sft_grid: str = field(default="2.5e-4,5e-4,1e-3", metadata={"help": "sft_learning_rate values of SFT methods"})
-    tune_steps: int = field(default=40, metadata={"help": "optimizer steps of each tuning run"})
-    tune_seed: int = field(default=100, metadata={"help": "seed of the tuning runs (not a final seed)"})
-    seeds: str = field(default="21,22,23,24,25", metadata={"help": "final seeds: N (0..N-1) or a list"})
-    cut_points: float = field(default=5.0, metadata={"help": "finals drop methods this far behind the best tuned"})
-    max_finalists: int = field(default=4, metadata={"help": "at most this many methods beside Prefix-RFT"})
+    tune_seeds: str = field(default="100,101", metadata={"help": "tuning seeds (at least 2; never final seeds)"})
+    extensions: int = field(default=2, metadata={"help": "at most this many x2 grid extensions per method"})
+    spread_multiple: float = field(
+        default=2.0, metadata={"help": "cut: drop methods this many standard errors of a difference behind the best"}
+    )
+    seeds: str = field(default="31,32,33,34,35", metadata={"help": "final seeds: N (0..N-1) or a list"})
+    max_finalists: int = field(default=6, metadata={"help": "at most this many methods beside Prefix-RFT"})
+    budget_hours: float = field(default=24.0, metadata={"help": "CPU-hours of all runs (one thread each)"})
     jobs: int = field(default=1, metadata={"help": "runs side by side, sharing the cores out"})
     stage: str = field(default="all", metadata={"help": "`tuning`: stop after it", "choices": ["all", "tuning"]})
     output_dir: str = field(default="runs/protocol", metadata={"help": "per-run JSON, plan, results"})
@@ -72,28 +86,96 @@ def floats(text: str) -> list[float]:
         raise SystemExit(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def tuning_jobs(methods: list[str], args: ProtocolArguments, settings: RunSettings, out: Path) -> list[Job]:
-    """Every method at every value of its grid: `tune_steps` steps, seed `tune_seed`, scored on validation."""
-    tune = dataclasses.replace(settings, steps=args.tune_steps, evaluate_on="validation", curve_every=args.tune_steps)
-    jobs = []
-    for method in methods:
-        name = grid_field(method)
-        for value in floats(args.sft_grid if name == "sft_learning_rate" else args.rl_grid):
-            path = out / "tune" / method / f"{name}={value:g}.json"
-            jobs.append(Job(method, args.tune_seed, dataclasses.replace(tune, **{name: value}), path))
-    return jobs
+def grid_values(method: str, args: ProtocolArguments) -> list[float]:
+    """The values a method's grid starts from: `sft_grid` for SFT methods, `rl_grid` for the others."""
+    return floats(args.sft_grid if grid_field(method) == "sft_learning_rate" else args.rl_grid)
+
+
+def tuning_settings(settings: RunSettings) -> RunSettings:
+    """The finals' settings (steps, schedules, curve points) scored on held-out training questions."""
+    return dataclasses.replace(settings, evaluate_on="validation", select_best=True)
+
+
+def tuning_jobs(method: str, values: list[float], seeds: list[int], settings: RunSettings, out: Path) -> list[Job]:
+    """`method` at each of `values` and each tuning seed, with `tuning_settings`."""
+    name, tune = grid_field(method), tuning_settings(settings)
+    return [
+        Job(
+            method,
+            seed,
+            dataclasses.replace(tune, **{name: value}),
+            out / "tune" / method / f"{name}={value:g}" / f"seed{seed}.json",
+        )
+        for value in values
+        for seed in seeds
+    ]
+
+
+def grid_scores(tuned: list[dict[str, Any]], k: int) -> dict[str, dict[float, dict[int, float]]]:
+    """{method: {grid value: {tuning seed: validation avg@k in %}}}."""
+    scores: dict[str, dict[float, dict[int, float]]] = {}
+    for run in tuned:
+        value = run["settings"][grid_field(run["method"])]
+        scores.setdefault(run["method"], {}).setdefault(value, {})[run["seed"]] = (
+            100 * run["final"]["validation"][f"avg@{k}"]
+        )
+    return scores
+
+
+def best_value(values: dict[float, dict[int, float]]) -> float:
+    """The value of the best mean score over seeds; the smaller value on a tie."""
+    best = None
+    for value in sorted(values):
+        if best is None or statistics.fmean(values[value].values()) > statistics.fmean(values[best].values()):
+            best = value
+    return best
+
+
+def grid_extension(values: dict[float, dict[int, float]], extended: int, limit: int) -> float | None:
+    """The next value to run for a method: its lowest value halved when the best mean is there, its highest doubled
+    when the best is there; None when the best is inside the grid or `extended` has reached `limit`."""
+    if extended >= limit or len(values) < 2:
+        return None
+    best = best_value(values)
+    if best == min(values):
+        return best / 2
+    if best == max(values):
+        return best * 2
+    return None
 
 
 def choose(tuned: list[dict[str, Any]], k: int) -> dict[str, dict[str, Any]]:
-    """Per method, the grid value with the best validation avg@k (the first in grid order on a tie) and its score
-    in %."""
-    best: dict[str, dict[str, Any]] = {}
-    for run in tuned:
-        method, name = run["method"], grid_field(run["method"])
-        score = 100 * run["final"]["validation"][f"avg@{k}"]
-        if method not in best or score > best[method]["validation"]:
-            best[method] = {"field": name, "value": run["settings"][name], "validation": score}
-    return best
+    """Per method, the grid value with the best mean validation avg@k over the tuning seeds (`best_value`), that
+    mean in %, the per-seed scores there and whether the value is inside the grid (bracketed)."""
+    chosen = {}
+    for method, values in grid_scores(tuned, k).items():
+        value = best_value(values)
+        chosen[method] = {
+            "field": grid_field(method),
+            "value": value,
+            "validation": statistics.fmean(values[value].values()),
+            "per_seed": values[value],
+            "bracketed": min(values) < value < max(values),
+            "grid": {f"{v:g}": statistics.fmean(s.values()) for v, s in sorted(values.items())},
+        }
+    return chosen
+
+
+def cut_threshold(chosen: dict[str, dict[str, Any]], multiple: float) -> tuple[float, float]:
+    """(sigma, T): sigma is the root mean over methods of the sample variance over tuning seeds of each method's
+    paired difference to Prefix-RFT (both at their chosen values); T = multiple x sigma x sqrt(2 / n), n seeds: that
+    many standard errors of a difference between two n-seed means."""
+    reference = chosen[REFERENCE]["per_seed"]
+    variances = []
+    for method, c in chosen.items():
+        paired = [score - reference[seed] for seed, score in c["per_seed"].items() if seed in reference]
+        if method != REFERENCE and len(paired) > 1:
+            variances.append(statistics.variance(paired))
+    if not variances:
+        raise SystemExit("the cut needs at least 2 tuning seeds and one method beside the reference")
+    sigma = math.sqrt(statistics.fmean(variances))
+    n = len(reference)
+    return sigma, multiple * sigma * math.sqrt(2 / n)
 
 
 def select_finalists(chosen: dict[str, dict[str, Any]], cut_points: float, max_finalists: int) -> dict[str, str]:
@@ -101,7 +183,7 @@ def select_finalists(chosen: dict[str, dict[str, Any]], cut_points: float, max_f
 
     Prefix-RFT is the reference every finalist is paired against, so it runs in the finals whatever its score, like
     the base. Of the others, a method more than `cut_points` behind the best tuned validation score is dropped, and
-    the best of the rest by score go to the finals, up to `max_finalists` (the machine's budget).
+    the best of the rest by score go to the finals, up to `max_finalists` (what the budget pays for).
     """
     best = max(c["validation"] for c in chosen.values())
     verdict, finalists = {REFERENCE: "reference"}, 0
@@ -109,17 +191,52 @@ def select_finalists(chosen: dict[str, dict[str, Any]], cut_points: float, max_f
     for method in ranked:
         behind = best - chosen[method]["validation"]
         if behind > cut_points:
-            verdict[method] = f"dropped: {behind:.1f} points behind the best (> {cut_points:g})"
+            verdict[method] = f"dropped: {behind:.1f} points behind the best (> {cut_points:.1f})"
         elif finalists < max_finalists:
             verdict[method], finalists = "final", finalists + 1
         else:
-            verdict[method] = f"dropped: beyond the {max_finalists} finalists"
+            verdict[method] = f"cut by budget: beyond the {max_finalists} finalists it pays for"
     return verdict
+
+
+def median_seconds(runs: list[dict[str, Any]], method: str | None = None) -> float:
+    """Median seconds of the finished runs (of `method` when given, falling back to all of them)."""
+    own = [r["seconds"] for r in runs if method is None or r["method"] == method]
+    return statistics.median(own or [r["seconds"] for r in runs])
+
+
+def finals_reserve(runs: list[dict[str, Any]], n_seeds: int, max_finalists: int) -> float:
+    """Seconds kept for the finals while extending grids: `n_seeds` x (1 + `max_finalists`) runs at the median
+    tuning run, plus the base."""
+    return n_seeds * ((1 + max_finalists) * median_seconds(runs) + BASE_SECONDS)
+
+
+def extension_round(
+    proposals: dict[str, float], chosen: dict[str, dict[str, Any]], cost: dict[str, float], left: float
+) -> tuple[list[str], bool]:
+    """The budget's cut of one extension round: of the methods proposing a value, best tuned mean first, those whose
+    runs (`cost`, seconds) fit in `left`; the first that does not fit ends all extensions. Returns (methods taken,
+    whether the budget bound)."""
+    taken = []
+    for method in sorted(proposals, key=lambda m: -chosen[m]["validation"]):
+        if cost[method] > left:
+            return taken, True
+        taken.append(method)
+        left -= cost[method]
+    return taken, False
+
+
+def affordable_finalists(left: float, per_run: float, n_seeds: int, max_finalists: int) -> int:
+    """The largest K <= `max_finalists` whose finals (`n_seeds` x (K others + Prefix-RFT) runs of `per_run`
+    seconds, plus the base) fit in `left` seconds; 0 when not even the reference's fit."""
+    room = (left - n_seeds * BASE_SECONDS) / (n_seeds * per_run) - 1
+    return max(0, min(max_finalists, math.floor(room + 1e-9)))
 
 
 def final_jobs(finalists: dict[str, dict], seeds: list[int], settings: RunSettings, out: Path) -> list[Job]:
     """Seeds outermost (a stopped protocol has every method at the same number of seeds): the base, then each
     finalist with its tuned value."""
+    settings = dataclasses.replace(settings, select_best=True)
     jobs = []
     for seed in seeds:
         jobs.append(Job(BASE, seed, settings, out / "final" / BASE / f"seed{seed}.json"))
@@ -127,6 +244,48 @@ def final_jobs(finalists: dict[str, dict], seeds: list[int], settings: RunSettin
             tuned = dataclasses.replace(settings, **{c["field"]: c["value"]})
             jobs.append(Job(method, seed, tuned, out / "final" / method / f"seed{seed}.json"))
     return jobs
+
+
+def inputs(method: str, settings: RunSettings, demo_lengths: list[int], rl_demo_tokens: float, sft_steps: int):
+    """What a run used beside the base: distinct training questions, question visits, held-out questions it selected
+    on, labelled questions in all, demo tokens offered and demo tokens in its training rows.
+
+    `demo_lengths`: tokens of each training question's demo; every visit offers the whole demo to a method that reads
+    demos (an upper bound for those that train a part). `rl_demo_tokens`: the RL stages' logged `prefix/demo_tokens`,
+    summed; `sft_steps`: SFT steps run, whose rows are whole demos: their share of the offered tokens is added.
+    """
+    if method == BASE:
+        keys = ("training_questions", "question_visits", "selection_questions", "labelled_questions")
+        return dict.fromkeys((*keys, "demo_tokens_offered", "demo_tokens_in_rows"), 0)
+    selects = settings.select_best or method == "sft_best_rft"
+    selection = settings.sft_val_problems if selects else 0
+    pool = question_pool(settings)
+    offered = 0 if method in NO_DEMOS else settings.question_epochs * sum(demo_lengths)
+    return {
+        "training_questions": pool,
+        "question_visits": settings.steps * settings.prompts_per_step,
+        "selection_questions": selection,
+        "labelled_questions": pool + selection,
+        "demo_tokens_offered": offered,
+        "demo_tokens_in_rows": round(rl_demo_tokens + offered * sft_steps / settings.steps),
+    }
+
+
+def sft_steps_run(method: str, result: dict[str, Any]) -> int:
+    """SFT steps a finished run took: all of `sft`'s, half of `sft_rft`'s, `sft_best_rft`'s recorded split."""
+    steps = result["settings"]["steps"]
+    return {"sft": steps, "sft_rft": steps // 2}.get(method) or result.get("sft_selection", {}).get("sft_steps", 0)
+
+
+def demo_lengths(method: str, settings: RunSettings, seed: int, base_path: str) -> list[int]:
+    """Tokens of each training question's first demo (none for a question without one)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    rows = train_rows(method, settings, seed)
+    return [
+        len(tokenizer(row["demos"][0], add_special_tokens=False)["input_ids"]) if row["demos"] else 0 for row in rows
+    ]
 
 
 def run_job(job: Job, threads: int) -> tuple[Job, dict[str, Any]]:
@@ -146,6 +305,9 @@ def run_job(job: Job, threads: int) -> tuple[Job, dict[str, Any]]:
             sys.stdout.flush(), sys.stderr.flush()
             os.dup2(saved[0], 1), os.dup2(saved[1], 2)
     result["seconds"] = time.monotonic() - start
+    lengths = [] if job.method in NO_DEMOS else demo_lengths(job.method, job.settings, job.seed, result["base_model"])
+    rl_demo_tokens = sum(h.get("prefix/demo_tokens", 0.0) for h in result["log_history"])
+    result["inputs"] = inputs(job.method, job.settings, lengths, rl_demo_tokens, sft_steps_run(job.method, result))
     tmp = job.path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
     tmp.replace(job.path)  # a kill mid-write leaves no half result
@@ -187,8 +349,9 @@ def run_jobs(jobs: list[Job], n_jobs: int, stage: str) -> list[dict[str, Any]]:
     return [results[job.path] for job in jobs]
 
 
-def results_table(summary: dict[str, dict[str, Any]], chosen: dict[str, dict], k: int) -> str:
-    """Finals, best test mean first: accuracy (mean ± sd), paired differences (mean [95% interval]), tuned value."""
+def results_table(summary: dict[str, dict[str, Any]], chosen: dict[str, dict], k: int, used: dict[str, dict]) -> str:
+    """Finals, best test mean first: accuracy (mean ± sd), paired differences (mean [95% interval]), tuned value,
+    labelled questions and demo tokens offered (`used`: a run's `inputs` per method)."""
 
     def diff(s: dict, key: str) -> str:
         d = s.get(key)
@@ -199,8 +362,8 @@ def results_table(summary: dict[str, dict[str, Any]], chosen: dict[str, dict], k
 
     lines = [
         f"| method | tuned | test avg@{k} (%) | OOD avg@{k} (%) | test vs base | OOD vs base | test vs prefix_rft "
-        "| OOD vs prefix_rft | seeds |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| OOD vs prefix_rft | seeds | labelled questions | demo tokens offered | demo tokens in rows |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, s in sorted(summary.items(), key=lambda kv: -kv[1]["test"]["mean"]):
         c = chosen.get(method)
@@ -208,7 +371,10 @@ def results_table(summary: dict[str, dict[str, Any]], chosen: dict[str, dict], k
         lines.append(
             f"| {method} | {tuned} | {s['test']['mean']:.1f} ± {s['test']['sd']:.1f} | {s['ood']['mean']:.1f} ± "
             f"{s['ood']['sd']:.1f} | {diff(s, 'test_vs_base')} | {diff(s, 'ood_vs_base')} | "
-            f"{diff(s, f'test_vs_{REFERENCE}')} | {diff(s, f'ood_vs_{REFERENCE}')} | {len(s['test']['values'])} |"
+            f"{diff(s, f'test_vs_{REFERENCE}')} | {diff(s, f'ood_vs_{REFERENCE}')} | {len(s['test']['values'])} | "
+            f"{used.get(method, {}).get('labelled_questions', '')} | "
+            f"{used.get(method, {}).get('demo_tokens_offered', '')} | "
+            f"{used.get(method, {}).get('demo_tokens_in_rows', '')} |"
         )
     return "\n".join(lines)
 
@@ -245,6 +411,47 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=1))
 
 
+def tuning_stage(methods: list[str], args: ProtocolArguments, settings: RunSettings, out: Path, k: int):
+    """The grids at every tuning seed, then extension rounds while a best value sits at an edge and the budget
+    allows; returns (every tuning run, {method: why its grid stopped growing})."""
+    tune_seeds, budget = seed_list(args.tune_seeds), 3600 * args.budget_hours
+    grids = {m: grid_values(m, args) for m in methods}
+    jobs = [job for m in methods for job in tuning_jobs(m, grids[m], tune_seeds, settings, out)]
+    runs = run_jobs(jobs, args.jobs, "tuning")
+    status: dict[str, str] = {}
+    for round_ in range(1, args.extensions + 1):
+        scores, chosen = grid_scores(runs, k), choose(runs, k)
+        proposals = {}
+        for m in methods:
+            value = grid_extension(scores[m], len(scores[m]) - len(grids[m]), args.extensions)
+            if value is not None:
+                proposals[m] = value
+        if not proposals:
+            break
+        left = (
+            budget
+            - sum(r["seconds"] for r in runs)
+            - finals_reserve(runs, len(seed_list(args.seeds)), args.max_finalists)
+        )
+        cost = {m: len(tune_seeds) * median_seconds(runs, m) for m in proposals}
+        taken, bound = extension_round(proposals, chosen, cost, left)
+        print(
+            f"extension round {round_}: {len(proposals)} methods at an edge, {len(taken)} paid for "
+            f"({left / 3600:.1f} CPU-hours left beside the finals' reserve)",
+            flush=True,
+        )
+        for m in set(proposals) - set(taken):
+            status[m] = f"at an edge: extensions stopped by budget in round {round_}"
+        jobs = [job for m in taken for job in tuning_jobs(m, [proposals[m]], tune_seeds, settings, out)]
+        runs += run_jobs(jobs, args.jobs, f"extension {round_}")
+        if bound:  # the budget ended every extension: a method still at an edge was cut, not exhausted
+            for m, c in choose(runs, k).items():
+                if not c["bracketed"] and len(c["grid"]) - len(grids[m]) < args.extensions:
+                    status.setdefault(m, f"at an edge: extensions stopped by budget in round {round_}")
+            break
+    return runs, status
+
+
 def main(argv: list[str] | None = None) -> int:
     settings, args = parse_settings(argv, ProtocolArguments, prog="prefix-rft protocol")
     require_test_scoring(settings, "prefix-rft protocol")
@@ -254,34 +461,65 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--methods: cannot tune {unknown}; choose from {', '.join(m for m in METHODS if m != BASE)}")
     if REFERENCE not in methods:
         raise SystemExit(f"--methods must include {REFERENCE}: every finalist is paired against it")
-    out, seeds = Path(args.output_dir), seed_list(args.seeds)
-    if args.tune_seed in seeds:
-        raise SystemExit(f"--tune_seed {args.tune_seed} is also a final seed: the finals must be unseen seeds")
-    tune = tuning_jobs(methods, args, settings, out)
+    out, seeds, tune_seeds = Path(args.output_dir), seed_list(args.seeds), seed_list(args.tune_seeds)
+    if len(tune_seeds) < 2:
+        raise SystemExit(f"--tune_seeds: the cut needs the spread of at least 2 seeds, got {args.tune_seeds!r}")
+    if set(tune_seeds) & set(seeds):
+        raise SystemExit(
+            f"--tune_seeds {sorted(set(tune_seeds) & set(seeds))} are also final seeds: finals must be unseen"
+        )
     write_json(out / "plan.json", {"arguments": dataclasses.asdict(args), "settings": dataclasses.asdict(settings)})
-    others = min(len(methods) - 1, args.max_finalists)
+    grid_runs = sum(len(grid_values(m, args)) for m in methods)
     print(
-        f"plan: {len(tune)} tuning runs of {args.tune_steps} steps, then at most {len(seeds) * (others + 2)} final "
-        f"runs of {settings.steps} steps ({len(seeds)} seeds: the base, {REFERENCE} and at most {others} others)",
+        f"plan: {grid_runs * len(tune_seeds)} tuning runs of {settings.steps} steps ({len(tune_seeds)} seeds), up to "
+        f"{args.extensions} x2 extensions per method, then the finals: {len(seeds)} seeds x (the base, {REFERENCE} "
+        f"and at most {min(len(methods) - 1, args.max_finalists)} others); budget {args.budget_hours:g} CPU-hours",
         flush=True,
     )
-    chosen = choose(run_jobs(tune, args.jobs, "tuning"), settings.eval_k)
-    verdict = select_finalists(chosen, args.cut_points, args.max_finalists)
-    write_json(out / "selection.json", {"chosen": chosen, "verdict": verdict})
-    for method, c in chosen.items():
-        print(f"{method}: {c['field']}={c['value']:g}, validation {c['validation']:.1f}% -> {verdict[method]}")
+    k = settings.eval_k
+    runs, status = tuning_stage(methods, args, settings, out, k)
+    chosen = choose(runs, k)
+    sigma, threshold = cut_threshold(chosen, args.spread_multiple)
+    left = 3600 * args.budget_hours - sum(r["seconds"] for r in runs)
+    affordable = affordable_finalists(left, median_seconds(runs), len(seeds), args.max_finalists)
+    verdict = select_finalists(chosen, threshold, affordable)
+    for m, c in chosen.items():
+        c["edge"] = status.get(m, "" if c["bracketed"] else "at an edge after every extension")
+        c["sft_only"] = m == "sft_best_rft" and all(
+            r["sft_selection"]["rl_steps"] == 0
+            for r in runs
+            if r["method"] == m and r["settings"]["sft_learning_rate"] == c["value"]
+        )
+    selection = {
+        "chosen": chosen,
+        "verdict": verdict,
+        "sigma": sigma,
+        "threshold": threshold,
+        "finalists_affordable": affordable,
+        "spent_hours": sum(r["seconds"] for r in runs) / 3600,
+    }
+    write_json(out / "selection.json", selection)
+    print(
+        f"tuning spent {selection['spent_hours']:.1f} of {args.budget_hours:g} CPU-hours; spread of paired "
+        f"differences {sigma:.2f} points: cut {threshold:.2f}; the budget pays for {affordable} finalists",
+        flush=True,
+    )
+    for m, c in chosen.items():
+        print(f"{m}: {c['field']}={c['value']:g}, validation {c['validation']:.1f}% {c['edge']} -> {verdict[m]}")
     if args.stage == "tuning":
         return 0
     finalists = {m: chosen[m] for m in methods if verdict[m] in ("reference", "final")}
     results = run_jobs(final_jobs(finalists, seeds, settings, out), args.jobs, "finals")
-    print(report(results, {"chosen": chosen, "verdict": verdict}, settings.eval_k, out))
+    print(report(results, selection, k, out))
     return 0
 
 
 def report(results: list[dict[str, Any]], selection: dict[str, dict], k: int, out: Path) -> str:
     """Write the finals' summary (results.json, results.md and the two plots) to `out`; returns the table."""
     summary = summarize(results, k, references=(BASE, REFERENCE))
-    table = results_table(summary, selection["chosen"], k)
+    # the last seed's (only demo tokens vary by seed); v1's runs (docs/benchmarks/protocol) predate `inputs`
+    used = {r["method"]: r["inputs"] for r in results if "inputs" in r}
+    table = results_table(summary, selection["chosen"], k, used)
     write_json(out / "results.json", {"summary": summary, "selection": selection})
     (out / "results.md").write_text(
         f"# prefix-rft protocol\n\n{table}\n\n![results](results.png)\n\n![differences](differences.png)\n"

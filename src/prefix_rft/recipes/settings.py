@@ -39,6 +39,12 @@ class RunSettings:
     sft_eval_every: int = _opt(5, "sft_best_rft: SFT steps between validation evaluations (avg@1)")
     sft_patience: int = _opt(3, "sft_best_rft: evaluations without improvement before SFT stops")
     sft_val_problems: int = _opt(128, "sft_best_rft: held-out training-split questions it validates on")
+    select_best: bool = _opt(
+        False,
+        "model selection: score avg@1 on the `sft_val_problems` held-out questions at the start of each training "
+        "stage and every `curve_every` of its steps, and restore the best weights before the final evaluation "
+        "(prefix-rft protocol sets it for every method)",
+    )
     question_epochs: int = _opt(
         1,
         "passes over the training questions: steps * prompts_per_step / question_epochs distinct ones, each seen "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -301,7 +302,9 @@ def load_base(settings: RunSettings):
     return path, AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
 
-def train_rl(method, model, tokenizer, settings, seed, output_dir, points, steps=None, offset=0, reward_fn=None):
+def train_rl(
+    method, model, tokenizer, settings, seed, output_dir, points, steps=None, offset=0, reward_fn=None, callbacks=()
+):
     """Train `model` in place with an RL method (reward: `reward_fn`, default the task's verifier); returns the
     trainer."""
 
@@ -311,7 +314,7 @@ def train_rl(method, model, tokenizer, settings, seed, output_dir, points, steps
         args=rl_config(method, settings, seed, output_dir, steps),
         train_dataset=Dataset.from_list(train_rows(method, settings, seed)),
         processing_class=tokenizer,
-        callbacks=[accuracy_callback(tokenizer, settings, seed, points, offset)],
+        callbacks=[accuracy_callback(tokenizer, settings, seed, points, offset), *callbacks],
     )
     trainer.train()
     return trainer
@@ -327,7 +330,16 @@ def train_sft(model, tokenizer, settings, seed, output_dir, points, steps, callb
     return trainer
 
 
-def train_sft_to_best(model, tokenizer, settings: RunSettings, seed: int, output_dir: Path, points: list[dict]):
+def best_weights(tokenizer, settings: RunSettings, seed: int) -> EarlyStopping:
+    """`select_best`'s selector: an `EarlyStopping` that never stops, scoring avg@1 on `validation_rows` (the
+    questions `sft_best_rft` stops on, the same for every method) every `curve_every` steps of each stage."""
+    rows = validation_rows(settings, seed)
+    return EarlyStopping(
+        lambda m: validation_accuracy(m, tokenizer, rows, seed), settings.curve_every, patience=sys.maxsize
+    )
+
+
+def train_sft_to_best(model, tokenizer, settings: RunSettings, seed: int, output_dir: Path, points, callbacks=()):
     """SFT with early stopping on `validation_rows` (avg@1 every `sft_eval_every` steps, `sft_patience`), then the
     best weights restored into `model`; returns (the SFT trainer, the `EarlyStopping` record).
 
@@ -337,23 +349,34 @@ def train_sft_to_best(model, tokenizer, settings: RunSettings, seed: int, output
     stopper = EarlyStopping(
         lambda m: validation_accuracy(m, tokenizer, rows, seed), settings.sft_eval_every, settings.sft_patience
     )
-    trainer = train_sft(model, tokenizer, settings, seed, output_dir, points, settings.steps, callbacks=(stopper,))
+    trainer = train_sft(
+        model, tokenizer, settings, seed, output_dir, points, settings.steps, callbacks=(stopper, *callbacks)
+    )
     stopper.restore(model)
     return trainer, stopper.record()
 
 
-def train_sft_best_rft(model, tokenizer, settings: RunSettings, seed: int, output_dir: Path, points: list[dict]):
+def train_sft_best_rft(model, tokenizer, settings: RunSettings, seed: int, output_dir: Path, points, callbacks=()):
     """`train_sft_to_best`, then RFT (`num_hybrid=0`) for the steps SFT did not run; returns (log history, record).
 
     Every SFT step run counts, those after the best one too: they were spent choosing it.
     """
-    sft, record = train_sft_to_best(model, tokenizer, settings, seed, output_dir / "sft", points)
+    sft, record = train_sft_to_best(model, tokenizer, settings, seed, output_dir / "sft", points, callbacks)
     sft_steps = sft.state.global_step
     history = list(sft.state.log_history)
     rl_steps = settings.steps - sft_steps
     if rl_steps:  # none left when SFT kept improving to the end of the budget
         rl = train_rl(
-            "rft", model, tokenizer, settings, seed, output_dir / "rft", points, steps=rl_steps, offset=sft_steps
+            "rft",
+            model,
+            tokenizer,
+            settings,
+            seed,
+            output_dir / "rft",
+            points,
+            steps=rl_steps,
+            offset=sft_steps,
+            callbacks=callbacks,
         )
         history += rl.state.log_history
     return history, {**record, "sft_steps": sft_steps, "rl_steps": rl_steps}
@@ -373,11 +396,15 @@ def run_method(
     measure_point(model, tokenizer, settings, seed, points, 0)
     history: list[dict] = []
     extra: dict[str, Any] = {}
+    selector = best_weights(tokenizer, settings, seed) if settings.select_best and method != BASE else None
+    callbacks = (selector,) if selector else ()
     if method == "sft":
-        history += train_sft(model, tokenizer, settings, seed, output_dir, points, settings.steps).state.log_history
+        sft = train_sft(model, tokenizer, settings, seed, output_dir, points, settings.steps, callbacks)
+        history += sft.state.log_history
     elif method == "sft_rft":
         sft_steps = settings.steps // 2
-        history += train_sft(model, tokenizer, settings, seed, output_dir / "sft", points, sft_steps).state.log_history
+        sft = train_sft(model, tokenizer, settings, seed, output_dir / "sft", points, sft_steps, callbacks)
+        history += sft.state.log_history
         trainer = train_rl(
             "rft",
             model,
@@ -388,13 +415,20 @@ def run_method(
             points,
             steps=settings.steps - sft_steps,
             offset=sft_steps,
+            callbacks=callbacks,
         )
         history += trainer.state.log_history
     elif method == "sft_best_rft":
-        logs, extra["sft_selection"] = train_sft_best_rft(model, tokenizer, settings, seed, output_dir, points)
+        logs, extra["sft_selection"] = train_sft_best_rft(
+            model, tokenizer, settings, seed, output_dir, points, callbacks
+        )
         history += logs
     elif method != BASE:  # the base row is evaluated untrained
-        history += train_rl(method, model, tokenizer, settings, seed, output_dir, points).state.log_history
+        rl = train_rl(method, model, tokenizer, settings, seed, output_dir, points, callbacks=callbacks)
+        history += rl.state.log_history
+    if selector is not None:
+        selector.restore(model)
+        extra["model_selection"] = selector.record()
     k, n = settings.eval_k, settings.eval_problems
     final = score_run(model.eval(), tokenizer, settings, seed, k, n, f"{method} final")
     if save_to is not None:

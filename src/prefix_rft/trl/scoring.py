@@ -167,6 +167,7 @@ class PrefixScoringMixin:
         rewards = rollout.rewards
         metrics["prefix/ratio_mean"].append(ratio_sum / num_hybrid if num_hybrid else float("nan"))
         metrics["prefix/token_fraction"].append(prefix_tokens / max(completion_tokens, 1.0))
+        metrics["prefix/demo_tokens"].append(prefix_tokens)  # summed over a run: the demo tokens it put in rows
         metrics["prefix/hybrid_rows"].append(float(num_hybrid))
         metrics["prefix/no_demo_rows"].append(no_demo)
         metrics["prefix/truncated_tokens"].append(truncated)
