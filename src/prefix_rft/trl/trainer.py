@@ -106,7 +106,7 @@ class PrefixRFTTrainer(
         self._init_question_stats()
         self._refuse_images()
         self.validation_report = self._validate_train_dataset()
-        self._guard = NonFiniteStepGuard(self.args.max_consecutive_nonfinite_steps)
+        self._guard = NonFiniteStepGuard(self.args.max_consecutive_nonfinite_steps, self.accelerator)
         self.add_callback(self._guard)
         self._install_budgeted_vllm()
 
