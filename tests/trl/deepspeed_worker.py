@@ -190,6 +190,23 @@ def scenario_relift(out_dir, engine, tokenizer) -> dict:
     )
 
 
+def scenario_guard_verdict(out_dir, engine, tokenizer) -> dict:
+    """Rank 1 alone holds a NaN gradient (as one FSDP shard can): both ranks must skip, or one would step alone."""
+    from accelerate import Accelerator
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from prefix_rft.trl.guards import NonFiniteStepGuard
+
+    args = TrainingArguments(output_dir=f"{out_dir}/verdict", use_cpu=True, report_to="none")  # resets accelerate
+    accelerator = Accelerator(cpu=True)  # joins (or starts) the process group
+    model = torch.nn.Linear(2, 1)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, float("nan") if accelerator.process_index == 1 else 0.5)
+    guard = NonFiniteStepGuard(max_consecutive=2, accelerator=accelerator)
+    guard.on_pre_optimizer_step(args, TrainerState(), TrainerControl(), model=model)
+    return {"skipped": guard.skipped, "gradients_left": sum(p.grad is not None for p in model.parameters())}
+
+
 SCENARIOS = {
     "layouts": scenario_layouts,
     "guard": scenario_guard,
@@ -197,6 +214,7 @@ SCENARIOS = {
     "lora": scenario_lora,
     "bf16": scenario_bf16,
     "relift": scenario_relift,
+    "guard_verdict": scenario_guard_verdict,
 }
 
 

@@ -31,8 +31,8 @@ LAYOUT_HYBRID_ROWS = {  # hybrid rows logged per optimizer step (test_collective
     "accumulation_2_step_scope": [1.0, 1.0],
 }
 LAUNCHES = {  # engine -> scenarios run in its launch
-    "ddp": ["layouts", "guard", "relift"],
-    "zero2": ["layouts", "guard", "relift"],
+    "ddp": ["layouts", "guard", "relift", "guard_verdict"],
+    "zero2": ["layouts", "guard", "relift", "lora", "bf16"],
     "zero3": ["layouts", "guard", "resume", "lora", "bf16", "relift"],
 }
 
@@ -113,6 +113,11 @@ def test_non_finite_step_is_skipped_counted_and_leaves_the_weights(runs, engine)
 
 
 @pytest.mark.slow
+def test_guard_skips_on_every_rank_when_one_rank_has_a_non_finite_gradient(runs):
+    assert [r["guard_verdict"] for r in runs["ddp"]] == [{"skipped": 1, "gradients_left": 0}] * 2
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["ddp", "zero2"])
 def test_relift_sft_step_keeps_ranks_identical_and_equal_to_one_process(runs, engine):
     ranks = run_of(runs, engine, "relift")
@@ -143,8 +148,9 @@ def test_zero3_resumed_run_ends_with_the_uninterrupted_runs_weights(runs):
 
 
 @pytest.mark.slow
-def test_zero3_lora_trains_only_the_adapters_on_both_ranks(runs):
-    ranks = run_of(runs, "zero3", "lora")
+@pytest.mark.parametrize("engine", ["zero2", "zero3"])
+def test_lora_trains_only_the_adapters_on_both_ranks(runs, engine):
+    ranks = run_of(runs, engine, "lora")
     assert_ranks_equal(ranks)
     assert ranks[0]["steps"] == 2
     assert ranks[0]["trainable"] and all("lora_" in name for name in ranks[0]["trainable"])
@@ -152,8 +158,9 @@ def test_zero3_lora_trains_only_the_adapters_on_both_ranks(runs):
 
 
 @pytest.mark.slow
-def test_zero3_bf16_trains_bf16_weights_on_both_ranks(runs):
-    ranks = run_of(runs, "zero3", "bf16")
+@pytest.mark.parametrize("engine", ["zero2", "zero3"])
+def test_bf16_trains_bf16_weights_on_both_ranks(runs, engine):
+    ranks = run_of(runs, engine, "bf16")
     assert_ranks_equal(ranks)
     assert ranks[0]["steps"] == 2 and ranks[0]["dtype"] == "torch.bfloat16"
     assert all(np.isfinite(ranks[0]["losses"]))
