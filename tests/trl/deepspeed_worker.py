@@ -207,6 +207,28 @@ def scenario_guard_verdict(out_dir, engine, tokenizer) -> dict:
     return {"skipped": guard.skipped, "gradients_left": sum(p.grad is not None for p in model.parameters())}
 
 
+def fails_on_rank_0(completions, **kwargs):
+    return [0.0 if dist.get_rank() == 0 else 1.0] * len(completions)
+
+
+def scenario_relift_uneven(out_dir, engine, tokenizer) -> dict:
+    """Only rank 0's question fails, so only its buffer reaches relift_sft_batch=1: no rank may take the SFT step
+    (rank 1 has no batch), and neither may fail."""
+    return train(
+        "relift_uneven",
+        out_dir,
+        engine,
+        tokenizer,
+        trainer_class=ReliftTrainer,
+        config_class=ReliftConfig,
+        rewards=fails_on_rank_0,
+        max_steps=1,
+        per_device_train_batch_size=8,
+        num_generations=8,
+        relift_sft_batch=1,
+    )
+
+
 SCENARIOS = {
     "layouts": scenario_layouts,
     "guard": scenario_guard,
@@ -215,6 +237,7 @@ SCENARIOS = {
     "bf16": scenario_bf16,
     "relift": scenario_relift,
     "guard_verdict": scenario_guard_verdict,
+    "relift_uneven": scenario_relift_uneven,
 }
 
 

@@ -31,7 +31,7 @@ LAYOUT_HYBRID_ROWS = {  # hybrid rows logged per optimizer step (test_collective
     "accumulation_2_step_scope": [1.0, 1.0],
 }
 LAUNCHES = {  # engine -> scenarios run in its launch
-    "ddp": ["layouts", "guard", "relift", "guard_verdict"],
+    "ddp": ["layouts", "guard", "relift", "guard_verdict", "relift_uneven"],
     "zero2": ["layouts", "guard", "relift", "lora", "bf16"],
     "zero3": ["layouts", "guard", "resume", "lora", "bf16", "relift"],
 }
@@ -127,6 +127,13 @@ def test_relift_sft_step_keeps_ranks_identical_and_equal_to_one_process(runs, en
     # RL advantages are all 0, so only the SFT step (lr 1e-3) moved the weights
     assert np.abs(np.array(one["final"]) - np.array(one["initial"])).max() > 10 * SFT_TOLERANCE
     assert np.abs(np.array(ranks[0]["final"]) - np.array(one["final"])).max() < SFT_TOLERANCE
+
+
+@pytest.mark.slow
+def test_relift_sft_step_waits_until_every_rank_has_a_batch(runs):
+    # rank 0's buffer holds 1 question, rank 1's none: the smallest buffer (0) is below relift_sft_batch=1
+    ranks = run_of(runs, "ddp", "relift_uneven")
+    assert [(r["steps"], r["sft_steps"]) for r in ranks] == [(1, 0), (1, 0)]
 
 
 @pytest.mark.slow
