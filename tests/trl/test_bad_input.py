@@ -113,3 +113,21 @@ def test_image_prompts_are_refused_rather_than_trained_without_their_images(tmp_
         tokenizer,
         rows,
     )
+
+
+def test_fsdp_that_accelerate_leaves_off_is_refused_not_trained_unsharded(tmp_path, model, tokenizer, monkeypatch):
+    # accelerate turns FSDP on only for GPU-like devices: on CPU the run would silently train unsharded
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    message = (
+        "FSDP was requested (--fsdp / ACCELERATE_USE_FSDP=true) but accelerate runs DistributedType.NO: it enables "
+        "FSDP only on GPUs and other accelerators, so this run would train unsharded weights on every rank. On CPU "
+        "use DeepSpeed ZeRO-3 (--deepspeed, with DS_ACCELERATOR=cpu; docs/scale.md) or drop --fsdp"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        PrefixRFTTrainer(
+            model=model,
+            reward_funcs=[task_reward],
+            args=train_args(tmp_path),
+            train_dataset=make_dataset(),
+            processing_class=tokenizer,
+        )

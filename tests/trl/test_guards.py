@@ -5,7 +5,7 @@ import torch
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from prefix_rft import PrefixRFTTrainer
-from prefix_rft.trl.guards import NonFiniteStepGuard
+from prefix_rft.trl.guards import NonFiniteStepGuard, require_overflow_check
 
 from .conftest import make_dataset, train_args
 
@@ -53,6 +53,12 @@ def test_a_finite_step_resets_the_count():
     call(guard, model_with_grads(1.0))
     call(guard, model_with_grads(float("nan")))
     assert (guard.skipped, guard.consecutive) == (2, 1)
+
+
+def test_deepspeed_optimizer_without_an_overflow_check_is_refused():
+    # ZeRO stage 0 in fp32 hands the steps to the plain torch optimizer, which would apply a NaN step
+    with pytest.raises(ValueError, match=r"AdamW \(ZeRO stage 0 in fp32\) would apply a NaN step: use ZeRO stage 1"):
+        require_overflow_check(torch.optim.AdamW(torch.nn.Linear(2, 1).parameters()))
 
 
 class FailsOnAnswer42:

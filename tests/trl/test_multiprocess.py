@@ -47,3 +47,18 @@ def test_two_processes_hold_one_per_question_state(tmp_path):
     assert sum(a + s for a, s in rank0["guided_rows"][2:]) > 0  # precondition: steps 2-3 were planned from the state
     assert rank0["logged_prefix_lens"] == rank1["logged_prefix_lens"]
     assert rank0["params"] == rank1["params"]
+
+
+@pytest.mark.slow
+def test_fsdp_on_cpu_is_refused_instead_of_training_as_ddp(tmp_path):
+    # accelerate enables FSDP only on GPU-like devices; on 2 CPU processes `--fsdp` used to train DDP with no word
+    config = Path(__file__).parents[2] / "configs" / "smoke_cpu.yaml"
+    train = ["-m", "prefix_rft.cli", "train", "--config", str(config), "--output_dir", str(tmp_path / "run")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *train]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([*cmd, "--fsdp", "full_shard auto_wrap"], env=env, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert (
+        "FSDP was requested (--fsdp / ACCELERATE_USE_FSDP=true) but accelerate runs DistributedType.MULTI_CPU"
+        in result.stderr
+    )

@@ -2,8 +2,10 @@
 
 After every RL step, each question whose G rollouts all failed joins a buffer (once). When the buffer holds
 `relift_sft_batch` questions, the oldest that many are taken and one SFT step is run on their demonstrations (NLL,
-token mean) with a separate AdamW optimizer; the rest stays for later. The buffer and that optimizer are saved in
-checkpoints, so a resumed run continues exactly.
+token mean over every rank's batch) with a separate AdamW optimizer; the rest stays for later. The SFT gradients are
+summed over ranks by the trainer itself, so it runs under DDP and DeepSpeed ZeRO-1/2 in fp32 (ZeRO-3, FSDP and
+DeepSpeed in bf16/fp16 are refused). The buffer and that optimizer are saved in checkpoints, so a resumed run continues
+exactly.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from prefix_rft.core import masked_mean
 from prefix_rft.data import row_demos
 from prefix_rft.trl.config import PrefixRFTConfig
 from prefix_rft.trl.rollouts import Rollout
@@ -79,6 +80,7 @@ class ReliftTrainer(PrefixRFTTrainer):
         self.relift_buffer: list[dict] = []
         self.sft_steps = 0
         self._sft_optimizer: torch.optim.Optimizer | None = None
+        self._refuse_sharded_or_low_precision_deepspeed()
         self.add_callback(_SFTStepCallback(self))
 
     def _after_rollout(self, inputs: list[dict], rollout: Rollout) -> None:
@@ -96,28 +98,78 @@ class ReliftTrainer(PrefixRFTTrainer):
         self._metrics["train"]["relift/buffer_size"].append(float(len(self.relift_buffer)))
 
     def maybe_sft_step(self) -> None:
-        # Every rank must take the SFT step together (DDP all-reduces its gradients), so the trigger is global.
-        size = torch.tensor([len(self.relift_buffer)], device=self.accelerator.device)
-        if int(self.accelerator.reduce(size, "min")) < self.args.relift_sft_batch:
+        if not self._sft_step_due():
             return
         batch = take_sft_batch(self.relift_buffer, self.args.relift_sft_batch)
-        loss = self._sft_loss(batch)
-        optimizer = self._relift_optimizer()
-        self.accelerator.backward(loss)
-        self.accelerator.clip_grad_norm_(self.model.parameters(), self.args.relift_sft_max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad()
+        loss = self._sft_step(batch)
         self.sft_steps += 1
-        self._metrics["train"]["relift/sft_loss"].append(loss.item())
+        self._metrics["train"]["relift/sft_loss"].append(loss)
         self._metrics["train"]["relift/sft_steps"].append(float(self.sft_steps))
+
+    def _sft_step_due(self) -> bool:
+        """Whether every rank's buffer holds a batch: all ranks take the SFT step together (its gradients are summed
+        over ranks), so the trigger is the smallest buffer."""
+        negated = torch.tensor([-float(len(self.relift_buffer))], device=self.accelerator.device)
+        return -float(self.accelerator.reduce(negated, "max")) >= self.args.relift_sft_batch  # min = -max(-x)
+
+    def _sft_step(self, batch: list[dict]) -> float:
+        """One step of the SFT optimizer on the token mean over every rank's batch; returns that mean.
+
+        It runs beside the RL optimizer, not through it: the forward goes through the bare module and the gradients
+        are taken with `autograd.grad`, so neither DDP's hooks nor DeepSpeed's engine see them, and they are summed
+        over ranks here. Each rank divides its NLL sum by the global token count, so the sum is the gradient of the
+        token mean over all ranks' demonstrations, as one process with the whole batch computes it; every rank then
+        holds the same gradient and takes the same step.
+        """
+        trained = [p for p in self.model.parameters() if p.requires_grad]
+        nll_sum, tokens = self._sft_nll(batch)
+        total_tokens = self.accelerator.reduce(tokens, "sum")
+        grads = torch.autograd.grad(nll_sum / total_tokens, trained, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(trained, grads, strict=True)]
+        flat = torch.cat([g.flatten() for g in grads])
+        flat = self.accelerator.reduce(flat, "sum")
+        offset = 0
+        for p in trained:
+            p.grad = flat[offset : offset + p.numel()].view_as(p).to(p.dtype)
+            offset += p.numel()
+        torch.nn.utils.clip_grad_norm_(trained, self.args.relift_sft_max_grad_norm)
+        optimizer = self._relift_optimizer()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        self._refresh_deepspeed_master_weights()
+        return float(self.accelerator.reduce(nll_sum.detach(), "sum") / total_tokens)
+
+    def _refresh_deepspeed_master_weights(self) -> None:
+        """ZeRO-1/2 keeps fp32 master copies of the weights in its optimizer and would overwrite the SFT update with
+        them at its next step; copy the updated weights into them."""
+        if self.is_deepspeed_enabled:
+            self.accelerator.deepspeed_engine_wrapped.engine.optimizer.refresh_fp32_params()
+
+    def _refuse_sharded_or_low_precision_deepspeed(self) -> None:
+        """The SFT step needs the full fp32 weights on every rank: plain DDP or DeepSpeed ZeRO-1/2 in fp32."""
+        if self.is_fsdp_enabled:
+            raise ValueError("ReliftTrainer does not support FSDP: its SFT step needs every rank to hold all weights")
+        if not self.is_deepspeed_enabled:
+            return
+        stage = self.accelerator.state.deepspeed_plugin.zero_stage
+        if stage == 3:
+            raise ValueError(
+                "ReliftTrainer does not support DeepSpeed ZeRO-3: its SFT step needs every rank to hold all weights; "
+                "use ZeRO-2 or DDP"
+            )
+        if self.args.bf16 or self.args.fp16:
+            raise ValueError(
+                "ReliftTrainer does not support DeepSpeed with bf16/fp16: its SFT step would round ZeRO's fp32 master "
+                "weights to the module's precision; use fp32 DeepSpeed or DDP with autocast"
+            )
 
     def _relift_optimizer(self) -> torch.optim.Optimizer:
         if self._sft_optimizer is None:
             self._sft_optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.args.relift_sft_learning_rate)
         return self._sft_optimizer
 
-    def _sft_loss(self, batch: list[dict]) -> torch.Tensor:
-        """Token-mean NLL of the demonstrations (+ EOS) after their prompts."""
+    def _sft_nll(self, batch: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed NLL of the demonstrations (+ EOS) after their prompts, and how many tokens it sums over."""
         sequences, masks = [], []
         for item in batch:
             prompt_ids = self._encode_prompt(item["prompt"])
@@ -127,11 +179,12 @@ class ReliftTrainer(PrefixRFTTrainer):
         width = max(len(s) for s in sequences)
         pad = self._tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences], device=self.accelerator.device)
-        loss_mask = torch.tensor([[0] * (width - len(m)) + m for m in masks], device=ids.device)
+        loss_mask = torch.tensor([[0] * (width - len(m)) + m for m in masks], device=ids.device)[:, 1:].bool()
         attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=ids.device)
-        logits = self.model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift the positions
+        logits = self.model(input_ids=ids, attention_mask=attention, position_ids=positions).logits[:, :-1].float()
         logps = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-        return masked_mean(-logps, loss_mask[:, 1:].bool())
+        return -(logps * loss_mask).sum(), loss_mask.sum().float()
 
     def _encode_prompt(self, prompt) -> list[int]:
         if isinstance(prompt, list):

@@ -17,6 +17,7 @@ import textwrap
 from typing import Any
 
 import torch
+from accelerate.utils import DistributedType, parse_flag_from_env
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler, get_config_model_id
@@ -103,12 +104,29 @@ class PrefixRFTTrainer(
         self._prefix_sampler = self.args.prefix_sampler()
         self._demo_ids_cache: dict[str, list[int]] = {}
         self._rollout: Rollout | None = None  # the generation batch in flight; None outside it
+        self._refuse_fsdp_fallback()
         self._init_question_stats()
         self._refuse_images()
         self.validation_report = self._validate_train_dataset()
-        self._guard = NonFiniteStepGuard(self.args.max_consecutive_nonfinite_steps)
+        self._guard = NonFiniteStepGuard(self.args.max_consecutive_nonfinite_steps, self.accelerator)
         self.add_callback(self._guard)
         self._install_budgeted_vllm()
+
+    def _refuse_fsdp_fallback(self) -> None:
+        """Refuse FSDP that accelerate did not turn on, instead of training unsharded.
+
+        accelerate 1.16 switches to FSDP only on GPUs and other accelerators; on CPU `--fsdp` or
+        ACCELERATE_USE_FSDP=true leave it at DistributedType.MULTI_CPU (or NO), which trains every weight on every
+        rank, with no word (docs/scale.md).
+        """
+        requested = bool(self.args.fsdp) or parse_flag_from_env("ACCELERATE_USE_FSDP", default=False)
+        actual = self.accelerator.distributed_type
+        if requested and actual != DistributedType.FSDP:
+            raise ValueError(
+                f"FSDP was requested (--fsdp / ACCELERATE_USE_FSDP=true) but accelerate runs {actual}: it enables "
+                "FSDP only on GPUs and other accelerators, so this run would train unsharded weights on every rank. "
+                "On CPU use DeepSpeed ZeRO-3 (--deepspeed, with DS_ACCELERATOR=cpu; docs/scale.md) or drop --fsdp"
+            )
 
     def _refuse_images(self) -> None:
         """Refuse datasets with image columns: the prefix generation, entropy pass and loss forward carry no image
