@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefix_rft.recipes.settings import RunSettings, parse_settings, require_test_scoring
+from prefix_rft.recipes.settings import RunSettings, check_run_paths, parse_settings, require_test_scoring
 from prefix_rft.recipes.toy import (
     BASE,
     METHODS,
@@ -22,6 +22,7 @@ from prefix_rft.recipes.toy import (
     method_budget,
     run_method,
 )
+from prefix_rft.setup_errors import reports_setup_errors, setup_stage
 
 
 @dataclass
@@ -195,9 +196,12 @@ def plot(results: list[dict[str, Any]], summary: dict[str, dict[str, Any]], path
     plt.close(fig)
 
 
+@reports_setup_errors("prefix-rft compare")
 def main(argv: list[str] | None = None) -> int:
     settings, args = parse_settings(argv, CompareArguments, prog="prefix-rft compare")
     require_test_scoring(settings, "prefix-rft compare")
+    with setup_stage():
+        check_run_paths(settings, args.output_dir)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:

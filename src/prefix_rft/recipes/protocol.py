@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from prefix_rft.recipes.compare import plot, seed_list, settings_mismatch, summarize
-from prefix_rft.recipes.settings import RunSettings, parse_settings, require_test_scoring
+from prefix_rft.recipes.settings import RunSettings, check_run_paths, parse_settings, require_test_scoring
 from prefix_rft.recipes.toy import BASE, METHODS, SFT_METHODS, run_method
+from prefix_rft.setup_errors import reports_setup_errors, setup_stage
 
 REFERENCE = "prefix_rft"  # the paper's method: every finalist is also paired against it
 
@@ -245,9 +246,14 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=1))
 
 
+@reports_setup_errors("prefix-rft protocol")
 def main(argv: list[str] | None = None) -> int:
     settings, args = parse_settings(argv, ProtocolArguments, prog="prefix-rft protocol")
     require_test_scoring(settings, "prefix-rft protocol")
+    with setup_stage():
+        check_run_paths(settings, args.output_dir)
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be at least 1 (runs side by side), got {args.jobs}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS) | ({BASE} & set(methods)))
     if unknown:
