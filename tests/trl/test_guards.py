@@ -80,10 +80,13 @@ def failing_reward_message(tmp_path, model, tokenizer, dataset) -> tuple[str, in
 
 
 def test_reward_exception_names_function_dataset_row_and_input(tmp_path, model, tokenizer):
-    # int(42) // (42 - 42) divides by zero on the rows of the question whose answer is 42: dataset row 0
-    message, first_42 = failing_reward_message(tmp_path, model, tokenizer, make_dataset())
+    # int(42) // (42 - 42) divides by zero on the rows of the question whose answer is 42: dataset row 1 once the
+    # first two rows swap places (the first batch holds rows 0 and 1, so its 42-rows come second)
+    swapped = make_dataset().select([1, 0, 2, 3])
+    message, first_42 = failing_reward_message(tmp_path, model, tokenizer, swapped)
+    assert first_42 != 1
     assert message.startswith(
-        f"reward function 'fails_on_42' failed on row 0 of the training dataset (row {first_42} of this rank's batch):"
+        f"reward function 'fails_on_42' failed on row 1 of the training dataset (row {first_42} of this rank's batch):"
         " ZeroDivisionError('integer division or modulo by zero'); its input: completion="
     )
     assert message.endswith(", demos=['12+30 is 42. ans: 42'], answer='42'")
