@@ -223,3 +223,12 @@ def test_protocol_refuses_zero_jobs(tmp_path, capsys):
     assert protocol(["--output_dir", str(tmp_path / "p"), "--jobs", "0"]) == 2
     assert capsys.readouterr().err == "prefix-rft protocol: --jobs must be at least 1 (runs side by side), got 0\n"
     assert not (tmp_path / "p").exists()  # nothing written
+
+
+def test_an_empty_yaml_value_of_a_field_that_needs_one(tmp_path, capsys):
+    # found by tests/recipes/test_config_property.py: TRL multiplied None by the number of processes
+    refused(
+        capsys,
+        ["--config", recipe(tmp_path, "per_device_train_batch_size:\n")],
+        "per_device_train_batch_size must be int, got null (an empty value); give one or leave it out",
+    )

@@ -105,14 +105,20 @@ def check_keys(where: str, config: dict, parser) -> None:
 
 def check_value_types(config: dict, parser, checked_by_config: type) -> None:
     """A YAML value reaches the dataclass unconverted unless it is text (argparse converts text): refuse one whose
-    type the field does not take. The fields of `checked_by_config` check themselves (PrefixRFTConfig)."""
+    type the field does not take. The fields of `checked_by_config` check their own types (PrefixRFTConfig), but take
+    None as unset, so `null` (an empty value) is refused here for every field that needs a value."""
     own = {f.name for f in dataclasses.fields(checked_by_config)}
     for cls in parser.dataclass_types:
-        if cls is checked_by_config:
-            continue
         hints = get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            if f.name in config and f.name not in own and f.name in hints:
+            if f.name not in config or f.name not in hints:
+                continue
+            allowed = runtime_types(hints[f.name])
+            if config[f.name] is None and allowed and type(None) not in allowed and f.default is not None:
+                raise SetupError(
+                    f"{f.name} must be {type_names(allowed)}, got null (an empty value); give one or leave it out"
+                )
+            if cls is not checked_by_config and f.name not in own:
                 check_value(f.name, config[f.name], hints[f.name])
 
 
