@@ -68,8 +68,8 @@ def setup_stage() -> Iterator[None]:
 
 
 def reports_setup_errors(prog: str) -> Callable[[F], F]:
-    """Decorate a command's `main`: a `SetupError` is printed as `PROG: MESSAGE` on stderr and `main` returns 2,
-    unless `debugging()`, which re-raises it with its traceback."""
+    """Decorate a command's `main`: a `SetupError`, or a `SystemExit` carrying a message, is printed as
+    `PROG: MESSAGE` on stderr and `main` returns 2, unless `debugging()`, which re-raises it with its traceback."""
 
     def decorate(main: F) -> F:
         @functools.wraps(main)
@@ -79,8 +79,13 @@ def reports_setup_errors(prog: str) -> Callable[[F], F]:
             except SetupError as error:
                 if debugging():
                     raise
-                print(f"{prog}: {error}", file=sys.stderr)
-                return 2
+                message = str(error)
+            except SystemExit as exit_:  # a refusal raised as SystemExit("message") (argparse's carry a number)
+                if not isinstance(exit_.code, str) or debugging():
+                    raise
+                message = exit_.code
+            print(message if message.startswith(f"{prog} ") else f"{prog}: {message}", file=sys.stderr)
+            return 2
 
         return wrapper  # type: ignore[return-value]
 

@@ -151,3 +151,14 @@ def test_output_dir_that_is_a_file_is_refused_before_the_model_loads(tmp_path, c
         f"--output-dir {taken}: is a file, not a folder; give a folder for the outputs",
         output_dir=taken,
     )
+
+
+def test_benchmark_file_of_a_format_not_read(tmp_path, capsys):
+    data = tmp_path / "mine.csv"
+    data.write_text("problem,answer\n1+1,2\n")
+    eval_refused(
+        tmp_path,
+        capsys,
+        f"mine={data}",
+        f"benchmark 'mine' ({data}): a .csv file is not read; give a .jsonl, .json or .parquet file",
+    )

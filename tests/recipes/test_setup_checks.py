@@ -232,3 +232,47 @@ def test_an_empty_yaml_value_of_a_field_that_needs_one(tmp_path, capsys):
         ["--config", recipe(tmp_path, "per_device_train_batch_size:\n")],
         "per_device_train_batch_size must be int, got null (an empty value); give one or leave it out",
     )
+
+
+def test_model_path_that_is_a_file(tmp_path, capsys):
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"")
+    refused(
+        capsys,
+        ["--config", recipe(tmp_path), "--model_name_or_path", str(weights)],
+        f"--model_name_or_path {weights}: is a file; give the folder of a saved model (config.json and weights)",
+    )
+
+
+def test_scheduler_kwargs_the_schedule_does_not_take(tmp_path, capsys):
+    # transformers' cosine schedule takes num_cycles and last_epoch besides what the Trainer passes itself
+    refused(
+        capsys,
+        ["--config", recipe(tmp_path), "--lr_scheduler_type", "cosine", "--lr_scheduler_kwargs", '{"cycles": 2}'],
+        "--lr_scheduler_kwargs: the cosine schedule takes no 'cycles'; it takes num_cycles, last_epoch",
+    )
+
+
+def test_model_init_kwargs_with_a_dtype_torch_lacks(tmp_path, capsys):
+    refused(
+        capsys,
+        ["--config", recipe(tmp_path), "--model_init_kwargs", '{"dtype": "float33"}'],
+        "--model_init_kwargs: dtype 'float33' is not a torch dtype; use auto, float32, bfloat16 or float16",
+    )
+
+
+def test_mixture_file_that_does_not_exist(tmp_path, capsys):
+    missing = tmp_path / "gone.jsonl"
+    text = SMALL.format(out=tmp_path / "out").replace("dataset_name: embedded\n", "")
+    path = tmp_path / "mix.yaml"
+    path.write_text(text + f"datasets:\n  - path: json\n    data_files: {missing}\n")
+    refused(capsys, ["--config", str(path)], f"datasets item 0: data_files {missing}: no such file")
+
+
+def test_protocol_grid_that_is_no_list_of_numbers_names_its_option(tmp_path, capsys):
+    from prefix_rft.recipes.protocol import main as protocol
+
+    assert protocol(["--output_dir", str(tmp_path / "p"), "--rl_grid", "3e-5,fast"]) == 2
+    assert capsys.readouterr().err == (
+        "prefix-rft protocol: --rl_grid: expected comma-separated positive numbers, got '3e-5,fast'\n"
+    )

@@ -122,3 +122,7 @@ def test_scores_out_below_a_file_is_refused_before_grading(tmp_path, capsys):
     assert capsys.readouterr().err == (
         f"prefix-rft verify: --scores-out {target}: cannot be created, {data} is a file, not a folder\n"
     )
+
+
+def test_a_folder_given_as_the_file(tmp_path, capsys):
+    refused(tmp_path, capsys, f"{tmp_path}: is a folder; give a JSONL file")

@@ -76,6 +76,11 @@ def load_benchmark(spec: str, limit: int | None = None) -> tuple[str, list[Row]]
     if not source:
         records = read_records(DATA_DIR / file)
     elif Path(source).is_file():
+        if Path(source).suffix not in (".jsonl", ".json", ".parquet"):
+            raise ValueError(
+                f"{where}: a {Path(source).suffix or 'extensionless'} file is not read; give a .jsonl, "
+                ".json or .parquet file"
+            )
         with blame(where, "cannot be read", OSError, ValueError):
             records = read_records(Path(source))
     elif Path(source).exists() or Path(source).suffix in (".jsonl", ".json", ".parquet") or source[:1] in "./~":

@@ -66,11 +66,14 @@ def grid_field(method: str) -> str:
     return "sft_learning_rate" if method in SFT_METHODS else "learning_rate"
 
 
-def floats(text: str) -> list[float]:
+def floats(text: str, option: str) -> list[float]:
     try:
-        return [float(part) for part in text.split(",") if part.strip()]
+        values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise SystemExit(f"expected comma-separated numbers, got {text!r}") from None
+        values = []
+    if not values or not all(0 < v < float("inf") for v in values):
+        raise SystemExit(f"{option}: expected comma-separated positive numbers, got {text!r}")
+    return values
 
 
 def tuning_jobs(methods: list[str], args: ProtocolArguments, settings: RunSettings, out: Path) -> list[Job]:
@@ -79,7 +82,8 @@ def tuning_jobs(methods: list[str], args: ProtocolArguments, settings: RunSettin
     jobs = []
     for method in methods:
         name = grid_field(method)
-        for value in floats(args.sft_grid if name == "sft_learning_rate" else args.rl_grid):
+        grid = ("--sft_grid", args.sft_grid) if name == "sft_learning_rate" else ("--rl_grid", args.rl_grid)
+        for value in floats(grid[1], grid[0]):
             path = out / "tune" / method / f"{name}={value:g}.json"
             jobs.append(Job(method, args.tune_seed, dataclasses.replace(tune, **{name: value}), path))
     return jobs

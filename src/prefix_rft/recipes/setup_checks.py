@@ -187,11 +187,24 @@ def check_mixture(namespace) -> None:
             raise SetupError(
                 f"datasets item {i}: expected a mapping such as {{path: ..., split: train}}, got {entry!r}"
             )
+        builder = entry.get("path") in ("json", "csv", "parquet", "arrow", "text")  # else relative to a repo/folder
+        for file in local_files(entry.get("data_files")) if builder else []:
+            if not os.path.exists(file):
+                raise SetupError(f"datasets item {i}: data_files {file}: no such file")
         unknown = sorted(set(map(str, entry)) - known)
         if unknown or "path" not in entry:
             raise SetupError(
                 f"datasets item {i}: needs `path` and only fields of {sorted(known)}, has {sorted(entry)}"
             )
+
+
+def local_files(data_files: Any) -> list[str]:
+    """The plain local paths among a mixture entry's `data_files` (text, a list, or split -> either); patterns and
+    URLs are left to `datasets`."""
+    if isinstance(data_files, dict):
+        return [f for value in data_files.values() for f in local_files(value)]
+    files = data_files if isinstance(data_files, list) else [data_files]
+    return [f for f in files if isinstance(f, str) and not any(c in f for c in "*?[") and "://" not in f]
 
 
 def looks_local(name: str) -> bool:
@@ -204,6 +217,8 @@ def check_model_path(name: str) -> None:
     `check_hub_model` when the model is to load."""
     where = f"--model_name_or_path {name}"
     path = Path(name).expanduser()
+    if path.is_file():
+        raise SetupError(f"{where}: is a file; give the folder of a saved model (config.json and weights)")
     if path.exists():
         if not (path / "config.json").is_file():
             raise SetupError(f"{where}: the folder holds no config.json, so it is no saved model")
@@ -247,9 +262,45 @@ def check_dataset_source(name: str | None) -> None:
         raise SetupError(f"--dataset_name {error}") from error
 
 
+def check_scheduler_kwargs(scheduler: str, kwargs: dict | None) -> None:
+    """`lr_scheduler_kwargs` names only arguments its scheduler takes (else a TypeError at the first step)."""
+    import inspect
+
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION, SchedulerType
+
+    if not kwargs or str(scheduler) not in {t.value for t in SchedulerType}:
+        return
+    parameters = inspect.signature(TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(scheduler)]).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    settable = [name for name in parameters if name not in ("optimizer", "num_warmup_steps", "num_training_steps")]
+    unknown = sorted(set(kwargs) - set(settable))
+    if unknown:
+        raise SetupError(
+            f"--lr_scheduler_kwargs: the {scheduler} schedule takes no {', '.join(map(repr, unknown))}; it takes "
+            f"{', '.join(settable) or 'nothing'}"
+        )
+
+
+def check_model_dtype(kwargs: dict | None) -> None:
+    """A `dtype` in `model_init_kwargs` is one torch has (or 'auto'), refused now rather than when the model loads."""
+    import torch
+
+    dtype = (kwargs or {}).get("dtype")
+    if isinstance(dtype, str) and dtype != "auto" and not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise SetupError(
+            f"--model_init_kwargs: dtype {dtype!r} is not a torch dtype; use auto, float32, bfloat16 or float16"
+        )
+
+
 def check_paths(args) -> None:
-    """Every path of a parsed `prefix-rft train` (a TrainArguments): model, checkpoint, dataset, output folder."""
+    """Every path of a parsed `prefix-rft train` (a TrainArguments): model, checkpoint, dataset, output folder; and
+    the mappings whose keys only the first step would refuse."""
     model, config, script = args.model, args.config, args.script
+    check_scheduler_kwargs(
+        getattr(config.lr_scheduler_type, "value", config.lr_scheduler_type), config.lr_scheduler_kwargs
+    )
+    check_model_dtype(config.model_init_kwargs if isinstance(config.model_init_kwargs, dict) else None)
     if model.model_name_or_path not in ("embedded-base", "embedded-random"):
         check_model_path(model.model_name_or_path)
     check_resume(config.resume_from_checkpoint, config.output_dir)
