@@ -1,8 +1,9 @@
 """Setup checks of `prefix-rft train`: every path, file and structured option, before the model loads.
 
 `check_command_line` runs before TRL's parser (the YAML recipe, the types of its values, the options holding JSON or
-a mapping), `check_paths` after it (model, checkpoint, dataset, output folder), `check_dataset_format` on the first
-row once the data is read. Each raises `SetupError` naming the option or file; `prefix-rft train` prints it.
+a mapping), `check_paths` after it (model, checkpoint, dataset and output paths; scheduler and model-loading keys),
+`check_hub_model` when the model is to load, `check_dataset_format` on the first row once the data is read. Each
+raises `SetupError` naming the option or file; `prefix-rft train` prints it (prefix_rft/setup_errors.py).
 """
 
 from __future__ import annotations
@@ -187,15 +188,21 @@ def check_mixture(namespace) -> None:
             raise SetupError(
                 f"datasets item {i}: expected a mapping such as {{path: ..., split: train}}, got {entry!r}"
             )
-        builder = entry.get("path") in ("json", "csv", "parquet", "arrow", "text")  # else relative to a repo/folder
-        for file in local_files(entry.get("data_files")) if builder else []:
-            if not os.path.exists(file):
-                raise SetupError(f"datasets item {i}: data_files {file}: no such file")
         unknown = sorted(set(map(str, entry)) - known)
         if unknown or "path" not in entry:
             raise SetupError(
                 f"datasets item {i}: needs `path` and only fields of {sorted(known)}, has {sorted(entry)}"
             )
+
+
+def check_mixture_files(datasets: list) -> None:
+    """The local data files a mixture's entries name (those read by a builder such as `json`; others are relative
+    to a hub repo or folder) exist."""
+    for i, entry in enumerate(datasets):
+        builder = entry.path in ("json", "csv", "parquet", "arrow", "text")
+        for file in local_files(entry.data_files) if builder else []:
+            if not os.path.exists(file):
+                raise SetupError(f"datasets item {i}: data_files {file}: no such file")
 
 
 def local_files(data_files: Any) -> list[str]:
@@ -305,6 +312,7 @@ def check_paths(args) -> None:
         check_model_path(model.model_name_or_path)
     check_resume(config.resume_from_checkpoint, config.output_dir)
     check_dataset_source(script.dataset_name)
+    check_mixture_files(args.mixture.datasets)
     check_output_dir("--output_dir", config.output_dir)
     refuse_other_run(
         config.output_dir, resuming=config.resume_from_checkpoint is not None, overwrite=config.overwrite_output_dir
