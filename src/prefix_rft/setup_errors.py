@@ -2,9 +2,10 @@
 
 Every command (train, demo, compare, protocol, eval, verify) marks its setup (parsing, checking paths, reading files,
 everything before the model loads or the first step) with `setup_stage`, and its `main` with `reports_setup_errors`:
-a ValueError raised in setup, or a library's exception that `blame` turned into a `SetupError`, is printed as
-`prefix-rft CMD: MESSAGE` and the command exits 2. `PREFIX_RFT_DEBUG=1` (or `prefix-rft --debug CMD ...`) keeps the
-traceback for bug reports. Errors after setup (during training) keep their traceback: they are not bad input.
+a ValueError raised in setup, a library's exception that `blame` turned into a `SetupError`, or a refusal raised as
+`SystemExit("message")`, is printed as `prefix-rft CMD: MESSAGE` and the command exits 2. `PREFIX_RFT_DEBUG=1`
+(or `prefix-rft --debug CMD ...`) keeps the traceback for bug reports. Errors after setup (during training) keep
+their traceback: they are not bad input.
 
 A neutral module: components (eval, verify, data, trl) and recipes import it alike.
 """

@@ -276,3 +276,16 @@ def test_protocol_grid_that_is_no_list_of_numbers_names_its_option(tmp_path, cap
     assert capsys.readouterr().err == (
         "prefix-rft protocol: --rl_grid: expected comma-separated positive numbers, got '3e-5,fast'\n"
     )
+
+
+def test_a_finished_run_record_that_cannot_be_read_is_named(tmp_path, capsys):
+    from prefix_rft.recipes.compare import main as compare
+
+    record = tmp_path / "runs" / "base" / "seed0.json"
+    record.parent.mkdir(parents=True)
+    record.write_text("")  # a record cut to nothing
+    assert compare(["--output_dir", str(tmp_path), "--methods", "base", "--seeds", "1"]) == 2
+    assert capsys.readouterr().err == (
+        f"prefix-rft compare: {record}: a finished run's record cannot be read (Expecting value: line 1 column 1 "
+        "(char 0)); delete it to redo the run\n"
+    )

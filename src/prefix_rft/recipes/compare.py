@@ -22,7 +22,7 @@ from prefix_rft.recipes.toy import (
     method_budget,
     run_method,
 )
-from prefix_rft.setup_errors import reports_setup_errors, setup_stage
+from prefix_rft.setup_errors import SetupError, blame, reports_setup_errors, setup_stage
 
 
 @dataclass
@@ -65,6 +65,17 @@ def settings_mismatch(stored: dict[str, Any], settings: RunSettings) -> dict[str
     }
 
 
+def read_run(path: Path) -> dict[str, Any]:
+    """A finished run's JSON; a file that cannot be read is named, with how to redo that run."""
+    with blame(
+        str(path), "a finished run's record cannot be read", OSError, ValueError, advice="delete it to redo the run"
+    ):
+        result = json.loads(path.read_text())
+    if not isinstance(result, dict):
+        raise SetupError(f"{path}: a finished run's record holds {type(result).__name__}; delete it to redo the run")
+    return result
+
+
 def run_all(methods: list[str], seeds: list[int], settings: RunSettings, out: Path) -> list[dict[str, Any]]:
     results = []
     # Seeds outermost, so a run stopped early has every method at the same number of seeds.
@@ -72,7 +83,7 @@ def run_all(methods: list[str], seeds: list[int], settings: RunSettings, out: Pa
         for method in methods:
             path = out / "runs" / method / f"seed{seed}.json"
             if path.exists():  # resumable: a finished run is never redone, but never mixed with other settings either
-                result = json.loads(path.read_text())
+                result = read_run(path)
                 mismatch = settings_mismatch(result.get("settings", {}), settings)
                 if mismatch:
                     raise SystemExit(

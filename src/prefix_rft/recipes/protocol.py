@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefix_rft.recipes.compare import plot, seed_list, settings_mismatch, summarize
+from prefix_rft.recipes.compare import plot, read_run, seed_list, settings_mismatch, summarize
 from prefix_rft.recipes.settings import RunSettings, check_run_paths, parse_settings, require_test_scoring
 from prefix_rft.recipes.toy import BASE, METHODS, SFT_METHODS, run_method
 from prefix_rft.setup_errors import reports_setup_errors, setup_stage
@@ -161,7 +161,7 @@ def load_done(job: Job) -> dict[str, Any] | None:
     """The finished run of `job`, or None; refuses one made with other settings."""
     if not job.path.exists():
         return None
-    result = json.loads(job.path.read_text())
+    result = read_run(job.path)
     mismatch = settings_mismatch(result.get("settings", {}), job.settings)
     if mismatch:
         raise SystemExit(f"{job.path} was run with other settings, {{field: (then, now)}}: {mismatch}")

@@ -186,13 +186,11 @@ def check_mixture(namespace) -> None:
     for i, entry in enumerate(getattr(namespace, "datasets", None) or []):
         if not isinstance(entry, dict):
             raise SetupError(
-                f"datasets item {i}: expected a mapping such as {{path: ..., split: train}}, got {entry!r}"
+                f"datasets item {i}: expected a mapping such as {{path: ..., split: train}}, got {entry!r:.80}"
             )
         unknown = sorted(set(map(str, entry)) - known)
         if unknown or "path" not in entry:
-            raise SetupError(
-                f"datasets item {i}: needs `path` and only fields of {sorted(known)}, has {sorted(entry)}"
-            )
+            raise SetupError(f"datasets item {i}: needs `path` and only fields of {sorted(known)}, has {list(entry)}")
 
 
 def check_mixture_files(datasets: list) -> None:
