@@ -162,3 +162,12 @@ def test_benchmark_file_of_a_format_not_read(tmp_path, capsys):
         f"mine={data}",
         f"benchmark 'mine' ({data}): a .csv file is not read; give a .jsonl, .json or .parquet file",
     )
+
+
+def test_model_folder_that_does_not_load_is_named(tmp_path, capsys):
+    empty = tmp_path / "model"
+    empty.mkdir()  # exists, so it passes as a path, but holds no model
+    three = three_problems(tmp_path)
+    assert main(["--model", str(empty), "--benchmarks", f"three={three}", "--output-dir", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"prefix-rft eval: --model {empty}: cannot be loaded (") and "Traceback" not in err

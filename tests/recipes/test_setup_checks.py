@@ -289,3 +289,18 @@ def test_a_finished_run_record_that_cannot_be_read_is_named(tmp_path, capsys):
         f"prefix-rft compare: {record}: a finished run's record cannot be read (Expecting value: line 1 column 1 "
         "(char 0)); delete it to redo the run\n"
     )
+
+
+def test_hub_model_that_does_not_load_is_named_with_the_library_reason(tmp_path, capsys, monkeypatch):
+    import transformers
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", offline)
+    refused(
+        capsys,
+        ["--config", recipe(tmp_path), "--model_name_or_path", "org/nothere"],
+        "--model_name_or_path org/nothere: no such local folder, and it cannot be loaded from the hub (We couldn't "
+        "connect to 'https://huggingface.co' to load the files)",
+    )
