@@ -60,10 +60,10 @@ def test_yaml_that_does_not_parse_names_file_line_and_column(tmp_path, capsys, t
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("- a\n- b\n", "expected a mapping of `option: value` lines, got list ['a', 'b']"),
+        ("- a\n- b\n", "expected a mapping of 'option: value' lines, got list ['a', 'b']"),
         (
             "max_step: 1\n",
-            "unknown option(s) 'max_step' (did you mean 'max_steps'?); `prefix-rft train --help` lists them",
+            "unknown option(s) 'max_step' (did you mean 'max_steps'?); prefix-rft train --help lists them",
         ),
         ("1: 2\n", "key 1 (int) is not an option name"),
     ],

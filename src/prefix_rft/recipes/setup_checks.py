@@ -65,7 +65,7 @@ def read_config(path: str, parser) -> dict[str, Any]:
         raise SetupError(f"{where}: not valid YAML ({error})") from error
     if not isinstance(config, dict):
         got = "nothing (the file is empty)" if config is None else f"{type(config).__name__} {config!r:.60}"
-        raise SetupError(f"{where}: expected a mapping of `option: value` lines, got {got}")
+        raise SetupError(f"{where}: expected a mapping of 'option: value' lines, got {got}")
     check_keys(where, config, parser)
     return config
 
@@ -95,7 +95,7 @@ def check_keys(where: str, config: dict, parser) -> None:
     if unknown:
         close = {key: difflib.get_close_matches(key, known, n=1) for key in unknown}
         hints = [f"{key!r} (did you mean {match[0]!r}?)" if match else repr(key) for key, match in close.items()]
-        raise SetupError(f"{where}: unknown option(s) {', '.join(hints)}; `prefix-rft train --help` lists them")
+        raise SetupError(f"{where}: unknown option(s) {', '.join(hints)}; prefix-rft train --help lists them")
     env = config.get("env", {})
     if not isinstance(env, dict):
         raise SetupError(f"{where}: env must be a mapping of VARIABLE: value, got {type(env).__name__}")
