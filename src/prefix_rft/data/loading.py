@@ -182,7 +182,13 @@ def load_prefix_rft_dataset(path_or_name: str, split: str = "train", name: str |
     return _load(path_or_name, split, name)
 
 
-def _luffy_row(row: dict[str, Any]) -> dict[str, Any]:
+def _luffy_row(row: dict[str, Any], index: int) -> dict[str, Any]:
+    reward_model = row.get("reward_model")
+    if "prompt" not in row or not isinstance(reward_model, dict) or reward_model.get("ground_truth") is None:
+        raise ValueError(
+            f"row {index}: the luffy format needs fields 'prompt' and 'reward_model' holding 'ground_truth'; the row "
+            f"has {sorted(row)}" + (f", reward_model {reward_model!r:.80}" if "reward_model" in row else "")
+        )
     target = row.get("target")
     if isinstance(target, list):  # list of {role, content} messages; the reference takes target[0]["content"]
         demos = [m["content"] for m in target[:1] if m.get("content")]
@@ -204,4 +210,4 @@ def from_luffy(dataset):
     Source columns: chat `prompt`, `target` (the DeepSeek-R1 demonstration), `reward_model.ground_truth`.
     Result columns: `prompt`, `demos` (one demonstration), `answer`.
     """
-    return dataset.map(_luffy_row, remove_columns=dataset.column_names)
+    return dataset.map(_luffy_row, with_indices=True, remove_columns=dataset.column_names)
