@@ -304,3 +304,28 @@ def test_hub_model_that_does_not_load_is_named_with_the_library_reason(tmp_path,
         "--model_name_or_path org/nothere: no such local folder, and it cannot be loaded from the hub (We couldn't "
         "connect to 'https://huggingface.co' to load the files)",
     )
+
+
+def test_model_folder_without_a_tokenizer(tmp_path, capsys):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    refused(
+        capsys,
+        ["--config", recipe(tmp_path), "--model_name_or_path", str(folder)],
+        f"--model_name_or_path {folder}: the folder holds no tokenizer (tokenizer.json, tokenizer_config.json); save "
+        "the tokenizer with the model (tokenizer.save_pretrained)",
+    )
+
+
+def test_model_folder_whose_config_does_not_load(tmp_path, capsys):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": ')  # cut off
+    (folder / "tokenizer.json").write_text("{}")
+    assert main(["--config", recipe(tmp_path), "--model_name_or_path", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(
+        f"prefix-rft train: --model_name_or_path {folder}: its config.json cannot be loaded ("
+    )
+    assert "Traceback" not in err

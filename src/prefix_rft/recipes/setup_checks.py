@@ -28,6 +28,8 @@ from prefix_rft.trl.run_dir import checkpoints_in, refuse_other_run
 PATH_OR_JSON = ("accelerator_config", "fsdp_config", "deepspeed")
 # Fields each `dataset_format` reads from a row (`data.from_luffy` and `data.validate_rows`).
 FORMAT_FIELDS = {"prefix_rft": ("prompt", "answer"), "luffy": ("prompt", "target", "reward_model")}
+# A saved tokenizer writes one of these; TRL loads it from the model's folder.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
 STATE_FILE = "trainer_state.json"  # transformers writes it last into a checkpoint (TRAINER_STATE_NAME)
 
 
@@ -227,18 +229,25 @@ def check_model_path(name: str) -> None:
     if path.exists():
         if not (path / "config.json").is_file():
             raise SetupError(f"{where}: the folder holds no config.json, so it is no saved model")
+        if not any((path / file).is_file() for file in TOKENIZER_FILES):
+            raise SetupError(
+                f"{where}: the folder holds no tokenizer ({', '.join(TOKENIZER_FILES[:2])}); save the tokenizer with "
+                "the model (tokenizer.save_pretrained)"
+            )
     elif looks_local(name):
         raise SetupError(f"{where}: no such folder; give a saved model's folder or a hub id of the form org/name")
 
 
 def check_hub_model(name: str, revision: str | None = None, trust_remote_code: bool = False) -> None:
-    """A hub id that is no local folder has a config that loads (from the cache when offline): a name that does not
-    exist is refused by option, not as transformers' traceback."""
-    if Path(name).expanduser().exists():
-        return
+    """The model's config loads (a hub id's from the cache when offline): a name that does not exist, or a broken
+    config.json, is refused by option, not as transformers' traceback once the trainer is being built."""
     from transformers import AutoConfig
 
-    with blame(f"--model_name_or_path {name}", "no such local folder, and it cannot be loaded from the hub"):
+    local = Path(name).exists()
+    problem = (
+        "its config.json cannot be loaded" if local else "no such local folder, and it cannot be loaded from the hub"
+    )
+    with blame(f"--model_name_or_path {name}", problem):
         AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
 
 
