@@ -6,7 +6,10 @@ Commands are imported lazily so that `prefix-rft verify` does not pay for import
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+from prefix_rft.setup_errors import DEBUG_ENV
 
 # command -> (module with a `main(argv: list[str]) -> int | None`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -20,14 +23,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _usage() -> str:
-    lines = ["usage: prefix-rft <command> [options]", "", "commands:"]
+    lines = ["usage: prefix-rft [--debug] <command> [options]", "", "commands:"]
     lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "`prefix-rft <command> --help` explains a command's options."]
+    lines += [f"--debug (or {DEBUG_ENV}=1) shows the traceback of bad input refused at setup, for bug reports."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--debug"]:
+        os.environ[DEBUG_ENV] = "1"
+        argv = argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0

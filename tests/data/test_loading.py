@@ -111,3 +111,21 @@ def test_good_json_array_and_csv_load(tmp_path):
     table.write_text("prompt,answer\n1+1=,2\n1+2=,3\n1+3=,4\n")
     assert len(load_prefix_rft_dataset(str(array))) == 2
     assert len(load_prefix_rft_dataset(str(table))) == 3
+
+
+def test_luffy_row_without_a_ground_truth_is_named():
+    from datasets import Dataset
+
+    from prefix_rft.data import from_luffy
+
+    prompt = [{"role": "user", "content": "1+1="}]
+    rows = [
+        {"prompt": prompt, "target": "2", "reward_model": {"ground_truth": "2"}},
+        {"prompt": prompt, "target": "2", "reward_model": None},
+    ]
+    with pytest.raises(ValueError) as error:
+        from_luffy(Dataset.from_list(rows))
+    assert str(error.value) == (
+        "row 1: the luffy format needs fields 'prompt' and 'reward_model' holding 'ground_truth'; the row has "
+        "['prompt', 'reward_model', 'target'], reward_model None"
+    )

@@ -95,3 +95,79 @@ def test_missing_model_path_is_named(tmp_path, capsys):
     assert capsys.readouterr().err == (
         f"prefix-rft eval: --model {missing}: no such file or directory, and not a hub id of the form org/name\n"
     )
+
+
+def eval_refused(tmp_path, capsys, benchmarks: str, message: str, output_dir=None) -> None:
+    # "org/model" is a well-formed hub id that is never loaded: the bad input is found first
+    out = output_dir or tmp_path / "eval"
+    assert main(["--model", "org/model", "--benchmarks", benchmarks, "--output-dir", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"prefix-rft eval: {message}\n"
+    assert captured.out == ""
+
+
+def test_user_benchmark_without_an_answer_names_benchmark_file_and_record(tmp_path, capsys):
+    data = tmp_path / "mine.jsonl"
+    data.write_text('{"question": "1+1", "answer": 2}\n{"question": "2+2", "solution": "4"}\n')
+    eval_refused(
+        tmp_path,
+        capsys,
+        f"mine={data}",
+        f"benchmark 'mine' ({data}), record 1: needs a 'problem' (or 'question') and an 'answer' field; the record "
+        "has ['question', 'solution']",
+    )
+
+
+def test_shipped_benchmark_name_on_a_file_of_another_format_names_the_fields_it_reads(tmp_path, capsys):
+    data = tmp_path / "mine.jsonl"
+    data.write_text('{"problem": "1+1", "answer": "2"}\n')  # gsm8k's format reads question and answer
+    eval_refused(
+        tmp_path,
+        capsys,
+        f"gsm8k={data}",
+        f"benchmark 'gsm8k' ({data}), record 0: no field 'question'; the gsm8k format reads 'question', 'answer' and "
+        "the record has ['answer', 'problem'] (give the file another name, e.g. mine=PATH, to read 'problem' and "
+        "'answer')",
+    )
+
+
+def test_benchmark_path_that_does_not_exist(tmp_path, capsys):
+    missing = tmp_path / "nope.jsonl"
+    eval_refused(
+        tmp_path,
+        capsys,
+        f"mine={missing}",
+        f"benchmark 'mine': {missing}: no such file; give a .jsonl, .json or .parquet file",
+    )
+
+
+def test_output_dir_that_is_a_file_is_refused_before_the_model_loads(tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    eval_refused(
+        tmp_path,
+        capsys,
+        "aime24",
+        f"--output-dir {taken}: is a file, not a folder; give a folder for the outputs",
+        output_dir=taken,
+    )
+
+
+def test_benchmark_file_of_a_format_not_read(tmp_path, capsys):
+    data = tmp_path / "mine.csv"
+    data.write_text("problem,answer\n1+1,2\n")
+    eval_refused(
+        tmp_path,
+        capsys,
+        f"mine={data}",
+        f"benchmark 'mine' ({data}): a .csv file is not read; give a .jsonl, .json or .parquet file",
+    )
+
+
+def test_model_folder_that_does_not_load_is_named(tmp_path, capsys):
+    empty = tmp_path / "model"
+    empty.mkdir()  # exists, so it passes as a path, but holds no model
+    three = three_problems(tmp_path)
+    assert main(["--model", str(empty), "--benchmarks", f"three={three}", "--output-dir", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"prefix-rft eval: --model {empty}: cannot be loaded (") and "Traceback" not in err

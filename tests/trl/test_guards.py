@@ -68,20 +68,42 @@ class FailsOnAnswer42:
         return [float(int(a) // (int(a) - 42)) for a in answer]
 
 
-def test_reward_exception_names_function_and_row(tmp_path, model, tokenizer):
-    # int(42) // (42 - 42) divides by zero on the rows of the question whose answer is 42
+def failing_reward_message(tmp_path, model, tokenizer, dataset) -> tuple[str, int]:
+    """(the error of a batch scored by FailsOnAnswer42, the batch position of its first row answering 42)."""
     trainer = PrefixRFTTrainer(
         model=model,
         reward_funcs=[FailsOnAnswer42()],
         args=train_args(tmp_path),
-        train_dataset=make_dataset(),
+        train_dataset=dataset,
         processing_class=tokenizer,
     )
     batch = next(iter(trainer.get_train_dataloader()))
     first_42 = next(i for i, row in enumerate(batch) if row["answer"] == "42")
     trainer.model.train()
-    with pytest.raises(RuntimeError, match=rf"reward function 'fails_on_42' failed on row {first_42} "):
+    with pytest.raises(RuntimeError) as error:
         trainer._generate_and_score_completions(batch)
+    return str(error.value), first_42
+
+
+def test_reward_exception_names_function_dataset_row_and_input(tmp_path, model, tokenizer):
+    # int(42) // (42 - 42) divides by zero on the rows of the question whose answer is 42: dataset row 1 once the
+    # first two rows swap places (the first batch holds rows 0 and 1, so its 42-rows come second)
+    swapped = make_dataset().select([1, 0, 2, 3])
+    message, first_42 = failing_reward_message(tmp_path, model, tokenizer, swapped)
+    assert first_42 != 1
+    assert message.startswith(
+        f"reward function 'fails_on_42' failed on row 1 of the training dataset (row {first_42} of this rank's batch):"
+        " ZeroDivisionError('integer division or modulo by zero'); its input: completion="
+    )
+    assert message.endswith(", demos=['12+30 is 42. ans: 42'], answer='42'")
+
+
+def test_reward_exception_names_the_row_by_its_id(tmp_path, model, tokenizer):
+    dataset = make_dataset().map(lambda row, i: {"id": f"q{i}"}, with_indices=True)
+    message, first_42 = failing_reward_message(tmp_path, model, tokenizer, dataset)
+    assert message.startswith(
+        f"reward function 'fails_on_42' failed on the dataset row with id 'q0' (row {first_42} of this rank's batch)"
+    )
 
 
 def test_trainer_refuses_bad_dataset_before_training(tmp_path, model, tokenizer):

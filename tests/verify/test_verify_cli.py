@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from prefix_rft.verify.cli import main
 
 
@@ -82,3 +84,45 @@ def test_dict_gold_is_refused_naming_line_row_and_field(tmp_path, capsys):
     data = tmp_path / "pairs.jsonl"
     write_jsonl(data, [{"gold": "1", "prediction": "1"}, {"gold": {"value": 1}, "prediction": "1"}])
     refused(data, capsys, f"{data}, line 2: row 1: field 'gold': gold answer must be text or a number, got dict")
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "problem"),
+    [
+        ("--workers", "0", "must be a positive integer, got 0"),
+        ("--timeout", "0", "must be a positive number, got 0"),
+        ("--timeout", "nan", "must be a positive number, got nan"),
+    ],
+)
+def test_counts_and_timeouts_that_cannot_work_are_refused_by_option(tmp_path, capsys, flag, value, problem):
+    data = tmp_path / "pairs.jsonl"
+    write_jsonl(data, [{"gold": "1", "prediction": "1"}])
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(data), flag, value])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"prefix-rft verify: error: argument {flag}: {problem}"
+
+
+def test_scores_out_that_is_a_folder_is_refused_before_grading(tmp_path, capsys):
+    data = tmp_path / "pairs.jsonl"
+    write_jsonl(data, [{"gold": "1", "prediction": "1"}])
+    assert main([str(data), "--scores-out", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (
+        f"prefix-rft verify: --scores-out {tmp_path}: is a folder; give the path of a file to write\n"
+    )
+    assert captured.out == ""  # no accuracy line: nothing was graded
+
+
+def test_scores_out_below_a_file_is_refused_before_grading(tmp_path, capsys):
+    data = tmp_path / "pairs.jsonl"
+    write_jsonl(data, [{"gold": "1", "prediction": "1"}])
+    target = data / "scores.jsonl"
+    assert main([str(data), "--scores-out", str(target)]) == 2
+    assert capsys.readouterr().err == (
+        f"prefix-rft verify: --scores-out {target}: cannot be created, {data} is a file, not a folder\n"
+    )
+
+
+def test_a_folder_given_as_the_file(tmp_path, capsys):
+    refused(tmp_path, capsys, f"{tmp_path}: is a folder; give a JSONL file")

@@ -25,6 +25,8 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             the file holds no object at all (raised once every line has been read).
     """
     path = Path(path)
+    if path.is_dir():
+        raise JsonlError(f"{path}: is a folder; give a JSONL file")
     if not path.is_file():
         raise JsonlError(f"{path}: no such file")
     rows = 0

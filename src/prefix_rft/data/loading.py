@@ -8,9 +8,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from prefix_rft.data.jsonl import decode_line, iter_jsonl
+from prefix_rft.setup_errors import blame
 
 LUFFY_HUB_NAME = "Elliott/Openr1-Math-46k-8192"
 _LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+_FORMAT_NAMES = "a .jsonl, .json, .parquet or .csv file, a folder of them, or a hub dataset id"
 
 
 def row_demos(row: dict[str, Any]) -> list[str]:
@@ -30,11 +32,16 @@ def _load(path_or_name: str, split: str, name: str | None = None):
     from datasets.exceptions import DatasetGenerationError
     from pyarrow import ArrowException
 
+    check_local_source(path_or_name)
     ext = os.path.splitext(path_or_name)[1].lower()
     if ext not in _LOCAL_FORMATS:
-        return require_rows(load_dataset(path_or_name, name=name, split=split), path_or_name)
-    if not os.path.isfile(path_or_name):  # hub names have no file extension, so this was meant as a local file
-        raise ValueError(f"{path_or_name}: no such file")
+        folder = os.path.isdir(path_or_name)
+        for file in _folder_files(path_or_name) if folder else []:
+            _check_local_file(file, os.path.splitext(file)[1].lower())  # a bad line named by its file and line
+        problem = "cannot be read as a dataset folder" if folder else "no local file or folder, nor a hub dataset"
+        with blame(path_or_name, problem):
+            dataset = load_dataset(path_or_name, name=name, split=split)
+        return require_rows(dataset, path_or_name)
     if name is not None:
         raise ValueError(f"dataset_config={name!r} names a subset of a hub dataset, but {path_or_name} is a file")
     _check_local_file(path_or_name, ext)
@@ -46,6 +53,33 @@ def _load(path_or_name: str, split: str, name: str | None = None):
             "fields with values of the same type"
         ) from error
     return require_rows(dataset, path_or_name)
+
+
+def check_local_source(path_or_name: str) -> None:
+    """Refuse, before anything is read, a dataset path that cannot be one: a missing local file or folder (a name
+    with a file extension, or one starting like a path: hub ids have neither), a file of a format not read, or a
+    folder without data files."""
+    ext = os.path.splitext(path_or_name)[1].lower()
+    if os.path.isfile(path_or_name):
+        if ext not in _LOCAL_FORMATS:
+            raise ValueError(f"{path_or_name}: a {ext or 'extensionless'} file is not read; give {_FORMAT_NAMES}")
+    elif os.path.isdir(path_or_name):
+        if not _folder_files(path_or_name):
+            raise ValueError(f"{path_or_name}: the folder holds no data files (.jsonl, .json, .parquet or .csv)")
+    elif ext in _LOCAL_FORMATS:
+        raise ValueError(f"{path_or_name}: no such file")
+    elif path_or_name.startswith((".", "/", "~")):
+        raise ValueError(f"{path_or_name}: no such file or folder")
+
+
+def _folder_files(folder: str) -> list[str]:
+    """The data files `datasets` reads from a folder (hidden ones left out), in a fixed order."""
+    return [
+        os.path.join(root, file)
+        for root, _, files in sorted(os.walk(folder))
+        for file in sorted(files)
+        if os.path.splitext(file)[1].lower() in _LOCAL_FORMATS and not file.startswith(".")
+    ]
 
 
 def _check_local_file(path: str, ext: str) -> None:
@@ -148,7 +182,13 @@ def load_prefix_rft_dataset(path_or_name: str, split: str = "train", name: str |
     return _load(path_or_name, split, name)
 
 
-def _luffy_row(row: dict[str, Any]) -> dict[str, Any]:
+def _luffy_row(row: dict[str, Any], index: int) -> dict[str, Any]:
+    reward_model = row.get("reward_model")
+    if "prompt" not in row or not isinstance(reward_model, dict) or reward_model.get("ground_truth") is None:
+        raise ValueError(
+            f"row {index}: the luffy format needs fields 'prompt' and 'reward_model' holding 'ground_truth'; the row "
+            f"has {sorted(row)}" + (f", reward_model {reward_model!r:.80}" if "reward_model" in row else "")
+        )
     target = row.get("target")
     if isinstance(target, list):  # list of {role, content} messages; the reference takes target[0]["content"]
         demos = [m["content"] for m in target[:1] if m.get("content")]
@@ -170,4 +210,4 @@ def from_luffy(dataset):
     Source columns: chat `prompt`, `target` (the DeepSeek-R1 demonstration), `reward_model.ground_truth`.
     Result columns: `prompt`, `demos` (one demonstration), `answer`.
     """
-    return dataset.map(_luffy_row, remove_columns=dataset.column_names)
+    return dataset.map(_luffy_row, with_indices=True, remove_columns=dataset.column_names)

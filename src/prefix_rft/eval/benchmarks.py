@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from prefix_rft.setup_errors import blame
 from prefix_rft.verify.extract import gold_text, last_boxed
 
 DATA_DIR = Path(__file__).resolve().parent / "data"  # the test sets ship with the evaluation component
@@ -20,7 +21,7 @@ Row = dict[str, object]
 def _generic(record: dict, index: int) -> Row:
     problem = record.get("problem", record.get("question"))
     if problem is None or record.get("answer") is None:
-        raise ValueError(f"record {index} needs a 'problem' (or 'question') and an 'answer' field: {sorted(record)}")
+        raise ValueError(f"needs a 'problem' (or 'question') and an 'answer' field; the record has {sorted(record)}")
     identifier = record.get("id", record.get("unique_id", index))
     return {"id": identifier, "problem": problem, "answer": gold_text(record["answer"])}
 
@@ -29,7 +30,7 @@ def _boxed_solution(record: dict, index: int) -> Row:
     """aime25 and minerva have no answer field: the gold is the last \\boxed{} of the solution."""
     answer = last_boxed(record["solution"])
     if answer is None:
-        raise ValueError(f"record {index}: no \\boxed{{}} answer in its solution")
+        raise ValueError("no \\boxed{} answer in its solution")
     return {"id": record.get("idx", index), "problem": record["problem"], "answer": answer}
 
 
@@ -56,6 +57,11 @@ BENCHMARKS: dict[str, tuple[str, Callable[[dict, int], Row]]] = {
 }
 
 
+# The fields each shipped format reads (named when a user's file for that benchmark lacks one).
+_FIELDS = {_boxed_solution: ("problem", "solution"), _olympiadbench: ("id", "question", "final_answer")}
+_FIELDS[_gsm8k] = ("question", "answer")
+
+
 def load_benchmark(spec: str, limit: int | None = None) -> tuple[str, list[Row]]:
     """Rows of a benchmark given as `NAME` (shipped), `NAME=PATH` (local file) or `NAME=HUB_ID[:SPLIT]`.
 
@@ -66,14 +72,41 @@ def load_benchmark(spec: str, limit: int | None = None) -> tuple[str, list[Row]]
     if not source and name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; shipped: {', '.join(BENCHMARKS)} (or NAME=PATH_OR_HUB_ID)")
     file, to_row = BENCHMARKS.get(name, ("", _generic))
+    where = f"benchmark {name!r} ({source or DATA_DIR / file})"
     if not source:
         records = read_records(DATA_DIR / file)
-    elif Path(source).exists():
-        records = read_records(Path(source))
+    elif Path(source).is_file():
+        if Path(source).suffix not in (".jsonl", ".json", ".parquet"):
+            raise ValueError(
+                f"{where}: a {Path(source).suffix or 'extensionless'} file is not read; give a .jsonl, "
+                ".json or .parquet file"
+            )
+        with blame(where, "cannot be read", OSError, ValueError):
+            records = read_records(Path(source))
+    elif Path(source).exists() or Path(source).suffix in (".jsonl", ".json", ".parquet") or source[:1] in "./~":
+        problem = "is a folder" if Path(source).is_dir() else "no such file"  # a path, not a hub id `org/name`
+        raise ValueError(f"benchmark {name!r}: {source}: {problem}; give a .jsonl, .json or .parquet file")
     else:
-        records = _hub_records(source)
+        with blame(where, "no such local file, and it cannot be loaded from the hub"):
+            records = _hub_records(source)
     records = records[:limit] if limit is not None else records
-    return name, [to_row(record, index) for index, record in enumerate(records)]
+    return name, [_to_row(where, name, to_row, record, index) for index, record in enumerate(records)]
+
+
+def _to_row(where: str, name: str, to_row: Callable[[dict, int], Row], record: dict, index: int) -> Row:
+    """`to_row(record, index)`, its failures named by benchmark, file and record, with the fields the record has."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}, record {index}: expected an object of fields, got {type(record).__name__}")
+    try:
+        return to_row(record, index)
+    except KeyError as error:
+        needs = ", ".join(map(repr, _FIELDS.get(to_row, error.args)))
+        raise ValueError(
+            f"{where}, record {index}: no field {error.args[0]!r}; the {name} format reads {needs} and the record "
+            f"has {sorted(record)} (give the file another name, e.g. mine=PATH, to read 'problem' and 'answer')"
+        ) from None
+    except (ValueError, TypeError, AttributeError) as error:
+        raise ValueError(f"{where}, record {index}: {error}") from None
 
 
 def read_records(path: Path) -> list[dict]:
@@ -84,7 +117,10 @@ def read_records(path: Path) -> list[dict]:
         return pq.read_table(path).to_pylist()
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
-        return json.loads(text)
+        records = json.loads(text)
+        if not isinstance(records, list):
+            raise ValueError(f"expected a JSON list of records, got {type(records).__name__}")
+        return records
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 

@@ -9,7 +9,6 @@ import argparse
 import importlib.util
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from prefix_rft.eval.benchmarks import BENCHMARKS, load_benchmark
 from prefix_rft.eval.harness import evaluate, write_samples
 from prefix_rft.eval.metrics import average
 from prefix_rft.eval.prompts import TEMPLATES, build_messages
+from prefix_rft.setup_errors import blame, check_output_dir, positive_int, reports_setup_errors, setup_stage
 from prefix_rft.verify import MathVerifier, last_boxed
 
 
@@ -49,27 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (0 or a negative count would evaluate nothing, or silently less)."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
+@reports_setup_errors("prefix-rft eval")
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     k = 1 if args.greedy else args.k
     backend = _resolve_backend(args.backend)
     started = time.monotonic()
-    try:  # everything that can be checked before the model loads
+    with setup_stage():  # everything that can be checked before the model loads, then the model itself
         check_model_name(args.model)
+        check_output_dir("--output-dir", args.output_dir)
         benchmarks = [load_checked_benchmark(spec.strip(), args.limit) for spec in args.benchmarks.split(",")]
-    except ValueError as exc:
-        print(f"prefix-rft eval: {exc}", file=sys.stderr)
-        return 2
-    model, tokenizer = load_model(args.model, backend, args.seed)
+        with blame(f"--model {args.model}", "cannot be loaded"):
+            model, tokenizer = load_model(args.model, backend, args.seed)
     with MathVerifier(mode=args.verifier_mode, after_think=args.after_think) as verifier:
         per_benchmark = dict(
             _run_benchmark(name, problems, model, tokenizer, verifier, args, k) for name, problems in benchmarks

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefix_rft.recipes.settings import RunSettings, parse_settings, require_test_scoring
+from prefix_rft.recipes.settings import RunSettings, check_run_paths, parse_settings, require_test_scoring
 from prefix_rft.recipes.toy import (
     BASE,
     METHODS,
@@ -22,6 +22,7 @@ from prefix_rft.recipes.toy import (
     method_budget,
     run_method,
 )
+from prefix_rft.setup_errors import SetupError, blame, reports_setup_errors, setup_stage
 
 
 @dataclass
@@ -64,6 +65,17 @@ def settings_mismatch(stored: dict[str, Any], settings: RunSettings) -> dict[str
     }
 
 
+def read_run(path: Path) -> dict[str, Any]:
+    """A finished run's JSON; a file that cannot be read is named, with how to redo that run."""
+    with blame(
+        str(path), "a finished run's record cannot be read", OSError, ValueError, advice="delete it to redo the run"
+    ):
+        result = json.loads(path.read_text())
+    if not isinstance(result, dict):
+        raise SetupError(f"{path}: a finished run's record holds {type(result).__name__}; delete it to redo the run")
+    return result
+
+
 def run_all(methods: list[str], seeds: list[int], settings: RunSettings, out: Path) -> list[dict[str, Any]]:
     results = []
     # Seeds outermost, so a run stopped early has every method at the same number of seeds.
@@ -71,7 +83,7 @@ def run_all(methods: list[str], seeds: list[int], settings: RunSettings, out: Pa
         for method in methods:
             path = out / "runs" / method / f"seed{seed}.json"
             if path.exists():  # resumable: a finished run is never redone, but never mixed with other settings either
-                result = json.loads(path.read_text())
+                result = read_run(path)
                 mismatch = settings_mismatch(result.get("settings", {}), settings)
                 if mismatch:
                     raise SystemExit(
@@ -195,9 +207,12 @@ def plot(results: list[dict[str, Any]], summary: dict[str, dict[str, Any]], path
     plt.close(fig)
 
 
+@reports_setup_errors("prefix-rft compare")
 def main(argv: list[str] | None = None) -> int:
     settings, args = parse_settings(argv, CompareArguments, prog="prefix-rft compare")
     require_test_scoring(settings, "prefix-rft compare")
+    with setup_stage():
+        check_run_paths(settings, args.output_dir)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from prefix_rft.recipes.report import plot_training_curves, write_demo_report
-from prefix_rft.recipes.settings import RunSettings, parse_settings, require_test_scoring
+from prefix_rft.recipes.settings import RunSettings, check_run_paths, parse_settings, require_test_scoring
 from prefix_rft.recipes.toy import evaluate_splits, load_base, run_method
+from prefix_rft.setup_errors import reports_setup_errors, setup_stage
 
 
 @dataclass
@@ -61,9 +62,12 @@ def run(settings: RunSettings, seed: int, out: Path) -> dict[str, Any]:
     return report
 
 
+@reports_setup_errors("prefix-rft demo")
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     settings, args = parse_settings(argv, DemoArguments, prog="prefix-rft demo")
     require_test_scoring(settings, "prefix-rft demo")
+    with setup_stage():
+        check_run_paths(settings, args.output_dir)
     run(settings, args.seed, Path(args.output_dir))
     return 0

@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefix_rft.recipes.compare import plot, seed_list, settings_mismatch, summarize
-from prefix_rft.recipes.settings import RunSettings, parse_settings, require_test_scoring
+from prefix_rft.recipes.compare import plot, read_run, seed_list, settings_mismatch, summarize
+from prefix_rft.recipes.settings import RunSettings, check_run_paths, parse_settings, require_test_scoring
 from prefix_rft.recipes.toy import BASE, METHODS, SFT_METHODS, question_pool, run_method, train_rows
+from prefix_rft.setup_errors import reports_setup_errors, setup_stage
 
 REFERENCE = "prefix_rft"  # the paper's method: every finalist is also paired against it
 SCREEN = (
@@ -79,16 +80,21 @@ def grid_field(method: str) -> str:
     return "sft_learning_rate" if method in SFT_METHODS else "learning_rate"
 
 
-def floats(text: str) -> list[float]:
+def floats(text: str, option: str) -> list[float]:
     try:
-        return [float(part) for part in text.split(",") if part.strip()]
+        values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise SystemExit(f"expected comma-separated numbers, got {text!r}") from None
+        values = []
+    if not values or not all(0 < v < float("inf") for v in values):
+        raise SystemExit(f"{option}: expected comma-separated positive numbers, got {text!r}")
+    return values
 
 
 def grid_values(method: str, args: ProtocolArguments) -> list[float]:
     """The values a method's grid starts from: `sft_grid` for SFT methods, `rl_grid` for the others."""
-    return floats(args.sft_grid if grid_field(method) == "sft_learning_rate" else args.rl_grid)
+    if grid_field(method) == "sft_learning_rate":
+        return floats(args.sft_grid, "--sft_grid")
+    return floats(args.rl_grid, "--rl_grid")
 
 
 def tuning_settings(settings: RunSettings) -> RunSettings:
@@ -318,7 +324,7 @@ def load_done(job: Job) -> dict[str, Any] | None:
     """The finished run of `job`, or None; refuses one made with other settings."""
     if not job.path.exists():
         return None
-    result = json.loads(job.path.read_text())
+    result = read_run(job.path)
     mismatch = settings_mismatch(result.get("settings", {}), job.settings)
     if mismatch:
         raise SystemExit(f"{job.path} was run with other settings, {{field: (then, now)}}: {mismatch}")
@@ -452,9 +458,14 @@ def tuning_stage(methods: list[str], args: ProtocolArguments, settings: RunSetti
     return runs, status
 
 
+@reports_setup_errors("prefix-rft protocol")
 def main(argv: list[str] | None = None) -> int:
     settings, args = parse_settings(argv, ProtocolArguments, prog="prefix-rft protocol")
     require_test_scoring(settings, "prefix-rft protocol")
+    with setup_stage():
+        check_run_paths(settings, args.output_dir)
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be at least 1 (runs side by side), got {args.jobs}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS) | ({BASE} & set(methods)))
     if unknown:

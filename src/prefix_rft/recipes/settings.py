@@ -10,6 +10,7 @@ from typing import Any
 
 from trl import TrlParser
 
+from prefix_rft.setup_errors import check_output_dir
 from prefix_rft.tasks import BaseModelConfig
 from prefix_rft.tasks.arithmetic import DEMO_STYLES
 from prefix_rft.trl.config import PrefixRFTConfig
@@ -92,6 +93,13 @@ def parse_settings(argv: list[str] | None, *others: type, prog: str) -> tuple:
     parser = TrlParser((*others, RunSettings), prog=prog)
     parsed = parser.parse_args_into_dataclasses(argv)
     return (parsed[-1], *parsed[:-1])
+
+
+def check_run_paths(settings: RunSettings, output_dir: str) -> None:
+    """The output folder and the base-model cache can be written, before any run starts."""
+    check_output_dir("--output_dir", output_dir)
+    if settings.cache_dir is not None:
+        check_output_dir("--cache_dir", settings.cache_dir)
 
 
 def require_test_scoring(settings: RunSettings, prog: str) -> None:

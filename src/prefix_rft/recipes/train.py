@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -19,6 +18,14 @@ from packaging.version import Version
 from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
 from prefix_rft.recipes.rewards import reward_functions, uses_trl_rewards
+from prefix_rft.recipes.setup_checks import (
+    STATE_FILE,
+    check_command_line,
+    check_dataset_format,
+    check_hub_model,
+    check_paths,
+)
+from prefix_rft.setup_errors import reports_setup_errors, setup_stage
 from prefix_rft.trl.config import PrefixRFTConfig
 from prefix_rft.trl.run_dir import checkpoints_in
 from prefix_rft.trl.trainer import PrefixRFTTrainer
@@ -26,7 +33,6 @@ from prefix_rft.trl.trainer import PrefixRFTTrainer
 logger = logging.getLogger(__name__)
 EMBEDDED = "embedded"
 _TRAINER_HAS_END = Version(transformers.__version__) >= Version("5.18.0")  # Trainer.end() appeared in 5.18
-STATE_FILE = "trainer_state.json"  # transformers writes it last into a checkpoint (TRAINER_STATE_NAME)
 # Trackers a `report_to` may name, and how to install each: ours as extras, the rest as transformers names them.
 TRACKER_INSTALL = {
     "trackio": "pip install 'prefix-rft[trackio]'",
@@ -101,6 +107,7 @@ def parse_args(argv: list[str] | None = None) -> TrainArguments:
     parser = TrlParser(
         (TrainScriptArguments, PrefixRFTConfig, ModelArguments, DatasetMixtureConfig), prog="prefix-rft train"
     )
+    check_command_line(parser, argv, PrefixRFTConfig)  # the YAML, its value types, the options holding JSON
     args = TrainArguments(*parser.parse_args_and_config(argv))
     check_trackers(args.config.report_to)
     uses_trl_rewards(args.script)  # refuses `reward` given together with reward_funcs
@@ -112,6 +119,7 @@ def parse_args(argv: list[str] | None = None) -> TrainArguments:
     if args.mixture.datasets and args.script.dataset_name is not None:
         raise ValueError("both dataset_name and datasets choose the training data: give one of them")
     args.config.resume_from_checkpoint = resolve_resume(args.config.resume_from_checkpoint, args.config.output_dir)
+    check_paths(args)  # model, checkpoint, dataset and output folder, before the model loads
     return args
 
 
@@ -165,6 +173,8 @@ def load_model(model_args: ModelArguments, config: PrefixRFTConfig):
         from prefix_rft.tasks import load_or_pretrain_base
 
         path = load_or_pretrain_base()
+    else:
+        check_hub_model(path, model_args.model_revision, config.trust_remote_code)
     config.model_init_kwargs = model_init_kwargs(model_args, config)
     return path, None
 
@@ -197,6 +207,7 @@ def load_datasets(args: TrainArguments):
         return _embedded_splits(script, args.config.seed, wants_eval)
     splits = [script.dataset_train_split, *([script.dataset_test_split] if wants_eval else [])]
     datasets = [first_rows(dataset, script.dataset_limit) for dataset in _load_splits(args, splits)]
+    check_dataset_format(datasets[0], script.dataset_format, script.dataset_name or "the datasets mixture")
     if script.dataset_format == "luffy":
         datasets = [from_luffy(dataset) for dataset in datasets]
     return datasets[0], (datasets[1] if wants_eval else None)
@@ -264,14 +275,11 @@ def end_run(trainer: PrefixRFTTrainer) -> None:
         trainer.accelerator.end_training()
 
 
+@reports_setup_errors("prefix-rft train")
 def main(argv: list[str] | None = None) -> int:
-    try:
+    with setup_stage():  # a config field, a path or a training row, named in the message: no traceback needed
         args = parse_args(argv)
         trainer = build_trainer(args)
-    except ValueError as error:  # a config field or a training row, named in the message: no traceback needed
-        logger.debug("refused before training", exc_info=True)
-        print(f"prefix-rft train: {error}", file=sys.stderr)
-        return 2
     accelerator = trainer.accelerator
     accelerator.print(f"prefix-rft train: {accelerator.num_processes} process(es), {accelerator.distributed_type}")
     trainer.train(resume_from_checkpoint=args.config.resume_from_checkpoint)

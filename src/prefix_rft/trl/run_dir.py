@@ -49,6 +49,17 @@ def checkpoints_in(output_dir: str) -> list[str]:
     return [name for _, name in sorted(found)]
 
 
+def refuse_other_run(output_dir: str, *, resuming: bool, overwrite: bool) -> None:
+    """Refuse a fresh start in a folder holding another run's checkpoints, unless `overwrite` (they are deleted)."""
+    checkpoints = checkpoints_in(output_dir)
+    if checkpoints and not resuming and not overwrite:
+        raise ValueError(
+            f"output_dir {output_dir!r} holds another run's checkpoints ({', '.join(checkpoints)}); pass "
+            "resume_from_checkpoint=True to continue that run, overwrite_output_dir=True to delete them and start "
+            "anew, or choose another output_dir"
+        )
+
+
 def claim_output_dir(
     output_dir: str, *, resuming: bool, overwrite: bool, settings: dict[str, Any], leftovers: tuple[str, ...] = ()
 ) -> None:
@@ -61,14 +72,9 @@ def claim_output_dir(
     """
     record = os.path.join(output_dir, RUN_RECORD)
     checkpoints = checkpoints_in(output_dir)
+    refuse_other_run(output_dir, resuming=resuming, overwrite=overwrite)
     if resuming:
         _warn_on_changed_settings(record, settings)
-    elif checkpoints and not overwrite:
-        raise ValueError(
-            f"output_dir {output_dir!r} holds another run's checkpoints ({', '.join(checkpoints)}); pass "
-            "resume_from_checkpoint=True to continue that run, overwrite_output_dir=True to delete them and start "
-            "anew, or choose another output_dir"
-        )
     elif checkpoints:
         for name in [*checkpoints, *leftovers]:
             shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)

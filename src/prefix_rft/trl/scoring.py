@@ -22,6 +22,12 @@ logger = logging.getLogger(__name__)
 PREFIX_MARK = " ⟦/prefix⟧ "  # shown in completions tables where a hybrid's demo prefix ends
 
 
+def _short(value: Any, limit: int = 200) -> str:
+    """`repr(value)`, cut to `limit` characters: a completion can be thousands of tokens."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class PrefixScoringMixin:
     """Reward and advantage hooks of `PrefixRFTTrainer` (a mixin over TRL's `GRPOTrainer`)."""
 
@@ -88,8 +94,27 @@ class PrefixScoringMixin:
                         **columns,
                     )
                 except Exception as error:  # noqa: BLE001 - re-raised with its location
-                    return RuntimeError(f"reward function {name!r} failed on row {i} of this rank's batch: {error!r}")
+                    shown = {"completion": completions[i], **{k: v[0] for k, v in columns.items() if k != "id"}}
+                    inputs_text = ", ".join(f"{k}={_short(v)}" for k, v in shown.items())
+                    return RuntimeError(
+                        f"reward function {name!r} failed on {self._dataset_row(example)} (row {i} of this rank's "
+                        f"batch): {error!r}; its input: {inputs_text}"
+                    )
         return RuntimeError("a reward function failed on the whole batch but on no single row")
+
+    def _dataset_row(self, example: dict[str, Any]) -> str:
+        """The dataset row `example` came from: its `id` when the data has one, else its index (the first row with
+        this prompt; found by a scan, which only a failure pays for)."""
+        if example.get("id") is not None:
+            return f"the dataset row with id {example['id']!r}"
+        dataset = self.train_dataset if self.model.training else self.eval_dataset
+        if dataset is None or isinstance(dataset, dict) or "prompt" not in getattr(dataset, "column_names", ()):
+            return "a row without id"
+        matches = [j for j, prompt in enumerate(dataset["prompt"]) if prompt == example["prompt"]]
+        if not matches:
+            return "a row without id"
+        more = f" (and {len(matches) - 1} other rows with this prompt)" if len(matches) > 1 else ""
+        return f"row {matches[0]} of the {'training' if self.model.training else 'eval'} dataset{more}"
 
     def _generate_and_score_completions(self, inputs):
         if not self.model.training:

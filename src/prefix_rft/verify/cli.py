@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 from prefix_rft.data.jsonl import iter_jsonl
+from prefix_rft.setup_errors import (
+    check_output_file,
+    positive_float,
+    positive_int,
+    reports_setup_errors,
+    setup_stage,
+)
 from prefix_rft.verify.extract import gold_text
 from prefix_rft.verify.verifier import MathVerifier
 
@@ -21,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prediction-field", default="prediction", help="field holding the model output")
     parser.add_argument("--mode", choices=("math_verify", "oat"), default="math_verify")
     parser.add_argument("--after-think", action="store_true", help="grade only the text after </think>")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds per pair before it scores 0")
-    parser.add_argument("--workers", type=int, default=2, help="verifier worker processes")
+    parser.add_argument("--timeout", type=positive_float, default=5.0, help="seconds per pair before it scores 0")
+    parser.add_argument("--workers", type=positive_int, default=2, help="verifier worker processes")
     parser.add_argument("--scores-out", type=Path, help="write the input rows with a `score` field added")
     return parser
 
@@ -53,14 +59,14 @@ def read_pairs(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str
     return rows, predictions, golds
 
 
+@reports_setup_errors("prefix-rft verify")
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
+    with setup_stage():  # JsonlError included: file, line, and how to fix it; the output before any grading
+        if args.scores_out is not None:
+            check_output_file("--scores-out", args.scores_out)
         rows, predictions, golds = read_pairs(args)
-    except ValueError as exc:  # JsonlError included: file, line, and how to fix it
-        print(f"prefix-rft verify: {exc}", file=sys.stderr)
-        return 2
     with MathVerifier(args.timeout, args.workers, args.mode, args.after_think) as verifier:
         scores = verifier.score_batch(predictions, golds)
         stats = verifier.stats
