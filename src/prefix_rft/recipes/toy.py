@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, ProgressCallback, TrainerCallback
 from trl import SFTConfig
 
 from prefix_rft.baselines import (
@@ -285,9 +285,20 @@ def load_base(settings: RunSettings):
     return path, AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
 
-def train_rl(method, model, tokenizer, settings, seed, output_dir, points, steps=None, offset=0, reward_fn=None):
+def attach(trainer, callbacks) -> None:
+    """Add `callbacks` to `trainer`; a `ProgressCallback` among them replaces the trainer's own progress printer."""
+    for callback in callbacks:
+        if isinstance(callback, ProgressCallback):
+            trainer.pop_callback(ProgressCallback)
+            trainer.pop_callback(PrinterCallback)
+        trainer.add_callback(callback)
+
+
+def train_rl(
+    method, model, tokenizer, settings, seed, output_dir, points, steps=None, offset=0, reward_fn=None, callbacks=()
+):
     """Train `model` in place with an RL method (reward: `reward_fn`, default the task's verifier); returns the
-    trainer."""
+    trainer. `callbacks` are added to the trainer (`attach`)."""
 
     trainer = RL_METHODS[method].trainer(
         model=model,
@@ -297,6 +308,7 @@ def train_rl(method, model, tokenizer, settings, seed, output_dir, points, steps
         processing_class=tokenizer,
         callbacks=[accuracy_callback(tokenizer, settings, seed, points, offset)],
     )
+    attach(trainer, callbacks)
     trainer.train()
     return trainer
 
@@ -305,13 +317,14 @@ def train_sft(model, tokenizer, settings, seed, output_dir, points, steps, callb
     trainer = build_sft_trainer(
         model, tokenizer, train_rows("sft", settings, seed), sft_config(settings, seed, output_dir, steps)
     )
-    for callback in (accuracy_callback(tokenizer, settings, seed, points), *callbacks):
-        trainer.add_callback(callback)
+    attach(trainer, (accuracy_callback(tokenizer, settings, seed, points), *callbacks))
     trainer.train()
     return trainer
 
 
-def train_sft_to_best(model, tokenizer, settings: RunSettings, seed: int, output_dir: Path, points: list[dict]):
+def train_sft_to_best(
+    model, tokenizer, settings: RunSettings, seed: int, output_dir: Path, points: list[dict], callbacks: tuple = ()
+):
     """SFT with early stopping on `validation_rows` (avg@1 every `sft_eval_every` steps, `sft_patience`), then the
     best weights restored into `model`; returns (the SFT trainer, the `EarlyStopping` record).
 
@@ -321,64 +334,79 @@ def train_sft_to_best(model, tokenizer, settings: RunSettings, seed: int, output
     stopper = EarlyStopping(
         lambda m: validation_accuracy(m, tokenizer, rows, seed), settings.sft_eval_every, settings.sft_patience
     )
-    trainer = train_sft(model, tokenizer, settings, seed, output_dir, points, settings.steps, callbacks=(stopper,))
+    trainer = train_sft(
+        model, tokenizer, settings, seed, output_dir, points, settings.steps, callbacks=(stopper, *callbacks)
+    )
     stopper.restore(model)
     return trainer, stopper.record()
 
 
-def train_sft_best_rft(model, tokenizer, settings: RunSettings, seed: int, output_dir: Path, points: list[dict]):
+def train_rft_after_sft(model, tokenizer, settings, seed, output_dir: Path, points, sft_steps: int, callbacks=()):
+    """RFT (`num_hybrid=0`) in `output_dir/rft` for the steps of the budget an SFT stage of `sft_steps` left."""
+    steps = settings.steps - sft_steps
+    rft_dir = output_dir / "rft"
+    return train_rl(
+        "rft", model, tokenizer, settings, seed, rft_dir, points, steps=steps, offset=sft_steps, callbacks=callbacks
+    )
+
+
+def train_sft_best_rft(
+    model, tokenizer, settings: RunSettings, seed: int, output_dir: Path, points: list[dict], callbacks: tuple = ()
+):
     """`train_sft_to_best`, then RFT (`num_hybrid=0`) for the steps SFT did not run; returns (log history, record).
 
     Every SFT step run counts, those after the best one too: they were spent choosing it.
     """
-    sft, record = train_sft_to_best(model, tokenizer, settings, seed, output_dir / "sft", points)
+    sft, record = train_sft_to_best(model, tokenizer, settings, seed, output_dir / "sft", points, callbacks)
     sft_steps = sft.state.global_step
     history = list(sft.state.log_history)
     rl_steps = settings.steps - sft_steps
     if rl_steps:  # none left when SFT kept improving to the end of the budget
-        rl = train_rl(
-            "rft", model, tokenizer, settings, seed, output_dir / "rft", points, steps=rl_steps, offset=sft_steps
-        )
+        rl = train_rft_after_sft(model, tokenizer, settings, seed, output_dir, points, sft_steps, callbacks)
         history += rl.state.log_history
     return history, {**record, "sft_steps": sft_steps, "rl_steps": rl_steps}
 
 
 def run_method(
-    method: str, settings: RunSettings, seed: int, output_dir: Path, save_to: Path | None = None, base=None
+    method: str,
+    settings: RunSettings,
+    seed: int,
+    output_dir: Path,
+    save_to: Path | None = None,
+    base=None,
+    callbacks: tuple = (),
+    points: list[dict] | None = None,
 ) -> dict[str, Any]:
     """Train one method from the base model and evaluate it; returns curves and final metrics. With `save_to`, the
     trained model and its tokenizer are saved there (`from_pretrained` loads them). `base`: (path, model, tokenizer)
-    of `load_base(settings)` when the caller has loaded it already; the model is trained in place."""
+    of `load_base(settings)` when the caller has loaded it already; the model is trained in place. `callbacks` join
+    every trainer of the run (`attach`); `points`, if given, is the list the accuracy curve is appended to as it is
+    measured (a callback may read it)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     torch.manual_seed(seed)
     base_path, model, tokenizer = base or load_base(settings)
-    points: list[dict] = []
+    points = [] if points is None else points
     measure_point(model, tokenizer, settings, seed, points, 0)
     history: list[dict] = []
     extra: dict[str, Any] = {}
     if method == "sft":
-        history += train_sft(model, tokenizer, settings, seed, output_dir, points, settings.steps).state.log_history
+        sft = train_sft(model, tokenizer, settings, seed, output_dir, points, settings.steps, callbacks)
+        history += sft.state.log_history
     elif method == "sft_rft":
         sft_steps = settings.steps // 2
-        history += train_sft(model, tokenizer, settings, seed, output_dir / "sft", points, sft_steps).state.log_history
-        trainer = train_rl(
-            "rft",
-            model,
-            tokenizer,
-            settings,
-            seed,
-            output_dir / "rft",
-            points,
-            steps=settings.steps - sft_steps,
-            offset=sft_steps,
-        )
-        history += trainer.state.log_history
+        sft = train_sft(model, tokenizer, settings, seed, output_dir / "sft", points, sft_steps, callbacks)
+        history += sft.state.log_history
+        rl = train_rft_after_sft(model, tokenizer, settings, seed, output_dir, points, sft_steps, callbacks)
+        history += rl.state.log_history
     elif method == "sft_best_rft":
-        logs, extra["sft_selection"] = train_sft_best_rft(model, tokenizer, settings, seed, output_dir, points)
+        logs, extra["sft_selection"] = train_sft_best_rft(
+            model, tokenizer, settings, seed, output_dir, points, callbacks
+        )
         history += logs
     elif method != BASE:  # the base row is evaluated untrained
-        history += train_rl(method, model, tokenizer, settings, seed, output_dir, points).state.log_history
+        rl = train_rl(method, model, tokenizer, settings, seed, output_dir, points, callbacks=callbacks)
+        history += rl.state.log_history
     k, n = settings.eval_k, settings.eval_problems
     final = score_run(model.eval(), tokenizer, settings, seed, k, n, f"{method} final")
     if save_to is not None:
