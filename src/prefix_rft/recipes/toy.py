@@ -10,7 +10,6 @@ import dataclasses
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,60 +18,24 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, ProgressCallback, TrainerCallback
 from trl import SFTConfig
 
-from prefix_rft.baselines import (
-    LuffyConfig,
-    LuffyTrainer,
-    ReliftConfig,
-    ReliftTrainer,
-    RLWithSFTConfig,
-    RLWithSFTTrainer,
-)
+from prefix_rft.baselines import ReliftTrainer
+from prefix_rft.baselines.methods import METHODS as REGISTRY
+from prefix_rft.baselines.methods import Method
 from prefix_rft.baselines.sft import build_sft_trainer
 from prefix_rft.eval.harness import EvalResult, evaluate
 from prefix_rft.recipes.early_stopping import EarlyStopping
 from prefix_rft.recipes.settings import RunSettings
 from prefix_rft.tasks import BaseModelConfig, TaskConfig, is_correct, load_or_pretrain_base, make_rows, task_reward
 from prefix_rft.tasks.model import MAX_POSITIONS
-from prefix_rft.trl.config import PrefixRFTConfig
 from prefix_rft.trl.cpu import cpu_trainer_kwargs
-from prefix_rft.trl.trainer import PrefixRFTTrainer
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class RLMethod:
-    """An RL method of the comparison: its trainer and config classes and its config overrides."""
-
-    trainer: type[PrefixRFTTrainer]
-    config: type[PrefixRFTConfig]
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-
-PREFIX_RFT = RLMethod(PrefixRFTTrainer, PrefixRFTConfig)
-RL_METHODS: dict[str, RLMethod] = {
-    "prefix_rft": PREFIX_RFT,
-    "rft": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"num_hybrid": 0}),
-    "rl_sft": RLMethod(RLWithSFTTrainer, RLWithSFTConfig),
-    "luffy": RLMethod(LuffyTrainer, LuffyConfig),
-    "relift": RLMethod(ReliftTrainer, ReliftConfig),
-    # Prefix-RFT ablations (paper §6, Table 8)
-    "prefix_rft_select_all": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_entropy_selection": "all"}),
-    "prefix_rft_freeze_prefix": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_entropy_selection": "none"}),
-    "prefix_rft_random": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_entropy_selection": "random"}),
-    "prefix_rft_lowest": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_entropy_selection": "lowest"}),
-    "prefix_rft_keep0.5": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_entropy_keep_fraction": 0.5}),
-    "prefix_rft_keep0.8": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_entropy_keep_fraction": 0.8}),
-    "prefix_rft_uniform": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_ratio_schedule": "constant"}),
-    "prefix_rft_paper_adv": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_advantage": "paper"}),
-    "prefix_rft_demos50": PREFIX_RFT,  # half the training prompts keep their demo (see train_rows)
-    # The demo prefix as a hint in the prompt, never trained (QuestA; docs/fidelity.md row 32)
-    "prefix_rft_prompt_hint": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_placement": "prompt"}),
-    # Per-question guidance (docs/fidelity.md rows 33-34) acts from a question's second visit on: with the default
-    # `question_epochs=1` every step has new questions, and these two plan exactly as prefix_rft does.
-    "prefix_rft_adaptive": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_success_target": 0.5}),  # SEELE
-    "prefix_rft_rescue": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_rescue_max_success": 0.0}),  # BREAD
-}
+# The RL methods of the registry (baselines/methods.py), plus one that differs only in its data: half the training
+# prompts keep their demo (see train_rows).
+RL_METHODS: dict[str, Method] = {name: m for name, m in REGISTRY.items() if m.stages == ("rl",)}
+RL_METHODS["prefix_rft_demos50"] = REGISTRY["prefix_rft"]
 # sft_best_rft: SFT to its best validation accuracy, then RFT for the rest of the budget (arXiv 2604.23747)
 SFT_METHODS = ("sft", "sft_rft", "sft_best_rft")
 BASE = "base"  # the untrained base model, evaluated like every method: the reference row of the comparison
@@ -133,7 +96,7 @@ def rl_config(method: str, settings: RunSettings, seed: int, output_dir: Path, s
     )
     if spec.trainer is ReliftTrainer:
         kwargs.update(relift_sft_batch=settings.relift_sft_batch, relift_sft_learning_rate=settings.sft_learning_rate)
-    kwargs.update(spec.overrides)
+    kwargs.update(spec.presets)
     kwargs.update(settings.extra)
     cap, budget = kwargs["max_completion_length"], completion_budget()  # after `--rl-set`, which may set it too
     if not 1 <= cap <= budget:
