@@ -38,6 +38,9 @@ class SFTMethodConfig(PrefixRFTConfig):
     the RL fields of PrefixRFTConfig have no use (`refused_options`)."""
 
     learning_rate: float = field(default=5e-5, metadata={"help": "SFT learning rate (the paper's SFT: 5e-5)."})
+    # Unused by SFT; chosen so that GRPOConfig's batch checks pass for any batch size.
+    num_generations: int = field(default=2, metadata={"help": "Unused: method 'sft' generates nothing."})
+    steps_per_generation: int | None = field(default=2, metadata={"help": "Unused: method 'sft' generates nothing."})
 
 
 @dataclass

@@ -65,7 +65,9 @@ def run(args: TrainArguments) -> None:
         logger.warning("stage 1 (SFT) finished earlier in %s: stage 2 starts from its model", sft_dir)
     else:
         model, tokenizer = load_model(args.model, config)
-        stage_config = sft_config(config, sft_dir, resume, staged=True)
+        best = method.stages[0] == "sft_best"
+        # Early stopping keeps its best weights in memory, so an interrupted sft_best stage starts again.
+        stage_config = sft_config(config, sft_dir, None if best else resume, staged=True, checkpoints=not best)
         trainer, stopper = sft_stage(args, model, tokenizer, train_dataset, stage_config, held_out or None)
         finish_sft_stage(trainer, sft_dir, stopper)
     rl_stage(args, str(sft_dir), train_dataset, eval_dataset, resume)
@@ -78,9 +80,9 @@ def split_validation(dataset, n: int):
     return dataset.select(range(len(dataset) - n)), dataset.select(range(len(dataset) - n, len(dataset))).to_list()
 
 
-def sft_config(config, output_dir: Path, resume, staged: bool) -> SFTConfig:
+def sft_config(config, output_dir: Path, resume, staged: bool, checkpoints: bool = True) -> SFTConfig:
     """SFTConfig from the TrainingArguments fields of `config`; in stage 1 of a two-stage method its `sft_*` fields
-    set the learning rate, steps and batch size (the others are stage 2's)."""
+    set the learning rate, steps and batch size (the others are stage 2's). `checkpoints=False`: saves none."""
     kwargs = {f.name: getattr(config, f.name) for f in fields(TrainingArguments) if f.init}
     kwargs.update(output_dir=str(output_dir), max_length=None, model_init_kwargs=config.model_init_kwargs)
     kwargs.pop("gradient_checkpointing", None)  # deprecated alias of activation_checkpointing, which carries it
@@ -92,6 +94,8 @@ def sft_config(config, output_dir: Path, resume, staged: bool) -> SFTConfig:
             num_train_epochs=config.sft_num_train_epochs,
             per_device_train_batch_size=config.sft_per_device_train_batch_size or questions,
         )
+    if not checkpoints:
+        kwargs["save_strategy"] = "no"
     kwargs["resume_from_checkpoint"] = resume_in(output_dir, resume)
     return SFTConfig(**kwargs)
 
