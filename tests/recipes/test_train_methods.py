@@ -56,6 +56,7 @@ def test_preset_methods_fix_their_settings(tmp_path):
     ("method", "extra", "message"),
     [
         ("prefix_rft", ["--luffy_gamma", "0.2"], "method 'prefix_rft' refuses luffy_gamma: options of method 'luffy'"),
+        ("luffy", ["--sft-loss-coef=2"], "method 'luffy' refuses sft_loss_coef: options of method 'rl_sft'"),
         (
             "sft_rft",
             ["--sft_patience", "2", "--relift_sft_batch=4"],

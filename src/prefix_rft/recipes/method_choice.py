@@ -22,14 +22,15 @@ def yaml_settings(argv: list[str]) -> dict[str, Any]:
 
 
 def command_line_options(argv: list[str]) -> dict[str, str | None]:
-    """`--name value` / `--name=value` pairs of the command line (value None when the next token is an option)."""
+    """`--name value` / `--name=value` pairs of the command line, names with `_` (value None when the next token is
+    an option)."""
     options: dict[str, str | None] = {}
     for i, token in enumerate(argv):
         if not token.startswith("--") or token == "--config":
             continue
         name, sep, value = token[2:].partition("=")
         following = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else None
-        options[name] = value if sep else following
+        options[name.replace("-", "_")] = value if sep else following  # HfArgumentParser takes both spellings
     return options
 
 
