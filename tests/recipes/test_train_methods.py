@@ -115,3 +115,10 @@ def test_finished_sft_stage_is_not_trained_again(tmp_path, capsys, caplog):
     assert "stage 1 (SFT) finished earlier" in caplog.text
     assert (sft_dir / "model.safetensors").read_bytes() == weights
     assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_sft_evaluates_on_the_demonstrations_of_the_eval_split(tmp_path, capsys):
+    config = recipe(tmp_path, "sft", eval_strategy="steps", eval_steps=1, embedded_eval_rows=4)
+    assert main(["--config", str(config)]) == 0
+    assert "'eval_loss'" in capsys.readouterr().out  # SFTTrainer's loss on the eval split's demonstrations

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from datasets import Dataset
 from transformers import TrainingArguments
 from trl import SFTConfig, get_peft_config, get_quantization_config
 
 from prefix_rft.baselines.methods import METHODS
-from prefix_rft.baselines.sft import build_sft_trainer
+from prefix_rft.baselines.sft import build_sft_trainer, demo_completion_rows
 from prefix_rft.eval.generate import Sampling, generate, render_prompt
 from prefix_rft.recipes.early_stopping import EarlyStopping
 from prefix_rft.recipes.rewards import reward_functions
@@ -56,7 +57,8 @@ def run(args: TrainArguments) -> None:
         train_dataset, held_out = split_validation(train_dataset, config.sft_validation_rows)
     if method.stages == ("sft",):  # SFT is the whole method: it trains in output_dir
         model, tokenizer = load_model(args.model, config)
-        trainer, _ = sft_stage(args, model, tokenizer, train_dataset, sft_config(config, out, resume, staged=False))
+        datasets = (train_dataset, eval_dataset)
+        trainer, _ = sft_stage(args, model, tokenizer, datasets, sft_config(config, out, resume, staged=False))
         trainer.save_model(str(out))
         end_run(trainer)
         return
@@ -68,7 +70,8 @@ def run(args: TrainArguments) -> None:
         best = method.stages[0] == "sft_best"
         # Early stopping keeps its best weights in memory, so an interrupted sft_best stage starts again.
         stage_config = sft_config(config, sft_dir, None if best else resume, staged=True, checkpoints=not best)
-        trainer, stopper = sft_stage(args, model, tokenizer, train_dataset, stage_config, held_out or None)
+        datasets = (train_dataset, eval_dataset)
+        trainer, stopper = sft_stage(args, model, tokenizer, datasets, stage_config, held_out or None)
         finish_sft_stage(trainer, sft_dir, stopper)
     rl_stage(args, str(sft_dir), train_dataset, eval_dataset, resume)
 
@@ -110,9 +113,10 @@ def resume_in(output_dir: Path, resume) -> str | None:
     return resolve_resume(resume, str(output_dir))
 
 
-def sft_stage(args: TrainArguments, model, tokenizer, dataset, config: SFTConfig, held_out: list[dict] | None = None):
-    """Train SFTTrainer on the demonstrations of `dataset`, with early stopping on `held_out` rows if given; returns
-    (the trainer, its `EarlyStopping` or None)."""
+def sft_stage(args: TrainArguments, model, tokenizer, datasets, config: SFTConfig, held_out: list[dict] | None = None):
+    """Train SFTTrainer on the demonstrations of `datasets` (train, eval or None), with early stopping on `held_out`
+    rows if given; returns (the trainer, its `EarlyStopping` or None)."""
+    dataset, eval_dataset = datasets
     if config.should_save:
         check_writable(config.output_dir)
         settings = json.loads(config.to_json_string())
@@ -130,6 +134,7 @@ def sft_stage(args: TrainArguments, model, tokenizer, dataset, config: SFTConfig
         tokenizer,
         rows,
         config,
+        eval_dataset=None if eval_dataset is None else Dataset.from_list(demo_completion_rows(eval_dataset.to_list())),
         peft_config=get_peft_config(args.model),
         quantization_config=get_quantization_config(args.model),
     )
