@@ -41,13 +41,8 @@ SFT_DIR = "sft"
 STAGE_DONE = "stage_done.json"  # written into the stage's folder once its model is saved
 
 
-def is_staged(args: TrainArguments) -> bool:
-    """The method has an SFT stage (every other method is one RL stage, which `train.main` runs itself)."""
-    return METHODS[args.script.method].stages != ("rl",)
-
-
-def run(args: TrainArguments) -> None:
-    """Run the stages of `args.script.method` in order."""
+def run(args: TrainArguments) -> bool:
+    """Run the stages of `args.script.method` in order; True on the main process."""
     method = METHODS[args.script.method]
     config, out = args.config, Path(args.config.output_dir)
     resume = args.config.resume_from_checkpoint
@@ -61,7 +56,7 @@ def run(args: TrainArguments) -> None:
         trainer, _ = sft_stage(args, model, tokenizer, datasets, sft_config(config, out, resume, staged=False))
         trainer.save_model(str(out))
         end_run(trainer)
-        return
+        return trainer.accelerator.is_main_process
     sft_dir = out / SFT_DIR
     if (sft_dir / STAGE_DONE).is_file() and not config.overwrite_output_dir:
         logger.warning("stage 1 (SFT) finished earlier in %s: stage 2 starts from its model", sft_dir)
@@ -73,7 +68,7 @@ def run(args: TrainArguments) -> None:
         datasets = (train_dataset, eval_dataset)
         trainer, stopper = sft_stage(args, model, tokenizer, datasets, stage_config, held_out or None)
         finish_sft_stage(trainer, sft_dir, stopper)
-    rl_stage(args, str(sft_dir), train_dataset, eval_dataset, resume)
+    return rl_stage(args, str(sft_dir), train_dataset, eval_dataset, resume)
 
 
 def split_validation(dataset, n: int):
@@ -212,8 +207,9 @@ def validation_reward(model, tokenizer, rows: list[dict], funcs, weights, max_ne
     return sum(totals) / len(totals)
 
 
-def rl_stage(args: TrainArguments, model_path: str, train_dataset, eval_dataset, resume: Any) -> None:
-    """Stage 2: RFT from the stage-1 model in `output_dir`, resuming its own newest checkpoint if asked to."""
+def rl_stage(args: TrainArguments, model_path: str, train_dataset, eval_dataset, resume: Any) -> bool:
+    """Stage 2: RFT from the stage-1 model in `output_dir`, resuming its own newest checkpoint if asked to; True on
+    the main process."""
     from prefix_rft.recipes.train import build_rl_trainer
 
     config = args.config
@@ -223,3 +219,4 @@ def rl_stage(args: TrainArguments, model_path: str, train_dataset, eval_dataset,
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
     end_run(trainer)
+    return trainer.accelerator.is_main_process

@@ -284,19 +284,17 @@ def end_run(trainer: PrefixRFTTrainer) -> None:
 
 def run_staged(args: TrainArguments) -> int:
     """A method with an SFT stage (recipes/methods.py)."""
-    from prefix_rft.recipes import methods
+    from prefix_rft.recipes import methods  # it imports this module
 
-    methods.run(args)
-    print(f"prefix-rft train: saved the model to {args.config.output_dir}")
+    if methods.run(args):
+        print(f"prefix-rft train: saved the model to {args.config.output_dir}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
-        from prefix_rft.recipes import methods  # imports this module
-
-        if methods.is_staged(args):
+        if METHODS[args.script.method].stages != ("rl",):
             return run_staged(args)
         trainer = build_trainer(args)
     except ValueError as error:  # a config field or a training row, named in the message: no traceback needed
