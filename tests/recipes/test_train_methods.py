@@ -122,3 +122,14 @@ def test_sft_evaluates_on_the_demonstrations_of_the_eval_split(tmp_path, capsys)
     config = recipe(tmp_path, "sft", eval_strategy="steps", eval_steps=1, embedded_eval_rows=4)
     assert main(["--config", str(config)]) == 0
     assert "'eval_loss'" in capsys.readouterr().out  # SFTTrainer's loss on the eval split's demonstrations
+
+
+@pytest.mark.slow
+def test_lora_sft_stage_is_merged_for_the_rft_stage_to_adapt(tmp_path):
+    config = recipe(tmp_path, "sft_rft", sft_max_steps=1, use_peft=True, lora_target_modules=["q_proj", "v_proj"])
+    assert main(["--config", str(config)]) == 0
+    out = tmp_path / "out"
+    # stage 1 saved whole weights (its adapter merged), stage 2 an adapter on top of them
+    assert (out / "sft" / "model.safetensors").is_file() and not (out / "sft" / "adapter_config.json").exists()
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert Path(adapter["base_model_name_or_path"]) == out / "sft"
