@@ -40,7 +40,20 @@ def test_two_step_demo_writes_report_curves_and_results(tmp_path, capsys):
     assert {n: p.shape for n, p in trained.named_parameters()} == {n: p.shape for n, p in base.named_parameters()}
     report = (out / "report.md").read_text()
     assert "| in-distribution test | avg@2 |" in report and "curves.png" in report
-    assert "| out-of-distribution | avg@2 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| out-of-distribution | avg@2 |" in printed
+    # One compact line per step instead of the trainer's metrics dictionaries; every metric in train_log.jsonl.
+    assert "{'loss'" not in printed and "'reward/hybrid'" not in printed
+    for i, step in enumerate(steps, start=1):
+        point = results["curve"][i]
+        line = (
+            f"step {i}/2  reward {step['reward']:.3f}  hybrid reward {step['reward/hybrid']:.3f}  prefix ratio "
+            f"{step['prefix/ratio_mean']:.3f}  acc test {point['test']:.3f}, ood {point['ood']:.3f}"
+        )
+        assert line in printed.splitlines()
+    logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [h for h in logged if "reward/hybrid" in h] == steps
+    assert "train_runtime" in logged[-1]
 
 
 def test_demo_and_compare_share_one_definition_of_the_run_settings():

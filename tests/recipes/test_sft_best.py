@@ -63,7 +63,19 @@ def test_sft_best_rft_gives_rft_the_steps_sft_did_not_run(tmp_path, monkeypatch,
     )
     rl_calls = []
 
-    def fake_rl(method, model, tokenizer, settings, seed, output_dir, points, steps=None, offset=0, callbacks=()):
+    def fake_rl(
+        method,
+        model,
+        tokenizer,
+        settings,
+        seed,
+        output_dir,
+        points,
+        steps=None,
+        offset=0,
+        reward_fn=None,
+        callbacks=(),
+    ):
         rl_calls.append((method, steps, offset))
         return SimpleNamespace(state=SimpleNamespace(log_history=[]))
 

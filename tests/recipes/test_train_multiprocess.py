@@ -59,3 +59,33 @@ def test_two_process_smoke_run_exits_cleanly_and_saves_the_model_once(tmp_path, 
     assert log.count("***** Running training *****") == 2  # both ranks' info lines reach the log
     assert log.count(f"Saving model checkpoint to {out}\n") == 1  # ... and only one process wrote the model
     assert (out / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("method", "state_file", "extra"),
+    [
+        ("relift", "relift_buffer.json", ["--relift_sft_batch", "1"]),
+        ("prefix_rft_adaptive", "prefix_questions.json", []),
+    ],
+)
+def test_two_process_method_with_extra_state_checkpoints_it_per_rank_and_resumes(tmp_path, method, state_file, extra):
+    out = tmp_path / "out"
+    cmd = [*LAUNCHERS["torchrun"], "-m", "prefix_rft.cli", "train", "--config", "configs/smoke_cpu.yaml"]
+    # ReLIFT needs whole groups on each rank: one question x 8 rollouts per process
+    cmd += ["--method", method, *extra, "--output_dir", str(out), "--per_device_train_batch_size", "8"]
+    cmd += ["--embedded_train_rows", "32", "--max_completion_length", "48", "--prefix_truncate_long_demos", "true"]
+    cmd += ["--save_strategy", "steps", "--save_steps", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = run([*cmd, "--max_steps", "1"], env)
+    assert first.returncode == 0, (first.stdout + first.stderr)[-4000:]
+    # each rank wrote its own state beside its RNG state
+    assert sorted(p.name for p in (out / "checkpoint-1").glob(f"*_{state_file}")) == [
+        f"0_{state_file}",
+        f"1_{state_file}",
+    ]
+    resumed = run([*cmd, "--max_steps", "2", "--resume_from_checkpoint", "true"], env)
+    log = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, log[-4000:]
+    assert "starts empty" not in log  # both ranks found their state in checkpoint-1
+    assert (out / "checkpoint-2" / f"1_{state_file}").is_file()

@@ -91,6 +91,12 @@ def test_supported_loss_settings_are_accepted(tmp_path, settings):
     assert all(getattr(args, name) == value for name, value in settings.items())
 
 
+@pytest.mark.parametrize("value, meaning", [(True, "group"), (False, "none")])
+def test_boolean_reward_scaling_means_what_it_means_in_trl(tmp_path, value, meaning):
+    # TRL's GRPOConfig maps True to its per-group std scaling and False to none.
+    assert train_args(tmp_path, scale_rewards=value).scale_rewards == meaning
+
+
 @pytest.mark.parametrize("argument", ["tools", "rollout_func", "environment_factory"])
 def test_trainer_arguments_that_bypass_prefix_rollouts_are_refused(tmp_path, model, tokenizer, argument):
     value = [len] if argument == "tools" else len

@@ -1,5 +1,5 @@
-"""Rows a reward function leaves unscored (None): unscorable rows train with advantage 0, partly scored rows stop the
-run unless the user opts in, and both are counted."""
+"""Rows a reward function leaves unscored (None): unscorable rows train with advantage 0, partly scored rows sum the
+functions that scored them (TRL's contract) unless `strict_rewards`, and both are counted."""
 
 import re
 
@@ -50,27 +50,41 @@ def test_row_no_function_scores_gets_advantage_zero_and_leaves_the_baseline(tmp_
     assert trainer._metrics["train"]["reward/unscored_rows"] == [1.0]
 
 
-def test_row_one_of_two_functions_leaves_unscored_is_refused(tmp_path, model, tokenizer):
+def test_row_one_of_two_functions_leaves_unscored_is_refused_when_strict(tmp_path, model, tokenizer):
     def parity_but_row_3(completions, **kwargs):
         return [None if i == 3 else r for i, r in enumerate(parity(completions))]
 
-    trainer, batch = build(tmp_path, model, tokenizer, [parity, parity_but_row_3])
+    trainer, batch = build(tmp_path, model, tokenizer, [parity, parity_but_row_3], strict_rewards=True)
     message = (
         "reward function 'parity_but_row_3' returned None for row 3 (of the gathered batch), which ['parity'] "
-        "scored: the row's reward would leave 'parity_but_row_3' out. Return a number for every row, or set "
-        "allow_partial_rewards=True to sum the functions that score it"
+        "scored: the row's reward would leave 'parity_but_row_3' out. Return a number for every row, or unset "
+        "strict_rewards to sum the functions that score it (TRL's contract)"
     )
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         trainer._generate_and_score_completions(batch)
 
 
-def test_partly_scored_rows_are_counted_per_function_when_allowed(tmp_path, model, tokenizer):
-    def parity_but_rows_3_and_5(completions, **kwargs):
-        return [None if i in (3, 5) else r for i, r in enumerate(parity(completions))]
+def test_partly_scored_rows_sum_the_functions_that_scored_them_by_default(tmp_path, model, tokenizer):
+    # TRL's multi-task pattern: `task_b` does not apply to rows 3 and 5 and returns None there.
+    def task_a(completions, **kwargs):
+        return [1.0] * len(completions)
 
-    trainer, batch = build(tmp_path, model, tokenizer, [parity, parity_but_rows_3_and_5], allow_partial_rewards=True)
-    trainer._generate_and_score_completions(batch)
+    def task_b(completions, **kwargs):
+        return [None if i in (3, 5) else 2.0 for i in range(len(completions))]
+
+    trainer, batch = build(tmp_path, model, tokenizer, [task_a, task_b])
+    output = trainer._generate_and_score_completions(batch)
+    # Group 0 = rows 0..7, row 7 the hybrid. On-policy rewards: rows 3, 5 -> 1 (task_a alone), rows 0,1,2,4,6 -> 3.
+    # Reference baseline over on-policy rows: (5 * 3 + 2 * 1) / 7 = 17/7.
+    advantages = output["advantages"]  # (B, T)
+    assert advantages[3, 0].item() == pytest.approx(1 - 17 / 7)
+    assert advantages[0, 0].item() == pytest.approx(3 - 17 / 7)
     metrics = trainer._metrics["train"]
-    assert metrics["reward/partial_rows/parity_but_rows_3_and_5"] == [2.0]
-    assert metrics["reward/partial_rows/parity"] == [0.0]
+    assert metrics["reward/partial_rows/task_b"] == [2.0]
+    assert metrics["reward/partial_rows/task_a"] == [0.0]
     assert metrics["reward/unscored_rows"] == [0.0]
+
+
+def test_old_partial_rewards_option_is_refused_with_its_new_name(tmp_path):
+    with pytest.raises(ValueError, match="allow_partial_rewards was renamed: .* set strict_rewards=True"):
+        train_args(tmp_path, allow_partial_rewards=True)

@@ -131,9 +131,57 @@ def test_old_scope_names_are_refused_with_their_new_names(tmp_path):
         train_args(tmp_path, prefix_entropy_scope="micro_batch")
 
 
-def test_step_scope_needs_whole_optimizer_steps_per_generation(tmp_path):
+def test_explicit_step_scope_needs_whole_optimizer_steps_per_generation(tmp_path):
     with pytest.raises(ValueError, match=r"steps_per_generation \(3\) must be a multiple of gradient_accumulation"):
-        train_args(tmp_path, per_device_train_batch_size=8, steps_per_generation=3, gradient_accumulation_steps=2)
+        train_args(
+            tmp_path,
+            per_device_train_batch_size=8,
+            steps_per_generation=3,
+            gradient_accumulation_steps=2,
+            prefix_entropy_scope="optimizer_step",
+        )
+
+
+@pytest.mark.parametrize(
+    "steps_per_generation, accumulation, scope, fallback",
+    [(4, 2, "optimizer_step", False), (2, 2, "optimizer_step", False), (3, 2, "global_micro_batch", True)],
+)
+def test_default_scope_is_the_papers_where_the_layout_allows_it(
+    tmp_path, steps_per_generation, accumulation, scope, fallback
+):
+    args = train_args(
+        tmp_path,
+        per_device_train_batch_size=8,
+        steps_per_generation=steps_per_generation,
+        gradient_accumulation_steps=accumulation,
+    )
+    assert (args.prefix_entropy_scope, args.entropy_scope_fallback) == (scope, fallback)
+
+
+def test_trl_layout_with_steps_across_generations_trains_and_says_so(tmp_path, model, tokenizer, caplog):
+    # TRL's test_prepare_input_called_with_correct_data: 4 micro-batches per generation, 3 per optimizer step, so
+    # optimizer step 2 spans generation batches 1 and 2. Stock TRL trains it; so must the default scope.
+    trainer = trainer_for(
+        tmp_path,
+        model,
+        tokenizer,
+        per_device_train_batch_size=8,
+        steps_per_generation=4,
+        gradient_accumulation_steps=3,
+        max_steps=2,
+        logging_steps=1,
+    )
+    assert trainer.args.prefix_entropy_scope == "global_micro_batch"
+    with caplog.at_level("WARNING", logger="prefix_rft.trl.trainer"):
+        trainer.train()
+    warnings = [r.getMessage() for r in caplog.records if "entropy_scope_fallback" in r.getMessage()]
+    assert len(warnings) == 1 and "'global_micro_batch'" in warnings[0]
+    logged = [
+        h["prefix/entropy_scope_fallback"] for h in trainer.state.log_history if "prefix/entropy_scope_fallback" in h
+    ]
+    # One epoch is 4 micro-batches: step 1 = micro-batches 0-2, step 2 = micro-batch 3 (the epoch's remainder), so
+    # one generation batch, logged at step 1.
+    assert logged == [1.0]
 
 
 def test_lora_trains_only_adapter_weights_with_hybrid_rows(tmp_path, model, tokenizer):

@@ -31,7 +31,7 @@ OPTIMIZER_FILE = "relift_optimizer.pt"
 def all_failed_groups(rewards: torch.Tensor, group_size: int) -> list[int]:
     """Indices of groups with no reward > 0 (ReLIFT's `solve_none`). rewards: (N,), groups contiguous.
 
-    A NaN reward (a reward function that could not score the row, `allow_partial_rewards`) is no success either.
+    A NaN reward (a row no reward function scored) is no success either.
     """
     return (~(rewards.view(-1, group_size) > 0)).all(dim=1).nonzero().flatten().tolist()
 

@@ -22,9 +22,10 @@ def demo_completion_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def build_sft_trainer(model, tokenizer, rows: list[dict[str, Any]], args: SFTConfig) -> SFTTrainer:
-    """SFTTrainer on the demonstrations; only completion tokens (the demo and its EOS) are in the loss."""
+def build_sft_trainer(model, tokenizer, rows: list[dict[str, Any]], args: SFTConfig, **kwargs: Any) -> SFTTrainer:
+    """SFTTrainer on the demonstrations; only completion tokens (the demo and its EOS) are in the loss. `kwargs` go to
+    SFTTrainer (e.g. `peft_config`)."""
     if args.completion_only_loss is False:
         raise ValueError("the SFT baseline trains on demonstration tokens only: leave completion_only_loss on")
     dataset = Dataset.from_list(demo_completion_rows(rows))
-    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, **kwargs)

@@ -4,6 +4,8 @@ Builds (or loads from the cache) a tiny base model that knows the answer format 
 step-by-step strategy, evaluates it, trains it with Prefix-RFT (8 rollouts with 1 hybrid, cosine prefix floor over the
 run, top-20% entropy selection of prefix tokens), evaluates again, prints a table and writes
 `<output-dir>/report.md` with a PNG of the training curves; the trained model is saved in `<output-dir>/model`.
+While it trains it prints one line per step (reward, hybrid reward, prefix ratio, accuracy where measured); every
+logged metric goes to `<output-dir>/train_log.jsonl`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefix_rft.recipes.console import CompactProgress
 from prefix_rft.recipes.report import plot_training_curves, write_demo_report
 from prefix_rft.recipes.settings import RunSettings, check_run_paths, parse_settings, require_test_scoring
 from prefix_rft.recipes.toy import evaluate_splits, load_base, run_method
@@ -41,7 +44,20 @@ def run(settings: RunSettings, seed: int, out: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     model_dir = out / "model"
     base_model = (base_path, base, tokenizer)  # trained in place from here on
-    result = run_method("prefix_rft", settings, seed, out / "trainer", save_to=model_dir, base=base_model)
+    points: list[dict] = []
+    log_path = out / "train_log.jsonl"
+    log_path.unlink(missing_ok=True)  # a rerun into the same directory starts a new log
+    progress = CompactProgress(log_path, points)  # a line per step on screen, every metric in the file
+    result = run_method(
+        "prefix_rft",
+        settings,
+        seed,
+        out / "trainer",
+        save_to=model_dir,
+        base=base_model,
+        callbacks=(progress,),
+        points=points,
+    )
     timings["Prefix-RFT training + final evaluation"] = time.perf_counter() - t0
 
     report = {
@@ -59,6 +75,7 @@ def run(settings: RunSettings, seed: int, out: Path) -> dict[str, Any]:
     table = write_demo_report(report, out / "report.md")
     print(table)
     print(f"\nreport: {out / 'report.md'}  curves: {out / 'curves.png'}  trained model: {model_dir}")
+    print(f"every logged metric, one JSON line per step: {log_path}")
     return report
 
 

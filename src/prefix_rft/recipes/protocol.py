@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import multiprocessing
 import os
-import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -29,18 +27,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefix_rft.recipes.compare import plot, read_run, seed_list, settings_mismatch, summarize
+from prefix_rft.recipes.compare import read_run, seed_list, settings_mismatch
+from prefix_rft.recipes.protocol_report import report, write_json
+from prefix_rft.recipes.protocol_rules import (
+    REFERENCE,
+    affordable_finalists,
+    choose,
+    cut_threshold,
+    extension_round,
+    finals_reserve,
+    grid_extension,
+    grid_field,
+    grid_scores,
+    median_seconds,
+    select_finalists,
+)
 from prefix_rft.recipes.settings import RunSettings, check_run_paths, parse_settings, require_test_scoring
-from prefix_rft.recipes.toy import BASE, METHODS, SFT_METHODS, question_pool, run_method, train_rows
+from prefix_rft.recipes.toy import BASE, METHODS, question_pool, run_method, train_rows
 from prefix_rft.setup_errors import reports_setup_errors, setup_stage
 
-REFERENCE = "prefix_rft"  # the paper's method: every finalist is also paired against it
 SCREEN = (
     "prefix_rft,rft,sft,sft_rft,sft_best_rft,rl_sft,luffy,relift,chord,hpt,srft,trapo,"
     "prefix_rft_adaptive,prefix_rft_rescue,prefix_rft_prompt_hint"
 )
 NO_DEMOS = (BASE, "rft")  # methods that never read a demonstration
-BASE_SECONDS = 30.0  # cost of a base run (evaluation only; 19-24 s measured in v1) in the finals' reserve
 
 
 @dataclass
@@ -72,12 +82,6 @@ class Job:
     seed: int
     settings: RunSettings
     path: Path
-
-
-def grid_field(method: str) -> str:
-    """The setting a method's grid varies: SFT methods' SFT learning rate (their RFT stage keeps the RL default),
-    the learning rate of every other method."""
-    return "sft_learning_rate" if method in SFT_METHODS else "learning_rate"
 
 
 def floats(text: str, option: str) -> list[float]:
@@ -115,128 +119,6 @@ def tuning_jobs(method: str, values: list[float], seeds: list[int], settings: Ru
         for value in values
         for seed in seeds
     ]
-
-
-def grid_scores(tuned: list[dict[str, Any]], k: int) -> dict[str, dict[float, dict[int, float]]]:
-    """{method: {grid value: {tuning seed: validation avg@k in %}}}."""
-    scores: dict[str, dict[float, dict[int, float]]] = {}
-    for run in tuned:
-        value = run["settings"][grid_field(run["method"])]
-        scores.setdefault(run["method"], {}).setdefault(value, {})[run["seed"]] = (
-            100 * run["final"]["validation"][f"avg@{k}"]
-        )
-    return scores
-
-
-def best_value(values: dict[float, dict[int, float]]) -> float:
-    """The value of the best mean score over seeds; the smaller value on a tie."""
-    best = None
-    for value in sorted(values):
-        if best is None or statistics.fmean(values[value].values()) > statistics.fmean(values[best].values()):
-            best = value
-    return best
-
-
-def grid_extension(values: dict[float, dict[int, float]], extended: int, limit: int) -> float | None:
-    """The next value to run for a method: its lowest value halved when the best mean is there, its highest doubled
-    when the best is there; None when the best is inside the grid or `extended` has reached `limit`."""
-    if extended >= limit or len(values) < 2:
-        return None
-    best = best_value(values)
-    if best == min(values):
-        return best / 2
-    if best == max(values):
-        return best * 2
-    return None
-
-
-def choose(tuned: list[dict[str, Any]], k: int) -> dict[str, dict[str, Any]]:
-    """Per method, the grid value with the best mean validation avg@k over the tuning seeds (`best_value`), that
-    mean in %, the per-seed scores there and whether the value is inside the grid (bracketed)."""
-    chosen = {}
-    for method, values in grid_scores(tuned, k).items():
-        value = best_value(values)
-        chosen[method] = {
-            "field": grid_field(method),
-            "value": value,
-            "validation": statistics.fmean(values[value].values()),
-            "per_seed": values[value],
-            "bracketed": min(values) < value < max(values),
-            "grid": {f"{v:g}": statistics.fmean(s.values()) for v, s in sorted(values.items())},
-        }
-    return chosen
-
-
-def cut_threshold(chosen: dict[str, dict[str, Any]], multiple: float) -> tuple[float, float]:
-    """(sigma, T): sigma is the root mean over methods of the sample variance over tuning seeds of each method's
-    paired difference to Prefix-RFT (both at their chosen values); T = multiple x sigma x sqrt(2 / n), n seeds: that
-    many standard errors of a difference between two n-seed means."""
-    reference = chosen[REFERENCE]["per_seed"]
-    variances = []
-    for method, c in chosen.items():
-        paired = [score - reference[seed] for seed, score in c["per_seed"].items() if seed in reference]
-        if method != REFERENCE and len(paired) > 1:
-            variances.append(statistics.variance(paired))
-    if not variances:
-        raise SystemExit("the cut needs at least 2 tuning seeds and one method beside the reference")
-    sigma = math.sqrt(statistics.fmean(variances))
-    n = len(reference)
-    return sigma, multiple * sigma * math.sqrt(2 / n)
-
-
-def select_finalists(chosen: dict[str, dict[str, Any]], cut_points: float, max_finalists: int) -> dict[str, str]:
-    """The cut rule: {method: "reference", "final" or why it is dropped}.
-
-    Prefix-RFT is the reference every finalist is paired against, so it runs in the finals whatever its score, like
-    the base. Of the others, a method more than `cut_points` behind the best tuned validation score is dropped, and
-    the best of the rest by score go to the finals, up to `max_finalists` (what the budget pays for).
-    """
-    best = max(c["validation"] for c in chosen.values())
-    verdict, finalists = {REFERENCE: "reference"}, 0
-    ranked = sorted((m for m in chosen if m != REFERENCE), key=lambda m: -chosen[m]["validation"])
-    for method in ranked:
-        behind = best - chosen[method]["validation"]
-        if behind > cut_points:
-            verdict[method] = f"dropped: {behind:.1f} points behind the best (> {cut_points:.1f})"
-        elif finalists < max_finalists:
-            verdict[method], finalists = "final", finalists + 1
-        else:
-            verdict[method] = f"cut by budget: beyond the {max_finalists} finalists it pays for"
-    return verdict
-
-
-def median_seconds(runs: list[dict[str, Any]], method: str | None = None) -> float:
-    """Median seconds of the finished runs (of `method` when given, falling back to all of them)."""
-    own = [r["seconds"] for r in runs if method is None or r["method"] == method]
-    return statistics.median(own or [r["seconds"] for r in runs])
-
-
-def finals_reserve(runs: list[dict[str, Any]], n_seeds: int, max_finalists: int) -> float:
-    """Seconds kept for the finals while extending grids: `n_seeds` x (1 + `max_finalists`) runs at the median
-    tuning run, plus the base."""
-    return n_seeds * ((1 + max_finalists) * median_seconds(runs) + BASE_SECONDS)
-
-
-def extension_round(
-    proposals: dict[str, float], chosen: dict[str, dict[str, Any]], cost: dict[str, float], left: float
-) -> tuple[list[str], bool]:
-    """The budget's cut of one extension round: of the methods proposing a value, best tuned mean first, those whose
-    runs (`cost`, seconds) fit in `left`; the first that does not fit ends all extensions. Returns (methods taken,
-    whether the budget bound)."""
-    taken = []
-    for method in sorted(proposals, key=lambda m: -chosen[m]["validation"]):
-        if cost[method] > left:
-            return taken, True
-        taken.append(method)
-        left -= cost[method]
-    return taken, False
-
-
-def affordable_finalists(left: float, per_run: float, n_seeds: int, max_finalists: int) -> int:
-    """The largest K <= `max_finalists` whose finals (`n_seeds` x (K others + Prefix-RFT) runs of `per_run`
-    seconds, plus the base) fit in `left` seconds; 0 when not even the reference's fit."""
-    room = (left - n_seeds * BASE_SECONDS) / (n_seeds * per_run) - 1
-    return max(0, min(max_finalists, math.floor(room + 1e-9)))
 
 
 def final_jobs(finalists: dict[str, dict], seeds: list[int], settings: RunSettings, out: Path) -> list[Job]:
@@ -355,68 +237,6 @@ def run_jobs(jobs: list[Job], n_jobs: int, stage: str) -> list[dict[str, Any]]:
     return [results[job.path] for job in jobs]
 
 
-def results_table(summary: dict[str, dict[str, Any]], chosen: dict[str, dict], k: int, used: dict[str, dict]) -> str:
-    """Finals, best test mean first: accuracy (mean ± sd), paired differences (mean [95% interval]), tuned value,
-    labelled questions and demo tokens offered (`used`: a run's `inputs` per method)."""
-
-    def diff(s: dict, key: str) -> str:
-        d = s.get(key)
-        if d is None:
-            return ""
-        half = d["ci95"] or 0.0
-        return f"{d['mean']:+.1f} [{d['mean'] - half:+.1f}, {d['mean'] + half:+.1f}]"
-
-    lines = [
-        f"| method | tuned | test avg@{k} (%) | OOD avg@{k} (%) | test vs base | OOD vs base | test vs prefix_rft "
-        "| OOD vs prefix_rft | seeds | labelled questions | demo tokens offered | demo tokens in rows |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for method, s in sorted(summary.items(), key=lambda kv: -kv[1]["test"]["mean"]):
-        c = chosen.get(method)
-        tuned = f"{c['field']}={c['value']:g}" if c else ""
-        lines.append(
-            f"| {method} | {tuned} | {s['test']['mean']:.1f} ± {s['test']['sd']:.1f} | {s['ood']['mean']:.1f} ± "
-            f"{s['ood']['sd']:.1f} | {diff(s, 'test_vs_base')} | {diff(s, 'ood_vs_base')} | "
-            f"{diff(s, f'test_vs_{REFERENCE}')} | {diff(s, f'ood_vs_{REFERENCE}')} | {len(s['test']['values'])} | "
-            f"{used.get(method, {}).get('labelled_questions', '')} | "
-            f"{used.get(method, {}).get('demo_tokens_offered', '')} | "
-            f"{used.get(method, {}).get('demo_tokens_in_rows', '')} |"
-        )
-    return "\n".join(lines)
-
-
-def plot_differences(summary: dict[str, dict[str, Any]], path: Path) -> None:
-    """Paired differences with their 95% intervals: against the base and against Prefix-RFT, test and OOD."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [
-        (f"{split}_vs_{ref}", f"{split.upper() if split == 'ood' else split} vs {ref}")
-        for ref in (BASE, REFERENCE)
-        for split in ("test", "ood")
-    ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 0.5 * len(summary) + 1.5), sharey=True)
-    names = sorted(summary, key=lambda m: summary[m]["test"]["mean"])
-    for ax, (key, title) in zip(axes, panels, strict=True):
-        for y, method in enumerate(names):
-            d = summary[method].get(key)
-            if d is not None:
-                ax.errorbar(d["mean"], y, xerr=d["ci95"] or 0.0, fmt="o", capsize=3, color="tab:blue")
-        ax.axvline(0, color="black", linewidth=0.8)
-        ax.set(title=title, xlabel="points (mean, 95% interval over seeds)")
-    axes[0].set_yticks(range(len(names)), names)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1))
-
-
 def tuning_stage(methods: list[str], args: ProtocolArguments, settings: RunSettings, out: Path, k: int):
     """The grids at every tuning seed, then extension rounds while a best value sits at an edge and the budget
     allows; returns (every tuning run, {method: why its grid stopped growing})."""
@@ -523,18 +343,3 @@ def main(argv: list[str] | None = None) -> int:
     results = run_jobs(final_jobs(finalists, seeds, settings, out), args.jobs, "finals")
     print(report(results, selection, k, out))
     return 0
-
-
-def report(results: list[dict[str, Any]], selection: dict[str, dict], k: int, out: Path) -> str:
-    """Write the finals' summary (results.json, results.md and the two plots) to `out`; returns the table."""
-    summary = summarize(results, k, references=(BASE, REFERENCE))
-    # the last seed's (only demo tokens vary by seed); v1's runs (docs/benchmarks/protocol) predate `inputs`
-    used = {r["method"]: r["inputs"] for r in results if "inputs" in r}
-    table = results_table(summary, selection["chosen"], k, used)
-    write_json(out / "results.json", {"summary": summary, "selection": selection})
-    (out / "results.md").write_text(
-        f"# prefix-rft protocol\n\n{table}\n\n![results](results.png)\n\n![differences](differences.png)\n"
-    )
-    plot(results, summary, out / "results.png")
-    plot_differences(summary, out / "differences.png")
-    return table

@@ -253,8 +253,8 @@ def check_hub_model(name: str, revision: str | None = None, trust_remote_code: b
 
 def check_resume(checkpoint: str | None, output_dir: str) -> None:
     """A checkpoint to resume from is a complete checkpoint folder (one holding its trainer_state.json)."""
-    if checkpoint is None:
-        return
+    if checkpoint is None or str(checkpoint).lower() in ("true", "false"):
+        return  # a method with stages resolves true per stage (recipes/methods.py)
     where = f"--resume_from_checkpoint {checkpoint}"
     found = checkpoints_in(output_dir)
     listing = f"output_dir {output_dir} holds {', '.join(found)}" if found else f"output_dir {output_dir} holds none"

@@ -11,84 +11,33 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, ProgressCallback, TrainerCallback
 from trl import SFTConfig
 
-from prefix_rft.baselines import (
-    ChordConfig,
-    ChordTrainer,
-    HptConfig,
-    HptTrainer,
-    LuffyConfig,
-    LuffyTrainer,
-    ReliftConfig,
-    ReliftTrainer,
-    RLWithSFTConfig,
-    RLWithSFTTrainer,
-    SrftConfig,
-    SrftTrainer,
-    TrapoConfig,
-    TrapoTrainer,
-)
+from prefix_rft.baselines import ReliftTrainer
 from prefix_rft.baselines.demo_rows import FullDemoRows
+from prefix_rft.baselines.methods import METHODS as REGISTRY
+from prefix_rft.baselines.methods import Method
 from prefix_rft.baselines.sft import build_sft_trainer
 from prefix_rft.eval.harness import EvalResult, evaluate
 from prefix_rft.recipes.early_stopping import EarlyStopping
 from prefix_rft.recipes.settings import RunSettings
 from prefix_rft.tasks import BaseModelConfig, TaskConfig, is_correct, load_or_pretrain_base, make_rows, task_reward
 from prefix_rft.tasks.model import MAX_POSITIONS
-from prefix_rft.trl.config import PrefixRFTConfig
 from prefix_rft.trl.cpu import cpu_trainer_kwargs
-from prefix_rft.trl.trainer import PrefixRFTTrainer
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class RLMethod:
-    """An RL method of the comparison: its trainer and config classes and its config overrides."""
-
-    trainer: type[PrefixRFTTrainer]
-    config: type[PrefixRFTConfig]
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-
-PREFIX_RFT = RLMethod(PrefixRFTTrainer, PrefixRFTConfig)
-RL_METHODS: dict[str, RLMethod] = {
-    "prefix_rft": PREFIX_RFT,
-    "rft": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"num_hybrid": 0}),
-    "rl_sft": RLMethod(RLWithSFTTrainer, RLWithSFTConfig),
-    "luffy": RLMethod(LuffyTrainer, LuffyConfig),
-    "relift": RLMethod(ReliftTrainer, ReliftConfig),
-    # The family's leading methods (issue 25; docs/fidelity.md rows 36-39); CHORD's mu decays over the whole run
-    "chord": RLMethod(ChordTrainer, ChordConfig),
-    "hpt": RLMethod(HptTrainer, HptConfig),
-    "srft": RLMethod(SrftTrainer, SrftConfig),
-    # TRAPO guides a question from its second visit on (`question_epochs` > 1); before that it is 8-rollout GRPO
-    "trapo": RLMethod(TrapoTrainer, TrapoConfig),
-    # Prefix-RFT ablations (paper §6, Table 8)
-    "prefix_rft_select_all": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_entropy_selection": "all"}),
-    "prefix_rft_freeze_prefix": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_entropy_selection": "none"}),
-    "prefix_rft_random": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_entropy_selection": "random"}),
-    "prefix_rft_lowest": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_entropy_selection": "lowest"}),
-    "prefix_rft_keep0.5": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_entropy_keep_fraction": 0.5}),
-    "prefix_rft_keep0.8": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_entropy_keep_fraction": 0.8}),
-    "prefix_rft_uniform": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_ratio_schedule": "constant"}),
-    "prefix_rft_paper_adv": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_advantage": "paper"}),
-    "prefix_rft_demos50": PREFIX_RFT,  # half the training prompts keep their demo (see train_rows)
-    # The demo prefix as a hint in the prompt, never trained (QuestA; docs/fidelity.md row 32)
-    "prefix_rft_prompt_hint": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_placement": "prompt"}),
-    # Per-question guidance (docs/fidelity.md rows 33-34) acts from a question's second visit on: with the default
-    # `question_epochs=1` every step has new questions, and these two plan exactly as prefix_rft does.
-    "prefix_rft_adaptive": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_success_target": 0.5}),  # SEELE
-    "prefix_rft_rescue": RLMethod(PrefixRFTTrainer, PrefixRFTConfig, {"prefix_rescue_max_success": 0.0}),  # BREAD
-}
+# The RL methods of the registry (baselines/methods.py), plus one that differs only in its data: half the training
+# prompts keep their demo (see train_rows).
+RL_METHODS: dict[str, Method] = {name: m for name, m in REGISTRY.items() if m.stages == ("rl",)}
+RL_METHODS["prefix_rft_demos50"] = REGISTRY["prefix_rft"]
 # sft_best_rft: SFT to its best validation accuracy, then RFT for the rest of the budget (arXiv 2604.23747)
 SFT_METHODS = ("sft", "sft_rft", "sft_best_rft")
 BASE = "base"  # the untrained base model, evaluated like every method: the reference row of the comparison
@@ -150,7 +99,7 @@ def rl_config(method: str, settings: RunSettings, seed: int, output_dir: Path, s
         kwargs["prefix_ratio_decay_steps"] = max(steps, 1)  # the paper's cosine floor, over the whole run
     if spec.trainer is ReliftTrainer:
         kwargs.update(relift_sft_batch=settings.relift_sft_batch, relift_sft_learning_rate=settings.sft_learning_rate)
-    kwargs.update(spec.overrides)
+    kwargs.update(spec.presets)
     kwargs.update(settings.extra)
     cap, budget = kwargs["max_completion_length"], completion_budget()  # after `--rl-set`, which may set it too
     if not 1 <= cap <= budget:
@@ -302,11 +251,20 @@ def load_base(settings: RunSettings):
     return path, AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
 
+def attach(trainer, callbacks) -> None:
+    """Add `callbacks` to `trainer`; a `ProgressCallback` among them replaces the trainer's own progress printer."""
+    for callback in callbacks:
+        if isinstance(callback, ProgressCallback):
+            trainer.pop_callback(ProgressCallback)
+            trainer.pop_callback(PrinterCallback)
+        trainer.add_callback(callback)
+
+
 def train_rl(
     method, model, tokenizer, settings, seed, output_dir, points, steps=None, offset=0, reward_fn=None, callbacks=()
 ):
     """Train `model` in place with an RL method (reward: `reward_fn`, default the task's verifier); returns the
-    trainer."""
+    trainer. `callbacks` are added to the trainer (`attach`)."""
 
     trainer = RL_METHODS[method].trainer(
         model=model,
@@ -314,8 +272,9 @@ def train_rl(
         args=rl_config(method, settings, seed, output_dir, steps),
         train_dataset=Dataset.from_list(train_rows(method, settings, seed)),
         processing_class=tokenizer,
-        callbacks=[accuracy_callback(tokenizer, settings, seed, points, offset), *callbacks],
+        callbacks=[accuracy_callback(tokenizer, settings, seed, points, offset)],
     )
+    attach(trainer, callbacks)
     trainer.train()
     return trainer
 
@@ -324,8 +283,7 @@ def train_sft(model, tokenizer, settings, seed, output_dir, points, steps, callb
     trainer = build_sft_trainer(
         model, tokenizer, train_rows("sft", settings, seed), sft_config(settings, seed, output_dir, steps)
     )
-    for callback in (accuracy_callback(tokenizer, settings, seed, points), *callbacks):
-        trainer.add_callback(callback)
+    attach(trainer, (accuracy_callback(tokenizer, settings, seed, points), *callbacks))
     trainer.train()
     return trainer
 
@@ -356,6 +314,14 @@ def train_sft_to_best(model, tokenizer, settings: RunSettings, seed: int, output
     return trainer, stopper.record()
 
 
+def train_rft_after_sft(model, tokenizer, settings, seed, output_dir: Path, points, sft_steps: int, callbacks=()):
+    """RFT (`num_hybrid=0`) in `output_dir/rft` for the steps of the budget an SFT stage of `sft_steps` left."""
+    steps, rft_dir = settings.steps - sft_steps, output_dir / "rft"
+    return train_rl(
+        "rft", model, tokenizer, settings, seed, rft_dir, points, steps=steps, offset=sft_steps, callbacks=callbacks
+    )
+
+
 def train_sft_best_rft(model, tokenizer, settings: RunSettings, seed: int, output_dir: Path, points, callbacks=()):
     """`train_sft_to_best`, then RFT (`num_hybrid=0`) for the steps SFT did not run; returns (log history, record).
 
@@ -366,38 +332,36 @@ def train_sft_best_rft(model, tokenizer, settings: RunSettings, seed: int, outpu
     history = list(sft.state.log_history)
     rl_steps = settings.steps - sft_steps
     if rl_steps:  # none left when SFT kept improving to the end of the budget
-        rl = train_rl(
-            "rft",
-            model,
-            tokenizer,
-            settings,
-            seed,
-            output_dir / "rft",
-            points,
-            steps=rl_steps,
-            offset=sft_steps,
-            callbacks=callbacks,
-        )
+        rl = train_rft_after_sft(model, tokenizer, settings, seed, output_dir, points, sft_steps, callbacks)
         history += rl.state.log_history
     return history, {**record, "sft_steps": sft_steps, "rl_steps": rl_steps}
 
 
 def run_method(
-    method: str, settings: RunSettings, seed: int, output_dir: Path, save_to: Path | None = None, base=None
+    method: str,
+    settings: RunSettings,
+    seed: int,
+    output_dir: Path,
+    save_to: Path | None = None,
+    base=None,
+    callbacks: tuple = (),
+    points: list[dict] | None = None,
 ) -> dict[str, Any]:
     """Train one method from the base model and evaluate it; returns curves and final metrics. With `save_to`, the
     trained model and its tokenizer are saved there (`from_pretrained` loads them). `base`: (path, model, tokenizer)
-    of `load_base(settings)` when the caller has loaded it already; the model is trained in place."""
+    of `load_base(settings)` when the caller has loaded it already; the model is trained in place. `callbacks` join
+    every trainer of the run (`attach`); `points`, if given, is the list the accuracy curve is appended to as it is
+    measured (a callback may read it)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     torch.manual_seed(seed)
     base_path, model, tokenizer = base or load_base(settings)
-    points: list[dict] = []
+    points = [] if points is None else points
     measure_point(model, tokenizer, settings, seed, points, 0)
     history: list[dict] = []
     extra: dict[str, Any] = {}
     selector = best_weights(tokenizer, settings, seed) if settings.select_best and method != BASE else None
-    callbacks = (selector,) if selector else ()
+    callbacks = callbacks if selector is None else (*callbacks, selector)
     if method == "sft":
         sft = train_sft(model, tokenizer, settings, seed, output_dir, points, settings.steps, callbacks)
         history += sft.state.log_history
@@ -405,19 +369,8 @@ def run_method(
         sft_steps = settings.steps // 2
         sft = train_sft(model, tokenizer, settings, seed, output_dir / "sft", points, sft_steps, callbacks)
         history += sft.state.log_history
-        trainer = train_rl(
-            "rft",
-            model,
-            tokenizer,
-            settings,
-            seed,
-            output_dir / "rft",
-            points,
-            steps=settings.steps - sft_steps,
-            offset=sft_steps,
-            callbacks=callbacks,
-        )
-        history += trainer.state.log_history
+        rl = train_rft_after_sft(model, tokenizer, settings, seed, output_dir, points, sft_steps, callbacks)
+        history += rl.state.log_history
     elif method == "sft_best_rft":
         logs, extra["sft_selection"] = train_sft_best_rft(
             model, tokenizer, settings, seed, output_dir, points, callbacks

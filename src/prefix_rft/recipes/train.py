@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -17,6 +18,8 @@ import transformers
 from packaging.version import Version
 from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
+from prefix_rft.baselines.methods import METHODS, check_presets
+from prefix_rft.recipes.method_choice import DEFAULT_METHOD, requested_method
 from prefix_rft.recipes.rewards import reward_functions, uses_trl_rewards
 from prefix_rft.recipes.setup_checks import (
     STATE_FILE,
@@ -53,6 +56,10 @@ TRACKER_INSTALL = {
 class TrainScriptArguments(ScriptArguments):
     """What to train on: data and reward (TRL's ScriptArguments and `trl grpo`'s reward fields, plus ours)."""
 
+    method: str = field(
+        default=DEFAULT_METHOD,
+        metadata={"help": f"The method to train (docs/methods.md): {', '.join(METHODS)}."},
+    )
     dataset_name: str | None = field(
         default=None,
         metadata={
@@ -104,11 +111,16 @@ class TrainArguments(NamedTuple):
 
 def parse_args(argv: list[str] | None = None) -> TrainArguments:
     """Parse the YAML and command line, and refuse what could only fail later (trackers, rewards, streaming)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    method, _ = requested_method(argv)  # its config class parses the options
+    config_cls = METHODS[method].config
     parser = TrlParser(
-        (TrainScriptArguments, PrefixRFTConfig, ModelArguments, DatasetMixtureConfig), prog="prefix-rft train"
+        (TrainScriptArguments, config_cls, ModelArguments, DatasetMixtureConfig), prog="prefix-rft train"
     )
-    check_command_line(parser, argv, PrefixRFTConfig)  # the YAML, its value types, the options holding JSON
+    check_command_line(parser, argv, config_cls)  # the YAML, its value types, the options holding JSON
+    parser.set_defaults(**METHODS[method].presets)  # the YAML and the command line may set them again, to the same
     args = TrainArguments(*parser.parse_args_and_config(argv))
+    check_presets(method, args.config)
     check_trackers(args.config.report_to)
     uses_trl_rewards(args.script)  # refuses `reward` given together with reward_funcs
     if args.script.dataset_streaming or args.mixture.streaming:
@@ -118,7 +130,8 @@ def parse_args(argv: list[str] | None = None) -> TrainArguments:
         )
     if args.mixture.datasets and args.script.dataset_name is not None:
         raise ValueError("both dataset_name and datasets choose the training data: give one of them")
-    args.config.resume_from_checkpoint = resolve_resume(args.config.resume_from_checkpoint, args.config.output_dir)
+    if METHODS[method].stages == ("rl",):  # methods with stages resolve it per stage (recipes/methods.py)
+        args.config.resume_from_checkpoint = resolve_resume(args.config.resume_from_checkpoint, args.config.output_dir)
     check_paths(args)  # model, checkpoint, dataset and output folder, before the model loads
     return args
 
@@ -247,10 +260,16 @@ def _embedded_splits(script: TrainScriptArguments, seed: int, wants_eval: bool):
 
 
 def build_trainer(args: TrainArguments) -> PrefixRFTTrainer:
-    """The trainer `trl grpo` would build from these arguments, with PrefixRFTTrainer in place of GRPOTrainer."""
+    """The trainer `trl grpo` would build from these arguments, with the method's trainer (a PrefixRFTTrainer) in
+    place of GRPOTrainer."""
     model, tokenizer = load_model(args.model, args.config)
     train_dataset, eval_dataset = load_datasets(args)
-    return PrefixRFTTrainer(
+    return build_rl_trainer(args, model, tokenizer, train_dataset, eval_dataset)
+
+
+def build_rl_trainer(args: TrainArguments, model, tokenizer, train_dataset, eval_dataset) -> PrefixRFTTrainer:
+    """The RL trainer of `args.script.method` on these datasets."""
+    return METHODS[args.script.method].trainer(
         model=model,
         reward_funcs=reward_functions(args.script, embedded=is_embedded(args)),
         args=args.config,
@@ -275,10 +294,21 @@ def end_run(trainer: PrefixRFTTrainer) -> None:
         trainer.accelerator.end_training()
 
 
+def run_staged(args: TrainArguments) -> int:
+    """A method with an SFT stage (recipes/methods.py)."""
+    from prefix_rft.recipes import methods  # it imports this module
+
+    if methods.run(args):
+        print(f"prefix-rft train: saved the model to {args.config.output_dir}")
+    return 0
+
+
 @reports_setup_errors("prefix-rft train")
 def main(argv: list[str] | None = None) -> int:
     with setup_stage():  # a config field, a path or a training row, named in the message: no traceback needed
         args = parse_args(argv)
+        if METHODS[args.script.method].stages != ("rl",):
+            return run_staged(args)
         trainer = build_trainer(args)
     accelerator = trainer.accelerator
     accelerator.print(f"prefix-rft train: {accelerator.num_processes} process(es), {accelerator.distributed_type}")

@@ -159,12 +159,14 @@ class PrefixRFTConfig(GRPOConfig):
     prefix_entropy_selection: str = field(
         default="top", metadata={"help": "'top' (method), or ablations 'all', 'none', 'random', 'lowest'."}
     )
-    prefix_entropy_scope: str = field(
-        default="optimizer_step",
+    prefix_entropy_scope: str | None = field(
+        default=None,
         metadata={
             "help": "Prefix tokens the top-entropy share is taken over: 'optimizer_step' (every micro-batch of the "
             "optimizer step on all ranks: the paper's mini-batch), 'global_micro_batch' (one accumulation "
-            "micro-batch on all ranks) or 'local_micro_batch' (one micro-batch of one rank: the reference code)."
+            "micro-batch on all ranks) or 'local_micro_batch' (one micro-batch of one rank: the reference code). "
+            "null: 'optimizer_step' where steps_per_generation is a multiple of gradient_accumulation_steps, else "
+            "'global_micro_batch' (warned, and logged as prefix/entropy_scope_fallback=1)."
         },
     )
     prefix_schedule_unit: str = field(
@@ -192,12 +194,15 @@ class PrefixRFTConfig(GRPOConfig):
     prefix_seed: int | None = field(
         default=None, metadata={"help": "Seed of prefix draws (ratio, demo choice); defaults to `seed`."}
     )
-    allow_partial_rewards: bool = field(
+    strict_rewards: bool = field(
         default=False,
         metadata={
-            "help": "Train on rows that some reward functions left unscored (None), summing the others; by default "
-            "such a row stops the run, naming the function."
+            "help": "Stop the run, naming the function, when a reward function returns None for a row another "
+            "function scored. By default (TRL's contract) such a row's reward sums the functions that scored it."
         },
+    )
+    allow_partial_rewards: bool | None = field(
+        default=None, metadata={"help": "Renamed: partly scored rows now train by default; see strict_rewards."}
     )
     overwrite_output_dir: bool = field(
         default=False,
@@ -205,6 +210,9 @@ class PrefixRFTConfig(GRPOConfig):
     )
 
     def __post_init__(self) -> None:
+        # TRL's booleans: True is its default per-group std scaling, False none (GRPOConfig.__post_init__)
+        if isinstance(self.scale_rewards, bool):
+            self.scale_rewards = "group" if self.scale_rewards else "none"
         self._check_ranges()  # first: a wrong type or range would otherwise fail inside TRL or numpy, unnamed
         self._refuse_unsupported()  # before TRL's checks, so these errors give our reason
         super().__post_init__()
@@ -257,6 +265,11 @@ class PrefixRFTConfig(GRPOConfig):
             )
 
     def _check_choices(self) -> None:
+        if self.allow_partial_rewards is not None:
+            raise ValueError(
+                "allow_partial_rewards was renamed: a row some reward functions leave unscored (None) now sums the "
+                "functions that scored it by default, as TRL does; set strict_rewards=True to stop the run instead"
+            )
         if self.prefix_entropy_scope in RENAMED_SCOPES:
             raise ValueError(
                 f"prefix_entropy_scope={self.prefix_entropy_scope!r} was renamed: use "
@@ -271,15 +284,24 @@ class PrefixRFTConfig(GRPOConfig):
             "prefix_placement": ("response", "prompt"),
             "prefix_sampler_correction": ("continuation", "row"),
             "prefix_entropy_selection": ("top", "all", "none", "random", "lowest"),
-            "prefix_entropy_scope": ENTROPY_SCOPES,
+            "prefix_entropy_scope": (*ENTROPY_SCOPES, None),
             "prefix_schedule_unit": ("rollout_batch", "optimizer_step"),
             "prefix_entropy_bonus_scope": ("all", "continuation"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported; expected one of {allowed}")
-        accumulation = self.gradient_accumulation_steps
-        if self.prefix_entropy_scope == "optimizer_step" and self.steps_per_generation % accumulation:
+        self._choose_entropy_scope()
+
+    def _choose_entropy_scope(self) -> None:
+        """Resolve an unset `prefix_entropy_scope`: the paper's 'optimizer_step' where every optimizer step lies
+        inside one generation batch, else 'global_micro_batch' (`entropy_scope_fallback`); refuse an explicit
+        'optimizer_step' the layout cannot give."""
+        whole_steps = self.steps_per_generation % self.gradient_accumulation_steps == 0
+        self.entropy_scope_fallback = self.prefix_entropy_scope is None and not whole_steps
+        if self.prefix_entropy_scope is None:
+            self.prefix_entropy_scope = "optimizer_step" if whole_steps else "global_micro_batch"
+        if self.prefix_entropy_scope == "optimizer_step" and not whole_steps:
             raise ValueError(
                 f"prefix_entropy_scope='optimizer_step' needs every optimizer step inside one generation batch: "
                 f"steps_per_generation ({self.steps_per_generation}) must be a multiple of "

@@ -48,9 +48,9 @@ class PrefixScoringMixin:
     def _check_rewards(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
         """(N,) bool: the rows of the gathered batch that no reward function scored (every one returned None).
 
-        Counts them, and per function the rows it left unscored while another function scored them. Refuses an
-        infinite reward, and such a partly scored row unless `allow_partial_rewards`: TRL sums the functions that did
-        score it, so the missing one would be dropped without a trace.
+        Counts them, and per function the rows it left unscored while another function scored them (TRL's
+        multi-task pattern: the row's reward sums the functions that scored it). Refuses an infinite reward, and with
+        `strict_rewards` a partly scored row.
         """
         names = self.reward_func_names
         infinite = torch.isinf(rewards_per_func).any(dim=1)
@@ -66,13 +66,13 @@ class PrefixScoringMixin:
         if len(names) > 1:
             for j, name in enumerate(names):
                 metrics[f"reward/partial_rows/{name}"].append(float(partial[:, j].sum()))
-        if bool(partial.any()) and not self.args.allow_partial_rewards:
+        if bool(partial.any()) and self.args.strict_rewards:
             row, j = partial.nonzero()[0].tolist()
             scored_by = [n for n, gone in zip(names, missing[row].tolist(), strict=True) if not gone]
             raise ValueError(
                 f"reward function {names[j]!r} returned None for row {row} (of the gathered batch), which {scored_by} "
-                f"scored: the row's reward would leave {names[j]!r} out. Return a number for every row, or set "
-                "allow_partial_rewards=True to sum the functions that score it"
+                f"scored: the row's reward would leave {names[j]!r} out. Return a number for every row, or unset "
+                "strict_rewards to sum the functions that score it (TRL's contract)"
             )
         return unscored
 
@@ -196,6 +196,7 @@ class PrefixScoringMixin:
         metrics["prefix/hybrid_rows"].append(float(num_hybrid))
         metrics["prefix/no_demo_rows"].append(no_demo)
         metrics["prefix/truncated_tokens"].append(truncated)
+        metrics["prefix/entropy_scope_fallback"].append(float(self.args.entropy_scope_fallback))
         metrics["train/skipped_nonfinite_steps"].append(float(self._guard.skipped))
         # nanmean: unscored rows (NaN) have no reward to average
         metrics["reward/hybrid"].append(rewards[is_hybrid].nanmean().item() if num_hybrid else float("nan"))

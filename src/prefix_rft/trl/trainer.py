@@ -101,6 +101,14 @@ class PrefixRFTTrainer(
         super().__init__(model, reward_funcs, args, *rest, **kwargs)
         if not isinstance(self.args, PrefixRFTConfig):
             raise TypeError(f"PrefixRFTTrainer needs args of type PrefixRFTConfig, got {type(self.args).__name__}")
+        if self.args.entropy_scope_fallback:
+            logger.warning(
+                "prefix_entropy_scope: steps_per_generation (%d) is not a multiple of gradient_accumulation_steps "
+                "(%d), so an optimizer step spans two generation batches and the paper's 'optimizer_step' scope is "
+                "impossible; the top-entropy share is per 'global_micro_batch' (prefix/entropy_scope_fallback=1)",
+                self.args.steps_per_generation,
+                self.args.gradient_accumulation_steps,
+            )
         self._prefix_sampler = self.args.prefix_sampler()
         self._demo_ids_cache: dict[str, list[int]] = {}
         self._rollout: Rollout | None = None  # the generation batch in flight; None outside it

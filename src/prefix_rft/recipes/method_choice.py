@@ -1,0 +1,55 @@
+"""Which method a `prefix-rft train` command asks for (`--method` or the YAML's `method:`), read before its options
+are parsed, since the method decides the config class that parses them; and the options it refuses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from prefix_rft.baselines.methods import METHODS, refused_options
+
+DEFAULT_METHOD = "prefix_rft"
+
+
+def yaml_settings(argv: list[str]) -> dict[str, Any]:
+    """The mapping of the `--config FILE` YAML, or {} without one (TrlParser reads it again and checks it)."""
+    if "--config" not in argv or argv.index("--config") + 1 >= len(argv):
+        return {}
+    try:
+        with open(argv[argv.index("--config") + 1], encoding="utf-8") as file:
+            loaded = yaml.safe_load(file)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}  # the setup checks name the file and, for bad YAML, its line (recipes/setup_checks.py)
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def command_line_options(argv: list[str]) -> dict[str, str | None]:
+    """`--name value` / `--name=value` pairs of the command line, names with `_` (value None when the next token is
+    an option)."""
+    options: dict[str, str | None] = {}
+    for i, token in enumerate(argv):
+        if not token.startswith("--") or token == "--config":
+            continue
+        name, sep, value = token[2:].partition("=")
+        following = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else None
+        options[name.replace("-", "_")] = value if sep else following  # HfArgumentParser takes both spellings
+    return options
+
+
+def requested_method(argv: list[str]) -> tuple[str, set[str]]:
+    """(the method asked for, every option the YAML and the command line set); refuses an unknown method and the
+    options the method refuses (`refused_options`), naming each."""
+    settings, options = yaml_settings(argv), command_line_options(argv)
+    method = options.get("method") or settings.get("method") or DEFAULT_METHOD
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not a method of prefix-rft; choose one of {', '.join(METHODS)}")
+    given = set(settings) | set(options)
+    refused = refused_options(method)
+    by_reason: dict[str, list[str]] = {}
+    for option in sorted(given & set(refused)):
+        by_reason.setdefault(refused[option], []).append(option)
+    if by_reason:
+        problems = [f"{', '.join(options)}: {reason}" for reason, options in by_reason.items()]
+        raise ValueError(f"method {method!r} refuses " + "; ".join(problems) + " (docs/methods.md)")
+    return method, given

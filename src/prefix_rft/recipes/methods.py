@@ -1,0 +1,222 @@
+"""The methods of `prefix-rft train --method` that have an SFT stage: `sft`, `sft_rft` and `sft_best_rft`.
+
+Stage 1 trains TRL's SFTTrainer on the demonstrations into `<output_dir>/sft` and marks it finished there
+(`STAGE_DONE`); stage 2 trains RFT from that model in `<output_dir>`. A run started again (with or without
+`resume_from_checkpoint`) reuses a finished stage 1 instead of training it again, unless `overwrite_output_dir`;
+`resume_from_checkpoint: true` resumes the stage that was running from its newest checkpoint (docs/methods.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import TrainingArguments
+from trl import SFTConfig, get_peft_config, get_quantization_config
+
+from prefix_rft.baselines.methods import METHODS
+from prefix_rft.baselines.sft import build_sft_trainer, demo_completion_rows
+from prefix_rft.eval.generate import Sampling, generate, render_prompt
+from prefix_rft.recipes.early_stopping import EarlyStopping
+from prefix_rft.recipes.rewards import reward_functions
+from prefix_rft.recipes.train import (
+    TrainArguments,
+    end_run,
+    is_embedded,
+    load_datasets,
+    load_model,
+    model_init_kwargs,
+    resolve_resume,
+)
+from prefix_rft.trl.run_dir import check_writable, checkpoints_in, claim_output_dir
+
+logger = logging.getLogger(__name__)
+SFT_DIR = "sft"
+STAGE_DONE = "stage_done.json"  # written into the stage's folder once its model is saved
+
+
+def run(args: TrainArguments) -> bool:
+    """Run the stages of `args.script.method` in order; True on the main process."""
+    method = METHODS[args.script.method]
+    config, out = args.config, Path(args.config.output_dir)
+    resume = args.config.resume_from_checkpoint
+    train_dataset, eval_dataset = load_datasets(args)
+    held_out = []
+    if method.stages[0] == "sft_best":
+        train_dataset, held_out = split_validation(train_dataset, config.sft_validation_rows)
+    if method.stages == ("sft",):  # SFT is the whole method: it trains in output_dir
+        model, tokenizer = load_model(args.model, config)
+        datasets = (train_dataset, eval_dataset)
+        trainer, _ = sft_stage(args, model, tokenizer, datasets, sft_config(config, out, resume, staged=False))
+        trainer.save_model(str(out))
+        end_run(trainer)
+        return trainer.accelerator.is_main_process
+    sft_dir = out / SFT_DIR
+    if (sft_dir / STAGE_DONE).is_file() and not config.overwrite_output_dir:
+        logger.warning("stage 1 (SFT) finished earlier in %s: stage 2 starts from its model", sft_dir)
+    else:
+        model, tokenizer = load_model(args.model, config)
+        best = method.stages[0] == "sft_best"
+        # Early stopping keeps its best weights in memory, so an interrupted sft_best stage starts again.
+        stage_config = sft_config(config, sft_dir, None if best else resume, staged=True, checkpoints=not best)
+        datasets = (train_dataset, eval_dataset)
+        trainer, stopper = sft_stage(args, model, tokenizer, datasets, stage_config, held_out or None)
+        finish_sft_stage(trainer, sft_dir, stopper)
+    return rl_stage(args, str(sft_dir), train_dataset, eval_dataset, resume)
+
+
+def split_validation(dataset, n: int):
+    """(training rows, the last `n` rows held out for validation); refuses a dataset with no row left to train on."""
+    if len(dataset) <= n:
+        raise ValueError(f"sft_validation_rows={n} holds out every one of the {len(dataset)} training rows; lower it")
+    return dataset.select(range(len(dataset) - n)), dataset.select(range(len(dataset) - n, len(dataset))).to_list()
+
+
+def sft_config(config, output_dir: Path, resume, staged: bool, checkpoints: bool = True) -> SFTConfig:
+    """SFTConfig from the TrainingArguments fields of `config`; in stage 1 of a two-stage method its `sft_*` fields
+    set the learning rate, steps and batch size (the others are stage 2's). `checkpoints=False`: saves none."""
+    kwargs = {f.name: getattr(config, f.name) for f in fields(TrainingArguments) if f.init}
+    kwargs.update(output_dir=str(output_dir), max_length=None, model_init_kwargs=config.model_init_kwargs)
+    kwargs.pop("gradient_checkpointing", None)  # deprecated alias of activation_checkpointing, which carries it
+    if staged:
+        questions = max(1, config.per_device_train_batch_size // config.num_generations)
+        kwargs.update(
+            learning_rate=config.sft_learning_rate,
+            max_steps=config.sft_max_steps,
+            num_train_epochs=config.sft_num_train_epochs,
+            per_device_train_batch_size=config.sft_per_device_train_batch_size or questions,
+        )
+    if not checkpoints:
+        kwargs["save_strategy"] = "no"
+    kwargs["resume_from_checkpoint"] = resume_in(output_dir, resume)
+    return SFTConfig(**kwargs)
+
+
+def resume_in(output_dir: Path, resume) -> str | None:
+    """The checkpoint a stage in `output_dir` resumes from: `resume_from_checkpoint: true` takes its newest complete
+    one, or none when the stage has not checkpointed yet; a path is used as given."""
+    if resume in (None, False) or str(resume).lower() == "false":
+        return None
+    if str(resume).lower() == "true" and not checkpoints_in(str(output_dir)):
+        return None
+    return resolve_resume(resume, str(output_dir))
+
+
+def sft_stage(args: TrainArguments, model, tokenizer, datasets, config: SFTConfig, held_out: list[dict] | None = None):
+    """Train SFTTrainer on the demonstrations of `datasets` (train, eval or None), with early stopping on `held_out`
+    rows if given; returns (the trainer, its `EarlyStopping` or None)."""
+    dataset, eval_dataset = datasets
+    if config.should_save:
+        check_writable(config.output_dir)
+        settings = json.loads(config.to_json_string())
+        claim_output_dir(
+            config.output_dir,
+            resuming=config.resume_from_checkpoint is not None,
+            overwrite=args.config.overwrite_output_dir,
+            settings=settings,
+        )
+    rows = dataset.to_list()
+    if not any(row.get("demos") or row.get("demo") for row in rows):
+        raise ValueError(f"method {args.script.method!r} trains on demonstrations, but no training row has any")
+    trainer = build_sft_trainer(
+        model,
+        tokenizer,
+        rows,
+        config,
+        eval_dataset=None if eval_dataset is None else Dataset.from_list(demo_completion_rows(eval_dataset.to_list())),
+        peft_config=get_peft_config(args.model),
+        quantization_config=get_quantization_config(args.model),
+    )
+    stopper = None
+    if held_out:
+        stopper = validation_stopping(args, trainer.processing_class, held_out)
+        trainer.add_callback(stopper)
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    return trainer, stopper
+
+
+def finish_sft_stage(trainer, sft_dir: Path, stopper: EarlyStopping | None) -> None:
+    """Save stage 1's model (the best one with early stopping; LoRA merged, so stage 2 loads a whole model), then
+    mark the stage finished."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if stopper is not None:
+        stopper.restore(model)
+    if hasattr(model, "merge_and_unload"):  # PEFT: stage 2 puts its own adapter on the merged weights
+        if trainer.accelerator.is_main_process:
+            model.merge_and_unload().save_pretrained(sft_dir)
+            trainer.processing_class.save_pretrained(sft_dir)
+    else:
+        trainer.save_model(str(sft_dir))
+    record = {"sft_steps": trainer.state.global_step, **(stopper.record() if stopper else {})}
+    if trainer.accelerator.is_main_process:
+        (sft_dir / STAGE_DONE).write_text(json.dumps(record, indent=1))
+    trainer.accelerator.wait_for_everyone()
+
+
+def validation_stopping(args: TrainArguments, tokenizer, rows: list[dict]) -> EarlyStopping:
+    """Early stopping on the mean reward of one greedy completion of each held-out row."""
+    config = args.config
+    funcs = reward_functions(args.script, embedded=is_embedded(args))
+    if any(not callable(f) or isinstance(f, torch.nn.Module) for f in funcs):
+        raise ValueError("method 'sft_best_rft' validates with reward functions; a reward model is not supported")
+    weights = config.reward_weights or [1.0] * len(funcs)
+
+    def score(model) -> float:
+        was_training = model.training
+        model.eval()
+        try:
+            return validation_reward(model, tokenizer, rows, funcs, weights, config.max_completion_length)
+        finally:
+            model.train(was_training)
+
+    return EarlyStopping(score, config.sft_eval_steps, config.sft_patience)
+
+
+def validation_reward(model, tokenizer, rows: list[dict], funcs, weights, max_new_tokens: int) -> float:
+    """Mean over `rows` of the weighted sum of `funcs` (None-skipping, as TRL) on one greedy completion each."""
+    prompts = [row["prompt"] for row in rows]
+    rendered = [render_prompt(tokenizer, p) for p in prompts]
+    sampling = Sampling(n=1, max_new_tokens=max_new_tokens, greedy=True)
+    texts = [c[0] for c in generate(model, tokenizer, rendered, sampling, batch_size=8, desc="sft validation")]
+    completions = [
+        [{"role": "assistant", "content": t}] if isinstance(p, list) else t
+        for p, t in zip(prompts, texts, strict=True)
+    ]
+    columns = {k: [row[k] for row in rows] for k in rows[0] if k != "prompt"}
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    totals = [0.0] * len(rows)
+    for func, weight in zip(funcs, weights, strict=True):
+        scores = func(
+            prompts=prompts,
+            completions=completions,
+            completion_ids=ids,
+            trainer_state=None,
+            log_extra=lambda *a: None,
+            log_metric=lambda *a: None,
+            **columns,
+        )
+        for i, value in enumerate(scores):
+            if value is not None and not math.isnan(value):
+                totals[i] += weight * value
+    return sum(totals) / len(totals)
+
+
+def rl_stage(args: TrainArguments, model_path: str, train_dataset, eval_dataset, resume: Any) -> bool:
+    """Stage 2: RFT from the stage-1 model in `output_dir`, resuming its own newest checkpoint if asked to; True on
+    the main process."""
+    from prefix_rft.recipes.train import build_rl_trainer
+
+    config = args.config
+    config.model_init_kwargs = model_init_kwargs(args.model, config)
+    config.resume_from_checkpoint = resume_in(Path(config.output_dir), resume)
+    trainer = build_rl_trainer(args, model_path, None, train_dataset, eval_dataset)
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    trainer.save_model(config.output_dir)
+    end_run(trainer)
+    return trainer.accelerator.is_main_process

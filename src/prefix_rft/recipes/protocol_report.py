@@ -1,0 +1,88 @@
+"""The finals' report of `prefix-rft protocol`: the results table, the paired-difference plot, results.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefix_rft.recipes.compare import plot, summarize
+from prefix_rft.recipes.protocol_rules import REFERENCE
+from prefix_rft.recipes.toy import BASE
+
+
+def results_table(summary: dict[str, dict[str, Any]], chosen: dict[str, dict], k: int, used: dict[str, dict]) -> str:
+    """Finals, best test mean first: accuracy (mean ± sd), paired differences (mean [95% interval]), tuned value,
+    labelled questions and demo tokens offered (`used`: a run's `inputs` per method)."""
+
+    def diff(s: dict, key: str) -> str:
+        d = s.get(key)
+        if d is None:
+            return ""
+        half = d["ci95"] or 0.0
+        return f"{d['mean']:+.1f} [{d['mean'] - half:+.1f}, {d['mean'] + half:+.1f}]"
+
+    lines = [
+        f"| method | tuned | test avg@{k} (%) | OOD avg@{k} (%) | test vs base | OOD vs base | test vs prefix_rft "
+        "| OOD vs prefix_rft | seeds | labelled questions | demo tokens offered | demo tokens in rows |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, s in sorted(summary.items(), key=lambda kv: -kv[1]["test"]["mean"]):
+        c = chosen.get(method)
+        tuned = f"{c['field']}={c['value']:g}" if c else ""
+        lines.append(
+            f"| {method} | {tuned} | {s['test']['mean']:.1f} ± {s['test']['sd']:.1f} | {s['ood']['mean']:.1f} ± "
+            f"{s['ood']['sd']:.1f} | {diff(s, 'test_vs_base')} | {diff(s, 'ood_vs_base')} | "
+            f"{diff(s, f'test_vs_{REFERENCE}')} | {diff(s, f'ood_vs_{REFERENCE}')} | {len(s['test']['values'])} | "
+            f"{used.get(method, {}).get('labelled_questions', '')} | "
+            f"{used.get(method, {}).get('demo_tokens_offered', '')} | "
+            f"{used.get(method, {}).get('demo_tokens_in_rows', '')} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_differences(summary: dict[str, dict[str, Any]], path: Path) -> None:
+    """Paired differences with their 95% intervals: against the base and against Prefix-RFT, test and OOD."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        (f"{split}_vs_{ref}", f"{split.upper() if split == 'ood' else split} vs {ref}")
+        for ref in (BASE, REFERENCE)
+        for split in ("test", "ood")
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 0.5 * len(summary) + 1.5), sharey=True)
+    names = sorted(summary, key=lambda m: summary[m]["test"]["mean"])
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for y, method in enumerate(names):
+            d = summary[method].get(key)
+            if d is not None:
+                ax.errorbar(d["mean"], y, xerr=d["ci95"] or 0.0, fmt="o", capsize=3, color="tab:blue")
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set(title=title, xlabel="points (mean, 95% interval over seeds)")
+    axes[0].set_yticks(range(len(names)), names)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1))
+
+
+def report(results: list[dict[str, Any]], selection: dict[str, dict], k: int, out: Path) -> str:
+    """Write the finals' summary (results.json, results.md and the two plots) to `out`; returns the table."""
+    summary = summarize(results, k, references=(BASE, REFERENCE))
+    # the last seed's (only demo tokens vary by seed); v1's runs (docs/benchmarks/protocol) predate `inputs`
+    used = {r["method"]: r["inputs"] for r in results if "inputs" in r}
+    table = results_table(summary, selection["chosen"], k, used)
+    write_json(out / "results.json", {"summary": summary, "selection": selection})
+    (out / "results.md").write_text(
+        f"# prefix-rft protocol\n\n{table}\n\n![results](results.png)\n\n![differences](differences.png)\n"
+    )
+    plot(results, summary, out / "results.png")
+    plot_differences(summary, out / "differences.png")
+    return table

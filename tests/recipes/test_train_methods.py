@@ -1,0 +1,135 @@
+"""`prefix-rft train --method NAME`: every method of the project from one command, its options checked by name."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from prefix_rft.baselines import LuffyConfig, LuffyTrainer, ReliftConfig
+from prefix_rft.baselines.methods import METHODS, SFTBestThenRFTConfig, own_options
+from prefix_rft.recipes.train import main, parse_args
+
+from .conftest import write_yaml
+
+DOCS = Path(__file__).parents[2] / "docs" / "methods.md"
+# One step on the shipped base model, 2 questions x 8 rollouts; demos longer than the budget are cut for RL.
+RECIPE = {
+    "model_name_or_path": "embedded-base",
+    "dataset_name": "embedded",
+    "embedded_train_rows": 16,
+    "use_cpu": True,
+    "bf16": False,
+    "gradient_checkpointing": False,
+    "seed": 0,
+    "report_to": "none",
+    "save_strategy": "no",
+    "per_device_train_batch_size": 16,
+    "max_steps": 1,
+    "disable_tqdm": True,
+}
+RL_SETTINGS = {"num_generations": 8, "max_completion_length": 24, "prefix_truncate_long_demos": True}
+
+
+def recipe(tmp_path, method: str, **fields) -> Path:
+    settings = {**RECIPE, "output_dir": str(tmp_path / "out"), "method": method}
+    if "rl" in METHODS[method].stages:
+        settings |= RL_SETTINGS
+    return write_yaml(tmp_path / "run.yaml", settings | fields)
+
+
+def test_method_from_yaml_or_command_line_chooses_the_config_class(tmp_path):
+    config = recipe(tmp_path, "relift")
+    assert type(parse_args(["--config", str(config)]).config) is ReliftConfig
+    args = parse_args(["--config", str(config), "--method", "luffy", "--luffy_gamma", "0.3"])
+    assert (type(args.config), args.config.luffy_gamma, args.script.method) == (LuffyConfig, 0.3, "luffy")
+    assert METHODS["luffy"].trainer is LuffyTrainer
+
+
+def test_preset_methods_fix_their_settings(tmp_path):
+    config = recipe(tmp_path, "prefix_rft_select_all")
+    assert parse_args(["--config", str(config)]).config.prefix_entropy_selection == "all"
+    assert parse_args(["--config", str(config), "--method", "rft"]).config.num_hybrid == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "extra", "message"),
+    [
+        ("prefix_rft", ["--luffy_gamma", "0.2"], "method 'prefix_rft' refuses luffy_gamma: options of method 'luffy'"),
+        ("luffy", ["--sft-loss-coef=2"], "method 'luffy' refuses sft_loss_coef: options of method 'rl_sft'"),
+        (
+            "sft_rft",
+            ["--sft_patience", "2", "--relift_sft_batch=4"],
+            "method 'sft_rft' refuses relift_sft_batch: options of method 'relift'; sft_patience: options of method "
+            "'sft_best_rft'",
+        ),
+        ("sft", [], "method 'sft' refuses max_completion_length, num_generations, prefix_truncate_long_demos: RL"),
+        ("rft", ["--num_hybrid", "1"], "method 'rft' sets num_hybrid=0; got num_hybrid=1"),
+        ("grpo", [], "method='grpo' is not a method of prefix-rft; choose one of prefix_rft, rft, sft, "),
+    ],
+)
+def test_options_of_other_methods_are_refused_by_name(tmp_path, capsys, method, extra, message):
+    config = recipe(tmp_path, "prefix_rft", **RL_SETTINGS)
+    assert main(["--config", str(config), "--method", method, *extra]) == 2
+    assert capsys.readouterr().err.startswith(f"prefix-rft train: {message}")
+
+
+def test_docs_table_names_every_method_and_its_own_options():
+    rows = {line.split("|")[1].strip(" `"): line for line in DOCS.read_text().splitlines() if line.startswith("| `")}
+    assert set(METHODS) <= set(rows)
+    for name in METHODS:
+        for option in own_options(name):
+            assert f"`{option}`" in rows[name], (name, option)
+
+
+def test_best_sft_stage_validation_counts_are_checked(tmp_path):
+    with pytest.raises(ValueError, match=r"sft_patience=0 is out of range; expected >= 1"):
+        SFTBestThenRFTConfig(output_dir=str(tmp_path), use_cpu=True, sft_patience=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_trains_from_the_command_line_on_the_shipped_base(tmp_path, method):
+    two_stages = len(METHODS[method].stages) == 2
+    stage_steps = {"sft_max_steps": 1} if two_stages else {}
+    if method == "sft_best_rft":
+        stage_steps |= {"sft_eval_steps": 1, "sft_validation_rows": 2, "sft_patience": 1}
+    assert main(["--config", str(recipe(tmp_path, method, **stage_steps))]) == 0
+    out = tmp_path / "out"
+    assert (out / "model.safetensors").is_file()
+    if two_stages:
+        assert json.loads((out / "sft" / "stage_done.json").read_text())["sft_steps"] == 1
+
+
+@pytest.mark.slow
+def test_finished_sft_stage_is_not_trained_again(tmp_path, capsys, caplog):
+    # Stage 2 refuses the demos, 35 tokens against a budget of 8, after stage 1 has finished.
+    config = recipe(tmp_path, "sft_rft", sft_max_steps=2, max_completion_length=8, prefix_truncate_long_demos=False)
+    assert main(["--config", str(config)]) == 2
+    assert re.search(r"has \d+ tokens, more than max_completion_length=8", capsys.readouterr().err)
+    sft_dir = tmp_path / "out" / "sft"
+    weights = (sft_dir / "model.safetensors").read_bytes()
+    assert json.loads((sft_dir / "stage_done.json").read_text()) == {"sft_steps": 2}
+    # The run again, with the budget fixed: stage 2 trains from stage 1's model, which stays as it was.
+    assert main(["--config", str(config), "--prefix_truncate_long_demos", "true"]) == 0
+    assert "stage 1 (SFT) finished earlier" in caplog.text
+    assert (sft_dir / "model.safetensors").read_bytes() == weights
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_sft_evaluates_on_the_demonstrations_of_the_eval_split(tmp_path, capsys):
+    config = recipe(tmp_path, "sft", eval_strategy="steps", eval_steps=1, embedded_eval_rows=4)
+    assert main(["--config", str(config)]) == 0
+    assert "'eval_loss'" in capsys.readouterr().out  # SFTTrainer's loss on the eval split's demonstrations
+
+
+@pytest.mark.slow
+def test_lora_sft_stage_is_merged_for_the_rft_stage_to_adapt(tmp_path):
+    config = recipe(tmp_path, "sft_rft", sft_max_steps=1, use_peft=True, lora_target_modules=["q_proj", "v_proj"])
+    assert main(["--config", str(config)]) == 0
+    out = tmp_path / "out"
+    # stage 1 saved whole weights (its adapter merged), stage 2 an adapter on top of them
+    assert (out / "sft" / "model.safetensors").is_file() and not (out / "sft" / "adapter_config.json").exists()
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert Path(adapter["base_model_name_or_path"]) == out / "sft"
