@@ -20,3 +20,12 @@ def test_setuptools_is_installed_before_deepspeed_is_built_without_isolation():
         before = " ".join(lines[:deepspeed])
         assert re.search(r"\bsetuptools\b", before) and re.search(r"\bwheel\b", before), name
         assert re.search(r"torch==", before), name
+
+
+def test_gpu_check_installs_setuptools_before_its_builds_without_isolation():
+    # benchmarks/gpu_check.sh builds DeepSpeed and the editable project without isolation: the environment's
+    # setuptools must be new enough for pyproject's editable build (>= 68), so its first install line brings it.
+    script = (ROOT / "benchmarks" / "gpu_check.sh").read_text().splitlines()
+    lines = [line for line in script if "pip install" in line and not line.lstrip().startswith("#")]
+    no_isolation = next(i for i, line in enumerate(lines) if "--no-build-isolation" in line)
+    assert '"setuptools>=68"' in " ".join(lines[:no_isolation])
