@@ -9,9 +9,10 @@
 # (docs/scale.md). Expect small fixes on the first GPU run.
 #
 # Install (INSTALL=auto, the default, runs it when vllm or deepspeed is missing; INSTALL=0 never does):
-#   pip install wheel -e ".[vllm]" && DS_BUILD_OPS=0 pip install --no-build-isolation -e ".[vllm,deepspeed]"
-# (DeepSpeed's setup imports torch, hence no build isolation and torch first; DS_BUILD_OPS=0 compiles no op ahead,
-# and these runs use torch's AdamW, so none is built at run time either). It resolves to vllm 0.31.0, transformers
+#   pip install wheel "setuptools>=68" -e ".[vllm]" && DS_BUILD_OPS=0 pip install --no-build-isolation -e ".[vllm,deepspeed]"
+# (DeepSpeed's setup imports torch, hence no build isolation and torch first; without isolation both builds use the
+# environment's setuptools, hence setuptools >= 68, what pyproject's editable build needs; DS_BUILD_OPS=0 compiles
+# no op ahead, and these runs use torch's AdamW, so none is built at run time either). It resolves to vllm 0.31.0, transformers
 # 5.17.0 and trl 1.16.0: pyproject accepts transformers >= 5.17, and vLLM 0.31 needs transformers < 5.18. No downloads after that: the model and data are built locally, and the HF and
 # vLLM offline switches are set.
 #
@@ -74,7 +75,7 @@ if [[ "$INSTALL" == auto ]] && ! "$PY" -c 'import vllm, deepspeed' >/dev/null 2>
 fi
 if [[ "$INSTALL" == 1 ]]; then
   echo "== install: the vllm extra (it brings vLLM's torch), then the deepspeed extra without build isolation"
-  "$PY" -m pip install -q wheel -e "$ROOT[vllm]"
+  "$PY" -m pip install -q wheel "setuptools>=68" -e "$ROOT[vllm]"
   DS_BUILD_OPS=0 "$PY" -m pip install -q --no-build-isolation -e "$ROOT[vllm,deepspeed]"
 fi
 echo "== preflight"

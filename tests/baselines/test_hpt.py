@@ -60,6 +60,8 @@ def test_hpt_step_on_failed_questions_is_sft(tmp_path, model, tokenizer):
         ({"loss_type": "grpo"}, "loss_type='grpo' is not used by HptConfig"),
         ({"prefix_ratio_floor_end": 0.1}, "prefix_ratio_floor_end=0.1 is not used by HptConfig"),
         ({"hpt_switch_gate": -1}, "hpt_switch_gate and hpt_sft_loss_coef must be >= 0"),
+        ({"hpt_switch_gate": 2, "hpt_switch_gate_off": 1}, "hpt_switch_gate_off=1 has no effect: .*_gate=2 "),
+        ({"hpt_switch_gate_off": -1}, "hpt_switch_gate_off=-1 has no effect: .*_gate=0 "),
     ],
 )
 def test_hpt_refuses_options_it_has_no_use_for(tmp_path, overrides, message):

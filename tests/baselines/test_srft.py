@@ -59,6 +59,7 @@ def test_srft_demo_is_an_off_policy_group_member_and_a_step_trains(tmp_path, mod
         ({"epsilon": 0.1}, "epsilon=0.1 is not used by SrftConfig"),
         ({"prefix_advantage": "reference"}, "prefix_advantage='reference' is not used by SrftConfig"),
         ({"srft_rl_scale": -1.0}, "srft_rl_scale must be >= 0"),
+        ({"srft_off_policy_gamma": 0.0}, r"srft_off_policy_gamma must be > 0 \(or null for -A \* p\), got 0.0"),
     ],
 )
 def test_srft_refuses_options_it_has_no_use_for(tmp_path, overrides, message):

@@ -170,8 +170,8 @@ def scenario_relift(out_dir, engine, tokenizer) -> dict:
     """One RL step in which every group fails, then one SFT step on the failed questions.
 
     Reward 0 everywhere makes every advantage 0, so the RL update is exactly 0 and the weights move by the SFT step
-    alone. The global batch is the same 2 questions x 8 rollouts: one group per rank on 2 ranks (each rank's SFT
-    batch is its question), both groups in one process (SFT batch of both questions).
+    alone. The global batch is the same 2 questions x 8 rollouts: one group per rank on 2 ranks, both groups in one
+    process; relift_sft_batch=2 is the same too, so the SFT batch is both questions either way.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return train(
@@ -185,7 +185,7 @@ def scenario_relift(out_dir, engine, tokenizer) -> dict:
         max_steps=1,
         per_device_train_batch_size=16 // world,
         num_generations=8,
-        relift_sft_batch=2 // world,
+        relift_sft_batch=2,
         relift_sft_learning_rate=1e-3,
     )
 
@@ -212,8 +212,8 @@ def fails_on_rank_0(completions, **kwargs):
 
 
 def scenario_relift_uneven(out_dir, engine, tokenizer) -> dict:
-    """Only rank 0's question fails, so only its buffer reaches relift_sft_batch=1: no rank may take the SFT step
-    (rank 1 has no batch), and neither may fail."""
+    """Only rank 0's question fails: the buffer (every rank's failures) reaches relift_sft_batch=1, so both ranks
+    take the SFT step on it, rank 1 with no item of its own."""
     return train(
         "relift_uneven",
         out_dir,

@@ -130,10 +130,11 @@ def test_relift_sft_step_keeps_ranks_identical_and_equal_to_one_process(runs, en
 
 
 @pytest.mark.slow
-def test_relift_sft_step_waits_until_every_rank_has_a_batch(runs):
-    # rank 0's buffer holds 1 question, rank 1's none: the smallest buffer (0) is below relift_sft_batch=1
+def test_relift_sft_step_runs_when_the_failures_of_all_ranks_fill_the_batch(runs):
+    # only rank 0's question failed: the one buffer holds it, which is relift_sft_batch=1, as one process would
     ranks = run_of(runs, "ddp", "relift_uneven")
-    assert [(r["steps"], r["sft_steps"]) for r in ranks] == [(1, 0), (1, 0)]
+    assert [(r["steps"], r["sft_steps"]) for r in ranks] == [(1, 1), (1, 1)]
+    assert ranks[0]["final"] == ranks[1]["final"]
 
 
 @pytest.mark.slow

@@ -109,3 +109,12 @@ def test_an_unknown_sampler_correction_is_refused_by_name(tmp_path):
 
     with pytest.raises(ValueError, match=r"prefix_sampler_correction='prefix' is not supported; expected one of"):
         train_args(tmp_path, prefix_sampler_correction="prefix")
+
+
+@pytest.mark.parametrize("vllm", [{}, {"use_vllm": True, "vllm_importance_sampling_correction": False}])
+def test_row_correction_without_a_vllm_correction_is_refused(tmp_path, vllm):
+    # no vLLM, or vLLM with TRL's correction off: there is no sampler weight for 'row' to apply
+    from .conftest import train_args
+
+    with pytest.raises(ValueError, match=r"prefix_sampler_correction='row' has no effect: .* use_vllm=True and vllm_"):
+        train_args(tmp_path, prefix_sampler_correction="row", **vllm)

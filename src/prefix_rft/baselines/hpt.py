@@ -51,6 +51,12 @@ class HptConfig(PrefixRFTConfig):
                 f"hpt_switch_gate and hpt_sft_loss_coef must be >= 0, got {self.hpt_switch_gate}, "
                 f"{self.hpt_sft_loss_coef}"
             )
+        if self.hpt_switch_gate_off != 0 and self.hpt_switch_gate_off <= self.hpt_switch_gate:
+            raise ValueError(  # s <= gate is SFT first, so gate < s <= gate_off is empty
+                f"hpt_switch_gate_off={self.hpt_switch_gate_off} has no effect: it must be above "
+                f"hpt_switch_gate={self.hpt_switch_gate} (questions solved more often than the gate and at most "
+                "gate_off times are trained with neither SFT nor RL)"
+            )
 
 
 class HptTrainer(FullDemoRows, PrefixRFTTrainer):

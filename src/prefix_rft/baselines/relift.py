@@ -2,10 +2,11 @@
 
 After every RL step, each question whose G rollouts all failed joins a buffer (once). When the buffer holds
 `relift_sft_batch` questions, the oldest that many are taken and one SFT step is run on their demonstrations (NLL,
-token mean over every rank's batch) with a separate AdamW optimizer; the rest stays for later. The SFT gradients are
-summed over ranks by the trainer itself, so it runs under DDP and DeepSpeed ZeRO-1/2 in fp32 (ZeRO-3, FSDP and
-DeepSpeed in bf16/fp16 are refused). The buffer and that optimizer are saved in checkpoints, so a resumed run continues
-exactly.
+token mean over the batch) with a separate AdamW optimizer; the rest stays for later. The buffer is filled from every
+rank's groups in rank order, so all ranks hold the same buffer and trigger, batch and train as one process with the
+same global batch would; each rank computes its share of the batch and the trainer sums the SFT gradients over ranks
+itself, so it runs under DDP and DeepSpeed ZeRO-1/2 in fp32 (ZeRO-3, FSDP and DeepSpeed in bf16/fp16 are refused).
+The buffer and that optimizer are saved in checkpoints, so a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from accelerate.utils import gather_object
 from transformers import TrainerCallback
 
 from prefix_rft.data import row_demos
@@ -84,7 +86,8 @@ class ReliftTrainer(PrefixRFTTrainer):
         self.add_callback(_SFTStepCallback(self))
 
     def _after_rollout(self, inputs: list[dict], rollout: Rollout) -> None:
-        """Buffer the questions whose whole group failed on this rank."""
+        """Buffer the questions whose whole group failed, on any rank: each rank finds its own, then every rank adds
+        all of them in rank order, so the buffers stay identical."""
         group_size, n_local = self.num_generations, len(inputs)
         rank = self.accelerator.process_index
         local = rollout.rewards[rank * n_local : (rank + 1) * n_local]
@@ -94,7 +97,7 @@ class ReliftTrainer(PrefixRFTTrainer):
             demos = row_demos(example)
             if demos:
                 items.append({"key": json.dumps(example["prompt"]), "prompt": example["prompt"], "demo": demos[0]})
-        add_to_buffer(self.relift_buffer, items)
+        add_to_buffer(self.relift_buffer, gather_object(items))
         self._metrics["train"]["relift/buffer_size"].append(float(len(self.relift_buffer)))
 
     def maybe_sft_step(self) -> None:
@@ -107,24 +110,28 @@ class ReliftTrainer(PrefixRFTTrainer):
         self._metrics["train"]["relift/sft_steps"].append(float(self.sft_steps))
 
     def _sft_step_due(self) -> bool:
-        """Whether every rank's buffer holds a batch: all ranks take the SFT step together (its gradients are summed
-        over ranks), so the trigger is the smallest buffer."""
-        negated = torch.tensor([-float(len(self.relift_buffer))], device=self.accelerator.device)
-        return -float(self.accelerator.reduce(negated, "max")) >= self.args.relift_sft_batch  # min = -max(-x)
+        """Whether the buffer holds a batch; the buffer is the same on every rank, so all ranks agree."""
+        return len(self.relift_buffer) >= self.args.relift_sft_batch
 
     def _sft_step(self, batch: list[dict]) -> float:
-        """One step of the SFT optimizer on the token mean over every rank's batch; returns that mean.
+        """One step of the SFT optimizer on the token mean over `batch` (the same on every rank); returns that mean.
 
         It runs beside the RL optimizer, not through it: the forward goes through the bare module and the gradients
         are taken with `autograd.grad`, so neither DDP's hooks nor DeepSpeed's engine see them, and they are summed
-        over ranks here. Each rank divides its NLL sum by the global token count, so the sum is the gradient of the
-        token mean over all ranks' demonstrations, as one process with the whole batch computes it; every rank then
-        holds the same gradient and takes the same step.
+        over ranks here. Rank r takes items r, r + world, ... of the batch and divides its NLL sum by the global token
+        count, so the sum is the gradient of the token mean over the whole batch, as one process computes it; every
+        rank then holds the same gradient and takes the same step.
         """
         trained = [p for p in self.model.parameters() if p.requires_grad]
-        nll_sum, tokens = self._sft_nll(batch)
+        share = batch[self.accelerator.process_index :: self.accelerator.num_processes]
+        if share:
+            nll_sum, tokens = self._sft_nll(share)
+        else:  # a batch smaller than the world leaves this rank nothing; it still joins the reductions
+            nll_sum = tokens = torch.zeros((), device=self.accelerator.device)
         total_tokens = self.accelerator.reduce(tokens, "sum")
-        grads = torch.autograd.grad(nll_sum / total_tokens, trained, allow_unused=True)
+        grads = (
+            torch.autograd.grad(nll_sum / total_tokens, trained, allow_unused=True) if share else [None] * len(trained)
+        )
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(trained, grads, strict=True)]
         flat = torch.cat([g.flatten() for g in grads])
         flat = self.accelerator.reduce(flat, "sum")
@@ -207,10 +214,11 @@ class ReliftTrainer(PrefixRFTTrainer):
         super()._load_rng_state(checkpoint)
         if checkpoint is None:
             return
-        rank = self.accelerator.process_index
-        saved = load_rank_state(checkpoint, rank, BUFFER_FILE, "ReLIFT buffer")
+        # Every rank holds the same buffer and optimizer state; all read rank 0's, so they agree on the next SFT step
+        # (a rank alone in it would wait in its reductions) even if the checkpoint was written by another world size.
+        saved = load_rank_state(checkpoint, 0, BUFFER_FILE, "ReLIFT buffer")
         if saved is not None:
             self.relift_buffer, self.sft_steps = saved["buffer"], saved["sft_steps"]
-        optimizer_path = os.path.join(checkpoint, f"{rank}_{OPTIMIZER_FILE}")
+        optimizer_path = os.path.join(checkpoint, f"0_{OPTIMIZER_FILE}")
         if os.path.exists(optimizer_path):
             self._relift_optimizer().load_state_dict(torch.load(optimizer_path, weights_only=True))

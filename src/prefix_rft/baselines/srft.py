@@ -65,6 +65,10 @@ class SrftConfig(PrefixRFTConfig):
         for name in ("srft_sft_scale", "srft_rl_scale"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.srft_off_policy_gamma is not None and self.srft_off_policy_gamma <= 0:
+            raise ValueError(  # p / (p + 0) is 1: the demo's RL term would have no gradient
+                f"srft_off_policy_gamma must be > 0 (or null for -A * p), got {self.srft_off_policy_gamma}"
+            )
 
 
 class SrftTrainer(FullDemoRows, PrefixRFTTrainer):

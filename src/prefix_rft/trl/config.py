@@ -315,6 +315,18 @@ class PrefixRFTConfig(GRPOConfig):
             raise ValueError(f"{' and '.join(guided)} act on hybrid rows, but num_hybrid=0 plans none")
         if self.prefix_success_target is None and self.prefix_ratio_step != DEFAULT_RATIO_STEP:
             raise ValueError("prefix_ratio_step acts only with prefix_success_target (the adaptive prefix ratio)")
+        self._check_sampler_correction()
+
+    def _check_sampler_correction(self) -> None:
+        """Refuse `prefix_sampler_correction` away from its default where TRL applies no vLLM correction to weigh."""
+        if self.prefix_sampler_correction != "continuation" and not (
+            self.use_vllm and self.vllm_importance_sampling_correction
+        ):
+            raise ValueError(
+                f"prefix_sampler_correction={self.prefix_sampler_correction!r} has no effect: it says how TRL's vLLM "
+                "importance-sampling weight treats demo tokens, and there is none without use_vllm=True and "
+                "vllm_importance_sampling_correction=True"
+            )
 
     def micro_steps_per_rollout(self) -> int:
         """Micro-batches trained on one generation batch (TRL regenerates after this many)."""
