@@ -7,6 +7,7 @@ from prefix_rft.core.advantages import (
     reward_std_divisor,
 )
 from prefix_rft.core.entropy import num_dropped, select_prefix_tokens
+from prefix_rft.core.generation import CallShapes, force_prefix_scores, prefer_shared_call
 from prefix_rft.core.loss import (
     aggregate_dr_grpo,
     aggregate_token_loss,
@@ -42,6 +43,7 @@ from prefix_rft.core.schedule import (
 )
 
 __all__ = [
+    "CallShapes",
     "Constant",
     "CosineDecay",
     "Delay",
@@ -54,10 +56,12 @@ __all__ = [
     "build_prefix_mask",
     "dr_grpo_advantages",
     "fit_prefix_to_prompt",
+    "force_prefix_scores",
     "hybrid_advantages",
     "hybrid_positions",
     "is_hybrid_row",
     "make_controller",
+    "prefer_shared_call",
     "masked_mean",
     "needs_rescue",
     "next_prefix_ratio",
