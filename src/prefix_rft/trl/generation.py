@@ -28,6 +28,7 @@ from prefix_rft.core import (
     row_rng,
 )
 from prefix_rft.data import row_demos
+from prefix_rft.trl.demo_cache import DemoIdsCache
 from prefix_rft.trl.rollouts import BudgetedClient, BudgetedLLM, Rollout, RowPlan
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,11 @@ class PrefixGenerationMixin:
         elif self.accelerator.is_main_process:
             generation.vllm_client = BudgetedClient(generation.vllm_client)
 
+    def _new_demo_cache(self) -> DemoIdsCache:
+        """A demo cache that holds two generation batches' demos at the longest (`max_completion_length` tokens)."""
+        rows = self.args.per_device_train_batch_size * self.args.steps_per_generation
+        return DemoIdsCache(2 * rows * self.max_completion_length)
+
     def _demo_ids(self, demo: str) -> list[int]:
         # Demos are tokenized without special tokens (fidelity row 12: the reference's BOS-inside-prefix quirk).
         ids = self._demo_ids_cache.get(demo)
@@ -66,7 +72,7 @@ class PrefixGenerationMixin:
             # A demo longer than the completion budget could leave no room to continue; validation refuses it
             # unless prefix_truncate_long_demos is set, in which case it is cut here (and counted at validation).
             ids = self._tokenizer(demo, add_special_tokens=False)["input_ids"][: self.max_completion_length]
-            self._demo_ids_cache[demo] = ids
+            self._demo_ids_cache.put(demo, ids)
         return ids
 
     def _schedule_step(self) -> int:

@@ -101,7 +101,7 @@ class PrefixRFTTrainer(
         if not isinstance(self.args, PrefixRFTConfig):
             raise TypeError(f"PrefixRFTTrainer needs args of type PrefixRFTConfig, got {type(self.args).__name__}")
         self._prefix_sampler = self.args.prefix_sampler()
-        self._demo_ids_cache: dict[str, list[int]] = {}
+        self._demo_ids_cache = self._new_demo_cache()  # bounded: a run can draw from many long demos
         self._rollout: Rollout | None = None  # the generation batch in flight; None outside it
         self._init_question_stats()
         self._refuse_images()
