@@ -36,7 +36,12 @@ VARIANTS = (
     # 2 micro-batches per optimizer step: the paper's entropy scope (a no-grad pass over the step) vs per micro-batch
     "prefix_rft_accum2_step_scope",
     "prefix_rft_accum2_micro_scope",
+    # plain-text prompts (median 19 tokens) with demos ~9x as long (median 167) and a 192-token budget: padding
+    # every row to prompt + prefix would cost here (docs/performance.md)
+    "stock_dr_grpo_long_prefix",
+    "prefix_rft_long_prefix",
 )
+LONG_PREFIX_BUDGET = 192
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -94,6 +99,9 @@ def run_trainer(variant: str, args) -> dict:
 
     model, tokenizer, dataset = build(args)
     kwargs = common_kwargs(args)
+    if variant.endswith("_long_prefix"):
+        dataset = dataset.map(long_prefix_row)
+        kwargs["max_completion_length"] = LONG_PREFIX_BUDGET
     engines = install_vllm_double(model, tokenizer, kwargs) if variant.endswith("_vllm_double") else []
     if variant.startswith("prefix_rft_accum2"):
         kwargs.update(per_device_train_batch_size=4 * args.prompts, gradient_accumulation_steps=2)
@@ -145,6 +153,12 @@ def run_trainer(variant: str, args) -> dict:
             sum(len(c) for request in call for c in request.completion_ids) for call in calls
         )
     return result
+
+
+def long_prefix_row(row: dict) -> dict:
+    """The row with its question as a plain-text prompt and its demo written 3 times (~9x the prompt's tokens)."""
+    demo = row["demos"][0]
+    return {"prompt": row["prompt"][0]["content"] + "\n", "demos": ["\n".join([demo] * 3)]}
 
 
 def install_vllm_double(model, tokenizer, kwargs: dict) -> list:
@@ -241,6 +255,12 @@ RATIOS = {  # name: (numerator variant, denominator variant, quantity)
     "stock / floor step time": ("stock_dr_grpo", "floor", "total"),
     "prefix_rft / stock peak RSS": ("prefix_rft", "stock_dr_grpo", "peak_rss_mb"),
     "prefix_rft / prefix_rft at the baseline commit step time": ("prefix_rft", "prefix_rft@baseline", "total"),
+    "long prefix: prefix_rft / stock step time": ("prefix_rft_long_prefix", "stock_dr_grpo_long_prefix", "total"),
+    "long prefix: prefix_rft / prefix_rft at the baseline commit step time": (
+        "prefix_rft_long_prefix",
+        "prefix_rft_long_prefix@baseline",
+        "total",
+    ),
     "vLLM double: prefix_rft / stock step time": ("prefix_rft_vllm_double", "stock_dr_grpo_vllm_double", "total"),
     "vLLM double: prefix_rft / stock decoded tokens": (
         "prefix_rft_vllm_double",
