@@ -33,7 +33,8 @@
 # its logs: max_steps reached; `prefix/hybrid_rows` > 0; `prefix/token_fraction` > 0 and a finite `grad_norm` on every
 # step; every logged hybrid completion (TRL's completions table) starts with its demo prefix; with vLLM, TRL's
 # `sampling/sampling_logp_difference/mean` < 0.1 nats on every step (a continuation sampled without its prefix, or
-# stale weights on the engine, push it far above); on the 2-rank transformers cell, stand-in calls were logged.
+# stale weights on the engine, push it far above); on the 2-rank transformers cell, stand-in calls were logged or
+# every step made one shared generate call (`prefix/generate_calls` 1).
 # The summary prints each cell's result and which cells this box could not cover.
 #
 # Usage:  bash benchmarks/gpu_check.sh            (from the repository root; WORK=/path keeps files there)

@@ -36,7 +36,12 @@ VARIANTS = (
     # 2 micro-batches per optimizer step: the paper's entropy scope (a no-grad pass over the step) vs per micro-batch
     "prefix_rft_accum2_step_scope",
     "prefix_rft_accum2_micro_scope",
+    # plain-text prompts (median 19 tokens) with demos ~9x as long (median 167) and a 192-token budget: padding
+    # every row to prompt + prefix would cost here (docs/performance.md)
+    "stock_dr_grpo_long_prefix",
+    "prefix_rft_long_prefix",
 )
+LONG_PREFIX_BUDGET = 192
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -63,7 +68,8 @@ def common_kwargs(args) -> dict:
 
 
 class Timers:
-    """Accumulates wall time and call counts per stage by wrapping bound methods of one object."""
+    """Accumulates wall time, CPU time ("STAGE cpu") and call counts per stage by wrapping bound methods of one
+    object. CPU time is this process's: on a shared machine it leaves out the time spent waiting for a core."""
 
     def __init__(self):
         self.seconds, self.calls = defaultdict(float), defaultdict(int)
@@ -74,11 +80,12 @@ class Timers:
         def wrapped(*a, **kw):
             if when is not None and not when():
                 return original(*a, **kw)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 return original(*a, **kw)
             finally:
                 self.seconds[stage] += time.perf_counter() - t0
+                self.seconds[f"{stage} cpu"] += time.process_time() - c0
                 self.calls[stage] += 1
 
         setattr(obj, name, wrapped)
@@ -94,6 +101,9 @@ def run_trainer(variant: str, args) -> dict:
 
     model, tokenizer, dataset = build(args)
     kwargs = common_kwargs(args)
+    if variant.endswith("_long_prefix"):
+        dataset = dataset.map(long_prefix_row)
+        kwargs["max_completion_length"] = LONG_PREFIX_BUDGET
     engines = install_vllm_double(model, tokenizer, kwargs) if variant.endswith("_vllm_double") else []
     if variant.startswith("prefix_rft_accum2"):
         kwargs.update(per_device_train_batch_size=4 * args.prompts, gradient_accumulation_steps=2)
@@ -124,7 +134,7 @@ def run_trainer(variant: str, args) -> dict:
 
     class Clock(TrainerCallback):
         def on_step_begin(self, a, state, control, **kw):
-            marks["step"] = time.perf_counter()
+            marks["step"], marks["cpu"] = time.perf_counter(), time.process_time()
 
         def on_pre_optimizer_step(self, a, state, control, **kw):
             marks["opt"] = time.perf_counter()
@@ -133,7 +143,8 @@ def run_trainer(variant: str, args) -> dict:
             timers.seconds["optimizer"] += time.perf_counter() - marks["opt"]
 
         def on_step_end(self, a, state, control, **kw):
-            steps.append({"total": time.perf_counter() - marks["step"], **dict(timers.seconds)})
+            total = {"total": time.perf_counter() - marks["step"], "total cpu": time.process_time() - marks["cpu"]}
+            steps.append({**total, **dict(timers.seconds)})
             timers.seconds.clear()
 
     trainer.add_callback(Clock())
@@ -145,6 +156,12 @@ def run_trainer(variant: str, args) -> dict:
             sum(len(c) for request in call for c in request.completion_ids) for call in calls
         )
     return result
+
+
+def long_prefix_row(row: dict) -> dict:
+    """The row with its question as a plain-text prompt and its demo written 3 times (~9x the prompt's tokens)."""
+    demo = row["demos"][0]
+    return {"prompt": row["prompt"][0]["content"] + "\n", "demos": ["\n".join([demo] * 3)]}
 
 
 def install_vllm_double(model, tokenizer, kwargs: dict) -> list:
@@ -174,7 +191,7 @@ def run_floor(args) -> dict:
     steps = []
     for step in range(args.steps):
         t = {}
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         rows = [dataset[step * args.prompts + i] for i in range(args.prompts) for _ in range(8)]
         texts = [tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False) for r in rows]
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -217,6 +234,7 @@ def run_floor(args) -> dict:
         optimizer.zero_grad()
         t["optimizer"] = time.perf_counter() - t4
         t["total"] = time.perf_counter() - t0
+        t["total cpu"] = time.process_time() - c0
         steps.append(t)
     return {"steps": steps, "forward_calls": {"loss forward": args.steps}}
 
@@ -236,11 +254,30 @@ def median_breakdown(runs: list[dict]) -> dict:
 
 RATIOS = {  # name: (numerator variant, denominator variant, quantity)
     "prefix_rft / stock step time": ("prefix_rft", "stock_dr_grpo", "total"),
+    "prefix_rft / stock step CPU time": ("prefix_rft", "stock_dr_grpo", "total cpu"),
     "prefix_rft(no hybrid) / stock step time": ("prefix_rft_no_hybrid", "stock_dr_grpo", "total"),
+    "prefix_rft(no hybrid) / stock step CPU time": ("prefix_rft_no_hybrid", "stock_dr_grpo", "total cpu"),
     "prefix_rft / floor step time": ("prefix_rft", "floor", "total"),
     "stock / floor step time": ("stock_dr_grpo", "floor", "total"),
     "prefix_rft / stock peak RSS": ("prefix_rft", "stock_dr_grpo", "peak_rss_mb"),
     "prefix_rft / prefix_rft at the baseline commit step time": ("prefix_rft", "prefix_rft@baseline", "total"),
+    "prefix_rft / prefix_rft at the baseline commit step CPU time": ("prefix_rft", "prefix_rft@baseline", "total cpu"),
+    "long prefix: prefix_rft / stock step time": ("prefix_rft_long_prefix", "stock_dr_grpo_long_prefix", "total"),
+    "long prefix: prefix_rft / prefix_rft at the baseline commit step time": (
+        "prefix_rft_long_prefix",
+        "prefix_rft_long_prefix@baseline",
+        "total",
+    ),
+    "long prefix: prefix_rft / prefix_rft at the baseline commit step CPU time": (
+        "prefix_rft_long_prefix",
+        "prefix_rft_long_prefix@baseline",
+        "total cpu",
+    ),
+    "long prefix: prefix_rft / stock step CPU time": (
+        "prefix_rft_long_prefix",
+        "stock_dr_grpo_long_prefix",
+        "total cpu",
+    ),
     "vLLM double: prefix_rft / stock step time": ("prefix_rft_vllm_double", "stock_dr_grpo_vllm_double", "total"),
     "vLLM double: prefix_rft / stock decoded tokens": (
         "prefix_rft_vllm_double",
@@ -259,8 +296,8 @@ def ratios_of(summary: dict, runs: dict) -> dict[str, float]:
     """The ratios whose two variants ran."""
 
     def value(variant: str, quantity: str) -> float:
-        if quantity == "total":
-            return summary[variant]["step_s"]["total"]
+        if quantity in ("total", "total cpu"):
+            return summary[variant]["step_s"][quantity]
         if quantity == "peak_rss_mb":
             return summary[variant]["peak_rss_mb"]
         return statistics.median(r[quantity] for r in runs[variant])

@@ -74,6 +74,15 @@ def test_a_good_run_passes_every_check(tmp_path):
 
 
 @pytest.mark.slow  # a subprocess each (pandas and pyarrow import in ~2 s)
+@pytest.mark.parametrize(("generate_calls", "passes"), [(1.0, True), (2.0, False)])
+def test_one_shared_generate_call_needs_no_stand_in(tmp_path, generate_calls, passes):
+    step = {**GOOD_STEP, "prefix/stand_in_generate_calls": 0.0, "prefix/generate_calls": generate_calls}
+    result = check(tmp_path, write_run(tmp_path, [step] * 3, GOOD_HYBRID), "--vllm", "--stand-in")
+    assert (result.returncode == 0) is passes, result.stdout + result.stderr
+    assert ("FAIL stand_in_calls:" in result.stdout) is not passes
+
+
+@pytest.mark.slow  # a subprocess each (pandas and pyarrow import in ~2 s)
 @pytest.mark.parametrize(
     ("failing", "step", "hybrid", "global_step"),
     [

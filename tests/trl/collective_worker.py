@@ -26,6 +26,8 @@ DEMOS = ["12+30 is 42. ans: 42", "17+18 is 35. ans: 35", "40+20 is 60. ans: 60",
 LAYOUTS = {
     # 1 group of 8 per step: rank 0 holds rows 0-3 (on-policy), rank 1 rows 4-7 with the hybrid (row 7).
     "rank0_no_hybrid": dict(per_device_train_batch_size=4, num_generations=8),
+    # the same rows with the demo as a hint in the hybrid's prompt, which always takes a call of its own.
+    "rank0_no_hint": dict(per_device_train_batch_size=4, num_generations=8, prefix_placement="prompt"),
     # groups of 4 over 6 rows per rank: group 1 spans the ranks (rows 4-7); hybrids at rows 3, 7, 11.
     "groups_span_ranks": dict(per_device_train_batch_size=6, num_generations=4),
     # one generation batch serves 2 optimizer steps; all hybrids on rank 1 again.

@@ -31,15 +31,20 @@ def test_world_size_is_two(ranks):
 
 
 # (layout, generate calls per rank, stand-in calls on rank 0 and rank 1, hybrid rows logged per optimizer step)
-# rank0_no_hybrid: 2 steps x (on-policy call + prefixed call); rank 0 has no prefixed row, so it stands in twice.
-# groups_span_ranks: hybrids at global rows 3, 7 (rank 0: 0-5, rank 1: 6-11) and 11: both ranks have both kinds.
-# steps_per_generation_2: one generation for the 2 steps, rank 0 again without a hybrid: 2 calls, 1 stand-in.
+# Demo prefixes are forced inside the on-policy rows' call (one call per generation, no stand-in): prompts of
+# 5 characters + the chat template, prefixes of 19 tokens, budget 24: the shared call and separate calls hold the same
+# padded tokens, and the shared one decodes fewer steps (core.prefer_shared_call).
+# rank0_no_hybrid: 2 steps x 1 call.
+# rank0_no_hint: 2 steps x (on-policy call + hint call); rank 0 has no hint row, so it stands in twice.
+# groups_span_ranks: hybrids at global rows 3, 7 (rank 0: 0-5, rank 1: 6-11) and 11: 2 steps x 1 call.
+# steps_per_generation_2: one generation for the 2 steps: 1 call.
 # accumulation_2_step_scope: steps_per_generation = accumulation = 2, so one generation per optimizer step.
 CASES = [
-    ("rank0_no_hybrid", 4, [2, 0], [1.0, 1.0]),
-    ("groups_span_ranks", 4, [0, 0], [3.0, 3.0]),
-    ("steps_per_generation_2", 2, [1, 0], [1.0]),
-    ("accumulation_2_step_scope", 4, [2, 0], [1.0, 1.0]),
+    ("rank0_no_hybrid", 2, [0, 0], [1.0, 1.0]),
+    ("rank0_no_hint", 4, [2, 0], [1.0, 1.0]),
+    ("groups_span_ranks", 2, [0, 0], [3.0, 3.0]),
+    ("steps_per_generation_2", 1, [0, 0], [1.0]),
+    ("accumulation_2_step_scope", 2, [0, 0], [1.0, 1.0]),
 ]
 
 

@@ -113,6 +113,7 @@ def test_entropy_scopes_differ_over_accumulated_micro_batches(tmp_path, model, t
         gradient_accumulation_steps=2,
         prefix_entropy_keep_fraction=0.5,
         prefix_entropy_scope=scope,
+        seed=2,  # TRL shuffles the generation batch before splitting it; with this seed each half gets one hybrid
     )
     trainer.train()
     (e1, k1, rows1), (e2, k2, rows2) = trainer.records

@@ -8,6 +8,7 @@ from prefix_rft.core.advantages import (
 )
 from prefix_rft.core.entropy import num_dropped, select_prefix_tokens
 from prefix_rft.core.escalation import EscalationState, level_at, prefix_end, trains_prefix, trapo_levels
+from prefix_rft.core.generation import CallShapes, force_prefix_scores, prefer_shared_call
 from prefix_rft.core.loss import (
     aggregate_dr_grpo,
     aggregate_token_loss,
@@ -54,6 +55,7 @@ from prefix_rft.core.schedule import (
 )
 
 __all__ = [
+    "CallShapes",
     "Constant",
     "CosineDecay",
     "Delay",
@@ -71,11 +73,13 @@ __all__ = [
     "fit_prefix_to_prompt",
     "hpt_group_modes",
     "hpt_mode",
+    "force_prefix_scores",
     "hybrid_advantages",
     "hybrid_positions",
     "is_hybrid_row",
     "level_at",
     "make_controller",
+    "prefer_shared_call",
     "masked_mean",
     "masked_row_mean",
     "needs_rescue",

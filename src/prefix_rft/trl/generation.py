@@ -10,22 +10,41 @@ import logging
 import math
 from contextlib import contextmanager
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import torch
 from accelerate.utils import gather_object
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from prefix_rft.core import (
+    CallShapes,
     fit_prefix_to_prompt,
+    force_prefix_scores,
     is_hybrid_row,
+    prefer_shared_call,
     prefix_length,
     rollout_index,
     row_rng,
 )
 from prefix_rft.data import row_demos
+from prefix_rft.trl.demo_cache import DemoIdsCache
 from prefix_rft.trl.rollouts import BudgetedClient, BudgetedLLM, Rollout, RowPlan
 
 logger = logging.getLogger(__name__)
+
+
+class ForcedPrefix(LogitsProcessor):
+    """Forces each row's demo prefix (`core.force_prefix_scores`): forced [rows, longest prefix], -1 past a row's
+    prefix. The decoding step is the length of `input_ids` past the padded prompt, seen at the first call."""
+
+    def __init__(self, forced: torch.Tensor) -> None:
+        self.forced, self.prompt_width = forced, None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.prompt_width is None:
+            self.prompt_width = input_ids.size(1)
+        return force_prefix_scores(scores, self.forced, input_ids.size(1) - self.prompt_width)
 
 
 class PrefixGenerationMixin:
@@ -41,6 +60,11 @@ class PrefixGenerationMixin:
         elif self.accelerator.is_main_process:
             generation.vllm_client = BudgetedClient(generation.vllm_client)
 
+    def _new_demo_cache(self) -> DemoIdsCache:
+        """A demo cache that holds two generation batches' demos at the longest (`max_completion_length` tokens)."""
+        rows = self.args.per_device_train_batch_size * self.args.steps_per_generation
+        return DemoIdsCache(2 * rows * self.max_completion_length)
+
     def _demo_ids(self, demo: str) -> list[int]:
         # Demos are tokenized without special tokens (fidelity row 12: the reference's BOS-inside-prefix quirk).
         ids = self._demo_ids_cache.get(demo)
@@ -48,7 +72,7 @@ class PrefixGenerationMixin:
             # A demo longer than the completion budget could leave no room to continue; validation refuses it
             # unless prefix_truncate_long_demos is set, in which case it is cut here (and counted at validation).
             ids = self._tokenizer(demo, add_special_tokens=False)["input_ids"][: self.max_completion_length]
-            self._demo_ids_cache[demo] = ids
+            self._demo_ids_cache.put(demo, ids)
         return ids
 
     def _schedule_step(self) -> int:
@@ -187,45 +211,122 @@ class PrefixGenerationMixin:
     def _generate_transformers(self, prompt_ids, prefix_ids, images, multimodal_fields):
         """`generate` calls over row groups, the same number of calls on every rank.
 
-        Transformers left-pads a batch to its longest prompt + prefix and every row pays for that width, so rows
-        without and with a prefix (or a hint in the prompt) go in separate calls. Under ZeRO-3 or FSDP each call
-        gathers the parameters (a collective), so every rank makes the call for a group that any rank has, with a
-        one-token stand-in row when it has none of its own.
+        Transformers left-pads a batch to its longest prompt and every row pays for that width. Demo prefixes
+        therefore join the on-policy rows' call as tokens forced during the first decoding steps (no padding to
+        prompt + prefix), unless the cost model (`core.prefer_shared_call`) finds a second call with the prefix in
+        the prompt cheaper; hint rows (a demo in the prompt) and prefixes containing an EOS token go in a second
+        call. Under ZeRO-3 or FSDP each call gathers the parameters (a collective), so every rank makes the call for
+        a group that any rank has, with a one-token stand-in row when it has none of its own.
         """
         rows = self._rollout.rows
         generate = [i for i, row in enumerate(rows) if not row.full_demo]
         if self.use_transformers_continuous_batching or images is not None or multimodal_fields:
-            groups = [generate]
+            groups, forced = [generate], [False]  # prefixes travel in the prompt
+            present = self._groups_present_on_any_rank(groups)
         else:
-            guided = [bool(p) or self._hint_row(row) for p, row in zip(prefix_ids, rows, strict=True)]
-            groups = [[i for i in generate if not guided[i]], [i for i in generate if guided[i]]]
-        present = self._groups_present_on_any_rank(groups)
+            groups, forced, present = self._call_groups(generate, prompt_ids, prefix_ids)
         completion_ids: list[list[int]] = [[] for _ in rows]  # full-demo rows generate nothing
         logprobs, has_logprobs = [[] for _ in rows], False
-        for group, needed in zip(groups, present, strict=True):
+        calls = 0
+        for group, force, needed in zip(groups, forced, present, strict=True):
             if not needed:
                 continue
+            calls += 1
             if not group:
                 self._stand_in_generate(prompt_ids, images, multimodal_fields)
                 continue
-            gen_prompts = [list(prompt_ids[i]) + prefix_ids[i] for i in group]
-            # No row of this call can keep more new tokens than the budget left after the call's shortest prefix.
-            limit = max(1, self.max_completion_length - min(len(prefix_ids[i]) for i in group))
-            with self._max_new_tokens(limit):
-                generated, gen_logprobs = super()._generate_single_turn(gen_prompts, images, multimodal_fields, 1)
+            if force and any(prefix_ids[i] for i in group):
+                generated, gen_logprobs = self._generate_forced(
+                    group, prompt_ids, prefix_ids, images, multimodal_fields
+                )
+            else:
+                gen_prompts = [list(prompt_ids[i]) + prefix_ids[i] for i in group]
+                # No row of this call can keep more new tokens than the budget left after the call's shortest prefix.
+                limit = max(1, self.max_completion_length - min(len(prefix_ids[i]) for i in group))
+                with self._max_new_tokens(limit):
+                    generated, gen_logprobs = super()._generate_single_turn(gen_prompts, images, multimodal_fields, 1)
             has_logprobs = gen_logprobs is not None
             for j, i in enumerate(group):
                 completion_ids[i] = generated[j]
                 if has_logprobs:
                     logprobs[i] = gen_logprobs[j]
+        self._metrics["train"]["prefix/generate_calls"].append(float(calls))
         return completion_ids, (logprobs if has_logprobs else None)
 
-    def _groups_present_on_any_rank(self, groups: list[list[int]]) -> list[bool]:
-        """For each row group, whether any rank has rows in it (one small all-gather when there are several ranks)."""
-        local = torch.tensor([len(g) > 0 for g in groups], device=self.accelerator.device)
+    def _call_groups(self, generate: list[int], prompt_ids, prefix_ids) -> tuple[list, list[bool], list[bool]]:
+        """Row groups of the generate calls, whether each forces its prefixes, and whether any rank needs each call.
+
+        Plain rows have no prefix; prefix rows continue a demo prefix that can be forced (`_forceable`); the rest
+        (hint rows, prefixes that cannot be forced) always take the prefix-in-prompt call. One small all-gather
+        gives every rank the same shapes, hence the same choice.
+        """
+        rows, eos = self._rollout.rows, set(self.eos_token_ids)
+        hint = [self._hint_row(row) for row in rows]
+        plain = [i for i in generate if not prefix_ids[i] and not hint[i]]
+        prefix = [i for i in generate if prefix_ids[i] and not hint[i] and self._forceable(prefix_ids[i], eos)]
+        other = sorted(set(generate) - set(plain) - set(prefix))
+        ranks = self._gather_ints([*self._call_shapes(plain, prefix, prompt_ids, prefix_ids), len(other)])
+        shared = prefer_shared_call([CallShapes(*r[:6]) for r in ranks], self.max_completion_length)
+        has_plain, has_prefix, has_other = (any(r[k] for r in ranks) for k in (0, 2, 6))
+        if shared:
+            return [plain + prefix, other], [True, False], [has_plain or has_prefix, has_other]
+        return [plain, prefix + other], [False, False], [has_plain, has_prefix or has_other]
+
+    def _forceable(self, prefix: list[int], eos: set[int]) -> bool:
+        """Whether decoding can force `prefix`: an EOS token would end the row, and the prefix must fit the budget."""
+        return len(prefix) <= self.max_completion_length and not eos.intersection(prefix)
+
+    @staticmethod
+    def _call_shapes(plain: list[int], prefix: list[int], prompt_ids, prefix_ids) -> CallShapes:
+        """This rank's `CallShapes` of rows `plain` and `prefix`."""
+        return CallShapes(
+            plain_rows=len(plain),
+            plain_width=max((len(prompt_ids[i]) for i in plain), default=0),
+            prefix_rows=len(prefix),
+            prefix_prompt_width=max((len(prompt_ids[i]) for i in prefix), default=0),
+            prefix_total_width=max((len(prompt_ids[i]) + len(prefix_ids[i]) for i in prefix), default=0),
+            min_prefix=min((len(prefix_ids[i]) for i in prefix), default=0),
+        )
+
+    def _gather_ints(self, values: list[int]) -> list[list[int]]:
+        """`values` of every rank, in rank order (one small all-gather when there are several ranks)."""
+        local = torch.tensor([values], dtype=torch.long, device=self.accelerator.device)
         if self.accelerator.num_processes == 1:
             return local.tolist()
-        return self.accelerator.gather(local.unsqueeze(0)).any(dim=0).tolist()
+        return self.accelerator.gather(local).tolist()
+
+    def _generate_forced(self, group: list[int], prompt_ids, prefix_ids, images, multimodal_fields):
+        """One call for `group` from the prompts alone, each row's prefix forced as its first tokens; returns what
+        follows the prefixes. Prefix + continuation stay within `max_completion_length` new tokens."""
+        prefixes = [prefix_ids[i] for i in group]
+        forced = torch.full((len(group), max(1, *map(len, prefixes))), -1, dtype=torch.long)
+        for j, p in enumerate(prefixes):
+            forced[j, : len(p)] = torch.tensor(p, dtype=torch.long)
+        gen_prompts = [list(prompt_ids[i]) for i in group]
+        with self._forcing(ForcedPrefix(forced)):
+            generated, logprobs = super()._generate_single_turn(gen_prompts, images, multimodal_fields, 1)
+        for j, p in enumerate(prefixes):
+            if list(generated[j][: len(p)]) != p:  # a generation path that ignored the logits processor
+                raise RuntimeError(f"row {group[j]}: generation did not start with its demo prefix")
+        generated = [list(g)[len(p) :] for g, p in zip(generated, prefixes, strict=True)]
+        if logprobs is not None:
+            logprobs = [list(lp)[len(p) :] for lp, p in zip(logprobs, prefixes, strict=True)]
+        return generated, logprobs
+
+    @contextmanager
+    def _forcing(self, processor: LogitsProcessor):
+        """Pass `processor` to every `generate` call of the model being trained while inside."""
+        model = self.accelerator.unwrap_model(self.model_wrapped)
+        model.generate = partial(model.generate, logits_processor=LogitsProcessorList([processor]))
+        try:
+            yield
+        finally:
+            del model.generate  # the instance attribute: the class's generate shows through again
+
+    def _groups_present_on_any_rank(self, groups: list[list[int]]) -> list[bool]:
+        """For each row group, whether any rank has rows in it."""
+        ranks = self._gather_ints([len(g) for g in groups])
+        return [any(r[k] for r in ranks) for k in range(len(groups))]
 
     def _stand_in_generate(self, prompt_ids, images, multimodal_fields) -> None:
         """Take part in a generate call this rank has no rows for: one row, one new token, result discarded."""

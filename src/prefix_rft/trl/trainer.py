@@ -110,7 +110,7 @@ class PrefixRFTTrainer(
                 self.args.gradient_accumulation_steps,
             )
         self._prefix_sampler = self.args.prefix_sampler()
-        self._demo_ids_cache: dict[str, list[int]] = {}
+        self._demo_ids_cache = self._new_demo_cache()  # bounded: a run can draw from many long demos
         self._rollout: Rollout | None = None  # the generation batch in flight; None outside it
         self._refuse_fsdp_fallback()
         self._init_question_stats()

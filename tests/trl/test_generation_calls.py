@@ -1,0 +1,81 @@
+"""Transformers generation: demo prefixes are forced inside the on-policy rows' `generate` call."""
+
+import pytest
+from transformers import GenerationMixin
+from trl import GRPOTrainer
+
+from prefix_rft import PrefixRFTTrainer
+
+from .conftest import make_dataset, train_args
+from .test_trainer import FixedRewards, generate_batch
+
+
+@pytest.fixture
+def generate_calls(monkeypatch):
+    """The (rows, prompt width, max_new_tokens) of every `generate` call."""
+    calls, original = [], GenerationMixin.generate
+
+    def generate(self, *args, **kwargs):
+        config = kwargs["generation_config"]
+        calls.append((*kwargs["input_ids"].shape, config.max_new_tokens))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GenerationMixin, "generate", generate)
+    return calls
+
+
+def trainer_for(tmp_path, model, tokenizer, **overrides):
+    return PrefixRFTTrainer(
+        model=model,
+        reward_funcs=[FixedRewards([0.0])],
+        args=train_args(tmp_path, **overrides),
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
+    )
+
+
+def test_hybrids_share_one_call_and_stay_within_their_budget(tmp_path, model, tokenizer, generate_calls):
+    # Budget 20, demos of 20 tokens: step 0 reveals floor(0.95 * 20) = 19 demo tokens, leaving 1 to sample. The two
+    # hybrids (rows 7 and 15) decode with the 14 on-policy rows in one call of 20 new tokens whose width is the
+    # longest prompt: the chat template around "17+18=" (6 characters), the same as without any hybrid.
+    trainer = trainer_for(tmp_path, model, tokenizer, max_completion_length=20)
+    batch, out = generate_batch(trainer)
+    on_policy_width = generate_calls[0][1]
+    assert generate_calls == [(16, on_policy_width, 20)]
+    assert trainer._metrics["train"]["prefix/generate_calls"] == [1.0]
+    lengths = out["completion_mask"].sum(dim=1).tolist()
+    for row in (7, 15):
+        ids = out["completion_ids"][row, : lengths[row]].tolist()
+        assert tokenizer.decode(ids[:19]) == batch[row]["demos"][0][:19]
+        assert len(ids) == 20 or ids[-1] == tokenizer.eos_token_id  # 19 demo tokens + 1 sampled, or EOS
+    assert max(lengths) <= 20
+
+
+def test_no_hybrid_generation_is_one_plain_call(tmp_path, model, tokenizer, generate_calls):
+    trainer = trainer_for(tmp_path, model, tokenizer, num_hybrid=0)
+    generate_batch(trainer)
+    assert [(rows, new) for rows, _, new in generate_calls] == [(16, 24)]
+
+
+def test_forced_prefix_continues_as_the_prefix_in_the_prompt(tmp_path, model, tokenizer):
+    # Greedy decoding is deterministic: forcing the prefix during decoding must give the continuation that decoding
+    # after a prompt ending with the prefix gives (same positions, same attention), as the second call did.
+    trainer = trainer_for(tmp_path, model, tokenizer, generation_kwargs={"do_sample": False})
+    batch = next(iter(trainer.get_train_dataloader()))
+    prompt_ids = [
+        tokenizer.apply_chat_template(x["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
+        for x in batch
+    ]
+    prefix_ids = [[] for _ in batch]
+    for row, n in ((7, 19), (15, 5)):
+        prefix_ids[row] = tokenizer(batch[row]["demos"][0][:n], add_special_tokens=False)["input_ids"]
+    group = list(range(16))
+    forced, _ = trainer._generate_forced(group, prompt_ids, prefix_ids, None, {})
+    for row, n in ((7, 19), (15, 5)):
+        with trainer._max_new_tokens(24 - n):
+            prompt = [prompt_ids[row] + prefix_ids[row]]
+            (expected,), _ = GRPOTrainer._generate_single_turn(trainer, prompt, None, {}, 1)
+        assert forced[row] == expected
+        assert len(prefix_ids[row]) + len(forced[row]) <= 24
