@@ -2,6 +2,7 @@
 checkpoints, refusals, and training steps end to end."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -55,6 +56,18 @@ def test_trapo_levels_round_trip_through_checkpoints(tmp_path, model, tokenizer)
     saved.mkdir()
     trainer._save_rng_state(str(saved))
     trainer.escalation.levels = {}
+    trainer._load_rng_state(str(saved))
+    assert trainer.escalation.levels == {"id:q": (1, 0, 3)}
+
+
+def test_a_rank_the_checkpoint_has_no_file_for_restores_rank_0s_levels(tmp_path, model, tokenizer):
+    trainer = trapo(tmp_path, model, tokenizer)
+    trainer.escalation.levels = {"id:q": (1, 0, 3)}
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    trainer._save_rng_state(str(saved))  # one process saved: only rank 0's file
+    trainer.escalation.levels = {}
+    trainer.accelerator = SimpleNamespace(process_index=1)  # rank 1 of a run resumed on two processes
     trainer._load_rng_state(str(saved))
     assert trainer.escalation.levels == {"id:q": (1, 0, 3)}
 

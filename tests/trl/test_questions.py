@@ -4,6 +4,8 @@
 of 8, slot 7 hybrid, 20-token demos). At optimizer step 0 the schedule's window is [0.95, 0.95].
 """
 
+from types import SimpleNamespace
+
 import pytest
 
 from prefix_rft import PrefixRFTTrainer
@@ -111,6 +113,19 @@ def test_question_state_is_saved_and_loaded_with_the_rng_state(tmp_path, model, 
     restored._load_rng_state(str(checkpoint))
     assert restored._questions.records == trainer._questions.records
     assert len(restored._questions.records) == 2
+
+
+def test_a_rank_the_checkpoint_has_no_file_for_restores_rank_0s_question_state(tmp_path, model, tokenizer):
+    trainer = guided_trainer(tmp_path, model, tokenizer, FixedRewards(SOLVED), prefix_success_target=0.5)
+    generate_batch(trainer)
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    trainer._save_rng_state(str(checkpoint))  # one process saved: only 0_<file>
+    restored = guided_trainer(tmp_path, model, tokenizer, FixedRewards(SOLVED), prefix_success_target=0.5)
+    restored.accelerator = SimpleNamespace(process_index=1)  # rank 1 of a run resumed on two processes
+    restored._load_rng_state(str(checkpoint))
+    assert len(restored._questions.records) == 2
+    assert restored._questions.records == trainer._questions.records
 
 
 def test_question_key_prefers_the_id_column_and_else_hashes_the_prompt():

@@ -150,6 +150,7 @@ class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
         super()._load_rng_state(checkpoint)
         if checkpoint is None:
             return
-        state = load_rank_state(checkpoint, self.accelerator.process_index, LEVELS_FILE, "TRAPO escalation state")
+        # Every rank holds the same levels, so rank 0's copy restores a run resumed on more ranks than it saved from.
+        state = load_rank_state(checkpoint, 0, LEVELS_FILE, "TRAPO escalation state")
         if state is not None:
             self.escalation.load_state_dict(state)

@@ -108,6 +108,7 @@ class QuestionGuidanceMixin:
         super()._load_rng_state(checkpoint)
         if checkpoint is None or self._questions is None:
             return
-        state = load_rank_state(checkpoint, self.accelerator.process_index, QUESTIONS_FILE, "per-question state")
+        # Every rank holds the same state, so rank 0's copy restores a run resumed on more ranks than it saved from.
+        state = load_rank_state(checkpoint, 0, QUESTIONS_FILE, "per-question state")
         if state is not None:
             self._questions.load_state_dict(state)
