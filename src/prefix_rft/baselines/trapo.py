@@ -12,7 +12,6 @@ checkpoints. docs/fidelity.md row 39 lists the departures.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +34,6 @@ from prefix_rft.trl.rollouts import Rollout, RowPlan
 from prefix_rft.trl.run_dir import load_rank_state, save_rank_state
 from prefix_rft.trl.trainer import PrefixRFTTrainer
 
-logger = logging.getLogger(__name__)
 LEVELS_FILE = "trapo_levels.json"
 NO_CLIP = "TRAPO's losses have no clip (-A * rho on generated tokens, the authors' loss_remove_clip=True)"
 

@@ -6,7 +6,6 @@ the same generate calls (docs/scale.md), so ZeRO-3 / FSDP collectives stay match
 
 from __future__ import annotations
 
-import logging
 import math
 from contextlib import contextmanager
 from dataclasses import replace
@@ -30,8 +29,6 @@ from prefix_rft.core import (
 from prefix_rft.data import row_demos
 from prefix_rft.trl.demo_cache import DemoIdsCache
 from prefix_rft.trl.rollouts import BudgetedClient, BudgetedLLM, Rollout, RowPlan
-
-logger = logging.getLogger(__name__)
 
 
 class ForcedPrefix(LogitsProcessor):
