@@ -87,7 +87,7 @@ def select_prefix_tokens(
             micro-batches), such that ``pool[pool_offset : pool_offset + n_local]`` are exactly the local prefix
             tokens in row-major order. Defaults to the local prefix tokens (with offset 0).
         pool_offset: index in ``pool`` of the first local prefix token (e.g. the number of prefix tokens on lower
-            ranks). Keyword-only, like ``generator``, so that an old positional call cannot bind one to the other.
+            ranks). Keyword-only, like ``generator``, so that neither can be bound by position to the other.
         generator: RNG for ``random``; the same generator state gives the same subset.
     Returns:
         (B, T) bool.

@@ -73,8 +73,8 @@ def _field_types(cls: type) -> dict[str, tuple[type, ...]]:
 class PrefixRFTConfig(GRPOConfig):
     """Configuration for `PrefixRFTTrainer`.
 
-    Inherits every GRPOConfig option. Defaults differ from GRPOConfig where Prefix-RFT needs Dr. GRPO
-    (`loss_type="dr_grpo"`, `scale_rewards="none"`) and where the paper trains in fp32-friendly settings on CPU.
+    Inherits every GRPOConfig option. Two defaults differ from GRPOConfig's, because Prefix-RFT trains with Dr. GRPO:
+    `loss_type="dr_grpo"` and `scale_rewards="none"`.
     """
 
     # Dr. GRPO (fidelity rows 1, 9): no std scaling, token sum over a constant.
@@ -202,7 +202,7 @@ class PrefixRFTConfig(GRPOConfig):
         },
     )
     allow_partial_rewards: bool | None = field(
-        default=None, metadata={"help": "Renamed: partly scored rows now train by default; see strict_rewards."}
+        default=None, metadata={"help": "Refused (renamed): partly scored rows train by default; see strict_rewards."}
     )
     overwrite_output_dir: bool = field(
         default=False,
@@ -267,7 +267,7 @@ class PrefixRFTConfig(GRPOConfig):
     def _check_choices(self) -> None:
         if self.allow_partial_rewards is not None:
             raise ValueError(
-                "allow_partial_rewards was renamed: a row some reward functions leave unscored (None) now sums the "
+                "allow_partial_rewards was renamed: a row some reward functions leave unscored (None) sums the "
                 "functions that scored it by default, as TRL does; set strict_rewards=True to stop the run instead"
             )
         if self.prefix_entropy_scope in RENAMED_SCOPES:
