@@ -1,0 +1,42 @@
+"""The docs hold what the code does: every metric key the trainers log is in docs/metrics.md."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "prefix_rft"
+
+# `metrics["key"].append(...)`, `self._metrics[mode][f"hpt/{name}_questions"].append(...)`, `log_metric("key", ...)`
+_LOGGED = re.compile(r'\[(f?)"([^"]+)"\]\.append\(|log_metric\((f?)"([^"]+)"')
+
+
+def logged_metric_keys(source: str) -> set[str]:
+    """The metric keys `source` logs; an f-string key keeps its `{...}` fields."""
+    return {m.group(2) or m.group(4) for m in _LOGGED.finditer(source)}
+
+
+def documented(key: str, doc: str) -> bool:
+    """`key` appears in backticks in `doc`; an f-string field `{...}` stands for any name (e.g. `<name>` or `sft`)."""
+    pattern = "`" + re.sub(r"\\\{[^}]*\\\}", "[^`|]+", re.escape(key)) + "`"
+    return re.search(pattern, doc) is not None
+
+
+def test_the_scan_reads_appends_fstrings_and_log_metric():
+    source = 'm["a/b"].append(1)\nself._metrics[mode][f"hpt/{name}_q"].append(2)\nlog_metric("v/t", 3.0)\nx["c"] = 1\n'
+    assert logged_metric_keys(source) == {"a/b", "hpt/{name}_q", "v/t"}
+
+
+def test_an_fstring_key_matches_any_name_in_its_place():
+    assert documented("hpt/{name}_questions", "| `hpt/sft_questions` |")
+    assert documented("reward/partial_rows/{name}", "| `reward/partial_rows/<name>` |")
+    assert not documented("hpt/{name}_questions", "| `hpt/sft_steps` |")
+    assert not documented("kl", "the kl estimate")
+
+
+def test_every_logged_metric_is_documented():
+    keys = set()
+    for path in PACKAGE.rglob("*.py"):
+        keys |= logged_metric_keys(path.read_text())
+    assert {"prefix/ratio_floor", "train/skipped_nonfinite_steps", "relift/sft_loss", "verifier/timeouts"} <= keys
+    doc = (ROOT / "docs" / "metrics.md").read_text()
+    assert sorted(key for key in keys if not documented(key, doc)) == []
