@@ -1,7 +1,10 @@
-"""The docs hold what the code does: every metric key the trainers log is in docs/metrics.md."""
+"""The docs hold what the code does: every metric key the trainers log is in docs/metrics.md, and the README's
+Python snippet runs."""
 
 import re
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "prefix_rft"
@@ -40,3 +43,27 @@ def test_every_logged_metric_is_documented():
     assert {"prefix/ratio_floor", "train/skipped_nonfinite_steps", "relift/sft_loss", "verifier/timeouts"} <= keys
     doc = (ROOT / "docs" / "metrics.md").read_text()
     assert sorted(key for key in keys if not documented(key, doc)) == []
+
+
+def readme_python() -> str:
+    """The one ```python block of README.md."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL)
+    assert len(blocks) == 1
+    return blocks[0]
+
+
+@pytest.mark.slow  # one training step: about 5 s on one core
+def test_the_readme_snippet_trains_one_step_on_the_shipped_base(tmp_path):
+    from prefix_rft.tasks.pretrain import SHIPPED_DIR
+    from prefix_rft.trl.cpu import cpu_trainer_kwargs
+
+    snippet = readme_python()
+    # Offline and small: the shipped tiny base in place of Qwen, one fp32 CPU step with short completions.
+    swaps = {'"Qwen/Qwen2.5-Math-1.5B"': repr(str(SHIPPED_DIR)), 'output_dir="out"': "**overrides"}
+    for old, new in swaps.items():
+        assert snippet.count(old) == 1, old
+        snippet = snippet.replace(old, new)
+    overrides = dict(cpu_trainer_kwargs(tmp_path, seed=0, max_steps=1), max_completion_length=48)
+    namespace = {"overrides": overrides}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    assert namespace["trainer"].state.global_step == 1
