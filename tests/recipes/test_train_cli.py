@@ -3,20 +3,7 @@
 import pytest
 
 from prefix_rft.recipes.train import main
-
-SMALL = """\
-model_name_or_path: embedded-random
-model_size: test
-dataset_name: embedded
-embedded_train_rows: 16
-output_dir: {out}
-use_cpu: true
-report_to: none
-save_strategy: "no"
-per_device_train_batch_size: 8
-num_generations: 8
-max_completion_length: 8
-"""
+from tests.helpers import SMALL
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,7 @@ from datasets import Dataset
 from prefix_rft import PrefixRFTTrainer
 from prefix_rft.tasks import task_reward
 from prefix_rft.verify import math_reward
-
-from .conftest import make_dataset, train_args
+from tests.helpers import make_dataset, train_args
 
 
 def build(tmp_path, model, tokenizer, rows, reward=task_reward, **overrides):

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from .conftest import train_args
+from tests.helpers import train_args
 
 
 def refused(tmp_path, message, **overrides):

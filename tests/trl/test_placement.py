@@ -9,9 +9,7 @@ import pytest
 
 from prefix_rft import PrefixRFTTrainer
 from prefix_rft.trl.placement import with_hint
-
-from .conftest import make_dataset, train_args
-from .test_trainer import FixedRewards, generate_batch, text_of
+from tests.helpers import FixedRewards, generate_batch, make_dataset, text_of, train_args
 
 
 def prompt_trainer(tmp_path, model, tokenizer, rewards, chat=True, **overrides) -> PrefixRFTTrainer:

@@ -6,8 +6,7 @@ import re
 import pytest
 
 from prefix_rft import PrefixRFTTrainer
-
-from .conftest import make_dataset, train_args
+from tests.helpers import make_dataset, train_args
 
 
 def build(tmp_path, model, tokenizer, reward_funcs, **overrides):

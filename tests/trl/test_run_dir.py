@@ -11,8 +11,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from prefix_rft import PrefixRFTTrainer
 from prefix_rft.trl.run_dir import RUN_RECORD, claim_output_dir
-
-from .conftest import make_dataset, train_args
+from tests.helpers import make_dataset, train_args
 
 
 def build(out, model, tokenizer, **overrides):

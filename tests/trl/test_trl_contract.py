@@ -11,9 +11,8 @@ import pytest
 from trl import GRPOTrainer
 from trl.generation import vllm_generation
 
-from .test_trl_options import make_trainer
+from tests.helpers import make_trainer
 
-# name -> (parameters after self, exactly; what our override does with it)
 OVERRIDDEN = {
     "_generate_single_turn": (
         ("prompt_ids", "images", "multimodal_fields", "num_generations", "has_tool_images"),

@@ -8,51 +8,8 @@ one micro-batch per generation batch, epsilon 0.2, prefix_dual_clip 3.
 import math
 
 import pytest
-import torch
 
-from prefix_rft import PrefixRFTTrainer
-
-from .conftest import make_dataset, train_args
-from .test_trainer import FixedRewards, generate_batch
-
-
-def make_trainer(tmp_path, model, tokenizer, rewards=(0.0,), **overrides):
-    return PrefixRFTTrainer(
-        model=model,
-        reward_funcs=[FixedRewards(list(rewards))],
-        args=train_args(tmp_path, **overrides),
-        train_dataset=make_dataset(),
-        processing_class=tokenizer,
-    )
-
-
-def fix_forward(trainer, logps, entropies=None) -> None:
-    """The policy forward returns these (B, T) log-probs and entropies, and no MoE aux loss."""
-    logps = torch.tensor(logps, requires_grad=True)
-    entropies = torch.zeros_like(logps) if entropies is None else torch.tensor(entropies)
-    trainer._get_per_token_logps_and_entropies = lambda *args, **kwargs: (logps, entropies, None)
-
-
-def loss_inputs(advantages, mask=None, **extra) -> dict:
-    """A micro-batch with these (B, T) advantages; the token ids do not matter once the forward is fixed."""
-    advantages = torch.tensor(advantages)
-    mask = torch.ones_like(advantages, dtype=torch.long) if mask is None else torch.tensor(mask)
-    rows = advantages.size(0)
-    return {
-        "prompt_ids": torch.ones(rows, 1, dtype=torch.long),
-        "prompt_mask": torch.ones(rows, 1, dtype=torch.long),
-        "completion_ids": torch.ones_like(mask),
-        "completion_mask": mask,
-        "advantages": advantages,
-        **{key: torch.tensor(value) for key, value in extra.items()},
-    }
-
-
-def train_loss(trainer, inputs) -> float:
-    """The loss of one training micro-batch (no gradient accumulation)."""
-    trainer.model.train()
-    trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which these tests skip
-    return trainer._compute_loss(trainer.model, inputs).item()
+from tests.helpers import fix_forward, generate_batch, loss_inputs, make_trainer, train_loss
 
 
 def test_delta_caps_a_negative_advantage_tokens_ratio(tmp_path, model, tokenizer):

@@ -9,10 +9,7 @@ from trl import GRPOTrainer
 
 from prefix_rft import PrefixRFTConfig, PrefixRFTTrainer
 from prefix_rft.tasks.model import build_model
-
-from .conftest import make_dataset
-from .test_trainer import FixedRewards
-from .test_trl_options import make_trainer
+from tests.helpers import FixedRewards, make_dataset, make_trainer
 
 
 def test_trainer_builds_a_default_config_without_args(tmp_path, monkeypatch, tokenizer):

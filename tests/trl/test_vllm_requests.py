@@ -6,16 +6,19 @@ from transformers import AutoModelForCausalLM
 
 from prefix_rft.baselines import LuffyConfig, LuffyTrainer
 from prefix_rft.trl.rollouts import BudgetedClient, bucket_budget, cut_to_budgets, fit_to_context
+from tests.helpers import (
+    base_kwargs,
+    colocate_trainer,
+    dataset_prompt_ids,
+    generate_batch,
+    make_dataset,
+    needs_requests,
+)
 
-from .conftest import base_kwargs, make_dataset
 from .doubles.ddp_vllm_worker import length_reward
 from .doubles.vllm_colocate import FakeLLM, SamplingParams, install_colocate_double
 from .doubles.vllm_server import free_port, install_server_client_double, running_server
-from .test_trainer import generate_batch
-from .test_vllm_doubles import dataset_prompt_ids, needs_requests
-from .test_vllm_prefix import colocate_trainer
 
-# ---------------------------------------------------------------------------------------------------------------------
 # Budget buckets (server mode)
 # ---------------------------------------------------------------------------------------------------------------------
 
