@@ -1,7 +1,7 @@
 """`prefix-rft train` names the option or file behind bad input found at setup, before the model loads, and exits 2.
 
-Each case used to end in a traceback from PyYAML, TRL's parser, transformers or datasets, or in a message naming
-neither the option nor the file.
+Each case is caught before PyYAML, TRL's parser, transformers or datasets meet it, which would raise a traceback or a
+message naming neither the option nor the file.
 """
 
 import json

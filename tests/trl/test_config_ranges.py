@@ -15,7 +15,7 @@ def refused(tmp_path, message, **overrides):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        # YAML hands these to the dataclass unconverted; they used to fail later as a bare TypeError
+        # YAML hands these to the dataclass unconverted; they are refused by name before any use of them
         ({"max_steps": 2.5}, "max_steps must be int, got 2.5 (float)"),
         ({"num_hybrid": [1]}, "num_hybrid must be int, got [1] (list)"),
         ({"prefix_ratio_ceiling": "high"}, "prefix_ratio_ceiling must be float, got 'high' (str)"),

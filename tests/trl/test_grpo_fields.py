@@ -1,4 +1,4 @@
-"""Every GRPOConfig field is supported or refused by name (issue 16); trl/fields.py holds the classification."""
+"""Every GRPOConfig field is supported or refused by name; trl/fields.py holds the classification."""
 
 import dataclasses
 import re

@@ -36,7 +36,7 @@ def test_row_no_function_scores_gets_advantage_zero_and_leaves_the_baseline(tmp_
         return rewards
 
     trainer, batch = build(tmp_path, model, tokenizer, [parity_but_row_0])
-    output = trainer._generate_and_score_completions(batch)  # used to raise "reward of row 0 ... is not finite"
+    output = trainer._generate_and_score_completions(batch)  # no error: the row is left out of the baseline
     # group 0 = rows 0..7, row 7 the hybrid (num_hybrid=1, last slot). Spec §3.7 reference rule over the scored
     # on-policy rows 1..6 only: baseline b = mean(r1..r6); on-policy advantage r_i - b; hybrid continuation r7
     r = recorded[:8]

@@ -45,7 +45,7 @@ def read_only(path):
 
 
 def test_read_only_output_dir_is_refused_before_the_first_step(tmp_path, model, tokenizer):
-    # it used to train every step and then fail in the final save
+    # refused before the first step, not at the final save after every step has trained
     out = tmp_path / "out"
     out.mkdir()
     trainer = build(out, model, tokenizer)
@@ -80,7 +80,7 @@ def test_new_run_in_a_folder_with_another_runs_checkpoints_is_refused(tmp_path, 
 
 
 def test_overwrite_deletes_the_old_checkpoints_so_a_resume_finds_only_the_new_runs(tmp_path, model, tokenizer):
-    # a crash of the new run after its checkpoint-1 used to resume from the old run's checkpoint-6
+    # a crash of the new run after its checkpoint-1 resumes from that checkpoint, not from the old run's checkpoint-6
     out = tmp_path / "out"
     finished_run(out)
     trainer = build(out, model, tokenizer, overwrite_output_dir=True, save_strategy="steps", save_steps=1)

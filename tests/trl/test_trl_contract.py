@@ -1,4 +1,4 @@
-"""The TRL internals PrefixRFTTrainer relies on still exist with the signatures it expects (issue 16).
+"""The TRL internals PrefixRFTTrainer relies on still exist with the signatures it expects.
 
 TRL has no public hook for per-row prompts, per-token advantages or a custom loss, so the trainer overrides private
 GRPOTrainer/Trainer methods and reads private attributes. pyproject pins `trl>=1.16,<1.17`; when a new TRL is tried,

@@ -1,4 +1,4 @@
-"""TRL options PrefixRFTTrainer implements (issue 16): each changes the loss or the advantages as worked out by hand.
+"""TRL options PrefixRFTTrainer implements: each changes the loss or the advantages as worked out by hand.
 
 Loss tests fix the policy's per-token log-probs and entropies (the forward is replaced by constants), so every
 expected value is arithmetic on the numbers in the test. base_kwargs: max_completion_length 24 (Dr. GRPO's constant),

@@ -1,4 +1,4 @@
-"""What a TRL user gets from GRPOTrainer, PrefixRFTTrainer gives too (issue 16): default config, model card, MoE."""
+"""What a TRL user gets from GRPOTrainer, PrefixRFTTrainer gives too: default config, model card, MoE."""
 
 import copy
 

@@ -99,7 +99,7 @@ def test_server_mode_rank0_without_hybrid_sends_every_hybrid_its_prefix(tmp_path
     # Per step: the 7 on-policy rows (4 on rank 0, 3 on rank 1) are one prompt sent once with n=7 and the full
     # budget; the hybrid is prompt + its prefix with n=1 and the budget left after the prefix (5, then 6) rounded up
     # to its bucket (width ceil(24 / 4) = 6: 6), its completion cut back to that budget. Never the bare prompt for
-    # the hybrid, as rank 0's n=8 deduplication used to do. Both calls of a step are in flight together.
+    # the hybrid, which rank 0's n=8 deduplication would send. Both calls of a step are in flight together.
     assert len(requests) == 4
     for step in (0, 1):
         on_policy, hybrid = sorted(requests[2 * step : 2 * step + 2], key=lambda r: r["n"], reverse=True)
