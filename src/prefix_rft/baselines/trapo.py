@@ -27,6 +27,8 @@ from prefix_rft.core import (
     trust_region_sft_token_loss,
     unclipped_token_loss,
 )
+from prefix_rft.core.advantages import AdvantageMode
+from prefix_rft.core.entropy import SelectionMode
 from prefix_rft.core.escalation import GROUP_SIZE, LEVEL_RATIOS
 from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
 from prefix_rft.trl.questions import question_key
@@ -41,8 +43,10 @@ NO_CLIP = "TRAPO's losses have no clip (-A * rho on generated tokens, the author
 @dataclass
 class TrapoConfig(PrefixRFTConfig):
     num_hybrid: int = field(default=4, metadata={"help": "Positions 4-7 of each group may be guided (TRAPO: 4)."})
-    prefix_advantage: str = field(default="paper", metadata={"help": "A = r - mean of all 8 rewards."})
-    prefix_entropy_selection: str = field(default="all", metadata={"help": "Every prefix token is in TrSFT."})
+    prefix_advantage: AdvantageMode = field(default="paper", metadata={"help": "A = r - mean of all 8 rewards."})
+    prefix_entropy_selection: SelectionMode = field(
+        default="all", metadata={"help": "Every prefix token is in TrSFT."}
+    )
     prefix_dual_clip: float | None = field(default=None, metadata={"help": "TRAPO has no clip: must stay null."})
     entropy_coef: float = field(default=0.001, metadata={"help": "Entropy bonus (the authors' script: 0.001)."})
     trapo_trust_region_alpha: float = field(

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
 SelectionMode = Literal["top", "all", "none", "random", "lowest"]
-_MODES = ("top", "lowest", "random", "all", "none")
+_MODES: tuple[str, ...] = get_args(SelectionMode)
 _EPS = 1e-9
 
 

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field, fields
-from typing import get_type_hints
+from typing import Literal, Union, get_args, get_origin, get_type_hints
 
 from trl import GRPOConfig
 
-from prefix_rft.core.loss import LOSS_TYPES
+from prefix_rft.core.advantages import AdvantageMode, ScaleRewards
+from prefix_rft.core.entropy import SelectionMode
+from prefix_rft.core.loss import LOSS_TYPES, LossType
 from prefix_rft.core.prefix import hybrid_positions
-from prefix_rft.core.schedule import Constant, Delay, PrefixRatioSampler, make_controller
+from prefix_rft.core.schedule import Constant, Delay, PrefixRatioSampler, ScheduleKind, make_controller
 from prefix_rft.data.annotations import is_instance, runtime_types, type_names
 from prefix_rft.trl.fields import REFUSED_GRPO_FIELDS, REFUSED_LOSS_TYPES
 
-ENTROPY_SCOPES = ("optimizer_step", "global_micro_batch", "local_micro_batch")
+# The choices of the string fields: each field is typed with its Literal, which `--help` lists and
+# `_check_choices` enforces (core's Literals for the options core reads).
+EntropyScope = Literal["optimizer_step", "global_micro_batch", "local_micro_batch"]
+Placement = Literal["response", "prompt"]
+SamplerCorrection = Literal["continuation", "row"]
+ScheduleUnit = Literal["rollout_batch", "optimizer_step"]
+BonusScope = Literal["all", "continuation"]
 RENAMED_SCOPES = {"batch": "global_micro_batch", "micro_batch": "local_micro_batch"}
 GRPO_DEFAULTS = {f.name: f.default for f in fields(GRPOConfig)}
 DEFAULT_RATIO_STEP = 0.2  # per-question controller: 0 successes at a target of 0.5 raise the ratio by 0.1
@@ -69,6 +77,18 @@ def _field_types(cls: type) -> dict[str, tuple[type, ...]]:
     return {name: allowed for name, allowed in checked.items() if allowed is not None}
 
 
+@functools.cache
+def _field_choices(cls: type) -> dict[str, tuple]:
+    """Field -> its allowed values, for every field typed `Literal[...]` (or `Literal[...] | None`: None allowed)."""
+    choices = {}
+    for name, hint in get_type_hints(cls).items():
+        parts = get_args(hint) if get_origin(hint) is Union else (hint,)
+        literals = [p for p in parts if get_origin(p) is Literal]
+        if literals and all(get_origin(p) is Literal or p is type(None) for p in parts):
+            choices[name] = tuple(v for p in literals for v in get_args(p)) + ((None,) if type(None) in parts else ())
+    return choices
+
+
 @dataclass
 class PrefixRFTConfig(GRPOConfig):
     """Configuration for `PrefixRFTTrainer`.
@@ -78,11 +98,11 @@ class PrefixRFTConfig(GRPOConfig):
     """
 
     # Dr. GRPO (fidelity rows 1, 9): no std scaling, token sum over a constant.
-    loss_type: str = field(
+    loss_type: LossType = field(
         default="dr_grpo",
         metadata={"help": "'dr_grpo' (paper), 'grpo', 'dapo', 'bnpo' or 'luspo'; prefix tokens count as trained."},
     )
-    scale_rewards: str = field(
+    scale_rewards: ScaleRewards = field(
         default="none",
         metadata={"help": "'none' (paper, Dr. GRPO), or divide every advantage by the std of the 'group' or 'batch'."},
     )
@@ -96,7 +116,7 @@ class PrefixRFTConfig(GRPOConfig):
     num_hybrid: int = field(
         default=1, metadata={"help": "Rollouts per group that start from a demo prefix (paper: 1)."}
     )
-    prefix_ratio_schedule: str = field(
+    prefix_ratio_schedule: ScheduleKind = field(
         default="cosine",
         metadata={
             "help": "Floor schedule: 'cosine', 'linear', or 'constant' (floor = end from step 0: uniform ablation)."
@@ -134,18 +154,18 @@ class PrefixRFTConfig(GRPOConfig):
             "success is at most this (0: only after a group that all failed), else run on-policy; null: always."
         },
     )
-    prefix_advantage: str = field(
+    prefix_advantage: AdvantageMode = field(
         default="reference",
         metadata={"help": "'reference' (authors' dr_grpo_prefix, n=1) or 'paper' (one shared advantage, Eq. 3)."},
     )
-    prefix_placement: str = field(
+    prefix_placement: Placement = field(
         default="response",
         metadata={
             "help": "Where a hybrid row's demo prefix goes: 'response' (Prefix-RFT: it starts the completion and is "
             "trained) or 'prompt' (QuestA: a hint appended to the question, never trained; docs/fidelity.md row 32)."
         },
     )
-    prefix_sampler_correction: str = field(
+    prefix_sampler_correction: SamplerCorrection = field(
         default="continuation",
         metadata={
             "help": "How TRL's vLLM importance-sampling correction (vllm_importance_sampling_mode) treats a hybrid's "
@@ -156,10 +176,10 @@ class PrefixRFTConfig(GRPOConfig):
     prefix_entropy_keep_fraction: float = field(
         default=0.2, metadata={"help": "Share of prefix tokens, by highest entropy, that keep their advantage."}
     )
-    prefix_entropy_selection: str = field(
+    prefix_entropy_selection: SelectionMode = field(
         default="top", metadata={"help": "'top' (method), or ablations 'all', 'none', 'random', 'lowest'."}
     )
-    prefix_entropy_scope: str | None = field(
+    prefix_entropy_scope: EntropyScope | None = field(
         default=None,
         metadata={
             "help": "Prefix tokens the top-entropy share is taken over: 'optimizer_step' (every micro-batch of the "
@@ -169,7 +189,7 @@ class PrefixRFTConfig(GRPOConfig):
             "'global_micro_batch' (warned, and logged as prefix/entropy_scope_fallback=1)."
         },
     )
-    prefix_schedule_unit: str = field(
+    prefix_schedule_unit: ScheduleUnit = field(
         default="rollout_batch",
         metadata={
             "help": "What advances the prefix-ratio floor: 'rollout_batch' (once per generation batch, as the "
@@ -180,7 +200,7 @@ class PrefixRFTConfig(GRPOConfig):
     prefix_dual_clip: float | None = field(
         default=3.0, metadata={"help": "Dual-clip c for negative advantages (reference 3.0); null disables it."}
     )
-    prefix_entropy_bonus_scope: str = field(
+    prefix_entropy_bonus_scope: BonusScope = field(
         default="all", metadata={"help": "Tokens the entropy bonus (entropy_coef) acts on: 'all' or 'continuation'."}
     )
     prefix_truncate_long_demos: bool = field(
@@ -276,19 +296,7 @@ class PrefixRFTConfig(GRPOConfig):
                 f"{RENAMED_SCOPES[self.prefix_entropy_scope]!r} for the same behaviour, or 'optimizer_step' for the "
                 "paper's mini-batch (docs/fidelity.md row 3)"
             )
-        choices = {
-            "loss_type": LOSS_TYPES,
-            "scale_rewards": ("none", "group", "batch"),
-            "prefix_ratio_schedule": ("cosine", "linear", "constant"),
-            "prefix_advantage": ("reference", "paper"),
-            "prefix_placement": ("response", "prompt"),
-            "prefix_sampler_correction": ("continuation", "row"),
-            "prefix_entropy_selection": ("top", "all", "none", "random", "lowest"),
-            "prefix_entropy_scope": (*ENTROPY_SCOPES, None),
-            "prefix_schedule_unit": ("rollout_batch", "optimizer_step"),
-            "prefix_entropy_bonus_scope": ("all", "continuation"),
-        }
-        for name, allowed in choices.items():
+        for name, allowed in _field_choices(type(self)).items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported; expected one of {allowed}")
         self._choose_entropy_scope()
