@@ -38,6 +38,8 @@ def test_wrong_type_names_field_and_type(tmp_path, overrides, message):
             "num_generations=0 is out of range; expected >= 2 (advantages compare the rollouts of a group)",
         ),
         ({"prefix_ratio_alpha": 0}, "prefix_ratio_alpha=0 is out of range; expected > 0 (a Beta distribution shape)"),
+        ({"prefix_entropy_keep_fraction": 0.0}, "prefix_entropy_keep_fraction=0.0 is out of range; expected (0, 1]"),
+        ({"prefix_entropy_keep_fraction": 1.5}, "prefix_entropy_keep_fraction=1.5 is out of range; expected (0, 1]"),
         (
             {"prefix_ratio_beta": -1.0},
             "prefix_ratio_beta=-1.0 is out of range; expected > 0 (a Beta distribution shape)",
@@ -124,3 +126,16 @@ def test_a_baseline_that_sets_a_default_keeps_the_choices():
     choices = choices_in_help(LuffyConfig)
     assert choices["prefix_advantage"] == ["reference", "paper"]
     assert choices["prefix_entropy_selection"] == ["top", "all", "none", "random", "lowest"]
+
+
+def test_the_class_docstring_names_each_added_field_in_one_section():
+    import re
+    from dataclasses import fields
+
+    from trl import GRPOConfig
+
+    from prefix_rft import PrefixRFTConfig
+
+    added = {f.name for f in fields(PrefixRFTConfig)} - {f.name for f in fields(GRPOConfig)}
+    named = re.findall(r"\b[a-z]+(?:_[a-z]+)+\b", PrefixRFTConfig.__doc__.split("> ", 1)[1])
+    assert sorted(named) == sorted(added)

@@ -52,6 +52,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "prefix_ratio_alpha": (1e-12, _INF, "> 0 (a Beta distribution shape)"),
     "prefix_ratio_beta": (1e-12, _INF, "> 0 (a Beta distribution shape)"),
     "prefix_min_len": (0, _INF, ">= 0"),
+    "prefix_entropy_keep_fraction": (1e-12, 1, "(0, 1]"),
     "prefix_success_target": (0, 1, "[0, 1], or null for the schedule"),
     "prefix_ratio_step": (1e-12, 1, "(0, 1]"),
     "prefix_rescue_max_success": (0, 1, "[0, 1], or null to rescue every question"),
@@ -94,9 +95,25 @@ class PrefixRFTConfig(GRPOConfig):
     """Configuration for `PrefixRFTTrainer`.
 
     Inherits every GRPOConfig option. Two defaults differ from GRPOConfig's, because Prefix-RFT trains with Dr. GRPO:
-    `loss_type="dr_grpo"` and `scale_rewards="none"`.
+    `loss_type="dr_grpo"` and `scale_rewards="none"`. The fields it adds, by section (each field's `help` says what
+    it does; `RANGES` and the Literal annotations give the values it takes):
+
+    > Schedule: how many rows of a group are hybrids, and the prefix ratio each draws
+        num_hybrid, prefix_ratio_schedule, prefix_ratio_floor_start, prefix_ratio_floor_end, prefix_ratio_decay_steps,
+        prefix_ratio_warmup_ratio, prefix_ratio_delay_steps, prefix_ratio_ceiling, prefix_ratio_alpha,
+        prefix_ratio_beta, prefix_min_len, prefix_schedule_unit, prefix_seed
+    > Selection: the advantage of prefix tokens, which of them keep it, and their loss
+        prefix_advantage, prefix_entropy_keep_fraction, prefix_entropy_selection, prefix_entropy_scope,
+        prefix_dual_clip, prefix_entropy_bonus_scope
+    > Per-question guidance: a prefix ratio per question, or a prefix only for questions the policy fails
+        prefix_success_target, prefix_ratio_step, prefix_rescue_max_success
+    > Placement: where the prefix goes, and prefixes or demos longer than their token budget
+        prefix_placement, prefix_sampler_correction, prefix_truncate_long_demos, max_prompt_length
+    > Robustness: bad data, non-finite steps, partly scored rows, an output folder holding another run
+        validate_dataset, max_consecutive_nonfinite_steps, strict_rewards, allow_partial_rewards, overwrite_output_dir
     """
 
+    # ---- GRPOConfig fields with Prefix-RFT's defaults
     # Dr. GRPO (fidelity rows 1, 9): no std scaling, token sum over a constant.
     loss_type: LossType = field(
         default="dr_grpo",
@@ -106,13 +123,8 @@ class PrefixRFTConfig(GRPOConfig):
         default="none",
         metadata={"help": "'none' (paper, Dr. GRPO), or divide every advantage by the std of the 'group' or 'batch'."},
     )
-    max_prompt_length: int | None = field(
-        default=None,
-        metadata={
-            "help": "Token budget for prompt + demo prefix; longer prefixes are cut (counted), never the prompt."
-        },
-    )
 
+    # ---- Schedule: how many hybrid rows, and the prefix ratio each draws
     num_hybrid: int = field(
         default=1, metadata={"help": "Rollouts per group that start from a demo prefix (paper: 1)."}
     )
@@ -130,48 +142,39 @@ class PrefixRFTConfig(GRPOConfig):
     prefix_ratio_warmup_ratio: float = field(default=0.0, metadata={"help": "Warm-up share of the decay steps."})
     prefix_ratio_delay_steps: int = field(default=0, metadata={"help": "Steps to hold the floor at its start value."})
     prefix_ratio_ceiling: float = field(default=0.95, metadata={"help": "Upper bound of the prefix ratio."})
-    prefix_ratio_alpha: float = field(default=1.0, metadata={"help": "Beta(a, b) shape of the draw; 1, 1 is uniform."})
-    prefix_ratio_beta: float = field(default=1.0, metadata={"help": "Beta(a, b) shape of the draw; 1, 1 is uniform."})
+    prefix_ratio_alpha: float = field(
+        default=1.0,
+        metadata={
+            "help": "a of the Beta(a, b) the ratio is drawn from within [floor, ceiling]; a > b leans to the "
+            "ceiling (longer prefixes); a = b = 1 is uniform."
+        },
+    )
+    prefix_ratio_beta: float = field(
+        default=1.0,
+        metadata={
+            "help": "b of the Beta(a, b) the ratio is drawn from within [floor, ceiling]; b > a leans to the "
+            "floor (shorter prefixes); a = b = 1 is uniform."
+        },
+    )
     prefix_min_len: int = field(
         default=0, metadata={"help": "Minimum prefix length in tokens (reference min_prefix_len)."}
     )
-    # Per-question guidance (docs/fidelity.md rows 33-34). A question's evidence is the on-policy success rate of its
-    # latest group, kept per `id` column (else per prompt hash) and checkpointed; an unseen question follows the paper.
-    prefix_success_target: float | None = field(
-        default=None,
+    prefix_schedule_unit: ScheduleUnit = field(
+        default="rollout_batch",
         metadata={
-            "help": "Adaptive prefix ratio (after SEELE): after each visit a question's ratio moves by "
-            "prefix_ratio_step * (target - its on-policy success), within [floor_end, ceiling]; null: the schedule."
+            "help": "What advances the prefix-ratio floor: 'rollout_batch' (once per generation batch, as the "
+            "reference) or 'optimizer_step'. They agree when steps_per_generation == gradient_accumulation_steps "
+            "and num_iterations == 1."
         },
     )
-    prefix_ratio_step: float = field(
-        default=DEFAULT_RATIO_STEP, metadata={"help": "Change of a question's prefix ratio per unit of success error."}
+    prefix_seed: int | None = field(
+        default=None, metadata={"help": "Seed of prefix draws (ratio, demo choice); defaults to `seed`."}
     )
-    prefix_rescue_max_success: float | None = field(
-        default=None,
-        metadata={
-            "help": "Rescue (after BREAD): a question's hybrid slots carry a prefix only while its last on-policy "
-            "success is at most this (0: only after a group that all failed), else run on-policy; null: always."
-        },
-    )
+
+    # ---- Selection: the advantage and loss of prefix tokens
     prefix_advantage: AdvantageMode = field(
         default="reference",
         metadata={"help": "'reference' (authors' dr_grpo_prefix, n=1) or 'paper' (one shared advantage, Eq. 3)."},
-    )
-    prefix_placement: Placement = field(
-        default="response",
-        metadata={
-            "help": "Where a hybrid row's demo prefix goes: 'response' (Prefix-RFT: it starts the completion and is "
-            "trained) or 'prompt' (QuestA: a hint appended to the question, never trained; docs/fidelity.md row 32)."
-        },
-    )
-    prefix_sampler_correction: SamplerCorrection = field(
-        default="continuation",
-        metadata={
-            "help": "How TRL's vLLM importance-sampling correction (vllm_importance_sampling_mode) treats a hybrid's "
-            "demo tokens: 'continuation' (ratio 1, never masked; the ratio is the sampled continuation's) or 'row' "
-            "(TRL's own: a sequence ratio, or its mask, weights the whole row; docs/fidelity.md row 40)."
-        },
     )
     prefix_entropy_keep_fraction: float = field(
         default=0.2, metadata={"help": "Share of prefix tokens, by highest entropy, that keep their advantage."}
@@ -189,30 +192,65 @@ class PrefixRFTConfig(GRPOConfig):
             "'global_micro_batch' (warned, and logged as prefix/entropy_scope_fallback=1)."
         },
     )
-    prefix_schedule_unit: ScheduleUnit = field(
-        default="rollout_batch",
-        metadata={
-            "help": "What advances the prefix-ratio floor: 'rollout_batch' (once per generation batch, as the "
-            "reference) or 'optimizer_step'. They agree when steps_per_generation == gradient_accumulation_steps "
-            "and num_iterations == 1."
-        },
-    )
     prefix_dual_clip: float | None = field(
         default=3.0, metadata={"help": "Dual-clip c for negative advantages (reference 3.0); null disables it."}
     )
     prefix_entropy_bonus_scope: BonusScope = field(
         default="all", metadata={"help": "Tokens the entropy bonus (entropy_coef) acts on: 'all' or 'continuation'."}
     )
+
+    # ---- Per-question guidance (docs/fidelity.md rows 33-34). A question's evidence is the on-policy success rate
+    # of its latest group, kept per `id` column (else per prompt hash) and checkpointed; an unseen question follows
+    # the paper.
+    prefix_success_target: float | None = field(
+        default=None,
+        metadata={
+            "help": "Adaptive prefix ratio (after SEELE): after each visit a question's ratio moves by "
+            "prefix_ratio_step * (target - its on-policy success), within [floor_end, ceiling]; null: the schedule."
+        },
+    )
+    prefix_ratio_step: float = field(
+        default=DEFAULT_RATIO_STEP, metadata={"help": "Change of a question's prefix ratio per unit of success error."}
+    )
+    prefix_rescue_max_success: float | None = field(
+        default=None,
+        metadata={
+            "help": "Rescue (after BREAD): a question's hybrid slots carry a prefix only while its last on-policy "
+            "success is at most this (0: only after a group that all failed), else run on-policy; null: always."
+        },
+    )
+
+    # ---- Placement: where the prefix goes, and prefixes or demos longer than their token budget
+    prefix_placement: Placement = field(
+        default="response",
+        metadata={
+            "help": "Where a hybrid row's demo prefix goes: 'response' (Prefix-RFT: it starts the completion and is "
+            "trained) or 'prompt' (QuestA: a hint appended to the question, never trained; docs/fidelity.md row 32)."
+        },
+    )
+    prefix_sampler_correction: SamplerCorrection = field(
+        default="continuation",
+        metadata={
+            "help": "How TRL's vLLM importance-sampling correction (vllm_importance_sampling_mode) treats a hybrid's "
+            "demo tokens: 'continuation' (ratio 1, never masked; the ratio is the sampled continuation's) or 'row' "
+            "(TRL's own: a sequence ratio, or its mask, weights the whole row; docs/fidelity.md row 40)."
+        },
+    )
     prefix_truncate_long_demos: bool = field(
         default=False,
         metadata={"help": "Cut demos longer than max_completion_length (counted) instead of refusing the dataset."},
     )
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Token budget for prompt + demo prefix; longer prefixes are cut (counted), never the prompt."
+        },
+    )
+
+    # ---- Robustness: bad data, non-finite steps, rewards, output folder
     validate_dataset: bool = field(default=True, metadata={"help": "Check every training row before training."})
     max_consecutive_nonfinite_steps: int = field(
         default=3, metadata={"help": "Stop after this many optimizer steps in a row with NaN/inf loss or gradients."}
-    )
-    prefix_seed: int | None = field(
-        default=None, metadata={"help": "Seed of prefix draws (ratio, demo choice); defaults to `seed`."}
     )
     strict_rewards: bool = field(
         default=False,
@@ -239,10 +277,6 @@ class PrefixRFTConfig(GRPOConfig):
         self._check_choices()
         hybrid_positions(self.num_generations, self.num_hybrid)  # raises if no on-policy row would remain
         self._check_question_guidance()
-        if not 0.0 < self.prefix_entropy_keep_fraction <= 1.0:
-            raise ValueError(
-                f"prefix_entropy_keep_fraction must be in (0, 1], got {self.prefix_entropy_keep_fraction}"
-            )
         if self.prefix_seed is None:
             self.prefix_seed = self.seed
 
