@@ -1,6 +1,6 @@
 """Every `GRPOConfig` field, classified: PrefixRFTTrainer implements it, or `PrefixRFTConfig` refuses it.
 
-A field is in exactly one of the two collections (tests/trl/test_grpo_fields.py checks it against the installed TRL,
+A field is in exactly one of the two collections (tests/trl/test_fields.py checks it against the installed TRL,
 so a field a new TRL adds fails the tests until it is classified here). A refused field is an error when set to
 anything but its GRPOConfig default; the message names the field and gives the reason below.
 """
