@@ -69,3 +69,11 @@ def test_tests_share_code_through_helpers_not_other_test_modules():
         if imports_a_test_module(name)
     }
     assert not offenders, sorted(offenders)
+
+
+@pytest.mark.parametrize("package", ["core", "trl"])
+def test_each_module_has_a_test_file_of_its_name(package):
+    tests = Path(__file__).resolve().parent / package
+    modules = {p.stem for p in (PACKAGE / package).glob("*.py") if p.stem != "__init__"}
+    assert {"prefix", "trainer"} & modules
+    assert sorted(m for m in modules if not (tests / f"test_{m}.py").exists()) == []
