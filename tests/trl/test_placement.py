@@ -1,6 +1,6 @@
 """`prefix_placement='prompt'`: the revealed demo is a hint in the hybrid row's prompt (QuestA), not its completion.
 
-Hand-derived expectations (conftest: groups of 8, the hybrid in slot 7, 20-character demos, one token per
+Hand-derived expectations (tests/helpers.py: groups of 8, the hybrid in slot 7, 20-character demos, one token per
 character): at step 0 the prefix ratio is 0.95, so the hint shows floor(0.95 * 20) = 19 demo characters after the
 label "\\n\\n## Hint.\\n" (11 characters).
 """
