@@ -1,5 +1,5 @@
-"""The docs hold what the code does: every metric key the trainers log is in docs/metrics.md, and the README's
-Python snippet runs."""
+"""The docs hold what the code does: every metric key the trainers log is in docs/metrics.md, every citation of a
+docs/fidelity.md row names an anchor that row has, and the README's Python snippet runs."""
 
 import re
 from pathlib import Path
@@ -43,6 +43,36 @@ def test_every_logged_metric_is_documented():
     assert {"prefix/ratio_floor", "train/skipped_nonfinite_steps", "relift/sft_loss", "verifier/timeouts"} <= keys
     doc = (ROOT / "docs" / "metrics.md").read_text()
     assert sorted(key for key in keys if not documented(key, doc)) == []
+
+
+# `fidelity.md#a`, then any `, #b` / ` and #c` / ` to #d` that continue the citation
+_CITATION = re.compile(r"fidelity\.md`?\s?\(?(#[a-z0-9-]+(?:(?:,\s|\sand\s|\sto\s)#[a-z0-9-]+)*)")
+_ROW_NUMBER = re.compile(r"fidelity(?:\.md)?`?,? rows? \d")
+
+
+def cited_anchors(text: str) -> set[str]:
+    """The anchors `text` cites in docs/fidelity.md."""
+    return {name for m in _CITATION.finditer(text) for name in re.findall(r"#([a-z0-9-]+)", m.group(1))}
+
+
+def test_citations_are_read_with_their_continuations():
+    text = "(docs/fidelity.md#a-b, #c and #d) and fidelity.md#e to #f; `docs/fidelity.md` (#g to #h) #not-cited"
+    assert cited_anchors(text) == {"a-b", "c", "d", "e", "f", "g", "h"}
+    assert _ROW_NUMBER.search("docs/fidelity.md rows 3-6") and _ROW_NUMBER.search("fidelity row 12")
+
+
+def test_fidelity_rows_are_cited_by_anchors_that_exist():
+    fidelity = (ROOT / "docs" / "fidelity.md").read_text()
+    anchors = set(re.findall(r'<a id="([a-z0-9-]+)"></a>', fidelity))
+    assert len(anchors) == len(re.findall(r"^\| <a id=", fidelity, flags=re.M)) >= 40
+    files = [*PACKAGE.rglob("*.py"), *(ROOT / "tests").rglob("*.py"), *(ROOT / "docs").glob("*.md")]
+    files.append(ROOT / "README.md")
+    skipped = ("LOG.md", Path(__file__).name)  # history, and this file's examples
+    texts = {path: path.read_text() for path in files if path.name not in skipped}
+    assert not [str(path) for path, text in texts.items() if _ROW_NUMBER.search(text)]
+    cited = set().union(*(cited_anchors(text) for text in texts.values()))
+    assert {"entropy-scope", "sampler-correction", "trapo"} <= cited
+    assert sorted(cited - anchors) == []
 
 
 def readme_python() -> str:

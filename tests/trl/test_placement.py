@@ -67,9 +67,10 @@ def test_hint_rows_have_no_prefix_tokens_and_generate_their_own_completion(tmp_p
 
 
 def test_hint_row_gets_the_hybrid_continuation_advantage(tmp_path, model, tokenizer):
-    # fidelity row 32 with prefix_advantage="reference": on-policy rewards [1,0,0,1,0,0,0] -> baseline 2/7 (the
-    # hint row's reward 1 stays out: 3/8 if it leaked in); the hint row gets the hybrid's continuation advantage,
-    # r minus its singleton prefix group's mean 0 = 1.0, on every completion token; on-policy rows 5/7 and -2/7
+    # docs/fidelity.md#hint-placement with prefix_advantage="reference": on-policy rewards [1,0,0,1,0,0,0] ->
+    # baseline 2/7 (the hint row's reward 1 stays out: 3/8 if it leaked in); the hint row gets the hybrid's
+    # continuation advantage, r minus its singleton prefix group's mean 0 = 1.0, on every completion token; on-policy
+    # rows 5/7 and -2/7
     trainer = prompt_trainer(tmp_path, model, tokenizer, FixedRewards([1.0, 0, 0, 1, 0, 0, 0, 1]))
     _, out = generate_batch(trainer)
     adv = out["advantages"]

@@ -1,4 +1,5 @@
-"""TRL's vLLM importance-sampling correction on hybrid rows (`prefix_sampler_correction`, docs/fidelity.md row 40).
+"""TRL's vLLM importance-sampling correction on hybrid rows (`prefix_sampler_correction`,
+docs/fidelity.md#sampler-correction).
 
 Demo tokens were not sampled: they carry a NaN sampler logprob, so TRL's token ratio is 1 on them and its sequence
 ratio is the sampled continuation's. 'continuation' (default) keeps demo tokens at weight 1 in every mode; 'row' is

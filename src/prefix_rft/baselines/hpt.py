@@ -5,7 +5,7 @@ and the question's full demonstration in the G-th slot. Once the group is scored
 (reward > 0): s <= `hpt_switch_gate` (paper: 0) -> the rollouts are dropped and the demo is trained with SFT
 (token-mean NLL x `hpt_sft_loss_coef`); s <= `hpt_switch_gate_off` -> neither; otherwise -> the demo is dropped and
 the rollouts are trained with GRPO (advantages from their own rewards, -A * rho without clip, as the authors' script).
-The decision is made from the gathered rewards, so every rank takes the same one; docs/fidelity.md row 37 lists the
+The decision is made from the gathered rewards, so every rank takes the same one; docs/fidelity.md#hpt lists the
 departures.
 """
 

@@ -7,7 +7,7 @@ Per group: G - 1 on-policy rollouts and the question's full demonstration in the
   one pushed down with +log p. No group baseline, no importance ratio.
 The RL terms are summed over tokens and divided by rows x `max_completion_length` (Dr. GRPO). The authors released no
 training code; facts are from the paper and the reimplementation in TsinghuaC3I/Unify-Post-Training
-(`offline_loss_type=srft`). docs/fidelity.md row 38 lists the departures.
+(`offline_loss_type=srft`). docs/fidelity.md#srft lists the departures.
 """
 
 from __future__ import annotations

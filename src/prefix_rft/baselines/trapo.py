@@ -7,7 +7,7 @@ with trust-region SFT (-p / max(sg(p), alpha): SFT while p >= alpha, damped belo
 is trained once through position 5; every generated token gets -A * rho without clip, A = r - mean of all 8 rewards
 (prefixed rows' rewards score prefix + continuation). The levels of a question's visit come from its previous group
 (the authors decide them inside the step); the state is updated from gathered rewards on every rank and saved in
-checkpoints. docs/fidelity.md row 39 lists the departures.
+checkpoints. docs/fidelity.md#trapo lists the departures.
 """
 
 from __future__ import annotations

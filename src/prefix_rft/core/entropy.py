@@ -1,4 +1,4 @@
-"""Entropy-based selection of prefix tokens (docs/fidelity.md rows 3-6; paper §3, App. A.2).
+"""Entropy-based selection of prefix tokens (docs/fidelity.md#entropy-scope to #lowest-ablation; paper §3, App. A.2).
 
 Only the prefix tokens on which the current policy is most uncertain keep their advantage; the others get advantage 0.
 Continuation tokens are never touched. The reference code zeroes the lowest floor((1 - keep) * N) of the N prefix

@@ -1,4 +1,4 @@
-"""Prefix-ratio schedules (docs/fidelity.md rows 16 and 18).
+"""Prefix-ratio schedules (docs/fidelity.md#schedule-step and #uniform-schedule).
 
 The share of a demonstration revealed to a hybrid rollout is drawn as
 ``prefix_ratio = floor_t + (ceiling_t - floor_t) * Beta(a, b)``. Paper (App. A.2): the floor cosine-decays 0.95 -> 0.05

@@ -114,7 +114,7 @@ class PrefixRFTConfig(GRPOConfig):
     """
 
     # ---- GRPOConfig fields with Prefix-RFT's defaults
-    # Dr. GRPO (fidelity rows 1, 9): no std scaling, token sum over a constant.
+    # Dr. GRPO (fidelity.md#hybrid-advantage, #loss-aggregation): no std scaling, token sum over a constant.
     loss_type: LossType = field(
         default="dr_grpo",
         metadata={"help": "'dr_grpo' (paper), 'grpo', 'dapo', 'bnpo' or 'luspo'; prefix tokens count as trained."},
@@ -199,9 +199,9 @@ class PrefixRFTConfig(GRPOConfig):
         default="all", metadata={"help": "Tokens the entropy bonus (entropy_coef) acts on: 'all' or 'continuation'."}
     )
 
-    # ---- Per-question guidance (docs/fidelity.md rows 33-34). A question's evidence is the on-policy success rate
-    # of its latest group, kept per `id` column (else per prompt hash) and checkpointed; an unseen question follows
-    # the paper.
+    # ---- Per-question guidance (docs/fidelity.md#per-question-ratio, #per-question-rescue). A question's evidence is
+    # the on-policy success rate of its latest group, kept per `id` column (else per prompt hash) and checkpointed; an
+    # unseen question follows the paper.
     prefix_success_target: float | None = field(
         default=None,
         metadata={
@@ -225,7 +225,8 @@ class PrefixRFTConfig(GRPOConfig):
         default="response",
         metadata={
             "help": "Where a hybrid row's demo prefix goes: 'response' (Prefix-RFT: it starts the completion and is "
-            "trained) or 'prompt' (QuestA: a hint appended to the question, never trained; docs/fidelity.md row 32)."
+            "trained) or 'prompt' (QuestA: a hint appended to the question, never trained; "
+            "docs/fidelity.md#hint-placement)."
         },
     )
     prefix_sampler_correction: SamplerCorrection = field(
@@ -233,7 +234,7 @@ class PrefixRFTConfig(GRPOConfig):
         metadata={
             "help": "How TRL's vLLM importance-sampling correction (vllm_importance_sampling_mode) treats a hybrid's "
             "demo tokens: 'continuation' (ratio 1, never masked; the ratio is the sampled continuation's) or 'row' "
-            "(TRL's own: a sequence ratio, or its mask, weights the whole row; docs/fidelity.md row 40)."
+            "(TRL's own: a sequence ratio, or its mask, weights the whole row; docs/fidelity.md#sampler-correction)."
         },
     )
     prefix_truncate_long_demos: bool = field(
@@ -328,7 +329,7 @@ class PrefixRFTConfig(GRPOConfig):
             raise ValueError(
                 f"prefix_entropy_scope={self.prefix_entropy_scope!r} was renamed: use "
                 f"{RENAMED_SCOPES[self.prefix_entropy_scope]!r} for the same behaviour, or 'optimizer_step' for the "
-                "paper's mini-batch (docs/fidelity.md row 3)"
+                "paper's mini-batch (docs/fidelity.md#entropy-scope)"
             )
         for name, allowed in _field_choices(type(self)).items():
             if getattr(self, name) not in allowed:

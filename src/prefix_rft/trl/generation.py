@@ -63,7 +63,8 @@ class PrefixGenerationMixin:
         return DemoIdsCache(2 * rows * self.max_completion_length)
 
     def _demo_ids(self, demo: str) -> list[int]:
-        # Demos are tokenized without special tokens (fidelity row 12: the reference's BOS-inside-prefix quirk).
+        # Demos are tokenized without special tokens (docs/fidelity.md#demo-tokenization: the reference's
+        # BOS-inside-prefix quirk).
         ids = self._demo_ids_cache.get(demo)
         if ids is None:
             # A demo longer than the completion budget could leave no room to continue; validation refuses it
