@@ -1,5 +1,6 @@
 """Components know nothing above them: no module of core, trl, verify, eval, data or baselines imports the recipes or
-the embedded task, not even inside a function."""
+the embedded task, not even inside a function. Tests share code through tests/helpers.py, never by importing another
+test module or a conftest."""
 
 import ast
 from pathlib import Path
@@ -45,3 +46,34 @@ def test_no_source_file_is_over_400_lines():
         str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400
     }
     assert not long, long
+
+
+def imports_a_test_module(name: str) -> bool:
+    """`name` (as `imported_modules` gives it) is a test module or a conftest, which tests share only via helpers."""
+    return any(part.startswith("test_") or part == "conftest" for part in name.split("."))
+
+
+def test_the_test_module_check_sees_relative_and_absolute_imports(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text("from .test_trainer import f\nfrom tests.trl.conftest import g\nfrom tests.helpers import h\n")
+    flagged = {name for name in imported_modules(source) if imports_a_test_module(name)}
+    assert flagged == {"test_trainer", "test_trainer.f", "tests.trl.conftest", "tests.trl.conftest.g"}
+
+
+def test_tests_share_code_through_helpers_not_other_test_modules():
+    tests = Path(__file__).resolve().parent
+    offenders = {
+        f"{path.relative_to(tests)}: {name}"
+        for path in tests.rglob("*.py")
+        for name in imported_modules(path)
+        if imports_a_test_module(name)
+    }
+    assert not offenders, sorted(offenders)
+
+
+@pytest.mark.parametrize("package", ["core", "trl"])
+def test_each_module_has_a_test_file_of_its_name(package):
+    tests = Path(__file__).resolve().parent / package
+    modules = {p.stem for p in (PACKAGE / package).glob("*.py") if p.stem != "__init__"}
+    assert {"prefix", "trainer"} & modules
+    assert sorted(m for m in modules if not (tests / f"test_{m}.py").exists()) == []

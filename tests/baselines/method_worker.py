@@ -16,7 +16,7 @@ from datasets import Dataset
 from prefix_rft.baselines import HptConfig, HptTrainer, TrapoConfig, TrapoTrainer
 from prefix_rft.tasks.model import build_model
 from prefix_rft.tasks.tokenizer import build_tokenizer
-from tests.trl.conftest import DEMOS, base_kwargs  # the test puts the repository root on PYTHONPATH
+from tests.helpers import DEMOS, base_kwargs  # the test puts the repository root on PYTHONPATH
 
 SOLVED = {"42", "50"}
 

@@ -15,24 +15,11 @@ from prefix_rft.baselines import (
 )
 from prefix_rft.baselines.relift import add_to_buffer, all_failed_groups, take_sft_batch
 from prefix_rft.baselines.sft import demo_completion_rows
-
-from ..trl.conftest import base_kwargs, make_dataset
-from ..trl.test_trainer import FixedRewards, generate_batch
-
-
-def make(trainer_cls, config_cls, tmp_path, model, tokenizer, rewards, **overrides):
-    args = config_cls(**base_kwargs(tmp_path, **overrides))
-    return trainer_cls(
-        model=model,
-        reward_funcs=[FixedRewards(rewards)],
-        args=args,
-        train_dataset=make_dataset(),
-        processing_class=tokenizer,
-    )
+from tests.helpers import base_kwargs, baseline_trainer, generate_batch
 
 
 def test_luffy_demo_row_is_the_whole_demo_and_eos(tmp_path, model, tokenizer):
-    trainer = make(LuffyTrainer, LuffyConfig, tmp_path, model, tokenizer, [1.0, 0, 0, 1, 0, 0, 0, 1])
+    trainer = baseline_trainer(LuffyTrainer, LuffyConfig, tmp_path, model, tokenizer, [1.0, 0, 0, 1, 0, 0, 0, 1])
     batch, out = generate_batch(trainer)
     # 20 demo tokens + EOS, all marked as demo tokens; nothing generated after them
     assert out["prefix_mask"][7].sum().item() == 21
@@ -45,7 +32,7 @@ def test_luffy_demo_row_is_the_whole_demo_and_eos(tmp_path, model, tokenizer):
 
 
 def test_luffy_token_loss_shapes_demo_tokens_and_leaves_on_policy_unclipped(tmp_path, model, tokenizer):
-    trainer = make(LuffyTrainer, LuffyConfig, tmp_path, model, tokenizer, [0.0])
+    trainer = baseline_trainer(LuffyTrainer, LuffyConfig, tmp_path, model, tokenizer, [0.0])
     logps = torch.tensor([[math.log(0.5), 0.5]])
     old = torch.tensor([[math.log(0.9), 0.0]])
     loss, _ = trainer._token_loss(logps, old, torch.ones(1, 2), torch.tensor([[True, False]]))
@@ -54,7 +41,7 @@ def test_luffy_token_loss_shapes_demo_tokens_and_leaves_on_policy_unclipped(tmp_
 
 
 def test_rl_with_sft_loss_adds_token_mean_nll_of_demo_rows(tmp_path, model, tokenizer):
-    trainer = make(RLWithSFTTrainer, RLWithSFTConfig, tmp_path, model, tokenizer, [0.0])
+    trainer = baseline_trainer(RLWithSFTTrainer, RLWithSFTConfig, tmp_path, model, tokenizer, [0.0])
     token_loss = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
     logps = torch.tensor([[-1.0, -2.0], [-3.0, -4.0]])
     prefix_mask = torch.tensor([[False, False], [True, True]])
@@ -88,7 +75,7 @@ def test_buffer_takes_each_question_once_and_triggers_at_size():
 
 def test_relift_runs_an_sft_step_once_two_questions_failed(tmp_path, model, tokenizer):
     # all rewards 0: both questions of the first step fail -> buffer of 2 reaches relift_sft_batch=2 -> one SFT step
-    trainer = make(
+    trainer = baseline_trainer(
         ReliftTrainer,
         ReliftConfig,
         tmp_path,
@@ -128,7 +115,7 @@ def test_baselines_refuse_options_their_objective_ignores(tmp_path, config_cls, 
 
 
 def test_relift_state_round_trips_and_a_checkpoint_without_it_warns(tmp_path, model, tokenizer, caplog):
-    trainer = make(ReliftTrainer, ReliftConfig, tmp_path, model, tokenizer, [0.0])
+    trainer = baseline_trainer(ReliftTrainer, ReliftConfig, tmp_path, model, tokenizer, [0.0])
     trainer.relift_buffer, trainer.sft_steps = [{"key": "q1"}], 3
     saved, empty = tmp_path / "saved", tmp_path / "empty"
     saved.mkdir(), empty.mkdir()

@@ -6,14 +6,11 @@ import pytest
 import torch
 
 from prefix_rft.baselines import ChordConfig, ChordTrainer
-
-from ..trl.conftest import base_kwargs
-from ..trl.test_trainer import generate_batch
-from .test_baselines import make
+from tests.helpers import base_kwargs, baseline_trainer, generate_batch
 
 
 def chord(tmp_path, model, tokenizer, rewards=(0.0,), **overrides):
-    return make(ChordTrainer, ChordConfig, tmp_path, model, tokenizer, list(rewards), **overrides)
+    return baseline_trainer(ChordTrainer, ChordConfig, tmp_path, model, tokenizer, list(rewards), **overrides)
 
 
 def test_chord_loss_mixes_grpo_and_phi_weighted_sft_by_mu(tmp_path, model, tokenizer):

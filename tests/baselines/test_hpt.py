@@ -6,14 +6,11 @@ import pytest
 import torch
 
 from prefix_rft.baselines import HptConfig, HptTrainer
-
-from ..trl.conftest import base_kwargs
-from ..trl.test_trainer import generate_batch
-from .test_baselines import make
+from tests.helpers import base_kwargs, baseline_trainer, generate_batch
 
 
 def hpt(tmp_path, model, tokenizer, rewards=(0.0,), **overrides):
-    return make(HptTrainer, HptConfig, tmp_path, model, tokenizer, list(rewards), **overrides)
+    return baseline_trainer(HptTrainer, HptConfig, tmp_path, model, tokenizer, list(rewards), **overrides)
 
 
 def test_hpt_trains_the_demo_of_a_failed_question_and_the_rollouts_of_a_solved_one(tmp_path, model, tokenizer):

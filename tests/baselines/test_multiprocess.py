@@ -15,7 +15,7 @@ SOLVED_QUESTIONS = {"12+30", "25+25"}  # answers 42 and 50: reward 1 on every ro
 
 def run_two_ranks(out_dir: Path, method: str) -> tuple[dict, dict]:
     # torchrun, not `accelerate launch --cpu`, which silently starts one process (cpu_feasibility.md §3)
-    root = str(Path(__file__).parents[2])  # the worker imports the test settings (tests.trl.conftest)
+    root = str(Path(__file__).parents[2])  # the worker imports the test settings (tests.helpers)
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER)]

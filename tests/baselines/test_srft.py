@@ -6,14 +6,11 @@ import pytest
 import torch
 
 from prefix_rft.baselines import SrftConfig, SrftTrainer
-
-from ..trl.conftest import base_kwargs
-from ..trl.test_trainer import generate_batch
-from .test_baselines import make
+from tests.helpers import base_kwargs, baseline_trainer, generate_batch
 
 
 def srft(tmp_path, model, tokenizer, rewards=(0.0,), **overrides):
-    return make(SrftTrainer, SrftConfig, tmp_path, model, tokenizer, list(rewards), **overrides)
+    return baseline_trainer(SrftTrainer, SrftConfig, tmp_path, model, tokenizer, list(rewards), **overrides)
 
 
 def test_srft_loss_by_hand(tmp_path, model, tokenizer):

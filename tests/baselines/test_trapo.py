@@ -8,14 +8,11 @@ import pytest
 import torch
 
 from prefix_rft.baselines import TrapoConfig, TrapoTrainer
-
-from ..trl.conftest import base_kwargs
-from ..trl.test_trainer import generate_batch
-from .test_baselines import make
+from tests.helpers import base_kwargs, baseline_trainer, generate_batch
 
 
 def trapo(tmp_path, model, tokenizer, rewards=(0.0,), **overrides):
-    return make(TrapoTrainer, TrapoConfig, tmp_path, model, tokenizer, list(rewards), **overrides)
+    return baseline_trainer(TrapoTrainer, TrapoConfig, tmp_path, model, tokenizer, list(rewards), **overrides)
 
 
 def test_trapo_escalates_a_failed_question_on_its_next_visit(tmp_path, model, tokenizer):

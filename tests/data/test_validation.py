@@ -123,7 +123,7 @@ def test_chat_message_with_content_none():
         validate_rows([good_row(0, prompt=[{"role": "user", "content": None}])])
 
 
-# ---- prompt length: with max_prompt_length=None a 1 MB prompt used to reach the first step
+# ---- prompt length: with max_prompt_length=None, the model's context bounds prompt + completion
 
 
 def test_prompt_longer_than_the_context_names_row_and_length():
@@ -186,6 +186,6 @@ def test_declared_answer_types_pass():
 
 
 def test_dataset_without_rows():
-    # a limit of 0 or an empty file used to end in "needs column(s) ['answer']", which names the wrong problem
+    # a limit of 0 or an empty file is named as such, not as a missing 'answer' column
     with pytest.raises(ValueError, match=r"^the training dataset has no rows$"):
         validate_rows([], reward_funcs=[reward_needing_answer])

@@ -67,7 +67,7 @@ def three_problems(tmp_path):
     ("flag", "value"), [("--limit", "-1"), ("--limit", "0"), ("--k", "0"), ("--k", "-1"), ("--batch-size", "0")]
 )
 def test_counts_below_one_are_refused_by_name(tiny_model_dir, tmp_path, capsys, flag, value):
-    # --limit -1 used to slice [:-1] and evaluate 2 of 3 problems; --k 0 and --batch-size 0 crashed in range()/zip()
+    # refused by name: --limit -1 would slice [:-1] (2 of 3 problems); --k 0 and --batch-size 0 would crash in range()
     argv = ["--model", str(tiny_model_dir), "--benchmarks", f"three={three_problems(tmp_path)}", flag, value]
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, "--max-new-tokens", "2", "--output-dir", str(tmp_path / "eval")])

@@ -122,9 +122,9 @@ def test_resuming_refuses_finished_runs_made_with_other_settings(tmp_path, monke
     # same settings (fields the stored run does not name count as defaults): reused as is
     assert compare.run_all(["rft"], [0], RunSettings(steps=5), tmp_path) == [stored]
     assert compare.run_all(["rft"], [0], RunSettings(steps=5, rebuild_base=True), tmp_path) == [stored]
-    with pytest.raises(SystemExit, match="steps"):  # 5 then, 6 now
+    with pytest.raises(SystemExit, match="steps"):  # stored run: 5 steps; asked: 6
         compare.run_all(["rft"], [0], RunSettings(steps=6), tmp_path)
-    with pytest.raises(SystemExit, match="max_completion_length"):  # the default 128 then, 192 now
+    with pytest.raises(SystemExit, match="max_completion_length"):  # stored run: the default 128; asked: 192
         compare.run_all(["rft"], [0], RunSettings(steps=5, max_completion_length=192), tmp_path)
 
 

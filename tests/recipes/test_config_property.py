@@ -20,8 +20,7 @@ from trl import DatasetMixtureConfig, TrlParser
 from prefix_rft.recipes.train import ModelArguments, TrainScriptArguments, parse_args
 from prefix_rft.setup_errors import DEBUG_ENV, reports_setup_errors, setup_stage
 from prefix_rft.trl.config import PrefixRFTConfig
-
-from .test_train_cli import SMALL
+from tests.helpers import SMALL
 
 HARNESS = settings(
     max_examples=60,

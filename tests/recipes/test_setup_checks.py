@@ -1,7 +1,7 @@
 """`prefix-rft train` names the option or file behind bad input found at setup, before the model loads, and exits 2.
 
-Each case used to end in a traceback from PyYAML, TRL's parser, transformers or datasets, or in a message naming
-neither the option nor the file.
+Each case is caught before PyYAML, TRL's parser, transformers or datasets meet it, which would raise a traceback or a
+message naming neither the option nor the file.
 """
 
 import json
@@ -10,9 +10,7 @@ import pytest
 
 from prefix_rft import cli
 from prefix_rft.recipes.train import main
-
-from .conftest import write_jsonl
-from .test_train_cli import SMALL
+from tests.helpers import SMALL, write_jsonl
 
 ROWS = [{"prompt": "1+1=", "demos": ["1+1 is 2. answer: 2"], "answer": "2"}]
 LUFFY_ROWS = [{"prompt": [{"role": "user", "content": "1+1="}], "target": "2", "reward_model": {"ground_truth": "2"}}]

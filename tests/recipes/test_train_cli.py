@@ -3,20 +3,7 @@
 import pytest
 
 from prefix_rft.recipes.train import main
-
-SMALL = """\
-model_name_or_path: embedded-random
-model_size: test
-dataset_name: embedded
-embedded_train_rows: 16
-output_dir: {out}
-use_cpu: true
-report_to: none
-save_strategy: "no"
-per_device_train_batch_size: 8
-num_generations: 8
-max_completion_length: 8
-"""
+from tests.helpers import SMALL
 
 
 @pytest.mark.parametrize(
@@ -34,7 +21,7 @@ def test_yaml_value_of_the_wrong_type_names_the_field(tmp_path, capsys, line, me
 
 
 def test_dataset_limit_zero_says_so(tmp_path, capsys):
-    # it used to reach validation with 0 rows and report "needs column(s) ['answer']"
+    # refused by name before validation, which on 0 rows would report a missing 'answer' column instead
     config = tmp_path / "run.yaml"
     config.write_text(SMALL.format(out=tmp_path / "out") + "max_steps: 1\ndataset_limit: 0\n")
     assert main(["--config", str(config)]) == 2

@@ -3,10 +3,8 @@
 import pytest
 
 from prefix_rft.recipes.train import build_trainer, load_datasets, main, parse_args
+from tests.helpers import short_rows, write_jsonl, write_yaml
 
-from .conftest import short_rows, write_jsonl, write_yaml
-
-# One group of 8 per step, short completions, no checkpoints: a step takes about a second on CPU.
 TINY = {
     "use_cpu": True,
     "report_to": "none",

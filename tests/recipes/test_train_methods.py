@@ -9,8 +9,7 @@ import pytest
 from prefix_rft.baselines import LuffyConfig, LuffyTrainer, ReliftConfig
 from prefix_rft.baselines.methods import METHODS, SFTBestThenRFTConfig, own_options
 from prefix_rft.recipes.train import main, parse_args
-
-from .conftest import write_yaml
+from tests.helpers import write_yaml
 
 DOCS = Path(__file__).parents[2] / "docs" / "methods.md"
 # One step on the shipped base model, 2 questions x 8 rollouts; demos longer than the budget are cut for RL.

@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 
 from prefix_rft.recipes.train import main, parse_args, resolve_resume
-
-from .conftest import write_yaml
+from tests.helpers import write_yaml
 
 RUN = {
     "model_name_or_path": "embedded-random",

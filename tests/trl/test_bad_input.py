@@ -8,8 +8,7 @@ from datasets import Dataset
 from prefix_rft import PrefixRFTTrainer
 from prefix_rft.tasks import task_reward
 from prefix_rft.verify import math_reward
-
-from .conftest import make_dataset, train_args
+from tests.helpers import make_dataset, train_args
 
 
 def build(tmp_path, model, tokenizer, rows, reward=task_reward, **overrides):
@@ -34,7 +33,7 @@ def rows_with(index, **changes):
 
 
 def test_unknown_chat_role_is_refused_before_the_template_sees_it(tmp_path, model, tokenizer):
-    # the embedded template raises "unknown role: robot" from Jinja; it used to do so at the first step with this row
+    # refused at validation, before the embedded template raises "unknown role: robot" from Jinja at the first step
     rows = rows_with(2, prompt=[{"role": "robot", "content": "2+2="}])
     refused(
         "row 2: field 'prompt' message 0 has role 'robot'; expected one of system, user, assistant, tool",

@@ -18,8 +18,7 @@ from prefix_rft import PrefixRFTTrainer
 from prefix_rft.data.jsonl import JsonlError, iter_jsonl
 from prefix_rft.tasks import task_reward
 from prefix_rft.tasks.model import build_model
-
-from .conftest import make_dataset, train_args
+from tests.helpers import make_dataset, train_args
 
 ROW_AND_FIELD = re.compile(r"row (\d+): field '(prompt|demos|demo|answer|id)'")
 MISSING_COLUMN = re.compile(r"reward function 'task_reward' needs column\(s\) \['answer'\], absent from the dataset")

@@ -3,9 +3,7 @@
 import pytest
 
 from prefix_rft import PrefixRFTTrainer
-
-from .conftest import make_dataset, train_args
-from .test_trainer import FixedRewards
+from tests.helpers import FixedRewards, make_dataset, train_args
 
 
 def digits_ids(text: str) -> list[int]:

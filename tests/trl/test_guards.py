@@ -6,8 +6,7 @@ from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from prefix_rft import PrefixRFTTrainer
 from prefix_rft.trl.guards import NonFiniteStepGuard, require_overflow_check
-
-from .conftest import make_dataset, train_args
+from tests.helpers import make_dataset, train_args
 
 
 def model_with_grads(value: float) -> torch.nn.Module:

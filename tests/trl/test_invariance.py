@@ -7,8 +7,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from prefix_rft import PrefixRFTTrainer
-
-from .conftest import base_kwargs, make_dataset, train_args
+from tests.helpers import base_kwargs, make_dataset, train_args
 
 
 def length_reward(completions, **kwargs):

@@ -51,7 +51,7 @@ def test_two_processes_hold_one_per_question_state(tmp_path):
 
 @pytest.mark.slow
 def test_fsdp_on_cpu_is_refused_instead_of_training_as_ddp(tmp_path):
-    # accelerate enables FSDP only on GPU-like devices; on 2 CPU processes `--fsdp` used to train DDP with no word
+    # accelerate enables FSDP only on GPU-like devices; on 2 CPU processes `--fsdp` would otherwise train DDP silently
     config = Path(__file__).parents[2] / "configs" / "smoke_cpu.yaml"
     train = ["-m", "prefix_rft.cli", "train", "--config", str(config), "--output_dir", str(tmp_path / "run")]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *train]

@@ -1,6 +1,6 @@
 """`prefix_placement='prompt'`: the revealed demo is a hint in the hybrid row's prompt (QuestA), not its completion.
 
-Hand-derived expectations (conftest: groups of 8, the hybrid in slot 7, 20-character demos, one token per
+Hand-derived expectations (tests/helpers.py: groups of 8, the hybrid in slot 7, 20-character demos, one token per
 character): at step 0 the prefix ratio is 0.95, so the hint shows floor(0.95 * 20) = 19 demo characters after the
 label "\\n\\n## Hint.\\n" (11 characters).
 """
@@ -9,9 +9,7 @@ import pytest
 
 from prefix_rft import PrefixRFTTrainer
 from prefix_rft.trl.placement import with_hint
-
-from .conftest import make_dataset, train_args
-from .test_trainer import FixedRewards, generate_batch, text_of
+from tests.helpers import FixedRewards, generate_batch, make_dataset, text_of, train_args
 
 
 def prompt_trainer(tmp_path, model, tokenizer, rewards, chat=True, **overrides) -> PrefixRFTTrainer:
@@ -69,9 +67,10 @@ def test_hint_rows_have_no_prefix_tokens_and_generate_their_own_completion(tmp_p
 
 
 def test_hint_row_gets_the_hybrid_continuation_advantage(tmp_path, model, tokenizer):
-    # fidelity row 32 with prefix_advantage="reference": on-policy rewards [1,0,0,1,0,0,0] -> baseline 2/7 (the
-    # hint row's reward 1 stays out: 3/8 if it leaked in); the hint row gets the hybrid's continuation advantage,
-    # r minus its singleton prefix group's mean 0 = 1.0, on every completion token; on-policy rows 5/7 and -2/7
+    # docs/fidelity.md#hint-placement with prefix_advantage="reference": on-policy rewards [1,0,0,1,0,0,0] ->
+    # baseline 2/7 (the hint row's reward 1 stays out: 3/8 if it leaked in); the hint row gets the hybrid's
+    # continuation advantage, r minus its singleton prefix group's mean 0 = 1.0, on every completion token; on-policy
+    # rows 5/7 and -2/7
     trainer = prompt_trainer(tmp_path, model, tokenizer, FixedRewards([1.0, 0, 0, 1, 0, 0, 0, 1]))
     _, out = generate_batch(trainer)
     adv = out["advantages"]

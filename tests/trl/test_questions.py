@@ -10,9 +10,7 @@ import pytest
 
 from prefix_rft import PrefixRFTTrainer
 from prefix_rft.trl.questions import question_key
-
-from .conftest import make_dataset, train_args
-from .test_trainer import FixedRewards, generate_batch
+from tests.helpers import FixedRewards, generate_batch, make_dataset, train_args
 
 SOLVED = [1.0] * 8  # every on-policy row succeeds: success 1
 FAILED = [0.0] * 8  # every row fails: success 0

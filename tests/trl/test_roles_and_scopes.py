@@ -4,11 +4,8 @@ import pytest
 import torch
 
 from prefix_rft import PrefixRFTTrainer
+from tests.helpers import FixedRewards, generate_batch, make_dataset, train_args
 
-from .conftest import make_dataset, train_args
-from .test_trainer import FixedRewards, generate_batch
-
-# Per group of 8: on-policy rewards [1,0,0,1,0,0,0] (baseline 2/7) and the hybrid (slot 7) scores 1.
 PATTERN = [1.0, 0, 0, 1, 0, 0, 0, 1]
 
 

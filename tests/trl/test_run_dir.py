@@ -11,8 +11,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from prefix_rft import PrefixRFTTrainer
 from prefix_rft.trl.run_dir import RUN_RECORD, claim_output_dir
-
-from .conftest import make_dataset, train_args
+from tests.helpers import make_dataset, train_args
 
 
 def build(out, model, tokenizer, **overrides):
@@ -46,7 +45,7 @@ def read_only(path):
 
 
 def test_read_only_output_dir_is_refused_before_the_first_step(tmp_path, model, tokenizer):
-    # it used to train every step and then fail in the final save
+    # refused before the first step, not at the final save after every step has trained
     out = tmp_path / "out"
     out.mkdir()
     trainer = build(out, model, tokenizer)
@@ -81,7 +80,7 @@ def test_new_run_in_a_folder_with_another_runs_checkpoints_is_refused(tmp_path, 
 
 
 def test_overwrite_deletes_the_old_checkpoints_so_a_resume_finds_only_the_new_runs(tmp_path, model, tokenizer):
-    # a crash of the new run after its checkpoint-1 used to resume from the old run's checkpoint-6
+    # a crash of the new run after its checkpoint-1 resumes from that checkpoint, not from the old run's checkpoint-6
     out = tmp_path / "out"
     finished_run(out)
     trainer = build(out, model, tokenizer, overwrite_output_dir=True, save_strategy="steps", save_steps=1)

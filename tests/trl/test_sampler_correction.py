@@ -1,4 +1,5 @@
-"""TRL's vLLM importance-sampling correction on hybrid rows (`prefix_sampler_correction`, docs/fidelity.md row 40).
+"""TRL's vLLM importance-sampling correction on hybrid rows (`prefix_sampler_correction`,
+docs/fidelity.md#sampler-correction).
 
 Demo tokens were not sampled: they carry a NaN sampler logprob, so TRL's token ratio is 1 on them and its sequence
 ratio is the sampled continuation's. 'continuation' (default) keeps demo tokens at weight 1 in every mode; 'row' is
@@ -10,10 +11,9 @@ import math
 import pytest
 import torch
 
+from tests.helpers import colocate_trainer, fix_forward, generate_batch, loss_inputs, train_loss
+
 from .doubles.vllm_colocate import install_colocate_double
-from .test_trainer import generate_batch
-from .test_trl_options import fix_forward, loss_inputs, train_loss
-from .test_vllm_prefix import colocate_trainer
 
 MODES = ["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"]
 E_HALF = math.exp(0.5)  # 1.6487
@@ -105,7 +105,7 @@ def test_demo_tokens_keep_weight_one_against_a_bf16_sampler(tmp_path, monkeypatc
 
 
 def test_an_unknown_sampler_correction_is_refused_by_name(tmp_path):
-    from .conftest import train_args
+    from tests.helpers import train_args
 
     with pytest.raises(ValueError, match=r"prefix_sampler_correction='prefix' is not supported; expected one of"):
         train_args(tmp_path, prefix_sampler_correction="prefix")
@@ -114,7 +114,7 @@ def test_an_unknown_sampler_correction_is_refused_by_name(tmp_path):
 @pytest.mark.parametrize("vllm", [{}, {"use_vllm": True, "vllm_importance_sampling_correction": False}])
 def test_row_correction_without_a_vllm_correction_is_refused(tmp_path, vllm):
     # no vLLM, or vLLM with TRL's correction off: there is no sampler weight for 'row' to apply
-    from .conftest import train_args
+    from tests.helpers import train_args
 
     with pytest.raises(ValueError, match=r"prefix_sampler_correction='row' has no effect: .* use_vllm=True and vllm_"):
         train_args(tmp_path, prefix_sampler_correction="row", **vllm)

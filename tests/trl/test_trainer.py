@@ -4,31 +4,7 @@ import pytest
 import torch
 
 from prefix_rft import PrefixRFTConfig, PrefixRFTTrainer
-
-from .conftest import DEMOS, make_dataset, train_args
-
-
-def text_of(completion):
-    return completion[0]["content"] if isinstance(completion, list) else completion
-
-
-class FixedRewards:
-    """Reward function returning a fixed reward pattern per group of 8 (row order of the generation batch)."""
-
-    __name__ = "fixed"
-
-    def __init__(self, pattern):
-        self.pattern = pattern
-
-    def __call__(self, completions, **kwargs):
-        return [self.pattern[i % len(self.pattern)] for i in range(len(completions))]
-
-
-def generate_batch(trainer):
-    """One generation batch, as the trainer would produce it for the first optimizer step."""
-    batch = next(iter(trainer.get_train_dataloader()))
-    trainer.model.train()
-    return batch, trainer._generate_and_score_completions(batch)
+from tests.helpers import DEMOS, FixedRewards, generate_batch, make_dataset, train_args
 
 
 def first_batch_of(tmp_path, model, tokenizer, dataset):
@@ -187,4 +163,5 @@ def test_demo_column_accepts_single_string(tmp_path, model, tokenizer):
     dataset = make_dataset().map(lambda row: {"demo": row["demos"][0]}, remove_columns=["demos"])
     _, out = first_batch_of(tmp_path, model, tokenizer, dataset)
     assert out["prefix_mask"][7].sum().item() == 19
-    assert DEMOS  # the module constant documents the 20-token demos used above
+    # the hybrid row starts with the first 19 characters (one token each) of one of the 20-character demos
+    assert tokenizer.decode(out["completion_ids"][7, :19].tolist()) in {demo[:19] for demo in DEMOS}

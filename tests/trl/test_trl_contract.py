@@ -1,4 +1,4 @@
-"""The TRL internals PrefixRFTTrainer relies on still exist with the signatures it expects (issue 16).
+"""The TRL internals PrefixRFTTrainer relies on still exist with the signatures it expects.
 
 TRL has no public hook for per-row prompts, per-token advantages or a custom loss, so the trainer overrides private
 GRPOTrainer/Trainer methods and reads private attributes. pyproject pins `trl>=1.16,<1.17`; when a new TRL is tried,
@@ -11,9 +11,8 @@ import pytest
 from trl import GRPOTrainer
 from trl.generation import vllm_generation
 
-from .test_trl_options import make_trainer
+from tests.helpers import make_trainer
 
-# name -> (parameters after self, exactly; what our override does with it)
 OVERRIDDEN = {
     "_generate_single_turn": (
         ("prompt_ids", "images", "multimodal_fields", "num_generations", "has_tool_images"),

@@ -1,4 +1,4 @@
-"""What a TRL user gets from GRPOTrainer, PrefixRFTTrainer gives too (issue 16): default config, model card, MoE."""
+"""What a TRL user gets from GRPOTrainer, PrefixRFTTrainer gives too: default config, model card, MoE."""
 
 import copy
 
@@ -9,10 +9,7 @@ from trl import GRPOTrainer
 
 from prefix_rft import PrefixRFTConfig, PrefixRFTTrainer
 from prefix_rft.tasks.model import build_model
-
-from .conftest import make_dataset
-from .test_trainer import FixedRewards
-from .test_trl_options import make_trainer
+from tests.helpers import FixedRewards, make_dataset, make_trainer
 
 
 def test_trainer_builds_a_default_config_without_args(tmp_path, monkeypatch, tokenizer):

@@ -6,15 +6,14 @@ questions once. A weight sync happens before each step's generation, so the engi
 weights at the end of step 1, and nothing syncs after the last step.
 """
 
-import importlib.util
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 from trl import GRPOConfig, GRPOTrainer
 from trl.generation.vllm_generation import extract_logprobs
 
-from .conftest import DEMOS, base_kwargs, make_dataset
+from tests.helpers import base_kwargs, dataset_prompt_ids, make_dataset, needs_requests
+
 from .doubles.ddp_vllm_worker import WeightSnapshots, length_reward
 from .doubles.vllm_colocate import FakeLLM, SamplingParams, install_colocate_double
 from .doubles.vllm_server import (
@@ -28,20 +27,6 @@ MAX_TOKENS = 24  # base_kwargs' max_completion_length
 GENERATIONS = 8  # base_kwargs' num_generations
 ROWS = 16  # base_kwargs' per_device_train_batch_size
 LOGP_DIFFERENCE = "sampling/sampling_logp_difference/max"
-# TRL's VLLMClient needs `requests`, which neither TRL's nor this project's dependencies install.
-needs_requests = pytest.mark.skipif(
-    importlib.util.find_spec("requests") is None, reason="TRL's VLLMClient needs `requests` (pip install requests)"
-)
-
-
-def dataset_prompt_ids(tokenizer) -> list[list[int]]:
-    """The chat template by hand: `<bos><user>{question}<eos><assistant>`, one token per character."""
-    ids = tokenizer.convert_tokens_to_ids
-    questions = [demo.split(" is ")[0] + "=" for demo in DEMOS]
-    return [
-        [tokenizer.bos_token_id, ids("<user>"), *ids(list(q)), tokenizer.eos_token_id, ids("<assistant>")]
-        for q in questions
-    ]
 
 
 def weights_of(model) -> dict[str, torch.Tensor]:

@@ -7,16 +7,11 @@ step 0 the floor is 0.95, so l = 0.95 and the hybrid reveals floor(0.95 * 20) = 
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
-from prefix_rft import PrefixRFTTrainer
+from tests.helpers import DEMOS, colocate_trainer, dataset_prompt_ids, generate_batch, needs_requests
 
-from .conftest import DEMOS, make_dataset, train_args
-from .doubles.ddp_vllm_worker import WeightSnapshots, length_reward
 from .doubles.vllm_colocate import install_colocate_double
 from .doubles.vllm_server import run_two_ranks_with_server
-from .test_trainer import generate_batch
-from .test_vllm_doubles import dataset_prompt_ids, needs_requests
 
 PREFIX_BY_STEP = {0: 19, 1: 18}
 
@@ -33,19 +28,6 @@ def split_prompt(tokenizer, ids: list[int]) -> tuple[list[int], list[int]]:
         if ids[: len(prompt)] == prompt:
             return prompt, ids[len(prompt) :]
     raise AssertionError(f"request {ids} does not start with a dataset prompt")
-
-
-def colocate_trainer(tmp_path, model_dir, tokenizer, **overrides) -> tuple[PrefixRFTTrainer, WeightSnapshots]:
-    snapshots = WeightSnapshots()
-    trainer = PrefixRFTTrainer(
-        model=AutoModelForCausalLM.from_pretrained(model_dir),  # colocate mode loads name_or_path = model_dir
-        reward_funcs=[length_reward],
-        args=train_args(tmp_path, max_steps=2, use_vllm=True, vllm_mode="colocate", **overrides),
-        train_dataset=make_dataset(),
-        processing_class=tokenizer,
-        callbacks=[snapshots],
-    )
-    return trainer, snapshots
 
 
 def test_colocate_requests_carry_each_hybrids_prefix_and_budget(tmp_path, monkeypatch, model_dir, tokenizer):
@@ -117,7 +99,7 @@ def test_server_mode_rank0_without_hybrid_sends_every_hybrid_its_prefix(tmp_path
     # Per step: the 7 on-policy rows (4 on rank 0, 3 on rank 1) are one prompt sent once with n=7 and the full
     # budget; the hybrid is prompt + its prefix with n=1 and the budget left after the prefix (5, then 6) rounded up
     # to its bucket (width ceil(24 / 4) = 6: 6), its completion cut back to that budget. Never the bare prompt for
-    # the hybrid, as rank 0's n=8 deduplication used to do. Both calls of a step are in flight together.
+    # the hybrid, which rank 0's n=8 deduplication would send. Both calls of a step are in flight together.
     assert len(requests) == 4
     for step in (0, 1):
         on_policy, hybrid = sorted(requests[2 * step : 2 * step + 2], key=lambda r: r["n"], reverse=True)

@@ -5,61 +5,19 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from prefix_rft.baselines import LuffyConfig, LuffyTrainer
-from prefix_rft.trl.rollouts import BudgetedClient, bucket_budget, cut_to_budgets, fit_to_context
+from prefix_rft.trl.rollouts import BudgetedClient
+from tests.helpers import (
+    base_kwargs,
+    colocate_trainer,
+    dataset_prompt_ids,
+    generate_batch,
+    make_dataset,
+    needs_requests,
+)
 
-from .conftest import base_kwargs, make_dataset
 from .doubles.ddp_vllm_worker import length_reward
 from .doubles.vllm_colocate import FakeLLM, SamplingParams, install_colocate_double
 from .doubles.vllm_server import free_port, install_server_client_double, running_server
-from .test_trainer import generate_batch
-from .test_vllm_doubles import dataset_prompt_ids, needs_requests
-from .test_vllm_prefix import colocate_trainer
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Budget buckets (server mode)
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("budget", "max_budget", "bucket"),
-    [
-        (1, 24, 1),
-        (2, 24, 6),
-        (6, 24, 6),
-        (7, 24, 12),
-        (13, 24, 18),
-        (19, 24, 24),
-        (24, 24, 24),
-        (4, 10, 6),
-        (8, 10, 9),
-        (10, 10, 10),
-    ],
-)
-def test_budget_rounds_up_to_one_of_four_evenly_spaced_buckets(budget, max_budget, bucket):
-    # widths: ceil(24 / 4) = 6 -> buckets 6, 12, 18, 24; ceil(10 / 4) = 3 -> 3, 6, 9, 10 (capped); 1 stays 1
-    assert bucket_budget(budget, max_budget) == bucket
-
-
-def test_cut_to_budgets_cuts_ids_and_logprobs_of_each_row():
-    out = {
-        "prompt_ids": [[1], [2]],
-        "completion_ids": [[5, 6, 7, 8], [9, 3]],
-        "logprobs": [[[-0.1], [-0.2], [-0.3], [-0.4]], [[-0.5], [-0.6]]],
-        "logprob_token_ids": [[[5], [6], [7], [8]], [[9], [3]]],
-    }
-    cut = cut_to_budgets(out, [2, 5])
-    assert cut["completion_ids"] == [[5, 6], [9, 3]]
-    assert cut["logprobs"] == [[[-0.1], [-0.2]], [[-0.5], [-0.6]]]
-    assert cut["logprob_token_ids"] == [[[5], [6]], [[9], [3]]]
-    assert cut["prompt_ids"] == [[1], [2]]
-
-
-def test_fit_to_context_cuts_the_budget_and_names_a_row_with_no_room():
-    assert fit_to_context(10, 24, 30, row=0) == 20  # 10 + 20 = 30 = max_model_len
-    assert fit_to_context(10, 5, 30, row=0) == 5
-    assert fit_to_context(10, 24, None, row=0) == 24
-    with pytest.raises(ValueError, match="generation row 3: .* 30 tokens, .* max_model_len=30"):
-        fit_to_context(30, 1, 30, row=3)
 
 
 class RecordingClient:

@@ -47,7 +47,7 @@ def test_missing_file_is_named(tmp_path, capsys):
 
 
 def test_malformed_line_is_reported_with_its_own_line_number(tmp_path, capsys):
-    # json.loads on line 2 alone used to say "line 1 column 45"; '{"gold": "1", "prediction": "1"' ends at column 31
+    # the file's line, 2 (json.loads on the line alone says 1); '{"gold": "1", "prediction": "1"' ends at column 31
     data = tmp_path / "pairs.jsonl"
     data.write_text('{"gold": "1", "prediction": "1"}\n{"gold": "1", "prediction": "1"\n')
     refused(
@@ -80,7 +80,7 @@ def test_empty_file_is_an_error_not_an_accuracy(tmp_path, capsys):
 
 
 def test_dict_gold_is_refused_naming_line_row_and_field(tmp_path, capsys):
-    # it used to be graded as the text "{'value': 1}" and score 0 with no error counted
+    # refused, rather than graded as the text "{'value': 1}" for a silent 0
     data = tmp_path / "pairs.jsonl"
     write_jsonl(data, [{"gold": "1", "prediction": "1"}, {"gold": {"value": 1}, "prediction": "1"}])
     refused(data, capsys, f"{data}, line 2: row 1: field 'gold': gold answer must be text or a number, got dict")

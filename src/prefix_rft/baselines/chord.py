@@ -16,13 +16,16 @@ import torch
 
 from prefix_rft.baselines.demo_rows import FullDemoRows, refuse_prefix_options
 from prefix_rft.core import aggregate_token_loss, chord_phi, demo_nll, warmup_cosine_weight
+from prefix_rft.core.entropy import SelectionMode
 from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
 from prefix_rft.trl.trainer import PrefixRFTTrainer
 
 
 @dataclass
 class ChordConfig(PrefixRFTConfig):
-    prefix_entropy_selection: str = field(default="all", metadata={"help": "Every demo token is in the SFT loss."})
+    prefix_entropy_selection: SelectionMode = field(
+        default="all", metadata={"help": "Every demo token is in the SFT loss."}
+    )
     chord_mu_peak: float = field(default=0.9, metadata={"help": "mu after the warm-up (SFT weight at its largest)."})
     chord_mu_valley: float = field(default=0.05, metadata={"help": "mu once the cosine decay is over."})
     chord_mu_warmup_steps: int = field(default=0, metadata={"help": "Optimizer steps of mu's linear rise 0 -> peak."})

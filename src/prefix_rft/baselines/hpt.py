@@ -5,7 +5,7 @@ and the question's full demonstration in the G-th slot. Once the group is scored
 (reward > 0): s <= `hpt_switch_gate` (paper: 0) -> the rollouts are dropped and the demo is trained with SFT
 (token-mean NLL x `hpt_sft_loss_coef`); s <= `hpt_switch_gate_off` -> neither; otherwise -> the demo is dropped and
 the rollouts are trained with GRPO (advantages from their own rewards, -A * rho without clip, as the authors' script).
-The decision is made from the gathered rewards, so every rank takes the same one; docs/fidelity.md row 37 lists the
+The decision is made from the gathered rewards, so every rank takes the same one; docs/fidelity.md#hpt lists the
 departures.
 """
 
@@ -18,6 +18,7 @@ import torch
 
 from prefix_rft.baselines.demo_rows import FullDemoRows, refuse_prefix_options
 from prefix_rft.core import aggregate_dr_grpo, demo_nll, hpt_group_modes, unclipped_token_loss
+from prefix_rft.core.entropy import SelectionMode
 from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
 from prefix_rft.trl.rollouts import Rollout
 from prefix_rft.trl.trainer import PrefixRFTTrainer
@@ -27,7 +28,9 @@ NO_CLIP = "HPT's RL loss has no clip (-A * rho, the authors' loss_remove_clip=Tr
 
 @dataclass
 class HptConfig(PrefixRFTConfig):
-    prefix_entropy_selection: str = field(default="all", metadata={"help": "Every demo token is in the SFT loss."})
+    prefix_entropy_selection: SelectionMode = field(
+        default="all", metadata={"help": "Every demo token is in the SFT loss."}
+    )
     prefix_dual_clip: float | None = field(default=None, metadata={"help": "HPT has no clip: must stay null."})
     entropy_coef: float = field(default=0.001, metadata={"help": "Entropy bonus (the authors' script: 0.001)."})
     hpt_switch_gate: int = field(

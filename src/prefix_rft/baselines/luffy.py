@@ -13,14 +13,16 @@ import torch
 
 from prefix_rft.baselines.demo_rows import FullDemoRows
 from prefix_rft.core import shaped_off_policy_token_loss, unclipped_token_loss
+from prefix_rft.core.advantages import AdvantageMode
+from prefix_rft.core.entropy import SelectionMode
 from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
 from prefix_rft.trl.trainer import PrefixRFTTrainer
 
 
 @dataclass
 class LuffyConfig(PrefixRFTConfig):
-    prefix_advantage: str = field(default="paper", metadata={"help": "LUFFY: group mean over all members."})
-    prefix_entropy_selection: str = field(default="all", metadata={"help": "LUFFY trains every demo token."})
+    prefix_advantage: AdvantageMode = field(default="paper", metadata={"help": "LUFFY: group mean over all members."})
+    prefix_entropy_selection: SelectionMode = field(default="all", metadata={"help": "LUFFY trains every demo token."})
     prefix_dual_clip: float | None = field(default=None, metadata={"help": "LUFFY has no clip: must stay null."})
     luffy_gamma: float = field(default=0.1, metadata={"help": "gamma of the shaping f(p) = p / (p + gamma)."})
 

@@ -108,7 +108,7 @@ METHODS: dict[str, Method] = {
     "rl_sft": Method(RLWithSFTConfig, RLWithSFTTrainer, ("rl",)),
     "luffy": Method(LuffyConfig, LuffyTrainer, ("rl",)),
     "relift": Method(ReliftConfig, ReliftTrainer, ("rl",)),
-    # The family's leading methods (docs/fidelity.md rows 36-39); CHORD's mu decays over the whole run by default
+    # The family's leading methods (docs/fidelity.md#chord to #trapo); CHORD's mu decays over the whole run by default
     "chord": Method(ChordConfig, ChordTrainer, ("rl",)),
     "hpt": Method(HptConfig, HptTrainer, ("rl",)),
     "srft": Method(SrftConfig, SrftTrainer, ("rl",)),
@@ -123,9 +123,10 @@ METHODS: dict[str, Method] = {
     "prefix_rft_keep0.8": _preset(prefix_entropy_keep_fraction=0.8),
     "prefix_rft_uniform": _preset(prefix_ratio_schedule="constant"),
     "prefix_rft_paper_adv": _preset(prefix_advantage="paper"),
-    # The demo prefix as a hint in the prompt, never trained (QuestA; docs/fidelity.md row 32)
+    # The demo prefix as a hint in the prompt, never trained (QuestA; docs/fidelity.md#hint-placement)
     "prefix_rft_prompt_hint": _preset(prefix_placement="prompt"),
-    # Per-question guidance (docs/fidelity.md rows 33-34): SEELE's adaptive ratio, BREAD's rescue
+    # Per-question guidance: SEELE's adaptive ratio, BREAD's rescue
+    # (docs/fidelity.md#per-question-ratio, #per-question-rescue)
     "prefix_rft_adaptive": _preset(prefix_success_target=0.5),
     "prefix_rft_rescue": _preset(prefix_rescue_max_success=0.0),
 }

@@ -12,13 +12,16 @@ import torch
 
 from prefix_rft.baselines.demo_rows import FullDemoRows
 from prefix_rft.core import aggregate_dr_grpo, demo_nll
+from prefix_rft.core.entropy import SelectionMode
 from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
 from prefix_rft.trl.trainer import PrefixRFTTrainer
 
 
 @dataclass
 class RLWithSFTConfig(PrefixRFTConfig):
-    prefix_entropy_selection: str = field(default="all", metadata={"help": "Every demo token is in the NLL."})
+    prefix_entropy_selection: SelectionMode = field(
+        default="all", metadata={"help": "Every demo token is in the NLL."}
+    )
     sft_loss_coef: float = field(default=1.0, metadata={"help": "Weight of the demonstration NLL (LUFFY: 1.0)."})
 
     def __post_init__(self) -> None:

@@ -7,7 +7,7 @@ Per group: G - 1 on-policy rollouts and the question's full demonstration in the
   one pushed down with +log p. No group baseline, no importance ratio.
 The RL terms are summed over tokens and divided by rows x `max_completion_length` (Dr. GRPO). The authors released no
 training code; facts are from the paper and the reimplementation in TsinghuaC3I/Unify-Post-Training
-(`offline_loss_type=srft`). docs/fidelity.md row 38 lists the departures.
+(`offline_loss_type=srft`). docs/fidelity.md#srft lists the departures.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from prefix_rft.core import (
     srft_weights,
     unclipped_token_loss,
 )
+from prefix_rft.core.advantages import AdvantageMode
+from prefix_rft.core.entropy import SelectionMode
 from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
 from prefix_rft.trl.rollouts import Rollout
 from prefix_rft.trl.trainer import PrefixRFTTrainer
@@ -36,8 +38,10 @@ NO_RATIO = "SRFT's losses use log p and pi_theta directly: there is no importanc
 
 @dataclass
 class SrftConfig(PrefixRFTConfig):
-    prefix_advantage: str = field(default="paper", metadata={"help": "The demo's A: r - mean of all G rewards."})
-    prefix_entropy_selection: str = field(default="all", metadata={"help": "Every demo token is trained."})
+    prefix_advantage: AdvantageMode = field(
+        default="paper", metadata={"help": "The demo's A: r - mean of all G rewards."}
+    )
+    prefix_entropy_selection: SelectionMode = field(default="all", metadata={"help": "Every demo token is trained."})
     prefix_dual_clip: float | None = field(default=None, metadata={"help": "SRFT has no clip: must stay null."})
     entropy_coef: float = field(default=0.001, metadata={"help": "Entropy bonus (the reimplementation's 0.001)."})
     srft_sft_scale: float = field(default=0.5, metadata={"help": "w_SFT = scale x exp(-H)."})

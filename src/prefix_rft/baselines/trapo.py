@@ -7,12 +7,11 @@ with trust-region SFT (-p / max(sg(p), alpha): SFT while p >= alpha, damped belo
 is trained once through position 5; every generated token gets -A * rho without clip, A = r - mean of all 8 rewards
 (prefixed rows' rewards score prefix + continuation). The levels of a question's visit come from its previous group
 (the authors decide them inside the step); the state is updated from gathered rewards on every rank and saved in
-checkpoints. docs/fidelity.md row 39 lists the departures.
+checkpoints. docs/fidelity.md#trapo lists the departures.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +27,8 @@ from prefix_rft.core import (
     trust_region_sft_token_loss,
     unclipped_token_loss,
 )
+from prefix_rft.core.advantages import AdvantageMode
+from prefix_rft.core.entropy import SelectionMode
 from prefix_rft.core.escalation import GROUP_SIZE, LEVEL_RATIOS
 from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
 from prefix_rft.trl.questions import question_key
@@ -35,7 +36,6 @@ from prefix_rft.trl.rollouts import Rollout, RowPlan
 from prefix_rft.trl.run_dir import load_rank_state, save_rank_state
 from prefix_rft.trl.trainer import PrefixRFTTrainer
 
-logger = logging.getLogger(__name__)
 LEVELS_FILE = "trapo_levels.json"
 NO_CLIP = "TRAPO's losses have no clip (-A * rho on generated tokens, the authors' loss_remove_clip=True)"
 
@@ -43,8 +43,10 @@ NO_CLIP = "TRAPO's losses have no clip (-A * rho on generated tokens, the author
 @dataclass
 class TrapoConfig(PrefixRFTConfig):
     num_hybrid: int = field(default=4, metadata={"help": "Positions 4-7 of each group may be guided (TRAPO: 4)."})
-    prefix_advantage: str = field(default="paper", metadata={"help": "A = r - mean of all 8 rewards."})
-    prefix_entropy_selection: str = field(default="all", metadata={"help": "Every prefix token is in TrSFT."})
+    prefix_advantage: AdvantageMode = field(default="paper", metadata={"help": "A = r - mean of all 8 rewards."})
+    prefix_entropy_selection: SelectionMode = field(
+        default="all", metadata={"help": "Every prefix token is in TrSFT."}
+    )
     prefix_dual_clip: float | None = field(default=None, metadata={"help": "TRAPO has no clip: must stay null."})
     entropy_coef: float = field(default=0.001, metadata={"help": "Entropy bonus (the authors' script: 0.001)."})
     trapo_trust_region_alpha: float = field(

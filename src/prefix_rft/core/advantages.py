@@ -1,4 +1,7 @@
-"""Group-relative advantages (Dr. GRPO), with a separate advantage for prefix tokens (docs/fidelity.md rows 1-2, 20).
+"""Group-relative advantages (Dr. GRPO), with a separate advantage for prefix tokens.
+
+docs/fidelity.md#hybrid-advantage, #prefix-advantage-several-rollouts and #single-on-policy-row say where they follow
+the paper and the reference code.
 
 Two readings of the hybrid's advantage are offered:
 

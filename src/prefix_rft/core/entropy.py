@@ -1,4 +1,4 @@
-"""Entropy-based selection of prefix tokens (docs/fidelity.md rows 3-6; paper §3, App. A.2).
+"""Entropy-based selection of prefix tokens (docs/fidelity.md#entropy-scope to #lowest-ablation; paper §3, App. A.2).
 
 Only the prefix tokens on which the current policy is most uncertain keep their advantage; the others get advantage 0.
 Continuation tokens are never touched. The reference code zeroes the lowest floor((1 - keep) * N) of the N prefix
@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
 SelectionMode = Literal["top", "all", "none", "random", "lowest"]
-_MODES = ("top", "lowest", "random", "all", "none")
+_MODES: tuple[str, ...] = get_args(SelectionMode)
 _EPS = 1e-9
 
 
@@ -87,7 +87,7 @@ def select_prefix_tokens(
             micro-batches), such that ``pool[pool_offset : pool_offset + n_local]`` are exactly the local prefix
             tokens in row-major order. Defaults to the local prefix tokens (with offset 0).
         pool_offset: index in ``pool`` of the first local prefix token (e.g. the number of prefix tokens on lower
-            ranks). Keyword-only, like ``generator``, so that an old positional call cannot bind one to the other.
+            ranks). Keyword-only, like ``generator``, so that neither can be bound by position to the other.
         generator: RNG for ``random``; the same generator state gives the same subset.
     Returns:
         (B, T) bool.

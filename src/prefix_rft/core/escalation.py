@@ -5,7 +5,7 @@ rollouts cumulatively: fewer than 2 of the first 4 -> stage 2 is guided by 25% o
 the first 6 -> stage 3 by 50% (level 2); fewer than 7 of the first 7 -> stage 4 is the whole demo (level 3); otherwise
 that stage is unguided (level 0). The authors decide each stage from the ones before it inside the step; here the
 levels of a question's next visit are read from its previous group (`EscalationState`), so planning needs no extra
-generation pass (docs/fidelity.md row 39).
+generation pass (docs/fidelity.md#trapo).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""PPO-clip token loss and Dr. GRPO aggregation (docs/fidelity.md rows 7-9)."""
+"""PPO-clip token loss and Dr. GRPO aggregation (docs/fidelity.md#prefix-clip-range to #loss-aggregation)."""
 
 from __future__ import annotations
 

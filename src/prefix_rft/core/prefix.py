@@ -1,4 +1,4 @@
-"""Prefix cutting and hybrid-row choice (docs/fidelity.md rows 12-14, 17)."""
+"""Prefix cutting and hybrid-row choice (docs/fidelity.md#demo-tokenization to #prompt-budget, #hybrid-slots)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Per-question evidence for guidance that adapts to each question (docs/fidelity.md rows 33-34 and 37, issues 18, 25).
+"""Per-question evidence for guidance that adapts to each question.
+
+docs/fidelity.md#per-question-ratio, #per-question-rescue and #hpt give the methods that read it.
 
 A question's evidence is the on-policy success rate of its latest group: the share of its scored on-policy rows whose
 reward is > 0 (a group "all fails" when none is, ReLIFT's `solve_none`). Two options read it:

@@ -1,4 +1,4 @@
-"""Prefix-ratio schedules (docs/fidelity.md rows 16 and 18).
+"""Prefix-ratio schedules (docs/fidelity.md#schedule-step and #uniform-schedule).
 
 The share of a demonstration revealed to a hybrid rollout is drawn as
 ``prefix_ratio = floor_t + (ceiling_t - floor_t) * Beta(a, b)``. Paper (App. A.2): the floor cosine-decays 0.95 -> 0.05
@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
+
+ScheduleKind = Literal["cosine", "linear", "constant"]
 
 
 class Controller(Protocol):
@@ -101,7 +103,9 @@ class Delay:
         return self.inner.value(step - self.delay_steps)
 
 
-def make_controller(kind: str, init: float, target: float, decay_steps: int, warmup_ratio: float = 0.0) -> Controller:
+def make_controller(
+    kind: ScheduleKind, init: float, target: float, decay_steps: int, warmup_ratio: float = 0.0
+) -> Controller:
     """Build a controller by name: ``cosine``, ``linear`` or ``constant`` (which uses `init`)."""
     if kind == "cosine":
         return CosineDecay(init, target, decay_steps, warmup_ratio)

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import types
-from typing import Any, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 
 def runtime_types(annotation: Any) -> tuple[type, ...] | None:
     """Classes an instance of `annotation` may have (`int | None` -> (int, NoneType), `list[str]` -> (list,)).
 
-    None when the annotation admits anything or cannot be checked with `isinstance` (Any, object, Literal, TypeVar).
+    A `Literal` gives the classes of its values (`Literal["a", "b"]` -> (str,)); which value is allowed is checked by
+    its user. None when the annotation admits anything or cannot be checked with `isinstance` (Any, object, TypeVar).
     """
     if annotation is Any or annotation is object:
         return None
     origin = get_origin(annotation)
+    if origin is Literal:
+        return tuple(dict.fromkeys(type(value) for value in get_args(annotation)))
     if origin in (Union, types.UnionType):
         parts = [runtime_types(arg) for arg in get_args(annotation)]
         return None if any(part is None for part in parts) else tuple(t for part in parts for t in part)

@@ -12,10 +12,16 @@ import importlib
 import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from prefix_rft.recipes.train import TrainScriptArguments
+
+class RewardFields(Protocol):
+    """The reward fields of `prefix-rft train`'s script arguments (ours and `trl grpo`'s), all this module reads."""
+
+    reward: str | None
+    reward_funcs: list[str] | None
+    reward_model_name_or_path: str | None
+
 
 # TRL's own names, with the arguments trl/scripts/grpo.py fixes for the one factory among them.
 TRL_REWARD_NAMES = (
@@ -27,7 +33,7 @@ TRL_REWARD_NAMES = (
 _TRL_FACTORY_ARGS = {"get_soft_overlong_punishment": {"max_completion_len": 1280, "soft_punish_cache": 256}}
 
 
-def uses_trl_rewards(script: TrainScriptArguments) -> bool:
+def uses_trl_rewards(script: RewardFields) -> bool:
     """True when the run takes `trl grpo`'s reward fields; refuses them together with our `reward`."""
     trl_style = bool(script.reward_funcs or script.reward_model_name_or_path)
     if trl_style and script.reward is not None:
@@ -38,7 +44,7 @@ def uses_trl_rewards(script: TrainScriptArguments) -> bool:
     return trl_style
 
 
-def reward_functions(script: TrainScriptArguments, embedded: bool) -> list[Any]:
+def reward_functions(script: RewardFields, embedded: bool) -> list[Any]:
     """The trainer's `reward_funcs`: a reward model path first (if any), then functions, as `trl grpo` orders them."""
     if not uses_trl_rewards(script):
         return [builtin_reward(script.reward or "auto", embedded)]

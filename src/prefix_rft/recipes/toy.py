@@ -7,7 +7,6 @@ for the RL methods, the same group of 8 rollouts per prompt; `method_budget` rep
 from __future__ import annotations
 
 import dataclasses
-import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,9 +29,6 @@ from prefix_rft.recipes.settings import RunSettings
 from prefix_rft.tasks import BaseModelConfig, TaskConfig, is_correct, load_or_pretrain_base, make_rows, task_reward
 from prefix_rft.tasks.model import MAX_POSITIONS
 from prefix_rft.trl.cpu import cpu_trainer_kwargs
-
-logger = logging.getLogger(__name__)
-
 
 # The RL methods of the registry (baselines/methods.py), plus one that differs only in its data: half the training
 # prompts keep their demo (see train_rows).

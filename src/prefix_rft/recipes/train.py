@@ -8,7 +8,6 @@ mixture), with `PrefixRFTConfig` in place of GRPOConfig and a few fields of ours
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -33,7 +32,6 @@ from prefix_rft.trl.config import PrefixRFTConfig
 from prefix_rft.trl.run_dir import checkpoints_in
 from prefix_rft.trl.trainer import PrefixRFTTrainer
 
-logger = logging.getLogger(__name__)
 EMBEDDED = "embedded"
 _TRAINER_HAS_END = Version(transformers.__version__) >= Version("5.18.0")  # Trainer.end() appeared in 5.18
 # Trackers a `report_to` may name, and how to install each: ours as extras, the rest as transformers names them.

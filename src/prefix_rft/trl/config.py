@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field, fields
-from typing import get_type_hints
+from typing import Literal, Union, get_args, get_origin, get_type_hints
 
 from trl import GRPOConfig
 
-from prefix_rft.core.loss import LOSS_TYPES
+from prefix_rft.core.advantages import AdvantageMode, ScaleRewards
+from prefix_rft.core.entropy import SelectionMode
+from prefix_rft.core.loss import LOSS_TYPES, LossType
 from prefix_rft.core.prefix import hybrid_positions
-from prefix_rft.core.schedule import Constant, Delay, PrefixRatioSampler, make_controller
+from prefix_rft.core.schedule import Constant, Delay, PrefixRatioSampler, ScheduleKind, make_controller
 from prefix_rft.data.annotations import is_instance, runtime_types, type_names
 from prefix_rft.trl.fields import REFUSED_GRPO_FIELDS, REFUSED_LOSS_TYPES
 
-ENTROPY_SCOPES = ("optimizer_step", "global_micro_batch", "local_micro_batch")
+# The choices of the string fields: each field is typed with its Literal, which `--help` lists and
+# `_check_choices` enforces (core's Literals for the options core reads).
+EntropyScope = Literal["optimizer_step", "global_micro_batch", "local_micro_batch"]
+Placement = Literal["response", "prompt"]
+SamplerCorrection = Literal["continuation", "row"]
+ScheduleUnit = Literal["rollout_batch", "optimizer_step"]
+BonusScope = Literal["all", "continuation"]
 RENAMED_SCOPES = {"batch": "global_micro_batch", "micro_batch": "local_micro_batch"}
 GRPO_DEFAULTS = {f.name: f.default for f in fields(GRPOConfig)}
 DEFAULT_RATIO_STEP = 0.2  # per-question controller: 0 successes at a target of 0.5 raise the ratio by 0.1
@@ -44,6 +52,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "prefix_ratio_alpha": (1e-12, _INF, "> 0 (a Beta distribution shape)"),
     "prefix_ratio_beta": (1e-12, _INF, "> 0 (a Beta distribution shape)"),
     "prefix_min_len": (0, _INF, ">= 0"),
+    "prefix_entropy_keep_fraction": (1e-12, 1, "(0, 1]"),
     "prefix_success_target": (0, 1, "[0, 1], or null for the schedule"),
     "prefix_ratio_step": (1e-12, 1, "(0, 1]"),
     "prefix_rescue_max_success": (0, 1, "[0, 1], or null to rescue every question"),
@@ -69,34 +78,57 @@ def _field_types(cls: type) -> dict[str, tuple[type, ...]]:
     return {name: allowed for name, allowed in checked.items() if allowed is not None}
 
 
+@functools.cache
+def _field_choices(cls: type) -> dict[str, tuple]:
+    """Field -> its allowed values, for every field typed `Literal[...]` (or `Literal[...] | None`: None allowed)."""
+    choices = {}
+    for name, hint in get_type_hints(cls).items():
+        parts = get_args(hint) if get_origin(hint) is Union else (hint,)
+        literals = [p for p in parts if get_origin(p) is Literal]
+        if literals and all(get_origin(p) is Literal or p is type(None) for p in parts):
+            choices[name] = tuple(v for p in literals for v in get_args(p)) + ((None,) if type(None) in parts else ())
+    return choices
+
+
 @dataclass
 class PrefixRFTConfig(GRPOConfig):
     """Configuration for `PrefixRFTTrainer`.
 
-    Inherits every GRPOConfig option. Defaults differ from GRPOConfig where Prefix-RFT needs Dr. GRPO
-    (`loss_type="dr_grpo"`, `scale_rewards="none"`) and where the paper trains in fp32-friendly settings on CPU.
+    Inherits every GRPOConfig option. Two defaults differ from GRPOConfig's, because Prefix-RFT trains with Dr. GRPO:
+    `loss_type="dr_grpo"` and `scale_rewards="none"`. The fields it adds, by section (each field's `help` says what
+    it does; `RANGES` and the Literal annotations give the values it takes):
+
+    > Schedule: how many rows of a group are hybrids, and the prefix ratio each draws
+        num_hybrid, prefix_ratio_schedule, prefix_ratio_floor_start, prefix_ratio_floor_end, prefix_ratio_decay_steps,
+        prefix_ratio_warmup_ratio, prefix_ratio_delay_steps, prefix_ratio_ceiling, prefix_ratio_alpha,
+        prefix_ratio_beta, prefix_min_len, prefix_schedule_unit, prefix_seed
+    > Selection: the advantage of prefix tokens, which of them keep it, and their loss
+        prefix_advantage, prefix_entropy_keep_fraction, prefix_entropy_selection, prefix_entropy_scope,
+        prefix_dual_clip, prefix_entropy_bonus_scope
+    > Per-question guidance: a prefix ratio per question, or a prefix only for questions the policy fails
+        prefix_success_target, prefix_ratio_step, prefix_rescue_max_success
+    > Placement: where the prefix goes, and prefixes or demos longer than their token budget
+        prefix_placement, prefix_sampler_correction, prefix_truncate_long_demos, max_prompt_length
+    > Robustness: bad data, non-finite steps, partly scored rows, an output folder holding another run
+        validate_dataset, max_consecutive_nonfinite_steps, strict_rewards, allow_partial_rewards, overwrite_output_dir
     """
 
-    # Dr. GRPO (fidelity rows 1, 9): no std scaling, token sum over a constant.
-    loss_type: str = field(
+    # ---- GRPOConfig fields with Prefix-RFT's defaults
+    # Dr. GRPO (fidelity.md#hybrid-advantage, #loss-aggregation): no std scaling, token sum over a constant.
+    loss_type: LossType = field(
         default="dr_grpo",
         metadata={"help": "'dr_grpo' (paper), 'grpo', 'dapo', 'bnpo' or 'luspo'; prefix tokens count as trained."},
     )
-    scale_rewards: str = field(
+    scale_rewards: ScaleRewards = field(
         default="none",
         metadata={"help": "'none' (paper, Dr. GRPO), or divide every advantage by the std of the 'group' or 'batch'."},
     )
-    max_prompt_length: int | None = field(
-        default=None,
-        metadata={
-            "help": "Token budget for prompt + demo prefix; longer prefixes are cut (counted), never the prompt."
-        },
-    )
 
+    # ---- Schedule: how many hybrid rows, and the prefix ratio each draws
     num_hybrid: int = field(
         default=1, metadata={"help": "Rollouts per group that start from a demo prefix (paper: 1)."}
     )
-    prefix_ratio_schedule: str = field(
+    prefix_ratio_schedule: ScheduleKind = field(
         default="cosine",
         metadata={
             "help": "Floor schedule: 'cosine', 'linear', or 'constant' (floor = end from step 0: uniform ablation)."
@@ -110,13 +142,66 @@ class PrefixRFTConfig(GRPOConfig):
     prefix_ratio_warmup_ratio: float = field(default=0.0, metadata={"help": "Warm-up share of the decay steps."})
     prefix_ratio_delay_steps: int = field(default=0, metadata={"help": "Steps to hold the floor at its start value."})
     prefix_ratio_ceiling: float = field(default=0.95, metadata={"help": "Upper bound of the prefix ratio."})
-    prefix_ratio_alpha: float = field(default=1.0, metadata={"help": "Beta(a, b) shape of the draw; 1, 1 is uniform."})
-    prefix_ratio_beta: float = field(default=1.0, metadata={"help": "Beta(a, b) shape of the draw; 1, 1 is uniform."})
+    prefix_ratio_alpha: float = field(
+        default=1.0,
+        metadata={
+            "help": "a of the Beta(a, b) the ratio is drawn from within [floor, ceiling]; a > b leans to the "
+            "ceiling (longer prefixes); a = b = 1 is uniform."
+        },
+    )
+    prefix_ratio_beta: float = field(
+        default=1.0,
+        metadata={
+            "help": "b of the Beta(a, b) the ratio is drawn from within [floor, ceiling]; b > a leans to the "
+            "floor (shorter prefixes); a = b = 1 is uniform."
+        },
+    )
     prefix_min_len: int = field(
         default=0, metadata={"help": "Minimum prefix length in tokens (reference min_prefix_len)."}
     )
-    # Per-question guidance (docs/fidelity.md rows 33-34). A question's evidence is the on-policy success rate of its
-    # latest group, kept per `id` column (else per prompt hash) and checkpointed; an unseen question follows the paper.
+    prefix_schedule_unit: ScheduleUnit = field(
+        default="rollout_batch",
+        metadata={
+            "help": "What advances the prefix-ratio floor: 'rollout_batch' (once per generation batch, as the "
+            "reference) or 'optimizer_step'. They agree when steps_per_generation == gradient_accumulation_steps "
+            "and num_iterations == 1."
+        },
+    )
+    prefix_seed: int | None = field(
+        default=None, metadata={"help": "Seed of prefix draws (ratio, demo choice); defaults to `seed`."}
+    )
+
+    # ---- Selection: the advantage and loss of prefix tokens
+    prefix_advantage: AdvantageMode = field(
+        default="reference",
+        metadata={"help": "'reference' (authors' dr_grpo_prefix, n=1) or 'paper' (one shared advantage, Eq. 3)."},
+    )
+    prefix_entropy_keep_fraction: float = field(
+        default=0.2, metadata={"help": "Share of prefix tokens, by highest entropy, that keep their advantage."}
+    )
+    prefix_entropy_selection: SelectionMode = field(
+        default="top", metadata={"help": "'top' (method), or ablations 'all', 'none', 'random', 'lowest'."}
+    )
+    prefix_entropy_scope: EntropyScope | None = field(
+        default=None,
+        metadata={
+            "help": "Prefix tokens the top-entropy share is taken over: 'optimizer_step' (every micro-batch of the "
+            "optimizer step on all ranks: the paper's mini-batch), 'global_micro_batch' (one accumulation "
+            "micro-batch on all ranks) or 'local_micro_batch' (one micro-batch of one rank: the reference code). "
+            "null: 'optimizer_step' where steps_per_generation is a multiple of gradient_accumulation_steps, else "
+            "'global_micro_batch' (warned, and logged as prefix/entropy_scope_fallback=1)."
+        },
+    )
+    prefix_dual_clip: float | None = field(
+        default=3.0, metadata={"help": "Dual-clip c for negative advantages (reference 3.0); null disables it."}
+    )
+    prefix_entropy_bonus_scope: BonusScope = field(
+        default="all", metadata={"help": "Tokens the entropy bonus (entropy_coef) acts on: 'all' or 'continuation'."}
+    )
+
+    # ---- Per-question guidance (docs/fidelity.md#per-question-ratio, #per-question-rescue). A question's evidence is
+    # the on-policy success rate of its latest group, kept per `id` column (else per prompt hash) and checkpointed; an
+    # unseen question follows the paper.
     prefix_success_target: float | None = field(
         default=None,
         metadata={
@@ -134,65 +219,39 @@ class PrefixRFTConfig(GRPOConfig):
             "success is at most this (0: only after a group that all failed), else run on-policy; null: always."
         },
     )
-    prefix_advantage: str = field(
-        default="reference",
-        metadata={"help": "'reference' (authors' dr_grpo_prefix, n=1) or 'paper' (one shared advantage, Eq. 3)."},
-    )
-    prefix_placement: str = field(
+
+    # ---- Placement: where the prefix goes, and prefixes or demos longer than their token budget
+    prefix_placement: Placement = field(
         default="response",
         metadata={
             "help": "Where a hybrid row's demo prefix goes: 'response' (Prefix-RFT: it starts the completion and is "
-            "trained) or 'prompt' (QuestA: a hint appended to the question, never trained; docs/fidelity.md row 32)."
+            "trained) or 'prompt' (QuestA: a hint appended to the question, never trained; "
+            "docs/fidelity.md#hint-placement)."
         },
     )
-    prefix_sampler_correction: str = field(
+    prefix_sampler_correction: SamplerCorrection = field(
         default="continuation",
         metadata={
             "help": "How TRL's vLLM importance-sampling correction (vllm_importance_sampling_mode) treats a hybrid's "
             "demo tokens: 'continuation' (ratio 1, never masked; the ratio is the sampled continuation's) or 'row' "
-            "(TRL's own: a sequence ratio, or its mask, weights the whole row; docs/fidelity.md row 40)."
+            "(TRL's own: a sequence ratio, or its mask, weights the whole row; docs/fidelity.md#sampler-correction)."
         },
-    )
-    prefix_entropy_keep_fraction: float = field(
-        default=0.2, metadata={"help": "Share of prefix tokens, by highest entropy, that keep their advantage."}
-    )
-    prefix_entropy_selection: str = field(
-        default="top", metadata={"help": "'top' (method), or ablations 'all', 'none', 'random', 'lowest'."}
-    )
-    prefix_entropy_scope: str | None = field(
-        default=None,
-        metadata={
-            "help": "Prefix tokens the top-entropy share is taken over: 'optimizer_step' (every micro-batch of the "
-            "optimizer step on all ranks: the paper's mini-batch), 'global_micro_batch' (one accumulation "
-            "micro-batch on all ranks) or 'local_micro_batch' (one micro-batch of one rank: the reference code). "
-            "null: 'optimizer_step' where steps_per_generation is a multiple of gradient_accumulation_steps, else "
-            "'global_micro_batch' (warned, and logged as prefix/entropy_scope_fallback=1)."
-        },
-    )
-    prefix_schedule_unit: str = field(
-        default="rollout_batch",
-        metadata={
-            "help": "What advances the prefix-ratio floor: 'rollout_batch' (once per generation batch, as the "
-            "reference) or 'optimizer_step'. They agree when steps_per_generation == gradient_accumulation_steps "
-            "and num_iterations == 1."
-        },
-    )
-    prefix_dual_clip: float | None = field(
-        default=3.0, metadata={"help": "Dual-clip c for negative advantages (reference 3.0); null disables it."}
-    )
-    prefix_entropy_bonus_scope: str = field(
-        default="all", metadata={"help": "Tokens the entropy bonus (entropy_coef) acts on: 'all' or 'continuation'."}
     )
     prefix_truncate_long_demos: bool = field(
         default=False,
         metadata={"help": "Cut demos longer than max_completion_length (counted) instead of refusing the dataset."},
     )
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Token budget for prompt + demo prefix; longer prefixes are cut (counted), never the prompt."
+        },
+    )
+
+    # ---- Robustness: bad data, non-finite steps, rewards, output folder
     validate_dataset: bool = field(default=True, metadata={"help": "Check every training row before training."})
     max_consecutive_nonfinite_steps: int = field(
         default=3, metadata={"help": "Stop after this many optimizer steps in a row with NaN/inf loss or gradients."}
-    )
-    prefix_seed: int | None = field(
-        default=None, metadata={"help": "Seed of prefix draws (ratio, demo choice); defaults to `seed`."}
     )
     strict_rewards: bool = field(
         default=False,
@@ -202,7 +261,7 @@ class PrefixRFTConfig(GRPOConfig):
         },
     )
     allow_partial_rewards: bool | None = field(
-        default=None, metadata={"help": "Renamed: partly scored rows now train by default; see strict_rewards."}
+        default=None, metadata={"help": "Refused (renamed): partly scored rows train by default; see strict_rewards."}
     )
     overwrite_output_dir: bool = field(
         default=False,
@@ -219,10 +278,6 @@ class PrefixRFTConfig(GRPOConfig):
         self._check_choices()
         hybrid_positions(self.num_generations, self.num_hybrid)  # raises if no on-policy row would remain
         self._check_question_guidance()
-        if not 0.0 < self.prefix_entropy_keep_fraction <= 1.0:
-            raise ValueError(
-                f"prefix_entropy_keep_fraction must be in (0, 1], got {self.prefix_entropy_keep_fraction}"
-            )
         if self.prefix_seed is None:
             self.prefix_seed = self.seed
 
@@ -267,28 +322,16 @@ class PrefixRFTConfig(GRPOConfig):
     def _check_choices(self) -> None:
         if self.allow_partial_rewards is not None:
             raise ValueError(
-                "allow_partial_rewards was renamed: a row some reward functions leave unscored (None) now sums the "
+                "allow_partial_rewards was renamed: a row some reward functions leave unscored (None) sums the "
                 "functions that scored it by default, as TRL does; set strict_rewards=True to stop the run instead"
             )
         if self.prefix_entropy_scope in RENAMED_SCOPES:
             raise ValueError(
                 f"prefix_entropy_scope={self.prefix_entropy_scope!r} was renamed: use "
                 f"{RENAMED_SCOPES[self.prefix_entropy_scope]!r} for the same behaviour, or 'optimizer_step' for the "
-                "paper's mini-batch (docs/fidelity.md row 3)"
+                "paper's mini-batch (docs/fidelity.md#entropy-scope)"
             )
-        choices = {
-            "loss_type": LOSS_TYPES,
-            "scale_rewards": ("none", "group", "batch"),
-            "prefix_ratio_schedule": ("cosine", "linear", "constant"),
-            "prefix_advantage": ("reference", "paper"),
-            "prefix_placement": ("response", "prompt"),
-            "prefix_sampler_correction": ("continuation", "row"),
-            "prefix_entropy_selection": ("top", "all", "none", "random", "lowest"),
-            "prefix_entropy_scope": (*ENTROPY_SCOPES, None),
-            "prefix_schedule_unit": ("rollout_batch", "optimizer_step"),
-            "prefix_entropy_bonus_scope": ("all", "continuation"),
-        }
-        for name, allowed in choices.items():
+        for name, allowed in _field_choices(type(self)).items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported; expected one of {allowed}")
         self._choose_entropy_scope()

@@ -1,6 +1,6 @@
 """Every `GRPOConfig` field, classified: PrefixRFTTrainer implements it, or `PrefixRFTConfig` refuses it.
 
-A field is in exactly one of the two collections (tests/trl/test_grpo_fields.py checks it against the installed TRL,
+A field is in exactly one of the two collections (tests/trl/test_fields.py checks it against the installed TRL,
 so a field a new TRL adds fails the tests until it is classified here). A refused field is an error when set to
 anything but its GRPOConfig default; the message names the field and gives the reason below.
 """
@@ -34,7 +34,7 @@ SUPPORTED_TRAINING_FIELDS = frozenset(
 
 # GRPOConfig's own fields that PrefixRFTTrainer implements. Generation, rewards, vLLM and logging are TRL's; the loss
 # options are re-implemented in PrefixRFTTrainer._compute_loss with prefix tokens as ordinary trained tokens
-# (docs/fidelity.md rows 26-31).
+# (docs/fidelity.md#trl-loss-type to #refused-trl-options).
 SUPPORTED_GRPO_OWN_FIELDS = frozenset(
     """
     model_init_kwargs trust_remote_code router_aux_loss_coef disable_dropout cast_lm_head_to_fp32 num_generations
@@ -100,12 +100,12 @@ REFUSED_GRPO_FIELDS: dict[str, str] = {
 REFUSED_LOSS_TYPES: dict[str, str] = {
     "cispo": (
         "CISPO replaces the PPO clip, which bounds the update of demo-prefix tokens (prefix_dual_clip, "
-        "docs/fidelity.md rows 7-8), with a clipped-weight REINFORCE term that the reference never defines for "
-        "prefix tokens"
+        "docs/fidelity.md#prefix-clip-range, #dual-clip), with a clipped-weight REINFORCE term that the reference "
+        "never defines for prefix tokens"
     ),
     "sapo": (
         "SAPO's soft gate replaces the PPO clip, which bounds the update of demo-prefix tokens (prefix_dual_clip, "
-        "docs/fidelity.md rows 7-8), and the reference never defines it for prefix tokens"
+        "docs/fidelity.md#prefix-clip-range, #dual-clip), and the reference never defines it for prefix tokens"
     ),
     "vespo": (
         "VESPO weights each sequence by its sampling importance ratio and by the sign of one advantage per "

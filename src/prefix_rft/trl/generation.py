@@ -6,7 +6,6 @@ the same generate calls (docs/scale.md), so ZeRO-3 / FSDP collectives stay match
 
 from __future__ import annotations
 
-import logging
 import math
 from contextlib import contextmanager
 from dataclasses import replace
@@ -30,8 +29,6 @@ from prefix_rft.core import (
 from prefix_rft.data import row_demos
 from prefix_rft.trl.demo_cache import DemoIdsCache
 from prefix_rft.trl.rollouts import BudgetedClient, BudgetedLLM, Rollout, RowPlan
-
-logger = logging.getLogger(__name__)
 
 
 class ForcedPrefix(LogitsProcessor):
@@ -66,7 +63,8 @@ class PrefixGenerationMixin:
         return DemoIdsCache(2 * rows * self.max_completion_length)
 
     def _demo_ids(self, demo: str) -> list[int]:
-        # Demos are tokenized without special tokens (fidelity row 12: the reference's BOS-inside-prefix quirk).
+        # Demos are tokenized without special tokens (docs/fidelity.md#demo-tokenization: the reference's
+        # BOS-inside-prefix quirk).
         ids = self._demo_ids_cache.get(demo)
         if ids is None:
             # A demo longer than the completion budget could leave no room to continue; validation refuses it

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from prefix_rft.core import (
@@ -14,8 +12,6 @@ from prefix_rft.core import (
     select_prefix_tokens,
     sequence_level_old_logp,
 )
-
-logger = logging.getLogger(__name__)
 
 
 class PrefixLossMixin:

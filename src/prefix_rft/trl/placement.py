@@ -7,7 +7,7 @@ is part of the row's prompt ids, so it is never trained and never in the complet
 completion with the full `max_completion_length` budget, every completion token has its sampling log-prob (no NaN, so
 TRL's importance-sampling correction applies to all of them), and the reward functions grade only what the model
 wrote. The row keeps its planned hybrid role: its reward stays out of the on-policy baseline and its tokens get the
-hybrid's continuation advantage (docs/fidelity.md row 32).
+hybrid's continuation advantage (docs/fidelity.md#hint-placement).
 """
 
 from __future__ import annotations
@@ -69,9 +69,9 @@ class PrefixPlacementMixin:
     def _hinted_prompt_ids(self, prompt: Any, prompt_ids: list[int], demo_ids: list[int]) -> tuple[list[int], int]:
         """(prompt ids with a hint of the first n demo tokens, n), n cut so the whole fits `max_prompt_length`.
 
-        As for a response prefix (fidelity row 14) the question is never cut and the cut demo tokens are counted; a
-        hint cut to nothing is dropped, the row staying hybrid. Each pass assumes one rendered token per demo token
-        (exact for text prompts, where the demo tokens are appended as they are), so it ends in a few passes.
+        As for a response prefix (docs/fidelity.md#prompt-budget) the question is never cut and the cut demo tokens are
+        counted; a hint cut to nothing is dropped, the row staying hybrid. Each pass assumes one rendered token per
+        demo token (exact for text prompts, where demo tokens are appended as they are), so it ends in a few passes.
         """
         kept, limit, min_len = len(demo_ids), self.args.max_prompt_length, self.args.prefix_min_len
         while kept:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 from typing import Any
 
@@ -21,7 +20,6 @@ from prefix_rft.core import QuestionStats
 from prefix_rft.trl.rollouts import Rollout
 from prefix_rft.trl.run_dir import load_rank_state, save_rank_state
 
-logger = logging.getLogger(__name__)
 QUESTIONS_FILE = "prefix_questions.json"
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
@@ -16,8 +15,6 @@ from prefix_rft.core import (
 )
 from prefix_rft.trl.placement import HINT_LABEL, with_hint
 from prefix_rft.trl.rollouts import Rollout
-
-logger = logging.getLogger(__name__)
 
 PREFIX_MARK = " ⟦/prefix⟧ "  # shown in completions tables where a hybrid's demo prefix ends
 

@@ -1,10 +1,12 @@
 """`PrefixRFTTrainer`: TRL's GRPOTrainer with hybrid rollouts that continue a demonstration prefix.
 
 Unlike stock Dr. GRPO: (1) `num_hybrid` rollouts per group start from the first L tokens of a demo inside the assistant
-turn, L = floor(l * |demo|) with l drawn from a decaying window (fidelity 12-18); (2) the completion of a hybrid is
-prefix + continuation, so the reward sees the whole solution and the prefix tokens are trained too; (3) prefix tokens
-get their own advantage (fidelity rows 1-2) and only the highest-entropy share keeps it (rows 3-6). Everything else
-(sampling, rewards, PPO clip, Dr. GRPO aggregation, accelerate/DeepSpeed/FSDP, vLLM, checkpoints) is TRL's.
+turn, L = floor(l * |demo|) with l drawn from a decaying window (docs/fidelity.md#demo-tokenization to
+#uniform-schedule); (2) the completion of a hybrid is prefix + continuation, so the reward sees the whole solution and
+the prefix tokens are trained too; (3) prefix tokens get their own advantage (#hybrid-advantage,
+#prefix-advantage-several-rollouts) and only the highest-entropy share keeps it (#entropy-scope to #lowest-ablation).
+Everything else (sampling, rewards, PPO clip, Dr. GRPO aggregation, accelerate/DeepSpeed/FSDP, vLLM, checkpoints) is
+TRL's.
 """
 
 from __future__ import annotations

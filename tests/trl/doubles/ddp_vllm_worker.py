@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from prefix_rft.tasks.tokenizer import build_tokenizer
-from tests.trl.conftest import base_kwargs, make_dataset
+from tests.helpers import base_kwargs, make_dataset
 from tests.trl.doubles.vllm_server import install_server_client_double
 
 

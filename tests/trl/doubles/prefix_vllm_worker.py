@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from prefix_rft import PrefixRFTTrainer
 from prefix_rft.tasks.tokenizer import build_tokenizer
-from tests.trl.conftest import make_dataset, train_args
+from tests.helpers import make_dataset, train_args
 from tests.trl.doubles.ddp_vllm_worker import length_reward
 from tests.trl.doubles.vllm_server import install_server_client_double
 

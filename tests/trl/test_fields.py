@@ -1,4 +1,4 @@
-"""Every GRPOConfig field is supported or refused by name (issue 16); trl/fields.py holds the classification."""
+"""Every GRPOConfig field is supported or refused by name; trl/fields.py holds the classification."""
 
 import dataclasses
 import re
@@ -14,9 +14,7 @@ from prefix_rft.trl.fields import (
     SUPPORTED_GRPO_FIELDS,
     SUPPORTED_GRPO_OWN_FIELDS,
 )
-
-from .conftest import make_dataset, train_args
-from .test_trainer import FixedRewards
+from tests.helpers import FixedRewards, make_dataset, train_args
 
 GRPO_FIELDS = {f.name for f in dataclasses.fields(GRPOConfig)}
 # GRPOConfig's own fields: fixed by the pinned TRL minor (TrainingArguments' vary with transformers).

@@ -5,9 +5,7 @@ from transformers import GenerationMixin
 from trl import GRPOTrainer
 
 from prefix_rft import PrefixRFTTrainer
-
-from .conftest import make_dataset, train_args
-from .test_trainer import FixedRewards, generate_batch
+from tests.helpers import FixedRewards, generate_batch, make_dataset, train_args
 
 
 @pytest.fixture

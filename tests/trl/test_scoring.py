@@ -1,13 +1,13 @@
-"""Rows a reward function leaves unscored (None): unscorable rows train with advantage 0, partly scored rows sum the
-functions that scored them (TRL's contract) unless `strict_rewards`, and both are counted."""
+"""Scoring (trl/scoring.py). Rows a reward function leaves unscored (None): unscorable rows train with advantage 0,
+partly scored rows sum the functions that scored them (TRL's contract) unless `strict_rewards`, and both are counted.
+`scale_rewards` divides every advantage by the group's or the batch's reward std."""
 
 import re
 
 import pytest
 
 from prefix_rft import PrefixRFTTrainer
-
-from .conftest import make_dataset, train_args
+from tests.helpers import generate_batch, make_dataset, make_trainer, train_args
 
 
 def build(tmp_path, model, tokenizer, reward_funcs, **overrides):
@@ -37,7 +37,7 @@ def test_row_no_function_scores_gets_advantage_zero_and_leaves_the_baseline(tmp_
         return rewards
 
     trainer, batch = build(tmp_path, model, tokenizer, [parity_but_row_0])
-    output = trainer._generate_and_score_completions(batch)  # used to raise "reward of row 0 ... is not finite"
+    output = trainer._generate_and_score_completions(batch)  # no error: the row is left out of the baseline
     # group 0 = rows 0..7, row 7 the hybrid (num_hybrid=1, last slot). Spec §3.7 reference rule over the scored
     # on-policy rows 1..6 only: baseline b = mean(r1..r6); on-policy advantage r_i - b; hybrid continuation r7
     r = recorded[:8]
@@ -88,3 +88,25 @@ def test_partly_scored_rows_sum_the_functions_that_scored_them_by_default(tmp_pa
 def test_old_partial_rewards_option_is_refused_with_its_new_name(tmp_path):
     with pytest.raises(ValueError, match="allow_partial_rewards was renamed: .* set strict_rewards=True"):
         train_args(tmp_path, allow_partial_rewards=True)
+
+
+@pytest.mark.parametrize(
+    ("scale_rewards", "std"),
+    [
+        # one group of 8 rewards [1,0,0,1,0,0,0,1]: mean 3/8, squared deviations 3 * 25/64 + 5 * 9/64 = 1.875,
+        # Bessel variance 1.875 / 7 = 0.267857, std 0.517549
+        ("group", 0.517549),
+        # both groups of the batch (16 rewards): 2 * 1.875 / 15 = 0.25, std 0.5
+        ("batch", 0.5),
+    ],
+)
+def test_std_scaling_divides_every_advantage_of_the_group(tmp_path, model, tokenizer, scale_rewards, std):
+    # reference advantages (spec §3.7): on-policy baseline 2/7 -> rows 5/7 and -2/7; hybrid continuation 1, its prefix
+    # 5/7 (before entropy selection); each divided by std + 1e-4
+    trainer = make_trainer(tmp_path, model, tokenizer, rewards=[1.0, 0, 0, 1, 0, 0, 0, 1], scale_rewards=scale_rewards)
+    _, out = generate_batch(trainer)
+    adv, prefix_mask, divisor = out["advantages"], out["prefix_mask"], std + 1e-4
+    assert adv[0].unique().tolist() == pytest.approx([5 / 7 / divisor], rel=1e-5)
+    assert adv[1].unique().tolist() == pytest.approx([-2 / 7 / divisor], rel=1e-5)
+    assert adv[7][~prefix_mask[7]].unique().tolist() == pytest.approx([1 / divisor], rel=1e-5)
+    assert adv[7][prefix_mask[7]].unique().tolist() == pytest.approx([5 / 7 / divisor], rel=1e-5)

@@ -1,6 +1,6 @@
-"""TRL options PrefixRFTTrainer implements (issue 16): each changes the loss or the advantages as worked out by hand.
+"""The loss of PrefixRFTTrainer (trl/loss.py) under each TRL option it implements, as worked out by hand.
 
-Loss tests fix the policy's per-token log-probs and entropies (the forward is replaced by constants), so every
+The tests fix the policy's per-token log-probs and entropies (the forward is replaced by constants), so every
 expected value is arithmetic on the numbers in the test. base_kwargs: max_completion_length 24 (Dr. GRPO's constant),
 one micro-batch per generation batch, epsilon 0.2, prefix_dual_clip 3.
 """
@@ -8,51 +8,8 @@ one micro-batch per generation batch, epsilon 0.2, prefix_dual_clip 3.
 import math
 
 import pytest
-import torch
 
-from prefix_rft import PrefixRFTTrainer
-
-from .conftest import make_dataset, train_args
-from .test_trainer import FixedRewards, generate_batch
-
-
-def make_trainer(tmp_path, model, tokenizer, rewards=(0.0,), **overrides):
-    return PrefixRFTTrainer(
-        model=model,
-        reward_funcs=[FixedRewards(list(rewards))],
-        args=train_args(tmp_path, **overrides),
-        train_dataset=make_dataset(),
-        processing_class=tokenizer,
-    )
-
-
-def fix_forward(trainer, logps, entropies=None) -> None:
-    """The policy forward returns these (B, T) log-probs and entropies, and no MoE aux loss."""
-    logps = torch.tensor(logps, requires_grad=True)
-    entropies = torch.zeros_like(logps) if entropies is None else torch.tensor(entropies)
-    trainer._get_per_token_logps_and_entropies = lambda *args, **kwargs: (logps, entropies, None)
-
-
-def loss_inputs(advantages, mask=None, **extra) -> dict:
-    """A micro-batch with these (B, T) advantages; the token ids do not matter once the forward is fixed."""
-    advantages = torch.tensor(advantages)
-    mask = torch.ones_like(advantages, dtype=torch.long) if mask is None else torch.tensor(mask)
-    rows = advantages.size(0)
-    return {
-        "prompt_ids": torch.ones(rows, 1, dtype=torch.long),
-        "prompt_mask": torch.ones(rows, 1, dtype=torch.long),
-        "completion_ids": torch.ones_like(mask),
-        "completion_mask": mask,
-        "advantages": advantages,
-        **{key: torch.tensor(value) for key, value in extra.items()},
-    }
-
-
-def train_loss(trainer, inputs) -> float:
-    """The loss of one training micro-batch (no gradient accumulation)."""
-    trainer.model.train()
-    trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which these tests skip
-    return trainer._compute_loss(trainer.model, inputs).item()
+from tests.helpers import fix_forward, loss_inputs, make_trainer, train_loss
 
 
 def test_delta_caps_a_negative_advantage_tokens_ratio(tmp_path, model, tokenizer):
@@ -109,28 +66,6 @@ def test_loss_type_counts_prefix_tokens_as_trained_tokens(tmp_path, model, token
         num_items_in_batch=12.0,
     )
     assert train_loss(trainer, inputs) == pytest.approx(expected)
-
-
-@pytest.mark.parametrize(
-    ("scale_rewards", "std"),
-    [
-        # one group of 8 rewards [1,0,0,1,0,0,0,1]: mean 3/8, squared deviations 3 * 25/64 + 5 * 9/64 = 1.875,
-        # Bessel variance 1.875 / 7 = 0.267857, std 0.517549
-        ("group", 0.517549),
-        # both groups of the batch (16 rewards): 2 * 1.875 / 15 = 0.25, std 0.5
-        ("batch", 0.5),
-    ],
-)
-def test_std_scaling_divides_every_advantage_of_the_group(tmp_path, model, tokenizer, scale_rewards, std):
-    # reference advantages (spec §3.7): on-policy baseline 2/7 -> rows 5/7 and -2/7; hybrid continuation 1, its prefix
-    # 5/7 (before entropy selection); each divided by std + 1e-4
-    trainer = make_trainer(tmp_path, model, tokenizer, rewards=[1.0, 0, 0, 1, 0, 0, 0, 1], scale_rewards=scale_rewards)
-    _, out = generate_batch(trainer)
-    adv, prefix_mask, divisor = out["advantages"], out["prefix_mask"], std + 1e-4
-    assert adv[0].unique().tolist() == pytest.approx([5 / 7 / divisor], rel=1e-5)
-    assert adv[1].unique().tolist() == pytest.approx([-2 / 7 / divisor], rel=1e-5)
-    assert adv[7][~prefix_mask[7]].unique().tolist() == pytest.approx([1 / divisor], rel=1e-5)
-    assert adv[7][prefix_mask[7]].unique().tolist() == pytest.approx([5 / 7 / divisor], rel=1e-5)
 
 
 def test_adaptive_entropy_coefficient_moves_towards_the_target(tmp_path, model, tokenizer):

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from .conftest import train_args
+from tests.helpers import train_args
 
 
 def refused(tmp_path, message, **overrides):
@@ -15,11 +15,13 @@ def refused(tmp_path, message, **overrides):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        # YAML hands these to the dataclass unconverted; they used to fail later as a bare TypeError
+        # YAML hands these to the dataclass unconverted; they are refused by name before any use of them
         ({"max_steps": 2.5}, "max_steps must be int, got 2.5 (float)"),
         ({"num_hybrid": [1]}, "num_hybrid must be int, got [1] (list)"),
         ({"prefix_ratio_ceiling": "high"}, "prefix_ratio_ceiling must be float, got 'high' (str)"),
         ({"prefix_dual_clip": True}, "prefix_dual_clip must be float or None, got True (bool)"),
+        ({"prefix_placement": 5}, "prefix_placement must be str, got 5 (int)"),
+        ({"prefix_entropy_scope": 1.0}, "prefix_entropy_scope must be str or None, got 1.0 (float)"),
     ],
 )
 def test_wrong_type_names_field_and_type(tmp_path, overrides, message):
@@ -36,6 +38,8 @@ def test_wrong_type_names_field_and_type(tmp_path, overrides, message):
             "num_generations=0 is out of range; expected >= 2 (advantages compare the rollouts of a group)",
         ),
         ({"prefix_ratio_alpha": 0}, "prefix_ratio_alpha=0 is out of range; expected > 0 (a Beta distribution shape)"),
+        ({"prefix_entropy_keep_fraction": 0.0}, "prefix_entropy_keep_fraction=0.0 is out of range; expected (0, 1]"),
+        ({"prefix_entropy_keep_fraction": 1.5}, "prefix_entropy_keep_fraction=1.5 is out of range; expected (0, 1]"),
         (
             {"prefix_ratio_beta": -1.0},
             "prefix_ratio_beta=-1.0 is out of range; expected > 0 (a Beta distribution shape)",
@@ -90,3 +94,48 @@ def test_constant_schedule_compares_the_ceiling_with_the_end_floor_only(tmp_path
 
 def test_resume_from_checkpoint_true_is_accepted_as_transformers_users_pass_it(tmp_path):
     assert train_args(tmp_path, resume_from_checkpoint=True).resume_from_checkpoint is True
+
+
+def choices_in_help(config_cls) -> dict[str, list]:
+    """Field -> the choices `prefix-rft train --help` lists for it (HfArgumentParser reads them off the Literal)."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(config_cls)
+    return {action.dest: list(action.choices) for action in parser._actions if action.choices is not None}
+
+
+def test_help_lists_the_choices_of_every_string_option():
+    from prefix_rft import PrefixRFTConfig
+
+    choices = choices_in_help(PrefixRFTConfig)
+    assert choices["loss_type"] == ["dr_grpo", "grpo", "bnpo", "dapo", "luspo"]
+    assert choices["scale_rewards"] == ["none", "group", "batch"]
+    assert choices["prefix_ratio_schedule"] == ["cosine", "linear", "constant"]
+    assert choices["prefix_advantage"] == ["reference", "paper"]
+    assert choices["prefix_placement"] == ["response", "prompt"]
+    assert choices["prefix_sampler_correction"] == ["continuation", "row"]
+    assert choices["prefix_entropy_selection"] == ["top", "all", "none", "random", "lowest"]
+    assert choices["prefix_entropy_scope"] == ["optimizer_step", "global_micro_batch", "local_micro_batch"]
+    assert choices["prefix_schedule_unit"] == ["rollout_batch", "optimizer_step"]
+    assert choices["prefix_entropy_bonus_scope"] == ["all", "continuation"]
+
+
+def test_a_baseline_that_sets_a_default_keeps_the_choices():
+    from prefix_rft.baselines import LuffyConfig
+
+    choices = choices_in_help(LuffyConfig)
+    assert choices["prefix_advantage"] == ["reference", "paper"]
+    assert choices["prefix_entropy_selection"] == ["top", "all", "none", "random", "lowest"]
+
+
+def test_the_class_docstring_names_each_added_field_in_one_section():
+    import re
+    from dataclasses import fields
+
+    from trl import GRPOConfig
+
+    from prefix_rft import PrefixRFTConfig
+
+    added = {f.name for f in fields(PrefixRFTConfig)} - {f.name for f in fields(GRPOConfig)}
+    named = re.findall(r"\b[a-z]+(?:_[a-z]+)+\b", PrefixRFTConfig.__doc__.split("> ", 1)[1])
+    assert sorted(named) == sorted(added)

@@ -1,0 +1,99 @@
+"""The docs hold what the code does: every metric key the trainers log is in docs/metrics.md, every citation of a
+docs/fidelity.md row names an anchor that row has, and the README's Python snippet runs."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "prefix_rft"
+
+# `metrics["key"].append(...)`, `self._metrics[mode][f"hpt/{name}_questions"].append(...)`, `log_metric("key", ...)`
+_LOGGED = re.compile(r'\[(f?)"([^"]+)"\]\.append\(|log_metric\((f?)"([^"]+)"')
+
+
+def logged_metric_keys(source: str) -> set[str]:
+    """The metric keys `source` logs; an f-string key keeps its `{...}` fields."""
+    return {m.group(2) or m.group(4) for m in _LOGGED.finditer(source)}
+
+
+def documented(key: str, doc: str) -> bool:
+    """`key` appears in backticks in `doc`; an f-string field `{...}` stands for any name (e.g. `<name>` or `sft`)."""
+    pattern = "`" + re.sub(r"\\\{[^}]*\\\}", "[^`|]+", re.escape(key)) + "`"
+    return re.search(pattern, doc) is not None
+
+
+def test_the_scan_reads_appends_fstrings_and_log_metric():
+    source = 'm["a/b"].append(1)\nself._metrics[mode][f"hpt/{name}_q"].append(2)\nlog_metric("v/t", 3.0)\nx["c"] = 1\n'
+    assert logged_metric_keys(source) == {"a/b", "hpt/{name}_q", "v/t"}
+
+
+def test_an_fstring_key_matches_any_name_in_its_place():
+    assert documented("hpt/{name}_questions", "| `hpt/sft_questions` |")
+    assert documented("reward/partial_rows/{name}", "| `reward/partial_rows/<name>` |")
+    assert not documented("hpt/{name}_questions", "| `hpt/sft_steps` |")
+    assert not documented("kl", "the kl estimate")
+
+
+def test_every_logged_metric_is_documented():
+    keys = set()
+    for path in PACKAGE.rglob("*.py"):
+        keys |= logged_metric_keys(path.read_text())
+    assert {"prefix/ratio_floor", "train/skipped_nonfinite_steps", "relift/sft_loss", "verifier/timeouts"} <= keys
+    doc = (ROOT / "docs" / "metrics.md").read_text()
+    assert sorted(key for key in keys if not documented(key, doc)) == []
+
+
+# `fidelity.md#a`, then any `, #b` / ` and #c` / ` to #d` that continue the citation
+_CITATION = re.compile(r"fidelity\.md`?\s?\(?(#[a-z0-9-]+(?:(?:,\s|\sand\s|\sto\s)#[a-z0-9-]+)*)")
+_ROW_NUMBER = re.compile(r"fidelity(?:\.md)?`?,? rows? \d")
+
+
+def cited_anchors(text: str) -> set[str]:
+    """The anchors `text` cites in docs/fidelity.md."""
+    return {name for m in _CITATION.finditer(text) for name in re.findall(r"#([a-z0-9-]+)", m.group(1))}
+
+
+def test_citations_are_read_with_their_continuations():
+    text = "(docs/fidelity.md#a-b, #c and #d) and fidelity.md#e to #f; `docs/fidelity.md` (#g to #h) #not-cited"
+    assert cited_anchors(text) == {"a-b", "c", "d", "e", "f", "g", "h"}
+    assert _ROW_NUMBER.search("docs/fidelity.md rows 3-6") and _ROW_NUMBER.search("fidelity row 12")
+
+
+def test_fidelity_rows_are_cited_by_anchors_that_exist():
+    fidelity = (ROOT / "docs" / "fidelity.md").read_text()
+    anchors = set(re.findall(r'<a id="([a-z0-9-]+)"></a>', fidelity))
+    assert len(anchors) == len(re.findall(r"^\| <a id=", fidelity, flags=re.M)) >= 40
+    files = [*PACKAGE.rglob("*.py"), *(ROOT / "tests").rglob("*.py"), *(ROOT / "docs").glob("*.md")]
+    files.append(ROOT / "README.md")
+    skipped = ("LOG.md", Path(__file__).name)  # history, and this file's examples
+    texts = {path: path.read_text() for path in files if path.name not in skipped}
+    assert not [str(path) for path, text in texts.items() if _ROW_NUMBER.search(text)]
+    cited = set().union(*(cited_anchors(text) for text in texts.values()))
+    assert {"entropy-scope", "sampler-correction", "trapo"} <= cited
+    assert sorted(cited - anchors) == []
+
+
+def readme_python() -> str:
+    """The one ```python block of README.md."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL)
+    assert len(blocks) == 1
+    return blocks[0]
+
+
+@pytest.mark.slow  # one training step: about 5 s on one core
+def test_the_readme_snippet_trains_one_step_on_the_shipped_base(tmp_path):
+    from prefix_rft.tasks.pretrain import SHIPPED_DIR
+    from prefix_rft.trl.cpu import cpu_trainer_kwargs
+
+    snippet = readme_python()
+    # Offline and small: the shipped tiny base in place of Qwen, one fp32 CPU step with short completions.
+    swaps = {'"Qwen/Qwen2.5-Math-1.5B"': repr(str(SHIPPED_DIR)), 'output_dir="out"': "**overrides"}
+    for old, new in swaps.items():
+        assert snippet.count(old) == 1, old
+        snippet = snippet.replace(old, new)
+    overrides = dict(cpu_trainer_kwargs(tmp_path, seed=0, max_steps=1), max_completion_length=48)
+    namespace = {"overrides": overrides}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    assert namespace["trainer"].state.global_step == 1
