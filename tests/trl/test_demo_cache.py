@@ -2,8 +2,7 @@
 
 import pytest
 
-from prefix_rft import PrefixRFTTrainer
-from tests.helpers import FixedRewards, make_dataset, train_args
+from tests.helpers import make_trainer
 
 
 def digits_ids(text: str) -> list[int]:
@@ -13,13 +12,7 @@ def digits_ids(text: str) -> list[int]:
 
 def test_trainer_cache_stays_bounded_over_many_distinct_demos(tmp_path, model, tokenizer):
     # 16 rows per generation, budget 24 tokens: the cache holds 2 x 16 x 24 = 768 tokens, i.e. 38 demos of 20.
-    trainer = PrefixRFTTrainer(
-        model=model,
-        reward_funcs=[FixedRewards([0.0])],
-        args=train_args(tmp_path),
-        train_dataset=make_dataset(),
-        processing_class=tokenizer,
-    )
+    trainer = make_trainer(tmp_path, model, tokenizer)
     demos = [f"{i:020d}" for i in range(500)]
     for demo in demos:
         assert trainer._demo_ids(demo) == digits_ids(demo)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from prefix_rft import PrefixRFTConfig, PrefixRFTTrainer
-from tests.helpers import DEMOS, FixedRewards, generate_batch, make_dataset, train_args
+from tests.helpers import DEMOS, FixedRewards, generate_batch, make_dataset, make_trainer, train_args
 
 
 def first_batch_of(tmp_path, model, tokenizer, dataset):
@@ -21,13 +21,7 @@ def first_batch_of(tmp_path, model, tokenizer, dataset):
 
 def test_hybrid_completion_starts_with_demo_prefix(tmp_path, model, tokenizer):
     # step 0: floor = ceiling = 0.95, so l = 0.95 and prefix_len = floor(0.95 * 20) = 19 demo tokens
-    trainer = PrefixRFTTrainer(
-        model=model,
-        reward_funcs=[FixedRewards([0.0])],
-        args=train_args(tmp_path),
-        train_dataset=make_dataset(),
-        processing_class=tokenizer,
-    )
+    trainer = make_trainer(tmp_path, model, tokenizer)
     batch, out = generate_batch(trainer)
     prefix_mask = out["prefix_mask"]
     assert prefix_mask.sum(dim=1).tolist() == [0] * 7 + [19] + [0] * 7 + [19]
