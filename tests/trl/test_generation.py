@@ -1,10 +1,13 @@
-"""Transformers generation: demo prefixes are forced inside the on-policy rows' `generate` call."""
+"""Generation (trl/generation.py): `plan_rows` gives each row its role and demo prefix; transformers generation forces
+demo prefixes inside the on-policy rows' `generate` call."""
 
 import pytest
 from transformers import GenerationMixin
 from trl import GRPOTrainer
 
 from prefix_rft import PrefixRFTTrainer
+from prefix_rft.trl.generation import plan_rows
+from prefix_rft.trl.rollouts import RowPlan
 from tests.helpers import FixedRewards, generate_batch, make_dataset, train_args
 
 
@@ -77,3 +80,49 @@ def test_forced_prefix_continues_as_the_prefix_in_the_prompt(tmp_path, model, to
             (expected,), _ = GRPOTrainer._generate_single_turn(trainer, prompt, None, {}, 1)
         assert forced[row] == expected
         assert len(prefix_ids[row]) + len(forced[row]) <= 24
+
+
+def plan(inputs, **overrides):
+    """`plan_rows` for rank 1 of a batch of groups of 4 with 2 hybrid slots, every hook a plain stand-in."""
+    hooks = dict(
+        step=7,
+        schedule_step=3,
+        rank_offset=4,
+        group_size=4,
+        num_hybrid=2,
+        seed=0,
+        draw_ratio=lambda schedule_step, rng: 0.5,
+        demo_ids=lambda demo: [ord(c) for c in demo],
+        row_plan=lambda ids, ratio: RowPlan(demo_ids=ids[:2], demo_len=len(ids), sampled_ratio=ratio),
+        rescues=lambda example: True,
+        question_ratio=lambda example, drawn: (drawn, False),
+    )
+    return plan_rows(inputs, **(hooks | overrides))
+
+
+def test_plan_rows_gives_the_last_slots_of_each_group_their_demo_prefix():
+    # Global rows 4-7 are positions 0-3 of the second group: positions 2 and 3 are hybrid slots.
+    inputs = [{"prompt": f"q{i}", "demo": "abcd"} for i in range(4)]
+    rollout = plan(inputs)
+    assert rollout.prompts == ["q0", "q1", "q2", "q3"]
+    assert rollout.schedule_step == 3
+    assert rollout.rows[:2] == [RowPlan(), RowPlan()]
+    hybrid = RowPlan(demo_ids=[97, 98], demo_len=4, sampled_ratio=0.5, hybrid=True)
+    assert rollout.rows[2:] == [hybrid, hybrid]
+
+
+def test_plan_rows_marks_no_demo_solved_and_adapted_hybrid_slots():
+    inputs = [{"prompt": "a"}, {"prompt": "b"}, {"prompt": "c"}, {"prompt": "d", "demos": ["xyz"]}]
+    rows = plan(inputs, rescues=lambda x: x["prompt"] != "c").rows
+    assert rows[2] == RowPlan(no_demo=True)
+    assert rows[3].hybrid and rows[3].demo_ids == [120, 121]
+    inputs[2] = {"prompt": "c", "demo": "uv"}
+    rows = plan(inputs, rescues=lambda x: x["prompt"] != "c", question_ratio=lambda x, drawn: (0.25, True)).rows
+    assert rows[2] == RowPlan(solved=True)  # its question was solved last time: on-policy, no prefix spent
+    assert rows[3] == RowPlan(demo_ids=[120, 121], demo_len=3, sampled_ratio=0.25, hybrid=True, adapted=True)
+
+
+def test_plan_rows_reads_the_schedule_at_the_schedule_step():
+    seen = []
+    plan([{"prompt": "q", "demo": "ab"}] * 4, draw_ratio=lambda s, rng: seen.append(s) or 0.5, schedule_step=11)
+    assert seen == [11, 11]

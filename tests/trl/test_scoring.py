@@ -5,8 +5,11 @@ partly scored rows sum the functions that scored them (TRL's contract) unless `s
 import re
 
 import pytest
+import torch
 
 from prefix_rft import PrefixRFTTrainer
+from prefix_rft.trl.rollouts import Rollout, RowPlan
+from prefix_rft.trl.scoring import prefix_fields
 from tests.helpers import generate_batch, make_dataset, make_trainer, train_args
 
 
@@ -110,3 +113,36 @@ def test_std_scaling_divides_every_advantage_of_the_group(tmp_path, model, token
     assert adv[1].unique().tolist() == pytest.approx([-2 / 7 / divisor], rel=1e-5)
     assert adv[7][~prefix_mask[7]].unique().tolist() == pytest.approx([1 / divisor], rel=1e-5)
     assert adv[7][prefix_mask[7]].unique().tolist() == pytest.approx([5 / 7 / divisor], rel=1e-5)
+
+
+def scored_rollout() -> Rollout:
+    """Rank 1's two rows of one group of 4: an on-policy row and a hybrid with a 3-token prefix cut to 2 by its
+    2-token completion. Rewards of the group: [1, 0, 1, 1], the hybrid last."""
+    rollout = Rollout(rows=[RowPlan(), RowPlan(hybrid=True)], prompts=["q", "q"], schedule_step=0)
+    rollout.prefix_ids, rollout.completion_lens = [[], [5, 6, 7]], [4, 2]
+    rollout.rewards = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    return rollout
+
+
+def test_prefix_fields_give_the_hybrid_prefix_its_own_advantage():
+    is_hybrid = torch.tensor([False, False, False, True])
+    fields = prefix_fields(
+        scored_rollout(), 4, is_hybrid, rank=1, group_size=4, prefix_advantage="reference", scale_rewards="none"
+    )
+    # On-policy baseline: mean(1, 0, 1) = 2/3. The hybrid's continuation keeps its reward, its prefix r - 2/3.
+    third = 1 / 3
+    assert fields.prefix_lens.tolist() == [0, 2]
+    assert fields.prefix_mask.tolist() == [[False] * 4, [True, True, False, False]]
+    torch.testing.assert_close(fields.cont_adv, torch.tensor([third, -2 * third, third, 1.0]))
+    torch.testing.assert_close(fields.prefix_adv, torch.tensor([third, -2 * third, third, third]))
+    torch.testing.assert_close(fields.advantages, torch.tensor([[third] * 4, [third, third, 1.0, 1.0]]))
+
+
+def test_prefix_fields_divide_by_the_group_reward_std():
+    is_hybrid = torch.tensor([False, False, False, True])
+    fields = prefix_fields(
+        scored_rollout(), 4, is_hybrid, rank=1, group_size=4, prefix_advantage="reference", scale_rewards="group"
+    )
+    # std of [1, 0, 1, 1] (Bessel): sqrt(0.75 / 3) = 0.5, plus 1e-4.
+    std = 0.5001
+    torch.testing.assert_close(fields.advantages[1], torch.tensor([1 / 3, 1 / 3, 1.0, 1.0]) / std)

@@ -7,11 +7,13 @@ the same generate calls (docs/scale.md), so ZeRO-3 / FSDP collectives stay match
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import replace
 from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate.utils import gather_object
 from transformers import LogitsProcessor, LogitsProcessorList
@@ -42,6 +44,52 @@ class ForcedPrefix(LogitsProcessor):
         if self.prompt_width is None:
             self.prompt_width = input_ids.size(1)
         return force_prefix_scores(scores, self.forced, input_ids.size(1) - self.prompt_width)
+
+
+def plan_rows(
+    inputs: list[dict[str, Any]],
+    *,
+    step: int,
+    schedule_step: int,
+    rank_offset: int,
+    group_size: int,
+    num_hybrid: int,
+    seed: int,
+    draw_ratio: Callable[[int, np.random.Generator], float],
+    demo_ids: Callable[[str], list[int]],
+    row_plan: Callable[[list[int], float], RowPlan],
+    rescues: Callable[[dict[str, Any]], bool],
+    question_ratio: Callable[[dict[str, Any], float], tuple[float, bool]],
+) -> Rollout:
+    """Choose this rank's hybrid rows and draw (demo, prefix ratio) for each, identically on every rank.
+
+    Args:
+        inputs: this rank's rows; row i is row `rank_offset + i` of the batch over all ranks.
+        step: the optimizer step, which keys the draws (`core.row_rng`), so a resumed run repeats them.
+        schedule_step: where the prefix-ratio schedule is read (`draw_ratio(schedule_step, rng)`).
+        demo_ids: a demo's token ids; `row_plan(demo_ids, ratio)` the hybrid row it makes.
+        rescues: whether a question's hybrid slots carry a prefix (`prefix_rescue_max_success`).
+        question_ratio: (ratio, adapted) of a question, given the drawn ratio (`prefix_success_target`).
+    """
+    rows = []
+    for i, example in enumerate(inputs):
+        global_row = rank_offset + i
+        if not is_hybrid_row(global_row, group_size, num_hybrid):
+            rows.append(RowPlan())
+            continue
+        demos = row_demos(example)
+        if not demos:
+            rows.append(RowPlan(no_demo=True))
+            continue
+        if not rescues(example):  # solved last time, so no prefix is spent
+            rows.append(RowPlan(solved=True))
+            continue
+        # The ratio is drawn even when the question's adapted ratio replaces it, so the demo choice stays the same.
+        rng = row_rng(seed, step, global_row // group_size, global_row % group_size)
+        ratio, adapted = question_ratio(example, draw_ratio(schedule_step, rng))
+        ids = demo_ids(demos[int(rng.integers(len(demos)))])
+        rows.append(replace(row_plan(ids, ratio), hybrid=True, adapted=adapted))
+    return Rollout(rows=rows, prompts=[x["prompt"] for x in inputs], schedule_step=schedule_step)
 
 
 class PrefixGenerationMixin:
@@ -84,30 +132,22 @@ class PrefixGenerationMixin:
         )
 
     def _plan_rows(self, inputs: list[dict[str, Any]]) -> Rollout:
-        """Choose hybrid rows and draw (demo, prefix ratio) for each, identically on every rank."""
-        args, group_size = self.args, self.num_generations
-        step, schedule_step = self.state.global_step, self._schedule_step()
-        offset = self.accelerator.process_index * len(inputs)
-        rows = []
-        for i, example in enumerate(inputs):
-            global_row = offset + i
-            if not is_hybrid_row(global_row, group_size, args.num_hybrid):
-                rows.append(RowPlan())
-                continue
-            demos = row_demos(example)
-            if not demos:
-                rows.append(RowPlan(no_demo=True))
-                continue
-            if not self._rescues(example):  # prefix_rescue_max_success: solved last time, so no prefix is spent
-                rows.append(RowPlan(solved=True))
-                continue
-            # Draws are keyed by the optimizer step, so a resumed run repeats them whatever the schedule unit. The
-            # ratio is drawn even when the question's adapted ratio replaces it, so the demo choice stays the same.
-            rng = row_rng(args.prefix_seed, step, global_row // group_size, global_row % group_size)
-            ratio, adapted = self._question_ratio(example, self._prefix_sampler.sample(schedule_step, rng))
-            demo_ids = self._demo_ids(demos[int(rng.integers(len(demos)))])
-            rows.append(replace(self._row_plan(demo_ids, ratio), hybrid=True, adapted=adapted))
-        return Rollout(rows=rows, prompts=[x["prompt"] for x in inputs], schedule_step=schedule_step)
+        """`plan_rows` with this trainer's step, rank, options and per-question hooks."""
+        args = self.args
+        return plan_rows(
+            inputs,
+            step=self.state.global_step,
+            schedule_step=self._schedule_step(),
+            rank_offset=self.accelerator.process_index * len(inputs),
+            group_size=self.num_generations,
+            num_hybrid=args.num_hybrid,
+            seed=args.prefix_seed,
+            draw_ratio=self._prefix_sampler.sample,
+            demo_ids=self._demo_ids,
+            row_plan=self._row_plan,
+            rescues=self._rescues,
+            question_ratio=self._question_ratio,
+        )
 
     def _row_plan(self, demo_ids: list[int], ratio: float) -> RowPlan:
         """Prefix-RFT reveals floor(ratio * len) demo tokens; baselines that train on whole demos override this."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,6 +24,53 @@ def _short(value: Any, limit: int = 200) -> str:
     """`repr(value)`, cut to `limit` characters: a completion can be thousands of tokens."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass
+class PrefixFields:
+    """What a scored generation batch adds for the loss, and the advantages the metrics report."""
+
+    prefix_lens: torch.Tensor  # (B,) demo tokens in each local row's completion
+    prefix_mask: torch.Tensor  # (B, T) bool, the demo tokens of the completion
+    advantages: torch.Tensor  # (B, T) per-token advantages: prefix advantage on demo tokens, continuation elsewhere
+    cont_adv: torch.Tensor  # (N,) continuation advantage of every row of the batch, all ranks, process-major
+    prefix_adv: torch.Tensor  # (N,) prefix advantage of every row of the batch
+
+
+def prefix_fields(
+    rollout: Rollout,
+    width: int,
+    is_hybrid: torch.Tensor,
+    *,
+    rank: int,
+    group_size: int,
+    prefix_advantage: str,
+    scale_rewards: str,
+) -> PrefixFields:
+    """The prefix mask and per-token advantages of this rank's rows of a scored batch.
+
+    Args:
+        rollout: the batch's record, with `prefix_ids`, `completion_lens` (B,) and `rewards` (N,) of all ranks.
+        width: T, the padded completion length.
+        is_hybrid: (N,) bool, the planned roles of all ranks' rows, process-major like the rewards.
+        rank: this rank's index; its rows are rows rank * B to (rank + 1) * B of the batch.
+        prefix_advantage, scale_rewards: the config values (`core.hybrid_advantages`, `core.reward_std_divisor`).
+    """
+    device = is_hybrid.device
+    completion_lens = torch.tensor(rollout.completion_lens, device=device)  # (B,) before any masking
+    lens = torch.tensor([len(p) for p in rollout.prefix_ids], device=device)
+    prefix_lens = torch.minimum(lens, completion_lens)  # (B,) the completion budget may cut a full demo's EOS
+    prefix_mask = build_prefix_mask(prefix_lens, width)  # (B, T)
+    rewards = rollout.rewards
+    cont_adv, prefix_adv = hybrid_advantages(rewards, is_hybrid, group_size, prefix_advantage)
+    # docs/fidelity.md#hybrid-advantage; each divided by the reward std when scale_rewards is 'group' or 'batch'
+    # (one divisor for every advantage of a group)
+    divisor = reward_std_divisor(rewards, group_size, scale_rewards)  # (N,)
+    cont_adv, prefix_adv = cont_adv / divisor, prefix_adv / divisor
+    n = len(rollout.rows)
+    local = slice(rank * n, (rank + 1) * n)
+    advantages = per_token_advantages(cont_adv[local], prefix_adv[local], prefix_mask)
+    return PrefixFields(prefix_lens, prefix_mask, advantages, cont_adv, prefix_adv)
 
 
 class PrefixScoringMixin:
@@ -113,47 +161,31 @@ class PrefixScoringMixin:
         more = f" (and {len(matches) - 1} other rows with this prompt)" if len(matches) > 1 else ""
         return f"row {matches[0]} of the {'training' if self.model.training else 'eval'} dataset{more}"
 
-    def _generate_and_score_completions(self, inputs):
-        if not self.model.training:
-            return super()._generate_and_score_completions(inputs)
-        self._rollout = self._plan_rows(inputs)
-        try:
-            output = super()._generate_and_score_completions(inputs)
-            self._add_prefix_fields(output, self._rollout)
-            self._observe_questions(inputs, self._rollout)
-            self._after_rollout(inputs, self._rollout)
-        finally:
-            self._rollout = None
-        return output
-
     def _after_rollout(self, inputs: list[dict[str, Any]], rollout: Rollout) -> None:
         """Called once per scored training batch, before its record is dropped (ReLIFT collects failures here)."""
 
     def _add_prefix_fields(self, output: dict[str, Any], rollout: Rollout) -> None:
-        """Add `prefix_mask` and per-token advantages (B, T) to a generation batch, and log prefix metrics."""
+        """Add `prefix_mask` and per-token advantages (B, T) to a generation batch (`prefix_fields`), and log prefix
+        metrics."""
         device = output["completion_ids"].device
-        completion_lens = torch.tensor(rollout.completion_lens, device=device)  # (B,) before any masking
-        lens = torch.tensor([len(p) for p in rollout.prefix_ids], device=device)
-        prefix_lens = torch.minimum(lens, completion_lens)  # (B,) the completion budget may cut a full demo's EOS
-        output["prefix_mask"] = build_prefix_mask(prefix_lens, output["completion_ids"].size(1))  # (B, T)
-
         # The planned role decides the baseline, never the prefix length or the completion mask.
         local_hybrid = torch.tensor(rollout.hybrid, dtype=torch.bool, device=device)
         is_hybrid = self.accelerator.gather(local_hybrid)  # (N,) over all ranks, process-major like the rewards
-        cont_adv, prefix_adv = self._hybrid_advantages(rollout.rewards, is_hybrid)
-        rank, n = self.accelerator.process_index, len(rollout.rows)
-        local = slice(rank * n, (rank + 1) * n)
-        output["advantages"] = per_token_advantages(cont_adv[local], prefix_adv[local], output["prefix_mask"])
-        self._replace_logged_advantages(cont_adv)
-        self._log_prefix_metrics(rollout, prefix_lens, completion_lens, is_hybrid, cont_adv, prefix_adv)
-
-    def _hybrid_advantages(self, rewards: torch.Tensor, is_hybrid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N,) continuation and (N,) prefix advantages of the gathered batch (fidelity 1-2), each divided by the
-        reward std when `scale_rewards` is 'group' or 'batch' (one divisor for every advantage of a group)."""
-        group_size = self.num_generations
-        cont_adv, prefix_adv = hybrid_advantages(rewards, is_hybrid, group_size, self.args.prefix_advantage)
-        divisor = reward_std_divisor(rewards, group_size, self.scale_rewards)  # (N,)
-        return cont_adv / divisor, prefix_adv / divisor
+        fields = prefix_fields(
+            rollout,
+            output["completion_ids"].size(1),
+            is_hybrid,
+            rank=self.accelerator.process_index,
+            group_size=self.num_generations,
+            prefix_advantage=self.args.prefix_advantage,
+            scale_rewards=self.scale_rewards,
+        )
+        output["prefix_mask"], output["advantages"] = fields.prefix_mask, fields.advantages
+        self._replace_logged_advantages(fields.cont_adv)
+        completion_lens = torch.tensor(rollout.completion_lens, device=device)
+        self._log_prefix_metrics(
+            rollout, fields.prefix_lens, completion_lens, is_hybrid, fields.cont_adv, fields.prefix_adv
+        )
 
     def _replace_logged_advantages(self, cont_adv: torch.Tensor) -> None:
         """The completions table shows the advantage each row trained with (continuation tokens for hybrids)."""

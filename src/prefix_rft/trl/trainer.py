@@ -7,6 +7,13 @@ the prefix tokens are trained too; (3) prefix tokens get their own advantage (#h
 #prefix-advantage-several-rollouts) and only the highest-entropy share keeps it (#entropy-scope to #lowest-ablation).
 Everything else (sampling, rewards, PPO clip, Dr. GRPO aggregation, accelerate/DeepSpeed/FSDP, vLLM, checkpoints) is
 TRL's.
+
+One training step reads top to bottom in `PrefixRFTTrainer._generate_and_score_completions`. The decisions are plain
+functions with explicit arguments (`generation.plan_rows`, `scoring.prefix_fields`, `core.select_prefix_tokens`); the
+mixins only adapt TRL's hooks to them. Mixins, not composition: TRL calls its hooks on the trainer itself
+(`_tokenize_prompts`, `_generate_single_turn`, `_calculate_rewards`, `_compute_loss`), so an override has to be a
+method of the trainer, and the baselines override the same hooks (`_plan_rows`, `_row_plan`, `_add_prefix_fields`,
+`_after_rollout`) by subclassing; the mixins split those overrides by concern into one module each.
 """
 
 from __future__ import annotations
@@ -121,6 +128,36 @@ class PrefixRFTTrainer(
         self._guard = NonFiniteStepGuard(self.args.max_consecutive_nonfinite_steps, self.accelerator)
         self.add_callback(self._guard)
         self._install_budgeted_vllm()
+
+    # ---------------------------------------------------------------- one training step's generation batch
+    def _generate_and_score_completions(self, inputs):
+        """A training batch, top to bottom: plan rows -> generate -> score -> advantages and prefix fields -> loss.
+
+        1. Plan (`generation.plan_rows`): each row's role, demo and prefix ratio, into a `Rollout` on `self._rollout`,
+           the one record TRL's hooks below read and fill in.
+        2-3. TRL's own step generates and scores; in order it calls the hooks this trainer adapts:
+           `_tokenize_prompts` (placement.py: a hint row's prompt ids get its hint, `hint_lens`),
+           `_generate_single_turn` (generation.py: prefixes fitted to the prompt budget, per-row token budgets,
+           completion = prefix + continuation, `prefix_ids` and `completion_lens`),
+           `_get_per_token_logps_and_entropies` (old and reference log-probs, stock), and
+           `_calculate_rewards` (scoring.py: rewards checked, weighted rewards onto `rollout.rewards`).
+           TRL's advantages are then replaced:
+        4. Prefix fields (`scoring.prefix_fields`): `prefix_mask` and per-token advantages into the batch; then the
+           per-question state (questions.py) and `_after_rollout` (the baselines' hook) see the scored rollout.
+        5. The batch goes back to TRL, which hands it to `_prepare_inputs` (loss.py: prefix-token selection over an
+           optimizer step) and `_compute_loss` (loss.py). The `Rollout` is dropped here.
+        """
+        if not self.model.training:  # evaluation: stock TRL, questions without prefixes
+            return super()._generate_and_score_completions(inputs)
+        self._rollout = rollout = self._plan_rows(inputs)
+        try:
+            output = super()._generate_and_score_completions(inputs)
+            self._add_prefix_fields(output, rollout)
+            self._observe_questions(inputs, rollout)
+            self._after_rollout(inputs, rollout)
+        finally:
+            self._rollout = None
+        return output
 
     def _refuse_fsdp_fallback(self) -> None:
         """Refuse FSDP that accelerate did not turn on, instead of training unsharded.
