@@ -68,7 +68,7 @@ def worker(args) -> None:
         original_add(output, plan)
         prefix = [len(p) for p in plan.prefix_ids] if plan.prefix_ids else [0] * len(plan.rows)
         local = [
-            {"answer": a, "prefix": n, "ratio": round(r.sampled_ratio, 6), "demo_len": r.demo_len}
+            {"answer": a, "prefix": n, "ratio": round(r.ratio, 6), "demo_len": r.demo_len}
             for a, n, r in zip(marks["answers"], prefix, plan.rows, strict=True)
         ]
         plans.append(gather_object(local))  # process-major: the global row order of the rewards

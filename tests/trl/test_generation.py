@@ -93,7 +93,7 @@ def plan(inputs, **overrides):
         seed=0,
         draw_ratio=lambda schedule_step, rng: 0.5,
         demo_ids=lambda demo: [ord(c) for c in demo],
-        row_plan=lambda ids, ratio: RowPlan(demo_ids=ids[:2], demo_len=len(ids), sampled_ratio=ratio),
+        row_plan=lambda ids, ratio: RowPlan(role="hybrid", revealed_ids=ids[:2], demo_len=len(ids), ratio=ratio),
         rescues=lambda example: True,
         question_ratio=lambda example, drawn: (drawn, False),
     )
@@ -107,19 +107,19 @@ def test_plan_rows_gives_the_last_slots_of_each_group_their_demo_prefix():
     assert rollout.prompts == ["q0", "q1", "q2", "q3"]
     assert rollout.schedule_step == 3
     assert rollout.rows[:2] == [RowPlan(), RowPlan()]
-    hybrid = RowPlan(demo_ids=[97, 98], demo_len=4, sampled_ratio=0.5, hybrid=True)
+    hybrid = RowPlan(role="hybrid", revealed_ids=[97, 98], demo_len=4, ratio=0.5)
     assert rollout.rows[2:] == [hybrid, hybrid]
 
 
 def test_plan_rows_marks_no_demo_solved_and_adapted_hybrid_slots():
     inputs = [{"prompt": "a"}, {"prompt": "b"}, {"prompt": "c"}, {"prompt": "d", "demos": ["xyz"]}]
     rows = plan(inputs, rescues=lambda x: x["prompt"] != "c").rows
-    assert rows[2] == RowPlan(no_demo=True)
-    assert rows[3].hybrid and rows[3].demo_ids == [120, 121]
+    assert rows[2] == RowPlan(role="no_demo")
+    assert rows[3].role == "hybrid" and rows[3].revealed_ids == [120, 121]
     inputs[2] = {"prompt": "c", "demo": "uv"}
     rows = plan(inputs, rescues=lambda x: x["prompt"] != "c", question_ratio=lambda x, drawn: (0.25, True)).rows
-    assert rows[2] == RowPlan(solved=True)  # its question was solved last time: on-policy, no prefix spent
-    assert rows[3] == RowPlan(demo_ids=[120, 121], demo_len=3, sampled_ratio=0.25, hybrid=True, adapted=True)
+    assert rows[2] == RowPlan(role="solved")  # its question was solved last time: on-policy, no prefix spent
+    assert rows[3] == RowPlan(role="hybrid", revealed_ids=[120, 121], demo_len=3, ratio=0.25, adapted=True)
 
 
 def test_plan_rows_reads_the_schedule_at_the_schedule_step():

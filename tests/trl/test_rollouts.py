@@ -1,11 +1,14 @@
-"""The pure pieces of trl/rollouts.py, with hand-worked values: budget buckets, budgets cut to the context, runs of
-identical requests, per-request sampling params, and grouped call results put back in row order."""
+"""The pure pieces of trl/rollouts.py, with hand-worked values: which roles are hybrid, budget buckets, budgets cut
+to the context, runs of identical requests, per-request sampling params, and grouped call results put back in row
+order."""
 
 from types import SimpleNamespace
 
 import pytest
 
 from prefix_rft.trl.rollouts import (
+    Rollout,
+    RowPlan,
     bucket_budget,
     cut_to_budgets,
     fit_to_context,
@@ -92,3 +95,9 @@ def test_per_request_params_copies_the_params_once_per_budget():
     params = per_request_params(base, [24, 6, 1])
     assert [(p.max_tokens, p.temperature) for p in params] == [(24, 0.7), (6, 0.7), (1, 0.7)]
     assert base.max_tokens == 24  # the shared params are left as they were
+
+
+def test_hybrid_and_full_demo_rows_are_the_hybrids_of_a_rollout():
+    roles = ["on_policy", "hybrid", "no_demo", "solved", "full_demo"]
+    rollout = Rollout(rows=[RowPlan(role=role) for role in roles], prompts=["q"] * 5, schedule_step=0)
+    assert rollout.hybrid == [False, True, False, False, True]

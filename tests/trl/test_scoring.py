@@ -118,7 +118,7 @@ def test_std_scaling_divides_every_advantage_of_the_group(tmp_path, model, token
 def scored_rollout() -> Rollout:
     """Rank 1's two rows of one group of 4: an on-policy row and a hybrid with a 3-token prefix cut to 2 by its
     2-token completion. Rewards of the group: [1, 0, 1, 1], the hybrid last."""
-    rollout = Rollout(rows=[RowPlan(), RowPlan(hybrid=True)], prompts=["q", "q"], schedule_step=0)
+    rollout = Rollout(rows=[RowPlan(), RowPlan(role="hybrid")], prompts=["q", "q"], schedule_step=0)
     rollout.prefix_ids, rollout.completion_lens = [[], [5, 6, 7]], [4, 2]
     rollout.rewards = torch.tensor([1.0, 0.0, 1.0, 1.0])
     return rollout

@@ -39,4 +39,4 @@ class FullDemoRows:
     """`_row_plan` of a trainer whose hybrid slots hold the whole demo and its EOS, nothing generated."""
 
     def _row_plan(self, demo_ids: list[int], ratio: float) -> RowPlan:
-        return RowPlan(demo_ids=list(demo_ids), demo_len=len(demo_ids), sampled_ratio=1.0, full_demo=True)
+        return RowPlan(role="full_demo", revealed_ids=list(demo_ids), demo_len=len(demo_ids), ratio=1.0)

@@ -98,17 +98,16 @@ class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
             position = (offset + i) % self.num_generations
             level = level_at(position, self.escalation.of(question_key(example))) if row.hybrid else 0
             if level == 0:
-                rollout.rows[i] = RowPlan(no_demo=row.no_demo)
+                rollout.rows[i] = RowPlan(role="no_demo" if row.role == "no_demo" else "on_policy")
                 self._train_prefix.append(False)
                 continue
             ratio = LEVEL_RATIOS[level]
-            n = prefix_end(row.demo_ids, ratio, self._boundary_ids)
+            n = prefix_end(row.revealed_ids, ratio, self._boundary_ids)
             rollout.rows[i] = RowPlan(
-                demo_ids=row.demo_ids[:n],
+                role="full_demo" if level == 3 else "hybrid",
+                revealed_ids=row.revealed_ids[:n],
                 demo_len=row.demo_len,
-                sampled_ratio=ratio,
-                hybrid=True,
-                full_demo=level == 3,
+                ratio=ratio,
             )
             self._train_prefix.append(trains_prefix(position))
         return rollout

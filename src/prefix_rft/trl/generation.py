@@ -79,16 +79,16 @@ def plan_rows(
             continue
         demos = row_demos(example)
         if not demos:
-            rows.append(RowPlan(no_demo=True))
+            rows.append(RowPlan(role="no_demo"))
             continue
         if not rescues(example):  # solved last time, so no prefix is spent
-            rows.append(RowPlan(solved=True))
+            rows.append(RowPlan(role="solved"))
             continue
         # The ratio is drawn even when the question's adapted ratio replaces it, so the demo choice stays the same.
         rng = row_rng(seed, step, global_row // group_size, global_row % group_size)
         ratio, adapted = question_ratio(example, draw_ratio(schedule_step, rng))
         ids = demo_ids(demos[int(rng.integers(len(demos)))])
-        rows.append(replace(row_plan(ids, ratio), hybrid=True, adapted=adapted))
+        rows.append(replace(row_plan(ids, ratio), adapted=adapted))
     return Rollout(rows=rows, prompts=[x["prompt"] for x in inputs], schedule_step=schedule_step)
 
 
@@ -152,17 +152,17 @@ class PrefixGenerationMixin:
     def _row_plan(self, demo_ids: list[int], ratio: float) -> RowPlan:
         """Prefix-RFT reveals floor(ratio * len) demo tokens; baselines that train on whole demos override this."""
         n = prefix_length(ratio, len(demo_ids), self.args.prefix_min_len)
-        return RowPlan(demo_ids=demo_ids[:n], demo_len=len(demo_ids), sampled_ratio=ratio)
+        return RowPlan(role="hybrid", revealed_ids=demo_ids[:n], demo_len=len(demo_ids), ratio=ratio)
 
-    def _prefix_token_ids(self, prompt: Any, prompt_ids: list[int], demo_ids: list[int]) -> list[int]:
+    def _prefix_token_ids(self, prompt: Any, prompt_ids: list[int], revealed_ids: list[int]) -> list[int]:
         """Token ids that follow `prompt_ids` when the demo prefix starts the assistant turn.
 
         Chat prompts go through the chat template with `continue_final_message=True` (as the reference does), so the
         model continues inside its own assistant turn; plain-text prompts get the demo tokens appended.
         """
-        if not demo_ids or not isinstance(prompt, list):
-            return list(demo_ids)
-        text = self._tokenizer.decode(demo_ids)
+        if not revealed_ids or not isinstance(prompt, list):
+            return list(revealed_ids)
+        text = self._tokenizer.decode(revealed_ids)
         rendered = self.processing_class.apply_chat_template(
             [*prompt, {"role": "assistant", "content": text}],
             continue_final_message=True,
@@ -182,13 +182,13 @@ class PrefixGenerationMixin:
         prefix_ids = []
         for prompt, ids, row in zip(rollout.prompts, prompt_ids, rollout.rows, strict=True):
             # prefix_placement='prompt': the demo is already in `ids` as a hint (trl/placement.py), not a prefix.
-            prefix = self._prefix_token_ids(prompt, ids, [] if self._hint_row(row) else row.demo_ids)
+            prefix = self._prefix_token_ids(prompt, ids, [] if self._hint_row(row) else row.revealed_ids)
             kept, cut = fit_prefix_to_prompt(
                 len(ids), len(prefix), self.args.max_prompt_length, self.args.prefix_min_len
             )
             rollout.truncated_tokens += cut
             # A full-demo row's completion is the demo and its EOS, all of it demo tokens (prefix_mask).
-            prefix_ids.append(prefix[:kept] + ([self._tokenizer.eos_token_id] if row.full_demo else []))
+            prefix_ids.append(prefix[:kept] + ([self._tokenizer.eos_token_id] if row.role == "full_demo" else []))
         return prefix_ids
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
@@ -217,7 +217,7 @@ class PrefixGenerationMixin:
         sample is discarded (every rank must send the same number of requests)."""
         rows = self._rollout.rows
         return [
-            1 if row.full_demo else max(1, self.max_completion_length - len(p))
+            1 if row.role == "full_demo" else max(1, self.max_completion_length - len(p))
             for row, p in zip(rows, prefix_ids, strict=True)
         ]
 
@@ -236,7 +236,7 @@ class PrefixGenerationMixin:
                 torch.distributed.all_gather_object(gathered, budgets, group=generation.tp_group)
                 budgets = [b for part in gathered for b in part]
             generation.llm.budgets = budgets
-        keep = [not row.full_demo for row in self._rollout.rows]
+        keep = [row.role != "full_demo" for row in self._rollout.rows]
         # A full-demo row's one-token sample is discarded, so it is asked for after the prompt alone: prompt + demo +
         # EOS + 1 could exceed the engine's max_model_len, which vLLM refuses.
         gen_prompts = [list(ids) + (p if k else []) for ids, p, k in zip(prompt_ids, prefix_ids, keep, strict=True)]
@@ -257,7 +257,7 @@ class PrefixGenerationMixin:
         a group that any rank has, with a one-token stand-in row when it has none of its own.
         """
         rows = self._rollout.rows
-        generate = [i for i, row in enumerate(rows) if not row.full_demo]
+        generate = [i for i, row in enumerate(rows) if row.role != "full_demo"]
         if self.use_transformers_continuous_batching or images is not None or multimodal_fields:
             groups, forced = [generate], [False]  # prefixes travel in the prompt
             present = self._groups_present_on_any_rank(groups)

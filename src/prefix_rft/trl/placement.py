@@ -43,7 +43,7 @@ class PrefixPlacementMixin:
     def _hint_row(self, row: RowPlan) -> bool:
         """Whether `row`'s revealed demo goes into its prompt. Full-demo rows (LUFFY, RL+SFT) keep the demo as their
         completion whatever the placement: they generate nothing."""
-        return self.args.prefix_placement == "prompt" and row.hybrid and not row.full_demo and bool(row.demo_ids)
+        return self.args.prefix_placement == "prompt" and row.role == "hybrid" and bool(row.revealed_ids)
 
     def _tokenize_prompts(self, prompts: list):
         """TRL's prompt ids, with each hint row's hint added during a training rollout (`rollout.hint_lens` counts the
@@ -61,21 +61,21 @@ class PrefixPlacementMixin:
         hinted = []
         for i, (prompt, ids, row) in enumerate(zip(prompts, prompt_ids, rollout.rows, strict=True)):
             if self._hint_row(row):
-                ids, rollout.hint_lens[i] = self._hinted_prompt_ids(prompt, list(ids), row.demo_ids)
-                rollout.truncated_tokens += len(row.demo_ids) - rollout.hint_lens[i]
+                ids, rollout.hint_lens[i] = self._hinted_prompt_ids(prompt, list(ids), row.revealed_ids)
+                rollout.truncated_tokens += len(row.revealed_ids) - rollout.hint_lens[i]
             hinted.append(list(ids))
         return hinted, images, multimodal_fields
 
-    def _hinted_prompt_ids(self, prompt: Any, prompt_ids: list[int], demo_ids: list[int]) -> tuple[list[int], int]:
+    def _hinted_prompt_ids(self, prompt: Any, prompt_ids: list[int], revealed_ids: list[int]) -> tuple[list[int], int]:
         """(prompt ids with a hint of the first n demo tokens, n), n cut so the whole fits `max_prompt_length`.
 
         As for a response prefix (docs/fidelity.md#prompt-budget) the question is never cut and the cut demo tokens are
         counted; a hint cut to nothing is dropped, the row staying hybrid. Each pass assumes one rendered token per
         demo token (exact for text prompts, where demo tokens are appended as they are), so it ends in a few passes.
         """
-        kept, limit, min_len = len(demo_ids), self.args.max_prompt_length, self.args.prefix_min_len
+        kept, limit, min_len = len(revealed_ids), self.args.max_prompt_length, self.args.prefix_min_len
         while kept:
-            hinted = self._render_hint(prompt, prompt_ids, demo_ids[:kept])
+            hinted = self._render_hint(prompt, prompt_ids, revealed_ids[:kept])
             _, cut = fit_prefix_to_prompt(len(prompt_ids), len(hinted) - len(prompt_ids), limit)
             if not cut:
                 return hinted, kept
@@ -87,7 +87,7 @@ class PrefixPlacementMixin:
                 )
         return prompt_ids, 0
 
-    def _render_hint(self, prompt: Any, prompt_ids: list[int], demo_ids: list[int]) -> list[int]:
+    def _render_hint(self, prompt: Any, prompt_ids: list[int], revealed_ids: list[int]) -> list[int]:
         """Prompt ids of `prompt` with the hint `HINT_LABEL + demo` after its question.
 
         A text prompt gets the label's and the demo's tokens appended (no re-tokenization across the seam, so the
@@ -95,8 +95,8 @@ class PrefixPlacementMixin:
         message, before the template's generation prompt.
         """
         if not isinstance(prompt, list):
-            return [*prompt_ids, *self._tokenizer(HINT_LABEL, add_special_tokens=False)["input_ids"], *demo_ids]
-        hint = HINT_LABEL + self._tokenizer.decode(demo_ids)
+            return [*prompt_ids, *self._tokenizer(HINT_LABEL, add_special_tokens=False)["input_ids"], *revealed_ids]
+        hint = HINT_LABEL + self._tokenizer.decode(revealed_ids)
         return list(
             self.processing_class.apply_chat_template(
                 with_hint(prompt, hint),

@@ -67,7 +67,7 @@ class QuestionGuidanceMixin:
         if self._questions is None:
             return
         local = [
-            (question_key(x), row.hybrid, row.sampled_ratio if row.hybrid else math.nan, row.adapted, row.solved)
+            (question_key(x), row.hybrid, row.ratio if row.hybrid else math.nan, row.adapted, row.role == "solved")
             for x, row in zip(inputs, rollout.rows, strict=True)
         ]
         keys, hybrid, ratios, adapted, solved = zip(*gather_object(local), strict=True)  # (N,) each, process-major

@@ -13,28 +13,36 @@ import copy
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
+
+Role = Literal["on_policy", "hybrid", "no_demo", "solved", "full_demo"]
+"""A row's role in its group. on_policy: not a hybrid slot (`core.is_hybrid_row`), generated from its prompt alone.
+hybrid: a hybrid slot whose prompt has a demo; it continues the demo's first `len(revealed_ids)` tokens. no_demo: a
+hybrid slot whose prompt has no demo, run on-policy. solved: a hybrid slot run on-policy because its question passed
+`prefix_rescue_max_success` last time. full_demo: a hybrid slot whose completion is the whole demo and its EOS, nothing
+generated (LUFFY, RL+SFT, TRAPO's last level)."""
 
 
 @dataclass
 class RowPlan:
     """What one local row of a generation batch does.
 
-    `hybrid` is the row's planned role, and the only definition of "hybrid" the trainer uses (baseline membership,
-    advantages, metrics): a hybrid slot (`core.is_hybrid_row`) whose prompt has a demo. A hybrid whose prefix rounds
-    to 0 tokens, or whose completion is truncated, stays hybrid.
+    `hybrid` (role hybrid or full_demo) is the only definition of "hybrid" the trainer uses (baseline membership,
+    advantages, metrics). A hybrid whose prefix rounds to 0 tokens, or whose completion is truncated, stays hybrid.
+    `adapted` is not a role: it says where a hybrid's ratio came from.
     """
 
-    demo_ids: list[int] = field(default_factory=list)  # demo tokens revealed (before fitting the prompt budget)
-    demo_len: int = 0
-    sampled_ratio: float = 0.0
-    hybrid: bool = False
-    no_demo: bool = False  # a hybrid slot whose prompt has no demo, so it runs on-policy
-    full_demo: bool = False  # the whole demo (+ EOS) is the completion and nothing is generated (LUFFY, RL+SFT)
-    adapted: bool = False  # its prefix ratio is its question's adapted one (prefix_success_target), not a draw
-    solved: bool = False  # a hybrid slot run on-policy: its question passed prefix_rescue_max_success last time
+    role: Role = "on_policy"
+    revealed_ids: list[int] = field(default_factory=list)  # demo tokens revealed (before fitting the prompt budget)
+    demo_len: int = 0  # tokens of the whole demo
+    ratio: float = 0.0  # the prefix ratio: the schedule's draw, or the question's adapted one
+    adapted: bool = False  # `ratio` is its question's adapted one (prefix_success_target), not a draw
+
+    @property
+    def hybrid(self) -> bool:
+        return self.role in ("hybrid", "full_demo")
 
 
 @dataclass
@@ -48,7 +56,9 @@ class Rollout:
     rows: list[RowPlan]  # this rank's rows, in order
     prompts: list[Any]  # this rank's prompts as TRL received them (text or chat messages)
     schedule_step: int  # the step the prefix-ratio schedule was read at
-    prefix_ids: list[list[int]] = field(default_factory=list)  # per row, after fitting the prompt budget
+    # per row, the demo tokens that start its completion: `revealed_ids` as rendered after the prompt, fitted to the
+    # prompt budget (plus EOS for a full demo)
+    prefix_ids: list[list[int]] = field(default_factory=list)
     completion_lens: list[int] = field(default_factory=list)  # per row, prefix included, before any masking
     hint_lens: list[int] = field(default_factory=list)  # per row, demo tokens shown in the prompt (placement 'prompt')
     truncated_tokens: int = 0

@@ -209,7 +209,7 @@ class PrefixScoringMixin:
                 sum(ratios),
                 float(prefix_lens.sum()),
                 float(completion_lens.sum()),
-                float(sum(r.no_demo for r in rollout.rows)),
+                float(sum(r.role == "no_demo" for r in rollout.rows)),
                 float(rollout.truncated_tokens),
             ],
             device=prefix_lens.device,
@@ -264,7 +264,7 @@ class PrefixScoringMixin:
         if self.args.prefix_placement != "prompt":  # the same on every rank: no rank skips a gather the others make
             return
         hints = [
-            HINT_LABEL + self._tokenizer.decode(row.demo_ids[:n], skip_special_tokens=True) if n else None
+            HINT_LABEL + self._tokenizer.decode(row.revealed_ids[:n], skip_special_tokens=True) if n else None
             for row, n in zip(rollout.rows, rollout.hint_lens or [0] * len(rollout.rows), strict=True)
         ]
         hints = gather_object(hints)
