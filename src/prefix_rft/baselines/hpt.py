@@ -71,7 +71,7 @@ class HptTrainer(FullDemoRows, PrefixRFTTrainer):
         """Add `hpt_sft_rows` and `hpt_rl_rows` (B,) bool: which local rows the loss trains, and how."""
         super()._add_prefix_fields(output, rollout)
         device = output["completion_ids"].device
-        is_hybrid = self.accelerator.gather(torch.tensor(rollout.hybrid, dtype=torch.bool, device=device))  # (N,)
+        is_hybrid = rollout.is_hybrid  # (N,), gathered by the parent
         args, group_size = self.args, self.num_generations
         modes = hpt_group_modes(rollout.rewards, is_hybrid, group_size, args.hpt_switch_gate, args.hpt_switch_gate_off)
         group_mode = torch.tensor([["sft", "none", "rl"].index(m) for m in modes], device=device)

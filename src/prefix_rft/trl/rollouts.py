@@ -63,6 +63,7 @@ class Rollout:
     hint_lens: list[int] = field(default_factory=list)  # per row, demo tokens shown in the prompt (placement 'prompt')
     truncated_tokens: int = 0
     rewards: torch.Tensor | None = None  # (N,) weighted rewards of the whole batch, all ranks, process-major
+    is_hybrid: torch.Tensor | None = None  # (N,) bool, `hybrid` of the whole batch, gathered once when it is scored
 
     @property
     def hybrid(self) -> list[bool]:

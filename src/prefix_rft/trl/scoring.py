@@ -170,7 +170,7 @@ class PrefixScoringMixin:
         device = output["completion_ids"].device
         # The planned role decides the baseline, never the prefix length or the completion mask.
         local_hybrid = torch.tensor(rollout.hybrid, dtype=torch.bool, device=device)
-        is_hybrid = self.accelerator.gather(local_hybrid)  # (N,) over all ranks, process-major like the rewards
+        rollout.is_hybrid = is_hybrid = self.accelerator.gather(local_hybrid)  # (N,) process-major like the rewards
         fields = prefix_fields(
             rollout,
             output["completion_ids"].size(1),
