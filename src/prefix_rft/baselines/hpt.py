@@ -19,6 +19,7 @@ import torch
 from prefix_rft.baselines.demo_rows import FullDemoRows, refuse_prefix_options
 from prefix_rft.core import aggregate_dr_grpo, demo_nll, hpt_group_modes, unclipped_token_loss
 from prefix_rft.core.entropy import SelectionMode
+from prefix_rft.core.questions import HPT_MODES
 from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
 from prefix_rft.trl.rollouts import Rollout
 from prefix_rft.trl.trainer import PrefixRFTTrainer
@@ -74,14 +75,15 @@ class HptTrainer(FullDemoRows, PrefixRFTTrainer):
         is_hybrid = rollout.is_hybrid  # (N,), gathered by the parent
         args, group_size = self.args, self.num_generations
         modes = hpt_group_modes(rollout.rewards, is_hybrid, group_size, args.hpt_switch_gate, args.hpt_switch_gate_off)
-        group_mode = torch.tensor([["sft", "none", "rl"].index(m) for m in modes], device=device)
+        group_mode = torch.tensor([HPT_MODES.index(m) for m in modes], device=device)
         row_mode = group_mode.repeat_interleave(group_size)  # (N,)
-        sft_rows, rl_rows = (row_mode == 0) & is_hybrid, (row_mode == 2) & ~is_hybrid
+        sft, rl = HPT_MODES.index("sft"), HPT_MODES.index("rl")
+        sft_rows, rl_rows = (row_mode == sft) & is_hybrid, (row_mode == rl) & ~is_hybrid
         rank, n = self.accelerator.process_index, len(rollout.rows)
         local = slice(rank * n, (rank + 1) * n)
         output["hpt_sft_rows"], output["hpt_rl_rows"] = sft_rows[local], rl_rows[local]
         metrics = self._metrics["train"]
-        for code, name in enumerate(("sft", "none", "rl")):
+        for code, name in enumerate(HPT_MODES):
             metrics[f"hpt/{name}_questions"].append(float((group_mode == code).sum()))
 
     def _compute_loss(self, model, inputs):
