@@ -30,6 +30,7 @@ def _short(value: Any, limit: int = 200) -> str:
 class PrefixFields:
     """What a scored generation batch adds for the loss, and the advantages the metrics report."""
 
+    completion_lens: torch.Tensor  # (B,) tokens of each local row's completion, prefix included, before any masking
     prefix_lens: torch.Tensor  # (B,) demo tokens in each local row's completion
     prefix_mask: torch.Tensor  # (B, T) bool, the demo tokens of the completion
     advantages: torch.Tensor  # (B, T) per-token advantages: prefix advantage on demo tokens, continuation elsewhere
@@ -70,7 +71,7 @@ def prefix_fields(
     n = len(rollout.rows)
     local = slice(rank * n, (rank + 1) * n)
     advantages = per_token_advantages(cont_adv[local], prefix_adv[local], prefix_mask)
-    return PrefixFields(prefix_lens, prefix_mask, advantages, cont_adv, prefix_adv)
+    return PrefixFields(completion_lens, prefix_lens, prefix_mask, advantages, cont_adv, prefix_adv)
 
 
 class PrefixScoringMixin:
@@ -182,9 +183,8 @@ class PrefixScoringMixin:
         )
         output["prefix_mask"], output["advantages"] = fields.prefix_mask, fields.advantages
         self._replace_logged_advantages(fields.cont_adv)
-        completion_lens = torch.tensor(rollout.completion_lens, device=device)
         self._log_prefix_metrics(
-            rollout, fields.prefix_lens, completion_lens, is_hybrid, fields.cont_adv, fields.prefix_adv
+            rollout, fields.prefix_lens, fields.completion_lens, is_hybrid, fields.cont_adv, fields.prefix_adv
         )
 
     def _replace_logged_advantages(self, cont_adv: torch.Tensor) -> None:
