@@ -79,8 +79,7 @@ class HptTrainer(FullDemoRows, PrefixRFTTrainer):
         row_mode = group_mode.repeat_interleave(group_size)  # (N,)
         sft, rl = HPT_MODES.index("sft"), HPT_MODES.index("rl")
         sft_rows, rl_rows = (row_mode == sft) & is_hybrid, (row_mode == rl) & ~is_hybrid
-        rank, n = self.accelerator.process_index, len(rollout.rows)
-        local = slice(rank * n, (rank + 1) * n)
+        local = rollout.local(self.accelerator.process_index)
         output["hpt_sft_rows"], output["hpt_rl_rows"] = sft_rows[local], rl_rows[local]
         metrics = self._metrics["train"]
         for code, name in enumerate(HPT_MODES):

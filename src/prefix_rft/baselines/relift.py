@@ -88,9 +88,8 @@ class ReliftTrainer(PrefixRFTTrainer):
     def _after_rollout(self, inputs: list[dict], rollout: Rollout) -> None:
         """Buffer the questions whose whole group failed, on any rank: each rank finds its own, then every rank adds
         all of them in rank order, so the buffers stay identical."""
-        group_size, n_local = self.num_generations, len(inputs)
-        rank = self.accelerator.process_index
-        local = rollout.rewards[rank * n_local : (rank + 1) * n_local]
+        group_size = self.num_generations
+        local = rollout.rewards[rollout.local(self.accelerator.process_index)]
         items = []
         for g in all_failed_groups(local, group_size):
             example = inputs[g * group_size]

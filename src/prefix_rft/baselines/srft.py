@@ -83,8 +83,7 @@ class SrftTrainer(FullDemoRows, PrefixRFTTrainer):
     def _add_prefix_fields(self, output: dict[str, Any], rollout: Rollout) -> None:
         """Add `srft_solved` and `srft_scored` (B,) bool: whether each local row's reward is > 0, and exists."""
         super()._add_prefix_fields(output, rollout)
-        rank, n = self.accelerator.process_index, len(rollout.rows)
-        local = rollout.rewards[rank * n : (rank + 1) * n].to(output["completion_ids"].device)
+        local = rollout.rewards[rollout.local(self.accelerator.process_index)].to(output["completion_ids"].device)
         output["srft_solved"], output["srft_scored"] = local > 0, ~torch.isnan(local)
 
     def _compute_loss(self, model, inputs):

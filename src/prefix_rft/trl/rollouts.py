@@ -69,6 +69,11 @@ class Rollout:
     def hybrid(self) -> list[bool]:
         return [row.hybrid for row in self.rows]
 
+    def local(self, rank: int) -> slice:
+        """This rank's rows within the gathered (N,) tensors (`rewards`, `is_hybrid`): process-major."""
+        n = len(self.rows)
+        return slice(rank * n, (rank + 1) * n)
+
 
 BUDGET_BUCKETS = 4  # server mode: hybrid budgets are rounded up to one of this many evenly spaced values
 

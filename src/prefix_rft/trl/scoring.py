@@ -68,8 +68,7 @@ def prefix_fields(
     # (one divisor for every advantage of a group)
     divisor = reward_std_divisor(rewards, group_size, scale_rewards)  # (N,)
     cont_adv, prefix_adv = cont_adv / divisor, prefix_adv / divisor
-    n = len(rollout.rows)
-    local = slice(rank * n, (rank + 1) * n)
+    local = rollout.local(rank)
     advantages = per_token_advantages(cont_adv[local], prefix_adv[local], prefix_mask)
     return PrefixFields(completion_lens, prefix_lens, prefix_mask, advantages, cont_adv, prefix_adv)
 
