@@ -37,9 +37,9 @@ def command_line_options(argv: list[str]) -> dict[str, str | None]:
     return options
 
 
-def requested_method(argv: list[str]) -> tuple[str, set[str]]:
-    """(the method asked for, every option the YAML and the command line set); refuses an unknown method and the
-    options the method refuses (`refused_options`), naming each."""
+def requested_method(argv: list[str]) -> str:
+    """The method asked for; refuses an unknown method and the options the YAML or the command line set that the
+    method refuses (`refused_options`), naming each."""
     settings, options = yaml_settings(argv), command_line_options(argv)
     method = options.get("method") or settings.get("method") or DEFAULT_METHOD
     if method not in METHODS:
@@ -52,4 +52,4 @@ def requested_method(argv: list[str]) -> tuple[str, set[str]]:
     if by_reason:
         problems = [f"{', '.join(options)}: {reason}" for reason, options in by_reason.items()]
         raise ValueError(f"method {method!r} refuses " + "; ".join(problems) + " (docs/methods.md)")
-    return method, given
+    return method

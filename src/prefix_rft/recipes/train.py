@@ -110,7 +110,7 @@ class TrainArguments(NamedTuple):
 def parse_args(argv: list[str] | None = None) -> TrainArguments:
     """Parse the YAML and command line, and refuse what could only fail later (trackers, rewards, streaming)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    method, _ = requested_method(argv)  # its config class parses the options
+    method = requested_method(argv)  # its config class parses the options
     config_cls = METHODS[method].config
     parser = TrlParser(
         (TrainScriptArguments, config_cls, ModelArguments, DatasetMixtureConfig), prog="prefix-rft train"
