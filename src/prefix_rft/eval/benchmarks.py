@@ -58,8 +58,11 @@ BENCHMARKS: dict[str, tuple[str, Callable[[dict, int], Row]]] = {
 
 
 # The fields each shipped format reads (named when a user's file for that benchmark lacks one).
-_FIELDS = {_boxed_solution: ("problem", "solution"), _olympiadbench: ("id", "question", "final_answer")}
-_FIELDS[_gsm8k] = ("question", "answer")
+_FIELDS = {
+    _boxed_solution: ("problem", "solution"),
+    _olympiadbench: ("id", "question", "final_answer"),
+    _gsm8k: ("question", "answer"),
+}
 
 
 def load_benchmark(spec: str, limit: int | None = None) -> tuple[str, list[Row]]:

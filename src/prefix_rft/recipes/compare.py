@@ -76,28 +76,39 @@ def read_run(path: Path) -> dict[str, Any]:
     return result
 
 
+def finished_run(path: Path, settings: RunSettings, advice: str = "") -> dict[str, Any] | None:
+    """The finished run recorded at `path`, or None if there is none; refuses one made with other settings."""
+    if not path.exists():
+        return None
+    result = read_run(path)
+    mismatch = settings_mismatch(result.get("settings", {}), settings)
+    if mismatch:
+        raise SystemExit(f"{path} was run with other settings, {{field: (then, now)}}: {mismatch}{advice}")
+    return result
+
+
+def save_run(path: Path, result: dict[str, Any]) -> None:
+    """Write a finished run's JSON through a temporary file: a kill mid-write leaves no half result."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(path)
+
+
 def run_all(methods: list[str], seeds: list[int], settings: RunSettings, out: Path) -> list[dict[str, Any]]:
     results = []
     # Seeds outermost, so a run stopped early has every method at the same number of seeds.
     for seed in seeds:
         for method in methods:
             path = out / "runs" / method / f"seed{seed}.json"
-            if path.exists():  # resumable: a finished run is never redone, but never mixed with other settings either
-                result = read_run(path)
-                mismatch = settings_mismatch(result.get("settings", {}), settings)
-                if mismatch:
-                    raise SystemExit(
-                        f"{path} was run with other settings, {{field: (then, now)}}: {mismatch}; "
-                        "pass another --output-dir or delete the old runs"
-                    )
+            # resumable: a finished run is never redone, but never mixed with other settings either
+            result = finished_run(path, settings, advice="; pass another --output-dir or delete the old runs")
+            if result is not None:
                 results.append(result)
                 continue
             print(f"== {method}, seed {seed}")
             result = run_method(method, settings, seed, out / "work" / method / f"seed{seed}")
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result))
-            tmp.replace(path)  # atomic: a kill mid-write leaves no half result
+            save_run(path, result)
             results.append(result)
     return results
 

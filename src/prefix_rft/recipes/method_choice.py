@@ -5,23 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
 from prefix_rft.baselines.methods import METHODS, refused_options
 
 DEFAULT_METHOD = "prefix_rft"
-
-
-def yaml_settings(argv: list[str]) -> dict[str, Any]:
-    """The mapping of the `--config FILE` YAML, or {} without one (TrlParser reads it again and checks it)."""
-    if "--config" not in argv or argv.index("--config") + 1 >= len(argv):
-        return {}
-    try:
-        with open(argv[argv.index("--config") + 1], encoding="utf-8") as file:
-            loaded = yaml.safe_load(file)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return {}  # the setup checks name the file and, for bad YAML, its line (recipes/setup_checks.py)
-    return loaded if isinstance(loaded, dict) else {}
 
 
 def command_line_options(argv: list[str]) -> dict[str, str | None]:
@@ -37,10 +23,10 @@ def command_line_options(argv: list[str]) -> dict[str, str | None]:
     return options
 
 
-def requested_method(argv: list[str]) -> tuple[str, set[str]]:
-    """(the method asked for, every option the YAML and the command line set); refuses an unknown method and the
-    options the method refuses (`refused_options`), naming each."""
-    settings, options = yaml_settings(argv), command_line_options(argv)
+def requested_method(argv: list[str], settings: dict[str, Any]) -> str:
+    """The method asked for by the command line `argv` or its YAML's mapping `settings`; refuses an unknown method and
+    the options either sets that the method refuses (`refused_options`), naming each."""
+    options = command_line_options(argv)
     method = options.get("method") or settings.get("method") or DEFAULT_METHOD
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not a method of prefix-rft; choose one of {', '.join(METHODS)}")
@@ -52,4 +38,4 @@ def requested_method(argv: list[str]) -> tuple[str, set[str]]:
     if by_reason:
         problems = [f"{', '.join(options)}: {reason}" for reason, options in by_reason.items()]
         raise ValueError(f"method {method!r} refuses " + "; ".join(problems) + " (docs/methods.md)")
-    return method, given
+    return method

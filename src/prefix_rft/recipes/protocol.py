@@ -17,7 +17,6 @@ side by side with the cores shared out.
 from __future__ import annotations
 
 import dataclasses
-import json
 import multiprocessing
 import os
 import sys
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prefix_rft.recipes.compare import read_run, seed_list, settings_mismatch
+from prefix_rft.recipes.compare import finished_run, save_run, seed_list
 from prefix_rft.recipes.protocol_report import report, write_json
 from prefix_rft.recipes.protocol_rules import (
     REFERENCE,
@@ -196,26 +195,14 @@ def run_job(job: Job, threads: int) -> tuple[Job, dict[str, Any]]:
     lengths = [] if job.method in NO_DEMOS else demo_lengths(job.method, job.settings, job.seed, result["base_model"])
     rl_demo_tokens = sum(h.get("prefix/demo_tokens", 0.0) for h in result["log_history"])
     result["inputs"] = inputs(job.method, job.settings, lengths, rl_demo_tokens, sft_steps_run(job.method, result))
-    tmp = job.path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    tmp.replace(job.path)  # a kill mid-write leaves no half result
+    save_run(job.path, result)
     return job, result
-
-
-def load_done(job: Job) -> dict[str, Any] | None:
-    """The finished run of `job`, or None; refuses one made with other settings."""
-    if not job.path.exists():
-        return None
-    result = read_run(job.path)
-    mismatch = settings_mismatch(result.get("settings", {}), job.settings)
-    if mismatch:
-        raise SystemExit(f"{job.path} was run with other settings, {{field: (then, now)}}: {mismatch}")
-    return result
 
 
 def run_jobs(jobs: list[Job], n_jobs: int, stage: str) -> list[dict[str, Any]]:
     """Run the unfinished `jobs`, `n_jobs` at a time in fresh processes, printing progress; all results in order."""
-    results = {job.path: load_done(job) for job in jobs}  # read once: None for the runs still to do
+    # read once: None for the runs still to do
+    results = {job.path: finished_run(job.path, job.settings) for job in jobs}
     todo = [job for job in jobs if results[job.path] is None]
     print(f"== {stage}: {len(jobs)} runs, {len(jobs) - len(todo)} already done", flush=True)
     start = time.monotonic()

@@ -1,9 +1,10 @@
 """Setup checks of `prefix-rft train`: every path, file and structured option, before the model loads.
 
-`check_command_line` runs before TRL's parser (the YAML recipe, the types of its values, the options holding JSON or
-a mapping), `check_paths` after it (model, checkpoint, dataset and output paths; scheduler and model-loading keys),
-`check_hub_model` when the model is to load, `check_dataset_format` on the first row once the data is read. Each
-raises `SetupError` naming the option or file; `prefix-rft train` prints it (prefix_rft/setup_errors.py).
+`read_yaml` and `check_command_line` run before TRL's parser (the YAML recipe, the types of its values, the options
+holding JSON or a mapping), `check_paths` after it (model, checkpoint, dataset and output paths; scheduler and
+model-loading keys), `check_hub_model` when the model is to load, `check_dataset_format` on the first row once the
+data is read. Each raises `SetupError` naming the option or file; `prefix-rft train` prints it
+(prefix_rft/setup_errors.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import dataclasses
 import difflib
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
@@ -33,24 +33,32 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 STATE_FILE = "trainer_state.json"  # transformers writes it last into a checkpoint (TRAINER_STATE_NAME)
 
 
-def check_command_line(parser, argv: list[str] | None, checked_by_config: type) -> None:
-    """The YAML of `--config` (readable, a mapping of known options, values of the fields' types) and every option
-    holding JSON, as `parser` (a TrlParser) will see them; the fields of `checked_by_config` check their own types."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    config: dict[str, Any] = {}
+def read_yaml(argv: list[str]) -> dict[str, Any]:
+    """The mapping of the `--config FILE` YAML of `argv`, or {} without one; read once, by `prefix-rft train`, for
+    the method (recipes/method_choice.py) and `check_command_line`."""
+    if "--config" not in argv:
+        return {}
+    at = argv.index("--config")
+    if at + 1 >= len(argv):
+        raise SetupError("--config: give the path of a YAML file")
+    return read_config(argv[at + 1])
+
+
+def check_command_line(parser, argv: list[str], checked_by_config: type, config: dict[str, Any]) -> None:
+    """The YAML `config` of `--config` (`read_yaml`: keys are known options, values of the fields' types) and every
+    option holding JSON, as `parser` (a TrlParser) will see them; the fields of `checked_by_config` check their own
+    types."""
     if "--config" in argv:
         at = argv.index("--config")
-        if at + 1 >= len(argv):
-            raise SetupError("--config: give the path of a YAML file")
-        config = read_config(argv[at + 1], parser)
+        check_keys(f"--config {argv[at + 1]}", config, parser)
         argv = argv[:at] + argv[at + 2 :]
         check_value_types(config, parser, checked_by_config)
     check_structured_options(parser, argv, config)
 
 
-def read_config(path: str, parser) -> dict[str, Any]:
-    """The mapping of a YAML recipe; refuses a missing file, bad YAML (with PyYAML's line and column), anything but a
-    mapping, keys that are not option names and `env` entries that are not variables."""
+def read_config(path: str) -> dict[str, Any]:
+    """The mapping of a YAML recipe; refuses a missing file, bad YAML (with PyYAML's line and column) and anything
+    but a mapping (`check_keys` checks its keys)."""
     where = f"--config {path}"
     file = Path(path)
     if not file.exists():
@@ -68,7 +76,6 @@ def read_config(path: str, parser) -> dict[str, Any]:
     if not isinstance(config, dict):
         got = "nothing (the file is empty)" if config is None else f"{type(config).__name__} {config!r:.60}"
         raise SetupError(f"{where}: expected a mapping of 'option: value' lines, got {got}")
-    check_keys(where, config, parser)
     return config
 
 

@@ -26,6 +26,7 @@ from prefix_rft.recipes.setup_checks import (
     check_dataset_format,
     check_hub_model,
     check_paths,
+    read_yaml,
 )
 from prefix_rft.setup_errors import reports_setup_errors, setup_stage
 from prefix_rft.trl.config import PrefixRFTConfig
@@ -110,12 +111,13 @@ class TrainArguments(NamedTuple):
 def parse_args(argv: list[str] | None = None) -> TrainArguments:
     """Parse the YAML and command line, and refuse what could only fail later (trackers, rewards, streaming)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    method, _ = requested_method(argv)  # its config class parses the options
+    yaml_config = read_yaml(argv)  # read once: for the method and for the checks; TrlParser reads it itself
+    method = requested_method(argv, yaml_config)  # its config class parses the options
     config_cls = METHODS[method].config
     parser = TrlParser(
         (TrainScriptArguments, config_cls, ModelArguments, DatasetMixtureConfig), prog="prefix-rft train"
     )
-    check_command_line(parser, argv, config_cls)  # the YAML, its value types, the options holding JSON
+    check_command_line(parser, argv, config_cls, yaml_config)  # the YAML's keys and value types, JSON options
     parser.set_defaults(**METHODS[method].presets)  # the YAML and the command line may set them again, to the same
     args = TrainArguments(*parser.parse_args_and_config(argv))
     check_presets(method, args.config)
