@@ -1,6 +1,7 @@
 """`prefix-rft protocol`: tuning never touches test or OOD, the choice and the cut rule, the intervals, resuming."""
 
 import json
+import time
 
 import pytest
 
@@ -305,3 +306,14 @@ def test_commands_refuse_validation_scoring_which_only_the_protocol_sets_per_sta
     message = f"prefix-rft {command} scores the test and OOD splits; --evaluate_on validation is prefix-rft protocol's"
     assert module.main(["--evaluate_on", "validation", "--output_dir", "/nonexistent/never-written"]) == 2
     assert capsys.readouterr().err == message + "\n"
+
+
+def test_run_cost_is_cpu_time_so_waiting_is_not_charged():
+    before = protocol.process_cpu_seconds()
+    time.sleep(0.3)  # waiting, as a run does while another process has the core
+    slept = protocol.process_cpu_seconds() - before
+    end = time.monotonic() + 0.3
+    while time.monotonic() < end:  # busy: 0.3 s of CPU on one core
+        pass
+    busy = protocol.process_cpu_seconds() - before - slept
+    assert slept < 0.05 and busy > 0.2

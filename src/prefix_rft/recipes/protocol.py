@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import resource
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -175,14 +176,21 @@ def demo_lengths(method: str, settings: RunSettings, seed: int, base_path: str) 
     ]
 
 
+def process_cpu_seconds() -> float:
+    """User plus system CPU seconds this process has used so far, all its threads included."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_job(job: Job, threads: int) -> tuple[Job, dict[str, Any]]:
     """Run `job` in this process on `threads` threads, its output to `<path>.log`; write its JSON atomically and
-    return it."""
+    return it. `seconds` is the run's CPU time, what the budget charges: a run slowed by other work on the machine
+    is not charged for the wait (`wall_seconds` beside it)."""
     import torch
 
     torch.set_num_threads(threads)
     job.path.parent.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
+    start, cpu_start = time.monotonic(), process_cpu_seconds()
     with open(job.path.with_suffix(".log"), "w") as log:
         saved = os.dup(1), os.dup(2)
         os.dup2(log.fileno(), 1), os.dup2(log.fileno(), 2)
@@ -191,7 +199,8 @@ def run_job(job: Job, threads: int) -> tuple[Job, dict[str, Any]]:
         finally:
             sys.stdout.flush(), sys.stderr.flush()
             os.dup2(saved[0], 1), os.dup2(saved[1], 2)
-    result["seconds"] = time.monotonic() - start
+    result["seconds"] = process_cpu_seconds() - cpu_start
+    result["wall_seconds"] = time.monotonic() - start
     lengths = [] if job.method in NO_DEMOS else demo_lengths(job.method, job.settings, job.seed, result["base_model"])
     rl_demo_tokens = sum(h.get("prefix/demo_tokens", 0.0) for h in result["log_history"])
     result["inputs"] = inputs(job.method, job.settings, lengths, rl_demo_tokens, sft_steps_run(job.method, result))
@@ -217,7 +226,7 @@ def run_jobs(jobs: list[Job], n_jobs: int, stage: str) -> list[dict[str, Any]]:
                 elapsed = time.monotonic() - start
                 eta = elapsed / done * (len(todo) - done)
                 print(
-                    f"[{stage} {done}/{len(todo)}] {job.method} seed {job.seed} {job.path.name}: {seconds:.0f} s; "
+                    f"[{stage} {done}/{len(todo)}] {job.method} seed {job.seed} {job.path.name}: {seconds:.0f} CPU s; "
                     f"elapsed {elapsed / 60:.1f} min, about {eta / 60:.0f} min left",
                     flush=True,
                 )
