@@ -141,7 +141,9 @@ class PrefixRFTTrainer(
            completion = prefix + continuation, `prefix_ids` and `completion_lens`),
            `_get_per_token_logps_and_entropies` (old and reference log-probs, stock), and
            `_calculate_rewards` (scoring.py: rewards checked, weighted rewards onto `rollout.rewards`).
-           TRL's advantages are then replaced:
+           TRL then computes its group advantages inline, with no hook to skip or replace them; step 4 overwrites
+           them. That costs a few (N,) tensor operations, where owning TRL's method would fork its ~460 lines.
+           The completions table's advantage column is rewritten with the continuation advantages.
         4. Prefix fields (`scoring.prefix_fields`): `prefix_mask` and per-token advantages into the batch; then the
            per-question state (questions.py) and `_after_rollout` (the baselines' hook) see the scored rollout.
         5. The batch goes back to TRL, which hands it to `_prepare_inputs` (loss.py: prefix-token selection over an
