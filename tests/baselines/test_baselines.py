@@ -46,7 +46,7 @@ def test_rl_with_sft_loss_adds_token_mean_nll_of_demo_rows(tmp_path, model, toke
     logps = torch.tensor([[-1.0, -2.0], [-3.0, -4.0]])
     prefix_mask = torch.tensor([[False, False], [True, True]])
     # pg over on-policy tokens: (1 + 2) / (2 rows * 24) = 0.0625; NLL token mean over the demo row: (3 + 4) / 2
-    loss = trainer._aggregate(token_loss, logps, torch.ones(2, 2), prefix_mask)
+    loss = trainer._aggregate(token_loss, logps, torch.ones(2, 2), prefix_mask, None)
     assert loss.item() == pytest.approx(0.0625 + 3.5)
 
 

@@ -30,7 +30,7 @@ def test_hpt_loss_sums_grpo_of_rl_rows_and_nll_of_sft_demos(tmp_path, model, tok
     prefix_mask = torch.tensor([[False, False], [False, False], [True, True]])
     # row 0: a rollout of an RL question; row 1: a rollout of an SFT question (dropped); row 2: that question's demo
     trainer._hpt_rows = (torch.tensor([False, False, True]), torch.tensor([True, False, False]))
-    loss = trainer._aggregate(token_loss, logps, torch.ones(3, 2), prefix_mask)
+    loss = trainer._aggregate(token_loss, logps, torch.ones(3, 2), prefix_mask, None)
     # Dr. GRPO: (1 + 2) / (3 rows * 24) = 1/24; NLL token mean of the demo (1 + 3) / 2 = 2, x 0.5
     assert loss.item() == pytest.approx(1 / 24 + 0.5 * 2.0)
 

@@ -31,7 +31,7 @@ def test_srft_loss_by_hand(tmp_path, model, tokenizer):
     token_loss, _ = trainer._token_loss(logps, logps, advantages, prefix_mask)
     # solved: -0.1 log p = 0.1, 0.2; failed: +log p = -1, -1; demo: -A p = -0.25, -0.25
     assert token_loss.flatten().tolist() == pytest.approx([0.1, 0.2, -1.0, -1.0, -0.25, -0.25])
-    loss = trainer._aggregate(token_loss, logps, mask, prefix_mask)
+    loss = trainer._aggregate(token_loss, logps, mask, prefix_mask, None)
     # Dr. GRPO: (0.1 + 0.2 - 1 - 1 - 0.25 - 0.25) / (3 rows * 24); SFT: 0.25 * ln 2 on each demo token, token mean
     assert loss.item() == pytest.approx(-2.2 / 72 + 0.25 * math.log(2))
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from prefix_rft.core.entropy import kept_in_pool, num_dropped, select_prefix_tokens
+from prefix_rft.core.entropy import kept_in_pool, num_dropped, select_over_span, select_prefix_tokens
 
 # One row: 10 prefix tokens with entropies 0.1..1.0, then 2 continuation tokens with entropy 0.0.
 ENTROPY = torch.tensor([[0.5, 0.1, 0.9, 0.3, 1.0, 0.2, 0.8, 0.4, 0.7, 0.6, 0.0, 0.0]])
@@ -218,3 +218,74 @@ def test_tensor_pool_offset_is_accepted():
         pool_offset=torch.tensor(4),
     )
     assert keep.tolist() == [[True, False, True]]
+
+
+# ---------------------------------------------------------------- one span of micro-batches per scope
+
+# Micro-batch 1: prefix tokens (0,0)=0.4, (0,1)=0.9; column 2 is continuation.
+MB1_ENTROPY, MB1_PREFIX = torch.tensor([[0.4, 0.9, 0.1]]), torch.tensor([[True, True, False]])
+# Micro-batch 2: prefix tokens (0,0)=0.6, (1,0)=0.8, (1,1)=0.3; (0,1) is continuation.
+MB2_ENTROPY, MB2_PREFIX = torch.tensor([[0.6, 0.2], [0.8, 0.3]]), torch.tensor([[True, False], [True, True]])
+
+
+def rank1_of_two(calls: list):
+    """A gather as rank 1 sees it: rank 0 holds prefix entropies 0.5, 0.7, so this rank's start at index 2."""
+
+    def gather(local: torch.Tensor) -> tuple[torch.Tensor, int]:
+        calls.append(local)
+        return torch.cat([torch.tensor([0.5, 0.7]), local]), 2
+
+    return gather
+
+
+def test_optimizer_step_pools_the_prefix_tokens_of_every_micro_batch():
+    # Pool [0.4, 0.9 | 0.6, 0.8, 0.3], M = 5, keep 0.4 -> drop floor(0.6 * 5) = 3: ascending 0.3, 0.4, 0.6 dropped,
+    # 0.9 (micro-batch 1 at (0,1)) and 0.8 (micro-batch 2 at (1,0)) kept: 2 of 5.
+    keep1, keep2 = select_over_span("optimizer_step", [MB1_ENTROPY, MB2_ENTROPY], [MB1_PREFIX, MB2_PREFIX], 0.4)
+    assert keep1.tolist() == [[False, True, True]]
+    assert keep2.tolist() == [[False, True], [True, False]]
+
+
+def test_local_micro_batch_selects_within_its_micro_batch_and_never_gathers():
+    # Micro-batch 2 alone: M = 3, drop floor(0.6 * 3) = 1 -> 0.3 dropped, 0.6 and 0.8 kept (2 of 3, where the step
+    # scope above kept 1 of them).
+    calls = []
+    (keep,) = select_over_span("local_micro_batch", [MB2_ENTROPY], [MB2_PREFIX], 0.4, gather=rank1_of_two(calls))
+    assert keep.tolist() == [[True, True], [True, False]]
+    assert calls == []
+
+
+def test_global_micro_batch_selects_over_the_micro_batch_on_every_rank():
+    # Pool [0.5, 0.7 (rank 0) | 0.6, 0.8, 0.3], M = 5, drop 3: 0.3, 0.5, 0.6 dropped; 0.7 (rank 0) and 0.8 kept.
+    calls = []
+    (keep,) = select_over_span("global_micro_batch", [MB2_ENTROPY], [MB2_PREFIX], 0.4, gather=rank1_of_two(calls))
+    assert keep.tolist() == [[False, True], [True, False]]
+    assert len(calls) == 1 and torch.equal(calls[0], torch.tensor([0.6, 0.8, 0.3]))
+
+
+def test_optimizer_step_on_two_ranks_advances_the_offset_per_micro_batch():
+    # Pool [0.5, 0.7 (rank 0) | 0.4, 0.9 (mb 1) | 0.6, 0.8, 0.3 (mb 2)], M = 7, keep 0.4 -> drop floor(4.2) = 4:
+    # 0.3, 0.4, 0.5, 0.6 dropped; 0.7 (rank 0), 0.9 (mb 1 at (0,1)) and 0.8 (mb 2 at (1,0)) kept.
+    calls = []
+    keep1, keep2 = select_over_span(
+        "optimizer_step", [MB1_ENTROPY, MB2_ENTROPY], [MB1_PREFIX, MB2_PREFIX], 0.4, gather=rank1_of_two(calls)
+    )
+    assert keep1.tolist() == [[False, True, True]]
+    assert keep2.tolist() == [[False, True], [True, False]]
+    assert len(calls) == 1 and torch.equal(calls[0], torch.tensor([0.4, 0.9, 0.6, 0.8, 0.3]))  # one per step
+
+
+def test_span_without_prefix_tokens_keeps_every_token():
+    none = torch.zeros(2, 2, dtype=torch.bool)
+    (keep,) = select_over_span("optimizer_step", [torch.zeros(2, 2)], [none], 0.2)
+    assert keep.all()
+
+
+def test_per_micro_batch_scope_over_two_micro_batches_is_refused():
+    with pytest.raises(ValueError, match="'global_micro_batch' spans one micro-batch, got 2"):
+        select_over_span("global_micro_batch", [MB1_ENTROPY, MB2_ENTROPY], [MB1_PREFIX, MB2_PREFIX], 0.4)
+
+
+def test_unknown_scope_is_refused():
+    with pytest.raises(ValueError, match="unknown entropy scope 'batch'"):
+        select_over_span("batch", [MB1_ENTROPY], [MB1_PREFIX], 0.4)

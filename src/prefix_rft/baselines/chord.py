@@ -64,9 +64,9 @@ class ChordTrainer(FullDemoRows, PrefixRFTTrainer):
             decay = max(self.state.max_steps - args.chord_mu_warmup_steps, 0)
         return warmup_cosine_weight(step, args.chord_mu_warmup_steps, decay, args.chord_mu_peak, args.chord_mu_valley)
 
-    def _aggregate(self, token_loss, logps, mask, prefix_mask) -> torch.Tensor:
+    def _aggregate(self, token_loss, logps, mask, prefix_mask, dapo_tokens) -> torch.Tensor:
         on_policy = mask * ~prefix_mask
-        pg = aggregate_token_loss(token_loss, on_policy, self.loss_type, self.max_completion_length)
+        pg = aggregate_token_loss(token_loss, on_policy, self.loss_type, self.max_completion_length, dapo_tokens)
         weights = chord_phi(logps) if self.args.chord_phi else None
         sft = demo_nll(logps, prefix_mask, weights)
         mu = self.chord_mu(self.state.global_step)

@@ -96,7 +96,7 @@ class HptTrainer(FullDemoRows, PrefixRFTTrainer):
         ratio = torch.exp(logps - old_logps).detach()
         return unclipped_token_loss(logps, old_logps, advantages), ratio
 
-    def _aggregate(self, token_loss, logps, mask, prefix_mask) -> torch.Tensor:
+    def _aggregate(self, token_loss, logps, mask, prefix_mask, dapo_tokens) -> torch.Tensor:
         """Dr. GRPO over the RL rows' tokens + coef x token-mean NLL over the SFT rows' demo tokens."""
         on_policy, demo = mask * ~prefix_mask, prefix_mask
         if self._hpt_rows is not None:  # evaluation batches carry no switch: their rollouts are all on-policy

@@ -32,7 +32,7 @@ class RLWithSFTConfig(PrefixRFTConfig):
 class RLWithSFTTrainer(FullDemoRows, PrefixRFTTrainer):
     """Demonstration rows carry a plain NLL; on-policy rows the usual clipped Dr. GRPO objective."""
 
-    def _aggregate(self, token_loss, logps, mask, prefix_mask) -> torch.Tensor:
+    def _aggregate(self, token_loss, logps, mask, prefix_mask, dapo_tokens) -> torch.Tensor:
         on_policy = mask * ~prefix_mask
         pg = aggregate_dr_grpo(token_loss, on_policy, self.max_completion_length)
         return pg + self.args.sft_loss_coef * demo_nll(logps, prefix_mask)

@@ -115,7 +115,7 @@ class SrftTrainer(FullDemoRows, PrefixRFTTrainer):
             demo = shaped_off_policy_token_loss(logps, advantages, args.srft_off_policy_gamma)
         return torch.where(prefix_mask, demo, own), torch.ones_like(logps)
 
-    def _aggregate(self, token_loss, logps, mask, prefix_mask) -> torch.Tensor:
+    def _aggregate(self, token_loss, logps, mask, prefix_mask, dapo_tokens) -> torch.Tensor:
         """RL terms summed over a constant (Dr. GRPO) + w_SFT-weighted token-mean NLL of the demo tokens."""
         w_sft = self._srft["w_sft"].unsqueeze(1)  # (B, 1)
         sft = demo_nll(logps, prefix_mask, w_sft)

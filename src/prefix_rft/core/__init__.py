@@ -6,7 +6,7 @@ from prefix_rft.core.advantages import (
     per_token_advantages,
     reward_std_divisor,
 )
-from prefix_rft.core.entropy import num_dropped, select_prefix_tokens
+from prefix_rft.core.entropy import num_dropped, select_over_span, select_prefix_tokens
 from prefix_rft.core.escalation import EscalationState, level_at, prefix_end, trains_prefix, trapo_levels
 from prefix_rft.core.generation import CallShapes, force_prefix_scores, prefer_shared_call
 from prefix_rft.core.loss import (
@@ -95,6 +95,7 @@ __all__ = [
     "rollout_index",
     "row_rng",
     "sampler_ratio_on_continuation",
+    "select_over_span",
     "select_prefix_tokens",
     "sequence_level_old_logp",
     "shaped_off_policy_token_loss",

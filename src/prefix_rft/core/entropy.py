@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable, Sequence
 from typing import Literal, get_args
 
 import torch
 
 SelectionMode = Literal["top", "all", "none", "random", "lowest"]
 _MODES: tuple[str, ...] = get_args(SelectionMode)
+EntropyScope = Literal["optimizer_step", "global_micro_batch", "local_micro_batch"]
+_SCOPES: tuple[str, ...] = get_args(EntropyScope)
+# (n,) local prefix entropies -> (M,) every rank's in rank order, and the index where this rank's start.
+Gather = Callable[[torch.Tensor], tuple[torch.Tensor, int]]
 _EPS = 1e-9
 
 
@@ -114,6 +119,57 @@ def select_prefix_tokens(
     kept_pool = kept_in_pool(pool, keep_fraction, mode)
     keep[prefix_mask] = kept_pool[pool_offset : pool_offset + local.numel()].to(keep.device)
     return keep
+
+
+def select_over_span(
+    scope: EntropyScope,
+    entropies: Sequence[torch.Tensor],
+    prefix_masks: Sequence[torch.Tensor],
+    keep_fraction: float,
+    mode: SelectionMode = "top",
+    *,
+    gather: Gather | None = None,
+    generator: torch.Generator | None = None,
+) -> list[torch.Tensor]:
+    """Keep masks of the micro-batches one entropy scope spans, by :func:`select_prefix_tokens` over one pool.
+
+    The pool is every prefix token of the span, micro-batch after micro-batch in row-major order; with ``scope``
+    other than ``local_micro_batch`` it is extended by ``gather`` to the same span on every rank. ``local_micro_batch``
+    and ``global_micro_batch`` span one micro-batch; ``optimizer_step`` spans the optimizer step's micro-batches.
+    ``random`` draws the reference count of each micro-batch's own prefix tokens (one ``generator`` in turn).
+
+    Args:
+        scope: the entropy scope (`prefix_entropy_scope`).
+        entropies: one (B_i, T_i) entropy tensor per micro-batch of the span (detached).
+        prefix_masks: one (B_i, T_i) bool tensor per micro-batch, True on the prefix tokens that are trained.
+        keep_fraction, mode: as in :func:`select_prefix_tokens`.
+        gather: maps this rank's (n,) pool to every rank's (M,) pool and this rank's offset in it; None on one
+            process (the pool is this rank's). Called, on every rank alike, unless ``scope`` is ``local_micro_batch``.
+        generator: RNG for ``random``.
+    Returns:
+        One (B_i, T_i) bool keep mask per micro-batch.
+    Raises:
+        ValueError: an unknown scope, a per-micro-batch scope over several micro-batches, or an empty span.
+    """
+    if scope not in _SCOPES:
+        raise ValueError(f"unknown entropy scope {scope!r}; expected one of {', '.join(_SCOPES)}")
+    if len(entropies) != len(prefix_masks) or not entropies:
+        raise ValueError(f"a span needs >= 1 micro-batch, one prefix mask each: {len(entropies)}, {len(prefix_masks)}")
+    if scope != "optimizer_step" and len(entropies) != 1:
+        raise ValueError(f"scope {scope!r} spans one micro-batch, got {len(entropies)}")
+    pool = torch.cat([e[m].float() for e, m in zip(entropies, prefix_masks, strict=True)])
+    offset = 0
+    if scope != "local_micro_batch" and gather is not None:
+        pool, offset = gather(pool)
+    keeps = []
+    for entropy, prefix_mask in zip(entropies, prefix_masks, strict=True):
+        keeps.append(
+            select_prefix_tokens(
+                entropy, prefix_mask, keep_fraction, mode, pool, pool_offset=offset, generator=generator
+            )
+        )
+        offset += int(prefix_mask.sum())
+    return keeps
 
 
 def _check_pool_slice(pool: torch.Tensor, pool_offset: int, local: torch.Tensor) -> int:

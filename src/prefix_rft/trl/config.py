@@ -9,7 +9,7 @@ from typing import Literal, Union, get_args, get_origin, get_type_hints
 from trl import GRPOConfig
 
 from prefix_rft.core.advantages import AdvantageMode, ScaleRewards
-from prefix_rft.core.entropy import SelectionMode
+from prefix_rft.core.entropy import EntropyScope, SelectionMode
 from prefix_rft.core.loss import LOSS_TYPES, LossType
 from prefix_rft.core.prefix import hybrid_positions
 from prefix_rft.core.schedule import Constant, Delay, PrefixRatioSampler, ScheduleKind, make_controller
@@ -18,7 +18,6 @@ from prefix_rft.trl.fields import REFUSED_GRPO_FIELDS, REFUSED_LOSS_TYPES
 
 # The choices of the string fields: each field is typed with its Literal, which `--help` lists and
 # `_check_choices` enforces (core's Literals for the options core reads).
-EntropyScope = Literal["optimizer_step", "global_micro_batch", "local_micro_batch"]
 Placement = Literal["response", "prompt"]
 SamplerCorrection = Literal["continuation", "row"]
 ScheduleUnit = Literal["rollout_batch", "optimizer_step"]

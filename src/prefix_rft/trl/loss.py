@@ -9,7 +9,7 @@ from prefix_rft.core import (
     masked_mean,
     ppo_clip_token_loss,
     sampler_ratio_on_continuation,
-    select_prefix_tokens,
+    select_over_span,
     sequence_level_old_logp,
 )
 
@@ -18,24 +18,30 @@ class PrefixLossMixin:
     """Loss hooks of `PrefixRFTTrainer` (a mixin over TRL's `GRPOTrainer`)."""
 
     def _prefix_keep_mask(self, entropies: torch.Tensor, prefix_mask: torch.Tensor, inputs: dict) -> torch.Tensor:
-        """(B, T) bool: tokens that keep their advantage after entropy selection of prefix tokens (fidelity 3-4)."""
-        precomputed = inputs.get("prefix_keep")  # optimizer_step scope over several micro-batches (_prepare_inputs)
-        if precomputed is not None:
-            return precomputed
-        args, pool, offset, generator = self.args, None, 0, None
-        if args.prefix_entropy_scope != "local_micro_batch":  # this micro-batch on every rank
-            pool, offset = self._gathered_pool(entropies[prefix_mask].float())
+        """(B, T) bool: tokens that keep their advantage after entropy selection of prefix tokens.
+
+        `prefix_keep` when `_select_over_optimizer_step` wrote it (a scope spanning several micro-batches); else the
+        scope spans this micro-batch alone, selected from the loss forward's (B, T) `entropies`.
+        """
+        keep = inputs.get("prefix_keep")
+        return keep if keep is not None else self._select_over_span([entropies], [prefix_mask])[0]
+
+    def _select_over_span(self, entropies: list[torch.Tensor], prefix_masks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The keep mask of each micro-batch of a span, by `select_over_span` under the configured scope and mode.
+
+        `random` is seeded by (prefix_seed, micro-batch step, rank)."""
+        args, generator = self.args, None
         if args.prefix_entropy_selection == "random":
             generator = torch.Generator().manual_seed(
                 hash((args.prefix_seed, self._step, self.accelerator.process_index))
             )
-        return select_prefix_tokens(
+        return select_over_span(
+            args.prefix_entropy_scope,
             entropies,
-            prefix_mask,
+            prefix_masks,
             args.prefix_entropy_keep_fraction,
             args.prefix_entropy_selection,
-            pool,
-            pool_offset=offset,
+            gather=self._gathered_pool,
             generator=generator,
         )
 
@@ -74,30 +80,19 @@ class PrefixLossMixin:
 
         The threshold is taken over every prefix token of the step's micro-batches on all ranks (the paper's
         mini-batch), so their entropies under the current policy are needed before the first backward: a no-grad
-        forward of the rows that have prefix tokens. The policy does not change until the step ends, so these are the
-        entropies the loss would see.
+        forward of the rows that have prefix tokens, skipped when no rank has any. The policy does not change until
+        the step ends, so these are the entropies the loss would see.
         """
         masks = [inputs.get("prefix_mask", torch.zeros(1, 1, dtype=torch.bool)) for inputs in micro_batches]
         masks = [m & self._loss_mask(inputs).bool() for m, inputs in zip(masks, micro_batches, strict=True)]
-        counts = [int(m.sum()) for m in masks]
-        total = torch.tensor([sum(counts)], device=self.accelerator.device)
-        if int(self.accelerator.reduce(total, "sum")) == 0:
-            for inputs, m in zip(micro_batches, masks, strict=True):
-                inputs["prefix_keep"] = torch.ones_like(m)
-            return
-        entropies = [self._prefix_entropies(inputs, m) for inputs, m in zip(micro_batches, masks, strict=True)]
-        pool, offset = self._gathered_pool(torch.cat([e[m].float() for e, m in zip(entropies, masks, strict=True)]))
-        args = self.args
-        for inputs, entropy, m, count in zip(micro_batches, entropies, masks, counts, strict=True):
-            inputs["prefix_keep"] = select_prefix_tokens(
-                entropy,
-                m,
-                args.prefix_entropy_keep_fraction,
-                args.prefix_entropy_selection,
-                pool,
-                pool_offset=offset,
-            )
-            offset += count
+        total = torch.tensor([sum(int(m.sum()) for m in masks)], device=self.accelerator.device)
+        any_prefix = int(self.accelerator.reduce(total, "sum")) > 0
+        entropies = [
+            self._prefix_entropies(inputs, m) if any_prefix else torch.zeros(m.shape, device=m.device)
+            for inputs, m in zip(micro_batches, masks, strict=True)
+        ]
+        for inputs, keep in zip(micro_batches, self._select_over_span(entropies, masks), strict=True):
+            inputs["prefix_keep"] = keep
 
     @staticmethod
     def _loss_mask(inputs: dict) -> torch.Tensor:
@@ -143,9 +138,7 @@ class PrefixLossMixin:
         if self.beta != 0.0:
             token_loss = token_loss + self.beta * self._kl(logps, old_logps, inputs["ref_per_token_logps"], mask, mode)
         accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-        # `_aggregate` keeps the signature the baselines override, so DAPO's divisor reaches it on the trainer.
-        self._tokens_per_micro_batch = self._dapo_tokens(inputs, mode)
-        policy_loss = self._aggregate(token_loss, logps, mask, prefix_mask)
+        policy_loss = self._aggregate(token_loss, logps, mask, prefix_mask, self._dapo_tokens(inputs, mode))
         loss = policy_loss / accumulation - self._entropy_bonus(entropies, mask, prefix_mask, mode) / accumulation
         if self.aux_loss_enabled:  # MoE load balancing, as stock GRPOTrainer adds it
             loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
@@ -216,11 +209,13 @@ class PrefixLossMixin:
         # Evaluation batches are neither split into micro-batches nor accumulated.
         return tokens / self.args.steps_per_generation if mode == "train" else tokens
 
-    def _aggregate(self, token_loss, logps, mask, prefix_mask) -> torch.Tensor:
-        """Scalar loss of a micro-batch before gradient-accumulation scaling, aggregated as `loss_type` says."""
-        return aggregate_token_loss(
-            token_loss, mask, self.loss_type, self.max_completion_length, self._tokens_per_micro_batch
-        )
+    def _aggregate(self, token_loss, logps, mask, prefix_mask, dapo_tokens: torch.Tensor | None) -> torch.Tensor:
+        """Scalar loss of a micro-batch before gradient-accumulation scaling, aggregated as `loss_type` says.
+
+        `dapo_tokens` is DAPO's divisor (`_dapo_tokens`; None for the other loss types); the baselines override this
+        hook to add their SFT term.
+        """
+        return aggregate_token_loss(token_loss, mask, self.loss_type, self.max_completion_length, dapo_tokens)
 
     def _entropy_bonus(self, entropies, mask, prefix_mask, mode: str) -> torch.Tensor | float:
         """Coefficient x mean entropy over the `prefix_entropy_bonus_scope` tokens (0 when disabled).

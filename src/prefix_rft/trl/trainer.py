@@ -9,7 +9,7 @@ Everything else (sampling, rewards, PPO clip, Dr. GRPO aggregation, accelerate/D
 TRL's.
 
 One training step reads top to bottom in `PrefixRFTTrainer._generate_and_score_completions`. The decisions are plain
-functions with explicit arguments (`generation.plan_rows`, `scoring.prefix_fields`, `core.select_prefix_tokens`); the
+functions with explicit arguments (`generation.plan_rows`, `scoring.prefix_fields`, `core.select_over_span`); the
 mixins only adapt TRL's hooks to them. Mixins, not composition: TRL calls its hooks on the trainer itself
 (`_tokenize_prompts`, `_generate_single_turn`, `_calculate_rewards`, `_compute_loss`), so an override has to be a
 method of the trainer, and the baselines override the same hooks (`_plan_rows`, `_row_plan`, `_add_prefix_fields`,
@@ -25,7 +25,6 @@ import shutil
 import textwrap
 from typing import Any
 
-import torch
 from accelerate.utils import DistributedType, parse_flag_from_env
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from trl import GRPOTrainer
@@ -98,7 +97,6 @@ class PrefixRFTTrainer(
                 eprint       = {arXiv:2507.01679},
             }"""),
     }
-    _tokens_per_micro_batch: torch.Tensor | None = None  # DAPO's divisor for the micro-batch in flight
 
     def __init__(self, model, reward_funcs=None, args: PrefixRFTConfig | None = None, *rest: Any, **kwargs: Any):
         for name, reason in REFUSED_TRAINER_ARGUMENTS.items():
