@@ -78,8 +78,8 @@ class DecodeRecorder:
                 decoded_by_prompt[prompt].append(n)
         rows = []
         for i, (prompt, prefix, completion) in enumerate(zip(prompt_ids, prefix_ids, completion_ids, strict=True)):
-            full_demo = plan.rows[i].role == "full_demo"  # nothing generated
-            n_decoded = 0 if full_demo else decoded_by_prompt[tuple(prompt) + tuple(prefix)].pop(0)
+            generated = plan.rows[i].generates
+            n_decoded = decoded_by_prompt[tuple(prompt) + tuple(prefix)].pop(0) if generated else 0
             kept = max(0, len(completion) - len(prefix))
             rows.append(
                 {

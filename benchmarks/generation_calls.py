@@ -58,7 +58,8 @@ def setup(args):
         else tokenizer(x["prompt"], add_special_tokens=False)["input_ids"]
         for x in inputs
     ]
-    return trainer, prompt_ids, trainer._fit_prefixes(trainer._rollout, prompt_ids)
+    prefix_ids, _ = trainer._fit_prefixes(trainer._rollout, prompt_ids)
+    return trainer, prompt_ids, prefix_ids
 
 
 def time_call(trainer, prompt_ids, prefix_ids, mode: str) -> tuple[float, float]:

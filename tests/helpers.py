@@ -15,6 +15,7 @@ from datasets import Dataset
 
 from prefix_rft import PrefixRFTTrainer
 from prefix_rft.trl.cpu import cpu_trainer_kwargs
+from prefix_rft.trl.rollouts import Rollout, RowPlan
 
 if TYPE_CHECKING:
     from tests.trl.doubles.ddp_vllm_worker import WeightSnapshots
@@ -90,6 +91,16 @@ def baseline_trainer(trainer_cls, config_cls, tmp_path, model, tokenizer, reward
         train_dataset=make_dataset(),
         processing_class=tokenizer,
     )
+
+
+def budget_rollout() -> Rollout:
+    """Three text-prompt rows to fit to a prompt budget: on-policy, a hybrid revealing 4 tokens, a full demo of 2."""
+    rows = [
+        RowPlan(),
+        RowPlan(role="hybrid", revealed_ids=[5, 6, 7, 8], demo_len=8, ratio=0.5),
+        RowPlan(role="full_demo", revealed_ids=[5, 6], demo_len=2, ratio=1.0),
+    ]
+    return Rollout(rows=rows, prompts=["q", "q", "q"], schedule_step=0)
 
 
 def make_trainer(tmp_path, model, tokenizer, rewards=(0.0,), **overrides):

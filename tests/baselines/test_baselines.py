@@ -15,7 +15,7 @@ from prefix_rft.baselines import (
 )
 from prefix_rft.baselines.relift import add_to_buffer, all_failed_groups, take_sft_batch
 from prefix_rft.baselines.sft import demo_completion_rows
-from tests.helpers import base_kwargs, baseline_trainer, generate_batch
+from tests.helpers import base_kwargs, baseline_trainer, budget_rollout, generate_batch
 
 
 def test_luffy_demo_row_is_the_whole_demo_and_eos(tmp_path, model, tokenizer):
@@ -29,6 +29,14 @@ def test_luffy_demo_row_is_the_whole_demo_and_eos(tmp_path, model, tokenizer):
     # group mean over all 8 = 3/8 -> the demo row gets 5/8 on every token, an on-policy failure -3/8
     assert out["advantages"][7].unique().tolist() == pytest.approx([5 / 8])
     assert out["advantages"][1].unique().tolist() == pytest.approx([-3 / 8])
+
+
+def test_luffy_ends_a_full_demo_prefix_with_eos_outside_the_prompt_budget(tmp_path, model, tokenizer):
+    # prompts of 8 tokens, budget 10: the hybrid keeps 2 of its 4 tokens (2 cut); the full demo's 2 tokens fit, and
+    # its EOS follows them although 8 + 2 + 1 = 11 is over the budget. Only the full-demo row gets an EOS.
+    trainer = baseline_trainer(LuffyTrainer, LuffyConfig, tmp_path, model, tokenizer, [0.0], max_prompt_length=10)
+    prefix_ids, cut = trainer._fit_prefixes(budget_rollout(), [[1] * 8] * 3)
+    assert (prefix_ids, cut) == ([[], [5, 6], [5, 6, tokenizer.eos_token_id]], 2)
 
 
 def test_luffy_token_loss_shapes_demo_tokens_and_leaves_on_policy_unclipped(tmp_path, model, tokenizer):

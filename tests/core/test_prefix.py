@@ -4,6 +4,7 @@ import torch
 from prefix_rft.core.prefix import (
     build_prefix_mask,
     fit_prefix_to_prompt,
+    fit_prefixes,
     hybrid_positions,
     is_hybrid_row,
     prefix_length,
@@ -71,3 +72,13 @@ def test_prefix_mask_marks_leading_tokens():
     mask = build_prefix_mask(torch.tensor([0, 2, 4]), width=4)
     expected = torch.tensor([[0, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
     assert torch.equal(mask, expected)
+
+
+def test_fit_prefixes_cuts_each_prefix_to_the_prompt_budget_and_counts_the_cut():
+    # budget 8: row 0 has no prefix; row 1: 5 + 4 = 9, so 3 tokens are kept and 1 is cut; row 2: 4 + 2 = 6 fits
+    fitted, cut = fit_prefixes([3, 5, 4], [[], [1, 2, 3, 4], [5, 6]], max_prompt_length=8, min_len=0)
+    assert (fitted, cut) == ([[], [1, 2, 3], [5, 6]], 1)
+    assert fit_prefixes([9, 5], [[1], [1, 2, 3, 4]], max_prompt_length=None, min_len=0) == ([[1], [1, 2, 3, 4]], 0)
+    # row 1 would keep 8 - 7 = 1 token, below prefix_min_len 2
+    with pytest.raises(ValueError, match=r"prompt \(7 tokens\) \+ min_prefix_len \(2\)"):
+        fit_prefixes([3, 7], [[1], [1, 2, 3]], max_prompt_length=8, min_len=2)

@@ -8,7 +8,7 @@ from trl import GRPOTrainer
 from prefix_rft import PrefixRFTTrainer
 from prefix_rft.trl.generation import plan_rows
 from prefix_rft.trl.rollouts import RowPlan
-from tests.helpers import FixedRewards, generate_batch, make_dataset, train_args
+from tests.helpers import FixedRewards, budget_rollout, generate_batch, make_dataset, train_args
 
 
 @pytest.fixture
@@ -126,3 +126,13 @@ def test_plan_rows_reads_the_schedule_at_the_schedule_step():
     seen = []
     plan([{"prompt": "q", "demo": "ab"}] * 4, draw_ratio=lambda s, rng: seen.append(s) or 0.5, schedule_step=11)
     assert seen == [11, 11]
+
+
+def test_fit_prefixes_hook_returns_the_cut_and_adds_no_eos(tmp_path, model, tokenizer):
+    # prompts of 8 tokens, budget 10: the hybrid keeps 2 of its 4 tokens (2 cut), the full demo's 2 fit. The base
+    # trainer plans no full-demo row and ends no prefix with EOS; the record is left as it was.
+    trainer = trainer_for(tmp_path, model, tokenizer, max_prompt_length=10)
+    rollout = budget_rollout()
+    prefix_ids, cut = trainer._fit_prefixes(rollout, [[1] * 8] * 3)
+    assert (prefix_ids, cut) == ([[], [5, 6], [5, 6]], 2)
+    assert (rollout.prefix_ids, rollout.truncated_tokens) == ([], 0)

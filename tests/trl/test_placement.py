@@ -8,7 +8,7 @@ label "\\n\\n## Hint.\\n" (11 characters).
 import pytest
 
 from prefix_rft import PrefixRFTTrainer
-from prefix_rft.trl.placement import with_hint
+from prefix_rft.trl.placement import hint_prompts, with_hint
 from tests.helpers import FixedRewards, generate_batch, make_dataset, text_of, train_args
 
 
@@ -138,3 +138,18 @@ def test_completions_table_shows_the_hint_row_prompt_with_its_hint(tmp_path, mod
     # the hybrid slot 7: the question, the label and the 19 demo characters the model was shown
     assert logged[7] == [{"role": "user", "content": question(batch, 7) + "\n\n## Hint.\n" + demo[:19]}]
     assert logged[6] == [{"role": "user", "content": question(batch, 6)}]  # on-policy rows as they were
+
+
+def test_hint_prompts_add_each_hint_and_count_the_demo_tokens_cut():
+    # A stand-in renderer appends a 0 label and at most 2 hint tokens (as if the prompt budget allowed 2). Row 0 has
+    # no hint and keeps its ids; row 1 shows 2 of its 3 tokens (1 cut); row 2 shows its single token.
+    seen = []
+
+    def hinted_prompt(prompt, ids, hint):
+        seen.append(prompt)
+        return ids + [0] + hint[:2], len(hint[:2])
+
+    prompt_ids, shown, cut = hint_prompts(["a", "b", "c"], [[1, 2], [3], [4, 5]], [[], [7, 8, 9], [6]], hinted_prompt)
+    assert prompt_ids == [[1, 2], [3, 0, 7, 8], [4, 5, 0, 6]]
+    assert (shown, cut) == ([0, 2, 1], 1)
+    assert seen == ["b", "c"]  # only hint rows are rendered

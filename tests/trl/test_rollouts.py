@@ -101,3 +101,8 @@ def test_hybrid_and_full_demo_rows_are_the_hybrids_of_a_rollout():
     roles = ["on_policy", "hybrid", "no_demo", "solved", "full_demo"]
     rollout = Rollout(rows=[RowPlan(role=role) for role in roles], prompts=["q"] * 5, schedule_step=0)
     assert rollout.hybrid == [False, True, False, False, True]
+
+
+def test_only_full_demo_rows_generate_nothing():
+    roles = ["on_policy", "hybrid", "no_demo", "solved", "full_demo"]
+    assert [RowPlan(role=role).generates for role in roles] == [True, True, True, True, False]

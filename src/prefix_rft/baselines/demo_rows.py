@@ -8,7 +8,7 @@ selection have no meaning there and are refused by name (`refuse_prefix_options`
 from __future__ import annotations
 
 from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
-from prefix_rft.trl.rollouts import RowPlan
+from prefix_rft.trl.rollouts import Rollout, RowPlan
 
 # Options of a drawn prefix: a full-demo slot has none.
 PREFIX_OPTIONS = (
@@ -36,7 +36,16 @@ def refuse_prefix_options(config: PrefixRFTConfig) -> None:
 
 
 class FullDemoRows:
-    """`_row_plan` of a trainer whose hybrid slots hold the whole demo and its EOS, nothing generated."""
+    """`_row_plan` and `_fit_prefixes` of a trainer whose hybrid slots hold the whole demo and its EOS, nothing
+    generated (role `full_demo`, `RowPlan.generates` False)."""
 
     def _row_plan(self, demo_ids: list[int], ratio: float) -> RowPlan:
         return RowPlan(role="full_demo", revealed_ids=list(demo_ids), demo_len=len(demo_ids), ratio=1.0)
+
+    def _fit_prefixes(self, rollout: Rollout, prompt_ids: list[list[int]]) -> tuple[list[list[int]], int]:
+        """The parent's fitted prefixes and cut, a full-demo row's prefix followed by EOS: its completion is the demo
+        and its EOS, all of it demo tokens (`prefix_mask`). The EOS is not counted against the prompt budget."""
+        prefix_ids, cut = super()._fit_prefixes(rollout, prompt_ids)
+        eos = [self._tokenizer.eos_token_id]
+        ended = [p + eos if row.role == "full_demo" else p for p, row in zip(prefix_ids, rollout.rows, strict=True)]
+        return ended, cut

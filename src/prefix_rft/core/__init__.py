@@ -28,6 +28,7 @@ from prefix_rft.core.loss import (
 from prefix_rft.core.prefix import (
     build_prefix_mask,
     fit_prefix_to_prompt,
+    fit_prefixes,
     hybrid_positions,
     is_hybrid_row,
     prefix_length,
@@ -71,6 +72,7 @@ __all__ = [
     "demo_nll",
     "dr_grpo_advantages",
     "fit_prefix_to_prompt",
+    "fit_prefixes",
     "hpt_group_modes",
     "hpt_mode",
     "force_prefix_scores",

@@ -47,6 +47,26 @@ def fit_prefix_to_prompt(
     return kept, prefix_len - kept
 
 
+def fit_prefixes(
+    prompt_lens: list[int], prefixes: list[list[int]], *, max_prompt_length: int | None, min_len: int
+) -> tuple[list[list[int]], int]:
+    """Each row's prefix cut so that prompt + prefix fits the prompt budget (`fit_prefix_to_prompt`: the question is
+    never cut), and the prefix tokens cut over all rows.
+
+    Args:
+        prompt_lens: per row, the prompt's tokens (a hint included).
+        prefixes: per row, the tokens that follow the prompt ([] for a row without a prefix).
+        max_prompt_length: the prompt budget; None: no limit.
+        min_len: the fewest tokens a cut may leave of a prefix (`prefix_min_len`); fewer is refused.
+    """
+    fitted, cut = [], 0
+    for prompt_len, prefix in zip(prompt_lens, prefixes, strict=True):
+        kept, row_cut = fit_prefix_to_prompt(prompt_len, len(prefix), max_prompt_length, min_len)
+        fitted.append(prefix[:kept])
+        cut += row_cut
+    return fitted, cut
+
+
 def hybrid_positions(group_size: int, num_hybrid: int) -> list[int]:
     """Positions inside a group whose role is hybrid (`is_hybrid_row` applied to one group).
 

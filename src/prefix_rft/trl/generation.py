@@ -20,7 +20,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from prefix_rft.core import (
     CallShapes,
-    fit_prefix_to_prompt,
+    fit_prefixes,
     force_prefix_scores,
     is_hybrid_row,
     prefer_shared_call,
@@ -177,19 +177,21 @@ class PrefixGenerationMixin:
             )
         return list(rendered[len(prompt_ids) :])
 
-    def _fit_prefixes(self, rollout: Rollout, prompt_ids: list[list[int]]) -> list[list[int]]:
-        """Per row, the prefix tokens that follow the prompt, cut to the prompt budget (cuts counted)."""
-        prefix_ids = []
-        for prompt, ids, row in zip(rollout.prompts, prompt_ids, rollout.rows, strict=True):
+    def _fit_prefixes(self, rollout: Rollout, prompt_ids: list[list[int]]) -> tuple[list[list[int]], int]:
+        """Per row, the prefix tokens that follow the prompt, fitted to the prompt budget (`core.fit_prefixes`), and
+        the tokens cut over all rows (baselines/demo_rows.py overrides it to end a whole demo with EOS)."""
+        prefixes = [
             # prefix_placement='prompt': the demo is already in `ids` as a hint (trl/placement.py), not a prefix.
-            prefix = self._prefix_token_ids(prompt, ids, [] if self._hint_row(row) else row.revealed_ids)
-            kept, cut = fit_prefix_to_prompt(
-                len(ids), len(prefix), self.args.max_prompt_length, self.args.prefix_min_len
-            )
-            rollout.truncated_tokens += cut
-            # A full-demo row's completion is the demo and its EOS, all of it demo tokens (prefix_mask).
-            prefix_ids.append(prefix[:kept] + ([self._tokenizer.eos_token_id] if row.role == "full_demo" else []))
-        return prefix_ids
+            self._prefix_token_ids(prompt, ids, [] if self._hint_row(row) else row.revealed_ids)
+            for prompt, ids, row in zip(rollout.prompts, prompt_ids, rollout.rows, strict=True)
+        ]
+        args = self.args
+        return fit_prefixes(
+            [len(ids) for ids in prompt_ids],
+            prefixes,
+            max_prompt_length=args.max_prompt_length,
+            min_len=args.prefix_min_len,
+        )
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         rollout = self._rollout
@@ -199,7 +201,8 @@ class PrefixGenerationMixin:
             )
         if len(prompt_ids) != len(rollout.rows):
             raise NotImplementedError("a generation call on a subset of the batch (e.g. TRL's tool loop)")
-        prefix_ids = rollout.prefix_ids = self._fit_prefixes(rollout, prompt_ids)
+        prefix_ids, cut = self._fit_prefixes(rollout, prompt_ids)
+        rollout.prefix_ids, rollout.truncated_tokens = prefix_ids, rollout.truncated_tokens + cut
         budget = self.max_completion_length
         if self.use_vllm:
             completion_ids, logprobs = self._generate_vllm(prompt_ids, prefix_ids, images, multimodal_fields)
@@ -213,11 +216,11 @@ class PrefixGenerationMixin:
         return completion_ids, logprobs
 
     def _row_budgets(self, prefix_ids: list[list[int]]) -> list[int]:
-        """New tokens each row may sample: the completion budget left after its prefix; 1 for a full-demo row, whose
-        sample is discarded (every rank must send the same number of requests)."""
+        """New tokens each row may sample: the completion budget left after its prefix; 1 for a row that generates
+        nothing (`RowPlan.generates`), whose sample is discarded (every rank must send the same number of requests)."""
         rows = self._rollout.rows
         return [
-            1 if row.role == "full_demo" else max(1, self.max_completion_length - len(p))
+            max(1, self.max_completion_length - len(p)) if row.generates else 1
             for row, p in zip(rows, prefix_ids, strict=True)
         ]
 
@@ -236,9 +239,9 @@ class PrefixGenerationMixin:
                 torch.distributed.all_gather_object(gathered, budgets, group=generation.tp_group)
                 budgets = [b for part in gathered for b in part]
             generation.llm.budgets = budgets
-        keep = [row.role != "full_demo" for row in self._rollout.rows]
-        # A full-demo row's one-token sample is discarded, so it is asked for after the prompt alone: prompt + demo +
-        # EOS + 1 could exceed the engine's max_model_len, which vLLM refuses.
+        keep = [row.generates for row in self._rollout.rows]
+        # The one-token sample of a row that generates nothing is discarded, so it is asked for after the prompt alone:
+        # prompt + its given completion + 1 could exceed the engine's max_model_len, which vLLM refuses.
         gen_prompts = [list(ids) + (p if k else []) for ids, p, k in zip(prompt_ids, prefix_ids, keep, strict=True)]
         completion_ids, logprobs = super()._generate_single_turn(gen_prompts, images, multimodal_fields, 1)
         completion_ids = [list(c) if k else [] for c, k in zip(completion_ids, keep, strict=True)]
@@ -257,13 +260,13 @@ class PrefixGenerationMixin:
         a group that any rank has, with a one-token stand-in row when it has none of its own.
         """
         rows = self._rollout.rows
-        generate = [i for i, row in enumerate(rows) if row.role != "full_demo"]
+        generate = [i for i, row in enumerate(rows) if row.generates]
         if self.use_transformers_continuous_batching or images is not None or multimodal_fields:
             groups, forced = [generate], [False]  # prefixes travel in the prompt
             present = self._groups_present_on_any_rank(groups)
         else:
             groups, forced, present = self._call_groups(generate, prompt_ids, prefix_ids)
-        completion_ids: list[list[int]] = [[] for _ in rows]  # full-demo rows generate nothing
+        completion_ids: list[list[int]] = [[] for _ in rows]  # rows that generate nothing keep []
         logprobs, has_logprobs = [[] for _ in rows], False
         calls = 0
         for group, force, needed in zip(groups, forced, present, strict=True):

@@ -12,6 +12,7 @@ hybrid's continuation advantage (docs/fidelity.md#hint-placement).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prefix_rft.core import fit_prefix_to_prompt
@@ -37,34 +38,53 @@ def with_hint(prompt: Any, hint: str) -> Any:
     return [*prompt[:-1], {**last, "content": last["content"] + hint}]
 
 
+def hint_prompts(
+    prompts: list[Any],
+    prompt_ids: list[list[int]],
+    hints: list[list[int]],
+    hinted_prompt: Callable[[Any, list[int], list[int]], tuple[list[int], int]],
+) -> tuple[list[list[int]], list[int], int]:
+    """Each row's prompt ids with its hint, the demo tokens each hint shows, and the demo tokens cut over all rows.
+
+    Args:
+        prompts: per row, the prompt as TRL received it (text or chat messages).
+        prompt_ids: per row, TRL's prompt ids; a row without a hint keeps them as they are.
+        hints: per row, the revealed demo tokens to show ([] for a row without a hint).
+        hinted_prompt: (prompt, prompt ids, hint tokens) -> (prompt ids with a hint, demo tokens it shows), which may
+            show fewer than given to fit the prompt budget (`PrefixPlacementMixin._hinted_prompt_ids`).
+    """
+    hinted, shown, cut = [], [], 0
+    for prompt, ids, hint in zip(prompts, prompt_ids, hints, strict=True):
+        ids, n = hinted_prompt(prompt, list(ids), hint) if hint else (ids, 0)
+        hinted.append(ids)
+        shown.append(n)
+        cut += len(hint) - n
+    return hinted, shown, cut
+
+
 class PrefixPlacementMixin:
     """The prompt side of `prefix_placement='prompt'` (a mixin over TRL's `GRPOTrainer`)."""
 
     def _hint_row(self, row: RowPlan) -> bool:
-        """Whether `row`'s revealed demo goes into its prompt. Full-demo rows (LUFFY, RL+SFT) keep the demo as their
-        completion whatever the placement: they generate nothing."""
+        """Whether `row`'s revealed demo goes into its prompt: a hybrid (role 'hybrid') with revealed tokens. Other
+        roles keep any demo they hold as their completion whatever the placement."""
         return self.args.prefix_placement == "prompt" and row.role == "hybrid" and bool(row.revealed_ids)
 
     def _tokenize_prompts(self, prompts: list):
-        """TRL's prompt ids, with each hint row's hint added during a training rollout (`rollout.hint_lens` counts the
-        demo tokens shown). The ids TRL returns from here are the ones it generates from, trains on and stores as
-        `prompt_ids`, so the hint is conditioned on everywhere and never part of a completion."""
+        """TRL's prompt ids, with each hint row's hint added during a training rollout (`hint_prompts`; the demo
+        tokens shown go to `rollout.hint_lens`, those cut to `rollout.truncated_tokens`). The ids TRL returns from here
+        are the ones it generates from, trains on and stores as `prompt_ids`, so the hint is conditioned on everywhere
+        and never part of a completion."""
         prompt_ids, images, multimodal_fields = super()._tokenize_prompts(prompts)
         rollout = self._rollout
         if rollout is None:  # evaluation: questions without hints
             return prompt_ids, images, multimodal_fields
-        rollout.hint_lens = [0] * len(rollout.rows)
-        if not any(self._hint_row(row) for row in rollout.rows):
-            return prompt_ids, images, multimodal_fields
-        if images is not None or multimodal_fields:
+        hints = [row.revealed_ids if self._hint_row(row) else [] for row in rollout.rows]
+        if any(hints) and (images is not None or multimodal_fields):
             raise NotImplementedError("prefix_placement='prompt' with images or multimodal prompt fields")
-        hinted = []
-        for i, (prompt, ids, row) in enumerate(zip(prompts, prompt_ids, rollout.rows, strict=True)):
-            if self._hint_row(row):
-                ids, rollout.hint_lens[i] = self._hinted_prompt_ids(prompt, list(ids), row.revealed_ids)
-                rollout.truncated_tokens += len(row.revealed_ids) - rollout.hint_lens[i]
-            hinted.append(list(ids))
-        return hinted, images, multimodal_fields
+        prompt_ids, hint_lens, cut = hint_prompts(prompts, prompt_ids, hints, self._hinted_prompt_ids)
+        rollout.hint_lens, rollout.truncated_tokens = hint_lens, rollout.truncated_tokens + cut
+        return prompt_ids, images, multimodal_fields
 
     def _hinted_prompt_ids(self, prompt: Any, prompt_ids: list[int], revealed_ids: list[int]) -> tuple[list[int], int]:
         """(prompt ids with a hint of the first n demo tokens, n), n cut so the whole fits `max_prompt_length`.

@@ -22,7 +22,7 @@ Role = Literal["on_policy", "hybrid", "no_demo", "solved", "full_demo"]
 hybrid: a hybrid slot whose prompt has a demo; it continues the demo's first `len(revealed_ids)` tokens. no_demo: a
 hybrid slot whose prompt has no demo, run on-policy. solved: a hybrid slot run on-policy because its question passed
 `prefix_rescue_max_success` last time. full_demo: a hybrid slot whose completion is the whole demo and its EOS, nothing
-generated (LUFFY, RL+SFT, TRAPO's last level)."""
+generated (LUFFY, RL+SFT, TRAPO's last level; `baselines.demo_rows.FullDemoRows` plans it and adds the EOS)."""
 
 
 @dataclass
@@ -31,6 +31,7 @@ class RowPlan:
 
     `hybrid` (role hybrid or full_demo) is the only definition of "hybrid" the trainer uses (baseline membership,
     advantages, metrics). A hybrid whose prefix rounds to 0 tokens, or whose completion is truncated, stays hybrid.
+    `generates` is all generation knows of a role: whether the model samples any of the row's completion.
     `adapted` is not a role: it says where a hybrid's ratio came from.
     """
 
@@ -43,6 +44,11 @@ class RowPlan:
     @property
     def hybrid(self) -> bool:
         return self.role in ("hybrid", "full_demo")
+
+    @property
+    def generates(self) -> bool:
+        """False when the row's completion is given whole (its prefix), so nothing is sampled for it."""
+        return self.role != "full_demo"
 
 
 @dataclass
@@ -57,7 +63,7 @@ class Rollout:
     prompts: list[Any]  # this rank's prompts as TRL received them (text or chat messages)
     schedule_step: int  # the step the prefix-ratio schedule was read at
     # per row, the demo tokens that start its completion: `revealed_ids` as rendered after the prompt, fitted to the
-    # prompt budget (plus EOS for a full demo)
+    # prompt budget (a full-demo row's followed by EOS: its whole completion)
     prefix_ids: list[list[int]] = field(default_factory=list)
     completion_lens: list[int] = field(default_factory=list)  # per row, prefix included, before any masking
     hint_lens: list[int] = field(default_factory=list)  # per row, demo tokens shown in the prompt (placement 'prompt')
@@ -80,9 +86,9 @@ BUDGET_BUCKETS = 4  # server mode: hybrid budgets are rounded up to one of this 
 
 def bucket_budget(budget: int, max_budget: int, buckets: int = BUDGET_BUCKETS) -> int:
     """The smallest of the `buckets` budgets ceil(max_budget / buckets) * k (k = 1, 2, ..., capped at `max_budget`)
-    that is at least `budget`; a budget of 1 (a full-demo row's discarded sample) stays 1. A row sampled with its
-    bucket and cut back to its budget decodes at most ceil(max_budget / buckets) - 1 tokens more than it keeps, and
-    only when it has not stopped earlier."""
+    that is at least `budget`; a budget of 1 (the discarded sample of a row that generates nothing) stays 1. A row
+    sampled with its bucket and cut back to its budget decodes at most ceil(max_budget / buckets) - 1 tokens more than
+    it keeps, and only when it has not stopped earlier."""
     if budget <= 1:
         return budget
     width = -(-max_budget // buckets)

@@ -60,7 +60,7 @@ def prefix_fields(
     device = is_hybrid.device
     completion_lens = torch.tensor(rollout.completion_lens, device=device)  # (B,) before any masking
     lens = torch.tensor([len(p) for p in rollout.prefix_ids], device=device)
-    prefix_lens = torch.minimum(lens, completion_lens)  # (B,) the completion budget may cut a full demo's EOS
+    prefix_lens = torch.minimum(lens, completion_lens)  # (B,) a prefix longer than the completion budget is cut
     prefix_mask = build_prefix_mask(prefix_lens, width)  # (B, T)
     rewards = rollout.rewards
     cont_adv, prefix_adv = hybrid_advantages(rewards, is_hybrid, group_size, prefix_advantage)
@@ -164,13 +164,15 @@ class PrefixScoringMixin:
     def _after_rollout(self, inputs: list[dict[str, Any]], rollout: Rollout) -> None:
         """Called once per scored training batch, before its record is dropped (ReLIFT collects failures here)."""
 
+    def _gather_hybrid(self, rollout: Rollout, device: torch.device) -> torch.Tensor:
+        """(N,) bool: `RowPlan.hybrid` of every rank's rows, process-major like the rewards. The planned role decides
+        the baseline, never the prefix length or the completion mask."""
+        return self.accelerator.gather(torch.tensor(rollout.hybrid, dtype=torch.bool, device=device))
+
     def _add_prefix_fields(self, output: dict[str, Any], rollout: Rollout) -> None:
-        """Add `prefix_mask` and per-token advantages (B, T) to a generation batch (`prefix_fields`), and log prefix
-        metrics."""
-        device = output["completion_ids"].device
-        # The planned role decides the baseline, never the prefix length or the completion mask.
-        local_hybrid = torch.tensor(rollout.hybrid, dtype=torch.bool, device=device)
-        rollout.is_hybrid = is_hybrid = self.accelerator.gather(local_hybrid)  # (N,) process-major like the rewards
+        """Add `prefix_mask` and per-token advantages (B, T) to a generation batch (`prefix_fields`, from the scored
+        `rollout` with its gathered `is_hybrid`), and log prefix metrics."""
+        is_hybrid = rollout.is_hybrid
         fields = prefix_fields(
             rollout,
             output["completion_ids"].size(1),

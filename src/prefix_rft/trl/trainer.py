@@ -134,16 +134,20 @@ class PrefixRFTTrainer(
         1. Plan (`generation.plan_rows`): each row's role, demo and prefix ratio, into a `Rollout` on `self._rollout`,
            the one record TRL's hooks below read and fill in.
         2-3. TRL's own step generates and scores; in order it calls the hooks this trainer adapts:
-           `_tokenize_prompts` (placement.py: a hint row's prompt ids get its hint, `hint_lens`),
-           `_generate_single_turn` (generation.py: prefixes fitted to the prompt budget, per-row token budgets,
-           completion = prefix + continuation, `prefix_ids` and `completion_lens`),
+           `_tokenize_prompts` (placement.py: hint rows' prompt ids get their hints, `placement.hint_prompts`;
+           `hint_lens`),
+           `_generate_single_turn` (generation.py: prefixes fitted to the prompt budget, `core.fit_prefixes`;
+           per-row token budgets, nothing sampled for a row that does not generate; completion = prefix +
+           continuation; `prefix_ids` and `completion_lens`),
            `_get_per_token_logps_and_entropies` (old and reference log-probs, stock), and
            `_calculate_rewards` (scoring.py: rewards checked, weighted rewards onto `rollout.rewards`).
+           Each hook computes with plain functions and writes what they return onto the record in one place.
            TRL then computes its group advantages inline, with no hook to skip or replace them; step 4 overwrites
            them. That costs a few (N,) tensor operations, where owning TRL's method would fork its ~460 lines.
            The completions table's advantage column is rewritten with the continuation advantages.
-        4. Prefix fields (`scoring.prefix_fields`): `prefix_mask` and per-token advantages into the batch; then the
-           per-question state (questions.py) and `_after_rollout` (the baselines' hook) see the scored rollout.
+        4. Prefix fields (`scoring.prefix_fields`): every rank's planned roles onto `rollout.is_hybrid`, then
+           `prefix_mask` and per-token advantages into the batch; then the per-question state (questions.py) and
+           `_after_rollout` (the baselines' hook) see the scored rollout.
         5. The batch goes back to TRL, which hands it to `_prepare_inputs` (loss.py: prefix-token selection over an
            optimizer step) and `_compute_loss` (loss.py). The `Rollout` is dropped here.
         """
@@ -152,6 +156,7 @@ class PrefixRFTTrainer(
         self._rollout = rollout = self._plan_rows(inputs)
         try:
             output = super()._generate_and_score_completions(inputs)
+            rollout.is_hybrid = self._gather_hybrid(rollout, output["completion_ids"].device)
             self._add_prefix_fields(output, rollout)
             self._observe_questions(inputs, rollout)
             self._after_rollout(inputs, rollout)
