@@ -111,7 +111,7 @@ def test_sft_rows_pair_each_prompt_with_each_demo():
     ("config_cls", "name", "value"),
     [
         (LuffyConfig, "delta", 2.0),
-        (LuffyConfig, "prefix_dual_clip", 3.0),
+        (LuffyConfig, "dual_clip", 3.0),
         (LuffyConfig, "epsilon", 0.1),
         (LuffyConfig, "epsilon_high", 0.28),
         (RLWithSFTConfig, "loss_type", "grpo"),

@@ -19,7 +19,7 @@ def refused(tmp_path, message, **overrides):
         ({"max_steps": 2.5}, "max_steps must be int, got 2.5 (float)"),
         ({"num_hybrid": [1]}, "num_hybrid must be int, got [1] (list)"),
         ({"prefix_ratio_ceiling": "high"}, "prefix_ratio_ceiling must be float, got 'high' (str)"),
-        ({"prefix_dual_clip": True}, "prefix_dual_clip must be float or None, got True (bool)"),
+        ({"dual_clip": True}, "dual_clip must be float or None, got True (bool)"),
         ({"prefix_placement": 5}, "prefix_placement must be str, got 5 (int)"),
         ({"prefix_entropy_scope": 1.0}, "prefix_entropy_scope must be str or None, got 1.0 (float)"),
     ],
@@ -48,8 +48,8 @@ def test_wrong_type_names_field_and_type(tmp_path, overrides, message):
         ({"prefix_ratio_warmup_ratio": 1.0}, "prefix_ratio_warmup_ratio=1.0 is out of range; expected [0, 1)"),
         ({"prefix_min_len": -1}, "prefix_min_len=-1 is out of range; expected >= 0"),
         (
-            {"prefix_dual_clip": 0.5},
-            "prefix_dual_clip=0.5 is out of range; expected > 1 (dual-clip PPO), or null to disable",
+            {"dual_clip": 0.5},
+            "dual_clip=0.5 is out of range; expected > 1 (dual-clip PPO), or null to disable",
         ),
         ({"max_consecutive_nonfinite_steps": 0}, "max_consecutive_nonfinite_steps=0 is out of range; expected >= 1"),
         ({"max_completion_length": 0}, "max_completion_length=0 is out of range; expected >= 1"),
@@ -139,3 +139,13 @@ def test_the_class_docstring_names_each_added_field_in_one_section():
     added = {f.name for f in fields(PrefixRFTConfig)} - {f.name for f in fields(GRPOConfig)}
     named = re.findall(r"\b[a-z]+(?:_[a-z]+)+\b", PrefixRFTConfig.__doc__.split("> ", 1)[1])
     assert sorted(named) == sorted(added)
+
+
+def test_the_old_name_of_dual_clip_is_refused_with_the_new_one(tmp_path):
+    refused(
+        tmp_path,
+        "prefix_dual_clip was renamed dual_clip (it bounds every token with a negative advantage, not only prefix "
+        "tokens): set dual_clip=2.0 for the same behaviour",
+        prefix_dual_clip=2.0,
+    )
+    assert train_args(tmp_path, dual_clip=2.0).dual_clip == 2.0

@@ -2,7 +2,7 @@
 
 The tests fix the policy's per-token log-probs and entropies (the forward is replaced by constants), so every
 expected value is arithmetic on the numbers in the test. base_kwargs: max_completion_length 24 (Dr. GRPO's constant),
-one micro-batch per generation batch, epsilon 0.2, prefix_dual_clip 3.
+one micro-batch per generation batch, epsilon 0.2, dual_clip 3.
 """
 
 import math

@@ -32,7 +32,7 @@ class HptConfig(PrefixRFTConfig):
     prefix_entropy_selection: SelectionMode = field(
         default="all", metadata={"help": "Every demo token is in the SFT loss."}
     )
-    prefix_dual_clip: float | None = field(default=None, metadata={"help": "HPT has no clip: must stay null."})
+    dual_clip: float | None = field(default=None, metadata={"help": "HPT has no clip: must stay null."})
     entropy_coef: float = field(default=0.001, metadata={"help": "Entropy bonus (the authors' script: 0.001)."})
     hpt_switch_gate: int = field(
         default=0, metadata={"help": "A question whose rollouts solved it at most this often is trained with SFT."}
@@ -48,7 +48,7 @@ class HptConfig(PrefixRFTConfig):
         super().__post_init__()
         refuse_prefix_options(self)
         refuse_unused(self, {"prefix_entropy_selection": "demo tokens get the SFT loss, never an advantage"})
-        refuse_unused(self, dict.fromkeys(("epsilon", "epsilon_high", "delta", "prefix_dual_clip"), NO_CLIP))
+        refuse_unused(self, dict.fromkeys(("epsilon", "epsilon_high", "delta", "dual_clip"), NO_CLIP))
         refuse_unused(self, {"loss_type": "the RL part is summed over a constant (Dr. GRPO), the NLL token-averaged"})
         if self.hpt_switch_gate < 0 or self.hpt_sft_loss_coef < 0:
             raise ValueError(

@@ -23,13 +23,13 @@ from prefix_rft.trl.trainer import PrefixRFTTrainer
 class LuffyConfig(PrefixRFTConfig):
     prefix_advantage: AdvantageMode = field(default="paper", metadata={"help": "LUFFY: group mean over all members."})
     prefix_entropy_selection: SelectionMode = field(default="all", metadata={"help": "LUFFY trains every demo token."})
-    prefix_dual_clip: float | None = field(default=None, metadata={"help": "LUFFY has no clip: must stay null."})
+    dual_clip: float | None = field(default=None, metadata={"help": "LUFFY has no clip: must stay null."})
     luffy_gamma: float = field(default=0.1, metadata={"help": "gamma of the shaping f(p) = p / (p + gamma)."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         no_clip = "LUFFY's objective has no clip (on-policy tokens -A * rho, demonstration tokens policy-shaped)"
-        names = ("epsilon", "epsilon_high", "delta", "prefix_dual_clip")
+        names = ("epsilon", "epsilon_high", "delta", "dual_clip")
         refuse_unused(self, dict.fromkeys(names, no_clip))
 
 

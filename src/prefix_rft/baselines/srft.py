@@ -42,7 +42,7 @@ class SrftConfig(PrefixRFTConfig):
         default="paper", metadata={"help": "The demo's A: r - mean of all G rewards."}
     )
     prefix_entropy_selection: SelectionMode = field(default="all", metadata={"help": "Every demo token is trained."})
-    prefix_dual_clip: float | None = field(default=None, metadata={"help": "SRFT has no clip: must stay null."})
+    dual_clip: float | None = field(default=None, metadata={"help": "SRFT has no clip: must stay null."})
     entropy_coef: float = field(default=0.001, metadata={"help": "Entropy bonus (the reimplementation's 0.001)."})
     srft_sft_scale: float = field(default=0.5, metadata={"help": "w_SFT = scale x exp(-H)."})
     srft_rl_scale: float = field(default=0.1, metadata={"help": "w_RL = scale x exp(H)."})
@@ -63,7 +63,7 @@ class SrftConfig(PrefixRFTConfig):
                 "prefix_entropy_selection": "every demo token is in the SFT and off-policy terms",
                 "prefix_advantage": "the demo is an off-policy member of its group (LUFFY's advantage)",
                 "loss_type": "the RL terms are summed over a constant (Dr. GRPO), the NLL token-averaged",
-                **dict.fromkeys(("epsilon", "epsilon_high", "delta", "prefix_dual_clip", "num_iterations"), NO_RATIO),
+                **dict.fromkeys(("epsilon", "epsilon_high", "delta", "dual_clip", "num_iterations"), NO_RATIO),
             },
         )
         for name in ("srft_sft_scale", "srft_rl_scale"):

@@ -47,7 +47,7 @@ class TrapoConfig(PrefixRFTConfig):
     prefix_entropy_selection: SelectionMode = field(
         default="all", metadata={"help": "Every prefix token is in TrSFT."}
     )
-    prefix_dual_clip: float | None = field(default=None, metadata={"help": "TRAPO has no clip: must stay null."})
+    dual_clip: float | None = field(default=None, metadata={"help": "TRAPO has no clip: must stay null."})
     entropy_coef: float = field(default=0.001, metadata={"help": "Entropy bonus (the authors' script: 0.001)."})
     trapo_trust_region_alpha: float = field(
         default=0.1, metadata={"help": "TrSFT's probability floor: below it a demo token's pull is damped by p/alpha."}
@@ -69,7 +69,7 @@ class TrapoConfig(PrefixRFTConfig):
                 "prefix_advantage": fixed,
                 "prefix_entropy_selection": "every prefix token of a guided row is in the trust-region SFT loss",
                 "loss_type": "the loss is summed over a constant (Dr. GRPO)",
-                **dict.fromkeys(("epsilon", "epsilon_high", "delta", "prefix_dual_clip"), NO_CLIP),
+                **dict.fromkeys(("epsilon", "epsilon_high", "delta", "dual_clip"), NO_CLIP),
             },
         )
         if not 0.0 < self.trapo_trust_region_alpha <= 1.0:

@@ -55,7 +55,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "prefix_success_target": (0, 1, "[0, 1], or null for the schedule"),
     "prefix_ratio_step": (1e-12, 1, "(0, 1]"),
     "prefix_rescue_max_success": (0, 1, "[0, 1], or null to rescue every question"),
-    "prefix_dual_clip": (1 + 1e-12, _INF, "> 1 (dual-clip PPO), or null to disable"),
+    "dual_clip": (1 + 1e-12, _INF, "> 1 (dual-clip PPO), or null to disable"),
     "max_consecutive_nonfinite_steps": (1, _INF, ">= 1"),
 }
 
@@ -103,13 +103,15 @@ class PrefixRFTConfig(GRPOConfig):
         prefix_ratio_beta, prefix_min_len, prefix_schedule_unit, prefix_seed
     > Selection: the advantage of prefix tokens, which of them keep it, and their loss
         prefix_advantage, prefix_entropy_keep_fraction, prefix_entropy_selection, prefix_entropy_scope,
-        prefix_dual_clip, prefix_entropy_bonus_scope
+        dual_clip, prefix_entropy_bonus_scope
     > Per-question guidance: a prefix ratio per question, or a prefix only for questions the policy fails
         prefix_success_target, prefix_ratio_step, prefix_rescue_max_success
     > Placement: where the prefix goes, and prefixes or demos longer than their token budget
         prefix_placement, prefix_sampler_correction, prefix_truncate_long_demos, max_prompt_length
     > Robustness: bad data, non-finite steps, partly scored rows, an output folder holding another run
-        validate_dataset, max_consecutive_nonfinite_steps, strict_rewards, allow_partial_rewards, overwrite_output_dir
+        validate_dataset, max_consecutive_nonfinite_steps, strict_rewards, overwrite_output_dir
+    > Renamed: refused, the error names the field that replaces it
+        allow_partial_rewards, prefix_dual_clip
     """
 
     # ---- GRPOConfig fields with Prefix-RFT's defaults
@@ -191,8 +193,12 @@ class PrefixRFTConfig(GRPOConfig):
             "'global_micro_batch' (warned, and logged as prefix/entropy_scope_fallback=1)."
         },
     )
-    prefix_dual_clip: float | None = field(
-        default=3.0, metadata={"help": "Dual-clip c for negative advantages (reference 3.0); null disables it."}
+    dual_clip: float | None = field(
+        default=3.0,
+        metadata={
+            "help": "Dual-clip c: the loss of every token with a negative advantage, prefix or continuation, is "
+            "bounded at c x its advantage (reference 3.0); null disables it."
+        },
     )
     prefix_entropy_bonus_scope: BonusScope = field(
         default="all", metadata={"help": "Tokens the entropy bonus (entropy_coef) acts on: 'all' or 'continuation'."}
@@ -262,6 +268,9 @@ class PrefixRFTConfig(GRPOConfig):
     allow_partial_rewards: bool | None = field(
         default=None, metadata={"help": "Refused (renamed): partly scored rows train by default; see strict_rewards."}
     )
+    prefix_dual_clip: float | None = field(
+        default=None, metadata={"help": "Refused (renamed dual_clip: it bounds every token, not only prefix tokens)."}
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Start a new run in an output_dir holding another run's checkpoints (they are deleted)."},
@@ -323,6 +332,11 @@ class PrefixRFTConfig(GRPOConfig):
             raise ValueError(
                 "allow_partial_rewards was renamed: a row some reward functions leave unscored (None) sums the "
                 "functions that scored it by default, as TRL does; set strict_rewards=True to stop the run instead"
+            )
+        if self.prefix_dual_clip is not None:
+            raise ValueError(
+                f"prefix_dual_clip was renamed dual_clip (it bounds every token with a negative advantage, not only "
+                f"prefix tokens): set dual_clip={self.prefix_dual_clip!r} for the same behaviour"
             )
         if self.prefix_entropy_scope in RENAMED_SCOPES:
             raise ValueError(

@@ -99,12 +99,12 @@ REFUSED_GRPO_FIELDS: dict[str, str] = {
 # Loss types without a prefix meaning (TRL's other values of loss_type are supported).
 REFUSED_LOSS_TYPES: dict[str, str] = {
     "cispo": (
-        "CISPO replaces the PPO clip, which bounds the update of demo-prefix tokens (prefix_dual_clip, "
+        "CISPO replaces the PPO clip, which bounds the update of demo-prefix tokens (dual_clip, "
         "docs/fidelity.md#prefix-clip-range, #dual-clip), with a clipped-weight REINFORCE term that the reference "
         "never defines for prefix tokens"
     ),
     "sapo": (
-        "SAPO's soft gate replaces the PPO clip, which bounds the update of demo-prefix tokens (prefix_dual_clip, "
+        "SAPO's soft gate replaces the PPO clip, which bounds the update of demo-prefix tokens (dual_clip, "
         "docs/fidelity.md#prefix-clip-range, #dual-clip), and the reference never defines it for prefix tokens"
     ),
     "vespo": (

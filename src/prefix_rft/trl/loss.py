@@ -185,7 +185,7 @@ class PrefixLossMixin:
         """(B, T) per-token loss and PPO ratio: the same clipped objective for prefix and continuation tokens."""
         args = self.args
         return ppo_clip_token_loss(
-            logps, old_logps, advantages, self.epsilon_low, self.epsilon_high, args.prefix_dual_clip, args.delta
+            logps, old_logps, advantages, self.epsilon_low, self.epsilon_high, args.dual_clip, args.delta
         )
 
     def _kl(self, logps, old_logps, ref_logps, mask, mode: str) -> torch.Tensor:
