@@ -16,6 +16,8 @@ import shutil
 import tempfile
 from typing import Any
 
+from transformers import TrainingArguments
+
 logger = logging.getLogger(__name__)
 RUN_RECORD = "prefix_rft_run.json"  # the settings of the run that owns the folder
 FINAL_MODEL_MARK = "training_args.bin"  # written by Trainer.save_model next to the final weights
@@ -35,6 +37,23 @@ def check_writable(output_dir: str) -> None:
             f"output_dir {output_dir!r} is not writable ({error.strerror or error}): the run would train and then "
             "fail to save; choose another output_dir or make it writable"
         ) from None
+
+
+def prepare_output_dir(
+    args: TrainingArguments, *, resuming: bool, overwrite: bool, leftovers: tuple[str, ...] = ()
+) -> None:
+    """On the process that saves: `check_writable`, then `claim_output_dir` recording `args` (as JSON) as the
+    run's settings. `overwrite` is passed apart: transformers 5's TrainingArguments has no `overwrite_output_dir`."""
+    if not args.should_save:
+        return
+    check_writable(args.output_dir)
+    claim_output_dir(
+        args.output_dir,
+        resuming=resuming,
+        overwrite=overwrite,
+        settings=json.loads(args.to_json_string()),
+        leftovers=leftovers,
+    )
 
 
 def checkpoints_in(output_dir: str) -> list[str]:
