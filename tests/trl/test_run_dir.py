@@ -12,7 +12,13 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from prefix_rft import PrefixRFTTrainer
-from prefix_rft.trl.run_dir import RUN_RECORD, claim_output_dir, prepare_output_dir
+from prefix_rft.trl.run_dir import (
+    RUN_RECORD,
+    claim_output_dir,
+    is_complete_checkpoint,
+    newest_complete_checkpoint,
+    prepare_output_dir,
+)
 from tests.helpers import make_dataset, train_args
 
 
@@ -118,3 +124,33 @@ def test_prepare_output_dir_refuses_or_overwrites_another_runs_checkpoints(tmp_p
     assert sorted(os.listdir(out)) == ["checkpoint-5", "checkpoint-6", "stage"]
     prepare_output_dir(args, resuming=False, overwrite=True, leftovers=("stage",))
     assert os.listdir(out) == [RUN_RECORD]
+
+
+def checkpoints(out, complete=(), cut_off=()):
+    """`checkpoint-N` folders: complete ones hold trainer_state.json, cut-off ones only the weights."""
+    for step in (*complete, *cut_off):
+        folder = out / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"")
+        if step in complete:
+            (folder / "trainer_state.json").write_text("{}")
+
+
+def test_a_checkpoint_is_complete_once_it_holds_its_trainer_state(tmp_path):
+    checkpoints(tmp_path, complete=(1,), cut_off=(2,))
+    assert is_complete_checkpoint(str(tmp_path / "checkpoint-1"))
+    assert not is_complete_checkpoint(str(tmp_path / "checkpoint-2"))
+    assert not is_complete_checkpoint(str(tmp_path / "checkpoint-3"))  # no such folder
+
+
+def test_newest_complete_checkpoint_goes_by_step_and_skips_cut_off_ones(tmp_path):
+    # by step, not by name: checkpoint-10 sorts before checkpoint-9 as text
+    checkpoints(tmp_path, complete=(9, 10), cut_off=(11,))
+    (tmp_path / "checkpoint-12").write_text("")  # a file, not a checkpoint
+    assert newest_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-10")
+
+
+def test_no_complete_checkpoint_is_none(tmp_path):
+    checkpoints(tmp_path, cut_off=(3,))
+    assert newest_complete_checkpoint(str(tmp_path)) is None
+    assert newest_complete_checkpoint(str(tmp_path / "missing")) is None

@@ -21,7 +21,7 @@ import yaml
 from prefix_rft.data.annotations import is_instance, runtime_types, type_names
 from prefix_rft.data.loading import check_local_source
 from prefix_rft.setup_errors import SetupError, blame, check_output_dir
-from prefix_rft.trl.run_dir import checkpoints_in, refuse_other_run
+from prefix_rft.trl.run_dir import STATE_FILE, checkpoints_in, is_complete_checkpoint, refuse_other_run
 
 # Options whose value is a mapping, given inline as JSON (transformers' `_VALID_DICT_FIELDS` of the config); those
 # of PATH_OR_JSON may name a JSON file instead.
@@ -30,7 +30,6 @@ PATH_OR_JSON = ("accelerator_config", "fsdp_config", "deepspeed")
 FORMAT_FIELDS = {"prefix_rft": ("prompt", "answer"), "luffy": ("prompt", "target", "reward_model")}
 # A saved tokenizer writes one of these; TRL loads it from the model's folder.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
-STATE_FILE = "trainer_state.json"  # transformers writes it last into a checkpoint (TRAINER_STATE_NAME)
 
 
 def read_yaml(argv: list[str]) -> dict[str, Any]:
@@ -269,7 +268,7 @@ def check_resume(checkpoint: str | None, output_dir: str) -> None:
         raise SetupError(
             f"{where}: no such checkpoint folder ({listing}); give a checkpoint folder, or true for the newest"
         )
-    if not os.path.isfile(os.path.join(checkpoint, STATE_FILE)):
+    if not is_complete_checkpoint(checkpoint):
         raise SetupError(f"{where}: not a complete checkpoint, it holds no {STATE_FILE} ({listing})")
 
 

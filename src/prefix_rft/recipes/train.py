@@ -8,7 +8,6 @@ mixture), with `PrefixRFTConfig` in place of GRPOConfig and a few fields of ours
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -21,7 +20,6 @@ from prefix_rft.baselines.methods import METHODS, check_presets
 from prefix_rft.recipes.method_choice import DEFAULT_METHOD, requested_method
 from prefix_rft.recipes.rewards import reward_functions, uses_trl_rewards
 from prefix_rft.recipes.setup_checks import (
-    STATE_FILE,
     check_command_line,
     check_dataset_format,
     check_hub_model,
@@ -30,7 +28,7 @@ from prefix_rft.recipes.setup_checks import (
 )
 from prefix_rft.setup_errors import reports_setup_errors, setup_stage
 from prefix_rft.trl.config import PrefixRFTConfig
-from prefix_rft.trl.run_dir import checkpoints_in
+from prefix_rft.trl.run_dir import newest_complete_checkpoint
 from prefix_rft.trl.trainer import PrefixRFTTrainer
 
 EMBEDDED = "embedded"
@@ -145,13 +143,13 @@ def resolve_resume(value: str | bool | None, output_dir: str) -> str | None:
         return None
     if value.lower() != "true":
         return value
-    complete = [n for n in checkpoints_in(output_dir) if os.path.isfile(os.path.join(output_dir, n, STATE_FILE))]
-    if not complete:
+    newest = newest_complete_checkpoint(output_dir)
+    if newest is None:
         raise ValueError(
             f"resume_from_checkpoint={value} resumes the newest checkpoint of output_dir {output_dir!r}, but it holds "
             "no complete checkpoint-N; start without resume_from_checkpoint or point it at a checkpoint folder"
         )
-    return os.path.join(output_dir, complete[-1])
+    return newest
 
 
 def check_trackers(report_to: list[str]) -> None:

@@ -17,10 +17,12 @@ import tempfile
 from typing import Any
 
 from transformers import TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME
 
 logger = logging.getLogger(__name__)
 RUN_RECORD = "prefix_rft_run.json"  # the settings of the run that owns the folder
 FINAL_MODEL_MARK = "training_args.bin"  # written by Trainer.save_model next to the final weights
+STATE_FILE = TRAINER_STATE_NAME  # Trainer._save_checkpoint writes it last: a checkpoint without it was cut off
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 _UNCOMPARED = {"output_dir", "logging_dir", "resume_from_checkpoint", "overwrite_output_dir"}
 
@@ -66,6 +68,17 @@ def checkpoints_in(output_dir: str) -> list[str]:
         if (match := _CHECKPOINT.fullmatch(name)) and os.path.isdir(os.path.join(output_dir, name))
     ]
     return [name for _, name in sorted(found)]
+
+
+def is_complete_checkpoint(folder: str) -> bool:
+    """`folder` is a checkpoint transformers finished writing (it holds the trainer state, written last)."""
+    return os.path.isfile(os.path.join(folder, STATE_FILE))
+
+
+def newest_complete_checkpoint(output_dir: str) -> str | None:
+    """The path of the highest complete `checkpoint-N` of `output_dir` (a resume's starting point), or None."""
+    complete = [name for name in checkpoints_in(output_dir) if is_complete_checkpoint(os.path.join(output_dir, name))]
+    return os.path.join(output_dir, complete[-1]) if complete else None
 
 
 def refuse_other_run(output_dir: str, *, resuming: bool, overwrite: bool) -> None:
