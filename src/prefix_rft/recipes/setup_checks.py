@@ -19,7 +19,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from prefix_rft.data.annotations import is_instance, runtime_types, type_names
-from prefix_rft.data.loading import check_local_source
+from prefix_rft.data.loading import check_local_source, looks_local
 from prefix_rft.setup_errors import SetupError, blame, check_output_dir
 from prefix_rft.trl.run_dir import STATE_FILE, checkpoints_in, is_complete_checkpoint, refuse_other_run
 
@@ -218,11 +218,6 @@ def local_files(data_files: Any) -> list[str]:
         return [f for value in data_files.values() for f in local_files(value)]
     files = data_files if isinstance(data_files, list) else [data_files]
     return [f for f in files if isinstance(f, str) and not any(c in f for c in "*?[") and "://" not in f]
-
-
-def looks_local(name: str) -> bool:
-    """A name meant as a path, not a hub id `org/name`: it starts like a path, or has more than one '/'."""
-    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
 
 
 def check_model_path(name: str) -> None:
