@@ -105,6 +105,11 @@ class TrainArguments(NamedTuple):
     model: ModelArguments
     mixture: DatasetMixtureConfig
 
+    @property
+    def staged(self) -> bool:
+        """The method has an SFT stage: recipes/methods.py runs it, resolving `resume_from_checkpoint` per stage."""
+        return METHODS[self.script.method].stages != ("rl",)
+
 
 def parse_args(argv: list[str] | None = None) -> TrainArguments:
     """Parse the YAML and command line, and refuse what could only fail later (trackers, rewards, streaming)."""
@@ -128,7 +133,7 @@ def parse_args(argv: list[str] | None = None) -> TrainArguments:
         )
     if args.mixture.datasets and args.script.dataset_name is not None:
         raise ValueError("both dataset_name and datasets choose the training data: give one of them")
-    if METHODS[method].stages == ("rl",):  # methods with stages resolve it per stage (recipes/methods.py)
+    if not args.staged:
         args.config.resume_from_checkpoint = resolve_resume(args.config.resume_from_checkpoint, args.config.output_dir)
     check_paths(args)  # model, checkpoint, dataset and output folder, before the model loads
     return args
@@ -305,7 +310,7 @@ def run_staged(args: TrainArguments) -> int:
 def main(argv: list[str] | None = None) -> int:
     with setup_stage():  # a config field, a path or a training row, named in the message: no traceback needed
         args = parse_args(argv)
-        if METHODS[args.script.method].stages != ("rl",):
+        if args.staged:
             return run_staged(args)
         trainer = build_trainer(args)
     accelerator = trainer.accelerator
