@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from prefix_rft.data import load_prefix_rft_dataset
+from prefix_rft.data.loading import check_local_source, looks_local
 
 ROW = '{"prompt": "1+1=", "demos": ["2"], "answer": "2"}\n'
 
@@ -129,3 +130,31 @@ def test_luffy_row_without_a_ground_truth_is_named():
         "row 1: the luffy format needs fields 'prompt' and 'reward_model' holding 'ground_truth'; the row has "
         "['prompt', 'reward_model', 'target'], reward_model None"
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "local"),
+    [
+        ("org/name", False),  # a hub id
+        ("gpt2", False),
+        ("./data", True),
+        ("/abs/data", True),
+        ("~/data", True),
+        ("data/train/rows", True),  # more '/'s than a hub id has
+        ("C:\\data", True),
+        ("hf://datasets/org/name/data", False),  # read from the hub by `datasets`
+        ("buckets/org/bucket/dir", False),
+    ],
+)
+def test_looks_local(name, local):
+    assert looks_local(name) is local
+
+
+def test_missing_nested_dataset_path_is_refused_before_datasets_reads_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    refused("data/train/rows", "data/train/rows: no such file or folder")
+
+
+@pytest.mark.parametrize("name", ["org/name", "hf://datasets/org/name/data", "buckets/org/bucket/dir"])
+def test_hub_dataset_names_are_left_to_datasets(name):
+    check_local_source(name)  # no error: `datasets` reads these from the hub

@@ -102,6 +102,18 @@ def test_missing_checkpoint_lists_the_ones_there(tmp_path, capsys):
     )
 
 
+def test_checkpoint_cut_off_before_its_trainer_state_is_refused(tmp_path, capsys):
+    cut_off = tmp_path / "out" / "checkpoint-3"
+    cut_off.mkdir(parents=True)
+    (cut_off / "model.safetensors").write_bytes(b"")
+    refused(
+        capsys,
+        ["--config", recipe(tmp_path), "--resume_from_checkpoint", str(cut_off)],
+        f"--resume_from_checkpoint {cut_off}: not a complete checkpoint, it holds no trainer_state.json (output_dir "
+        f"{tmp_path / 'out'} holds checkpoint-3)",
+    )
+
+
 def test_dataset_folder_without_data_files(tmp_path, capsys):
     folder = tmp_path / "data"
     folder.mkdir()

@@ -45,6 +45,18 @@ def test_method_from_yaml_or_command_line_chooses_the_config_class(tmp_path):
     assert METHODS["luffy"].trainer is LuffyTrainer
 
 
+@pytest.mark.parametrize(("method", "staged"), [("sft", True), ("sft_best_rft", True), ("luffy", False)])
+def test_methods_with_an_sft_stage_leave_resume_true_to_their_stages(tmp_path, method, staged):
+    # output_dir holds no checkpoint: a one-stage RL method refuses `true` here, a staged one resolves it per stage
+    argv = ["--config", str(recipe(tmp_path, method, resume_from_checkpoint="true"))]
+    if staged:
+        args = parse_args(argv)
+        assert (args.staged, args.config.resume_from_checkpoint) == (True, "true")
+    else:
+        with pytest.raises(ValueError, match="holds no complete checkpoint-N"):
+            parse_args(argv)
+
+
 def test_preset_methods_fix_their_settings(tmp_path):
     config = recipe(tmp_path, "prefix_rft_select_all")
     assert parse_args(["--config", str(config)]).config.prefix_entropy_selection == "all"

@@ -1,16 +1,24 @@
 """A run refuses an unwritable output_dir, and another run's checkpoints, before its first step."""
 
 import contextlib
+import json
 import logging
 import os
 import re
 import subprocess
 
 import pytest
+from transformers import TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from prefix_rft import PrefixRFTTrainer
-from prefix_rft.trl.run_dir import RUN_RECORD, claim_output_dir
+from prefix_rft.trl.run_dir import (
+    RUN_RECORD,
+    claim_output_dir,
+    is_complete_checkpoint,
+    newest_complete_checkpoint,
+    prepare_output_dir,
+)
 from tests.helpers import make_dataset, train_args
 
 
@@ -95,3 +103,54 @@ def test_resume_with_changed_settings_is_pointed_out(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="prefix_rft.trl.run_dir"):
         claim_output_dir(str(tmp_path), resuming=True, overwrite=False, settings={"learning_rate": 1e-5, "seed": 0})
     assert "resuming with settings that differ from the run's start: learning_rate" in caplog.text
+
+
+def test_prepare_output_dir_creates_the_folder_and_records_the_arguments(tmp_path):
+    out = tmp_path / "a" / "out"
+    args = TrainingArguments(output_dir=str(out), learning_rate=3e-4, seed=7, report_to="none")
+    prepare_output_dir(args, resuming=False, overwrite=False)
+    assert os.listdir(out) == [RUN_RECORD]  # the write probe is gone
+    recorded = json.loads((out / RUN_RECORD).read_text())
+    assert (recorded["learning_rate"], recorded["seed"], recorded["output_dir"]) == (3e-4, 7, str(out))
+
+
+def test_prepare_output_dir_refuses_or_overwrites_another_runs_checkpoints(tmp_path):
+    out = tmp_path / "out"
+    finished_run(out)
+    (out / "stage" / "checkpoint-7").mkdir(parents=True)  # a leftover named by the caller
+    args = TrainingArguments(output_dir=str(out), report_to="none")
+    with pytest.raises(ValueError, match=r"holds another run's checkpoints \(checkpoint-5, checkpoint-6\)"):
+        prepare_output_dir(args, resuming=False, overwrite=False, leftovers=("stage",))
+    assert sorted(os.listdir(out)) == ["checkpoint-5", "checkpoint-6", "stage"]
+    prepare_output_dir(args, resuming=False, overwrite=True, leftovers=("stage",))
+    assert os.listdir(out) == [RUN_RECORD]
+
+
+def checkpoints(out, complete=(), cut_off=()):
+    """`checkpoint-N` folders: complete ones hold trainer_state.json, cut-off ones only the weights."""
+    for step in (*complete, *cut_off):
+        folder = out / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"")
+        if step in complete:
+            (folder / "trainer_state.json").write_text("{}")
+
+
+def test_a_checkpoint_is_complete_once_it_holds_its_trainer_state(tmp_path):
+    checkpoints(tmp_path, complete=(1,), cut_off=(2,))
+    assert is_complete_checkpoint(str(tmp_path / "checkpoint-1"))
+    assert not is_complete_checkpoint(str(tmp_path / "checkpoint-2"))
+    assert not is_complete_checkpoint(str(tmp_path / "checkpoint-3"))  # no such folder
+
+
+def test_newest_complete_checkpoint_goes_by_step_and_skips_cut_off_ones(tmp_path):
+    # by step, not by name: checkpoint-10 sorts before checkpoint-9 as text
+    checkpoints(tmp_path, complete=(9, 10), cut_off=(11,))
+    (tmp_path / "checkpoint-12").write_text("")  # a file, not a checkpoint
+    assert newest_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-10")
+
+
+def test_no_complete_checkpoint_is_none(tmp_path):
+    checkpoints(tmp_path, cut_off=(3,))
+    assert newest_complete_checkpoint(str(tmp_path)) is None
+    assert newest_complete_checkpoint(str(tmp_path / "missing")) is None

@@ -3,14 +3,21 @@
 TRL has no public hook for per-row prompts, per-token advantages or a custom loss, so the trainer overrides private
 GRPOTrainer/Trainer methods and reads private attributes. pyproject pins `trl>=1.16,<1.17`; when a new TRL is tried,
 these tests say what changed and which override to adapt, instead of a run failing (or silently training wrong).
+The same holds for the private attributes of accelerate and of TRL's vLLM client that we read or write.
 """
 
 import inspect
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import torch
+import transformers
 from trl import GRPOTrainer
-from trl.generation import vllm_generation
+from trl.generation import vllm_client, vllm_generation
 
+from prefix_rft.trl.rollouts import BudgetedClient
 from tests.helpers import make_trainer
 
 OVERRIDDEN = {
@@ -133,3 +140,72 @@ def test_vllm_generation_attributes_the_trainer_reads_exist():
     source = inspect.getsource(generation.__init__) + inspect.getsource(generation._init_vllm)
     missing = [name for name in VLLM_GENERATION_ATTRIBUTES if f"self.{name}" not in source]
     assert not missing, f"VLLMGeneration no longer sets {missing}: adapt PrefixRFTTrainer._generate_vllm"
+
+
+GUARDS = "src/prefix_rft/trl/guards.py (NonFiniteStepGuard._mark_skipped)"
+ROLLOUTS = "src/prefix_rft/trl/rollouts.py (BudgetedClient.max_model_len)"
+
+
+def test_accelerate_reports_the_private_overflow_flag_as_a_skipped_step(tmp_path, model, tokenizer):
+    # The guard skips a non-finite step by setting `_is_overflow` on each optimizer without a gradient scaler, so
+    # that the Trainer holds the learning-rate schedule back as on an fp16 overflow.
+    accelerator = make_trainer(tmp_path, model, tokenizer).accelerator
+    optimizer = accelerator.prepare(torch.optim.SGD(model.parameters(), lr=0.1))
+    assert any(o is optimizer for o in getattr(accelerator, "_optimizers", [])), (
+        f"accelerate's Accelerator no longer lists the optimizers it prepared in the private `_optimizers`: {GUARDS} "
+        "reads it to mark a skipped step, and would now mark none"
+    )
+    assert optimizer.scaler is None and getattr(optimizer, "_is_overflow", None) is False, (
+        "accelerate's AcceleratedOptimizer no longer starts with the private `_is_overflow = False` (fp32, no "
+        f"scaler): {GUARDS} writes it"
+    )
+    for skipped in (True, False):
+        optimizer._is_overflow = skipped
+        optimizer.step()  # without a scaler, step() leaves the flag as it was: the Trainer reads it after the step
+        assert accelerator.optimizer_step_was_skipped is skipped, (
+            f"accelerate's optimizer_step_was_skipped no longer reports the private `_is_overflow={skipped}` set "
+            f"before an unscaled step: {GUARDS} sets it so the learning-rate schedule waits on a skipped step"
+        )
+    assert "if not self.accelerator.optimizer_step_was_skipped:" in inspect.getsource(transformers.Trainer), (
+        "transformers' Trainer no longer holds back lr_scheduler.step() when accelerator.optimizer_step_was_skipped: "
+        f"{GUARDS} marks skipped steps through it"
+    )
+
+
+class ModelsEndpoint(BaseHTTPRequestHandler):
+    """`/health` and vLLM's `/v1/models` for one served model of 20 positions; anything else is 404."""
+
+    def do_GET(self):
+        bodies = {"/health": {}, "/v1/models": {"data": [{"id": "tiny", "max_model_len": 20}]}}
+        body = json.dumps(bodies.get(self.path, {"error": "not found"})).encode()
+        self.send_response(200 if self.path in bodies else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_vllm_client_private_get_returns_the_servers_json(monkeypatch):
+    method = getattr(vllm_client.VLLMClient, "_get", None)
+    assert callable(method) and parameters(method)[:1] == ("url",), (
+        "TRL's VLLMClient no longer has the private `_get(url, **kwargs)`: "
+        f"{ROLLOUTS} calls it to read the server's /v1/models; read it through `client.session` instead"
+    )
+    monkeypatch.setattr(vllm_client, "is_vllm_available", lambda *args, **kwargs: True)  # only the HTTP side runs
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ModelsEndpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = vllm_client.VLLMClient(base_url=f"http://127.0.0.1:{server.server_port}")
+        cards = client._get(f"{client.base_url}/v1/models")
+        assert cards == {"data": [{"id": "tiny", "max_model_len": 20}]}, (
+            f"TRL's private VLLMClient._get no longer returns the response's JSON: {ROLLOUTS} reads it"
+        )
+        with pytest.raises(Exception, match="404"):
+            client._get(f"{client.base_url}/nothing")
+        assert BudgetedClient(client).max_model_len() == 20
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -57,8 +57,8 @@ def _load(path_or_name: str, split: str, name: str | None = None):
 
 def check_local_source(path_or_name: str) -> None:
     """Refuse, before anything is read, a dataset path that cannot be one: a missing local file or folder (a name
-    with a file extension, or one starting like a path: hub ids have neither), a file of a format not read, or a
-    folder without data files."""
+    with a file extension, or one that `looks_local`: hub ids are neither), a file of a format not read, or a folder
+    without data files."""
     ext = os.path.splitext(path_or_name)[1].lower()
     if os.path.isfile(path_or_name):
         if ext not in _LOCAL_FORMATS:
@@ -68,8 +68,17 @@ def check_local_source(path_or_name: str) -> None:
             raise ValueError(f"{path_or_name}: the folder holds no data files (.jsonl, .json, .parquet or .csv)")
     elif ext in _LOCAL_FORMATS:
         raise ValueError(f"{path_or_name}: no such file")
-    elif path_or_name.startswith((".", "/", "~")):
+    elif looks_local(path_or_name):
         raise ValueError(f"{path_or_name}: no such file or folder")
+
+
+def looks_local(name: str) -> bool:
+    """A name meant as a local path, not a hub id `org/name`: it starts like a path, holds a backslash, or has more
+    than one '/' (`datasets` and transformers look for such a name on disk only). A URL (`hf://datasets/...`) and
+    `buckets/...` are read from the hub by `datasets`, whatever their '/'s."""
+    if "://" in name or name.startswith("buckets/"):
+        return False
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
 
 
 def _folder_files(folder: str) -> list[str]:

@@ -34,7 +34,7 @@ from prefix_rft.recipes.train import (
     model_init_kwargs,
     resolve_resume,
 )
-from prefix_rft.trl.run_dir import check_writable, checkpoints_in, claim_output_dir
+from prefix_rft.trl.run_dir import checkpoints_in, prepare_output_dir
 
 logger = logging.getLogger(__name__)
 SFT_DIR = "sft"
@@ -112,15 +112,9 @@ def sft_stage(args: TrainArguments, model, tokenizer, datasets, config: SFTConfi
     """Train SFTTrainer on the demonstrations of `datasets` (train, eval or None), with early stopping on `held_out`
     rows if given; returns (the trainer, its `EarlyStopping` or None)."""
     dataset, eval_dataset = datasets
-    if config.should_save:
-        check_writable(config.output_dir)
-        settings = json.loads(config.to_json_string())
-        claim_output_dir(
-            config.output_dir,
-            resuming=config.resume_from_checkpoint is not None,
-            overwrite=args.config.overwrite_output_dir,
-            settings=settings,
-        )
+    prepare_output_dir(
+        config, resuming=config.resume_from_checkpoint is not None, overwrite=args.config.overwrite_output_dir
+    )
     rows = dataset.to_list()
     if not any(row.get("demos") or row.get("demo") for row in rows):
         raise ValueError(f"method {args.script.method!r} trains on demonstrations, but no training row has any")

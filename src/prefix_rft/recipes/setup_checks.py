@@ -19,9 +19,9 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from prefix_rft.data.annotations import is_instance, runtime_types, type_names
-from prefix_rft.data.loading import check_local_source
+from prefix_rft.data.loading import check_local_source, looks_local
 from prefix_rft.setup_errors import SetupError, blame, check_output_dir
-from prefix_rft.trl.run_dir import checkpoints_in, refuse_other_run
+from prefix_rft.trl.run_dir import STATE_FILE, checkpoints_in, is_complete_checkpoint, refuse_other_run
 
 # Options whose value is a mapping, given inline as JSON (transformers' `_VALID_DICT_FIELDS` of the config); those
 # of PATH_OR_JSON may name a JSON file instead.
@@ -30,7 +30,6 @@ PATH_OR_JSON = ("accelerator_config", "fsdp_config", "deepspeed")
 FORMAT_FIELDS = {"prefix_rft": ("prompt", "answer"), "luffy": ("prompt", "target", "reward_model")}
 # A saved tokenizer writes one of these; TRL loads it from the model's folder.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
-STATE_FILE = "trainer_state.json"  # transformers writes it last into a checkpoint (TRAINER_STATE_NAME)
 
 
 def read_yaml(argv: list[str]) -> dict[str, Any]:
@@ -221,11 +220,6 @@ def local_files(data_files: Any) -> list[str]:
     return [f for f in files if isinstance(f, str) and not any(c in f for c in "*?[") and "://" not in f]
 
 
-def looks_local(name: str) -> bool:
-    """A name meant as a path, not a hub id `org/name`: it starts like a path, or has more than one '/'."""
-    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
-
-
 def check_model_path(name: str) -> None:
     """A model meant as a local path exists and holds a saved model's config; hub ids are checked by
     `check_hub_model` when the model is to load."""
@@ -269,7 +263,7 @@ def check_resume(checkpoint: str | None, output_dir: str) -> None:
         raise SetupError(
             f"{where}: no such checkpoint folder ({listing}); give a checkpoint folder, or true for the newest"
         )
-    if not os.path.isfile(os.path.join(checkpoint, STATE_FILE)):
+    if not is_complete_checkpoint(checkpoint):
         raise SetupError(f"{where}: not a complete checkpoint, it holds no {STATE_FILE} ({listing})")
 
 

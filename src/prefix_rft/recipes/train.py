@@ -8,7 +8,6 @@ mixture), with `PrefixRFTConfig` in place of GRPOConfig and a few fields of ours
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -21,7 +20,6 @@ from prefix_rft.baselines.methods import METHODS, check_presets
 from prefix_rft.recipes.method_choice import DEFAULT_METHOD, requested_method
 from prefix_rft.recipes.rewards import reward_functions, uses_trl_rewards
 from prefix_rft.recipes.setup_checks import (
-    STATE_FILE,
     check_command_line,
     check_dataset_format,
     check_hub_model,
@@ -30,7 +28,7 @@ from prefix_rft.recipes.setup_checks import (
 )
 from prefix_rft.setup_errors import reports_setup_errors, setup_stage
 from prefix_rft.trl.config import PrefixRFTConfig
-from prefix_rft.trl.run_dir import checkpoints_in
+from prefix_rft.trl.run_dir import newest_complete_checkpoint
 from prefix_rft.trl.trainer import PrefixRFTTrainer
 
 EMBEDDED = "embedded"
@@ -107,6 +105,11 @@ class TrainArguments(NamedTuple):
     model: ModelArguments
     mixture: DatasetMixtureConfig
 
+    @property
+    def staged(self) -> bool:
+        """The method has an SFT stage: recipes/methods.py runs it, resolving `resume_from_checkpoint` per stage."""
+        return METHODS[self.script.method].stages != ("rl",)
+
 
 def parse_args(argv: list[str] | None = None) -> TrainArguments:
     """Parse the YAML and command line, and refuse what could only fail later (trackers, rewards, streaming)."""
@@ -130,7 +133,7 @@ def parse_args(argv: list[str] | None = None) -> TrainArguments:
         )
     if args.mixture.datasets and args.script.dataset_name is not None:
         raise ValueError("both dataset_name and datasets choose the training data: give one of them")
-    if METHODS[method].stages == ("rl",):  # methods with stages resolve it per stage (recipes/methods.py)
+    if not args.staged:
         args.config.resume_from_checkpoint = resolve_resume(args.config.resume_from_checkpoint, args.config.output_dir)
     check_paths(args)  # model, checkpoint, dataset and output folder, before the model loads
     return args
@@ -145,13 +148,13 @@ def resolve_resume(value: str | bool | None, output_dir: str) -> str | None:
         return None
     if value.lower() != "true":
         return value
-    complete = [n for n in checkpoints_in(output_dir) if os.path.isfile(os.path.join(output_dir, n, STATE_FILE))]
-    if not complete:
+    newest = newest_complete_checkpoint(output_dir)
+    if newest is None:
         raise ValueError(
             f"resume_from_checkpoint={value} resumes the newest checkpoint of output_dir {output_dir!r}, but it holds "
             "no complete checkpoint-N; start without resume_from_checkpoint or point it at a checkpoint folder"
         )
-    return os.path.join(output_dir, complete[-1])
+    return newest
 
 
 def check_trackers(report_to: list[str]) -> None:
@@ -307,7 +310,7 @@ def run_staged(args: TrainArguments) -> int:
 def main(argv: list[str] | None = None) -> int:
     with setup_stage():  # a config field, a path or a training row, named in the message: no traceback needed
         args = parse_args(argv)
-        if METHODS[args.script.method].stages != ("rl",):
+        if args.staged:
             return run_staged(args)
         trainer = build_trainer(args)
     accelerator = trainer.accelerator

@@ -16,9 +16,13 @@ import shutil
 import tempfile
 from typing import Any
 
+from transformers import TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME
+
 logger = logging.getLogger(__name__)
 RUN_RECORD = "prefix_rft_run.json"  # the settings of the run that owns the folder
 FINAL_MODEL_MARK = "training_args.bin"  # written by Trainer.save_model next to the final weights
+STATE_FILE = TRAINER_STATE_NAME  # Trainer._save_checkpoint writes it last: a checkpoint without it was cut off
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 _UNCOMPARED = {"output_dir", "logging_dir", "resume_from_checkpoint", "overwrite_output_dir"}
 
@@ -37,6 +41,23 @@ def check_writable(output_dir: str) -> None:
         ) from None
 
 
+def prepare_output_dir(
+    args: TrainingArguments, *, resuming: bool, overwrite: bool, leftovers: tuple[str, ...] = ()
+) -> None:
+    """On the process that saves: `check_writable`, then `claim_output_dir` recording `args` (as JSON) as the
+    run's settings. `overwrite` is passed apart: transformers 5's TrainingArguments has no `overwrite_output_dir`."""
+    if not args.should_save:
+        return
+    check_writable(args.output_dir)
+    claim_output_dir(
+        args.output_dir,
+        resuming=resuming,
+        overwrite=overwrite,
+        settings=json.loads(args.to_json_string()),
+        leftovers=leftovers,
+    )
+
+
 def checkpoints_in(output_dir: str) -> list[str]:
     """Names of the `checkpoint-N` folders in `output_dir`, by step."""
     if not os.path.isdir(output_dir):
@@ -47,6 +68,17 @@ def checkpoints_in(output_dir: str) -> list[str]:
         if (match := _CHECKPOINT.fullmatch(name)) and os.path.isdir(os.path.join(output_dir, name))
     ]
     return [name for _, name in sorted(found)]
+
+
+def is_complete_checkpoint(folder: str) -> bool:
+    """`folder` is a checkpoint transformers finished writing (it holds the trainer state, written last)."""
+    return os.path.isfile(os.path.join(folder, STATE_FILE))
+
+
+def newest_complete_checkpoint(output_dir: str) -> str | None:
+    """The path of the highest complete `checkpoint-N` of `output_dir` (a resume's starting point), or None."""
+    complete = [name for name in checkpoints_in(output_dir) if is_complete_checkpoint(os.path.join(output_dir, name))]
+    return os.path.join(output_dir, complete[-1]) if complete else None
 
 
 def refuse_other_run(output_dir: str, *, resuming: bool, overwrite: bool) -> None:

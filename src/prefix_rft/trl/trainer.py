@@ -18,7 +18,6 @@ method of the trainer, and the baselines override the same hooks (`_plan_rows`, 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -39,7 +38,7 @@ from prefix_rft.trl.loss import PrefixLossMixin
 from prefix_rft.trl.placement import PrefixPlacementMixin
 from prefix_rft.trl.questions import QuestionGuidanceMixin
 from prefix_rft.trl.rollouts import Rollout
-from prefix_rft.trl.run_dir import check_writable, claim_output_dir
+from prefix_rft.trl.run_dir import prepare_output_dir
 from prefix_rft.trl.scoring import PrefixScoringMixin
 
 logger = logging.getLogger(__name__)
@@ -259,15 +258,12 @@ class PrefixRFTTrainer(
     # ---------------------------------------------------------------- checkpoints
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs: Any):
         """Trainer.train, after making sure `output_dir` can be written and holds no other run (run_dir.py)."""
-        if self.args.should_save:
-            check_writable(self.args.output_dir)
-            claim_output_dir(
-                self.args.output_dir,
-                resuming=bool(resume_from_checkpoint),
-                overwrite=self.args.overwrite_output_dir,
-                settings=json.loads(self.args.to_json_string()),
-                leftovers=(STAGING_DIR,),
-            )
+        prepare_output_dir(
+            self.args,
+            resuming=bool(resume_from_checkpoint),
+            overwrite=self.args.overwrite_output_dir,
+            leftovers=(STAGING_DIR,),
+        )
         self.accelerator.wait_for_everyone()
         return super().train(resume_from_checkpoint, trial, **kwargs)
 
