@@ -144,8 +144,8 @@ def test_the_class_docstring_names_each_added_field_in_one_section():
 def test_the_old_name_of_dual_clip_is_refused_with_the_new_one(tmp_path):
     refused(
         tmp_path,
-        "prefix_dual_clip was renamed dual_clip (it bounds every token with a negative advantage, not only prefix "
-        "tokens): set dual_clip=2.0 for the same behaviour",
+        "prefix_dual_clip was renamed: set dual_clip to the same value (it bounds every token with a negative "
+        "advantage, not only prefix tokens)",
         prefix_dual_clip=2.0,
     )
     assert train_args(tmp_path, dual_clip=2.0).dual_clip == 2.0

@@ -14,7 +14,7 @@ from prefix_rft.core.loss import LOSS_TYPES, LossType
 from prefix_rft.core.prefix import hybrid_positions
 from prefix_rft.core.schedule import Constant, Delay, PrefixRatioSampler, ScheduleKind, make_controller
 from prefix_rft.data.annotations import is_instance, runtime_types, type_names
-from prefix_rft.trl.fields import REFUSED_GRPO_FIELDS, REFUSED_LOSS_TYPES
+from prefix_rft.trl.fields import REFUSED_GRPO_FIELDS, REFUSED_LOSS_TYPES, RENAMED_FIELDS, RENAMED_SCOPES
 
 # The choices of the string fields: each field is typed with its Literal, which `--help` lists and
 # `_check_choices` enforces (core's Literals for the options core reads).
@@ -22,7 +22,6 @@ Placement = Literal["response", "prompt"]
 SamplerCorrection = Literal["continuation", "row"]
 ScheduleUnit = Literal["rollout_batch", "optimizer_step"]
 BonusScope = Literal["all", "continuation"]
-RENAMED_SCOPES = {"batch": "global_micro_batch", "micro_batch": "local_micro_batch"}
 GRPO_DEFAULTS = {f.name: f.default for f in fields(GRPOConfig)}
 DEFAULT_RATIO_STEP = 0.2  # per-question controller: 0 successes at a target of 0.5 raise the ratio by 0.1
 
@@ -328,16 +327,9 @@ class PrefixRFTConfig(GRPOConfig):
             )
 
     def _check_choices(self) -> None:
-        if self.allow_partial_rewards is not None:
-            raise ValueError(
-                "allow_partial_rewards was renamed: a row some reward functions leave unscored (None) sums the "
-                "functions that scored it by default, as TRL does; set strict_rewards=True to stop the run instead"
-            )
-        if self.prefix_dual_clip is not None:
-            raise ValueError(
-                f"prefix_dual_clip was renamed dual_clip (it bounds every token with a negative advantage, not only "
-                f"prefix tokens): set dual_clip={self.prefix_dual_clip!r} for the same behaviour"
-            )
+        for name, advice in RENAMED_FIELDS.items():
+            if getattr(self, name) is not None:
+                raise ValueError(f"{name} was renamed: {advice}")
         if self.prefix_entropy_scope in RENAMED_SCOPES:
             raise ValueError(
                 f"prefix_entropy_scope={self.prefix_entropy_scope!r} was renamed: use "

@@ -113,3 +113,13 @@ REFUSED_LOSS_TYPES: dict[str, str] = {
         "advantages (prefix and continuation)"
     ),
 }
+
+# Fields of PrefixRFTConfig that were renamed: set to anything but None, each is refused with what replaces it.
+RENAMED_FIELDS = {
+    "allow_partial_rewards": "a row some reward functions leave unscored (None) sums the functions that scored it by "
+    "default, as TRL does; set strict_rewards=True to stop the run instead",
+    "prefix_dual_clip": "set dual_clip to the same value (it bounds every token with a negative advantage, not only "
+    "prefix tokens)",
+}
+# Former values of prefix_entropy_scope -> the value that behaves as they did.
+RENAMED_SCOPES = {"batch": "global_micro_batch", "micro_batch": "local_micro_batch"}
