@@ -39,14 +39,13 @@ from prefix_rft.recipes.toy_task import (
     eval_rows,
     load_base,
     question_pool,
-    task_config,
     train_rows,
     validation_rows,
 )
 from prefix_rft.tasks import task_reward
 from prefix_rft.trl.cpu import cpu_trainer_kwargs
 
-# The names other modules import from here (they are defined in toy_methods, toy_task and toy_scoring).
+# What other modules import from here, some of it defined in toy_methods, toy_task and toy_scoring.
 __all__ = [
     "BASE",
     "METHODS",
@@ -60,7 +59,6 @@ __all__ = [
     "question_pool",
     "rl_config",
     "run_method",
-    "task_config",
     "train_rl",
     "train_rows",
     "train_sft_to_best",

@@ -36,6 +36,7 @@ def stages_of(method: str) -> tuple[str, ...]:
 
 
 def has_sft_stage(method: str) -> bool:
+    """Whether `method` trains on the demonstrations with SFT in a stage of its own."""
     return bool({"sft", "sft_best"} & set(stages_of(method)))
 
 
