@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     verdict = select_finalists(chosen, threshold, affordable)
     for m, c in chosen.items():
         c["edge"] = status.get(m, "" if c["bracketed"] else "at an edge after every extension")
-        c["sft_only"] = m == "sft_best_rft" and all(
+        c["sft_only"] = "sft_best" in stages_of(m) and all(  # early stopping left RL no step at the chosen value
             r["sft_selection"]["rl_steps"] == 0
             for r in runs
             if r["method"] == m and r["settings"]["sft_learning_rate"] == c["value"]
