@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from prefix_rft.recipes import compare, toy
+from prefix_rft.recipes import compare, toy_task
 from prefix_rft.recipes.settings import RunSettings, parse_settings
 from prefix_rft.recipes.toy import BASE, METHODS, SFT_METHODS, load_base, method_budget, rl_config, train_rows
 from prefix_rft.tasks.arithmetic import demonstrate, parse_problem
@@ -107,7 +107,7 @@ def test_base_model_is_built_with_the_demo_style(monkeypatch):
         seen.append(config)
         raise KeyboardInterrupt  # stop before anything is loaded
 
-    monkeypatch.setattr(toy, "load_or_pretrain_base", capture)
+    monkeypatch.setattr(toy_task, "load_or_pretrain_base", capture)
     with pytest.raises(KeyboardInterrupt):
         load_base(RunSettings(demo_style="rewrite", base_size="test"))
     assert seen[0].task.demo_style == "rewrite" and seen[0].model_size == "test"
@@ -213,7 +213,7 @@ def test_base_set_overrides_reach_the_base_config_cast_to_the_field_type(monkeyp
         seen.append(config)
         raise RuntimeError("stop before loading weights")
 
-    monkeypatch.setattr(toy, "load_or_pretrain_base", fake_pretrain)
+    monkeypatch.setattr(toy_task, "load_or_pretrain_base", fake_pretrain)
     with pytest.raises(RuntimeError, match="stop"):
         load_base(settings)
     assert (seen[0].corpus_max_terms, seen[0].demo_fraction, seen[0].lr) == (4, 0.06, 1.0)

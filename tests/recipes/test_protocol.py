@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from prefix_rft.recipes import protocol, toy
+from prefix_rft.recipes import protocol, toy_scoring, toy_task
 from prefix_rft.recipes.compare import stats, summarize, t95
 from prefix_rft.recipes.protocol import (
     affordable_finalists,
@@ -40,13 +40,13 @@ def test_question_epochs_must_divide_the_steps():
 
 def test_tuning_scores_held_out_training_questions_after_the_early_stopping_ones(monkeypatch):
     seen = []
-    monkeypatch.setattr(toy, "evaluate_rows", lambda model, tok, rows, seed, k, desc: seen.append(rows) or _metrics())
-    monkeypatch.setattr(toy, "eval_rows", lambda *a: pytest.fail("tuning touched the test or OOD split"))
+    monkeypatch.setattr(toy_scoring, "evaluate_rows", lambda model, tok, rows, *rest: seen.append(rows) or _metrics())
+    monkeypatch.setattr(toy_scoring, "eval_rows", lambda *a: pytest.fail("tuning touched the test or OOD split"))
     settings = RunSettings(steps=4, prompts_per_step=2, evaluate_on="validation", sft_val_problems=3)
-    scores = toy.score_run(None, None, settings, seed=0, k=2, n=4, desc="t")
+    scores = toy_scoring.score_run(None, None, settings, seed=0, k=2, n=4, desc="t")
     assert list(scores) == ["validation"]
     # the 8 training questions, then 3 for early stopping, then the 4 scored: questions 12-15 of the seeded stream
-    stream = toy.make_rows("train", 15, seed=0, config=toy.task_config(settings))
+    stream = toy_task.make_rows("train", 15, seed=0, config=toy_task.task_config(settings))
     assert seen == [stream[11:15]]
 
 
@@ -311,9 +311,9 @@ def test_commands_refuse_validation_scoring_which_only_the_protocol_sets_per_sta
 def test_run_cost_is_cpu_time_so_waiting_is_not_charged():
     before = protocol.process_cpu_seconds()
     time.sleep(0.3)  # waiting, as a run does while another process has the core
-    slept = protocol.process_cpu_seconds() - before
-    end = time.monotonic() + 0.3
-    while time.monotonic() < end:  # busy: 0.3 s of CPU on one core
+    assert protocol.process_cpu_seconds() - before < 0.05
+    # busy work is charged, however long a loaded machine takes to give it 0.1 s of CPU
+    busy_from, deadline = protocol.process_cpu_seconds(), time.monotonic() + 60
+    while protocol.process_cpu_seconds() - busy_from < 0.1 and time.monotonic() < deadline:
         pass
-    busy = protocol.process_cpu_seconds() - before - slept
-    assert slept < 0.05 and busy > 0.2
+    assert protocol.process_cpu_seconds() - busy_from >= 0.1

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from prefix_rft.recipes import toy
+from prefix_rft.recipes import toy, toy_scoring
 from prefix_rft.recipes.early_stopping import EarlyStopping
 from prefix_rft.recipes.settings import RunSettings
 from prefix_rft.recipes.toy import eval_rows, method_budget, train_rows, validation_rows
@@ -41,7 +41,7 @@ def test_sft_stops_after_patience_and_restores_the_best_weights(tmp_path, monkey
         snapshots.append({name: t.detach().clone() for name, t in m.state_dict().items()})
         return next(scores)
 
-    monkeypatch.setattr(toy, "validation_accuracy", scripted_validation)
+    monkeypatch.setattr(toy_scoring, "validation_accuracy", scripted_validation)
     settings = RunSettings(steps=8, prompts_per_step=2, sft_eval_every=2, sft_patience=2, curve_every=100)
     trainer, record = toy.train_sft_to_best(model, tokenizer, settings, 0, tmp_path, points=[])
     assert trainer.state.global_step == 6
@@ -57,9 +57,9 @@ def test_sft_stops_after_patience_and_restores_the_best_weights(tmp_path, monkey
 def test_sft_best_rft_gives_rft_the_steps_sft_did_not_run(tmp_path, monkeypatch, model, tokenizer):
     # budget 8; the scores above stop SFT after step 6, so RFT trains 8 - 6 = 2 steps, counted from step 6
     scores = iter([0.1, 0.3, 0.2, 0.2])
-    monkeypatch.setattr(toy, "validation_accuracy", lambda *args: next(scores))
+    monkeypatch.setattr(toy_scoring, "validation_accuracy", lambda *args: next(scores))
     monkeypatch.setattr(
-        toy, "evaluate_splits", lambda *args, **kwargs: {"test": {"avg@1": 0.0}, "ood": {"avg@1": 0.0}}
+        toy_scoring, "evaluate_splits", lambda *args, **kwargs: {"test": {"avg@1": 0.0}, "ood": {"avg@1": 0.0}}
     )
     rl_calls = []
 
@@ -123,8 +123,8 @@ def test_select_best_restores_the_weights_that_scored_best_on_the_selection_ques
         snapshots.append({name: t.detach().clone() for name, t in m.state_dict().items()})
         return next(scores)
 
-    monkeypatch.setattr(toy, "validation_accuracy", scripted_validation)
-    monkeypatch.setattr(toy, "score_run", lambda *args, **kwargs: {"test": {"avg@1": 0.0}})
+    monkeypatch.setattr(toy_scoring, "validation_accuracy", scripted_validation)
+    monkeypatch.setattr(toy_scoring, "score_run", lambda *args, **kwargs: {"test": {"avg@1": 0.0}})
     settings = RunSettings(steps=4, prompts_per_step=2, curve_every=2, select_best=True)
     result = toy.run_method("sft", settings, 0, tmp_path, base=("tiny", model, tokenizer))
     assert (result["model_selection"]["best_step"], result["model_selection"]["best_score"]) == (2, 0.4)

@@ -1,9 +1,11 @@
-"""Every method the project trains, by name: `METHODS[name] = Method(config class, trainer class, stages, presets)`.
+"""Every method the project trains, by name: `METHODS[name] = Method(config class, trainer class, stages, presets,
+uses_demos)`.
 
 `prefix-rft train --method NAME` (recipes/train.py) parses the method's config class and runs its stages in order:
 `"rl"` trains its trainer class on the prompts (and demos), `"sft"` trains TRL's SFTTrainer on the demonstrations,
 `"sft_best"` the same with early stopping on held-out rows. A method's own options are the fields its config class
-adds to `PrefixRFTConfig`; `presets` are settings the method fixes. A new method is one entry here (docs/methods.md).
+adds to `PrefixRFTConfig`; `presets` are settings the method fixes. `prefix-rft compare` and `protocol`
+(recipes/toy_methods.py) read the same entries. A new method is one entry here (docs/methods.md).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, NamedTuple
 from transformers import TrainingArguments
 
 from prefix_rft.baselines.chord import ChordConfig, ChordTrainer
+from prefix_rft.baselines.demo_rows import FullDemoRows
 from prefix_rft.baselines.hpt import HptConfig, HptTrainer
 from prefix_rft.baselines.luffy import LuffyConfig, LuffyTrainer
 from prefix_rft.baselines.relift import ReliftConfig, ReliftTrainer
@@ -85,13 +88,20 @@ class SFTBestThenRFTConfig(SFTThenRFTConfig):
 
 
 class Method(NamedTuple):
-    """A trainable method: its config class, the trainer class of its RL stage, its stages in order, and the settings
-    it fixes (a config that sets them otherwise is refused)."""
+    """A trainable method: its config class, the trainer class of its RL stage, its stages in order, the settings it
+    fixes (a config that sets them otherwise is refused), and whether it trains on or shows any demonstration."""
 
     config: type[PrefixRFTConfig]
     trainer: type | None
     stages: tuple[str, ...]
     presets: dict[str, Any] = {}
+    uses_demos: bool = True
+
+    @property
+    def draws_prefix(self) -> bool:
+        """Its RL stage draws a demo prefix for its hybrid slots, so the prefix-ratio schedule acts on it; a
+        whole-demo slot (`FullDemoRows`) draws none and refuses the schedule's options."""
+        return self.trainer is not None and not issubclass(self.trainer, FullDemoRows)
 
 
 def _preset(**settings: Any) -> Method:
@@ -101,7 +111,7 @@ def _preset(**settings: Any) -> Method:
 
 METHODS: dict[str, Method] = {
     "prefix_rft": Method(PrefixRFTConfig, PrefixRFTTrainer, ("rl",)),
-    "rft": _preset(num_hybrid=0),
+    "rft": Method(PrefixRFTConfig, PrefixRFTTrainer, ("rl",), {"num_hybrid": 0}, uses_demos=False),
     "sft": Method(SFTMethodConfig, None, ("sft",)),
     "sft_rft": Method(SFTThenRFTConfig, PrefixRFTTrainer, ("sft", "rl"), {"num_hybrid": 0}),
     "sft_best_rft": Method(SFTBestThenRFTConfig, PrefixRFTTrainer, ("sft_best", "rl"), {"num_hybrid": 0}),

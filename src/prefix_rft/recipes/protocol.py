@@ -44,13 +44,13 @@ from prefix_rft.recipes.protocol_rules import (
 )
 from prefix_rft.recipes.settings import RunSettings, check_run_paths, parse_settings, require_test_scoring
 from prefix_rft.recipes.toy import BASE, METHODS, question_pool, run_method, train_rows
+from prefix_rft.recipes.toy_methods import fixed_sft_steps, stages_of, uses_demos
 from prefix_rft.setup_errors import reports_setup_errors, setup_stage
 
 SCREEN = (
     "prefix_rft,rft,sft,sft_rft,sft_best_rft,rl_sft,luffy,relift,chord,hpt,srft,trapo,"
     "prefix_rft_adaptive,prefix_rft_rescue,prefix_rft_prompt_hint"
 )
-NO_DEMOS = (BASE, "rft")  # methods that never read a demonstration
 
 
 @dataclass
@@ -145,10 +145,10 @@ def inputs(method: str, settings: RunSettings, demo_lengths: list[int], rl_demo_
     if method == BASE:
         keys = ("training_questions", "question_visits", "selection_questions", "labelled_questions")
         return dict.fromkeys((*keys, "demo_tokens_offered", "demo_tokens_in_rows"), 0)
-    selects = settings.select_best or method == "sft_best_rft"
+    selects = settings.select_best or "sft_best" in stages_of(method)
     selection = settings.sft_val_problems if selects else 0
     pool = question_pool(settings)
-    offered = 0 if method in NO_DEMOS else settings.question_epochs * sum(demo_lengths)
+    offered = settings.question_epochs * sum(demo_lengths) if uses_demos(method) else 0
     return {
         "training_questions": pool,
         "question_visits": settings.steps * settings.prompts_per_step,
@@ -160,9 +160,9 @@ def inputs(method: str, settings: RunSettings, demo_lengths: list[int], rl_demo_
 
 
 def sft_steps_run(method: str, result: dict[str, Any]) -> int:
-    """SFT steps a finished run took: all of `sft`'s, half of `sft_rft`'s, `sft_best_rft`'s recorded split."""
-    steps = result["settings"]["steps"]
-    return {"sft": steps, "sft_rft": steps // 2}.get(method) or result.get("sft_selection", {}).get("sft_steps", 0)
+    """SFT steps a finished run took: a fixed-length SFT stage's (all of `sft`'s, half of `sft_rft`'s), else the
+    recorded split of an early-stopped one (`sft_best_rft`)."""
+    return fixed_sft_steps(method, result["settings"]["steps"]) or result.get("sft_selection", {}).get("sft_steps", 0)
 
 
 def demo_lengths(method: str, settings: RunSettings, seed: int, base_path: str) -> list[int]:
@@ -201,7 +201,7 @@ def run_job(job: Job, threads: int) -> tuple[Job, dict[str, Any]]:
             os.dup2(saved[0], 1), os.dup2(saved[1], 2)
     result["seconds"] = process_cpu_seconds() - cpu_start
     result["wall_seconds"] = time.monotonic() - start
-    lengths = [] if job.method in NO_DEMOS else demo_lengths(job.method, job.settings, job.seed, result["base_model"])
+    lengths = demo_lengths(job.method, job.settings, job.seed, result["base_model"]) if uses_demos(job.method) else []
     rl_demo_tokens = sum(h.get("prefix/demo_tokens", 0.0) for h in result["log_history"])
     result["inputs"] = inputs(job.method, job.settings, lengths, rl_demo_tokens, sft_steps_run(job.method, result))
     save_run(job.path, result)
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     verdict = select_finalists(chosen, threshold, affordable)
     for m, c in chosen.items():
         c["edge"] = status.get(m, "" if c["bracketed"] else "at an edge after every extension")
-        c["sft_only"] = m == "sft_best_rft" and all(
+        c["sft_only"] = "sft_best" in stages_of(m) and all(  # early stopping left RL no step at the chosen value
             r["sft_selection"]["rl_steps"] == 0
             for r in runs
             if r["method"] == m and r["settings"]["sft_learning_rate"] == c["value"]

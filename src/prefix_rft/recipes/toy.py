@@ -1,85 +1,82 @@
-"""Training runs on the embedded task, shared by `prefix-rft demo` and `prefix-rft compare`.
+"""Training runs on the embedded task, shared by `prefix-rft demo`, `compare` and `protocol`: `run_method` trains a
+method from the base model through the stages its registry entry names (`toy_methods`), then scores it.
 
 Every method gets the same base model, the same training prompts (seeded), the same number of optimizer steps and,
-for the RL methods, the same group of 8 rollouts per prompt; `method_budget` reports it so tests can check it.
+for the RL methods, the same group of 8 rollouts per prompt; `method_budget` reports it so tests can check it. The
+task's rows and base model are in `toy_task`, scoring in `toy_scoring`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, ProgressCallback, TrainerCallback
+from transformers import PrinterCallback, ProgressCallback
 from trl import SFTConfig
 
-from prefix_rft.baselines import ReliftTrainer
-from prefix_rft.baselines.demo_rows import FullDemoRows
-from prefix_rft.baselines.methods import METHODS as REGISTRY
 from prefix_rft.baselines.methods import Method
 from prefix_rft.baselines.sft import build_sft_trainer
-from prefix_rft.eval.harness import EvalResult, evaluate
+from prefix_rft.recipes import toy_scoring
 from prefix_rft.recipes.early_stopping import EarlyStopping
 from prefix_rft.recipes.settings import RunSettings
-from prefix_rft.tasks import BaseModelConfig, TaskConfig, is_correct, load_or_pretrain_base, make_rows, task_reward
-from prefix_rft.tasks.model import MAX_POSITIONS
+from prefix_rft.recipes.toy_methods import (
+    BASE,
+    METHODS,
+    PAPER_MATH_AVG,
+    SFT_METHODS,
+    fixed_sft_steps,
+    method_spec,
+    rl_stage_method,
+    stages_of,
+)
+from prefix_rft.recipes.toy_scoring import evaluate_split, evaluate_splits
+from prefix_rft.recipes.toy_task import (
+    completion_budget,
+    eval_rows,
+    load_base,
+    question_pool,
+    train_rows,
+    validation_rows,
+)
+from prefix_rft.tasks import task_reward
 from prefix_rft.trl.cpu import cpu_trainer_kwargs
 
-# The RL methods of the registry (baselines/methods.py), plus one that differs only in its data: half the training
-# prompts keep their demo (see train_rows).
-RL_METHODS: dict[str, Method] = {name: m for name, m in REGISTRY.items() if m.stages == ("rl",)}
-RL_METHODS["prefix_rft_demos50"] = REGISTRY["prefix_rft"]
-# sft_best_rft: SFT to its best validation accuracy, then RFT for the rest of the budget (arXiv 2604.23747)
-SFT_METHODS = ("sft", "sft_rft", "sft_best_rft")
-BASE = "base"  # the untrained base model, evaluated like every method: the reference row of the comparison
-METHODS = (BASE, *RL_METHODS, *SFT_METHODS)
-# Paper's math averages on Qwen2.5-Math-7B (paper Tables 1 and 8), for orientation only.
-PAPER_MATH_AVG = {
-    "prefix_rft": 51.8,
-    "luffy": 50.1,
-    "sft_rft": 48.2,
-    "relift": 47.8,
-    "rft": 45.5,
-    "sft": 44.1,
-    "rl_sft": 40.1,
-    "prefix_rft_freeze_prefix": 45.4,
-    "prefix_rft_select_all": 45.7,
-}
+# What other modules import from here, some of it defined in toy_methods, toy_task and toy_scoring.
+__all__ = [
+    "BASE",
+    "METHODS",
+    "PAPER_MATH_AVG",
+    "SFT_METHODS",
+    "eval_rows",
+    "evaluate_split",
+    "evaluate_splits",
+    "load_base",
+    "method_budget",
+    "question_pool",
+    "rl_config",
+    "run_method",
+    "train_rl",
+    "train_rows",
+    "train_sft_to_best",
+    "validation_rows",
+]
 
 
-def completion_budget() -> int:
-    """Tokens an evaluation completion may take: all the model's positions but the longest prompt's."""
-    return MAX_POSITIONS - 64  # the longest task prompt is under 64 tokens
-
-
-def task_config(settings: RunSettings):
-    """The task of the base's corpus and of the training rows: the base override's (or the default), in the chosen
-    demo style."""
-    return dataclasses.replace(settings.base_overrides.get("task", TaskConfig()), demo_style=settings.demo_style)
-
-
-def question_pool(settings: RunSettings) -> int:
-    """Distinct training questions of a run: its steps' questions over `question_epochs` passes."""
-    return settings.steps * settings.prompts_per_step // settings.question_epochs
-
-
-def train_rows(method: str, settings: RunSettings, seed: int) -> list[dict]:
-    """The same prompts for every method; `prefix_rft_demos50` drops the demos of every other prompt. The trainers
-    reshuffle them at each pass (`question_epochs`)."""
-    rows = make_rows("train", question_pool(settings), seed=seed, config=task_config(settings))
-    if method == "prefix_rft_demos50":
-        rows = [{**row, "demos": row["demos"] if i % 2 == 0 else []} for i, row in enumerate(rows)]
-    return rows
+def config_settings(spec: Method, settings: RunSettings) -> dict[str, Any]:
+    """The run settings a method's config class takes, by field name (ReLIFT's SFT batch and learning rate)."""
+    offered = {"relift_sft_batch": settings.relift_sft_batch, "relift_sft_learning_rate": settings.sft_learning_rate}
+    names = {f.name for f in dataclasses.fields(spec.config)}
+    return {name: value for name, value in offered.items() if name in names}
 
 
 def rl_config(method: str, settings: RunSettings, seed: int, output_dir: Path, steps: int | None = None):
-    """The config of an RL method: paper settings scaled to the task, plus the method's overrides."""
-    spec = RL_METHODS[method]
+    """The config of `method`'s RL stage (`rl_stage_method`): paper settings scaled to the task, the run settings its
+    config class takes, then its presets and `--rl-set`."""
+    spec = method_spec(rl_stage_method(method))
     steps = settings.steps if steps is None else steps
     kwargs = dict(
         **cpu_trainer_kwargs(output_dir, seed, steps),
@@ -91,10 +88,9 @@ def rl_config(method: str, settings: RunSettings, seed: int, output_dir: Path, s
         lr_scheduler_type="constant",
         log_completions=False,
     )
-    if not issubclass(spec.trainer, FullDemoRows):  # a whole-demo slot draws no prefix (CHORD refuses the option)
+    if spec.draws_prefix:  # a whole-demo slot draws no prefix (CHORD refuses the option)
         kwargs["prefix_ratio_decay_steps"] = max(steps, 1)  # the paper's cosine floor, over the whole run
-    if spec.trainer is ReliftTrainer:
-        kwargs.update(relift_sft_batch=settings.relift_sft_batch, relift_sft_learning_rate=settings.sft_learning_rate)
+    kwargs.update(config_settings(spec, settings))
     kwargs.update(spec.presets)
     kwargs.update(settings.extra)
     cap, budget = kwargs["max_completion_length"], completion_budget()  # after `--rl-set`, which may set it too
@@ -115,136 +111,26 @@ def sft_config(settings: RunSettings, seed: int, output_dir: Path, steps: int):
 
 
 def method_budget(method: str, settings: RunSettings) -> dict[str, int]:
-    """Optimizer steps and rollouts (generated or demonstrated) per step of a method; equal across methods."""
-    if method == "sft_best_rft":
-        # Early stopping splits the steps at run time, and RFT gets all the SFT did not run (`train_sft_best_rft`):
-        # the total is RFT's budget whatever the split; the run's record states the split.
-        return method_budget("rft", settings)
-    if method == BASE:
+    """Optimizer steps and rollouts (generated or demonstrated) per step of a method; equal across methods.
+
+    A fixed-length SFT stage runs `fixed_sft_steps` and the RL stage the rest. An "sft_best" stage's early stopping
+    splits the steps at run time and RL gets all it did not run (`rl_stage`): the total is the RL stage's over the
+    whole budget whatever the split; the run's record states the split.
+    """
+    stages = stages_of(method)
+    if not stages:  # the base, evaluated untrained
         return {"optimizer_steps": 0, "rollouts_per_step": 0, "prompts_per_step": 0}
-    if method == "sft":
-        return {
-            "optimizer_steps": settings.steps,
-            "rollouts_per_step": 0,
-            "prompts_per_step": settings.prompts_per_step,
-        }
-    if method == "sft_rft":
-        sft_steps = settings.steps // 2
-        rl = rl_config("rft", settings, 0, Path("unused"), steps=settings.steps - sft_steps)
-        return {
-            "optimizer_steps": sft_steps + rl.max_steps,
-            "rollouts_per_step": rl.per_device_train_batch_size,
-            "prompts_per_step": settings.prompts_per_step,
-        }
-    config = rl_config(method, settings, 0, Path("unused"))
+    sft_steps = fixed_sft_steps(method, settings.steps)
+    if "rl" not in stages:
+        return {"optimizer_steps": sft_steps, "rollouts_per_step": 0, "prompts_per_step": settings.prompts_per_step}
+    rl = rl_config(method, settings, 0, Path("unused"), steps=settings.steps - sft_steps)
+    rl_prompts = rl.per_device_train_batch_size // rl.num_generations
     return {
-        "optimizer_steps": config.max_steps,
-        "rollouts_per_step": config.per_device_train_batch_size,
-        "prompts_per_step": config.per_device_train_batch_size // config.num_generations,
+        "optimizer_steps": sft_steps + rl.max_steps,
+        "rollouts_per_step": rl.per_device_train_batch_size,
+        # a fixed-length SFT stage counts its own questions per step
+        "prompts_per_step": settings.prompts_per_step if "sft" in stages else rl_prompts,
     }
-
-
-def eval_rows(split: str, n: int, seed: int) -> list[dict]:
-    """The `n` evaluation problems of `split` for a run of `seed`: the same for the base and every trained model."""
-    return make_rows(split, n, seed=10_000 + seed)
-
-
-def validation_rows(settings: RunSettings, seed: int, n: int | None = None) -> list[dict]:
-    """`n` (default `sft_val_problems`) training-split questions held out of training: `sft_best_rft`'s early
-    stopping scores on the first `sft_val_problems`, tuning (`evaluate_on="validation"`) on the ones after them.
-
-    They are the next questions of the training rows' own seeded stream (`make_rows` draws in order and never repeats
-    a problem), so every method keeps the same training questions and none of these is one of them; the train split
-    holds no test problem (salted hash) and no OOD one (OOD problems have more terms).
-    """
-    pool, n = question_pool(settings), settings.sft_val_problems if n is None else n
-    return make_rows("train", pool + n, seed=seed, config=task_config(settings))[pool:]
-
-
-def evaluate_split(model, tokenizer, split: str, seed: int, k: int, n: int, desc: str) -> EvalResult:
-    """k samples on each of `n` problems of `split` drawn for `seed` (`evaluate_rows`)."""
-    return evaluate_rows(model, tokenizer, eval_rows(split, n, seed), seed, k, desc)
-
-
-def evaluate_rows(model, tokenizer, rows: list[dict], seed: int, k: int, desc: str) -> EvalResult:
-    """k samples on each row (T 0.6, top-p 0.95, as the paper); returns the harness's `EvalResult` (metrics and
-    per-sample completions)."""
-    return evaluate(
-        model,
-        tokenizer,
-        rows,
-        lambda c, a: float(is_correct(c, a)),
-        k=k,
-        max_new_tokens=completion_budget(),
-        batch_size=64,
-        seed=seed,
-        desc=desc,
-    )
-
-
-def evaluate_splits(model, tokenizer, seed: int, k: int, n: int, desc: str) -> dict[str, dict]:
-    """avg@k / pass@k on the in-distribution test split and the harder OOD split (`evaluate_split`)."""
-    return {
-        split: evaluate_split(model, tokenizer, split, seed, k, n, f"{desc} {split}").metrics
-        for split in ("test", "ood")
-    }
-
-
-def score_run(model, tokenizer, settings: RunSettings, seed: int, k: int, n: int, desc: str) -> dict[str, dict]:
-    """`evaluate_splits`, or with `evaluate_on="validation"` avg@k / pass@k on `n` held-out training questions
-    (`validation_rows` after the early-stopping ones) under the key "validation"."""
-    if settings.evaluate_on == "test":
-        return evaluate_splits(model, tokenizer, seed, k, n, desc)
-    held_out = settings.sft_val_problems  # `sft_best_rft` stops on these: score on the next ones, unseen by it
-    rows = validation_rows(settings, seed, held_out + n)[held_out:]
-    return {"validation": evaluate_rows(model, tokenizer, rows, seed, k, f"{desc} validation").metrics}
-
-
-def validation_accuracy(model, tokenizer, rows: list[dict], seed: int) -> float:
-    """avg@1 on held-out training-split questions (`validation_rows`): one sample each, to keep it cheap."""
-    with evaluating(model):
-        return evaluate_rows(model, tokenizer, rows, seed, k=1, desc="validation").metrics["avg@1"]
-
-
-def accuracy_callback(tokenizer, settings: RunSettings, seed: int, points: list[dict], offset: int = 0):
-    """A TrainerCallback appending {"step", "test", "ood"} (avg@1) to `points` at every multiple of `curve_every`
-    steps of the whole run (`offset` = steps trained before this trainer) and at the trainer's last step.
-
-    Counting from the start of the run keeps every seed on one grid when a first stage ends at a step that varies
-    by seed (`sft_best_rft`).
-    """
-
-    class AccuracyCurve(TrainerCallback):
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            step = offset + state.global_step
-            if step % settings.curve_every == 0 or state.global_step == state.max_steps:
-                measure_point(model, tokenizer, settings, seed, points, step)
-
-    return AccuracyCurve()
-
-
-@contextmanager
-def evaluating(model) -> Iterator[None]:
-    """`model` in eval mode inside the block, then back in the mode it was in (evaluations run mid-training)."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-def measure_point(model, tokenizer, settings: RunSettings, seed: int, points: list[dict], step: int) -> None:
-    with evaluating(model):
-        metrics = score_run(model, tokenizer, settings, seed, k=1, n=settings.curve_problems, desc=f"step {step}")
-    points.append({"step": step, **{split: m["avg@1"] for split, m in metrics.items()}})
-
-
-def load_base(settings: RunSettings):
-
-    config = BaseModelConfig(**{**settings.base_overrides, "task": task_config(settings)})
-    path = load_or_pretrain_base(config, cache_dir=settings.cache_dir, rebuild=settings.rebuild_base)
-    return path, AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
 
 def attach(trainer, callbacks) -> None:
@@ -259,16 +145,16 @@ def attach(trainer, callbacks) -> None:
 def train_rl(
     method, model, tokenizer, settings, seed, output_dir, points, steps=None, offset=0, reward_fn=None, callbacks=()
 ):
-    """Train `model` in place with an RL method (reward: `reward_fn`, default the task's verifier); returns the
-    trainer. `callbacks` are added to the trainer (`attach`)."""
+    """Train `model` in place with the RL stage of `method` (reward: `reward_fn`, default the task's verifier);
+    returns the trainer. `callbacks` are added to the trainer (`attach`)."""
 
-    trainer = RL_METHODS[method].trainer(
+    trainer = method_spec(rl_stage_method(method)).trainer(
         model=model,
         reward_funcs=[reward_fn or task_reward],
         args=rl_config(method, settings, seed, output_dir, steps),
         train_dataset=Dataset.from_list(train_rows(method, settings, seed)),
         processing_class=tokenizer,
-        callbacks=[accuracy_callback(tokenizer, settings, seed, points, offset)],
+        callbacks=[toy_scoring.accuracy_callback(tokenizer, settings, seed, points, offset)],
     )
     attach(trainer, callbacks)
     trainer.train()
@@ -276,10 +162,11 @@ def train_rl(
 
 
 def train_sft(model, tokenizer, settings, seed, output_dir, points, steps, callbacks: tuple = ()):
+    """Train `model` in place with SFT on the training rows' demos for `steps`; returns the trainer."""
     trainer = build_sft_trainer(
         model, tokenizer, train_rows("sft", settings, seed), sft_config(settings, seed, output_dir, steps)
     )
-    attach(trainer, (accuracy_callback(tokenizer, settings, seed, points), *callbacks))
+    attach(trainer, (toy_scoring.accuracy_callback(tokenizer, settings, seed, points), *callbacks))
     trainer.train()
     return trainer
 
@@ -289,7 +176,7 @@ def best_weights(tokenizer, settings: RunSettings, seed: int) -> EarlyStopping:
     questions `sft_best_rft` stops on, the same for every method) every `curve_every` steps of each stage."""
     rows = validation_rows(settings, seed)
     return EarlyStopping(
-        lambda m: validation_accuracy(m, tokenizer, rows, seed), settings.curve_every, patience=sys.maxsize
+        lambda m: toy_scoring.validation_accuracy(m, tokenizer, rows, seed), settings.curve_every, patience=sys.maxsize
     )
 
 
@@ -301,7 +188,9 @@ def train_sft_to_best(model, tokenizer, settings: RunSettings, seed: int, output
     """
     rows = validation_rows(settings, seed)
     stopper = EarlyStopping(
-        lambda m: validation_accuracy(m, tokenizer, rows, seed), settings.sft_eval_every, settings.sft_patience
+        lambda m: toy_scoring.validation_accuracy(m, tokenizer, rows, seed),
+        settings.sft_eval_every,
+        settings.sft_patience,
     )
     trainer = train_sft(
         model, tokenizer, settings, seed, output_dir, points, settings.steps, callbacks=(stopper, *callbacks)
@@ -310,27 +199,73 @@ def train_sft_to_best(model, tokenizer, settings: RunSettings, seed: int, output
     return trainer, stopper.record()
 
 
-def train_rft_after_sft(model, tokenizer, settings, seed, output_dir: Path, points, sft_steps: int, callbacks=()):
-    """RFT (`num_hybrid=0`) in `output_dir/rft` for the steps of the budget an SFT stage of `sft_steps` left."""
-    steps, rft_dir = settings.steps - sft_steps, output_dir / "rft"
-    return train_rl(
-        "rft", model, tokenizer, settings, seed, rft_dir, points, steps=steps, offset=sft_steps, callbacks=callbacks
+@dataclasses.dataclass
+class StageRun:
+    """What the stages of one run share; each stage adds its log history, and the steps it trained to `done`."""
+
+    method: str
+    model: Any
+    tokenizer: Any
+    settings: RunSettings
+    seed: int
+    output_dir: Path
+    points: list[dict]
+    callbacks: tuple
+    done: int = 0
+    history: list[dict] = dataclasses.field(default_factory=list)
+    record: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def folder(self, name: str) -> Path:
+        """Where a stage trains: `output_dir/name` when the method has several stages, else `output_dir`."""
+        return self.output_dir / name if len(stages_of(self.method)) > 1 else self.output_dir
+
+
+def sft_stage(run: StageRun) -> None:
+    """SFT for the method's `fixed_sft_steps`, in `sft/`."""
+    steps = fixed_sft_steps(run.method, run.settings.steps)
+    trainer = train_sft(
+        run.model, run.tokenizer, run.settings, run.seed, run.folder("sft"), run.points, steps, run.callbacks
     )
+    run.history += trainer.state.log_history
+    run.done += steps
 
 
-def train_sft_best_rft(model, tokenizer, settings: RunSettings, seed: int, output_dir: Path, points, callbacks=()):
-    """`train_sft_to_best`, then RFT (`num_hybrid=0`) for the steps SFT did not run; returns (log history, record).
+def sft_best_stage(run: StageRun) -> None:
+    """`train_sft_to_best` in `sft/`; records the split of the steps (`sft_selection`). Every SFT step run counts,
+    those after the best one too: they were spent choosing it."""
+    model, tokenizer, settings = run.model, run.tokenizer, run.settings
+    trainer, record = train_sft_to_best(
+        model, tokenizer, settings, run.seed, run.folder("sft"), run.points, run.callbacks
+    )
+    sft_steps = trainer.state.global_step
+    run.history += trainer.state.log_history
+    run.record["sft_selection"] = {**record, "sft_steps": sft_steps, "rl_steps": settings.steps - sft_steps}
+    run.done += sft_steps
 
-    Every SFT step run counts, those after the best one too: they were spent choosing it.
-    """
-    sft, record = train_sft_to_best(model, tokenizer, settings, seed, output_dir / "sft", points, callbacks)
-    sft_steps = sft.state.global_step
-    history = list(sft.state.log_history)
-    rl_steps = settings.steps - sft_steps
-    if rl_steps:  # none left when SFT kept improving to the end of the budget
-        rl = train_rft_after_sft(model, tokenizer, settings, seed, output_dir, points, sft_steps, callbacks)
-        history += rl.state.log_history
-    return history, {**record, "sft_steps": sft_steps, "rl_steps": rl_steps}
+
+def rl_stage(run: StageRun) -> None:
+    """The RL stage (`rl_stage_method`, e.g. RFT in `rft/` after SFT) for the steps the stages before it left, its
+    curve counted after theirs."""
+    name, steps = rl_stage_method(run.method), run.settings.steps - run.done
+    if not steps:  # none left when SFT kept improving to the end of the budget
+        return
+    rl = train_rl(
+        name,
+        run.model,
+        run.tokenizer,
+        run.settings,
+        run.seed,
+        run.folder(name),
+        run.points,
+        steps=steps,
+        offset=run.done,
+        callbacks=run.callbacks,
+    )
+    run.history += rl.state.log_history
+    run.done += steps
+
+
+STAGE_RUNNERS = {"sft": sft_stage, "sft_best": sft_best_stage, "rl": rl_stage}  # the registry's stages
 
 
 def run_method(
@@ -353,33 +288,18 @@ def run_method(
     torch.manual_seed(seed)
     base_path, model, tokenizer = base or load_base(settings)
     points = [] if points is None else points
-    measure_point(model, tokenizer, settings, seed, points, 0)
-    history: list[dict] = []
-    extra: dict[str, Any] = {}
+    toy_scoring.measure_point(model, tokenizer, settings, seed, points, 0)
     selector = best_weights(tokenizer, settings, seed) if settings.select_best and method != BASE else None
     callbacks = callbacks if selector is None else (*callbacks, selector)
-    if method == "sft":
-        sft = train_sft(model, tokenizer, settings, seed, output_dir, points, settings.steps, callbacks)
-        history += sft.state.log_history
-    elif method == "sft_rft":
-        sft_steps = settings.steps // 2
-        sft = train_sft(model, tokenizer, settings, seed, output_dir / "sft", points, sft_steps, callbacks)
-        history += sft.state.log_history
-        rl = train_rft_after_sft(model, tokenizer, settings, seed, output_dir, points, sft_steps, callbacks)
-        history += rl.state.log_history
-    elif method == "sft_best_rft":
-        logs, extra["sft_selection"] = train_sft_best_rft(
-            model, tokenizer, settings, seed, output_dir, points, callbacks
-        )
-        history += logs
-    elif method != BASE:  # the base row is evaluated untrained
-        rl = train_rl(method, model, tokenizer, settings, seed, output_dir, points, callbacks=callbacks)
-        history += rl.state.log_history
+    run = StageRun(method, model, tokenizer, settings, seed, output_dir, points, callbacks)
+    for stage in stages_of(method):  # none for the base, evaluated untrained
+        STAGE_RUNNERS[stage](run)
+    extra = run.record
     if selector is not None:
         selector.restore(model)
         extra["model_selection"] = selector.record()
     k, n = settings.eval_k, settings.eval_problems
-    final = score_run(model.eval(), tokenizer, settings, seed, k, n, f"{method} final")
+    final = toy_scoring.score_run(model.eval(), tokenizer, settings, seed, k, n, f"{method} final")
     if save_to is not None:
         model.save_pretrained(save_to)
         tokenizer.save_pretrained(save_to)
@@ -391,6 +311,6 @@ def run_method(
         "budget": method_budget(method, settings),
         "curve": points,
         "final": final,
-        "log_history": history,
+        "log_history": run.history,
         **extra,
     }
