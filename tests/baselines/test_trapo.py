@@ -9,7 +9,18 @@ import torch
 
 from prefix_rft.baselines import TrapoConfig, TrapoTrainer
 from prefix_rft.trl.questions import question_key
-from tests.helpers import DEMOS, base_kwargs, baseline_trainer, generate_batch, make_dataset, text_of
+from tests.helpers import (
+    DEMOS,
+    base_kwargs,
+    baseline_trainer,
+    dataset_prompt_ids,
+    generate_batch,
+    make_dataset,
+    needs_requests,
+    prefix_or_easy,
+)
+from tests.trl.doubles.vllm_colocate import install_colocate_double
+from tests.trl.doubles.vllm_server import run_two_ranks_with_server
 
 
 def trapo(tmp_path, model, tokenizer, rewards=(0.0,), **overrides):
@@ -25,13 +36,6 @@ def trapo_with(tmp_path, model, tokenizer, reward, **overrides):
         train_dataset=make_dataset(),
         processing_class=tokenizer,
     )
-
-
-def prefix_or_easy(completions, answer, **kwargs):
-    """1 for a completion that starts with its question's 25% demo prefix (5 characters, e.g. `12+30`), which the
-    untrained model never writes by itself; 1 for every completion of the easy question 17+18 (answer 35)."""
-    demos = {demo.split(": ")[1]: demo for demo in DEMOS}
-    return [float(a == "35" or text_of(c).startswith(demos[a][:5])) for c, a in zip(completions, answer, strict=True)]
 
 
 def test_in_step_guides_a_failed_question_in_the_same_step(tmp_path, model, tokenizer):
@@ -181,3 +185,45 @@ def test_in_step_refuses_a_reward_model(tmp_path, model, tokenizer):
             processing_class=tokenizer,
             reward_processing_classes=[tokenizer],
         )
+
+
+def test_in_step_sends_each_micro_group_to_vllm_after_the_one_before(tmp_path, monkeypatch, model_dir, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    engines = install_colocate_double(monkeypatch)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)  # colocate mode loads name_or_path = model_dir
+    trainer = trapo_with(tmp_path, model, tokenizer, prefix_or_easy, use_vllm=True, vllm_mode="colocate")
+    _, out = generate_batch(trainer)
+    assert out["prefix_mask"].sum(dim=1).tolist() == [0, 0, 0, 0, 5, 5, 10, 21] + [0] * 8  # as with transformers
+    (engine,) = engines
+    hard, easy = dataset_prompt_ids(tokenizer)[:2]
+    five = tokenizer.convert_tokens_to_ids(list(DEMOS[0][:5]))
+    ten = tokenizer.convert_tokens_to_ids(list(DEMOS[0][:10]))
+    # per call (micro-group), per request: prompt + prefix, max_tokens (budget 24 less the prefix; 1 for the whole
+    # demo, whose one sampled token is discarded, asked after the prompt alone)
+    assert [[(r.prompt_token_ids, r.max_tokens) for r in call] for call in engine.generate_calls] == [
+        [(hard, 24)] * 4 + [(easy, 24)] * 4,
+        [(hard + five, 19)] * 2 + [(easy, 24)] * 2,
+        [(hard + ten, 14), (easy, 24)],
+        [(hard, 1), (easy, 24)],
+    ]
+
+
+@pytest.mark.slow
+@needs_requests
+def test_in_step_on_two_ranks_sends_a_split_groups_micro_groups_to_the_server(tmp_path, model_dir, tokenizer):
+    ranks, events, _ = run_two_ranks_with_server(tmp_path, model_dir, "tests.baselines.trapo_vllm_worker")
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    questions = [b["question"] for b in ranks[0]["batches"]]
+    assert questions == [b["question"] for b in ranks[1]["batches"]]
+    assert any(q != "17+18=" for q in questions)  # precondition: a hard question was drawn
+    for question, batch0, batch1 in zip(questions, ranks[0]["batches"], ranks[1]["batches"], strict=True):
+        assert batch0["prefix_lens"] == [0] * 4  # positions 0-3, rank 0
+        # positions 4-7 on rank 1, decided from rank 0's rewards: the hard questions' 0 of 4 -> 25%, 50%, whole
+        assert batch1["prefix_lens"] == ([0] * 4 if question == "17+18=" else [5, 5, 10, 21]), question
+    # rank 1's 25% pair reached the server as one request of prompt + its 5-token prefix, n=2
+    hard = [q for q in questions if q != "17+18="][0]
+    prompt = dataset_prompt_ids(tokenizer)[[d.split(" is ")[0] + "=" for d in DEMOS].index(hard)]
+    prefix = tokenizer.convert_tokens_to_ids(list(hard[:5]))
+    requests = [e for e in events if e["event"] == "completions"]
+    assert any(r["n"] == 2 and prompt + prefix in r["prompts"] for r in requests)
