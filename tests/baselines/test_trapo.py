@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from prefix_rft.baselines import TrapoConfig, TrapoTrainer
+from prefix_rft.baselines.trapo import stage_rows
 from prefix_rft.trl.questions import question_key
 from tests.helpers import (
     DEMOS,
@@ -36,6 +37,14 @@ def trapo_with(tmp_path, model, tokenizer, reward, **overrides):
         train_dataset=make_dataset(),
         processing_class=tokenizer,
     )
+
+
+def test_stage_rows_counts_a_micro_groups_rows_in_a_ranks_slice():
+    # 4 rows per rank: rank 0 holds positions 0-3 (micro-group 1), rank 1 positions 4-7 (micro-groups 2, 3, 4)
+    assert [stage_rows(stage, 0, 4) for stage in (1, 2, 3, 4)] == [4, 0, 0, 0]
+    assert [stage_rows(stage, 4, 4) for stage in (1, 2, 3, 4)] == [0, 2, 1, 1]
+    assert [stage_rows(stage, 0, 16) for stage in (1, 2, 3, 4)] == [8, 4, 2, 2]  # two whole groups
+    assert [stage_rows(stage, 6, 6) for stage in (1, 2, 3, 4)] == [4, 0, 1, 1]  # positions 6, 7, 0-3
 
 
 def test_in_step_guides_a_failed_question_in_the_same_step(tmp_path, model, tokenizer):

@@ -193,7 +193,8 @@ class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
                     [prompt_ids[i] for i in rows],
                     ids[: len(rows)],
                 )
-        calls[logged:] = [sum(calls[logged:])]  # one value per generation batch, as without escalation
+        if len(calls) > logged:  # transformers generation: one value per generation batch, as without escalation
+            calls[logged:] = [sum(calls[logged:])]
         rollout.prefix_ids, rollout.completion_lens = prefix_ids, lens
         self._step_rewards = rewards
         return completion_ids, (logprobs if has_logprobs else None)
