@@ -74,6 +74,13 @@ class FixedRewards:
         return [self.pattern[i % len(self.pattern)] for i in range(len(completions))]
 
 
+def prefix_or_easy(completions, answer, **kwargs):
+    """1 for a completion that starts with its question's 25% demo prefix (5 characters, e.g. `12+30`), which the
+    untrained model never writes by itself; 1 for every completion of the easy question 17+18 (answer 35)."""
+    demos = {demo.split(": ")[1]: demo for demo in DEMOS}
+    return [float(a == "35" or text_of(c).startswith(demos[a][:5])) for c, a in zip(completions, answer, strict=True)]
+
+
 def generate_batch(trainer):
     """One generation batch, as the trainer would produce it for the first optimizer step."""
     batch = next(iter(trainer.get_train_dataloader()))

@@ -1,8 +1,10 @@
 """Worker for test_multiprocess.py: trains a per-question method for 2 steps on 2 gloo processes and records, per
 generation batch, each rank's questions and what the method did with their rows.
 
-Run with `torchrun --standalone --nproc_per_node 2 method_worker.py OUT_DIR METHOD` (METHOD: hpt for 2 steps, trapo
-for 4: every question twice). Questions whose answer is in SOLVED get reward 1 on every row, the others 0.
+Run with `torchrun --standalone --nproc_per_node 2 method_worker.py OUT_DIR METHOD` (METHOD: hpt for 2 steps; trapo,
+escalating from the previous visit, for 4: every question twice; trapo_in_step for 4 steps of one question, its group
+of 8 split over the two ranks: every question once). Questions whose answer is in SOLVED get reward 1 on every row,
+the others 0.
 """
 
 import json
@@ -45,7 +47,11 @@ def recording(trainer_cls):
     return Recording
 
 
-METHODS = {"hpt": (HptTrainer, HptConfig, 2), "trapo": (TrapoTrainer, TrapoConfig, 4)}
+METHODS = {  # trainer, config, steps, settings
+    "hpt": (HptTrainer, HptConfig, 2, {}),
+    "trapo": (TrapoTrainer, TrapoConfig, 4, {"trapo_escalation": "previous_visit"}),
+    "trapo_in_step": (TrapoTrainer, TrapoConfig, 4, {"per_device_train_batch_size": 4}),
+}
 
 
 def main(out_dir: str, method: str) -> None:
@@ -53,8 +59,8 @@ def main(out_dir: str, method: str) -> None:
     torch.manual_seed(0)
     model = build_model(tokenizer, "test")
     rows = [{"prompt": [{"role": "user", "content": d[:5]}], "demos": [d], "answer": d[-2:]} for d in DEMOS]
-    trainer_cls, config_cls, steps = METHODS[method]
-    args = config_cls(**base_kwargs(Path(out_dir), max_steps=steps, per_device_train_batch_size=8))
+    trainer_cls, config_cls, steps, settings = METHODS[method]
+    args = config_cls(**base_kwargs(Path(out_dir), max_steps=steps, **{"per_device_train_batch_size": 8, **settings}))
     trainer = recording(trainer_cls)(
         model=model,
         reward_funcs=[reward],
@@ -65,7 +71,7 @@ def main(out_dir: str, method: str) -> None:
     trainer.train()
     params = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
     record = {"seen": trainer.seen, "params": params.tolist(), "world_size": trainer.accelerator.num_processes}
-    if method == "trapo":
+    if trainer_cls is TrapoTrainer:
         record["levels"] = trainer.escalation.state_dict()
     with open(f"{out_dir}/rank{trainer.accelerator.process_index}.json", "w") as f:
         json.dump(record, f)

@@ -58,3 +58,20 @@ def test_trapo_ranks_hold_one_escalation_state_and_guide_their_own_questions(tmp
     kinds = [[b["questions"][0] in SOLVED_QUESTIONS for b in r["seen"][2:]] for r in (rank0, rank1)]
     assert any(a != b for a, b in zip(*kinds, strict=True))
     assert rank0["params"] == rank1["params"]
+
+
+@pytest.mark.slow
+def test_trapo_ranks_escalate_a_group_split_between_them_in_the_same_step(tmp_path):
+    rank0, rank1 = run_two_ranks(tmp_path, "trapo_in_step")
+    assert rank0["levels"] == rank1["levels"] == {"levels": {}}  # in_step keeps no state between visits
+    questions = [b["questions"] for b in rank0["seen"]]
+    assert questions == [b["questions"] for b in rank1["seen"]]  # one question per step, positions 0-3 on rank 0
+    assert sorted(q for (q,) in questions) == ["12+30", "17+18", "25+25", "40+20"]  # every question, first visit
+    for batch0, batch1 in zip(rank0["seen"], rank1["seen"], strict=True):
+        (question,) = batch0["questions"]
+        assert batch0["prefix_lens"] == [0] * 4  # micro-group 1: the policy's own rollouts
+        if question in SOLVED_QUESTIONS:  # 4 of 4, 6 of 6, 7 of 7 solved: never guided
+            assert (batch1["prefix_lens"], batch1["trapo_sft_rows"]) == ([0] * 4, [False] * 4), question
+        else:  # rank 1 read rank 0's 0 of 4: 25% (5 tokens) at 4-5, then 50% (10) at 6, the whole demo (21) at 7
+            assert (batch1["prefix_lens"], batch1["trapo_sft_rows"]) == ([5, 5, 10, 21], [False] + [True] * 3)
+    assert rank0["params"] == rank1["params"]

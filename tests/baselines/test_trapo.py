@@ -8,15 +8,102 @@ import pytest
 import torch
 
 from prefix_rft.baselines import TrapoConfig, TrapoTrainer
-from tests.helpers import base_kwargs, baseline_trainer, generate_batch
+from prefix_rft.baselines.trapo import stage_rows
+from prefix_rft.trl.questions import question_key
+from tests.helpers import (
+    DEMOS,
+    base_kwargs,
+    baseline_trainer,
+    dataset_prompt_ids,
+    generate_batch,
+    make_dataset,
+    needs_requests,
+    prefix_or_easy,
+)
+from tests.trl.doubles.vllm_colocate import install_colocate_double
+from tests.trl.doubles.vllm_server import run_two_ranks_with_server
 
 
 def trapo(tmp_path, model, tokenizer, rewards=(0.0,), **overrides):
     return baseline_trainer(TrapoTrainer, TrapoConfig, tmp_path, model, tokenizer, list(rewards), **overrides)
 
 
+def trapo_with(tmp_path, model, tokenizer, reward, **overrides):
+    """A TRAPO trainer on the four DEMOS questions (two per batch of 16) with the reward function `reward`."""
+    return TrapoTrainer(
+        model=model,
+        reward_funcs=[reward],
+        args=TrapoConfig(**base_kwargs(tmp_path, **overrides)),
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
+    )
+
+
+def test_stage_rows_counts_a_micro_groups_rows_in_a_ranks_slice():
+    # 4 rows per rank: rank 0 holds positions 0-3 (micro-group 1), rank 1 positions 4-7 (micro-groups 2, 3, 4)
+    assert [stage_rows(stage, 0, 4) for stage in (1, 2, 3, 4)] == [4, 0, 0, 0]
+    assert [stage_rows(stage, 4, 4) for stage in (1, 2, 3, 4)] == [0, 2, 1, 1]
+    assert [stage_rows(stage, 0, 16) for stage in (1, 2, 3, 4)] == [8, 4, 2, 2]  # two whole groups
+    assert [stage_rows(stage, 6, 6) for stage in (1, 2, 3, 4)] == [4, 0, 1, 1]  # positions 6, 7, 0-3
+
+
+def test_in_step_guides_a_failed_question_in_the_same_step(tmp_path, model, tokenizer):
+    trainer = trapo_with(tmp_path, model, tokenizer, prefix_or_easy)  # trapo_escalation="in_step" by default
+    batch, out = generate_batch(trainer)
+    assert [x["answer"] for x in batch[::8]] == ["42", "35"]  # the batch holds 12+30 (hard) and 17+18 (easy)
+    # 12+30: positions 0-3 fail (0 of 4 < 2) -> 25% (5 tokens) at 4-5, which solve it; 2 of 6 < 4 -> 50% (10) at 6;
+    # 3 of 7 < 7 -> the whole demo and its EOS (21) at 7. 17+18: 4 of 4, 6 of 6, 7 of 7 solved -> never guided.
+    assert out["prefix_mask"].sum(dim=1).tolist() == [0, 0, 0, 0, 5, 5, 10, 21] + [0] * 8
+    assert out["trapo_sft_rows"].tolist() == [False] * 5 + [True] * 3 + [False] * 8
+    # TRL trained on the rewards the escalation saw: 12+30's are [0] * 4 + [1] * 4, A = r - 0.5; 17+18's all 1, A = 0
+    assert out["advantages"][:, 0].tolist() == [-0.5] * 4 + [0.5] * 4 + [0.0] * 8
+    assert trainer._rollout is None and trainer.escalation.levels == {}  # no state carried to the next visit
+    metrics = trainer._metrics["train"]
+    assert [metrics[f"trapo/guided_rows_{n}"] for n in ("partial25", "partial50", "full")] == [[2.0], [1.0], [1.0]]
+
+
+def test_in_step_trains_with_the_guided_rows_of_its_first_step(tmp_path, model, tokenizer):
+    trainer = trapo_with(tmp_path, model, tokenizer, prefix_or_easy)
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer.train()  # one step: 12+30 and 17+18, as above
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    (logged,) = [h for h in trainer.state.log_history if "loss" in h]
+    assert (logged["prefix/hybrid_rows"], logged["trapo/guided_rows_partial25"], logged["prefix/generate_calls"]) == (
+        4.0,
+        2.0,
+        4.0,  # one generate call per micro-group, its prefixed rows forced in the on-policy rows' call
+    )
+
+
+def test_previous_visit_leaves_a_failed_question_unguided_in_its_first_step(tmp_path, model, tokenizer):
+    trainer = trapo_with(tmp_path, model, tokenizer, prefix_or_easy, trapo_escalation="previous_visit")
+    _, out = generate_batch(trainer)
+    assert out["prefix_mask"].sum().item() == 0  # unseen questions: unguided, whatever their rewards
+    hard, easy = (question_key(row) for row in make_dataset().select([0, 1]))
+    assert trainer.escalation.levels == {hard: (1, 2, 3), easy: (0, 0, 0)}  # guidance waits for the next visit
+
+
+class RewardOnLastCall:
+    """0 for every row until its fourth call (TRL's scoring of the batch after three micro-groups), then 1."""
+
+    __name__ = "changes"
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, completions, **kwargs):
+        self.calls += 1
+        return [float(self.calls == 4)] * len(completions)
+
+
+def test_in_step_refuses_rewards_that_change_when_the_batch_is_scored(tmp_path, model, tokenizer):
+    trainer = trapo_with(tmp_path, model, tokenizer, RewardOnLastCall())
+    with pytest.raises(ValueError, match=r"row 0 of the gathered batch: reward 0.0 .* 1.0 when the batch was scored"):
+        generate_batch(trainer)
+
+
 def test_trapo_escalates_a_failed_question_on_its_next_visit(tmp_path, model, tokenizer):
-    trainer = trapo(tmp_path, model, tokenizer)  # every reward 0
+    trainer = trapo(tmp_path, model, tokenizer, trapo_escalation="previous_visit")  # every reward 0
     _, first = generate_batch(trainer)
     assert first["prefix_mask"].sum().item() == 0  # unseen questions: 8 unguided rollouts each
     assert not first["trapo_sft_rows"].any()
@@ -29,7 +116,7 @@ def test_trapo_escalates_a_failed_question_on_its_next_visit(tmp_path, model, to
 
 
 def test_trapo_leaves_a_solved_question_unguided(tmp_path, model, tokenizer):
-    trainer = trapo(tmp_path, model, tokenizer, [1.0])
+    trainer = trapo(tmp_path, model, tokenizer, [1.0], trapo_escalation="previous_visit")
     generate_batch(trainer)
     _, second = generate_batch(trainer)
     assert second["prefix_mask"].sum().item() == 0
@@ -71,7 +158,7 @@ def test_a_rank_the_checkpoint_has_no_file_for_restores_rank_0s_levels(tmp_path,
 
 def test_trapo_trains_and_guides_questions_on_their_second_pass(tmp_path, model, tokenizer):
     # 4 questions, 2 per step: step 3 revisits the first two, which all failed
-    trainer = trapo(tmp_path, model, tokenizer, max_steps=3)
+    trainer = trapo(tmp_path, model, tokenizer, max_steps=3, trapo_escalation="previous_visit")
     before = [p.detach().clone() for p in model.parameters()]
     trainer.train()
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
@@ -89,8 +176,63 @@ def test_trapo_trains_and_guides_questions_on_their_second_pass(tmp_path, model,
         ({"num_hybrid": 2}, "num_hybrid=2 is not used by TrapoConfig"),
         ({"epsilon": 0.1}, "epsilon=0.1 is not used by TrapoConfig"),
         ({"trapo_trust_region_alpha": 0.0}, r"trapo_trust_region_alpha must be in \(0, 1\]"),
+        ({"trapo_escalation": "next_step"}, "trapo_escalation='next_step' is not supported"),
     ],
 )
 def test_trapo_refuses_options_it_has_no_use_for(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         TrapoConfig(**base_kwargs(tmp_path, **overrides))
+
+
+def test_in_step_refuses_a_reward_model(tmp_path, model, tokenizer):
+    with pytest.raises(ValueError, match="trapo_escalation='in_step' does not support reward models"):
+        TrapoTrainer(
+            model=model,
+            reward_funcs=[model],
+            args=TrapoConfig(**base_kwargs(tmp_path)),
+            train_dataset=make_dataset(),
+            processing_class=tokenizer,
+            reward_processing_classes=[tokenizer],
+        )
+
+
+def test_in_step_sends_each_micro_group_to_vllm_after_the_one_before(tmp_path, monkeypatch, model_dir, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    engines = install_colocate_double(monkeypatch)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)  # colocate mode loads name_or_path = model_dir
+    trainer = trapo_with(tmp_path, model, tokenizer, prefix_or_easy, use_vllm=True, vllm_mode="colocate")
+    _, out = generate_batch(trainer)
+    assert out["prefix_mask"].sum(dim=1).tolist() == [0, 0, 0, 0, 5, 5, 10, 21] + [0] * 8  # as with transformers
+    (engine,) = engines
+    hard, easy = dataset_prompt_ids(tokenizer)[:2]
+    five = tokenizer.convert_tokens_to_ids(list(DEMOS[0][:5]))
+    ten = tokenizer.convert_tokens_to_ids(list(DEMOS[0][:10]))
+    # per call (micro-group), per request: prompt + prefix, max_tokens (budget 24 less the prefix; 1 for the whole
+    # demo, whose one sampled token is discarded, asked after the prompt alone)
+    assert [[(r.prompt_token_ids, r.max_tokens) for r in call] for call in engine.generate_calls] == [
+        [(hard, 24)] * 4 + [(easy, 24)] * 4,
+        [(hard + five, 19)] * 2 + [(easy, 24)] * 2,
+        [(hard + ten, 14), (easy, 24)],
+        [(hard, 1), (easy, 24)],
+    ]
+
+
+@pytest.mark.slow
+@needs_requests
+def test_in_step_on_two_ranks_sends_a_split_groups_micro_groups_to_the_server(tmp_path, model_dir, tokenizer):
+    ranks, events, _ = run_two_ranks_with_server(tmp_path, model_dir, "tests.baselines.trapo_vllm_worker")
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    questions = [b["question"] for b in ranks[0]["batches"]]
+    assert questions == [b["question"] for b in ranks[1]["batches"]]
+    assert any(q != "17+18=" for q in questions)  # precondition: a hard question was drawn
+    for question, batch0, batch1 in zip(questions, ranks[0]["batches"], ranks[1]["batches"], strict=True):
+        assert batch0["prefix_lens"] == [0] * 4  # positions 0-3, rank 0
+        # positions 4-7 on rank 1, decided from rank 0's rewards: the hard questions' 0 of 4 -> 25%, 50%, whole
+        assert batch1["prefix_lens"] == ([0] * 4 if question == "17+18=" else [5, 5, 10, 21]), question
+    # rank 1's 25% pair reached the server as one request of prompt + its 5-token prefix, n=2
+    hard = [q for q in questions if q != "17+18="][0]
+    prompt = dataset_prompt_ids(tokenizer)[[d.split(" is ")[0] + "=" for d in DEMOS].index(hard)]
+    prefix = tokenizer.convert_tokens_to_ids(list(hard[:5]))
+    requests = [e for e in events if e["event"] == "completions"]
+    assert any(r["n"] == 2 and prompt + prefix in r["prompts"] for r in requests)

@@ -14,6 +14,7 @@ from prefix_rft.core import (
     trapo_levels,
     trust_region_sft_token_loss,
 )
+from prefix_rft.core.escalation import stage_level
 
 NAN = math.nan
 
@@ -30,6 +31,30 @@ NAN = math.nan
 )
 def test_levels_follow_the_cumulative_thresholds(solved, levels):
     assert trapo_levels([bool(s) for s in solved]) == levels
+
+
+@pytest.mark.parametrize(
+    ("stage", "solved", "level"),
+    [
+        (2, [0, 0, 0, 0], 1),  # none of the 4 unguided rollouts solved it: 25% of the demo at positions 4-5
+        (2, [0, 1, 0, 0], 1),  # 1 of 4 < 2: still guided
+        (2, [1, 0, 0, 1], 0),  # 2 of 4: positions 4-5 stay unguided
+        (3, [0, 0, 0, 0, 1, 1], 2),  # the two 25%-guided rows solved it, 2 of 6 < 4: 50% at position 6
+        (3, [1, 1, 0, 0, 1, 1], 0),  # 4 of 6: position 6 unguided
+        (3, [1, 1, 1, 0, 0, 0], 2),  # 3 of 6 < 4
+        (4, [1, 1, 1, 1, 1, 1, 0], 3),  # 6 of 7 < 7: the whole demo at position 7
+        (4, [1, 1, 1, 1, 1, 1, 1], 0),  # 7 of 7: position 7 unguided
+        (4, [0, 0, 0, 0, 0, 0, 0], 3),
+    ],
+)
+def test_a_stage_is_decided_from_the_rollouts_before_it(stage, solved, level):
+    assert stage_level(stage, [bool(s) for s in solved]) == level
+
+
+@pytest.mark.parametrize(("stage", "rows"), [(1, 0), (2, 6), (3, 4), (4, 8)])
+def test_a_stage_refuses_other_than_the_rollouts_before_it(stage, rows):
+    with pytest.raises(ValueError, match=f"stage {stage}"):
+        stage_level(stage, [False] * rows)
 
 
 def test_levels_refuse_a_group_that_is_not_eight():

@@ -17,6 +17,7 @@ from datasets import Dataset
 from transformers import GenerationMixin
 
 from prefix_rft import PrefixRFTConfig, PrefixRFTTrainer
+from prefix_rft.baselines import TrapoConfig, TrapoTrainer
 from prefix_rft.tasks.model import build_model
 from prefix_rft.tasks.tokenizer import build_tokenizer
 from prefix_rft.trl.cpu import cpu_trainer_kwargs
@@ -40,7 +41,11 @@ LAYOUTS = {
         gradient_accumulation_steps=2,
         prefix_entropy_scope="optimizer_step",
     ),
+    # TRAPO's in-step escalation, rank 0 holding micro-group 1 (rows 0-3) and rank 1 micro-groups 2-4 (rows 4-7),
+    # every reward 0 (`trapo_layout` below).
+    "trapo_in_step": dict(per_device_train_batch_size=4, num_generations=8),
 }
+TRAPO_LAYOUTS = {"trapo_in_step"}
 
 
 class CollectiveCounter:
@@ -61,14 +66,22 @@ GENERATE = CollectiveCounter("generate")
 FORWARD = CollectiveCounter("forward")
 
 
-class CountingTrainer(PrefixRFTTrainer):
-    """Counts the generate calls a rank joins without rows of its own."""
+class CountsStandIns:
+    """Counts the generate calls a rank joins without rows of its own (mixed into a trainer class)."""
 
     stand_ins = 0
 
     def _stand_in_generate(self, *args, **kwargs):
-        CountingTrainer.stand_ins += 1
+        CountsStandIns.stand_ins += 1
         return super()._stand_in_generate(*args, **kwargs)
+
+
+class CountingTrainer(CountsStandIns, PrefixRFTTrainer):
+    pass
+
+
+class CountingTrapo(CountsStandIns, TrapoTrainer):
+    pass
 
 
 def install_collective_doubles() -> None:
@@ -87,6 +100,10 @@ def reward(completions, **kwargs):
     return [float(len(c[0]["content"]) % 2) for c in completions]
 
 
+def no_reward(completions, **kwargs):
+    return [0.0] * len(completions)
+
+
 def run_layout(name: str, settings: dict, out_dir: str, tokenizer) -> dict:
     torch.manual_seed(0)
     model = build_model(tokenizer, "test")
@@ -94,7 +111,8 @@ def run_layout(name: str, settings: dict, out_dir: str, tokenizer) -> dict:
     dataset = Dataset.from_list(
         [{"prompt": [{"role": "user", "content": d[:5]}], "demos": [d], "answer": d[-2:]} for d in DEMOS]
     )
-    args = PrefixRFTConfig(
+    trapo = name in TRAPO_LAYOUTS
+    args = (TrapoConfig if trapo else PrefixRFTConfig)(
         **cpu_trainer_kwargs(f"{out_dir}/{name}", seed=0, max_steps=2),
         max_completion_length=24,
         learning_rate=1e-2,
@@ -102,15 +120,19 @@ def run_layout(name: str, settings: dict, out_dir: str, tokenizer) -> dict:
         log_completions=False,
         **settings,
     )
-    before = GENERATE.calls, FORWARD.calls, CountingTrainer.stand_ins
-    trainer = CountingTrainer(
-        model=model, reward_funcs=[reward], args=args, train_dataset=dataset, processing_class=tokenizer
+    before = GENERATE.calls, FORWARD.calls, CountsStandIns.stand_ins
+    trainer = (CountingTrapo if trapo else CountingTrainer)(
+        model=model,
+        reward_funcs=[no_reward if trapo else reward],
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
     )
     trainer.train()
     return {
         "generate_calls": GENERATE.calls - before[0],
         "forward_calls": FORWARD.calls - before[1],
-        "stand_in_generate_calls": CountingTrainer.stand_ins - before[2],
+        "stand_in_generate_calls": CountsStandIns.stand_ins - before[2],
         "hybrid_rows": [h.get("prefix/hybrid_rows") for h in trainer.state.log_history],
         "steps": trainer.state.global_step,
     }

@@ -39,12 +39,16 @@ def test_world_size_is_two(ranks):
 # groups_span_ranks: hybrids at global rows 3, 7 (rank 0: 0-5, rank 1: 6-11) and 11: 2 steps x 1 call.
 # steps_per_generation_2: one generation for the 2 steps: 1 call.
 # accumulation_2_step_scope: steps_per_generation = accumulation = 2, so one generation per optimizer step.
+# trapo_in_step: every reward 0, so each step escalates fully: micro-group 1 (rank 0; rank 1 stands in), 2 (25%
+# prefixes forced, rank 1; rank 0 stands in), 3 (50%, likewise), 4 (the whole demo: nothing generated, no call):
+# 2 steps x 3 calls; stand-ins 2 x 2 on rank 0, 2 x 1 on rank 1; rows 4-7 hybrid.
 CASES = [
     ("rank0_no_hybrid", 2, [0, 0], [1.0, 1.0]),
     ("rank0_no_hint", 4, [2, 0], [1.0, 1.0]),
     ("groups_span_ranks", 2, [0, 0], [3.0, 3.0]),
     ("steps_per_generation_2", 1, [0, 0], [1.0]),
     ("accumulation_2_step_scope", 2, [0, 0], [1.0, 1.0]),
+    ("trapo_in_step", 6, [4, 2], [4.0, 4.0]),
 ]
 
 

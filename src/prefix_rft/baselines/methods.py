@@ -122,7 +122,7 @@ METHODS: dict[str, Method] = {
     "chord": Method(ChordConfig, ChordTrainer, ("rl",)),
     "hpt": Method(HptConfig, HptTrainer, ("rl",)),
     "srft": Method(SrftConfig, SrftTrainer, ("rl",)),
-    # TRAPO guides a question from its second visit on; before that it is 8-rollout GRPO
+    # TRAPO guides a question's later micro-groups in the step its first rollouts fail (trapo_escalation=in_step)
     "trapo": Method(TrapoConfig, TrapoTrainer, ("rl",)),
     # Prefix-RFT ablations (paper §6, Table 8)
     "prefix_rft_select_all": _preset(prefix_entropy_selection="all"),

@@ -7,7 +7,14 @@ from prefix_rft.core.advantages import (
     reward_std_divisor,
 )
 from prefix_rft.core.entropy import num_dropped, select_over_span, select_prefix_tokens
-from prefix_rft.core.escalation import EscalationState, level_at, prefix_end, trains_prefix, trapo_levels
+from prefix_rft.core.escalation import (
+    EscalationState,
+    level_at,
+    prefix_end,
+    stage_level,
+    trains_prefix,
+    trapo_levels,
+)
 from prefix_rft.core.generation import CallShapes, force_prefix_scores, prefer_shared_call
 from prefix_rft.core.loss import (
     aggregate_dr_grpo,
@@ -103,6 +110,7 @@ __all__ = [
     "shaped_off_policy_token_loss",
     "srft_self_token_loss",
     "srft_weights",
+    "stage_level",
     "trains_prefix",
     "trapo_levels",
     "trust_region_sft_token_loss",

@@ -3,9 +3,9 @@
 A question's 8 rollouts form four micro-groups in order: 4 rollouts, 2, 1, 1 (stages 1-4). TRAPO counts the solved
 rollouts cumulatively: fewer than 2 of the first 4 -> stage 2 is guided by 25% of the demo (level 1); fewer than 4 of
 the first 6 -> stage 3 by 50% (level 2); fewer than 7 of the first 7 -> stage 4 is the whole demo (level 3); otherwise
-that stage is unguided (level 0). The authors decide each stage from the ones before it inside the step; here the
-levels of a question's next visit are read from its previous group (`EscalationState`), so planning needs no extra
-generation pass (docs/fidelity.md#trapo).
+that stage is unguided (level 0). The authors decide each stage from the ones before it inside the step
+(`stage_level`, `trapo_escalation="in_step"`); the option "previous_visit" reads the levels of a question's next visit
+from its previous group (`EscalationState`), so planning needs no extra generation pass (docs/fidelity.md#trapo).
 """
 
 from __future__ import annotations
@@ -19,20 +19,28 @@ GROUP_SIZE = 8
 STAGE_OF_POSITION = (1, 1, 1, 1, 2, 2, 3, 4)  # micro-group of each position in a group of 8
 LEVEL_RATIOS = {1: 0.25, 2: 0.5, 3: 1.0}  # share of the demo a level reveals
 THRESHOLDS = (2, 4, 7)  # solved rollouts of stages 1..k needed for stage k + 1 to stay unguided
+STAGE_STARTS = (0, 4, 6, 7)  # first position of stages 1-4
+
+
+def stage_level(stage: int, solved: list[bool]) -> int:
+    """The guidance level of stage 2, 3 or 4 from the solved flags (reward > 0) of the positions before it.
+
+    Cumulative counts as the authors' trainer keeps them: stage 2 gets level 1 when fewer than 2 of positions 0-3
+    solved it, stage 3 level 2 when fewer than 4 of 0-5 did, stage 4 level 3 when fewer than 7 of 0-6 did (guided
+    rows count as any other); otherwise 0, unguided.
+    """
+    if stage not in (2, 3, 4):
+        raise ValueError(f"stage {stage}: only stages 2, 3 and 4 may be guided")
+    if len(solved) != STAGE_STARTS[stage - 1]:
+        raise ValueError(f"stage {stage} is decided from positions 0-{STAGE_STARTS[stage - 1] - 1}, got {len(solved)}")
+    return stage - 1 if sum(solved) < THRESHOLDS[stage - 2] else 0
 
 
 def trapo_levels(solved: list[bool]) -> tuple[int, int, int]:
-    """Guidance levels of stages 2, 3 and 4 from one group's 8 rows in position order (True: reward > 0).
-
-    Cumulative counts as the authors' trainer keeps them: stage 2 gets level 1 when fewer than 2 of positions 0-3
-    solved it, stage 3 level 2 when fewer than 4 of 0-5 did, stage 4 level 3 when fewer than 7 of 0-6 did.
-    """
+    """Guidance levels of stages 2, 3 and 4 from one group's 8 rows in position order (True: reward > 0)."""
     if len(solved) != GROUP_SIZE:
         raise ValueError(f"TRAPO's micro-groups need groups of {GROUP_SIZE} rows, got {len(solved)}")
-    ends = (4, 6, 7)
-    return tuple(
-        level if sum(solved[:end]) < need else 0 for level, end, need in zip((1, 2, 3), ends, THRESHOLDS, strict=True)
-    )
+    return tuple(stage_level(stage, solved[: STAGE_STARTS[stage - 1]]) for stage in (2, 3, 4))
 
 
 def level_at(position: int, levels: tuple[int, int, int]) -> int:

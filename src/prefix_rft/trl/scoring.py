@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from accelerate.utils import gather_object
+from trl.chat_template_utils import parse_response
+from trl.data_utils import is_conversational
+from trl.trainer.utils import is_async_callable
 
 from prefix_rft.core import (
     build_prefix_mask,
@@ -73,6 +77,18 @@ def prefix_fields(
     return PrefixFields(completion_lens, prefix_lens, prefix_mask, advantages, cont_adv, prefix_adv)
 
 
+def weighted_rewards(rewards_per_func: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(N,) the weighted sum of (N, F) per-function rewards over the functions that scored a row; NaN where none did
+    (TRL's contract: such a row is unscorable, not a reward of 0; its advantages are 0 and it is left out of its
+    group's baseline, core.advantages)."""
+    rewards = (rewards_per_func * weights.to(rewards_per_func.device)).nansum(dim=1)
+    return torch.where(torch.isnan(rewards_per_func).all(dim=1), torch.nan, rewards)
+
+
+def _ignore(*args: Any) -> None:
+    """`log_extra` / `log_metric` of a scoring pass whose logs would repeat the final scoring's."""
+
+
 class PrefixScoringMixin:
     """Reward and advantage hooks of `PrefixRFTTrainer` (a mixin over TRL's `GRPOTrainer`)."""
 
@@ -81,21 +97,46 @@ class PrefixScoringMixin:
             rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         except Exception as error:
             raise self._locate_reward_error(inputs, prompts, completions, completion_ids_list) from error
-        unscored = self._check_rewards(rewards_per_func)
+        self._check_rewards(rewards_per_func)
         if self._rollout is not None:
-            weights = self.reward_weights.to(rewards_per_func.device)
-            rewards = (rewards_per_func * weights).nansum(dim=1)
-            # TRL's contract: a row no function scored is unscorable (NaN), not a reward of 0; its advantages are 0
-            # and it is left out of its group's baseline (core.advantages).
-            self._rollout.rewards = torch.where(unscored, torch.nan, rewards)
+            self._rollout.rewards = weighted_rewards(rewards_per_func, self.reward_weights)
         return rewards_per_func
 
-    def _check_rewards(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
-        """(N,) bool: the rows of the gathered batch that no reward function scored (every one returned None).
+    def _score_rows(self, inputs, prompts, prompt_ids, completion_ids) -> torch.Tensor:
+        """(n,) weighted rewards of n rows of this rank, from the reward functions as `_calculate_rewards` calls them,
+        neither gathered nor logged: for a pass that needs rewards before the batch is complete (TRAPO's in-step
+        escalation), which TRL's scoring of the whole batch then repeats. Reward models (modules) are not called."""
+        completions = self._decoded(prompts, prompt_ids, completion_ids)
+        kwargs = {k: [x[k] for x in inputs] for k in inputs[0] if k not in ("prompt", "completion", "completion_ids")}
+        kwargs |= {"trainer_state": self.state, "log_extra": _ignore, "log_metric": _ignore}
+        columns = []
+        for func, name in zip(self.reward_funcs, self.reward_func_names, strict=True):
+            out = func(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
+            if is_async_callable(func):
+                out = asyncio.run_coroutine_threadsafe(out, self.async_loop).result()
+            if len(out) != len(prompts):
+                raise ValueError(f"reward function {name!r} returned {len(out)} rewards for {len(prompts)} rows")
+            columns.append([torch.nan if r is None else float(r) for r in out])
+        return weighted_rewards(torch.tensor(columns, dtype=torch.float32).T, self.reward_weights.cpu())
 
-        Counts them, and per function the rows it left unscored while another function scored them (TRL's
-        multi-task pattern: the row's reward sums the functions that scored it). Refuses an infinite reward, and with
-        `strict_rewards` a partly scored row.
+    def _decoded(self, prompts, prompt_ids, completion_ids) -> list:
+        """Completions as TRL's `_generate` decodes them for the reward functions (tools are refused at init)."""
+        if not is_conversational({"prompt": prompts[0]}):
+            return self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
+        tokenizer = self._tokenizer
+        if any(getattr(tokenizer, name, None) is not None for name in ("response_template", "response_schema")):
+            return [
+                [parse_response(tokenizer, ids, prefix=prefix, tools=self.tools)]
+                for ids, prefix in zip(completion_ids, prompt_ids, strict=True)
+            ]
+        contents = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
+        return [[{"role": "assistant", "content": content}] for content in contents]
+
+    def _check_rewards(self, rewards_per_func: torch.Tensor) -> None:
+        """Count the rows of the gathered batch that no reward function scored (every one returned None), and per
+        function the rows it left unscored while another function scored them (TRL's multi-task pattern: the row's
+        reward sums the functions that scored it). Refuses an infinite reward, and with `strict_rewards` a partly
+        scored row.
         """
         names = self.reward_func_names
         infinite = torch.isinf(rewards_per_func).any(dim=1)
@@ -119,7 +160,6 @@ class PrefixScoringMixin:
                 f"scored: the row's reward would leave {names[j]!r} out. Return a number for every row, or unset "
                 "strict_rewards to sum the functions that score it (TRL's contract)"
             )
-        return unscored
 
     def _locate_reward_error(self, inputs, prompts, completions, completion_ids_list) -> Exception:
         """Re-run each reward function row by row to name the function and the row that fail."""

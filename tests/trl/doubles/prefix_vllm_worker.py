@@ -14,43 +14,55 @@ import pytest
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM
 
-from prefix_rft import PrefixRFTTrainer
+from prefix_rft import PrefixRFTConfig, PrefixRFTTrainer
 from prefix_rft.tasks.tokenizer import build_tokenizer
-from tests.helpers import make_dataset, train_args
+from tests.helpers import base_kwargs, make_dataset
 from tests.trl.doubles.ddp_vllm_worker import length_reward
 from tests.trl.doubles.vllm_server import install_server_client_double
 
 
-class CompletionRecorder(PrefixRFTTrainer):
-    """Keeps each generation batch's local completion ids and prefix lengths."""
+def recording(trainer_cls):
+    """`trainer_cls` keeping each generation batch's local question, completion ids and prefix lengths."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.batches = []
+    class CompletionRecorder(trainer_cls):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.batches = []
 
-    def _add_prefix_fields(self, output, rollout):
-        super()._add_prefix_fields(output, rollout)
-        lens = output["completion_mask"].sum(dim=1).tolist()
-        completions = [ids[:n] for ids, n in zip(output["completion_ids"].tolist(), lens, strict=True)]
-        self.batches.append({"completions": completions, "prefix_lens": [len(p) for p in rollout.prefix_ids]})
+        def _add_prefix_fields(self, output, rollout):
+            super()._add_prefix_fields(output, rollout)
+            lens = output["completion_mask"].sum(dim=1).tolist()
+            completions = [ids[:n] for ids, n in zip(output["completion_ids"].tolist(), lens, strict=True)]
+            self.batches.append(
+                {
+                    "question": rollout.prompts[0][0]["content"],
+                    "completions": completions,
+                    "prefix_lens": [len(p) for p in rollout.prefix_ids],
+                }
+            )
+
+    return CompletionRecorder
 
 
-def main(out_dir: str, model_dir: str, server_url: str, group_port: str) -> None:
-    args = train_args(
-        Path(out_dir),
-        max_steps=2,
-        per_device_train_batch_size=4,
-        use_vllm=True,
-        vllm_mode="server",
-        vllm_server_base_url=server_url,
-        vllm_group_port=int(group_port),
-        vllm_server_timeout=60,
+def run(trainer_cls, config_cls, reward, out_dir: str, model_dir: str, server_url: str, group_port: str) -> None:
+    """Train `trainer_cls` 2 steps on 2 ranks of 4 rows through the server double; write each rank's record."""
+    args = config_cls(
+        **base_kwargs(
+            Path(out_dir),
+            max_steps=2,
+            per_device_train_batch_size=4,
+            use_vllm=True,
+            vllm_mode="server",
+            vllm_server_base_url=server_url,
+            vllm_group_port=int(group_port),
+            vllm_server_timeout=60,
+        )
     )
     with pytest.MonkeyPatch.context() as monkeypatch:
         install_server_client_double(monkeypatch)
-        trainer = CompletionRecorder(
+        trainer = recording(trainer_cls)(
             model=AutoModelForCausalLM.from_pretrained(model_dir),
-            reward_funcs=[length_reward],
+            reward_funcs=[reward],
             args=args,
             train_dataset=make_dataset(),
             processing_class=build_tokenizer(),
@@ -64,4 +76,4 @@ def main(out_dir: str, model_dir: str, server_url: str, group_port: str) -> None
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    run(PrefixRFTTrainer, PrefixRFTConfig, length_reward, *sys.argv[1:5])
