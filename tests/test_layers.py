@@ -1,6 +1,6 @@
 """Components know nothing above them: no module of core, trl, verify, eval, data or baselines imports the recipes or
-the embedded task, not even inside a function. Tests share code through tests/helpers.py, never by importing another
-test module or a conftest."""
+the embedded task, not even inside a function, and no two modules import each other, even through others or lazily.
+Tests share code through tests/helpers.py, never by importing another test module or a conftest."""
 
 import ast
 from pathlib import Path
@@ -39,6 +39,62 @@ def test_component_does_not_import_recipes_or_the_task(component):
         if name.startswith(ABOVE) or name in ("prefix_rft.recipes", "prefix_rft.tasks")
     }
     assert not offenders, sorted(offenders)
+
+
+def import_graph(package: Path) -> dict[str, set[str]]:
+    """module -> the modules of `package` it imports anywhere in its file, each name resolved to the deepest module
+    it names (`from p.recipes import toy` is p.recipes.toy; `from p.recipes.toy import f` too; `from p import f` is
+    p's __init__). Parent packages a dotted import runs first are left out: they are not an edge the module chose."""
+    modules = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for module, path in modules.items():
+        graph[module] = set()
+        for name in imported_modules(path):
+            while name and name not in modules:
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                graph[module].add(name)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle of `graph` as the path [a, b, ..., a] (depth first from the sorted modules), or None if it has none."""
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> list[str] | None:
+        if module in path:
+            return path[path.index(module) :] + [module]
+        if module in done:
+            return None
+        for imported in sorted(graph[module]):
+            if cycle := visit(imported, [*path, module]):
+                return cycle
+        done.add(module)
+        return None
+
+    return next((cycle for module in sorted(graph) if (cycle := visit(module, []))), None)
+
+
+def test_the_import_graph_resolves_submodules_and_finds_a_lazy_cycle(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from pkg.b import f\n")
+    (package / "b.py").write_text("def f():\n    from pkg import a\n")  # lazy, as a cycle is usually dodged
+    (package / "c.py").write_text("import pkg.a\n")
+    graph = import_graph(package)
+    assert graph == {"pkg": set(), "pkg.a": {"pkg.b"}, "pkg.b": {"pkg", "pkg.a"}, "pkg.c": {"pkg.a"}}
+    assert find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.a"]
+    (package / "b.py").write_text("def f():\n    pass\n")
+    assert find_cycle(import_graph(package)) is None
+
+
+def test_no_two_modules_import_each_other():
+    cycle = find_cycle(import_graph(PACKAGE))
+    assert cycle is None, " imports ".join(cycle)
 
 
 def test_no_source_file_is_over_400_lines():

@@ -25,8 +25,9 @@ from prefix_rft.baselines.sft import build_sft_trainer, demo_completion_rows
 from prefix_rft.eval.generate import Sampling, generate, render_prompt
 from prefix_rft.recipes.early_stopping import EarlyStopping
 from prefix_rft.recipes.rewards import reward_functions
-from prefix_rft.recipes.train import (
+from prefix_rft.recipes.train_setup import (
     TrainArguments,
+    build_rl_trainer,
     end_run,
     is_embedded,
     load_datasets,
@@ -204,8 +205,6 @@ def validation_reward(model, tokenizer, rows: list[dict], funcs, weights, max_ne
 def rl_stage(args: TrainArguments, model_path: str, train_dataset, eval_dataset, resume: Any) -> bool:
     """Stage 2: RFT from the stage-1 model in `output_dir`, resuming its own newest checkpoint if asked to; True on
     the main process."""
-    from prefix_rft.recipes.train import build_rl_trainer
-
     config = args.config
     config.model_init_kwargs = model_init_kwargs(args.model, config)
     config.resume_from_checkpoint = resume_in(Path(config.output_dir), resume)
