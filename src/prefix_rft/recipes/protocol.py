@@ -211,7 +211,7 @@ def run_job(job: Job, threads: int) -> tuple[Job, dict[str, Any]]:
 def run_jobs(jobs: list[Job], n_jobs: int, stage: str) -> list[dict[str, Any]]:
     """Run the unfinished `jobs`, `n_jobs` at a time in fresh processes, printing progress; all results in order."""
     # read once: None for the runs still to do
-    results = {job.path: finished_run(job.path, job.settings) for job in jobs}
+    results = {job.path: finished_run(job.path, job.method, job.seed, job.settings) for job in jobs}
     todo = [job for job in jobs if results[job.path] is None]
     print(f"== {stage}: {len(jobs)} runs, {len(jobs) - len(todo)} already done", flush=True)
     start = time.monotonic()
