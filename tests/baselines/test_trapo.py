@@ -84,22 +84,32 @@ def test_previous_visit_leaves_a_failed_question_unguided_in_its_first_step(tmp_
 
 
 class RewardOnLastCall:
-    """0 for every row until its fourth call (TRL's scoring of the batch after three micro-groups), then 1."""
+    """`before` for every row until its fourth call (TRL's scoring of the batch after three micro-groups), then
+    `last`."""
 
     __name__ = "changes"
 
-    def __init__(self):
-        self.calls = 0
+    def __init__(self, before: float, last: float):
+        self.calls, self.before, self.last = 0, before, last
 
     def __call__(self, completions, **kwargs):
         self.calls += 1
-        return [float(self.calls == 4)] * len(completions)
+        return [self.last if self.calls == 4 else self.before] * len(completions)
 
 
-def test_in_step_refuses_rewards_that_change_when_the_batch_is_scored(tmp_path, model, tokenizer):
-    trainer = trapo_with(tmp_path, model, tokenizer, RewardOnLastCall())
-    with pytest.raises(ValueError, match=r"row 0 of the gathered batch: reward 0.0 .* 1.0 when the batch was scored"):
+@pytest.mark.parametrize("before, last", [(0.0, 1.0), (1.0, 0.0)])
+def test_in_step_refuses_a_verdict_that_changes_when_the_batch_is_scored(tmp_path, model, tokenizer, before, last):
+    trainer = trapo_with(tmp_path, model, tokenizer, RewardOnLastCall(before, last))
+    was, now = ("unsolved", "solved") if last else ("solved", "unsolved")
+    message = rf"row 0 of the gathered batch: {was} \(reward {before}\) .* {now} \({last}\) when the batch was scored"
+    with pytest.raises(ValueError, match=message):
         generate_batch(trainer)
+
+
+def test_in_step_accepts_a_reward_that_changes_but_keeps_its_verdict(tmp_path, model, tokenizer):
+    # 1.0 when the micro-groups are scored, 0.9999999 when TRL scores the batch: solved both times
+    _, output = generate_batch(trapo_with(tmp_path, model, tokenizer, RewardOnLastCall(1.0, 0.9999999)))
+    assert output["completion_ids"].shape[0] == 16  # two questions' groups of 8
 
 
 def test_trapo_escalates_a_failed_question_on_its_next_visit(tmp_path, model, tokenizer):
