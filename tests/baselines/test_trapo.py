@@ -112,6 +112,40 @@ def test_in_step_accepts_a_reward_that_changes_but_keeps_its_verdict(tmp_path, m
     assert output["completion_ids"].shape[0] == 16  # two questions' groups of 8
 
 
+class FailsOn42AfterFirstCall:
+    """0 for every row on its first call (micro-group 1), then int(a) // (int(a) - 42): the rows answering 42 fail."""
+
+    __name__ = "fails_on_42"
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, completions, answer, **kwargs):
+        self.calls += 1
+        return [0.0 if self.calls == 1 else float(int(a) // (int(a) - 42)) for a in answer]
+
+
+def test_in_step_names_the_reward_function_and_row_that_fail_on_a_micro_group(tmp_path, model, tokenizer):
+    # micro-group 1 unsolved -> micro-group 2 (positions 4, 5 of each group) is scored in the step and fails on the
+    # question answering 42 (dataset row 0): its first row is position 4 of that question's group
+    trainer = TrapoTrainer(
+        model=model,
+        reward_funcs=[FailsOn42AfterFirstCall()],
+        args=TrapoConfig(**base_kwargs(tmp_path)),
+        train_dataset=make_dataset().select([0, 1]),
+        processing_class=tokenizer,
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    row = next(i for i, example in enumerate(batch) if example["answer"] == "42") + 4
+    trainer.model.train()
+    with pytest.raises(RuntimeError) as error:
+        trainer._generate_and_score_completions(batch)
+    assert str(error.value).startswith(
+        f"reward function 'fails_on_42' failed on row 0 of the training dataset (row {row} of this rank's batch): "
+        "ZeroDivisionError('integer division or modulo by zero')"
+    )
+
+
 def test_trapo_escalates_a_failed_question_on_its_next_visit(tmp_path, model, tokenizer):
     trainer = trapo(tmp_path, model, tokenizer, trapo_escalation="previous_visit")  # every reward 0
     _, first = generate_batch(trainer)

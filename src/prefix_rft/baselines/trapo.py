@@ -204,6 +204,7 @@ class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
                     [rollout.prompts[i] for i in rows],
                     [prompt_ids[i] for i in rows],
                     ids[: len(rows)],
+                    rows,
                 )
         if len(calls) > logged:  # transformers generation: one value per generation batch, as without escalation
             calls[logged:] = [sum(calls[logged:])]
