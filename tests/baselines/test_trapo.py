@@ -1,5 +1,6 @@
-"""TRAPO: escalation from a question's previous group into the next plan, the token loss by hand, the state in
-checkpoints, refusals, and training steps end to end."""
+"""TRAPO: in-step escalation (a failed question's later micro-groups guided in the same step; verdicts or reward
+functions that change or fail when the batch is scored), escalation from a question's previous group into its next
+plan (`previous_visit`), the token loss by hand, the state in checkpoints, refusals, and training steps end to end."""
 
 import math
 from types import SimpleNamespace
