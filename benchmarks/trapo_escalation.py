@@ -1,11 +1,12 @@
 """TRAPO's generation batch with the paper's in-step escalation vs levels read from the previous visit, same rows.
 
 One process, `step_time.py`'s setup (16 prompts x 8 rollouts, the tiny model, the task's reward). The reward runs the
-task's verifier (its cost is paid) and then returns 0, so every question escalates fully either way: positions 4-5
-get 25% of the demo, 6 half, 7 the whole demo. `in_step` decides this inside the batch (four generate calls one after
-another, rows 0-6 scored as their micro-group comes and again with the batch); `previous_visit` gets the same levels
-from a state set beforehand (one generation pass). Times `_generate_and_score_completions` of the same batch in both
-modes, alternating within each repeat, and reports median CPU and wall seconds and their ratios.
+task's verifier (its cost is paid) and then returns 0, so every question escalates fully either way: positions 4-5 get
+25% of the demo, 6 half, 7 the whole demo. `in_step` decides this inside the batch (four micro-groups one after
+another, 3 generate calls as position 7's whole demo generates nothing; rows 0-6 scored as their micro-group comes and
+again with the batch); `previous_visit` gets the same levels from a state set beforehand (one generation pass). Times
+`_generate_and_score_completions` of the same batch in both modes, alternating within each repeat, and reports median
+CPU and wall seconds and their ratios.
 
     python benchmarks/trapo_escalation.py --repeats 5 --out docs/benchmarks/trapo_escalation.json
 """

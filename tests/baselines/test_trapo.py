@@ -1,5 +1,6 @@
-"""TRAPO: escalation from a question's previous group into the next plan, the token loss by hand, the state in
-checkpoints, refusals, and training steps end to end."""
+"""TRAPO: in-step escalation (a failed question's later micro-groups guided in the same step; verdicts or reward
+functions that change or fail when the batch is scored), escalation from a question's previous group into its next
+plan (`previous_visit`), the token loss by hand, the state in checkpoints, refusals, and training steps end to end."""
 
 import math
 from types import SimpleNamespace
@@ -84,22 +85,66 @@ def test_previous_visit_leaves_a_failed_question_unguided_in_its_first_step(tmp_
 
 
 class RewardOnLastCall:
-    """0 for every row until its fourth call (TRL's scoring of the batch after three micro-groups), then 1."""
+    """`before` for every row until its fourth call (TRL's scoring of the batch after three micro-groups), then
+    `last`."""
 
     __name__ = "changes"
+
+    def __init__(self, before: float, last: float):
+        self.calls, self.before, self.last = 0, before, last
+
+    def __call__(self, completions, **kwargs):
+        self.calls += 1
+        return [self.last if self.calls == 4 else self.before] * len(completions)
+
+
+@pytest.mark.parametrize("before, last", [(0.0, 1.0), (1.0, 0.0)])
+def test_in_step_refuses_a_verdict_that_changes_when_the_batch_is_scored(tmp_path, model, tokenizer, before, last):
+    trainer = trapo_with(tmp_path, model, tokenizer, RewardOnLastCall(before, last))
+    was, now = ("unsolved", "solved") if last else ("solved", "unsolved")
+    message = rf"row 0 of the gathered batch: {was} \(reward {before}\) .* {now} \({last}\) when the batch was scored"
+    with pytest.raises(ValueError, match=message):
+        generate_batch(trainer)
+
+
+def test_in_step_accepts_a_reward_that_changes_but_keeps_its_verdict(tmp_path, model, tokenizer):
+    # 1.0 when the micro-groups are scored, 0.9999999 when TRL scores the batch: solved both times
+    _, output = generate_batch(trapo_with(tmp_path, model, tokenizer, RewardOnLastCall(1.0, 0.9999999)))
+    assert output["completion_ids"].shape[0] == 16  # two questions' groups of 8
+
+
+class FailsOn42AfterFirstCall:
+    """0 for every row on its first call (micro-group 1), then int(a) // (int(a) - 42): the rows answering 42 fail."""
+
+    __name__ = "fails_on_42"
 
     def __init__(self):
         self.calls = 0
 
-    def __call__(self, completions, **kwargs):
+    def __call__(self, completions, answer, **kwargs):
         self.calls += 1
-        return [float(self.calls == 4)] * len(completions)
+        return [0.0 if self.calls == 1 else float(int(a) // (int(a) - 42)) for a in answer]
 
 
-def test_in_step_refuses_rewards_that_change_when_the_batch_is_scored(tmp_path, model, tokenizer):
-    trainer = trapo_with(tmp_path, model, tokenizer, RewardOnLastCall())
-    with pytest.raises(ValueError, match=r"row 0 of the gathered batch: reward 0.0 .* 1.0 when the batch was scored"):
-        generate_batch(trainer)
+def test_in_step_names_the_reward_function_and_row_that_fail_on_a_micro_group(tmp_path, model, tokenizer):
+    # micro-group 1 unsolved -> micro-group 2 (positions 4, 5 of each group) is scored in the step and fails on the
+    # question answering 42 (dataset row 0): its first row is position 4 of that question's group
+    trainer = TrapoTrainer(
+        model=model,
+        reward_funcs=[FailsOn42AfterFirstCall()],
+        args=TrapoConfig(**base_kwargs(tmp_path)),
+        train_dataset=make_dataset().select([0, 1]),
+        processing_class=tokenizer,
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    row = next(i for i, example in enumerate(batch) if example["answer"] == "42") + 4
+    trainer.model.train()
+    with pytest.raises(RuntimeError) as error:
+        trainer._generate_and_score_completions(batch)
+    assert str(error.value).startswith(
+        f"reward function 'fails_on_42' failed on row 0 of the training dataset (row {row} of this rank's batch): "
+        "ZeroDivisionError('integer division or modulo by zero')"
+    )
 
 
 def test_trapo_escalates_a_failed_question_on_its_next_visit(tmp_path, model, tokenizer):

@@ -6,7 +6,16 @@ import pytest
 
 from prefix_rft.recipes import compare, toy_task
 from prefix_rft.recipes.settings import RunSettings, parse_settings
-from prefix_rft.recipes.toy import BASE, METHODS, SFT_METHODS, load_base, method_budget, rl_config, train_rows
+from prefix_rft.recipes.toy import (
+    BASE,
+    METHODS,
+    SFT_METHODS,
+    load_base,
+    method_budget,
+    rl_config,
+    stage_configs,
+    train_rows,
+)
 from prefix_rft.tasks.arithmetic import demonstrate, parse_problem
 from prefix_rft.tasks.tokenizer import build_tokenizer
 
@@ -126,6 +135,63 @@ def test_resuming_refuses_finished_runs_made_with_other_settings(tmp_path, monke
         compare.run_all(["rft"], [0], RunSettings(steps=6), tmp_path)
     with pytest.raises(SystemExit, match="max_completion_length"):  # stored run: the default 128; asked: 192
         compare.run_all(["rft"], [0], RunSettings(steps=5, max_completion_length=192), tmp_path)
+
+
+def write_run(tmp_path, record):
+    path = tmp_path / "runs" / record["method"] / f"seed{record['seed']}.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_stage_configs_hold_each_stage_steps_and_no_run_paths():
+    # 8 steps: sft_rft trains SFT 8 // 2 = 4, then RFT 4; sft_best_rft stopped after 3 SFT steps leaves RFT 5
+    settings = RunSettings(steps=8)
+    configs = stage_configs("sft_rft", settings, seed=7)
+    assert list(configs) == ["sft", "rl"] and [c["max_steps"] for c in configs.values()] == [4, 4]
+    assert configs["sft"]["seed"] == 7 and "output_dir" not in configs["sft"] and "run_name" not in configs["rl"]
+    configs = stage_configs("sft_best_rft", settings, seed=0, sft_steps=3)
+    assert [c["max_steps"] for c in configs.values()] == [8, 5]
+    assert list(stage_configs("sft_best_rft", settings, seed=0, sft_steps=8)) == ["sft_best"]  # no RL step left
+    assert stage_configs(BASE, settings, seed=0) == {}
+
+
+def test_resuming_checks_a_finished_run_recorded_trainer_configs(tmp_path, monkeypatch, capsys):
+    settings = RunSettings(steps=5)
+    monkeypatch.setattr(compare, "run_method", lambda *a: pytest.fail("a finished run was redone"))
+    record = {"method": "trapo", "seed": 0, "settings": {"steps": 5}, "config": stage_configs("trapo", settings, 0)}
+    assert record["config"]["rl"]["trapo_escalation"] == "in_step" and record["config"]["rl"]["max_steps"] == 5
+    path = write_run(tmp_path, record)
+    assert compare.run_all(["trapo"], [0], settings, tmp_path) == [record]  # the same configs: reused
+    record["config"]["rl"]["trapo_escalation"] = "previous_visit"  # a run made before the default changed
+    path.write_text(json.dumps(record))
+    with pytest.raises(SystemExit, match=r"'rl.trapo_escalation': \('previous_visit', 'in_step'\)") as refused:
+        compare.run_all(["trapo"], [0], settings, tmp_path)
+    assert "rl.max_steps" not in str(refused.value)  # only the field that differs is named
+    del record["config"]  # a run made before configs were recorded: accepted on its settings, with a note
+    path.write_text(json.dumps(record))
+    assert compare.run_all(["trapo"], [0], settings, tmp_path) == [record]
+    assert (
+        capsys.readouterr().out
+        == f"note: {path} has no record of its trainer configs; only its settings were checked\n"
+    )
+
+
+def test_resuming_refuses_a_finished_run_whose_rl_stage_was_not_run(tmp_path, monkeypatch):
+    # sft_best_rft stopped SFT after 4 of 5 steps: its RL stage had 1 step, but the record holds none
+    settings = RunSettings(steps=5)
+    config = {"sft_best": stage_configs("sft_best_rft", settings, 0, sft_steps=5)["sft_best"]}
+    selection = {"sft_steps": 4, "rl_steps": 1}
+    record = {
+        "method": "sft_best_rft",
+        "seed": 0,
+        "settings": {"steps": 5},
+        "config": config,
+        "sft_selection": selection,
+    }
+    write_run(tmp_path, record)
+    with pytest.raises(SystemExit, match=r"'rl': \('not run', 'run'\)"):
+        compare.run_all(["sft_best_rft"], [0], settings, tmp_path)
 
 
 def test_unequal_budgets_are_refused_before_any_run(monkeypatch, capsys):

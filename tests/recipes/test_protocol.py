@@ -4,6 +4,7 @@ import json
 import time
 
 import pytest
+import torch
 
 from prefix_rft.recipes import protocol, toy_scoring, toy_task
 from prefix_rft.recipes.compare import stats, summarize, t95
@@ -317,3 +318,22 @@ def test_run_cost_is_cpu_time_so_waiting_is_not_charged():
     while protocol.process_cpu_seconds() - busy_from < 0.1 and time.monotonic() < deadline:
         pass
     assert protocol.process_cpu_seconds() - busy_from >= 0.1
+
+
+def test_a_run_uses_one_thread_whatever_the_cores_and_records_it(tmp_path, monkeypatch):
+    threads = []
+
+    def fake_run(method, settings, seed, output_dir):
+        threads.append(torch.get_num_threads())
+        return {"base_model": "unused", "log_history": [], "settings": {"steps": settings.steps}}
+
+    monkeypatch.setattr(protocol, "run_method", fake_run)
+    job = protocol.Job("rft", 0, RunSettings(steps=4), tmp_path / "seed0.json")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # as a process on 2 cores starts
+    try:
+        _, result = protocol.run_job(job)
+    finally:
+        torch.set_num_threads(before)
+    assert threads == [1] and result["threads"] == 1
+    assert json.loads(job.path.read_text())["threads"] == 1

@@ -83,6 +83,7 @@ def test_sft_best_rft_gives_rft_the_steps_sft_did_not_run(tmp_path, monkeypatch,
     settings = RunSettings(steps=8, prompts_per_step=2, sft_eval_every=2, sft_patience=2, curve_every=4)
     result = toy.run_method("sft_best_rft", settings, 0, tmp_path, base=("tiny", model, tokenizer))
     assert rl_calls == [("rft", 2, 6)]
+    assert [c["max_steps"] for c in result["config"].values()] == [8, 2]  # the record: SFT over 8 steps, RFT 2
     selection = result["sft_selection"]
     assert selection["sft_steps"] + selection["rl_steps"] == result["budget"]["optimizer_steps"] == 8
     assert result["budget"] == method_budget("rft", settings)

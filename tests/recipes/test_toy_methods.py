@@ -20,7 +20,8 @@ from prefix_rft.recipes.toy_task import train_rows
 
 def test_only_the_base_and_rft_train_without_demonstrations():
     # rft is Dr. GRPO with num_hybrid=0: no slot ever holds a demo; every other method trains on or shows them (the
-    # SFT stages on whole demos, TRAPO from a question's second visit, the prompt hint as a hint)
+    # SFT stages on whole demos, TRAPO in the later micro-groups of a question its first rollouts fail, the prompt hint
+    # as a hint)
     assert [m for m in METHODS if not uses_demos(m)] == ["base", "rft"]
     assert all(uses_demos(m) for m in ("sft", "sft_best_rft", "trapo", "prefix_rft_prompt_hint", "prefix_rft_demos50"))
 

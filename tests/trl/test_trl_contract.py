@@ -15,10 +15,12 @@ import pytest
 import torch
 import transformers
 from trl import GRPOTrainer
+from trl.chat_template_utils import parse_response
 from trl.generation import vllm_client, vllm_generation
 
+from prefix_rft import PrefixRFTTrainer
 from prefix_rft.trl.rollouts import BudgetedClient
-from tests.helpers import make_trainer
+from tests.helpers import make_dataset, make_trainer, train_args
 
 OVERRIDDEN = {
     "_generate_single_turn": (
@@ -83,8 +85,10 @@ ATTRIBUTES = (
     "max_completion_length",
     "num_generations",
     "reward_func_names",
+    "reward_funcs",
     "reward_weights",
     "scale_rewards",
+    "tools",
     "use_adaptive_entropy",
     "use_transformers_continuous_batching",
     "use_vllm",
@@ -131,6 +135,29 @@ def test_trl_attributes_the_trainer_reads_exist(tmp_path, model, tokenizer):
     assert not missing, f"GRPOTrainer no longer sets {missing}: adapt src/prefix_rft/trl/trainer.py, which reads them"
     assert {"completion", "advantages", "extra"} <= trainer._logs.keys(), "TRL's completions log changed shape"
     assert {"train", "eval"} <= trainer._metrics.keys(), "TRL's metrics store changed shape"
+
+
+async def async_reward(completions, **kwargs):
+    return [0.0] * len(completions)
+
+
+def test_trl_calls_reward_functions_as_the_in_step_scoring_does(tmp_path, model, tokenizer):
+    # `_score_rows` (trl/scoring.py) calls the reward functions outside `_calculate_rewards`, as TRL does there: the
+    # same extra arguments, async functions on TRL's event loop, completions parsed with TRL's `tools`.
+    source = inspect.getsource(GRPOTrainer._calculate_rewards)
+    for key in ("trainer_state", "log_extra", "log_metric"):
+        assert f'reward_kwargs["{key}"]' in source, (
+            f"TRL no longer passes `{key}` to reward functions: adapt _score_rows"
+        )
+    trainer = PrefixRFTTrainer(
+        model=model,
+        reward_funcs=[async_reward],
+        args=train_args(tmp_path),
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
+    )
+    assert trainer.async_loop.is_running(), "TRL no longer runs async reward functions on `async_loop`"
+    assert parameters(parse_response)[:4] == ("tokenizer", "ids", "prefix", "tools")
 
 
 def test_vllm_generation_attributes_the_trainer_reads_exist():

@@ -32,7 +32,14 @@ from prefix_rft.core import (
 )
 from prefix_rft.core.advantages import AdvantageMode
 from prefix_rft.core.entropy import SelectionMode
-from prefix_rft.core.escalation import GROUP_SIZE, LEVEL_RATIOS, STAGE_OF_POSITION, STAGE_STARTS, stage_level
+from prefix_rft.core.escalation import (
+    GROUP_SIZE,
+    LEVEL_RATIOS,
+    STAGE_OF_POSITION,
+    STAGE_STARTS,
+    solved,
+    stage_level,
+)
 from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
 from prefix_rft.trl.questions import question_key
 from prefix_rft.trl.rollouts import Rollout, RowPlan
@@ -91,6 +98,11 @@ class TrapoConfig(PrefixRFTConfig):
 def stage_rows(stage: int, offset: int, n: int) -> int:
     """How many of the n rows from global row `offset` on belong to micro-group `stage` (groups contiguous)."""
     return sum(STAGE_OF_POSITION[(offset + i) % GROUP_SIZE] == stage for i in range(n))
+
+
+def verdict(reward: torch.Tensor) -> str:
+    """What the in-step escalation reads from a row's reward: solved (> 0, `solved`), unsolved or unscored (NaN)."""
+    return "unscored" if torch.isnan(reward) else "solved" if solved(reward) else "unsolved"
 
 
 class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
@@ -192,6 +204,7 @@ class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
                     [rollout.prompts[i] for i in rows],
                     [prompt_ids[i] for i in rows],
                     ids[: len(rows)],
+                    rows,
                 )
         if len(calls) > logged:  # transformers generation: one value per generation batch, as without escalation
             calls[logged:] = [sum(calls[logged:])]
@@ -202,8 +215,8 @@ class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
     def _guide_stage(self, stage: int, rollout: Rollout, rewards: torch.Tensor) -> None:
         """Plan this rank's rows of micro-group `stage` from the gathered (N,) rewards of each group's earlier ones."""
         gathered = self.accelerator.gather(rewards.to(self.accelerator.device)).cpu()
-        solved = (gathered > 0).view(-1, GROUP_SIZE).tolist()  # NaN (unscored) is not solved
-        levels = [stage_level(stage, group[: STAGE_STARTS[stage - 1]]) for group in solved]
+        flags = solved(gathered).view(-1, GROUP_SIZE).tolist()
+        levels = [stage_level(stage, group[: STAGE_STARTS[stage - 1]]) for group in flags]
         offset = self.accelerator.process_index * len(rollout.rows)
         for i, position in enumerate(self._positions):
             if STAGE_OF_POSITION[position] == stage:
@@ -257,18 +270,21 @@ class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
             metrics[f"trapo/next_{name}_questions"].append(float(sum(lv[stage] > 0 for lv in levels)))
 
     def _check_rescored(self, rollout: Rollout) -> None:
-        """Refuse a batch whose rewards TRL scored otherwise than the in-step escalation did (positions 0-6)."""
+        """Refuse a batch in which TRL's scoring changed a verdict the in-step escalation acted on (positions 0-6):
+        whether a row solved it (`solved`) or was unscored (NaN). Other changes of a reward pass (a judge that keeps
+        its verdict, a weighted sum reduced in another order)."""
         early = self.accelerator.gather(self._step_rewards.to(self.accelerator.device)).cpu()  # (N,)
         final = rollout.rewards.cpu()
         scored = torch.arange(len(final)) % GROUP_SIZE != GROUP_SIZE - 1
-        same = (early == final) | (torch.isnan(early) & torch.isnan(final))
-        wrong = (scored & ~same).nonzero().flatten().tolist()
+        changed = (solved(early) != solved(final)) | (torch.isnan(early) != torch.isnan(final))
+        wrong = (scored & changed).nonzero().flatten().tolist()
         if wrong:
             k = wrong[0]
             raise ValueError(
-                f"row {k} of the gathered batch: reward {early[k].item()} when TRAPO's in-step escalation scored its "
-                f"micro-group, {final[k].item()} when the batch was scored; trapo_escalation='in_step' needs reward "
-                "functions that give a completion the same reward each time, else use 'previous_visit'"
+                f"row {k} of the gathered batch: {verdict(early[k])} (reward {early[k].item()}) when TRAPO's in-step "
+                f"escalation scored its micro-group, {verdict(final[k])} ({final[k].item()}) when the batch was "
+                "scored; trapo_escalation='in_step' needs reward functions that give a completion the same verdict "
+                "each time, else use 'previous_visit'"
             )
 
     def _compute_loss(self, model, inputs):

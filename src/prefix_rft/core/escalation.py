@@ -22,6 +22,11 @@ THRESHOLDS = (2, 4, 7)  # solved rollouts of stages 1..k needed for stage k + 1 
 STAGE_STARTS = (0, 4, 6, 7)  # first position of stages 1-4
 
 
+def solved(rewards: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: the rows that solved their question (reward > 0); a NaN (unscored) row did not."""
+    return rewards > 0
+
+
 def stage_level(stage: int, solved: list[bool]) -> int:
     """The guidance level of stage 2, 3 or 4 from the solved flags (reward > 0) of the positions before it.
 
@@ -90,12 +95,12 @@ class EscalationState:
             keys: (N,) question key of each row; the 8 rows of a group share one.
             rewards: (N,) rewards, groups contiguous; NaN (unscored) counts as not solved.
         """
-        solved = (rewards > 0).tolist()
+        flags = solved(rewards).tolist()
         for start in range(0, len(keys), GROUP_SIZE):
             group = slice(start, start + GROUP_SIZE)
             if len(set(keys[group])) != 1:
                 raise ValueError(f"rows {start}..{start + GROUP_SIZE - 1} form one group but hold different questions")
-            self.levels[keys[start]] = trapo_levels(solved[group])
+            self.levels[keys[start]] = trapo_levels(flags[group])
 
     def state_dict(self) -> dict[str, Any]:
         return {"levels": {key: list(levels) for key, levels in self.levels.items()}}

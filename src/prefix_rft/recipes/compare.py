@@ -1,8 +1,9 @@
 """`prefix-rft compare`: baselines and Prefix-RFT at equal budgets on the embedded task, over several seeds.
 
 Each (method, seed) run writes `<output-dir>/runs/<method>/seed<k>.json`; finished runs are not redone, so an
-interrupted comparison continues where it stopped. The summary goes to `results.md`, `results.json` and
-`results.png` (accuracy against step per method, and final accuracy with error bars).
+interrupted comparison continues where it stopped; one made with other settings, or whose recorded trainer config of
+a stage (`config`) differs from what this code builds for it, is refused. The summary goes to `results.md`,
+`results.json` and `results.png` (accuracy against step per method, and final accuracy with error bars).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from prefix_rft.recipes.toy import (
     PAPER_MATH_AVG,
     method_budget,
     run_method,
+    stage_configs,
 )
 from prefix_rft.setup_errors import SetupError, blame, reports_setup_errors, setup_stage
 
@@ -76,14 +78,46 @@ def read_run(path: Path) -> dict[str, Any]:
     return result
 
 
-def finished_run(path: Path, settings: RunSettings, advice: str = "") -> dict[str, Any] | None:
-    """The finished run recorded at `path`, or None if there is none; refuses one made with other settings."""
+ABSENT = "<absent>"  # a config field one side has and the other does not
+
+
+def config_mismatch(result: dict[str, Any], method: str, seed: int, settings: RunSettings) -> dict[str, Any]:
+    """{stage.field: (recorded, now)} for every field of a finished run's recorded trainer configs (`config`) that
+    differs from what this code builds for the same job (`stage_configs`); a stage run or built on one side only
+    counts as one field, `<stage>`. The caller checks that `result` has a record."""
+    sft_steps = result.get("sft_selection", {}).get("sft_steps", 0)
+    recorded, now = result["config"], stage_configs(method, settings, seed, sft_steps)
+    mismatch = {}
+    for stage in sorted(recorded.keys() | now.keys()):
+        if stage not in recorded or stage not in now:
+            mismatch[stage] = tuple("run" if stage in configs else "not run" for configs in (recorded, now))
+            continue
+        then_config, now_config = recorded[stage], now[stage]
+        for name in sorted(then_config.keys() | now_config.keys()):
+            then, current = then_config.get(name, ABSENT), now_config.get(name, ABSENT)
+            if then != current:
+                mismatch[f"{stage}.{name}"] = (then, current)
+    return mismatch
+
+
+def finished_run(path: Path, method: str, seed: int, settings: RunSettings, advice: str = "") -> dict[str, Any] | None:
+    """The finished run of (`method`, `seed`) recorded at `path`, or None if there is none; refuses one made with other
+    settings or other trainer configs. A run recorded before its configs were (no `config`) is accepted on its
+    settings alone, with a note."""
     if not path.exists():
         return None
     result = read_run(path)
     mismatch = settings_mismatch(result.get("settings", {}), settings)
     if mismatch:
         raise SystemExit(f"{path} was run with other settings, {{field: (then, now)}}: {mismatch}{advice}")
+    if "config" not in result:
+        print(f"note: {path} has no record of its trainer configs; only its settings were checked", flush=True)
+        return result
+    mismatch = config_mismatch(result, method, seed, settings)
+    if mismatch:
+        raise SystemExit(
+            f"{path} was run with other trainer configs, {{stage.field: (then, now)}}: {mismatch}{advice}"
+        )
     return result
 
 
@@ -101,7 +135,9 @@ def run_all(methods: list[str], seeds: list[int], settings: RunSettings, out: Pa
         for method in methods:
             path = out / "runs" / method / f"seed{seed}.json"
             # resumable: a finished run is never redone, but never mixed with other settings either
-            result = finished_run(path, settings, advice="; pass another --output-dir or delete the old runs")
+            result = finished_run(
+                path, method, seed, settings, advice="; pass another --output-dir or delete the old runs"
+            )
             if result is not None:
                 results.append(result)
                 continue

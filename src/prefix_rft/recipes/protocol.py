@@ -11,7 +11,7 @@
 Every run selects its best weights on the same held-out questions (`select_best`) and records its inputs
 (`inputs`). Runs go to `<output-dir>/tune/<method>/<field>=<value>/seed<k>.json` and
 `<output-dir>/final/<method>/seed<k>.json`; a finished run is never redone (resumable); `--jobs 2` runs two processes
-side by side with the cores shared out.
+side by side, each on one thread (`THREADS`) whatever the number of cores.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ from prefix_rft.recipes.toy import BASE, METHODS, question_pool, run_method, tra
 from prefix_rft.recipes.toy_methods import fixed_sft_steps, stages_of, uses_demos
 from prefix_rft.setup_errors import reports_setup_errors, setup_stage
 
+THREADS = 1  # threads of every run: the budget (docs/results.md) is stated in one-thread runs
+
 SCREEN = (
     "prefix_rft,rft,sft,sft_rft,sft_best_rft,rl_sft,luffy,relift,chord,hpt,srft,trapo,"
     "prefix_rft_adaptive,prefix_rft_rescue,prefix_rft_prompt_hint"
@@ -69,7 +71,9 @@ class ProtocolArguments:
     seeds: str = field(default="31,32,33,34,35", metadata={"help": "final seeds: N (0..N-1) or a list"})
     max_finalists: int = field(default=6, metadata={"help": "at most this many methods beside Prefix-RFT"})
     budget_hours: float = field(default=24.0, metadata={"help": "CPU-hours of all runs (one thread each)"})
-    jobs: int = field(default=1, metadata={"help": "runs side by side, sharing the cores out"})
+    jobs: int = field(
+        default=1, metadata={"help": "runs side by side; each run uses one thread, as the budget assumes"}
+    )
     stage: str = field(default="all", metadata={"help": "`tuning`: stop after it", "choices": ["all", "tuning"]})
     output_dir: str = field(default="runs/protocol", metadata={"help": "per-run JSON, plan, results"})
 
@@ -182,13 +186,13 @@ def process_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_job(job: Job, threads: int) -> tuple[Job, dict[str, Any]]:
-    """Run `job` in this process on `threads` threads, its output to `<path>.log`; write its JSON atomically and
+def run_job(job: Job) -> tuple[Job, dict[str, Any]]:
+    """Run `job` in this process on `THREADS` threads, its output to `<path>.log`; write its JSON atomically and
     return it. `seconds` is the run's CPU time, what the budget charges: a run slowed by other work on the machine
-    is not charged for the wait (`wall_seconds` beside it)."""
+    is not charged for the wait (`wall_seconds` beside it); `threads` the threads it ran on."""
     import torch
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(THREADS)
     job.path.parent.mkdir(parents=True, exist_ok=True)
     start, cpu_start = time.monotonic(), process_cpu_seconds()
     with open(job.path.with_suffix(".log"), "w") as log:
@@ -201,6 +205,7 @@ def run_job(job: Job, threads: int) -> tuple[Job, dict[str, Any]]:
             os.dup2(saved[0], 1), os.dup2(saved[1], 2)
     result["seconds"] = process_cpu_seconds() - cpu_start
     result["wall_seconds"] = time.monotonic() - start
+    result["threads"] = torch.get_num_threads()
     lengths = demo_lengths(job.method, job.settings, job.seed, result["base_model"]) if uses_demos(job.method) else []
     rl_demo_tokens = sum(h.get("prefix/demo_tokens", 0.0) for h in result["log_history"])
     result["inputs"] = inputs(job.method, job.settings, lengths, rl_demo_tokens, sft_steps_run(job.method, result))
@@ -211,15 +216,14 @@ def run_job(job: Job, threads: int) -> tuple[Job, dict[str, Any]]:
 def run_jobs(jobs: list[Job], n_jobs: int, stage: str) -> list[dict[str, Any]]:
     """Run the unfinished `jobs`, `n_jobs` at a time in fresh processes, printing progress; all results in order."""
     # read once: None for the runs still to do
-    results = {job.path: finished_run(job.path, job.settings) for job in jobs}
+    results = {job.path: finished_run(job.path, job.method, job.seed, job.settings) for job in jobs}
     todo = [job for job in jobs if results[job.path] is None]
     print(f"== {stage}: {len(jobs)} runs, {len(jobs) - len(todo)} already done", flush=True)
     start = time.monotonic()
     if todo:
         context = multiprocessing.get_context("spawn")  # no forked torch state; each process sets one thread
         with ProcessPoolExecutor(max_workers=n_jobs, mp_context=context) as pool:
-            threads = max(1, (os.cpu_count() or 1) // n_jobs)  # the cores shared out, one thread each at least
-            futures = [pool.submit(run_job, job, threads) for job in todo]
+            futures = [pool.submit(run_job, job) for job in todo]
             for done, future in enumerate(as_completed(futures), 1):
                 job, result = future.result()
                 results[job.path], seconds = result, result["seconds"]

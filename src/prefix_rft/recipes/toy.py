@@ -9,6 +9,7 @@ task's rows and base model are in `toy_task`, scoring in `toy_scoring`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ __all__ = [
     "method_budget",
     "question_pool",
     "rl_config",
+    "stage_configs",
     "run_method",
     "train_rl",
     "train_rows",
@@ -108,6 +110,32 @@ def sft_config(settings: RunSettings, seed: int, output_dir: Path, steps: int):
         warmup_steps=max(1, steps // 10),  # 10% linear warm-up, then cosine (the paper's SFT schedule)
         max_length=None,
     )
+
+
+RUN_PATHS = ("output_dir", "logging_dir", "run_name")  # where a run writes: not part of what it trains
+
+
+def config_record(config) -> dict[str, Any]:
+    """A trainer config as JSON, without the fields naming where the run writes (`RUN_PATHS`)."""
+    fields = json.loads(json.dumps(config.to_dict(), default=str))
+    return {name: value for name, value in fields.items() if name not in RUN_PATHS}
+
+
+def stage_configs(method: str, settings: RunSettings, seed: int, sft_steps: int = 0) -> dict[str, dict[str, Any]]:
+    """{stage: `config_record` of its trainer config} for each training stage of a run of `method`, as `run_method`
+    builds them; nothing is trained or loaded. `sft_steps`: the steps an "sft_best" stage stopped after (its record's
+    `sft_selection`), which the RL stage after it does not get; an RL stage left no step is not run, so not listed."""
+    unused = Path("unused")  # the paths are left out of the record
+    configs, done = {}, 0
+    for stage in stages_of(method):
+        if stage == "sft":
+            steps = fixed_sft_steps(method, settings.steps)
+            configs[stage], done = sft_config(settings, seed, unused, steps), done + steps
+        elif stage == "sft_best":  # the schedule is over the whole budget (`train_sft_to_best`)
+            configs[stage], done = sft_config(settings, seed, unused, settings.steps), done + sft_steps
+        elif settings.steps > done:
+            configs[stage] = rl_config(rl_stage_method(method), settings, seed, unused, settings.steps - done)
+    return {stage: config_record(config) for stage, config in configs.items()}
 
 
 def method_budget(method: str, settings: RunSettings) -> dict[str, int]:
@@ -312,5 +340,6 @@ def run_method(
         "curve": points,
         "final": final,
         "log_history": run.history,
+        "config": stage_configs(method, settings, seed, extra.get("sft_selection", {}).get("sft_steps", 0)),
         **extra,
     }

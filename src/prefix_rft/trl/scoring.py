@@ -102,18 +102,22 @@ class PrefixScoringMixin:
             self._rollout.rewards = weighted_rewards(rewards_per_func, self.reward_weights)
         return rewards_per_func
 
-    def _score_rows(self, inputs, prompts, prompt_ids, completion_ids) -> torch.Tensor:
+    def _score_rows(self, inputs, prompts, prompt_ids, completion_ids, rows: list[int]) -> torch.Tensor:
         """(n,) weighted rewards of n rows of this rank, from the reward functions as `_calculate_rewards` calls them,
         neither gathered nor logged: for a pass that needs rewards before the batch is complete (TRAPO's in-step
-        escalation), which TRL's scoring of the whole batch then repeats. Reward models (modules) are not called."""
+        escalation), which TRL's scoring of the whole batch then repeats. Reward models (modules) are not called.
+        `rows`: their indices in this rank's batch, which a failing reward function's message names."""
         completions = self._decoded(prompts, prompt_ids, completion_ids)
         kwargs = {k: [x[k] for x in inputs] for k in inputs[0] if k not in ("prompt", "completion", "completion_ids")}
         kwargs |= {"trainer_state": self.state, "log_extra": _ignore, "log_metric": _ignore}
         columns = []
         for func, name in zip(self.reward_funcs, self.reward_func_names, strict=True):
-            out = func(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
-            if is_async_callable(func):
-                out = asyncio.run_coroutine_threadsafe(out, self.async_loop).result()
+            try:
+                out = func(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
+                if is_async_callable(func):
+                    out = asyncio.run_coroutine_threadsafe(out, self.async_loop).result()
+            except Exception as error:  # named with its function and dataset row, as when TRL scores the batch
+                raise self._locate_reward_error(inputs, prompts, completions, completion_ids, rows) from error
             if len(out) != len(prompts):
                 raise ValueError(f"reward function {name!r} returned {len(out)} rewards for {len(prompts)} rows")
             columns.append([torch.nan if r is None else float(r) for r in out])
@@ -161,8 +165,9 @@ class PrefixScoringMixin:
                 "strict_rewards to sum the functions that score it (TRL's contract)"
             )
 
-    def _locate_reward_error(self, inputs, prompts, completions, completion_ids_list) -> Exception:
-        """Re-run each reward function row by row to name the function and the row that fail."""
+    def _locate_reward_error(self, inputs, prompts, completions, completion_ids_list, rows=None) -> Exception:
+        """Re-run each reward function row by row to name the function and the row that fail. `rows`: the indices
+        in this rank's batch of the rows given (default: all of it, in order)."""
         for func, name in zip(self.reward_funcs, self.reward_func_names, strict=True):
             if not callable(func) or isinstance(func, torch.nn.Module):
                 continue
@@ -181,8 +186,9 @@ class PrefixScoringMixin:
                 except Exception as error:  # noqa: BLE001 - re-raised with its location
                     shown = {"completion": completions[i], **{k: v[0] for k, v in columns.items() if k != "id"}}
                     inputs_text = ", ".join(f"{k}={_short(v)}" for k, v in shown.items())
+                    row = i if rows is None else rows[i]
                     return RuntimeError(
-                        f"reward function {name!r} failed on {self._dataset_row(example)} (row {i} of this rank's "
+                        f"reward function {name!r} failed on {self._dataset_row(example)} (row {row} of this rank's "
                         f"batch): {error!r}; its input: {inputs_text}"
                     )
         return RuntimeError("a reward function failed on the whole batch but on no single row")
