@@ -217,7 +217,7 @@ class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
         gathered = self.accelerator.gather(rewards.to(self.accelerator.device)).cpu()
         flags = solved(gathered).view(-1, GROUP_SIZE).tolist()
         levels = [stage_level(stage, group[: STAGE_STARTS[stage - 1]]) for group in flags]
-        offset = self.accelerator.process_index * len(rollout.rows)
+        offset = rollout.local(self.accelerator.process_index).start
         for i, position in enumerate(self._positions):
             if STAGE_OF_POSITION[position] == stage:
                 self._guide(rollout, i, levels[(offset + i) // GROUP_SIZE])
@@ -272,7 +272,7 @@ class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
     def _check_rescored(self, rollout: Rollout) -> None:
         """Refuse a batch in which TRL's scoring changed a verdict the in-step escalation acted on (positions 0-6):
         whether a row solved it (`solved`) or was unscored (NaN). Other changes of a reward pass (a judge that keeps
-        its verdict, a weighted sum reduced in another order)."""
+        its verdict, a weighted sum reduced in another order) are accepted."""
         early = self.accelerator.gather(self._step_rewards.to(self.accelerator.device)).cpu()  # (N,)
         final = rollout.rewards.cpu()
         scored = torch.arange(len(final)) % GROUP_SIZE != GROUP_SIZE - 1

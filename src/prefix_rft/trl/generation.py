@@ -307,8 +307,10 @@ class PrefixGenerationMixin:
         prefix = [i for i in generate if prefix_ids[i] and not hint[i] and self._forceable(prefix_ids[i], eos)]
         other = sorted(set(generate) - set(plain) - set(prefix))
         ranks = self._gather_ints([*self._call_shapes(plain, prefix, prompt_ids, prefix_ids), len(other)])
-        shared = prefer_shared_call([CallShapes(*r[:6]) for r in ranks], self.max_completion_length)
-        has_plain, has_prefix, has_other = (any(r[k] for r in ranks) for k in (0, 2, 6))
+        shapes = [CallShapes(*r[:-1]) for r in ranks]  # each rank's shapes, then its count of other rows
+        shared = prefer_shared_call(shapes, self.max_completion_length)
+        has_plain, has_prefix = any(s.plain_rows for s in shapes), any(s.prefix_rows for s in shapes)
+        has_other = any(r[-1] for r in ranks)
         if shared:
             return [plain + prefix, other], [True, False], [has_plain or has_prefix, has_other]
         return [plain, prefix + other], [False, False], [has_plain, has_prefix or has_other]

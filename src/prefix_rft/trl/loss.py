@@ -86,11 +86,11 @@ class PrefixLossMixin:
         masks = [inputs.get("prefix_mask", torch.zeros(1, 1, dtype=torch.bool)) for inputs in micro_batches]
         masks = [m & self._loss_mask(inputs).bool() for m, inputs in zip(masks, micro_batches, strict=True)]
         total = torch.tensor([sum(int(m.sum()) for m in masks)], device=self.accelerator.device)
-        any_prefix = int(self.accelerator.reduce(total, "sum")) > 0
-        entropies = [
-            self._prefix_entropies(inputs, m) if any_prefix else torch.zeros(m.shape, device=m.device)
-            for inputs, m in zip(micro_batches, masks, strict=True)
-        ]
+        if int(self.accelerator.reduce(total, "sum")) == 0:  # nothing to select: no forward, no gather
+            for inputs, m in zip(micro_batches, masks, strict=True):
+                inputs["prefix_keep"] = torch.ones_like(m)
+            return
+        entropies = [self._prefix_entropies(inputs, m) for inputs, m in zip(micro_batches, masks, strict=True)]
         for inputs, keep in zip(micro_batches, self._select_over_span(entropies, masks), strict=True):
             inputs["prefix_keep"] = keep
 

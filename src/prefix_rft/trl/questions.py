@@ -67,14 +67,14 @@ class QuestionGuidanceMixin:
         if self._questions is None:
             return
         local = [
-            (question_key(x), row.hybrid, row.ratio if row.hybrid else math.nan, row.adapted, row.role == "solved")
+            (question_key(x), row.ratio if row.hybrid else math.nan, row.adapted, row.role == "solved")
             for x, row in zip(inputs, rollout.rows, strict=True)
         ]
-        keys, hybrid, ratios, adapted, solved = zip(*gather_object(local), strict=True)  # (N,) each, process-major
+        keys, ratios, adapted, solved = zip(*gather_object(local), strict=True)  # (N,) each, process-major
         successes = self._questions.observe_groups(
             list(keys),
             rollout.rewards.cpu(),
-            torch.tensor(hybrid, dtype=torch.bool),
+            rollout.is_hybrid.cpu(),  # gathered once for the advantages
             torch.tensor(ratios, dtype=torch.float64),  # float64: the ratio that starts a question's controller
             self.num_generations,
         )

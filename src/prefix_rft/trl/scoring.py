@@ -89,6 +89,11 @@ def _ignore(*args: Any) -> None:
     """`log_extra` / `log_metric` of a scoring pass whose logs would repeat the final scoring's."""
 
 
+def _columns(inputs: list[dict[str, Any]]) -> dict[str, list]:
+    """The dataset columns a reward function gets as keyword arguments (one list per column), as TRL passes them."""
+    return {k: [x[k] for x in inputs] for k in inputs[0] if k not in ("prompt", "completion", "completion_ids")}
+
+
 class PrefixScoringMixin:
     """Reward and advantage hooks of `PrefixRFTTrainer` (a mixin over TRL's `GRPOTrainer`)."""
 
@@ -108,8 +113,7 @@ class PrefixScoringMixin:
         escalation), which TRL's scoring of the whole batch then repeats. Reward models (modules) are not called.
         `rows`: their indices in this rank's batch, which a failing reward function's message names."""
         completions = self._decoded(prompts, prompt_ids, completion_ids)
-        kwargs = {k: [x[k] for x in inputs] for k in inputs[0] if k not in ("prompt", "completion", "completion_ids")}
-        kwargs |= {"trainer_state": self.state, "log_extra": _ignore, "log_metric": _ignore}
+        kwargs = _columns(inputs) | {"trainer_state": self.state, "log_extra": _ignore, "log_metric": _ignore}
         columns = []
         for func, name in zip(self.reward_funcs, self.reward_func_names, strict=True):
             try:
@@ -172,15 +176,15 @@ class PrefixScoringMixin:
             if not callable(func) or isinstance(func, torch.nn.Module):
                 continue
             for i, example in enumerate(inputs):
-                columns = {k: [v] for k, v in example.items() if k not in ("prompt", "completion", "completion_ids")}
+                columns = _columns([example])
                 try:
                     func(
                         prompts=[prompts[i]],
                         completions=[completions[i]],
                         completion_ids=[completion_ids_list[i]],
                         trainer_state=self.state,
-                        log_extra=lambda *a: None,
-                        log_metric=lambda *a: None,
+                        log_extra=_ignore,
+                        log_metric=_ignore,
                         **columns,
                     )
                 except Exception as error:  # noqa: BLE001 - re-raised with its location
