@@ -289,3 +289,21 @@ def test_per_micro_batch_scope_over_two_micro_batches_is_refused():
 def test_unknown_scope_is_refused():
     with pytest.raises(ValueError, match="unknown entropy scope 'batch'"):
         select_over_span("batch", [MB1_ENTROPY], [MB1_PREFIX], 0.4)
+
+
+@pytest.mark.parametrize("mode", ["all", "none", "random"])
+def test_modes_that_compare_no_tokens_across_ranks_never_gather(mode):
+    # 'all' keeps every token, 'none' drops every prefix token, 'random' keeps 3 - floor(0.6 * 3) = 2 of its own 3:
+    # none of them reads another rank's entropies, so the scope's gather is not made.
+    calls = []
+    (keep,) = select_over_span(
+        "global_micro_batch",
+        [MB2_ENTROPY],
+        [MB2_PREFIX],
+        0.4,
+        mode,
+        gather=rank1_of_two(calls),
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert calls == []
+    assert int(keep[MB2_PREFIX].sum()) == {"all": 3, "none": 0, "random": 2}[mode]

@@ -190,7 +190,7 @@ class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
         logged = len(calls)
         for stage in (1, 2, 3, 4):
             if stage > 1:
-                self._guide_stage(stage, rollout, rewards)
+                gathered = self._guide_stage(stage, rollout, rewards)
             rows = [i for i, p in enumerate(self._positions) if STAGE_OF_POSITION[p] == stage]
             ids, lps, sub = self._generate_stage(stage, rows, prompt_ids)
             has_logprobs = has_logprobs and lps is not None
@@ -209,11 +209,12 @@ class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
         if len(calls) > logged:  # transformers generation: one value per generation batch, as without escalation
             calls[logged:] = [sum(calls[logged:])]
         rollout.prefix_ids, rollout.completion_lens = prefix_ids, lens
-        self._step_rewards = rewards
+        self._step_rewards = gathered  # (N,) the rewards the last decision saw: every scored row of the batch
         return completion_ids, (logprobs if has_logprobs else None)
 
-    def _guide_stage(self, stage: int, rollout: Rollout, rewards: torch.Tensor) -> None:
-        """Plan this rank's rows of micro-group `stage` from the gathered (N,) rewards of each group's earlier ones."""
+    def _guide_stage(self, stage: int, rollout: Rollout, rewards: torch.Tensor) -> torch.Tensor:
+        """Plan this rank's rows of micro-group `stage` from the gathered (N,) rewards of each group's earlier ones;
+        returns those gathered rewards."""
         gathered = self.accelerator.gather(rewards.to(self.accelerator.device)).cpu()
         flags = solved(gathered).view(-1, GROUP_SIZE).tolist()
         levels = [stage_level(stage, group[: STAGE_STARTS[stage - 1]]) for group in flags]
@@ -221,6 +222,7 @@ class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
         for i, position in enumerate(self._positions):
             if STAGE_OF_POSITION[position] == stage:
                 self._guide(rollout, i, levels[(offset + i) // GROUP_SIZE])
+        return gathered
 
     def _generate_stage(self, stage: int, rows: list[int], prompt_ids) -> tuple[list, list | None, Rollout]:
         """Generate local `rows` (one micro-group) through the parent's generation, as a batch of their own.
@@ -273,7 +275,7 @@ class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
         """Refuse a batch in which TRL's scoring changed a verdict the in-step escalation acted on (positions 0-6):
         whether a row solved it (`solved`) or was unscored (NaN). Other changes of a reward pass (a judge that keeps
         its verdict, a weighted sum reduced in another order) are accepted."""
-        early = self.accelerator.gather(self._step_rewards.to(self.accelerator.device)).cpu()  # (N,)
+        early = self._step_rewards  # (N,) gathered before the last micro-group, which is never scored early
         final = rollout.rewards.cpu()
         scored = torch.arange(len(final)) % GROUP_SIZE != GROUP_SIZE - 1
         changed = (solved(early) != solved(final)) | (torch.isnan(early) != torch.isnan(final))

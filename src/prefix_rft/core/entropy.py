@@ -144,7 +144,8 @@ def select_over_span(
         prefix_masks: one (B_i, T_i) bool tensor per micro-batch, True on the prefix tokens that are trained.
         keep_fraction, mode: as in :func:`select_prefix_tokens`.
         gather: maps this rank's (n,) pool to every rank's (M,) pool and this rank's offset in it; None on one
-            process (the pool is this rank's). Called, on every rank alike, unless ``scope`` is ``local_micro_batch``.
+            process (the pool is this rank's). Called, on every rank alike, for ``top`` and ``lowest`` unless
+            ``scope`` is ``local_micro_batch``.
         generator: RNG for ``random``.
     Returns:
         One (B_i, T_i) bool keep mask per micro-batch.
@@ -159,7 +160,8 @@ def select_over_span(
         raise ValueError(f"scope {scope!r} spans one micro-batch, got {len(entropies)}")
     pool = torch.cat([e[m].float() for e, m in zip(entropies, prefix_masks, strict=True)])
     offset = 0
-    if scope != "local_micro_batch" and gather is not None:
+    # only 'top' and 'lowest' compare tokens across the scope; 'random' counts the local ones, 'all'/'none' none
+    if scope != "local_micro_batch" and gather is not None and mode in ("top", "lowest"):
         pool, offset = gather(pool)
     keeps = []
     for entropy, prefix_mask in zip(entropies, prefix_masks, strict=True):
