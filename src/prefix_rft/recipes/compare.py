@@ -21,6 +21,7 @@ from prefix_rft.recipes.toy import (
     METHODS,
     PAPER_MATH_AVG,
     method_budget,
+    recorded_sft_steps,
     run_method,
     stage_configs,
 )
@@ -85,8 +86,7 @@ def config_mismatch(result: dict[str, Any], method: str, seed: int, settings: Ru
     """{stage.field: (recorded, now)} for every field of a finished run's recorded trainer configs (`config`) that
     differs from what this code builds for the same job (`stage_configs`); a stage run or built on one side only
     counts as one field, `<stage>`. The caller checks that `result` has a record."""
-    sft_steps = result.get("sft_selection", {}).get("sft_steps", 0)
-    recorded, now = result["config"], stage_configs(method, settings, seed, sft_steps)
+    recorded, now = result["config"], stage_configs(method, settings, seed, recorded_sft_steps(result))
     mismatch = {}
     for stage in sorted(recorded.keys() | now.keys()):
         if stage not in recorded or stage not in now:

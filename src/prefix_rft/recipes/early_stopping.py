@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
+
+
+@contextmanager
+def evaluating(model) -> Iterator[None]:
+    """`model` in eval mode inside the block, then back in the mode it was in (evaluations run mid-training)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 class EarlyStopping(TrainerCallback):

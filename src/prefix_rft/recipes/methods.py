@@ -23,7 +23,7 @@ from trl import SFTConfig, get_peft_config, get_quantization_config
 from prefix_rft.baselines.methods import METHODS
 from prefix_rft.baselines.sft import build_sft_trainer, demo_completion_rows
 from prefix_rft.eval.generate import Sampling, generate, render_prompt
-from prefix_rft.recipes.early_stopping import EarlyStopping
+from prefix_rft.recipes.early_stopping import EarlyStopping, evaluating
 from prefix_rft.recipes.rewards import reward_functions
 from prefix_rft.recipes.train_setup import (
     TrainArguments,
@@ -163,12 +163,8 @@ def validation_stopping(args: TrainArguments, tokenizer, rows: list[dict]) -> Ea
     weights = config.reward_weights or [1.0] * len(funcs)
 
     def score(model) -> float:
-        was_training = model.training
-        model.eval()
-        try:
+        with evaluating(model):
             return validation_reward(model, tokenizer, rows, funcs, weights, config.max_completion_length)
-        finally:
-            model.train(was_training)
 
     return EarlyStopping(score, config.sft_eval_steps, config.sft_patience)
 

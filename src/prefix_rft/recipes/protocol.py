@@ -43,7 +43,7 @@ from prefix_rft.recipes.protocol_rules import (
     select_finalists,
 )
 from prefix_rft.recipes.settings import RunSettings, check_run_paths, parse_settings, require_test_scoring
-from prefix_rft.recipes.toy import BASE, METHODS, question_pool, run_method, train_rows
+from prefix_rft.recipes.toy import BASE, METHODS, question_pool, recorded_sft_steps, run_method, train_rows
 from prefix_rft.recipes.toy_methods import fixed_sft_steps, stages_of, uses_demos
 from prefix_rft.setup_errors import reports_setup_errors, setup_stage
 
@@ -166,7 +166,7 @@ def inputs(method: str, settings: RunSettings, demo_lengths: list[int], rl_demo_
 def sft_steps_run(method: str, result: dict[str, Any]) -> int:
     """SFT steps a finished run took: a fixed-length SFT stage's (all of `sft`'s, half of `sft_rft`'s), else the
     recorded split of an early-stopped one (`sft_best_rft`)."""
-    return fixed_sft_steps(method, result["settings"]["steps"]) or result.get("sft_selection", {}).get("sft_steps", 0)
+    return fixed_sft_steps(method, result["settings"]["steps"]) or recorded_sft_steps(result)
 
 
 def demo_lengths(method: str, settings: RunSettings, seed: int, base_path: str) -> list[int]:

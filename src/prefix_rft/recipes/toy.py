@@ -202,10 +202,18 @@ def train_sft(model, tokenizer, settings, seed, output_dir, points, steps, callb
 def best_weights(tokenizer, settings: RunSettings, seed: int) -> EarlyStopping:
     """`select_best`'s selector: an `EarlyStopping` that never stops, scoring avg@1 on `validation_rows` (the
     questions `sft_best_rft` stops on, the same for every method) every `curve_every` steps of each stage."""
+    return validation_stopper(tokenizer, settings, seed, settings.curve_every, sys.maxsize)
+
+
+def validation_stopper(tokenizer, settings: RunSettings, seed: int, every: int, patience: int) -> EarlyStopping:
+    """An `EarlyStopping` on avg@1 over `validation_rows`, scored every `every` steps."""
     rows = validation_rows(settings, seed)
-    return EarlyStopping(
-        lambda m: toy_scoring.validation_accuracy(m, tokenizer, rows, seed), settings.curve_every, patience=sys.maxsize
-    )
+    return EarlyStopping(lambda m: toy_scoring.validation_accuracy(m, tokenizer, rows, seed), every, patience)
+
+
+def recorded_sft_steps(result: dict[str, Any]) -> int:
+    """The SFT steps an early-stopped SFT stage took in a finished run (its `sft_selection`), else 0."""
+    return result.get("sft_selection", {}).get("sft_steps", 0)
 
 
 def train_sft_to_best(model, tokenizer, settings: RunSettings, seed: int, output_dir: Path, points, callbacks=()):
@@ -214,12 +222,7 @@ def train_sft_to_best(model, tokenizer, settings: RunSettings, seed: int, output
 
     The schedule is `sft`'s over the whole budget, so up to its stop this is the `sft` run itself.
     """
-    rows = validation_rows(settings, seed)
-    stopper = EarlyStopping(
-        lambda m: toy_scoring.validation_accuracy(m, tokenizer, rows, seed),
-        settings.sft_eval_every,
-        settings.sft_patience,
-    )
+    stopper = validation_stopper(tokenizer, settings, seed, settings.sft_eval_every, settings.sft_patience)
     trainer = train_sft(
         model, tokenizer, settings, seed, output_dir, points, settings.steps, callbacks=(stopper, *callbacks)
     )
@@ -340,6 +343,6 @@ def run_method(
         "curve": points,
         "final": final,
         "log_history": run.history,
-        "config": stage_configs(method, settings, seed, extra.get("sft_selection", {}).get("sft_steps", 0)),
+        "config": stage_configs(method, settings, seed, recorded_sft_steps(extra)),
         **extra,
     }

@@ -3,12 +3,10 @@ the accuracy curve measured while it trains, and the cheap validation accuracy e
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from transformers import TrainerCallback
 
 from prefix_rft.eval.harness import EvalResult, evaluate
+from prefix_rft.recipes.early_stopping import evaluating
 from prefix_rft.recipes.settings import RunSettings
 from prefix_rft.recipes.toy_task import completion_budget, eval_rows, validation_rows
 from prefix_rft.tasks import is_correct
@@ -74,17 +72,6 @@ def accuracy_callback(tokenizer, settings: RunSettings, seed: int, points: list[
                 measure_point(model, tokenizer, settings, seed, points, step)
 
     return AccuracyCurve()
-
-
-@contextmanager
-def evaluating(model) -> Iterator[None]:
-    """`model` in eval mode inside the block, then back in the mode it was in (evaluations run mid-training)."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def measure_point(model, tokenizer, settings: RunSettings, seed: int, points: list[dict], step: int) -> None:
