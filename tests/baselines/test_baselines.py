@@ -135,3 +135,23 @@ def test_relift_state_round_trips_and_a_checkpoint_without_it_warns(tmp_path, mo
         trainer._load_rng_state(str(empty))
     assert f"{empty} has no ReLIFT buffer ({empty}/0_" in caplog.text and "it starts empty" in caplog.text
     assert trainer.relift_buffer == [{"key": "q1"}]  # left as it was
+
+
+@pytest.mark.parametrize("config_class", [LuffyConfig, RLWithSFTConfig])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"prefix_ratio_schedule": "constant"}, "prefix_ratio_schedule='constant' is not used by "),
+        ({"prefix_min_len": 3}, "prefix_min_len=3 is not used by "),
+        ({"prefix_placement": "prompt"}, "prefix_placement='prompt' is not used by "),
+    ],
+)
+def test_whole_demo_methods_refuse_prefix_options(tmp_path, config_class, overrides, message):
+    with pytest.raises(ValueError, match=message + config_class.__name__ + ": its demo slot holds the whole"):
+        config_class(**base_kwargs(tmp_path, **overrides))
+
+
+@pytest.mark.parametrize("config_class", [LuffyConfig, RLWithSFTConfig])
+def test_whole_demo_methods_keep_entropy_selection_among_demo_tokens(tmp_path, config_class):
+    args = config_class(**base_kwargs(tmp_path, prefix_entropy_selection="top", prefix_entropy_keep_fraction=0.5))
+    assert (args.prefix_entropy_selection, args.prefix_entropy_keep_fraction) == ("top", 0.5)

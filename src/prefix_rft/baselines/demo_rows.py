@@ -1,8 +1,9 @@
 """What the whole-demonstration methods share: the G-th slot of a group holds the full demo (+ EOS) as its completion.
 
-RL with SFT loss, LUFFY, CHORD and HPT train that slot as an off-policy member (LUFFY) or with an SFT loss on it
+RL with SFT loss, LUFFY, CHORD, HPT and SRFT train that slot as an off-policy member (LUFFY) or with an SFT loss on it
 (the others); no prefix is drawn, so the prefix-ratio schedule, its per-question variants and prefix entropy
-selection have no meaning there and are refused by name (`refuse_prefix_options`).
+selection have no meaning there and are refused by name (`refuse_prefix_options`; LUFFY and RL with SFT loss keep
+prefix entropy selection, which picks among the whole demo's tokens).
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ PREFIX_OPTIONS = (
 )
 
 
-def refuse_prefix_options(config: PrefixRFTConfig) -> None:
-    """Refuse every drawn-prefix option set away from its default: the method's demo slot is the whole demo."""
+def refuse_prefix_options(config: PrefixRFTConfig, allowed: tuple[str, ...] = ()) -> None:
+    """Refuse every drawn-prefix option but `allowed` set away from its default: the method's demo slot is the whole
+    demo."""
     reason = "its demo slot holds the whole demonstration, so no prefix is drawn"
-    refuse_unused(config, dict.fromkeys(PREFIX_OPTIONS, reason))
+    refuse_unused(config, dict.fromkeys((o for o in PREFIX_OPTIONS if o not in allowed), reason))
 
 
 class FullDemoRows:

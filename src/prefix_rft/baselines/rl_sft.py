@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from prefix_rft.baselines.demo_rows import FullDemoRows
+from prefix_rft.baselines.demo_rows import FullDemoRows, refuse_prefix_options
 from prefix_rft.core import aggregate_dr_grpo, demo_nll
 from prefix_rft.core.entropy import SelectionMode
 from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
@@ -27,6 +27,7 @@ class RLWithSFTConfig(PrefixRFTConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         refuse_unused(self, {"loss_type": "the RL part is summed over a constant (Dr. GRPO), the NLL token-averaged"})
+        refuse_prefix_options(self, allowed=("prefix_entropy_keep_fraction",))
 
 
 class RLWithSFTTrainer(FullDemoRows, PrefixRFTTrainer):
