@@ -100,17 +100,14 @@ class ReliftTrainer(PrefixRFTTrainer):
         self._metrics["train"]["relift/buffer_size"].append(float(len(self.relift_buffer)))
 
     def maybe_sft_step(self) -> None:
-        if not self._sft_step_due():
-            return
+        """One SFT step once the buffer holds a batch (the buffer is the same on every rank, so all ranks agree)."""
         batch = take_sft_batch(self.relift_buffer, self.args.relift_sft_batch)
+        if batch is None:
+            return
         loss = self._sft_step(batch)
         self.sft_steps += 1
         self._metrics["train"]["relift/sft_loss"].append(loss)
         self._metrics["train"]["relift/sft_steps"].append(float(self.sft_steps))
-
-    def _sft_step_due(self) -> bool:
-        """Whether the buffer holds a batch; the buffer is the same on every rank, so all ranks agree."""
-        return len(self.relift_buffer) >= self.args.relift_sft_batch
 
     def _sft_step(self, batch: list[dict]) -> float:
         """One step of the SFT optimizer on the token mean over `batch` (the same on every rank); returns that mean.
