@@ -174,8 +174,7 @@ class ReliftTrainer(PrefixRFTTrainer):
     def _sft_nll(self, batch: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed NLL of the demonstrations (+ EOS) after their prompts, and how many tokens it sums over."""
         sequences, masks = [], []
-        for item in batch:
-            prompt_ids = self._encode_prompt(item["prompt"])
+        for prompt_ids, item in zip(self._sft_prompt_ids(batch), batch, strict=True):
             demo_ids = self._demo_ids(item["demo"]) + [self._tokenizer.eos_token_id]
             sequences.append(prompt_ids + demo_ids)
             masks.append([0] * len(prompt_ids) + [1] * len(demo_ids))
@@ -189,14 +188,13 @@ class ReliftTrainer(PrefixRFTTrainer):
         logps = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
         return -(logps * loss_mask).sum(), loss_mask.sum().float()
 
-    def _encode_prompt(self, prompt) -> list[int]:
-        if isinstance(prompt, list):
-            return list(
-                self.processing_class.apply_chat_template(
-                    prompt, add_generation_prompt=True, tokenize=True, return_dict=True
-                )["input_ids"]
-            )
-        return list(self._tokenizer(prompt)["input_ids"])
+    def _sft_prompt_ids(self, batch: list[dict]) -> list[list[int]]:
+        """The prompts' ids as the RL step generated from them: TRL's `_tokenize_prompts` (its chat template,
+        `chat_template_kwargs`), outside a rollout, so no hint is added (placement.py)."""
+        prompt_ids, images, multimodal_fields = self._tokenize_prompts([item["prompt"] for item in batch])
+        if images is not None or multimodal_fields:
+            raise NotImplementedError("ReliftTrainer's SFT step on prompts with images or multimodal fields")
+        return [list(ids) for ids in prompt_ids]
 
     # The buffer and the SFT optimizer ride along with the RNG state, which every checkpoint writes and reads.
     def _save_rng_state(self, output_dir: str) -> None:

@@ -1,0 +1,32 @@
+"""ReLIFT: the SFT step's prompts as RL rendered them, its failure buffer keyed per question, options it refuses."""
+
+from prefix_rft.baselines import ReliftConfig, ReliftTrainer
+from prefix_rft.tasks.tokenizer import CHAT_TEMPLATE, build_tokenizer
+from tests.helpers import baseline_trainer
+
+# The task template, except that the generation prompt ends in `N` when `enable_thinking` is passed as False.
+THINKING_TEMPLATE = CHAT_TEMPLATE.replace(
+    "{%- if add_generation_prompt %}{{- '<assistant>' }}{%- endif %}",
+    "{%- if add_generation_prompt %}{{- '<assistant>' }}"
+    "{%- if enable_thinking is defined and not enable_thinking %}{{- 'N' }}{%- endif %}{%- endif %}",
+)
+
+
+def test_sft_step_renders_prompts_with_the_chat_template_kwargs(tmp_path, model):
+    tokenizer = build_tokenizer()  # not the session fixture: its template is changed here
+    tokenizer.chat_template = THINKING_TEMPLATE
+    trainer = baseline_trainer(
+        ReliftTrainer, ReliftConfig, tmp_path, model, tokenizer, [0.0], chat_template_kwargs={"enable_thinking": False}
+    )
+    seen = []  # the input ids of every forward
+
+    def record(module, args, kwargs):
+        seen.append(kwargs["input_ids"].tolist())
+
+    model.register_forward_pre_hook(record, with_kwargs=True)
+    _, tokens = trainer._sft_nll([{"prompt": [{"role": "user", "content": "2+2="}], "demo": "4"}])
+    # <bos><user>2+2=<eos> then the generation prompt as TRL renders it with enable_thinking=False: <assistant>N;
+    # then the demo and its EOS, the 2 tokens trained
+    expected = ["<bos>", "<user>", "2", "+", "2", "=", "<eos>", "<assistant>", "N", "4", "<eos>"]
+    assert seen == [[tokenizer.convert_tokens_to_ids(expected)]]
+    assert tokens.item() == 2
