@@ -1,6 +1,7 @@
 """ReLIFT (Ma et al. 2025, arXiv 2506.07527; docs/results.md): RL steps, interleaved with SFT on the hardest questions.
 
-After every RL step, each question whose G rollouts all failed joins a buffer (once). When the buffer holds
+After every RL step, each question whose G rollouts all failed joins a buffer (once; a question is its `id` column,
+else its prompt, as for the per-question state: `trl.questions.question_key`). When the buffer holds
 `relift_sft_batch` questions, the oldest that many are taken and one SFT step is run on their demonstrations (NLL,
 token mean over the batch) with a separate AdamW optimizer; the rest stays for later. The buffer is filled from every
 rank's groups in rank order, so all ranks hold the same buffer and trigger, batch and train as one process with the
@@ -11,7 +12,6 @@ The buffer and that optimizer are saved in checkpoints, so a resumed run continu
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +22,7 @@ from transformers import TrainerCallback
 
 from prefix_rft.data import row_demos
 from prefix_rft.trl.config import PrefixRFTConfig
+from prefix_rft.trl.questions import question_key
 from prefix_rft.trl.rollouts import Rollout
 from prefix_rft.trl.run_dir import load_rank_state, save_rank_state
 from prefix_rft.trl.trainer import PrefixRFTTrainer
@@ -95,7 +96,7 @@ class ReliftTrainer(PrefixRFTTrainer):
             example = inputs[g * group_size]
             demos = row_demos(example)
             if demos:
-                items.append({"key": json.dumps(example["prompt"]), "prompt": example["prompt"], "demo": demos[0]})
+                items.append({"key": question_key(example), "prompt": example["prompt"], "demo": demos[0]})
         add_to_buffer(self.relift_buffer, gather_object(items))
         self._metrics["train"]["relift/buffer_size"].append(float(len(self.relift_buffer)))
 
