@@ -1,11 +1,14 @@
 """ReLIFT: the SFT step's prompts as RL rendered them, its failure buffer keyed per question, options it refuses."""
 
+import re
+
+import pytest
 import torch
 
 from prefix_rft.baselines import ReliftConfig, ReliftTrainer
 from prefix_rft.tasks.tokenizer import CHAT_TEMPLATE, build_tokenizer
 from prefix_rft.trl.rollouts import Rollout, RowPlan
-from tests.helpers import baseline_trainer
+from tests.helpers import base_kwargs, baseline_trainer
 
 # The task template, except that the generation prompt ends in `N` when `enable_thinking` is passed as False.
 THINKING_TEMPLATE = CHAT_TEMPLATE.replace(
@@ -52,3 +55,21 @@ def test_two_questions_with_equal_prompts_both_enter_the_buffer(tmp_path, model,
     trainer._after_rollout(*failed_batch([("1+1=", "a"), ("1+1=", "b")], ["1+1 is 2", "one and one: 2"]))
     trainer._after_rollout(*failed_batch([("1+1=", "a"), ("2+2=", None)], ["1+1 is 2", "2+2 is 4"]))
     assert [item["demo"] for item in trainer.relift_buffer] == ["1+1 is 2", "one and one: 2", "2+2 is 4"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("num_hybrid", 1),
+        ("prefix_ratio_decay_steps", 5),
+        ("prefix_placement", "prompt"),
+        ("prefix_success_target", 0.5),
+        ("prefix_entropy_keep_fraction", 0.5),
+        ("prefix_advantage", "paper"),
+        ("prefix_seed", 3),
+    ],
+)
+def test_relift_refuses_options_of_hybrid_rows_by_name(tmp_path, name, value):
+    message = f"{name}={value!r} is not used by ReliftConfig: ReLIFT's RL rollouts are all on-policy"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ReliftConfig(**base_kwargs(tmp_path, **{name: value}))

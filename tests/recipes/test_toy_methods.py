@@ -46,11 +46,13 @@ def test_a_fixed_sft_stage_takes_the_whole_budget_alone_and_half_before_rl():
 
 
 def test_whole_demo_methods_draw_no_prefix_and_get_no_prefix_schedule():
-    # the whole demo fills the hybrid slot of RL with SFT loss, LUFFY, CHORD, HPT, SRFT and TRAPO (FullDemoRows)
+    # the whole demo fills the hybrid slot of RL with SFT loss, LUFFY, CHORD, HPT, SRFT and TRAPO (FullDemoRows);
+    # ReLIFT has no hybrid slot
     assert sorted(m for m in RL_METHODS if not method_spec(m).draws_prefix) == [
         "chord",
         "hpt",
         "luffy",
+        "relift",
         "rl_sft",
         "srft",
         "trapo",

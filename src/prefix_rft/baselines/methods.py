@@ -100,8 +100,9 @@ class Method(NamedTuple):
     @property
     def draws_prefix(self) -> bool:
         """Its RL stage draws a demo prefix for its hybrid slots, so the prefix-ratio schedule acts on it; a
-        whole-demo slot (`FullDemoRows`) draws none and refuses the schedule's options."""
-        return self.trainer is not None and not issubclass(self.trainer, FullDemoRows)
+        whole-demo slot (`FullDemoRows`) draws none, and ReLIFT has no hybrid slot: both refuse the schedule's
+        options."""
+        return self.trainer is not None and not issubclass(self.trainer, (FullDemoRows, ReliftTrainer))
 
 
 def _preset(**settings: Any) -> Method:
