@@ -13,12 +13,19 @@ import sys
 
 import torch
 import torch.distributed as dist
-from collective_worker import DEMOS, LAYOUTS, reward  # torchrun runs this file as a script, beside that one
+from collective_worker import (  # torchrun runs this file as a script, beside that one
+    DEMOS,
+    LAYOUTS,
+    TRAPO_LAYOUTS,
+    no_reward,
+    reward,
+)
 from datasets import Dataset
 from transformers import TrainerCallback
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from prefix_rft import PrefixRFTConfig, PrefixRFTTrainer
+from prefix_rft.baselines import TrapoConfig, TrapoTrainer
 from prefix_rft.baselines.relift import ReliftConfig, ReliftTrainer
 from prefix_rft.tasks.model import build_model
 from prefix_rft.tasks.tokenizer import build_tokenizer
@@ -41,9 +48,9 @@ def deepspeed_config(engine: str, bf16: bool = False) -> dict | None:
     }
 
 
-def dataset() -> Dataset:
+def dataset(demos: list[str] = DEMOS) -> Dataset:
     return Dataset.from_list(
-        [{"prompt": [{"role": "user", "content": d[:5]}], "demos": [d], "answer": d[-2:]} for d in DEMOS]
+        [{"prompt": [{"role": "user", "content": d[:5]}], "demos": [d], "answer": d[-2:]} for d in demos]
     )
 
 
@@ -85,6 +92,7 @@ def train(
     bf16=False,
     peft_config=None,
     resume=None,
+    demos=DEMOS,
     **settings,
 ) -> dict:
     torch.manual_seed(0)
@@ -99,7 +107,7 @@ def train(
         model=model,
         reward_funcs=[rewards],
         args=args,
-        train_dataset=dataset(),
+        train_dataset=dataset(demos),
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=[weights],
@@ -112,6 +120,10 @@ def train(
         "steps": trainer.state.global_step,
         "losses": [h["loss"] for h in history if "loss" in h],
         "hybrid_rows": [h["prefix/hybrid_rows"] for h in history if "prefix/hybrid_rows" in h],
+        "guided_rows": {  # TRAPO: rows guided at each level, per optimizer step
+            level: [h[f"trapo/guided_rows_{level}"] for h in history if f"trapo/guided_rows_{level}" in h]
+            for level in ("partial25", "partial50", "full")
+        },
         "skipped": trainer._guard.skipped,
         "sft_steps": getattr(trainer, "sft_steps", None),
         "initial": initial,
@@ -123,8 +135,38 @@ def train(
 
 
 def scenario_layouts(out_dir, engine, tokenizer) -> dict:
-    """The layouts of test_collective_generate.py (rank 0 without hybrids, groups spanning ranks, ...)."""
-    return {name: train(name, out_dir, engine, tokenizer, **settings) for name, settings in LAYOUTS.items()}
+    """The Prefix-RFT layouts of test_collective_generate.py (rank 0 without hybrids, groups spanning ranks, ...);
+    its TRAPO layouts need TRAPO's trainer and reward: `scenario_trapo`."""
+    return {
+        name: train(name, out_dir, engine, tokenizer, **settings)
+        for name, settings in LAYOUTS.items()
+        if name not in TRAPO_LAYOUTS
+    }
+
+
+def trapo(name: str, out_dir: str, engine: str, tokenizer, **settings) -> dict:
+    """TRAPO with every reward 0, so every advantage is 0 and the trust-region SFT of guided prefixes trains."""
+    return train(
+        name,
+        out_dir,
+        engine,
+        tokenizer,
+        trainer_class=TrapoTrainer,
+        config_class=TrapoConfig,
+        rewards=no_reward,
+        **settings,
+    )
+
+
+def scenario_trapo(out_dir, engine, tokenizer) -> dict:
+    """The TRAPO layouts of test_collective_generate.py (in-step escalation, micro-groups split between ranks)."""
+    return {name: trapo(name, out_dir, engine, tokenizer, **LAYOUTS[name]) for name in sorted(TRAPO_LAYOUTS)}
+
+
+def scenario_trapo_previous_visit(out_dir, engine, tokenizer) -> dict:
+    """previous_visit on a one-question dataset: step 1 is its first visit (unguided), step 2 its second."""
+    settings = dict(LAYOUTS["trapo_in_step"], trapo_escalation="previous_visit")
+    return trapo("trapo_previous_visit", out_dir, engine, tokenizer, demos=DEMOS[:1], **settings)
 
 
 def scenario_guard(out_dir, engine, tokenizer) -> dict:
@@ -238,6 +280,8 @@ SCENARIOS = {
     "relift": scenario_relift,
     "guard_verdict": scenario_guard_verdict,
     "relift_uneven": scenario_relift_uneven,
+    "trapo": scenario_trapo,
+    "trapo_previous_visit": scenario_trapo_previous_visit,
 }
 
 

@@ -1,9 +1,9 @@
 """Real DeepSpeed ZeRO-2/3 on 2 CPU processes (DS_ACCELERATOR=cpu, gloo), against DDP and one process.
 
 Each engine is launched once (deepspeed_worker.py runs several scenarios per launch) and the tests compare the records:
-the layouts of test_collective_generate.py, the non-finite step guard, ReLIFT's SFT step, save and resume under
-ZeRO-3, LoRA and bf16. Expected values come from the scenario: step counts, hybrid rows per step (worked out in
-test_collective_generate.py), weights before and after a skipped step.
+the layouts of test_collective_generate.py, TRAPO's escalation, the non-finite step guard, ReLIFT's SFT step, save and
+resume under ZeRO-3, LoRA and bf16. Expected values come from the scenario: step counts, hybrid rows per step (worked
+out in test_collective_generate.py), TRAPO's guided rows per level, weights before and after a skipped step.
 """
 
 import importlib.util
@@ -30,10 +30,16 @@ LAYOUT_HYBRID_ROWS = {  # hybrid rows logged per optimizer step (test_collective
     "steps_per_generation_2": [1.0],
     "accumulation_2_step_scope": [1.0, 1.0],
 }
+# TRAPO, one group of 8 per step, rank 0 holding positions 0-3 (micro-group 1) and rank 1 positions 4-7, every reward
+# 0. in_step: 0 of positions 0-3 solved (< 2) -> positions 4-5 get 25% of the demo; 0 of 0-5 (< 4) -> position 6 gets
+# 50%; 0 of 0-6 (< 7) -> position 7 the whole demo: 2, 1, 1 rows in each step. previous_visit on one question: step 1
+# is its first visit (unguided), whose 8 unsolved rows set the levels 25%, 50%, full for step 2.
+TRAPO_GUIDED_ROWS = {"partial25": [2.0, 2.0], "partial50": [1.0, 1.0], "full": [1.0, 1.0]}
+TRAPO_PREVIOUS_VISIT_GUIDED_ROWS = {"partial25": [0.0, 2.0], "partial50": [0.0, 1.0], "full": [0.0, 1.0]}
 LAUNCHES = {  # engine -> scenarios run in its launch
-    "ddp": ["layouts", "guard", "relift", "guard_verdict", "relift_uneven"],
-    "zero2": ["layouts", "guard", "relift", "lora", "bf16"],
-    "zero3": ["layouts", "guard", "resume", "lora", "bf16", "relift"],
+    "ddp": ["layouts", "guard", "relift", "guard_verdict", "relift_uneven", "trapo"],
+    "zero2": ["layouts", "guard", "relift", "lora", "bf16", "trapo"],
+    "zero3": ["layouts", "guard", "resume", "lora", "bf16", "relift", "trapo", "trapo_previous_visit"],
 }
 
 
@@ -90,9 +96,34 @@ def test_layouts_finish_on_both_ranks_and_match_ddp(runs, engine, layout):
     assert [r["steps"] for r in ranks] == [2, 2]
     assert_ranks_equal(ranks)
     assert ranks[0]["hybrid_rows"] == LAYOUT_HYBRID_ROWS[layout]
-    ddp = run_of(runs, "ddp", "layouts", layout)[0]
-    assert ranks[0]["losses"] == pytest.approx(ddp["losses"], rel=1e-6)
-    assert np.abs(np.array(ranks[0]["final"]) - np.array(ddp["final"])).max() < WEIGHT_TOLERANCE
+    assert_matches_ddp(ranks[0], run_of(runs, "ddp", "layouts", layout)[0])
+
+
+def assert_matches_ddp(record: dict, ddp: dict) -> None:
+    """Losses as DDP's, final weights within WEIGHT_TOLERANCE of DDP's, and moved well beyond it."""
+    assert record["losses"] == pytest.approx(ddp["losses"], rel=1e-6)
+    assert np.abs(np.array(record["final"]) - np.array(ddp["final"])).max() < WEIGHT_TOLERANCE
+    assert np.abs(np.array(record["final"]) - np.array(record["initial"])).max() > 10 * WEIGHT_TOLERANCE
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine, kind", [("ddp", "MULTI_CPU"), ("zero2", "DEEPSPEED"), ("zero3", "DEEPSPEED")])
+def test_trapo_in_step_escalates_a_group_split_between_ranks_and_matches_ddp(runs, engine, kind):
+    ranks = run_of(runs, engine, "trapo", "trapo_in_step")
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert [r["distributed_type"] for r in ranks] == [f"DistributedType.{kind}"] * 2
+    assert [r["steps"] for r in ranks] == [2, 2]
+    assert_ranks_equal(ranks)
+    assert [r["guided_rows"] for r in ranks] == [TRAPO_GUIDED_ROWS] * 2
+    assert_matches_ddp(ranks[0], run_of(runs, "ddp", "trapo", "trapo_in_step")[0])
+
+
+@pytest.mark.slow
+def test_trapo_previous_visit_under_zero3_guides_the_second_visit_alike_on_both_ranks(runs):
+    ranks = run_of(runs, "zero3", "trapo_previous_visit")
+    assert [r["steps"] for r in ranks] == [2, 2]
+    assert_ranks_equal(ranks)
+    assert [r["guided_rows"] for r in ranks] == [TRAPO_PREVIOUS_VISIT_GUIDED_ROWS] * 2
     assert np.abs(np.array(ranks[0]["final"]) - np.array(ranks[0]["initial"])).max() > 10 * WEIGHT_TOLERANCE
 
 

@@ -54,6 +54,38 @@ def test_a_finite_step_resets_the_count():
     assert (guard.skipped, guard.consecutive) == (2, 1)
 
 
+HOST_READS = ("__bool__", "__float__", "__int__", "item", "tolist")  # each copies a device value to the host
+
+
+def count_host_reads(monkeypatch) -> list[str]:
+    """Record every Python-side read of a tensor's value to the host (on a GPU, each one waits for the device)."""
+    reads: list[str] = []
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return reads
+
+
+@pytest.mark.parametrize("bad_layer", [None, 0, 9])
+def test_the_check_reads_one_value_per_step_whatever_the_parameter_count(monkeypatch, bad_layer):
+    # 10 linear layers: 20 gradients; one verdict read, whether all are finite or the first or last holds a NaN
+    model = torch.nn.Sequential(*(torch.nn.Linear(2, 2) for _ in range(10)))
+    for i, layer in enumerate(model):
+        for p in layer.parameters():
+            p.grad = torch.full_like(p, float("nan") if i == bad_layer else 0.5)
+    guard = NonFiniteStepGuard(max_consecutive=2)
+    reads = count_host_reads(monkeypatch)
+    call(guard, model)
+    monkeypatch.undo()
+    assert reads == ["__bool__"]
+    assert guard.skipped == (0 if bad_layer is None else 1)
+
+
 def test_deepspeed_optimizer_without_an_overflow_check_is_refused():
     # ZeRO stage 0 in fp32 hands the steps to the plain torch optimizer, which would apply a NaN step
     with pytest.raises(ValueError, match=r"AdamW \(ZeRO stage 0 in fp32\) would apply a NaN step: use ZeRO stage 1"):

@@ -40,7 +40,7 @@ class NonFiniteStepGuard(TrainerCallback):
         if engine is not None:
             finite = engine.was_step_applied()
         else:
-            finite = self._finite_on_every_rank(gradients_finite(model))
+            finite = self._finite_on_every_rank(gradients_finite(model))  # the step's one device->host sync
             if not finite:
                 for p in model.parameters():
                     p.grad = None  # AdamW skips parameters without a gradient: the weights stay as they were
@@ -77,24 +77,34 @@ class NonFiniteStepGuard(TrainerCallback):
             if getattr(optimizer, "scaler", None) is None:
                 optimizer._is_overflow = skipped
 
-    def _finite_on_every_rank(self, finite: bool) -> bool:
-        """False on every rank when any rank saw a non-finite gradient (FSDP ranks check different shards)."""
+    def _finite_on_every_rank(self, finite: torch.Tensor) -> bool:
+        """False on every rank when any rank saw a non-finite gradient (FSDP ranks check different shards).
+
+        `finite` is a () bool tensor (`gradients_finite`); reading the verdict is the one device->host sync.
+        """
         if self.accelerator is None or self.accelerator.num_processes == 1:
-            return finite
-        flag = torch.tensor([0.0 if finite else 1.0], device=self.accelerator.device)
+            return bool(finite)
+        flag = (~finite).float().reshape(1).to(self.accelerator.device)
         return float(self.accelerator.reduce(flag, "max")) == 0.0
 
 
-def gradients_finite(model: torch.nn.Module) -> bool:
-    """Whether every local gradient (a rank's shard under FSDP) is finite."""
+def gradients_finite(model: torch.nn.Module) -> torch.Tensor:
+    """() bool tensor: whether every local gradient (a rank's shard under FSDP) is finite.
+
+    The per-parameter flags stay on the device and are combined there, so the caller reads one value (one sync per
+    step instead of one per parameter).
+    """
+    flags = []
     for p in model.parameters():
         grad = p.grad
         if grad is None:
             continue
         grad = grad.to_local() if hasattr(grad, "to_local") else grad  # an FSDP2 DTensor: check this rank's shard
-        if not bool(torch.isfinite(grad).all()):
-            return False
-    return True
+        flags.append(torch.isfinite(grad).all())
+    if not flags:
+        return torch.tensor(True)
+    device = flags[0].device  # a model spread over devices (device_map) gathers its flags on the first one
+    return torch.stack([flag.to(device) for flag in flags]).all()
 
 
 def require_overflow_check(optimizer) -> None:
