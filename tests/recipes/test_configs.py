@@ -7,9 +7,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from prefix_rft.baselines.methods import METHODS
 from prefix_rft.recipes.train import TRACKER_INSTALL, main, parse_args
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+SFT_SMOKE = Path(__file__).parents[2] / "configs" / "smoke_cpu_sft.yaml"
+RL_RECIPES = [p for p in CONFIGS if p != SFT_SMOKE]
 
 
 def parse(path: Path):
@@ -29,7 +32,7 @@ def every_tracker_installed(monkeypatch):
     )
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", RL_RECIPES, ids=lambda p: p.name)
 def test_recipe_parses(path, every_tracker_installed):
     script, config, model, mixture = parse(path)
     assert config.num_generations == 8 and config.num_hybrid == 1
@@ -82,6 +85,20 @@ def test_smoke_recipe_learns_something(tmp_path):
     logged = [h for h in trainer.state.log_history if "reward" in h]
     assert len(logged) == 2 and max(h["reward"] for h in logged) > 0 and max(h["grad_norm"] for h in logged) > 0
     assert any(not p.equal(b) for p, b in zip(trainer.model.parameters(), before))
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_takes_its_shipped_smoke_recipe(method):
+    # docs/methods.md: `prefix-rft train --config configs/smoke_cpu.yaml --method NAME`; sft has a recipe of its own
+    recipe = SFT_SMOKE if method == "sft" else next(p for p in CONFIGS if p.name == "smoke_cpu.yaml")
+    script, config, _, _ = parse_args(["--config", str(recipe), "--method", method])
+    assert script.method == method and type(config) is METHODS[method].config
+    assert config.max_steps == 5
+
+
+def test_the_sft_smoke_recipe_chooses_sft():
+    script, config, model, _ = parse_args(["--config", str(SFT_SMOKE)])
+    assert (script.method, script.dataset_name, model.model_name_or_path) == ("sft", "embedded", "embedded-base")
 
 
 def test_embedded_random_draws_its_weights_from_the_seed():

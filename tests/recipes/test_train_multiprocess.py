@@ -65,12 +65,7 @@ def test_two_process_smoke_run_exits_cleanly_and_saves_the_model_once(tmp_path, 
 @pytest.mark.parametrize(
     ("method", "state_file", "extra"),
     [
-        # the smoke recipe's hybrid settings back to their defaults: ReLIFT refuses them
-        (
-            "relift",
-            "relift_buffer.json",
-            ["--relift_sft_batch", "1", "--num_hybrid", "0", "--prefix_ratio_decay_steps", "500"],
-        ),
+        ("relift", "relift_buffer.json", ["--relift_sft_batch", "1"]),
         ("prefix_rft_adaptive", "prefix_questions.json", []),
     ],
 )
