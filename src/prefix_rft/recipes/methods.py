@@ -34,10 +34,9 @@ from prefix_rft.recipes.train_setup import (
     load_datasets,
     load_model,
     model_init_kwargs,
-    resolve_resume,
 )
 from prefix_rft.setup_errors import setup_stage
-from prefix_rft.trl.run_dir import checkpoints_in, prepare_output_dir
+from prefix_rft.trl.run_dir import prepare_output_dir, resolve_resume
 
 logger = logging.getLogger(__name__)
 SFT_DIR = "sft"
@@ -93,18 +92,8 @@ def sft_config(config, output_dir: Path, resume, staged: bool, checkpoints: bool
         )
     if not checkpoints:
         kwargs["save_strategy"] = "no"
-    kwargs["resume_from_checkpoint"] = resume_in(output_dir, resume)
+    kwargs["resume_from_checkpoint"] = resolve_resume(resume, str(output_dir), fresh_if_none=True)
     return SFTConfig(**kwargs)
-
-
-def resume_in(output_dir: Path, resume) -> str | None:
-    """The checkpoint a stage in `output_dir` resumes from: `resume_from_checkpoint: true` takes its newest complete
-    one, or none when the stage has not checkpointed yet; a path is used as given."""
-    if resume in (None, False) or str(resume).lower() == "false":
-        return None
-    if str(resume).lower() == "true" and not checkpoints_in(str(output_dir)):
-        return None
-    return resolve_resume(resume, str(output_dir))
 
 
 def sft_stage(args: TrainArguments, datasets, output_dir: Path, resume, staged: bool, held_out: Sequence[dict] = ()):
@@ -214,7 +203,7 @@ def rl_stage(args: TrainArguments, model_path: str, train_dataset, eval_dataset,
     config = args.config
     with setup_stage():  # e.g. demos longer than the completion budget, refused by the trainer
         config.model_init_kwargs = model_init_kwargs(args.model, config)
-        config.resume_from_checkpoint = resume_in(Path(config.output_dir), resume)
+        config.resume_from_checkpoint = resolve_resume(resume, config.output_dir, fresh_if_none=True)
         trainer = build_rl_trainer(args, model_path, None, train_dataset, eval_dataset)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)

@@ -21,7 +21,13 @@ import yaml
 from prefix_rft.data.annotations import is_instance, runtime_types, type_names
 from prefix_rft.data.loading import check_local_source, looks_local
 from prefix_rft.setup_errors import SetupError, blame, check_output_dir
-from prefix_rft.trl.run_dir import STATE_FILE, checkpoints_in, is_complete_checkpoint, refuse_other_run
+from prefix_rft.trl.run_dir import (
+    STATE_FILE,
+    checkpoints_in,
+    is_complete_checkpoint,
+    refuse_other_run,
+    resume_request,
+)
 
 # Options whose value is a mapping, given inline as JSON (transformers' `_VALID_DICT_FIELDS` of the config); those
 # of PATH_OR_JSON may name a JSON file instead.
@@ -254,8 +260,8 @@ def check_hub_model(name: str, revision: str | None = None, trust_remote_code: b
 
 def check_resume(checkpoint: str | None, output_dir: str) -> None:
     """A checkpoint to resume from is a complete checkpoint folder (one holding its trainer_state.json)."""
-    if checkpoint is None or str(checkpoint).lower() in ("true", "false"):
-        return  # a method with stages resolves true per stage (recipes/methods.py)
+    if not isinstance(resume_request(checkpoint), str):
+        return  # unset, false, or true, which `resolve_resume` resolves (per stage for a method with an SFT stage)
     where = f"--resume_from_checkpoint {checkpoint}"
     found = checkpoints_in(output_dir)
     listing = f"output_dir {output_dir} holds {', '.join(found)}" if found else f"output_dir {output_dir} holds none"

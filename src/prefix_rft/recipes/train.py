@@ -25,9 +25,9 @@ from prefix_rft.recipes.train_setup import (
     load_model,
     model_init_kwargs,
     parse_args,
-    resolve_resume,
 )
 from prefix_rft.setup_errors import reports_setup_errors, setup_stage
+from prefix_rft.trl.run_dir import resolve_resume
 
 __all__ = [
     "EMBEDDED",

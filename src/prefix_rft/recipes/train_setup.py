@@ -27,7 +27,7 @@ from prefix_rft.recipes.setup_checks import (
     read_yaml,
 )
 from prefix_rft.trl.config import PrefixRFTConfig
-from prefix_rft.trl.run_dir import newest_complete_checkpoint
+from prefix_rft.trl.run_dir import resolve_resume
 from prefix_rft.trl.trainer import PrefixRFTTrainer
 
 EMBEDDED = "embedded"
@@ -136,24 +136,6 @@ def parse_args(argv: list[str] | None = None) -> TrainArguments:
         args.config.resume_from_checkpoint = resolve_resume(args.config.resume_from_checkpoint, args.config.output_dir)
     check_paths(args)  # model, checkpoint, dataset and output folder, before the model loads
     return args
-
-
-def resolve_resume(value: str | bool | None, output_dir: str) -> str | None:
-    """`resume_from_checkpoint` as Trainer.train takes it: 'true' (any case, or YAML's true) is the newest complete
-    checkpoint of `output_dir`, one holding its trainer_state.json; 'false' is None; else a checkpoint path."""
-    if isinstance(value, bool):  # YAML `resume_from_checkpoint: true`; PrefixRFTConfig accepts the bool
-        value = str(value)
-    if value is None or value.lower() == "false":
-        return None
-    if value.lower() != "true":
-        return value
-    newest = newest_complete_checkpoint(output_dir)
-    if newest is None:
-        raise ValueError(
-            f"resume_from_checkpoint={value} resumes the newest checkpoint of output_dir {output_dir!r}, but it holds "
-            "no complete checkpoint-N; start without resume_from_checkpoint or point it at a checkpoint folder"
-        )
-    return newest
 
 
 def check_trackers(report_to: list[str]) -> None:
