@@ -40,7 +40,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 
 def read_yaml(argv: list[str]) -> dict[str, Any]:
     """The mapping of the `--config FILE` YAML of `argv`, or {} without one; read once, by `prefix-rft train`, for
-    the method (recipes/method_choice.py) and `check_command_line`."""
+    the method (recipes/method_choice.py), `check_command_line` and the parser (train_setup.parse_recipe)."""
     if "--config" not in argv:
         return {}
     at = argv.index("--config")
@@ -54,11 +54,17 @@ def check_command_line(parser, argv: list[str], checked_by_config: type, config:
     option holding JSON, as `parser` (a TrlParser) will see them; the fields of `checked_by_config` check their own
     types."""
     if "--config" in argv:
-        at = argv.index("--config")
-        check_keys(f"--config {argv[at + 1]}", config, parser)
-        argv = argv[:at] + argv[at + 2 :]
+        check_keys(f"--config {argv[argv.index('--config') + 1]}", config, parser)
         check_value_types(config, parser, checked_by_config)
-    check_structured_options(parser, argv, config)
+    check_structured_options(parser, options(argv), config)
+
+
+def options(argv: list[str]) -> list[str]:
+    """`argv` without its `--config FILE` (the first, as TrlParser takes it): the options given on the command line."""
+    if "--config" not in argv:
+        return argv
+    at = argv.index("--config")
+    return argv[:at] + argv[at + 2 :]
 
 
 def read_config(path: str) -> dict[str, Any]:
