@@ -57,6 +57,15 @@ def test_local_file_without_answer_is_rejected(tmp_path):
         load_benchmark(f"bad={path}")
 
 
+@pytest.mark.parametrize("source", ["runs/eval/mine", "C:\\bench\\mine"])
+def test_missing_local_path_is_named_without_asking_the_hub(tmp_path, monkeypatch, source):
+    # more '/'s than a hub id `org/name` has, or a backslash: a path (data.looks_local), never looked up on the hub
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError) as error:
+        load_benchmark(f"mine={source}")
+    assert str(error.value) == f"benchmark 'mine': {source}: no such file; give a .jsonl, .json or .parquet file"
+
+
 def test_unknown_name_without_source_is_rejected():
     with pytest.raises(ValueError, match="unknown benchmark"):
         load_benchmark("aime26")

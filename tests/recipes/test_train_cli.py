@@ -1,8 +1,11 @@
 """`prefix-rft train` reports a bad config field or dataset by name, without a traceback, and exits 2."""
 
-import pytest
+import os
 
-from prefix_rft.recipes.train import main
+import pytest
+import yaml
+
+from prefix_rft.recipes.train import main, parse_args
 from tests.helpers import SMALL
 
 
@@ -28,3 +31,16 @@ def test_dataset_limit_zero_says_so(tmp_path, capsys):
     assert capsys.readouterr().err == (
         "prefix-rft train: dataset_limit=0 leaves no rows to train on; give a positive number or leave it unset\n"
     )
+
+
+def test_the_yaml_recipe_is_read_once_and_sets_its_env(tmp_path, monkeypatch):
+    config = tmp_path / "run.yaml"
+    config.write_text(SMALL.format(out=tmp_path / "out") + "max_steps: 3\nenv:\n  PREFIX_RFT_TEST_VAR: 7\n")
+    monkeypatch.setenv("PREFIX_RFT_TEST_VAR", "unset")
+    loads = []
+    load = yaml.safe_load
+    monkeypatch.setattr(yaml, "safe_load", lambda stream: loads.append(stream) or load(stream))
+    args = parse_args(["--config", str(config), "--num_generations", "4"])
+    assert len(loads) == 1  # TRL's parser is handed the mapping, not the file to read again
+    assert (args.config.max_steps, args.config.num_generations, args.model.model_size) == (3, 4, "test")
+    assert os.environ["PREFIX_RFT_TEST_VAR"] == "7"

@@ -5,10 +5,12 @@ import re
 from pathlib import Path
 
 import pytest
+from trl import SFTTrainer
 
 from prefix_rft.baselines import LuffyConfig, LuffyTrainer, ReliftConfig
 from prefix_rft.baselines.methods import METHODS, SFTBestThenRFTConfig, own_options
 from prefix_rft.recipes.train import main, parse_args
+from prefix_rft.setup_errors import DEBUG_ENV
 from tests.helpers import write_yaml
 
 DOCS = Path(__file__).parents[2] / "docs" / "methods.md"
@@ -144,3 +146,32 @@ def test_lora_sft_stage_is_merged_for_the_rft_stage_to_adapt(tmp_path):
     assert (out / "sft" / "model.safetensors").is_file() and not (out / "sft" / "adapter_config.json").exists()
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert Path(adapter["base_model_name_or_path"]) == out / "sft"
+
+
+# A bug while a stage trains (step 1 here) is not bad input: it keeps its traceback instead of being printed as
+# "prefix-rft train: MESSAGE" with exit 2, as the single-stage run already did.
+@pytest.mark.slow
+def test_an_error_while_the_rl_stage_trains_keeps_its_traceback(tmp_path, capsys, monkeypatch, user_module):
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    tiny = {"model_name_or_path": "embedded-random", "model_size": "test", "sft_max_steps": 1}
+    config = recipe(tmp_path, "sft_rft", reward_funcs=["my_module.infinite_reward"], **tiny)
+    with pytest.raises(
+        ValueError, match=r"^reward of row 0 \(of the gathered batch\) is not finite: \{'infinite_reward': inf\}$"
+    ):
+        main(["--config", str(config)])
+    assert "prefix-rft train:" not in capsys.readouterr().err
+    assert (tmp_path / "out" / "sft" / "stage_done.json").is_file()  # stage 1 trained; stage 2 broke at its step
+
+
+@pytest.mark.slow
+def test_an_error_while_the_sft_stage_trains_keeps_its_traceback(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+
+    def broken_loss(*args, **kwargs):
+        raise ValueError("loss: not finite at step 1")
+
+    monkeypatch.setattr(SFTTrainer, "compute_loss", broken_loss)
+    config = recipe(tmp_path, "sft", model_name_or_path="embedded-random", model_size="test")
+    with pytest.raises(ValueError, match="^loss: not finite at step 1$"):
+        main(["--config", str(config)])
+    assert "prefix-rft train:" not in capsys.readouterr().err

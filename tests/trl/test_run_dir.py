@@ -18,6 +18,8 @@ from prefix_rft.trl.run_dir import (
     is_complete_checkpoint,
     newest_complete_checkpoint,
     prepare_output_dir,
+    resolve_resume,
+    resume_request,
 )
 from tests.helpers import make_dataset, train_args
 
@@ -154,3 +156,28 @@ def test_no_complete_checkpoint_is_none(tmp_path):
     checkpoints(tmp_path, cut_off=(3,))
     assert newest_complete_checkpoint(str(tmp_path)) is None
     assert newest_complete_checkpoint(str(tmp_path / "missing")) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "asked"),
+    [
+        (None, None),
+        (False, None),
+        ("FALSE", None),
+        (True, True),
+        ("True", True),
+        ("out/checkpoint-3", "out/checkpoint-3"),
+    ],
+)
+def test_resume_request_reads_yaml_bools_and_any_case(value, asked):
+    assert resume_request(value) == asked
+
+
+def test_a_stage_resumes_afresh_only_from_a_folder_without_checkpoints(tmp_path):
+    # a stage that has not checkpointed yet starts afresh; one whose only checkpoint was cut off is refused
+    assert resolve_resume("true", str(tmp_path), fresh_if_none=True) is None
+    checkpoints(tmp_path, cut_off=(3,))
+    with pytest.raises(ValueError, match="holds no complete checkpoint-N"):
+        resolve_resume("true", str(tmp_path), fresh_if_none=True)
+    checkpoints(tmp_path, complete=(2,))
+    assert resolve_resume(True, str(tmp_path), fresh_if_none=True) == str(tmp_path / "checkpoint-2")

@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from prefix_rft.data.loading import looks_local
 from prefix_rft.setup_errors import blame
 from prefix_rft.verify.extract import gold_text, last_boxed
 
@@ -86,7 +87,7 @@ def load_benchmark(spec: str, limit: int | None = None) -> tuple[str, list[Row]]
             )
         with blame(where, "cannot be read", OSError, ValueError):
             records = read_records(Path(source))
-    elif Path(source).exists() or Path(source).suffix in (".jsonl", ".json", ".parquet") or source[:1] in "./~":
+    elif Path(source).exists() or Path(source).suffix in (".jsonl", ".json", ".parquet") or looks_local(source):
         problem = "is a folder" if Path(source).is_dir() else "no such file"  # a path, not a hub id `org/name`
         raise ValueError(f"benchmark {name!r}: {source}: {problem}; give a .jsonl, .json or .parquet file")
     else:

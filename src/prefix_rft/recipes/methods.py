@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,9 @@ from prefix_rft.recipes.train_setup import (
     load_datasets,
     load_model,
     model_init_kwargs,
-    resolve_resume,
 )
-from prefix_rft.trl.run_dir import checkpoints_in, prepare_output_dir
+from prefix_rft.setup_errors import setup_stage
+from prefix_rft.trl.run_dir import prepare_output_dir, resolve_resume
 
 logger = logging.getLogger(__name__)
 SFT_DIR = "sft"
@@ -43,18 +44,19 @@ STAGE_DONE = "stage_done.json"  # written into the stage's folder once its model
 
 
 def run(args: TrainArguments) -> bool:
-    """Run the stages of `args.script.method` in order; True on the main process."""
+    """Run the stages of `args.script.method` in order; True on the main process. Each stage's setup (data, model,
+    trainer) is bad input if it raises a ValueError (`setup_stage`); its training is not, and keeps its traceback."""
     method = METHODS[args.script.method]
     config, out = args.config, Path(args.config.output_dir)
     resume = args.config.resume_from_checkpoint
-    train_dataset, eval_dataset = load_datasets(args)
-    held_out = []
-    if method.stages[0] == "sft_best":
-        train_dataset, held_out = split_validation(train_dataset, config.sft_validation_rows)
+    with setup_stage():
+        train_dataset, eval_dataset = load_datasets(args)
+        held_out = []
+        if method.stages[0] == "sft_best":
+            train_dataset, held_out = split_validation(train_dataset, config.sft_validation_rows)
+    datasets = (train_dataset, eval_dataset)
     if method.stages == ("sft",):  # SFT is the whole method: it trains in output_dir
-        model, tokenizer = load_model(args.model, config)
-        datasets = (train_dataset, eval_dataset)
-        trainer, _ = sft_stage(args, model, tokenizer, datasets, sft_config(config, out, resume, staged=False))
+        trainer, _ = sft_stage(args, datasets, out, resume, staged=False)
         trainer.save_model(str(out))
         end_run(trainer)
         return trainer.accelerator.is_main_process
@@ -62,12 +64,7 @@ def run(args: TrainArguments) -> bool:
     if (sft_dir / STAGE_DONE).is_file() and not config.overwrite_output_dir:
         logger.warning("stage 1 (SFT) finished earlier in %s: stage 2 starts from its model", sft_dir)
     else:
-        model, tokenizer = load_model(args.model, config)
-        best = method.stages[0] == "sft_best"
-        # Early stopping keeps its best weights in memory, so an interrupted sft_best stage starts again.
-        stage_config = sft_config(config, sft_dir, None if best else resume, staged=True, checkpoints=not best)
-        datasets = (train_dataset, eval_dataset)
-        trainer, stopper = sft_stage(args, model, tokenizer, datasets, stage_config, held_out or None)
+        trainer, stopper = sft_stage(args, datasets, sft_dir, resume, staged=True, held_out=held_out)
         finish_sft_stage(trainer, sft_dir, stopper)
     return rl_stage(args, str(sft_dir), train_dataset, eval_dataset, resume)
 
@@ -95,23 +92,26 @@ def sft_config(config, output_dir: Path, resume, staged: bool, checkpoints: bool
         )
     if not checkpoints:
         kwargs["save_strategy"] = "no"
-    kwargs["resume_from_checkpoint"] = resume_in(output_dir, resume)
+    kwargs["resume_from_checkpoint"] = resolve_resume(resume, str(output_dir), fresh_if_none=True)
     return SFTConfig(**kwargs)
 
 
-def resume_in(output_dir: Path, resume) -> str | None:
-    """The checkpoint a stage in `output_dir` resumes from: `resume_from_checkpoint: true` takes its newest complete
-    one, or none when the stage has not checkpointed yet; a path is used as given."""
-    if resume in (None, False) or str(resume).lower() == "false":
-        return None
-    if str(resume).lower() == "true" and not checkpoints_in(str(output_dir)):
-        return None
-    return resolve_resume(resume, str(output_dir))
+def sft_stage(args: TrainArguments, datasets, output_dir: Path, resume, staged: bool, held_out: Sequence[dict] = ()):
+    """Train SFTTrainer in `output_dir` on the demonstrations of `datasets` (train, eval or None): stage 1 of a
+    two-stage method (`staged`) or the whole `sft` method. With `held_out` rows it stops early on them and saves no
+    checkpoint: early stopping keeps its best weights in memory, so an interrupted stage starts again. Returns
+    (the trainer, its `EarlyStopping` or None)."""
+    with setup_stage():
+        model, tokenizer = load_model(args.model, args.config)  # sets the model_init_kwargs that sft_config copies
+        config = sft_config(args.config, output_dir, None if held_out else resume, staged, checkpoints=not held_out)
+        trainer, stopper = build_sft_stage(args, model, tokenizer, datasets, config, held_out)
+    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
+    return trainer, stopper
 
 
-def sft_stage(args: TrainArguments, model, tokenizer, datasets, config: SFTConfig, held_out: list[dict] | None = None):
-    """Train SFTTrainer on the demonstrations of `datasets` (train, eval or None), with early stopping on `held_out`
-    rows if given; returns (the trainer, its `EarlyStopping` or None)."""
+def build_sft_stage(args: TrainArguments, model, tokenizer, datasets, config: SFTConfig, held_out: Sequence[dict]):
+    """SFTTrainer on the demonstrations of `datasets`, with early stopping on `held_out` rows if any; returns
+    (the trainer, its `EarlyStopping` or None)."""
     dataset, eval_dataset = datasets
     prepare_output_dir(
         config, resuming=config.resume_from_checkpoint is not None, overwrite=args.config.overwrite_output_dir
@@ -132,7 +132,6 @@ def sft_stage(args: TrainArguments, model, tokenizer, datasets, config: SFTConfi
     if held_out:
         stopper = validation_stopping(args, trainer.processing_class, held_out)
         trainer.add_callback(stopper)
-    trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     return trainer, stopper
 
 
@@ -202,9 +201,10 @@ def rl_stage(args: TrainArguments, model_path: str, train_dataset, eval_dataset,
     """Stage 2: RFT from the stage-1 model in `output_dir`, resuming its own newest checkpoint if asked to; True on
     the main process."""
     config = args.config
-    config.model_init_kwargs = model_init_kwargs(args.model, config)
-    config.resume_from_checkpoint = resume_in(Path(config.output_dir), resume)
-    trainer = build_rl_trainer(args, model_path, None, train_dataset, eval_dataset)
+    with setup_stage():  # e.g. demos longer than the completion budget, refused by the trainer
+        config.model_init_kwargs = model_init_kwargs(args.model, config)
+        config.resume_from_checkpoint = resolve_resume(resume, config.output_dir, fresh_if_none=True)
+        trainer = build_rl_trainer(args, model_path, None, train_dataset, eval_dataset)
     trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     trainer.save_model(config.output_dir)
     end_run(trainer)

@@ -21,7 +21,13 @@ import yaml
 from prefix_rft.data.annotations import is_instance, runtime_types, type_names
 from prefix_rft.data.loading import check_local_source, looks_local
 from prefix_rft.setup_errors import SetupError, blame, check_output_dir
-from prefix_rft.trl.run_dir import STATE_FILE, checkpoints_in, is_complete_checkpoint, refuse_other_run
+from prefix_rft.trl.run_dir import (
+    STATE_FILE,
+    checkpoints_in,
+    is_complete_checkpoint,
+    refuse_other_run,
+    resume_request,
+)
 
 # Options whose value is a mapping, given inline as JSON (transformers' `_VALID_DICT_FIELDS` of the config); those
 # of PATH_OR_JSON may name a JSON file instead.
@@ -34,7 +40,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 
 def read_yaml(argv: list[str]) -> dict[str, Any]:
     """The mapping of the `--config FILE` YAML of `argv`, or {} without one; read once, by `prefix-rft train`, for
-    the method (recipes/method_choice.py) and `check_command_line`."""
+    the method (recipes/method_choice.py), `check_command_line` and the parser (train_setup.parse_recipe)."""
     if "--config" not in argv:
         return {}
     at = argv.index("--config")
@@ -48,11 +54,17 @@ def check_command_line(parser, argv: list[str], checked_by_config: type, config:
     option holding JSON, as `parser` (a TrlParser) will see them; the fields of `checked_by_config` check their own
     types."""
     if "--config" in argv:
-        at = argv.index("--config")
-        check_keys(f"--config {argv[at + 1]}", config, parser)
-        argv = argv[:at] + argv[at + 2 :]
+        check_keys(f"--config {argv[argv.index('--config') + 1]}", config, parser)
         check_value_types(config, parser, checked_by_config)
-    check_structured_options(parser, argv, config)
+    check_structured_options(parser, options(argv), config)
+
+
+def options(argv: list[str]) -> list[str]:
+    """`argv` without its `--config FILE` (the first, as TrlParser takes it): the options given on the command line."""
+    if "--config" not in argv:
+        return argv
+    at = argv.index("--config")
+    return argv[:at] + argv[at + 2 :]
 
 
 def read_config(path: str) -> dict[str, Any]:
@@ -254,8 +266,8 @@ def check_hub_model(name: str, revision: str | None = None, trust_remote_code: b
 
 def check_resume(checkpoint: str | None, output_dir: str) -> None:
     """A checkpoint to resume from is a complete checkpoint folder (one holding its trainer_state.json)."""
-    if checkpoint is None or str(checkpoint).lower() in ("true", "false"):
-        return  # a method with stages resolves true per stage (recipes/methods.py)
+    if not isinstance(resume_request(checkpoint), str):
+        return  # unset, false, or true, which `resolve_resume` resolves (per stage for a method with an SFT stage)
     where = f"--resume_from_checkpoint {checkpoint}"
     found = checkpoints_in(output_dir)
     listing = f"output_dir {output_dir} holds {', '.join(found)}" if found else f"output_dir {output_dir} holds none"

@@ -25,9 +25,9 @@ from prefix_rft.recipes.train_setup import (
     load_model,
     model_init_kwargs,
     parse_args,
-    resolve_resume,
 )
 from prefix_rft.setup_errors import reports_setup_errors, setup_stage
+from prefix_rft.trl.run_dir import resolve_resume
 
 __all__ = [
     "EMBEDDED",
@@ -61,8 +61,9 @@ def run_staged(args: TrainArguments) -> int:
 def main(argv: list[str] | None = None) -> int:
     with setup_stage():  # a config field, a path or a training row, named in the message: no traceback needed
         args = parse_args(argv)
-        if args.staged:
-            return run_staged(args)
+    if args.staged:
+        return run_staged(args)  # marks each stage's setup itself: its training is outside `setup_stage` too
+    with setup_stage():
         trainer = build_trainer(args)
     accelerator = trainer.accelerator
     accelerator.print(f"prefix-rft train: {accelerator.num_processes} process(es), {accelerator.distributed_type}")

@@ -8,6 +8,7 @@ an SFT stage (recipes/methods.py) build on it, so it imports neither.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -24,10 +25,11 @@ from prefix_rft.recipes.setup_checks import (
     check_dataset_format,
     check_hub_model,
     check_paths,
+    options,
     read_yaml,
 )
 from prefix_rft.trl.config import PrefixRFTConfig
-from prefix_rft.trl.run_dir import newest_complete_checkpoint
+from prefix_rft.trl.run_dir import resolve_resume
 from prefix_rft.trl.trainer import PrefixRFTTrainer
 
 EMBEDDED = "embedded"
@@ -113,7 +115,7 @@ class TrainArguments(NamedTuple):
 def parse_args(argv: list[str] | None = None) -> TrainArguments:
     """Parse the YAML and command line, and refuse what could only fail later (trackers, rewards, streaming)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    yaml_config = read_yaml(argv)  # read once: for the method and for the checks; TrlParser reads it itself
+    yaml_config = read_yaml(argv)  # read once: for the method, the checks and the parser
     method = requested_method(argv, yaml_config)  # its config class parses the options
     config_cls = METHODS[method].config
     parser = TrlParser(
@@ -121,7 +123,7 @@ def parse_args(argv: list[str] | None = None) -> TrainArguments:
     )
     check_command_line(parser, argv, config_cls, yaml_config)  # the YAML's keys and value types, JSON options
     parser.set_defaults(**METHODS[method].presets)  # the YAML and the command line may set them again, to the same
-    args = TrainArguments(*parser.parse_args_and_config(argv))
+    args = TrainArguments(*parse_recipe(parser, argv, yaml_config))
     check_presets(method, args.config)
     check_trackers(args.config.report_to)
     uses_trl_rewards(args.script)  # refuses `reward` given together with reward_funcs
@@ -138,22 +140,14 @@ def parse_args(argv: list[str] | None = None) -> TrainArguments:
     return args
 
 
-def resolve_resume(value: str | bool | None, output_dir: str) -> str | None:
-    """`resume_from_checkpoint` as Trainer.train takes it: 'true' (any case, or YAML's true) is the newest complete
-    checkpoint of `output_dir`, one holding its trainer_state.json; 'false' is None; else a checkpoint path."""
-    if isinstance(value, bool):  # YAML `resume_from_checkpoint: true`; PrefixRFTConfig accepts the bool
-        value = str(value)
-    if value is None or value.lower() == "false":
-        return None
-    if value.lower() != "true":
-        return value
-    newest = newest_complete_checkpoint(output_dir)
-    if newest is None:
-        raise ValueError(
-            f"resume_from_checkpoint={value} resumes the newest checkpoint of output_dir {output_dir!r}, but it holds "
-            "no complete checkpoint-N; start without resume_from_checkpoint or point it at a checkpoint folder"
-        )
-    return newest
+def parse_recipe(parser: TrlParser, argv: list[str], config: dict[str, Any]) -> tuple:
+    """What `parser.parse_args_and_config(argv)` returns, from the YAML `config` that `read_yaml` read: TrlParser
+    would open the file again, and takes no mapping, so its steps are taken here through its public methods: the
+    YAML's `env` set, its values made the defaults, the command line (without `--config FILE`) parsed over them."""
+    for name, value in config.get("env", {}).items():
+        os.environ[name] = str(value)
+    parser.set_defaults_with_config(**{key: value for key, value in config.items() if key != "env"})
+    return parser.parse_args_into_dataclasses(args=options(argv))
 
 
 def check_trackers(report_to: list[str]) -> None:

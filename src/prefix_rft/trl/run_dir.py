@@ -81,6 +81,31 @@ def newest_complete_checkpoint(output_dir: str) -> str | None:
     return os.path.join(output_dir, complete[-1]) if complete else None
 
 
+def resume_request(value: str | bool | None) -> str | bool | None:
+    """What a `resume_from_checkpoint` value asks for: None to start afresh (unset, or false: YAML's or any case of
+    'false'), True for the newest complete checkpoint of output_dir (YAML's true or any case of 'true'), else the
+    checkpoint folder it names."""
+    if value is None or str(value).lower() == "false":
+        return None
+    return True if str(value).lower() == "true" else value
+
+
+def resolve_resume(value: str | bool | None, output_dir: str, *, fresh_if_none: bool = False) -> str | None:
+    """`resume_from_checkpoint` as Trainer.train takes it: a checkpoint folder, or None (`resume_request`); true is
+    the newest complete checkpoint of `output_dir`, refused if it holds none. `fresh_if_none`: a folder holding no
+    `checkpoint-N` at all starts afresh instead (a stage of a staged method that has not checkpointed yet)."""
+    request = resume_request(value)
+    if request is not True:
+        return request
+    newest = newest_complete_checkpoint(output_dir)
+    if newest is None and not (fresh_if_none and not checkpoints_in(output_dir)):
+        raise ValueError(
+            f"resume_from_checkpoint={value} resumes the newest checkpoint of output_dir {output_dir!r}, but it holds "
+            "no complete checkpoint-N; start without resume_from_checkpoint or point it at a checkpoint folder"
+        )
+    return newest
+
+
 def refuse_other_run(output_dir: str, *, resuming: bool, overwrite: bool) -> None:
     """Refuse a fresh start in a folder holding another run's checkpoints, unless `overwrite` (they are deleted)."""
     checkpoints = checkpoints_in(output_dir)

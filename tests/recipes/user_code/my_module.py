@@ -7,3 +7,8 @@ def my_reward(completions: list, **kwargs) -> list[float]:
     """1.0 for a completion of odd length: rewards differ within a group even for an untrained model."""
     CALLS.append(len(completions))
     return [float(len(completion[-1]["content"]) % 2) for completion in completions]
+
+
+def infinite_reward(completions: list, **kwargs) -> list[float]:
+    """An infinite reward, which the trainer refuses with a ValueError at the step that scores it."""
+    return [float("inf")] * len(completions)
