@@ -131,6 +131,32 @@ def test_finished_sft_stage_is_not_trained_again(tmp_path, capsys, caplog):
 
 
 @pytest.mark.slow
+def test_a_checkpoint_of_stage_1_resumes_stage_1_and_stage_2_starts_afresh(tmp_path):
+    # Run 1: stage 1 saves checkpoint-1 and -2, then stage 2 refuses the demos (35 tokens, budget 8): exit 2.
+    saves = {"save_strategy": "steps", "save_steps": 1, "logging_steps": 1}
+    config = recipe(tmp_path, "sft_rft", sft_max_steps=2, max_completion_length=8, **saves)
+    assert main(["--config", str(config), "--prefix_truncate_long_demos", "false"]) == 2
+    sft_dir, out = tmp_path / "out" / "sft", tmp_path / "out"
+    (sft_dir / "stage_done.json").unlink()  # as if stage 1 had been interrupted after its first checkpoint
+    # Run 2 from stage 1's checkpoint-1: stage 1 trains its step 2, then stage 2 trains its one step from step 0
+    # (resuming stage 1's checkpoint there would load SFT's step count, 1 = max_steps, and train nothing).
+    assert main(["--config", str(config), "--resume_from_checkpoint", str(sft_dir / "checkpoint-1")]) == 0
+    assert json.loads((sft_dir / "stage_done.json").read_text()) == {"sft_steps": 2}
+    history = json.loads((out / "checkpoint-1" / "trainer_state.json").read_text())["log_history"]
+    assert [h["step"] for h in history if "reward" in h] == [1]
+
+
+def test_a_checkpoint_of_neither_stage_is_refused_before_training(tmp_path, capsys):
+    other = tmp_path / "elsewhere" / "checkpoint-3"
+    other.mkdir(parents=True)
+    (other / "trainer_state.json").write_text("{}")  # a checkpoint, only in no stage's folder
+    config = recipe(tmp_path, "sft_rft", resume_from_checkpoint=str(other))
+    assert main(["--config", str(config)]) == 2
+    assert f"resume_from_checkpoint={str(other)!r} is not a checkpoint of either stage" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "sft").exists()
+
+
+@pytest.mark.slow
 def test_sft_evaluates_on_the_demonstrations_of_the_eval_split(tmp_path, capsys):
     config = recipe(tmp_path, "sft", eval_strategy="steps", eval_steps=1, embedded_eval_rows=4)
     assert main(["--config", str(config)]) == 0

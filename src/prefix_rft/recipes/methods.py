@@ -3,7 +3,8 @@
 Stage 1 trains TRL's SFTTrainer on the demonstrations into `<output_dir>/sft` and marks it finished there
 (`STAGE_DONE`); stage 2 trains RFT from that model in `<output_dir>`. A run started again (with or without
 `resume_from_checkpoint`) reuses a finished stage 1 instead of training it again, unless `overwrite_output_dir`;
-`resume_from_checkpoint: true` resumes the stage that was running from its newest checkpoint (docs/methods.md).
+`resume_from_checkpoint: true` resumes the stage that was running from its newest checkpoint, and a checkpoint folder
+resumes the stage whose folder holds it (docs/methods.md).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from prefix_rft.recipes.train_setup import (
     model_init_kwargs,
 )
 from prefix_rft.setup_errors import setup_stage
-from prefix_rft.trl.run_dir import prepare_output_dir, resolve_resume
+from prefix_rft.trl.run_dir import prepare_output_dir, resolve_resume, resume_request
 
 logger = logging.getLogger(__name__)
 SFT_DIR = "sft"
@@ -48,8 +49,10 @@ def run(args: TrainArguments) -> bool:
     trainer) is bad input if it raises a ValueError (`setup_stage`); its training is not, and keeps its traceback."""
     method = METHODS[args.script.method]
     config, out = args.config, Path(args.config.output_dir)
-    resume = args.config.resume_from_checkpoint
+    resume, sft_dir = args.config.resume_from_checkpoint, out / SFT_DIR
     with setup_stage():
+        if method.stages != ("sft",):
+            check_stage_checkpoint(resume, (sft_dir, out))
         train_dataset, eval_dataset = load_datasets(args)
         held_out = []
         if method.stages[0] == "sft_best":
@@ -60,13 +63,33 @@ def run(args: TrainArguments) -> bool:
         trainer.save_model(str(out))
         end_run(trainer)
         return trainer.accelerator.is_main_process
-    sft_dir = out / SFT_DIR
     if (sft_dir / STAGE_DONE).is_file() and not config.overwrite_output_dir:
         logger.warning("stage 1 (SFT) finished earlier in %s: stage 2 starts from its model", sft_dir)
     else:
-        trainer, stopper = sft_stage(args, datasets, sft_dir, resume, staged=True, held_out=held_out)
+        stage_resume = resume_in(resume, sft_dir)
+        trainer, stopper = sft_stage(args, datasets, sft_dir, stage_resume, staged=True, held_out=held_out)
         finish_sft_stage(trainer, sft_dir, stopper)
-    return rl_stage(args, str(sft_dir), train_dataset, eval_dataset, resume)
+    return rl_stage(args, str(sft_dir), train_dataset, eval_dataset, resume_in(resume, out))
+
+
+def check_stage_checkpoint(resume: str | bool | None, stage_dirs: Sequence[Path]) -> None:
+    """Refuse a checkpoint folder that is in none of the stages' folders: no stage could resume it."""
+    request = resume_request(resume)
+    if not isinstance(request, str) or any(resume_in(request, d) for d in stage_dirs):
+        return
+    raise ValueError(
+        f"resume_from_checkpoint={request!r} is not a checkpoint of either stage: a staged method resumes a "
+        f"checkpoint-N of {' or '.join(map(str, stage_dirs))}, or pass resume_from_checkpoint=true for the newest"
+    )
+
+
+def resume_in(resume: str | bool | None, stage_dir: Path) -> str | bool | None:
+    """What a stage in `stage_dir` resumes: `true` (its own newest checkpoint), a checkpoint folder only if it is one
+    of this stage's (the other stage's optimizer and step count must not load into this one), else nothing."""
+    request = resume_request(resume)
+    if request in (None, True) or Path(request).resolve().parent == stage_dir.resolve():
+        return request
+    return None
 
 
 def split_validation(dataset, n: int):
