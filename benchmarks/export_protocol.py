@@ -1,7 +1,9 @@
 """Copy a `prefix-rft protocol` output folder's records into the repository, small enough to keep in git.
 
 Every run's JSON keeps everything but its trainer log history, which is cut to step, reward and loss per logged step;
-the plan, selection and results JSON are copied as they are, and the two plots go beside docs/results.md.
+the plan, selection and results JSON are copied as they are, tuning.md is rendered from selection.json (so a run
+whose code predates the tuning table gets one), and the two plots go beside docs/results.md. Runs sit in
+`<stage>/<method>/` (v1) or `<stage>/<method>/<field>=<value>/` (v2 tuning); both layouts are kept as they are.
 
     python benchmarks/export_protocol.py runs/protocol docs/benchmarks/protocol --plots-prefix docs/protocol
 """
@@ -13,6 +15,8 @@ import json
 import shutil
 from pathlib import Path
 
+from prefix_rft.recipes.protocol_report import tuning_table
+
 KEPT_LOG_KEYS = ("step", "reward", "loss")
 
 
@@ -22,6 +26,12 @@ def thin(run: dict) -> dict:
     return {**run, "log_history": [e for e in history if len(e) > 1]}
 
 
+def run_records(stage_dir: Path) -> list[Path]:
+    """The run records of a stage: `<method>/*.json` and `<method>/<field>=<value>/*.json`, not the files a run
+    writes into its own working folder (`seed<k>/...`)."""
+    return sorted([*stage_dir.glob("*/*.json"), *stage_dir.glob("*/*=*/*.json")])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path)
@@ -29,13 +39,17 @@ def main() -> None:
     parser.add_argument("--plots-prefix", type=Path, required=True)
     args = parser.parse_args()
     for stage in ("tune", "final"):
-        for path in sorted((args.source / stage).glob("*/*.json")):
+        for path in run_records(args.source / stage):
             target = args.dest / path.relative_to(args.source)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(json.dumps(thin(json.loads(path.read_text())), indent=1))
     for name in ("plan.json", "selection.json", "results.json", "results.md"):
         if (args.source / name).exists():
             shutil.copy(args.source / name, args.dest / name)
+    if (args.source / "selection.json").exists():
+        selection = json.loads((args.source / "selection.json").read_text())
+        k = json.loads((args.source / "plan.json").read_text())["settings"]["eval_k"]
+        (args.dest / "tuning.md").write_text(f"# prefix-rft protocol: tuning\n\n{tuning_table(selection, k)}\n")
     for name in ("results", "differences"):
         if (args.source / f"{name}.png").exists():
             shutil.copy(args.source / f"{name}.png", f"{args.plots_prefix}_{name}.png")

@@ -97,3 +97,39 @@ def test_the_readme_snippet_trains_one_step_on_the_shipped_base(tmp_path):
     namespace = {"overrides": overrides}
     exec(compile(snippet, "README.md", "exec"), namespace)
     assert namespace["trainer"].state.global_step == 1
+
+
+def table_rows(markdown: str) -> list[list[str]]:
+    """The cells of every table row of `markdown` (separator rows left out)."""
+    rows = [line.strip().strip("|").split("|") for line in markdown.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in row] for row in rows if not set("".join(row)) <= set("-: ")]
+
+
+def protocol_exports() -> list[Path]:
+    return sorted(p.parent for p in (ROOT / "docs" / "benchmarks").glob("protocol*/selection.json"))
+
+
+@pytest.mark.parametrize("folder", protocol_exports(), ids=lambda p: p.name)
+def test_protocol_tables_are_rendered_from_the_shipped_json(folder):
+    # Every number of an exported protocol's tables comes from its JSON: the results table from the finals' runs and
+    # selection.json (columns later versions added are left out for exports that predate them), the tuning table
+    # from selection.json.
+    import json
+
+    from prefix_rft.recipes.compare import summarize
+    from prefix_rft.recipes.protocol_report import results_table, tuning_table
+    from prefix_rft.recipes.protocol_rules import REFERENCE
+    from prefix_rft.recipes.toy import BASE
+
+    selection = json.loads((folder / "selection.json").read_text())
+    k = json.loads((folder / "plan.json").read_text())["settings"]["eval_k"]
+    runs = [json.loads(p.read_text()) for p in sorted((folder / "final").rglob("*.json"))]
+    if runs:
+        used = {r["method"]: r["inputs"] for r in runs if "inputs" in r}
+        rendered = table_rows(
+            results_table(summarize(runs, k, references=(BASE, REFERENCE)), selection["chosen"], k, used)
+        )
+        shipped = table_rows((folder / "results.md").read_text())
+        assert [row[: len(shipped[0])] for row in rendered] == shipped
+    if (folder / "tuning.md").exists():
+        assert (folder / "tuning.md").read_text() == f"# prefix-rft protocol: tuning\n\n{tuning_table(selection, k)}\n"

@@ -1,4 +1,5 @@
-"""The finals' report of `prefix-rft protocol`: the results table, the paired-difference plot, results.json."""
+"""The reports of `prefix-rft protocol`: the tuning table (tuning.md, from selection.json), and the finals' results
+table, paired-difference plot and results.json."""
 
 from __future__ import annotations
 
@@ -38,6 +39,36 @@ def results_table(summary: dict[str, dict[str, Any]], chosen: dict[str, dict], k
             f"{used.get(method, {}).get('demo_tokens_offered', '')} | "
             f"{used.get(method, {}).get('demo_tokens_in_rows', '')} |"
         )
+    return "\n".join(lines)
+
+
+def tuning_table(selection: dict[str, Any], k: int) -> str:
+    """The tuning stage as selection.json records it, best validation mean first: each grid value's mean over the
+    tuning seeds (the chosen one in bold), the per-seed scores at the chosen value, the grid's edge status and the
+    cut's verdict; then the spread, the cut and the budget."""
+    lines = [
+        f"| method | grid field | validation avg@{k} (%) per grid value, mean of the tuning seeds | chosen | per seed "
+        "at the chosen value | grid | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method, c in sorted(selection["chosen"].items(), key=lambda kv: -kv[1]["validation"]):
+        chosen = f"{c['value']:g}"
+        grid = ", ".join(
+            f"**{value}: {mean:.1f}**" if value == chosen else f"{value}: {mean:.1f}"
+            for value, mean in c["grid"].items()
+        )
+        seeds = ", ".join(f"{seed}: {score:.1f}" for seed, score in c["per_seed"].items())
+        note = " (SFT only)" if c.get("sft_only") else ""
+        lines.append(
+            f"| {method} | {c['field']} | {grid} | {chosen}{note} | {seeds} | {c.get('edge') or 'bracketed'} | "
+            f"{selection['verdict'][method]} |"
+        )
+    lines.append("")
+    lines.append(
+        f"Spread of paired differences to {REFERENCE} over the tuning seeds: sigma = {selection['sigma']:.2f} points; "
+        f"cut {selection['threshold']:.2f} points behind the best; the budget pays for "
+        f"{selection['finalists_affordable']} finalists; tuning spent {selection['spent_hours']:.1f} CPU-hours."
+    )
     return "\n".join(lines)
 
 
