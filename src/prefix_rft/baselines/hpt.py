@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from prefix_rft.baselines.demo_rows import FullDemoRows, refuse_prefix_options
+from prefix_rft.baselines.demo_rows import FullDemoRows, refuse_clip_options, refuse_prefix_options
 from prefix_rft.core import aggregate_dr_grpo, demo_nll, hpt_group_modes, unclipped_token_loss
 from prefix_rft.core.entropy import SelectionMode
 from prefix_rft.core.questions import HPT_MODES
@@ -48,7 +48,7 @@ class HptConfig(PrefixRFTConfig):
         super().__post_init__()
         refuse_prefix_options(self)
         refuse_unused(self, {"prefix_entropy_selection": "demo tokens get the SFT loss, never an advantage"})
-        refuse_unused(self, dict.fromkeys(("epsilon", "epsilon_high", "delta", "dual_clip"), NO_CLIP))
+        refuse_clip_options(self, NO_CLIP)
         refuse_unused(self, {"loss_type": "the RL part is summed over a constant (Dr. GRPO), the NLL token-averaged"})
         if self.hpt_switch_gate < 0 or self.hpt_sft_loss_coef < 0:
             raise ValueError(

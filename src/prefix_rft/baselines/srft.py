@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from prefix_rft.baselines.demo_rows import FullDemoRows, refuse_prefix_options
+from prefix_rft.baselines.demo_rows import FullDemoRows, refuse_clip_options, refuse_prefix_options
 from prefix_rft.core import (
     aggregate_dr_grpo,
     demo_nll,
@@ -63,9 +63,9 @@ class SrftConfig(PrefixRFTConfig):
                 "prefix_entropy_selection": "every demo token is in the SFT and off-policy terms",
                 "prefix_advantage": "the demo is an off-policy member of its group (LUFFY's advantage)",
                 "loss_type": "the RL terms are summed over a constant (Dr. GRPO), the NLL token-averaged",
-                **dict.fromkeys(("epsilon", "epsilon_high", "delta", "dual_clip", "num_iterations"), NO_RATIO),
             },
         )
+        refuse_clip_options(self, NO_RATIO, "num_iterations")
         for name in ("srft_sft_scale", "srft_rl_scale"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
