@@ -16,6 +16,7 @@ from prefix_rft.core import shaped_off_policy_token_loss, unclipped_token_loss
 from prefix_rft.core.advantages import AdvantageMode
 from prefix_rft.core.entropy import SelectionMode
 from prefix_rft.trl.config import PrefixRFTConfig
+from prefix_rft.trl.loss import LossBatch
 from prefix_rft.trl.trainer import PrefixRFTTrainer
 
 
@@ -36,7 +37,8 @@ class LuffyConfig(PrefixRFTConfig):
 class LuffyTrainer(FullDemoRows, PrefixRFTTrainer):
     """`PrefixRFTTrainer` whose hybrid rows are whole demonstrations trained with LUFFY's shaped objective."""
 
-    def _token_loss(self, logps, old_logps, advantages, prefix_mask):
+    def _token_loss(self, logps, old_logps, advantages, batch: LossBatch):
+        prefix_mask = batch.prefix_mask
         on_policy = unclipped_token_loss(logps, old_logps, advantages)
         off_policy = shaped_off_policy_token_loss(logps, advantages, self.args.luffy_gamma)
         ratio = torch.where(prefix_mask, torch.ones_like(logps), torch.exp(logps - old_logps)).detach()
