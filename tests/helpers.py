@@ -15,6 +15,7 @@ from datasets import Dataset
 
 from prefix_rft import PrefixRFTTrainer
 from prefix_rft.trl.cpu import cpu_trainer_kwargs
+from prefix_rft.trl.loss import LossBatch
 from prefix_rft.trl.rollouts import Rollout, RowPlan
 
 if TYPE_CHECKING:
@@ -141,6 +142,14 @@ def loss_inputs(advantages, mask=None, **extra) -> dict:
         "advantages": advantages,
         **{key: torch.tensor(value) for key, value in extra.items()},
     }
+
+
+def loss_batch(prefix_mask, mask=None, entropies=None, **inputs) -> LossBatch:
+    """What the loss hooks see of a micro-batch with this (B, T) `prefix_mask`: every token in the loss unless `mask`
+    says otherwise, zero entropies unless given, `inputs` the method's row fields (tensors), no DAPO divisor."""
+    mask = torch.ones(prefix_mask.shape) if mask is None else mask
+    entropies = torch.zeros(prefix_mask.shape) if entropies is None else entropies
+    return LossBatch(inputs, mask, prefix_mask, entropies)
 
 
 def train_loss(trainer, inputs) -> float:

@@ -15,7 +15,7 @@ from prefix_rft.baselines import (
 )
 from prefix_rft.baselines.relift import add_to_buffer, all_failed_groups, take_sft_batch
 from prefix_rft.baselines.sft import demo_completion_rows
-from tests.helpers import base_kwargs, baseline_trainer, budget_rollout, generate_batch
+from tests.helpers import base_kwargs, baseline_trainer, budget_rollout, generate_batch, loss_batch
 
 
 def test_luffy_demo_row_is_the_whole_demo_and_eos(tmp_path, model, tokenizer):
@@ -43,7 +43,7 @@ def test_luffy_token_loss_shapes_demo_tokens_and_leaves_on_policy_unclipped(tmp_
     trainer = baseline_trainer(LuffyTrainer, LuffyConfig, tmp_path, model, tokenizer, [0.0])
     logps = torch.tensor([[math.log(0.5), 0.5]])
     old = torch.tensor([[math.log(0.9), 0.0]])
-    loss, _ = trainer._token_loss(logps, old, torch.ones(1, 2), torch.tensor([[True, False]]))
+    loss, _ = trainer._token_loss(logps, old, torch.ones(1, 2), loss_batch(torch.tensor([[True, False]])))
     # demo token: -p/(p+0.1) = -0.5/0.6 (old log-prob ignored); on-policy: -exp(0.5 - 0) = -1.6487, no clip at 1.2
     assert loss.tolist()[0] == pytest.approx([-5 / 6, -math.exp(0.5)])
 
@@ -54,7 +54,7 @@ def test_rl_with_sft_loss_adds_token_mean_nll_of_demo_rows(tmp_path, model, toke
     logps = torch.tensor([[-1.0, -2.0], [-3.0, -4.0]])
     prefix_mask = torch.tensor([[False, False], [True, True]])
     # pg over on-policy tokens: (1 + 2) / (2 rows * 24) = 0.0625; NLL token mean over the demo row: (3 + 4) / 2
-    loss = trainer._aggregate(token_loss, logps, torch.ones(2, 2), prefix_mask, None)
+    loss = trainer._aggregate(token_loss, logps, loss_batch(prefix_mask))
     assert loss.item() == pytest.approx(0.0625 + 3.5)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from prefix_rft.baselines import ChordConfig, ChordTrainer
-from tests.helpers import base_kwargs, baseline_trainer, generate_batch
+from tests.helpers import base_kwargs, baseline_trainer, generate_batch, loss_batch
 
 
 def chord(tmp_path, model, tokenizer, rewards=(0.0,), **overrides):
@@ -18,7 +18,7 @@ def test_chord_loss_mixes_grpo_and_phi_weighted_sft_by_mu(tmp_path, model, token
     token_loss = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
     logps = torch.tensor([[-1.0, -2.0], [math.log(0.5), math.log(0.5)]])
     prefix_mask = torch.tensor([[False, False], [True, True]])
-    loss = trainer._aggregate(token_loss, logps, torch.ones(2, 2), prefix_mask, None)
+    loss = trainer._aggregate(token_loss, logps, loss_batch(prefix_mask))
     # GRPO (Dr. GRPO) over the on-policy row: (1 + 2) / (2 rows * 24) = 0.0625; SFT: phi(0.5) = 0.25 on -ln 0.5 per
     # demo token, token mean 0.25 ln 2; mu at step 0 = peak 0.8 (no warm-up): 0.2 * 0.0625 + 0.8 * 0.25 ln 2
     assert loss.item() == pytest.approx(0.2 * 0.0625 + 0.8 * 0.25 * math.log(2))
@@ -28,7 +28,7 @@ def test_chord_without_phi_takes_the_plain_nll(tmp_path, model, tokenizer):
     overrides = dict(chord_phi=False, chord_mu_peak=0.5, chord_mu_valley=0.5, chord_mu_decay_steps=0)
     trainer = chord(tmp_path, model, tokenizer, **overrides)
     logps = torch.tensor([[-1.0, -3.0]])
-    loss = trainer._aggregate(torch.zeros(1, 2), logps, torch.ones(1, 2), torch.ones(1, 2, dtype=torch.bool), None)
+    loss = trainer._aggregate(torch.zeros(1, 2), logps, loss_batch(torch.ones(1, 2, dtype=torch.bool)))
     assert loss.item() == pytest.approx(0.5 * 2.0)  # GRPO term 0; mu 0.5 x NLL token mean (1 + 3) / 2
 
 

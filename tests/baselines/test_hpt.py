@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from prefix_rft.baselines import HptConfig, HptTrainer
-from tests.helpers import base_kwargs, baseline_trainer, generate_batch
+from tests.helpers import base_kwargs, baseline_trainer, generate_batch, loss_batch
 
 
 def hpt(tmp_path, model, tokenizer, rewards=(0.0,), **overrides):
@@ -29,15 +29,16 @@ def test_hpt_loss_sums_grpo_of_rl_rows_and_nll_of_sft_demos(tmp_path, model, tok
     logps = torch.tensor([[-9.0, -9.0], [-9.0, -9.0], [-1.0, -3.0]])
     prefix_mask = torch.tensor([[False, False], [False, False], [True, True]])
     # row 0: a rollout of an RL question; row 1: a rollout of an SFT question (dropped); row 2: that question's demo
-    trainer._hpt_rows = (torch.tensor([False, False, True]), torch.tensor([True, False, False]))
-    loss = trainer._aggregate(token_loss, logps, torch.ones(3, 2), prefix_mask, None)
+    rows = {"hpt_sft_rows": torch.tensor([False, False, True]), "hpt_rl_rows": torch.tensor([True, False, False])}
+    loss = trainer._aggregate(token_loss, logps, loss_batch(prefix_mask, **rows))
     # Dr. GRPO: (1 + 2) / (3 rows * 24) = 1/24; NLL token mean of the demo (1 + 3) / 2 = 2, x 0.5
     assert loss.item() == pytest.approx(1 / 24 + 0.5 * 2.0)
 
 
 def test_hpt_rl_tokens_are_not_clipped(tmp_path, model, tokenizer):
     trainer = hpt(tmp_path, model, tokenizer)
-    loss, _ = trainer._token_loss(torch.tensor([[0.5]]), torch.zeros(1, 1), torch.ones(1, 1), torch.zeros(1, 1).bool())
+    batch = loss_batch(torch.zeros(1, 1).bool())
+    loss, _ = trainer._token_loss(torch.tensor([[0.5]]), torch.zeros(1, 1), torch.ones(1, 1), batch)
     assert loss.item() == pytest.approx(-math.exp(0.5))  # -A * rho, rho = exp(0.5) above 1 + 0.2
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from prefix_rft.baselines import SrftConfig, SrftTrainer
-from tests.helpers import base_kwargs, baseline_trainer, generate_batch
+from tests.helpers import base_kwargs, baseline_trainer, generate_batch, loss_batch
 
 
 def srft(tmp_path, model, tokenizer, rewards=(0.0,), **overrides):
@@ -21,17 +21,13 @@ def test_srft_loss_by_hand(tmp_path, model, tokenizer):
     entropies = torch.tensor([[0.0, 0.0], [0.0, 0.0], [math.log(2), math.log(2)]])
     prefix_mask = torch.tensor([[False, False], [False, False], [True, True]])
     mask = torch.ones(3, 2)
-    trainer._srft = {
-        "mask": mask,
-        "entropies": entropies,
-        "solved": torch.tensor([True, False, False]),
-        "scored": torch.tensor([True, True, True]),
-    }
+    rows = {"srft_solved": torch.tensor([True, False, False]), "srft_scored": torch.tensor([True, True, True])}
+    batch = loss_batch(prefix_mask, mask, entropies, **rows)
     advantages = torch.tensor([[9.0], [9.0], [0.5]])  # the rollouts' advantages are not used
-    token_loss, _ = trainer._token_loss(logps, logps, advantages, prefix_mask)
+    token_loss, _ = trainer._token_loss(logps, logps, advantages, batch)
     # solved: -0.1 log p = 0.1, 0.2; failed: +log p = -1, -1; demo: -A p = -0.25, -0.25
     assert token_loss.flatten().tolist() == pytest.approx([0.1, 0.2, -1.0, -1.0, -0.25, -0.25])
-    loss = trainer._aggregate(token_loss, logps, mask, prefix_mask, None)
+    loss = trainer._aggregate(token_loss, logps, batch)
     # Dr. GRPO: (0.1 + 0.2 - 1 - 1 - 0.25 - 0.25) / (3 rows * 24); SFT: 0.25 * ln 2 on each demo token, token mean
     assert loss.item() == pytest.approx(-2.2 / 72 + 0.25 * math.log(2))
 

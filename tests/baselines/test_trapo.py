@@ -17,6 +17,7 @@ from tests.helpers import (
     baseline_trainer,
     dataset_prompt_ids,
     generate_batch,
+    loss_batch,
     make_dataset,
     needs_requests,
     prefix_or_easy,
@@ -169,10 +170,10 @@ def test_trapo_leaves_a_solved_question_unguided(tmp_path, model, tokenizer):
 
 def test_trapo_token_loss_by_hand(tmp_path, model, tokenizer):
     trainer = trapo(tmp_path, model, tokenizer)
-    trainer._trapo_rows = torch.tensor([False, True, False])
     logps = torch.tensor([[0.5], [math.log(0.05)], [math.log(0.05)]])
     prefix_mask = torch.tensor([[False], [True], [True]])
-    loss, _ = trainer._token_loss(logps, torch.zeros(3, 1), torch.ones(3, 1), prefix_mask)
+    batch = loss_batch(prefix_mask, trapo_sft_rows=torch.tensor([False, True, False]))
+    loss, _ = trainer._token_loss(logps, torch.zeros(3, 1), torch.ones(3, 1), batch)
     # generated token: -A rho = -exp(0.5), no clip; TrSFT prefix token: -0.05 / max(0.05, 0.1) = -0.5; the prefix
     # of a row that trains none: 0
     assert loss.flatten().tolist() == pytest.approx([-math.exp(0.5), -0.5, 0.0])

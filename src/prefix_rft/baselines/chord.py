@@ -18,6 +18,7 @@ from prefix_rft.baselines.demo_rows import FullDemoRows, refuse_prefix_options
 from prefix_rft.core import aggregate_token_loss, chord_phi, demo_nll, warmup_cosine_weight
 from prefix_rft.core.entropy import SelectionMode
 from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
+from prefix_rft.trl.loss import LossBatch
 from prefix_rft.trl.trainer import PrefixRFTTrainer
 
 
@@ -64,11 +65,11 @@ class ChordTrainer(FullDemoRows, PrefixRFTTrainer):
             decay = max(self.state.max_steps - args.chord_mu_warmup_steps, 0)
         return warmup_cosine_weight(step, args.chord_mu_warmup_steps, decay, args.chord_mu_peak, args.chord_mu_valley)
 
-    def _aggregate(self, token_loss, logps, mask, prefix_mask, dapo_tokens) -> torch.Tensor:
-        on_policy = mask * ~prefix_mask
+    def _aggregate(self, token_loss, logps, batch: LossBatch) -> torch.Tensor:
+        on_policy, dapo_tokens = batch.on_policy, batch.dapo_tokens
         pg = aggregate_token_loss(token_loss, on_policy, self.loss_type, self.max_completion_length, dapo_tokens)
         weights = chord_phi(logps) if self.args.chord_phi else None
-        sft = demo_nll(logps, prefix_mask, weights)
+        sft = demo_nll(logps, batch.prefix_mask, weights)
         mu = self.chord_mu(self.state.global_step)
         if self.model.training:
             metrics = self._metrics["train"]

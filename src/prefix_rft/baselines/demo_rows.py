@@ -3,7 +3,8 @@
 RL with SFT loss, LUFFY, CHORD, HPT and SRFT train that slot as an off-policy member (LUFFY) or with an SFT loss on it
 (the others); no prefix is drawn, so the prefix-ratio schedule, its per-question variants and prefix entropy
 selection have no meaning there and are refused by name (`refuse_prefix_options`; LUFFY and RL with SFT loss keep
-prefix entropy selection, which picks among the whole demo's tokens).
+prefix entropy selection, which picks among the whole demo's tokens). LUFFY, HPT, SRFT and TRAPO train without a
+clipped importance ratio and refuse its options (`refuse_clip_options`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,16 @@ def refuse_prefix_options(config: PrefixRFTConfig, allowed: tuple[str, ...] = ()
     demo."""
     reason = "its demo slot holds the whole demonstration, so no prefix is drawn"
     refuse_unused(config, dict.fromkeys((o for o in PREFIX_OPTIONS if o not in allowed), reason))
+
+
+# Options of PPO's clipped importance ratio.
+CLIP_OPTIONS = ("epsilon", "epsilon_high", "delta", "dual_clip")
+
+
+def refuse_clip_options(config: PrefixRFTConfig, why: str, *more: str) -> None:
+    """Refuse the clip options, and the options `more`, set away from their defaults: `why` says what the method's
+    loss has instead of a clipped ratio."""
+    refuse_unused(config, dict.fromkeys((*CLIP_OPTIONS, *more), why))
 
 
 class FullDemoRows:

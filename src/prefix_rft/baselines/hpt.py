@@ -16,11 +16,12 @@ from typing import Any
 
 import torch
 
-from prefix_rft.baselines.demo_rows import FullDemoRows, refuse_prefix_options
+from prefix_rft.baselines.demo_rows import FullDemoRows, refuse_clip_options, refuse_prefix_options
 from prefix_rft.core import aggregate_dr_grpo, demo_nll, hpt_group_modes, unclipped_token_loss
 from prefix_rft.core.entropy import SelectionMode
 from prefix_rft.core.questions import HPT_MODES
 from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
+from prefix_rft.trl.loss import LossBatch
 from prefix_rft.trl.rollouts import Rollout
 from prefix_rft.trl.trainer import PrefixRFTTrainer
 
@@ -48,7 +49,7 @@ class HptConfig(PrefixRFTConfig):
         super().__post_init__()
         refuse_prefix_options(self)
         refuse_unused(self, {"prefix_entropy_selection": "demo tokens get the SFT loss, never an advantage"})
-        refuse_unused(self, dict.fromkeys(("epsilon", "epsilon_high", "delta", "dual_clip"), NO_CLIP))
+        refuse_clip_options(self, NO_CLIP)
         refuse_unused(self, {"loss_type": "the RL part is summed over a constant (Dr. GRPO), the NLL token-averaged"})
         if self.hpt_switch_gate < 0 or self.hpt_sft_loss_coef < 0:
             raise ValueError(
@@ -65,8 +66,6 @@ class HptConfig(PrefixRFTConfig):
 
 class HptTrainer(FullDemoRows, PrefixRFTTrainer):
     """`PrefixRFTTrainer` that trains each question's group with SFT on its demo or RL on its rollouts, not both."""
-
-    _hpt_rows: tuple[torch.Tensor, torch.Tensor] | None = None  # (sft rows, rl rows) of the micro-batch in the loss
 
     def _add_prefix_fields(self, output: dict[str, Any], rollout: Rollout) -> None:
         """Add `hpt_sft_rows` and `hpt_rl_rows` (B,) bool: which local rows the loss trains, and how."""
@@ -85,22 +84,15 @@ class HptTrainer(FullDemoRows, PrefixRFTTrainer):
         for code, name in enumerate(HPT_MODES):
             metrics[f"hpt/{name}_questions"].append(float((group_mode == code).sum()))
 
-    def _compute_loss(self, model, inputs):
-        self._hpt_rows = (inputs["hpt_sft_rows"], inputs["hpt_rl_rows"]) if "hpt_sft_rows" in inputs else None
-        try:
-            return super()._compute_loss(model, inputs)
-        finally:
-            self._hpt_rows = None
-
-    def _token_loss(self, logps, old_logps, advantages, prefix_mask):
+    def _token_loss(self, logps, old_logps, advantages, batch: LossBatch):
         ratio = torch.exp(logps - old_logps).detach()
         return unclipped_token_loss(logps, old_logps, advantages), ratio
 
-    def _aggregate(self, token_loss, logps, mask, prefix_mask, dapo_tokens) -> torch.Tensor:
+    def _aggregate(self, token_loss, logps, batch: LossBatch) -> torch.Tensor:
         """Dr. GRPO over the RL rows' tokens + coef x token-mean NLL over the SFT rows' demo tokens."""
-        on_policy, demo = mask * ~prefix_mask, prefix_mask
-        if self._hpt_rows is not None:  # evaluation batches carry no switch: their rollouts are all on-policy
-            sft_rows, rl_rows = self._hpt_rows
+        on_policy, demo, inputs = batch.on_policy, batch.prefix_mask, batch.inputs
+        if "hpt_sft_rows" in inputs:  # evaluation batches carry no switch: their rollouts are all on-policy
+            sft_rows, rl_rows = inputs["hpt_sft_rows"], inputs["hpt_rl_rows"]
             on_policy, demo = on_policy * rl_rows.unsqueeze(1), demo & sft_rows.unsqueeze(1)
         pg = aggregate_dr_grpo(token_loss, on_policy, self.max_completion_length)
         return pg + self.args.hpt_sft_loss_coef * demo_nll(logps, demo)

@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from prefix_rft.baselines.demo_rows import FullDemoRows, refuse_prefix_options
+from prefix_rft.baselines.demo_rows import FullDemoRows, refuse_clip_options, refuse_prefix_options
 from prefix_rft.core import shaped_off_policy_token_loss, unclipped_token_loss
 from prefix_rft.core.advantages import AdvantageMode
 from prefix_rft.core.entropy import SelectionMode
-from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
+from prefix_rft.trl.config import PrefixRFTConfig
+from prefix_rft.trl.loss import LossBatch
 from prefix_rft.trl.trainer import PrefixRFTTrainer
 
 
@@ -29,15 +30,15 @@ class LuffyConfig(PrefixRFTConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         no_clip = "LUFFY's objective has no clip (on-policy tokens -A * rho, demonstration tokens policy-shaped)"
-        names = ("epsilon", "epsilon_high", "delta", "dual_clip")
-        refuse_unused(self, dict.fromkeys(names, no_clip))
+        refuse_clip_options(self, no_clip)
         refuse_prefix_options(self, allowed=("prefix_entropy_keep_fraction",))
 
 
 class LuffyTrainer(FullDemoRows, PrefixRFTTrainer):
     """`PrefixRFTTrainer` whose hybrid rows are whole demonstrations trained with LUFFY's shaped objective."""
 
-    def _token_loss(self, logps, old_logps, advantages, prefix_mask):
+    def _token_loss(self, logps, old_logps, advantages, batch: LossBatch):
+        prefix_mask = batch.prefix_mask
         on_policy = unclipped_token_loss(logps, old_logps, advantages)
         off_policy = shaped_off_policy_token_loss(logps, advantages, self.args.luffy_gamma)
         ratio = torch.where(prefix_mask, torch.ones_like(logps), torch.exp(logps - old_logps)).detach()

@@ -14,6 +14,7 @@ from prefix_rft.baselines.demo_rows import FullDemoRows, refuse_prefix_options
 from prefix_rft.core import aggregate_dr_grpo, demo_nll
 from prefix_rft.core.entropy import SelectionMode
 from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
+from prefix_rft.trl.loss import LossBatch
 from prefix_rft.trl.trainer import PrefixRFTTrainer
 
 
@@ -33,7 +34,6 @@ class RLWithSFTConfig(PrefixRFTConfig):
 class RLWithSFTTrainer(FullDemoRows, PrefixRFTTrainer):
     """Demonstration rows carry a plain NLL; on-policy rows the usual clipped Dr. GRPO objective."""
 
-    def _aggregate(self, token_loss, logps, mask, prefix_mask, dapo_tokens) -> torch.Tensor:
-        on_policy = mask * ~prefix_mask
-        pg = aggregate_dr_grpo(token_loss, on_policy, self.max_completion_length)
-        return pg + self.args.sft_loss_coef * demo_nll(logps, prefix_mask)
+    def _aggregate(self, token_loss, logps, batch: LossBatch) -> torch.Tensor:
+        pg = aggregate_dr_grpo(token_loss, batch.on_policy, self.max_completion_length)
+        return pg + self.args.sft_loss_coef * demo_nll(logps, batch.prefix_mask)

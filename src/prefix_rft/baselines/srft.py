@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from prefix_rft.baselines.demo_rows import FullDemoRows, refuse_prefix_options
+from prefix_rft.baselines.demo_rows import FullDemoRows, refuse_clip_options, refuse_prefix_options
 from prefix_rft.core import (
     aggregate_dr_grpo,
     demo_nll,
@@ -30,6 +30,7 @@ from prefix_rft.core import (
 from prefix_rft.core.advantages import AdvantageMode
 from prefix_rft.core.entropy import SelectionMode
 from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
+from prefix_rft.trl.loss import LossBatch
 from prefix_rft.trl.rollouts import Rollout
 from prefix_rft.trl.trainer import PrefixRFTTrainer
 
@@ -63,9 +64,9 @@ class SrftConfig(PrefixRFTConfig):
                 "prefix_entropy_selection": "every demo token is in the SFT and off-policy terms",
                 "prefix_advantage": "the demo is an off-policy member of its group (LUFFY's advantage)",
                 "loss_type": "the RL terms are summed over a constant (Dr. GRPO), the NLL token-averaged",
-                **dict.fromkeys(("epsilon", "epsilon_high", "delta", "dual_clip", "num_iterations"), NO_RATIO),
             },
         )
+        refuse_clip_options(self, NO_RATIO, "num_iterations")
         for name in ("srft_sft_scale", "srft_rl_scale"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -78,50 +79,38 @@ class SrftConfig(PrefixRFTConfig):
 class SrftTrainer(FullDemoRows, PrefixRFTTrainer):
     """`PrefixRFTTrainer` with SRFT's four entropy-weighted terms on the demo slot and the rollouts."""
 
-    _srft: dict[str, torch.Tensor] | None = None  # the micro-batch in the loss: entropies, mask, solved, scored
-
     def _add_prefix_fields(self, output: dict[str, Any], rollout: Rollout) -> None:
         """Add `srft_solved` and `srft_scored` (B,) bool: whether each local row's reward is > 0, and exists."""
         super()._add_prefix_fields(output, rollout)
         local = rollout.rewards[rollout.local(self.accelerator.process_index)].to(output["completion_ids"].device)
         output["srft_solved"], output["srft_scored"] = local > 0, ~torch.isnan(local)
 
-    def _compute_loss(self, model, inputs):
-        self._srft = {"mask": self._loss_mask(inputs)}
+    def _srft_weights(self, batch: LossBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) w_SFT and w_RL of each row, from the policy's mean entropy over the row's own tokens."""
+        row_entropy = masked_row_mean(batch.entropies, batch.mask)
+        return srft_weights(row_entropy, self.args.srft_sft_scale, self.args.srft_rl_scale)
+
+    def _token_loss(self, logps, old_logps, advantages, batch: LossBatch):
+        """(B, T): -A * p (or LUFFY's shaping) on demo tokens, `srft_self_token_loss` on the rollouts' tokens."""
+        args, inputs = self.args, batch.inputs
         if "srft_solved" in inputs:
-            self._srft |= {"solved": inputs["srft_solved"], "scored": inputs["srft_scored"]}
-        try:
-            return super()._compute_loss(model, inputs)
-        finally:
-            self._srft = None
-
-    def _forward(self, model, inputs: dict):
-        logps, entropies, aux_loss = super()._forward(model, inputs)
-        self._srft["entropies"] = entropies.detach()
-        return logps, entropies, aux_loss
-
-    def _token_loss(self, logps, old_logps, advantages, prefix_mask):
-        state, args = self._srft, self.args
-        row_entropy = masked_row_mean(state["entropies"], state["mask"])  # (B,) over each row's own tokens
-        w_sft, w_rl = srft_weights(row_entropy, args.srft_sft_scale, args.srft_rl_scale)
-        state["w_sft"] = w_sft
-        if "solved" in state:
-            own = srft_self_token_loss(logps, state["solved"], w_rl) * state["scored"].unsqueeze(1)
+            _, w_rl = self._srft_weights(batch)
+            own = srft_self_token_loss(logps, inputs["srft_solved"], w_rl) * inputs["srft_scored"].unsqueeze(1)
         else:  # evaluation batches: no rewards per row here, so the rollouts' term is left out
             own = torch.zeros_like(logps)
         if args.srft_off_policy_gamma is None:
             demo = unclipped_token_loss(logps, torch.zeros_like(logps), advantages)  # -A * p
         else:
             demo = shaped_off_policy_token_loss(logps, advantages, args.srft_off_policy_gamma)
-        return torch.where(prefix_mask, demo, own), torch.ones_like(logps)
+        return torch.where(batch.prefix_mask, demo, own), torch.ones_like(logps)
 
-    def _aggregate(self, token_loss, logps, mask, prefix_mask, dapo_tokens) -> torch.Tensor:
+    def _aggregate(self, token_loss, logps, batch: LossBatch) -> torch.Tensor:
         """RL terms summed over a constant (Dr. GRPO) + w_SFT-weighted token-mean NLL of the demo tokens."""
-        w_sft = self._srft["w_sft"].unsqueeze(1)  # (B, 1)
-        sft = demo_nll(logps, prefix_mask, w_sft)
+        w_sft, _ = self._srft_weights(batch)
+        sft = demo_nll(logps, batch.prefix_mask, w_sft.unsqueeze(1))
         if self.model.training:
-            self._log_sft_weight(w_sft.squeeze(1), prefix_mask.any(dim=1))
-        return aggregate_dr_grpo(token_loss, mask, self.max_completion_length) + sft
+            self._log_sft_weight(w_sft, batch.prefix_mask.any(dim=1))
+        return aggregate_dr_grpo(token_loss, batch.mask, self.max_completion_length) + sft
 
     def _log_sft_weight(self, w_sft: torch.Tensor, demo_rows: torch.Tensor) -> None:
         """`srft/w_sft`: mean w_SFT over the micro-batch's demo rows on all ranks (absent when there are none)."""

@@ -108,8 +108,6 @@ def verdict(reward: torch.Tensor) -> str:
 class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
     """`PrefixRFTTrainer` with TRAPO's escalating micro-groups and trust-region SFT on the revealed prefixes."""
 
-    _trapo_rows: torch.Tensor | None = None  # (B,) rows of the micro-batch in the loss whose prefix gets TrSFT
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.escalation = EscalationState()
@@ -289,17 +287,10 @@ class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
                 "each time, else use 'previous_visit'"
             )
 
-    def _compute_loss(self, model, inputs):
-        self._trapo_rows = inputs.get("trapo_sft_rows")
-        try:
-            return super()._compute_loss(model, inputs)
-        finally:
-            self._trapo_rows = None
-
-    def _token_loss(self, logps, old_logps, advantages, prefix_mask):
+    def _token_loss(self, logps, old_logps, advantages, batch):
         """(B, T): trust-region SFT on prefix tokens of TrSFT rows, 0 on other prefix tokens, -A * rho elsewhere."""
         own = unclipped_token_loss(logps, old_logps, advantages)
-        rows = self._trapo_rows
+        prefix_mask, rows = batch.prefix_mask, batch.inputs.get("trapo_sft_rows")  # rows: absent from eval batches
         sft_rows = torch.zeros_like(prefix_mask[:, 0]) if rows is None else rows
         sft = trust_region_sft_token_loss(logps, self.args.trapo_trust_region_alpha) * sft_rows.unsqueeze(1)
         ratio = torch.where(prefix_mask, torch.ones_like(logps), torch.exp(logps - old_logps)).detach()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from prefix_rft.core import (
@@ -12,6 +14,28 @@ from prefix_rft.core import (
     select_over_span,
     sequence_level_old_logp,
 )
+
+
+@dataclass(frozen=True, eq=False)
+class LossBatch:
+    """The micro-batch as the loss hooks (`_token_loss`, `_aggregate`) see it, built once per `_compute_loss`.
+
+    B rows, T completion tokens. `inputs`: the micro-batch (a baseline reads its own row fields there, e.g.
+    `hpt_sft_rows`, absent from evaluation batches); `mask` (B, T): the completion tokens in the loss; `prefix_mask`
+    (B, T) bool: the demo tokens among them; `entropies` (B, T): the policy's entropies, detached; `dapo_tokens`:
+    DAPO's divisor (`_dapo_tokens`), None for the other loss types.
+    """
+
+    inputs: dict
+    mask: torch.Tensor
+    prefix_mask: torch.Tensor
+    entropies: torch.Tensor
+    dapo_tokens: torch.Tensor | None = None
+
+    @property
+    def on_policy(self) -> torch.Tensor:
+        """(B, T) the loss tokens outside the demo: those the policy generated."""
+        return self.mask * ~self.prefix_mask
 
 
 class PrefixLossMixin:
@@ -127,18 +151,19 @@ class PrefixLossMixin:
         if advantages.dim() == 1:  # eval batches carry TRL's (B,) advantages
             advantages = advantages.unsqueeze(1)
         prefix_mask = inputs.get("prefix_mask", torch.zeros_like(mask, dtype=torch.bool)) & mask.bool()
+        mode = "train" if self.model.training else "eval"
+        batch = LossBatch(inputs, mask, prefix_mask, entropies.detach(), self._dapo_tokens(inputs, mode))
         # Prefix-RFT (App. A.2): zero the advantage of prefix tokens outside the top entropy share.
-        keep = self._prefix_keep_mask(entropies.detach(), prefix_mask, inputs)
+        keep = self._prefix_keep_mask(batch.entropies, prefix_mask, inputs)
         advantages = advantages * keep
         old_logps = self._old_logps(logps, inputs, mask)
-        token_loss, ratio = self._token_loss(logps, old_logps, advantages, prefix_mask)
+        token_loss, ratio = self._token_loss(logps, old_logps, advantages, batch)
         if self.use_vllm and self.vllm_importance_sampling_correction:
             token_loss = token_loss * self._sampler_ratio(inputs["importance_sampling_ratio"], prefix_mask)
-        mode = "train" if self.model.training else "eval"
         if self.beta != 0.0:
             token_loss = token_loss + self.beta * self._kl(logps, old_logps, inputs["ref_per_token_logps"], mask, mode)
         accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-        policy_loss = self._aggregate(token_loss, logps, mask, prefix_mask, self._dapo_tokens(inputs, mode))
+        policy_loss = self._aggregate(token_loss, logps, batch)
         loss = policy_loss / accumulation - self._entropy_bonus(entropies, mask, prefix_mask, mode) / accumulation
         if self.aux_loss_enabled:  # MoE load balancing, as stock GRPOTrainer adds it
             loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
@@ -181,8 +206,15 @@ class PrefixLossMixin:
             return sequence_level_old_logp(logps, old_logps, mask)
         return old_logps
 
-    def _token_loss(self, logps, old_logps, advantages, prefix_mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T) per-token loss and PPO ratio: the same clipped objective for prefix and continuation tokens."""
+    def _token_loss(
+        self, logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, batch: LossBatch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) per-token loss and (B, T) importance ratio (detached, for the clip metrics).
+
+        `logps` (B, T): the policy's log-probs, with gradient; `old_logps` (B, T): the rollout policy's, as the ratio
+        uses them (`_old_logps`); `advantages` (B, T) or (B, 1): after entropy selection of prefix tokens. Here: the
+        same clipped objective for prefix and continuation tokens; the baselines override it.
+        """
         args = self.args
         return ppo_clip_token_loss(
             logps, old_logps, advantages, self.epsilon_low, self.epsilon_high, args.dual_clip, args.delta
@@ -209,13 +241,15 @@ class PrefixLossMixin:
         # Evaluation batches are neither split into micro-batches nor accumulated.
         return tokens / self.args.steps_per_generation if mode == "train" else tokens
 
-    def _aggregate(self, token_loss, logps, mask, prefix_mask, dapo_tokens: torch.Tensor | None) -> torch.Tensor:
-        """Scalar loss of a micro-batch before gradient-accumulation scaling, aggregated as `loss_type` says.
+    def _aggregate(self, token_loss: torch.Tensor, logps: torch.Tensor, batch: LossBatch) -> torch.Tensor:
+        """Scalar loss of a micro-batch before gradient-accumulation scaling, from the (B, T) `token_loss` of
+        `_token_loss` (sampler correction and KL included) and the policy's (B, T) `logps`.
 
-        `dapo_tokens` is DAPO's divisor (`_dapo_tokens`; None for the other loss types); the baselines override this
-        hook to add their SFT term.
+        Here: aggregated over `batch.mask` as `loss_type` says; the baselines override it to add their SFT term.
         """
-        return aggregate_token_loss(token_loss, mask, self.loss_type, self.max_completion_length, dapo_tokens)
+        return aggregate_token_loss(
+            token_loss, batch.mask, self.loss_type, self.max_completion_length, batch.dapo_tokens
+        )
 
     def _entropy_bonus(self, entropies, mask, prefix_mask, mode: str) -> torch.Tensor | float:
         """Coefficient x mean entropy over the `prefix_entropy_bonus_scope` tokens (0 when disabled).
