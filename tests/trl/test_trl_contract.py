@@ -72,6 +72,8 @@ ATTRIBUTES = (
     "_entropy_bonus_enabled",
     "_last_world_entropy",
     "_entropy_window_stats",
+    "_log_completion_extra",  # the batch's scoring logs the kept reward passes' `log_extra` columns through it
+    "_log_metric",
     "aux_loss_enabled",
     "router_aux_loss_coef",
     "beta",
