@@ -30,8 +30,8 @@ def verified_zero(completions, **kwargs):
     return [0.0] * len(completions)
 
 
-def setup(args, mode: str):
-    """(trainer, batch) of `mode`, the batch the first of `args.prompts` questions x 8 rollouts."""
+def setup(args, mode: str, reward=verified_zero):
+    """(trainer, batch) of `mode` scored by `reward`, the batch the first of `args.prompts` questions x 8 rollouts."""
     from prefix_rft.baselines import TrapoConfig, TrapoTrainer
     from prefix_rft.trl.cpu import cpu_trainer_kwargs
     from prefix_rft.trl.questions import question_key
@@ -47,7 +47,7 @@ def setup(args, mode: str):
         prefix_truncate_long_demos=True,  # as step_time.py: demos longer than the budget are cut, not refused
     )
     trainer = TrapoTrainer(
-        model=model, reward_funcs=[verified_zero], args=config, train_dataset=dataset, processing_class=tokenizer
+        model=model, reward_funcs=[reward], args=config, train_dataset=dataset, processing_class=tokenizer
     )
     batch = [dataset[i] for i in range(args.prompts) for _ in range(8)]
     trainer.escalation.levels = {question_key(x): (1, 2, 3) for x in batch}  # read by previous_visit only

@@ -1,6 +1,7 @@
-"""TRAPO: in-step escalation (a failed question's later micro-groups guided in the same step; verdicts or reward
-functions that change or fail when the batch is scored), escalation from a question's previous group into its next
-plan (`previous_visit`), the token loss by hand, the state in checkpoints, refusals, and training steps end to end."""
+"""TRAPO: in-step escalation (a failed question's later micro-groups guided in the same step; each row scored once,
+a non-deterministic reward trained as first given, failing reward functions named with their row), escalation from a
+question's previous group into its next plan (`previous_visit`), the token loss by hand, the state in checkpoints,
+refusals, and training steps end to end."""
 
 import math
 from types import SimpleNamespace
@@ -85,60 +86,115 @@ def test_previous_visit_leaves_a_failed_question_unguided_in_its_first_step(tmp_
     assert trainer.escalation.levels == {hard: (1, 2, 3), easy: (0, 0, 0)}  # guidance waits for the next visit
 
 
-class RewardOnLastCall:
-    """`before` for every row until its fourth call (TRL's scoring of the batch after three micro-groups), then
-    `last`."""
+class CountingReward:
+    """`score` (a reward function), counting the rows of each call and logging the call's number per row
+    (`log_extra` column `call`)."""
 
-    __name__ = "changes"
+    def __init__(self, score, name: str):
+        self.score, self.__name__, self.rows = score, name, []
 
-    def __init__(self, before: float, last: float):
-        self.calls, self.before, self.last = 0, before, last
-
-    def __call__(self, completions, **kwargs):
-        self.calls += 1
-        return [self.last if self.calls == 4 else self.before] * len(completions)
-
-
-@pytest.mark.parametrize("before, last", [(0.0, 1.0), (1.0, 0.0)])
-def test_in_step_refuses_a_verdict_that_changes_when_the_batch_is_scored(tmp_path, model, tokenizer, before, last):
-    trainer = trapo_with(tmp_path, model, tokenizer, RewardOnLastCall(before, last))
-    was, now = ("unsolved", "solved") if last else ("solved", "unsolved")
-    message = rf"row 0 of the gathered batch: {was} \(reward {before}\) .* {now} \({last}\) when the batch was scored"
-    with pytest.raises(ValueError, match=message):
-        generate_batch(trainer)
+    def __call__(self, completions, log_extra, **kwargs):
+        self.rows.append(len(completions))
+        log_extra("call", [len(self.rows)] * len(completions))
+        return self.score(completions=completions, **kwargs)
 
 
-def test_in_step_accepts_a_reward_that_changes_but_keeps_its_verdict(tmp_path, model, tokenizer):
-    # 1.0 when the micro-groups are scored, 0.9999999 when TRL scores the batch: solved both times
-    _, output = generate_batch(trapo_with(tmp_path, model, tokenizer, RewardOnLastCall(1.0, 0.9999999)))
-    assert output["completion_ids"].shape[0] == 16  # two questions' groups of 8
+def test_in_step_scores_each_row_once(tmp_path, model, tokenizer):
+    reward = CountingReward(prefix_or_easy, "counted")
+    trainer = trapo_with(tmp_path, model, tokenizer, reward)
+    _, out = generate_batch(trainer)
+    # two groups of 8: positions 0-3 (8 rows), 4-5 (4), 6 (2) as their micro-groups come, position 7 (2) with the
+    # batch: 16 row-scorings, where scoring the batch again made 30
+    assert reward.rows == [8, 4, 2, 2]
+    # the completions table's reward column comes from the pass that scored each row, in row order
+    assert list(trainer._logs["extra"]["call"]) == [1, 1, 1, 1, 2, 2, 3, 4] * 2
+    assert out["prefix_mask"].sum(dim=1).tolist() == [0, 0, 0, 0, 5, 5, 10, 21] + [0] * 8  # escalated as before
 
 
-class FailsOn42AfterFirstCall:
-    """0 for every row on its first call (micro-group 1), then int(a) // (int(a) - 42): the rows answering 42 fail."""
+class Alternating:
+    """1 for every row of its odd calls, 0 of its even calls: a judge whose verdict on a completion depends on when
+    it is asked."""
 
-    __name__ = "fails_on_42"
+    __name__ = "alternating"
 
     def __init__(self):
         self.calls = 0
 
-    def __call__(self, completions, answer, **kwargs):
+    def __call__(self, completions, **kwargs):
         self.calls += 1
-        return [0.0 if self.calls == 1 else float(int(a) // (int(a) - 42)) for a in answer]
+        return [float(self.calls % 2)] * len(completions)
 
 
-def test_in_step_names_the_reward_function_and_row_that_fail_on_a_micro_group(tmp_path, model, tokenizer):
-    # micro-group 1 unsolved -> micro-group 2 (positions 4, 5 of each group) is scored in the step and fails on the
-    # question answering 42 (dataset row 0): its first row is position 4 of that question's group
+def test_in_step_trains_a_non_deterministic_reward_as_first_given(tmp_path, model, tokenizer):
+    trainer = trapo_with(tmp_path, model, tokenizer, Alternating())
+    _, out = generate_batch(trainer)
+    # per group: positions 0-3 get 1 (call 1), 4-5 get 0 (call 2), 6 gets 1 (call 3), 7 gets 0 (call 4, the batch).
+    # 4 of 4 solved -> 4-5 unguided; 5 of 6 -> 6 unguided; 5 of 7 < 7 -> the whole demo (21 tokens) at 7
+    assert out["prefix_mask"].sum(dim=1).tolist() == ([0] * 7 + [21]) * 2
+    # A = r - mean of the group's 8 rewards, 5/8
+    assert out["advantages"][:, 0].tolist() == ([0.375] * 4 + [-0.625] * 2 + [0.375, -0.625]) * 2
+    metrics = trainer._metrics["train"]
+    assert (metrics["rewards/alternating/mean"], metrics["reward"]) == ([0.625], [0.625])
+
+
+def only_easy(completions, answer, **kwargs):
+    """2 for the easy question 17+18 (answer 35), None (not scored by this function) for the others."""
+    return [2.0 if a == "35" else None for a in answer]
+
+
+def test_in_step_logs_each_reward_functions_rewards_over_the_rows_it_scored(tmp_path, model, tokenizer):
+    first, second = CountingReward(prefix_or_easy, "first"), CountingReward(only_easy, "second")
     trainer = TrapoTrainer(
         model=model,
-        reward_funcs=[FailsOn42AfterFirstCall()],
+        reward_funcs=[first, second],
+        args=TrapoConfig(**base_kwargs(tmp_path, reward_weights=[1.0, 0.5])),
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
+    )
+    _, out = generate_batch(trainer)
+    assert first.rows == second.rows == [8, 4, 2, 2]
+    metrics = trainer._metrics["train"]
+    # first: 12+30's 0, 0, 0, 0, 1, 1, 1, 1 (positions 4-7 start with its demo's 25%, 50% or whole prefix) and
+    # 17+18's eight 1s; second: 2 on 17+18's 8 rows, None on 12+30's
+    assert metrics["rewards/second/mean"] == [2.0]
+    assert metrics["rewards/first/mean"] == [12 / 16]
+    # weighted: 12+30's rows 0 or 1 (the second function does not score them), 17+18's 1 + 0.5 * 2 = 2
+    assert metrics["reward"] == [(4 + 8 * 2) / 16]
+    assert metrics["reward/partial_rows/second"] == [8.0]
+    assert out["advantages"][:, 0].tolist() == [-0.5] * 4 + [0.5] * 4 + [0.0] * 8
+
+
+class FailsOn42FromCall:
+    """0 for every row until call `first`, then int(a) // (int(a) - 42): the rows answering 42 fail."""
+
+    __name__ = "fails_on_42"
+
+    def __init__(self, first: int):
+        self.calls, self.first = 0, first
+
+    def __call__(self, completions, answer, **kwargs):
+        self.calls += 1
+        return [0.0 if self.calls < self.first else float(int(a) // (int(a) - 42)) for a in answer]
+
+
+@pytest.mark.parametrize(
+    "first, position",
+    [
+        (2, 4),  # micro-group 2 (positions 4, 5), scored in the step: its first row is position 4
+        (4, 7),  # the batch's scoring, which scores position 7 alone
+    ],
+)
+def test_in_step_names_the_reward_function_and_row_that_fail(tmp_path, model, tokenizer, first, position):
+    # micro-groups unsolved -> each is guided and scored; the question answering 42 is dataset row 0
+    trainer = TrapoTrainer(
+        model=model,
+        reward_funcs=[FailsOn42FromCall(first)],
         args=TrapoConfig(**base_kwargs(tmp_path)),
         train_dataset=make_dataset().select([0, 1]),
         processing_class=tokenizer,
     )
     batch = next(iter(trainer.get_train_dataloader()))
-    row = next(i for i, example in enumerate(batch) if example["answer"] == "42") + 4
+    row = next(i for i, example in enumerate(batch) if example["answer"] == "42") + position
     trainer.model.train()
     with pytest.raises(RuntimeError) as error:
         trainer._generate_and_score_completions(batch)

@@ -72,6 +72,8 @@ ATTRIBUTES = (
     "_entropy_bonus_enabled",
     "_last_world_entropy",
     "_entropy_window_stats",
+    "_log_completion_extra",  # the batch's scoring logs the kept reward passes' `log_extra` columns through it
+    "_log_metric",
     "aux_loss_enabled",
     "router_aux_loss_coef",
     "beta",
@@ -142,12 +144,12 @@ async def async_reward(completions, **kwargs):
 
 
 def test_trl_calls_reward_functions_as_the_in_step_scoring_does(tmp_path, model, tokenizer):
-    # `_score_rows` (trl/scoring.py) calls the reward functions outside `_calculate_rewards`, as TRL does there: the
-    # same extra arguments, async functions on TRL's event loop, completions parsed with TRL's `tools`.
+    # `_reward_columns` (trl/scoring.py) calls the reward functions outside TRL's `_calculate_rewards`, as TRL does:
+    # the same extra arguments, async functions on TRL's event loop, completions parsed with TRL's `tools`.
     source = inspect.getsource(GRPOTrainer._calculate_rewards)
     for key in ("trainer_state", "log_extra", "log_metric"):
         assert f'reward_kwargs["{key}"]' in source, (
-            f"TRL no longer passes `{key}` to reward functions: adapt _score_rows"
+            f"TRL no longer passes `{key}` to reward functions: adapt _reward_columns"
         )
     trainer = PrefixRFTTrainer(
         model=model,

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 from accelerate.utils import gather_object
 
-from prefix_rft.baselines.demo_rows import FullDemoRows, refuse_prefix_options
+from prefix_rft.baselines.demo_rows import FullDemoRows, refuse_clip_options, refuse_prefix_options
 from prefix_rft.core import (
     EscalationState,
     level_at,
@@ -88,9 +88,9 @@ class TrapoConfig(PrefixRFTConfig):
                 "prefix_advantage": fixed,
                 "prefix_entropy_selection": "every prefix token of a guided row is in the trust-region SFT loss",
                 "loss_type": "the loss is summed over a constant (Dr. GRPO)",
-                **dict.fromkeys(("epsilon", "epsilon_high", "delta", "dual_clip"), NO_CLIP),
             },
         )
+        refuse_clip_options(self, NO_CLIP)
         if not 0.0 < self.trapo_trust_region_alpha <= 1.0:
             raise ValueError(f"trapo_trust_region_alpha must be in (0, 1], got {self.trapo_trust_region_alpha}")
 
@@ -100,11 +100,6 @@ def stage_rows(stage: int, offset: int, n: int) -> int:
     return sum(STAGE_OF_POSITION[(offset + i) % GROUP_SIZE] == stage for i in range(n))
 
 
-def verdict(reward: torch.Tensor) -> str:
-    """What the in-step escalation reads from a row's reward: solved (> 0, `solved`), unsolved or unscored (NaN)."""
-    return "unscored" if torch.isnan(reward) else "solved" if solved(reward) else "unsolved"
-
-
 class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
     """`PrefixRFTTrainer` with TRAPO's escalating micro-groups and trust-region SFT on the revealed prefixes."""
 
@@ -112,12 +107,11 @@ class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
         super().__init__(*args, **kwargs)
         self.escalation = EscalationState()
         # Per local row of the batch being generated: its example, the plan of its demo slot (the whole demo, or an
-        # on-policy row), its group position, whether its prefix gets TrSFT, and (in_step) its micro-group's reward.
+        # on-policy row), its group position, and whether its prefix gets TrSFT.
         self._inputs: list[dict[str, Any]] = []
         self._demo_plans: list[RowPlan] = []
         self._positions: list[int] = []
         self._train_prefix: list[bool] = []
-        self._step_rewards: torch.Tensor | None = None
         vocab = self._tokenizer.get_vocab()
         # The authors cut a partial prefix after a paragraph break: a token holding a blank line.
         self._boundary_ids = frozenset(i for token, i in vocab.items() if "\n\n" in token or "ĊĊ" in token)
@@ -125,7 +119,7 @@ class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
             self._refuse_reward_models()
 
     def _refuse_reward_models(self) -> None:
-        """In-step escalation scores micro-groups before TRL scores the batch, with the reward functions only."""
+        """In-step escalation scores micro-groups as they are generated, with the reward functions only."""
         for func, name in zip(self.reward_funcs, self.reward_func_names, strict=True):
             if isinstance(func, torch.nn.Module):
                 raise ValueError(
@@ -173,7 +167,9 @@ class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
         """in_step: micro-groups 1-4 generated one after another, each guided by the rewards of those before it.
 
         Every rank makes the same generate calls in the same order (`_generate_stage`) and takes the same decisions
-        from the gathered rewards (`_guide_stage`). The trainer refuses image datasets, so there are no images.
+        from the gathered rewards (`_guide_stage`). Micro-groups 1-3 are scored as they come (`_score_rows`), and
+        the batch's scoring keeps those rewards, so every row is scored once and trains with the reward its
+        escalation saw. The trainer refuses image datasets, so there are no images.
         """
         rollout = self._rollout
         if rollout is None or self.args.trapo_escalation != "in_step":
@@ -181,14 +177,14 @@ class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
                 prompt_ids, images, multimodal_fields, num_generations, has_tool_images=has_tool_images
             )
         n = len(rollout.rows)
-        rewards = torch.full((n,), torch.nan)  # (B,) NaN until scored; position 7 is scored by TRL alone
+        rewards = torch.full((n,), torch.nan)  # (B,) NaN until scored; position 7 is scored with the batch
         completion_ids, logprobs, prefix_ids, lens = [[]] * n, [[]] * n, [[]] * n, [0] * n
         has_logprobs = True
         calls = self._metrics["train"]["prefix/generate_calls"]
         logged = len(calls)
         for stage in (1, 2, 3, 4):
             if stage > 1:
-                gathered = self._guide_stage(stage, rollout, rewards)
+                self._guide_stage(stage, rollout, rewards)
             rows = [i for i, p in enumerate(self._positions) if STAGE_OF_POSITION[p] == stage]
             ids, lps, sub = self._generate_stage(stage, rows, prompt_ids)
             has_logprobs = has_logprobs and lps is not None
@@ -207,12 +203,10 @@ class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
         if len(calls) > logged:  # transformers generation: one value per generation batch, as without escalation
             calls[logged:] = [sum(calls[logged:])]
         rollout.prefix_ids, rollout.completion_lens = prefix_ids, lens
-        self._step_rewards = gathered  # (N,) the rewards the last decision saw: every scored row of the batch
         return completion_ids, (logprobs if has_logprobs else None)
 
-    def _guide_stage(self, stage: int, rollout: Rollout, rewards: torch.Tensor) -> torch.Tensor:
-        """Plan this rank's rows of micro-group `stage` from the gathered (N,) rewards of each group's earlier ones;
-        returns those gathered rewards."""
+    def _guide_stage(self, stage: int, rollout: Rollout, rewards: torch.Tensor) -> None:
+        """Plan this rank's rows of micro-group `stage` from the gathered (N,) rewards of each group's earlier ones."""
         gathered = self.accelerator.gather(rewards.to(self.accelerator.device)).cpu()
         flags = solved(gathered).view(-1, GROUP_SIZE).tolist()
         levels = [stage_level(stage, group[: STAGE_STARTS[stage - 1]]) for group in flags]
@@ -220,7 +214,6 @@ class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
         for i, position in enumerate(self._positions):
             if STAGE_OF_POSITION[position] == stage:
                 self._guide(rollout, i, levels[(offset + i) // GROUP_SIZE])
-        return gathered
 
     def _generate_stage(self, stage: int, rows: list[int], prompt_ids) -> tuple[list, list | None, Rollout]:
         """Generate local `rows` (one micro-group) through the parent's generation, as a batch of their own.
@@ -253,39 +246,20 @@ class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
         output["trapo_sft_rows"] = torch.tensor(self._train_prefix, device=output["completion_ids"].device)
 
     def _after_rollout(self, inputs: list[dict[str, Any]], rollout: Rollout) -> None:
-        """Log the guided rows per level; in_step: check TRL scored the micro-groups as the escalation did;
-        previous_visit: set every question's next levels from its group (gathered keys, same on all ranks)."""
+        """Log the guided rows per level; previous_visit: set every question's next levels from its group (gathered
+        keys, same on all ranks)."""
         metrics = self._metrics["train"]
         local = [sum(row.hybrid and row.ratio == LEVEL_RATIOS[level] for row in rollout.rows) for level in (1, 2, 3)]
         guided = self.accelerator.reduce(torch.tensor(local, device=self.accelerator.device), "sum").tolist()
         for level, count in zip((1, 2, 3), guided, strict=True):
             metrics[f"trapo/guided_rows_{LEVEL_NAMES[level]}"].append(float(count))
         if self.args.trapo_escalation == "in_step":
-            self._check_rescored(rollout)
             return
         keys = gather_object([question_key(x) for x in inputs])
         self.escalation.observe_groups(list(keys), rollout.rewards.cpu())
         levels = [self.escalation.of(k) for k in keys[:: self.num_generations]]
         for stage, name in enumerate(LEVEL_NAMES.values()):
             metrics[f"trapo/next_{name}_questions"].append(float(sum(lv[stage] > 0 for lv in levels)))
-
-    def _check_rescored(self, rollout: Rollout) -> None:
-        """Refuse a batch in which TRL's scoring changed a verdict the in-step escalation acted on (positions 0-6):
-        whether a row solved it (`solved`) or was unscored (NaN). Other changes of a reward pass (a judge that keeps
-        its verdict, a weighted sum reduced in another order) are accepted."""
-        early = self._step_rewards  # (N,) gathered before the last micro-group, which is never scored early
-        final = rollout.rewards.cpu()
-        scored = torch.arange(len(final)) % GROUP_SIZE != GROUP_SIZE - 1
-        changed = (solved(early) != solved(final)) | (torch.isnan(early) != torch.isnan(final))
-        wrong = (scored & changed).nonzero().flatten().tolist()
-        if wrong:
-            k = wrong[0]
-            raise ValueError(
-                f"row {k} of the gathered batch: {verdict(early[k])} (reward {early[k].item()}) when TRAPO's in-step "
-                f"escalation scored its micro-group, {verdict(final[k])} ({final[k].item()}) when the batch was "
-                "scored; trapo_escalation='in_step' needs reward functions that give a completion the same verdict "
-                "each time, else use 'previous_visit'"
-            )
 
     def _token_loss(self, logps, old_logps, advantages, batch):
         """(B, T): trust-region SFT on prefix tokens of TrSFT rows, 0 on other prefix tokens, -A * rho elsewhere."""

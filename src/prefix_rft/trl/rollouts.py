@@ -70,6 +70,11 @@ class Rollout:
     truncated_tokens: int = 0
     rewards: torch.Tensor | None = None  # (N,) weighted rewards of the whole batch, all ranks, process-major
     is_hybrid: torch.Tensor | None = None  # (N,) bool, `hybrid` of the whole batch, gathered once when it is scored
+    # local row -> its (F,) per-function rewards (NaN: None), for rows scored while the batch is generated
+    # (`_score_rows`); the batch's scoring keeps them and calls the reward functions on the other rows only
+    early_rewards: dict[int, torch.Tensor] = field(default_factory=dict)
+    # completions-table columns the reward functions logged (`log_extra`) in those passes, one value per local row
+    extra_logs: dict[str, list] = field(default_factory=dict)
 
     @property
     def hybrid(self) -> list[bool]:

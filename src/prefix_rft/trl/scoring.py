@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch
 from accelerate.utils import gather_object
 from trl.chat_template_utils import parse_response
 from trl.data_utils import is_conversational
+from trl.extras.profiling import profiling_context
 from trl.trainer.utils import is_async_callable
 
 from prefix_rft.core import (
@@ -98,34 +100,86 @@ class PrefixScoringMixin:
     """Reward and advantage hooks of `PrefixRFTTrainer` (a mixin over TRL's `GRPOTrainer`)."""
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        try:
-            rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        except Exception as error:
-            raise self._locate_reward_error(inputs, prompts, completions, completion_ids_list) from error
+        rollout = self._rollout
+        if rollout is not None and rollout.early_rewards:
+            rewards_per_func = self._complete_rewards(inputs, prompts, completions, completion_ids_list, rollout)
+        else:
+            try:
+                rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+            except Exception as error:
+                raise self._locate_reward_error(inputs, prompts, completions, completion_ids_list) from error
         self._check_rewards(rewards_per_func)
-        if self._rollout is not None:
-            self._rollout.rewards = weighted_rewards(rewards_per_func, self.reward_weights)
+        if rollout is not None:
+            rollout.rewards = weighted_rewards(rewards_per_func, self.reward_weights)
         return rewards_per_func
+
+    def _complete_rewards(self, inputs, prompts, completions, completion_ids_list, rollout: Rollout) -> torch.Tensor:
+        """(N, F) gathered per-function rewards of a batch some of whose rows `_score_rows` scored while it was
+        generated: those rows' rewards as they were given, the reward functions called on the other rows only, so
+        each row is scored once. The reward functions' `log_extra` columns go to the completions table in row order."""
+        local = torch.full((len(prompts), len(self.reward_funcs)), torch.nan)  # (B, F)
+        for i, scores in rollout.early_rewards.items():
+            local[i] = scores
+        rows = [i for i in range(len(prompts)) if i not in rollout.early_rewards]
+        if rows:
+            local[rows] = self._reward_columns(
+                [inputs[i] for i in rows],
+                [prompts[i] for i in rows],
+                [completions[i] for i in rows],
+                [completion_ids_list[i] for i in rows],
+                rows,
+            )
+        for column, values in rollout.extra_logs.items():
+            self._log_completion_extra(column, values)
+        return self.accelerator.gather(local.to(self.accelerator.device))
 
     def _score_rows(self, inputs, prompts, prompt_ids, completion_ids, rows: list[int]) -> torch.Tensor:
         """(n,) weighted rewards of n rows of this rank, from the reward functions as `_calculate_rewards` calls them,
         neither gathered nor logged: for a pass that needs rewards before the batch is complete (TRAPO's in-step
-        escalation), which TRL's scoring of the whole batch then repeats. Reward models (modules) are not called.
-        `rows`: their indices in this rank's batch, which a failing reward function's message names."""
+        escalation). The per-function rewards are kept on the rollout, and the batch's scoring uses them instead of
+        scoring these rows again. `rows`: their indices in this rank's batch."""
         completions = self._decoded(prompts, prompt_ids, completion_ids)
-        kwargs = _columns(inputs) | {"trainer_state": self.state, "log_extra": _ignore, "log_metric": _ignore}
+        scores = self._reward_columns(inputs, prompts, completions, completion_ids, rows)  # (n, F)
+        for j, i in enumerate(rows):
+            self._rollout.early_rewards[i] = scores[j]
+        return weighted_rewards(scores, self.reward_weights.cpu())
+
+    def _reward_columns(self, inputs, prompts, completions, completion_ids, rows: list[int]) -> torch.Tensor:
+        """(n, F) rewards of n rows of this rank from each reward function (NaN where it returns None), called as
+        TRL's `_calculate_rewards` calls them. Reward models (modules) are not supported (TRAPO refuses them).
+        `rows`: the rows' indices in this rank's batch, which a failing reward function's message names and at which
+        `log_extra` values are kept (`Rollout.extra_logs`)."""
+        kwargs = _columns(inputs) | {
+            "trainer_state": self.state,
+            "log_extra": self._row_logger(rows),
+            "log_metric": self._log_metric,
+        }
         columns = []
         for func, name in zip(self.reward_funcs, self.reward_func_names, strict=True):
             try:
-                out = func(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
-                if is_async_callable(func):
-                    out = asyncio.run_coroutine_threadsafe(out, self.async_loop).result()
+                with profiling_context(self, name):
+                    out = func(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
+                    if is_async_callable(func):
+                        out = asyncio.run_coroutine_threadsafe(out, self.async_loop).result()
             except Exception as error:  # named with its function and dataset row, as when TRL scores the batch
                 raise self._locate_reward_error(inputs, prompts, completions, completion_ids, rows) from error
             if len(out) != len(prompts):
                 raise ValueError(f"reward function {name!r} returned {len(out)} rewards for {len(prompts)} rows")
             columns.append([torch.nan if r is None else float(r) for r in out])
-        return weighted_rewards(torch.tensor(columns, dtype=torch.float32).T, self.reward_weights.cpu())
+        return torch.tensor(columns, dtype=torch.float32).T
+
+    def _row_logger(self, rows: list[int]) -> Callable[[str, list], None]:
+        """`log_extra` for a pass over local `rows`: each value is kept at its row's place in the batch's column."""
+        logs, size = self._rollout.extra_logs, len(self._rollout.rows)
+
+        def log_extra(column: str, values: list) -> None:
+            if len(values) != len(rows):
+                raise ValueError(f"log_extra({column!r}) got {len(values)} values for {len(rows)} completions")
+            logged = logs.setdefault(column, [None] * size)
+            for i, value in zip(rows, values, strict=True):
+                logged[i] = value
+
+        return log_extra
 
     def _decoded(self, prompts, prompt_ids, completion_ids) -> list:
         """Completions as TRL's `_generate` decodes them for the reward functions (tools are refused at init)."""
