@@ -1,8 +1,9 @@
 """Copy a `prefix-rft protocol` output folder's records into the repository, small enough to keep in git.
 
 Every run's JSON keeps everything but its trainer log history, which is cut to step, reward and loss per logged step;
-the plan, selection and results JSON are copied as they are, tuning.md is rendered from selection.json (so a run
-whose code predates the tuning table gets one), and the two plots go beside docs/results.md. Runs sit in
+the plan, selection and results JSON are copied as they are, tuning.md is rendered from a v2 selection.json (so a
+run whose code predates the tuning table gets one; v1's selection holds no grid), and the two plots go beside
+docs/results.md. Runs sit in
 `<stage>/<method>/` (v1) or `<stage>/<method>/<field>=<value>/` (v2 tuning); both layouts are kept as they are.
 
     python benchmarks/export_protocol.py runs/protocol docs/benchmarks/protocol --plots-prefix docs/protocol
@@ -15,7 +16,7 @@ import json
 import shutil
 from pathlib import Path
 
-from prefix_rft.recipes.protocol_report import tuning_table
+from prefix_rft.recipes.protocol_report import has_grids, tuning_markdown
 
 KEPT_LOG_KEYS = ("step", "reward", "loss")
 
@@ -46,10 +47,10 @@ def main() -> None:
     for name in ("plan.json", "selection.json", "results.json", "results.md"):
         if (args.source / name).exists():
             shutil.copy(args.source / name, args.dest / name)
-    if (args.source / "selection.json").exists():
-        selection = json.loads((args.source / "selection.json").read_text())
+    selection = args.source / "selection.json"
+    if selection.exists() and has_grids(json.loads(selection.read_text())):
         k = json.loads((args.source / "plan.json").read_text())["settings"]["eval_k"]
-        (args.dest / "tuning.md").write_text(f"# prefix-rft protocol: tuning\n\n{tuning_table(selection, k)}\n")
+        (args.dest / "tuning.md").write_text(tuning_markdown(json.loads(selection.read_text()), k))
     for name in ("results", "differences"):
         if (args.source / f"{name}.png").exists():
             shutil.copy(args.source / f"{name}.png", f"{args.plots_prefix}_{name}.png")

@@ -112,12 +112,12 @@ def protocol_exports() -> list[Path]:
 @pytest.mark.parametrize("folder", protocol_exports(), ids=lambda p: p.name)
 def test_protocol_tables_are_rendered_from_the_shipped_json(folder):
     # Every number of an exported protocol's tables comes from its JSON: the results table from the finals' runs and
-    # selection.json (columns later versions added are left out for exports that predate them), the tuning table
-    # from selection.json.
+    # selection.json (columns later versions added are left out for exports that predate them), and for v2 (which
+    # records the grids) the tuning table from selection.json.
     import json
 
     from prefix_rft.recipes.compare import summarize
-    from prefix_rft.recipes.protocol_report import results_table, tuning_table
+    from prefix_rft.recipes.protocol_report import has_grids, results_table, tuning_markdown
     from prefix_rft.recipes.protocol_rules import REFERENCE
     from prefix_rft.recipes.toy import BASE
 
@@ -126,10 +126,9 @@ def test_protocol_tables_are_rendered_from_the_shipped_json(folder):
     runs = [json.loads(p.read_text()) for p in sorted((folder / "final").rglob("*.json"))]
     if runs:
         used = {r["method"]: r["inputs"] for r in runs if "inputs" in r}
-        rendered = table_rows(
-            results_table(summarize(runs, k, references=(BASE, REFERENCE)), selection["chosen"], k, used)
-        )
+        summary = summarize(runs, k, references=(BASE, REFERENCE))
+        rendered = table_rows(results_table(summary, selection["chosen"], k, used))
         shipped = table_rows((folder / "results.md").read_text())
         assert [row[: len(shipped[0])] for row in rendered] == shipped
-    if (folder / "tuning.md").exists():
-        assert (folder / "tuning.md").read_text() == f"# prefix-rft protocol: tuning\n\n{tuning_table(selection, k)}\n"
+    if has_grids(selection):
+        assert (folder / "tuning.md").read_text() == tuning_markdown(selection, k)

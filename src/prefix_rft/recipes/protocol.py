@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from prefix_rft.recipes.compare import finished_run, save_run, seed_list
-from prefix_rft.recipes.protocol_report import report, tuning_table, write_json
+from prefix_rft.recipes.protocol_report import report, tuning_markdown, write_json
 from prefix_rft.recipes.protocol_rules import (
     REFERENCE,
     affordable_finalists,
@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         "spent_hours": sum(r["seconds"] for r in runs) / 3600,
     }
     write_json(out / "selection.json", selection)
-    (out / "tuning.md").write_text(f"# prefix-rft protocol: tuning\n\n{tuning_table(selection, k)}\n")
+    (out / "tuning.md").write_text(tuning_markdown(selection, k))
     print(
         f"tuning spent {selection['spent_hours']:.1f} of {args.budget_hours:g} CPU-hours; spread of paired "
         f"differences {sigma:.2f} points: cut {threshold:.2f}; the budget pays for {affordable} finalists",

@@ -72,6 +72,16 @@ def tuning_table(selection: dict[str, Any], k: int) -> str:
     return "\n".join(lines)
 
 
+def has_grids(selection: dict[str, Any]) -> bool:
+    """Whether selection.json records the grids a tuning table shows (v2; v1 kept only the chosen values)."""
+    return "sigma" in selection and all("grid" in c for c in selection["chosen"].values())
+
+
+def tuning_markdown(selection: dict[str, Any], k: int) -> str:
+    """tuning.md: the tuning table under its title."""
+    return f"# prefix-rft protocol: tuning\n\n{tuning_table(selection, k)}\n"
+
+
 def plot_differences(summary: dict[str, dict[str, Any]], path: Path) -> None:
     """Paired differences with their 95% intervals: against the base and against Prefix-RFT, test and OOD."""
     import matplotlib
