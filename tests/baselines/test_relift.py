@@ -58,18 +58,19 @@ def test_two_questions_with_equal_prompts_both_enter_the_buffer(tmp_path, model,
 
 
 @pytest.mark.parametrize(
-    ("name", "value"),
+    ("name", "value", "reason"),
     [
-        ("num_hybrid", 1),
-        ("prefix_ratio_decay_steps", 5),
-        ("prefix_placement", "prompt"),
-        ("prefix_success_target", 0.5),
-        ("prefix_entropy_keep_fraction", 0.5),
-        ("prefix_advantage", "paper"),
-        ("prefix_seed", 3),
+        ("num_hybrid", 1, "ReLIFT's RL rollouts are all on-policy"),
+        # PrefixRFTConfig's rule for num_hybrid=0
+        ("prefix_ratio_decay_steps", 5, "num_hybrid=0 has no hybrid rows"),
+        ("prefix_placement", "prompt", "num_hybrid=0 has no hybrid rows"),
+        ("prefix_success_target", 0.5, "num_hybrid=0 has no hybrid rows"),
+        ("prefix_entropy_keep_fraction", 0.5, "num_hybrid=0 has no hybrid rows"),
+        ("prefix_advantage", "paper", "num_hybrid=0 has no hybrid rows"),
+        ("prefix_seed", 3, "num_hybrid=0 has no hybrid rows"),
     ],
 )
-def test_relift_refuses_options_of_hybrid_rows_by_name(tmp_path, name, value):
-    message = f"{name}={value!r} is not used by ReliftConfig: ReLIFT's RL rollouts are all on-policy"
+def test_relift_refuses_options_of_hybrid_rows_by_name(tmp_path, name, value, reason):
+    message = f"{name}={value!r} is not used by ReliftConfig: {reason}"
     with pytest.raises(ValueError, match=re.escape(message)):
         ReliftConfig(**base_kwargs(tmp_path, **{name: value}))

@@ -20,9 +20,9 @@ import torch
 from accelerate.utils import gather_object
 from transformers import TrainerCallback
 
-from prefix_rft.baselines.demo_rows import PREFIX_OPTIONS
 from prefix_rft.data import row_demos
-from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
+from prefix_rft.trl.config import PrefixRFTConfig
+from prefix_rft.trl.fields import refuse_unused
 from prefix_rft.trl.questions import question_key
 from prefix_rft.trl.rollouts import Rollout
 from prefix_rft.trl.run_dir import load_rank_state, save_rank_state
@@ -58,20 +58,6 @@ def take_sft_batch(buffer: list[dict], size: int) -> list[dict] | None:
     return batch
 
 
-# Options that act only on hybrid rows or their demo tokens, besides those of a drawn prefix (`PREFIX_OPTIONS`).
-HYBRID_ROW_OPTIONS = (
-    "num_hybrid",
-    "prefix_ratio_step",
-    "prefix_schedule_unit",
-    "prefix_seed",
-    "prefix_advantage",
-    "prefix_entropy_selection",
-    "prefix_entropy_scope",
-    "prefix_entropy_bonus_scope",
-    "prefix_sampler_correction",
-)
-
-
 @dataclass
 class ReliftConfig(PrefixRFTConfig):
     num_hybrid: int = field(default=0, metadata={"help": "ReLIFT's RL steps are plain on-policy GRPO: must stay 0."})
@@ -80,11 +66,11 @@ class ReliftConfig(PrefixRFTConfig):
     relift_sft_max_grad_norm: float = field(default=0.5, metadata={"help": "Gradient clipping of the SFT step."})
 
     def __post_init__(self) -> None:
-        # Before the parent's, which fills `prefix_seed` and `prefix_entropy_scope` in from other fields.
+        # The parent refuses the options of hybrid rows and drawn prefixes when num_hybrid=0 (`refuse_hybrid_options`)
         reason = (
             "ReLIFT's RL rollouts are all on-policy (no hybrid row, no demo prefix); its SFT step trains whole demos"
         )
-        refuse_unused(self, dict.fromkeys(PREFIX_OPTIONS + HYBRID_ROW_OPTIONS, reason))
+        refuse_unused(self, {"num_hybrid": reason})
         super().__post_init__()
 
 

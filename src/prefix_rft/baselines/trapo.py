@@ -40,7 +40,8 @@ from prefix_rft.core.escalation import (
     solved,
     stage_level,
 )
-from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
+from prefix_rft.trl.config import PrefixRFTConfig
+from prefix_rft.trl.fields import refuse_unused
 from prefix_rft.trl.questions import question_key
 from prefix_rft.trl.rollouts import Rollout, RowPlan
 from prefix_rft.trl.run_dir import load_rank_state, save_rank_state
