@@ -7,11 +7,13 @@ token mean over the batch) with a separate AdamW optimizer; the rest stays for l
 rank's groups in rank order, so all ranks hold the same buffer and trigger, batch and train as one process with the
 same global batch would; each rank computes its share of the batch and the trainer sums the SFT gradients over ranks
 itself, so it runs under DDP and DeepSpeed ZeRO-1/2 in fp32 (ZeRO-3, FSDP and DeepSpeed in bf16/fp16 are refused).
-The buffer and that optimizer are saved in checkpoints, so a resumed run continues exactly.
+The buffer and that optimizer are saved in checkpoints, so a resumed run continues exactly; a buffer saved before
+questions were keyed by `question_key` (keyed by the prompt's JSON) is re-keyed when it is loaded.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +49,25 @@ def add_to_buffer(buffer: list[dict], items: list[dict], key: str = "key") -> No
         if item[key] not in present:
             buffer.append(item)
             present.add(item[key])
+
+
+def has_legacy_key(item: dict) -> bool:
+    """The item is keyed as checkpoints wrote it before questions were keyed by `question_key`: its prompt's JSON."""
+    return item["key"] == json.dumps(item["prompt"])
+
+
+def rekey_legacy_items(buffer: list[dict], ids: dict[str, Any]) -> list[dict]:
+    """`buffer` with each legacy key (`has_legacy_key`) replaced by the question's key (`question_key`): `ids` maps
+    such a key to its training row's `id` (where the dataset has that column), else the prompt is the question. Order
+    kept; an item whose new key is already present is dropped."""
+    items = []
+    for item in buffer:
+        if has_legacy_key(item):
+            item = {**item, "key": question_key({"prompt": item["prompt"], "id": ids.get(item["key"])})}
+        items.append(item)
+    rekeyed: list[dict] = []
+    add_to_buffer(rekeyed, items)
+    return rekeyed
 
 
 def take_sft_batch(buffer: list[dict], size: int) -> list[dict] | None:
@@ -222,7 +243,21 @@ class ReliftTrainer(PrefixRFTTrainer):
         # (a rank alone in it would wait in its reductions) even if the checkpoint was written by another world size.
         saved = load_rank_state(checkpoint, 0, BUFFER_FILE, "ReLIFT buffer")
         if saved is not None:
-            self.relift_buffer, self.sft_steps = saved["buffer"], saved["sft_steps"]
+            self.relift_buffer = rekey_legacy_items(saved["buffer"], self._legacy_ids(saved["buffer"]))
+            self.sft_steps = saved["sft_steps"]
         optimizer_path = os.path.join(checkpoint, f"0_{OPTIMIZER_FILE}")
         if os.path.exists(optimizer_path):
             self._relift_optimizer().load_state_dict(torch.load(optimizer_path, weights_only=True))
+
+    def _legacy_ids(self, buffer: list[dict]) -> dict[str, Any]:
+        """Legacy key (a prompt's JSON) -> `id` of the first training row asking that prompt, for the buffer's legacy
+        items; empty when there are none, or the training set has no `id` column or is iterable (those items are
+        then keyed by their prompt)."""
+        legacy = {item["key"] for item in buffer if has_legacy_key(item)}
+        dataset = self.train_dataset
+        if not legacy or not hasattr(dataset, "__len__") or "id" not in (getattr(dataset, "column_names", None) or ()):
+            return {}
+        ids: dict[str, Any] = {}
+        for row in dataset.select_columns(["prompt", "id"]):
+            ids.setdefault(json.dumps(row["prompt"]), row["id"])
+        return {key: ids[key] for key in legacy if key in ids}
