@@ -155,12 +155,8 @@ def run(num_hybrid: int, args, base_path: str | None) -> list[dict]:
         "learning_rate": args.learning_rate,
         "lr_scheduler_type": "constant",
     }
-    config = PrefixRFTConfig(
-        **kwargs,
-        num_hybrid=num_hybrid,
-        prefix_ratio_decay_steps=args.steps,
-        prefix_truncate_long_demos=True,
-    )
+    schedule = {"prefix_ratio_decay_steps": args.steps} if num_hybrid else {}  # refused without hybrid rows
+    config = PrefixRFTConfig(**kwargs, num_hybrid=num_hybrid, prefix_truncate_long_demos=True, **schedule)
     trainer = PrefixRFTTrainer(
         model=model, reward_funcs=[task_reward], args=config, train_dataset=dataset, processing_class=tokenizer
     )

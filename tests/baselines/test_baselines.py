@@ -124,17 +124,18 @@ def test_baselines_refuse_options_their_objective_ignores(tmp_path, config_cls, 
 
 def test_relift_state_round_trips_and_a_checkpoint_without_it_warns(tmp_path, model, tokenizer, caplog):
     trainer = baseline_trainer(ReliftTrainer, ReliftConfig, tmp_path, model, tokenizer, [0.0])
-    trainer.relift_buffer, trainer.sft_steps = [{"key": "q1"}], 3
+    item = {"key": "id:q1", "prompt": "1+1=", "demo": "2"}
+    trainer.relift_buffer, trainer.sft_steps = [item], 3
     saved, empty = tmp_path / "saved", tmp_path / "empty"
     saved.mkdir(), empty.mkdir()
     trainer._save_rng_state(str(saved))
     trainer.relift_buffer, trainer.sft_steps = [], 0
     trainer._load_rng_state(str(saved))
-    assert trainer.relift_buffer == [{"key": "q1"}] and trainer.sft_steps == 3
+    assert trainer.relift_buffer == [item] and trainer.sft_steps == 3
     with caplog.at_level("WARNING", logger="prefix_rft.trl.run_dir"):
         trainer._load_rng_state(str(empty))
     assert f"{empty} has no ReLIFT buffer ({empty}/0_" in caplog.text and "it starts empty" in caplog.text
-    assert trainer.relift_buffer == [{"key": "q1"}]  # left as it was
+    assert trainer.relift_buffer == [item]  # left as it was
 
 
 @pytest.mark.parametrize("config_class", [LuffyConfig, RLWithSFTConfig])

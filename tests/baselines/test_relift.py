@@ -1,14 +1,16 @@
 """ReLIFT: the SFT step's prompts as RL rendered them, its failure buffer keyed per question, options it refuses."""
 
+import json
 import re
 
 import pytest
 import torch
 
 from prefix_rft.baselines import ReliftConfig, ReliftTrainer
+from prefix_rft.baselines.relift import BUFFER_FILE
 from prefix_rft.tasks.tokenizer import CHAT_TEMPLATE, build_tokenizer
 from prefix_rft.trl.rollouts import Rollout, RowPlan
-from tests.helpers import base_kwargs, baseline_trainer
+from tests.helpers import FixedRewards, base_kwargs, baseline_trainer, make_dataset
 
 # The task template, except that the generation prompt ends in `N` when `enable_thinking` is passed as False.
 THINKING_TEMPLATE = CHAT_TEMPLATE.replace(
@@ -57,19 +59,59 @@ def test_two_questions_with_equal_prompts_both_enter_the_buffer(tmp_path, model,
     assert [item["demo"] for item in trainer.relift_buffer] == ["1+1 is 2", "one and one: 2", "2+2 is 4"]
 
 
+def load_buffer(trainer, tmp_path, buffer: list[dict]) -> None:
+    """Resume `trainer` from a checkpoint holding only `buffer` as its ReLIFT state."""
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / f"0_{BUFFER_FILE}").write_text(json.dumps({"buffer": buffer, "sft_steps": 0}))
+    trainer._load_rng_state(str(checkpoint))
+
+
+def chat(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def test_a_buffer_keyed_by_prompt_json_is_rekeyed_so_its_question_is_not_buffered_twice(tmp_path, model, tokenizer):
+    # a checkpoint from before question_key keyed "12+30=" by its prompt's JSON; an item keyed "id:b" (the current
+    # form) is kept as it is, though the item holds no id
+    trainer = baseline_trainer(ReliftTrainer, ReliftConfig, tmp_path, model, tokenizer, [0.0])
+    old = {"key": '[{"role": "user", "content": "12+30="}]', "prompt": chat("12+30="), "demo": "12+30 is 42"}
+    current = {"key": "id:b", "prompt": chat("1+1="), "demo": "1+1 is 2"}
+    load_buffer(trainer, tmp_path, [old, current])
+    # the same two questions fail again: neither enters a second time
+    trainer._after_rollout(*failed_batch([("12+30=", None), ("1+1=", "b")], ["12+30 is 42", "1+1 is 2"]))
+    assert [item["demo"] for item in trainer.relift_buffer] == ["12+30 is 42", "1+1 is 2"]
+    assert trainer.relift_buffer[1]["key"] == "id:b"
+
+
+def test_a_buffer_keyed_by_prompt_json_takes_the_id_of_its_training_row(tmp_path, model, tokenizer):
+    # the training rows have ids q0..q3; the old item of "17+18=" (row q1) becomes question q1
+    args = ReliftConfig(**base_kwargs(tmp_path))
+    dataset = make_dataset().add_column("id", ["q0", "q1", "q2", "q3"])
+    trainer = ReliftTrainer(
+        model=model, reward_funcs=[FixedRewards([0.0])], args=args, train_dataset=dataset, processing_class=tokenizer
+    )
+    old = {"key": '[{"role": "user", "content": "17+18="}]', "prompt": chat("17+18="), "demo": "17+18 is 35"}
+    load_buffer(trainer, tmp_path, [old])
+    assert trainer.relift_buffer[0]["key"] == "id:q1"
+    trainer._after_rollout(*failed_batch([("17+18=", "q1"), ("12+30=", "q0")], ["17+18 is 35", "12+30 is 42"]))
+    assert [item["demo"] for item in trainer.relift_buffer] == ["17+18 is 35", "12+30 is 42"]
+
+
 @pytest.mark.parametrize(
-    ("name", "value"),
+    ("name", "value", "reason"),
     [
-        ("num_hybrid", 1),
-        ("prefix_ratio_decay_steps", 5),
-        ("prefix_placement", "prompt"),
-        ("prefix_success_target", 0.5),
-        ("prefix_entropy_keep_fraction", 0.5),
-        ("prefix_advantage", "paper"),
-        ("prefix_seed", 3),
+        ("num_hybrid", 1, "ReLIFT's RL rollouts are all on-policy"),
+        # PrefixRFTConfig's rule for num_hybrid=0
+        ("prefix_ratio_decay_steps", 5, "num_hybrid=0 has no hybrid rows"),
+        ("prefix_placement", "prompt", "num_hybrid=0 has no hybrid rows"),
+        ("prefix_success_target", 0.5, "num_hybrid=0 has no hybrid rows"),
+        ("prefix_entropy_keep_fraction", 0.5, "num_hybrid=0 has no hybrid rows"),
+        ("prefix_advantage", "paper", "num_hybrid=0 has no hybrid rows"),
+        ("prefix_seed", 3, "num_hybrid=0 has no hybrid rows"),
     ],
 )
-def test_relift_refuses_options_of_hybrid_rows_by_name(tmp_path, name, value):
-    message = f"{name}={value!r} is not used by ReliftConfig: ReLIFT's RL rollouts are all on-policy"
+def test_relift_refuses_options_of_hybrid_rows_by_name(tmp_path, name, value, reason):
+    message = f"{name}={value!r} is not used by ReliftConfig: {reason}"
     with pytest.raises(ValueError, match=re.escape(message)):
         ReliftConfig(**base_kwargs(tmp_path, **{name: value}))

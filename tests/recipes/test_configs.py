@@ -72,6 +72,13 @@ def test_paper_recipe_states_the_paper_settings(every_tracker_installed):
     assert config.prefix_entropy_keep_fraction == 0.2 and config.beta == 0.0
 
 
+@pytest.mark.parametrize("path", [p for p in RL_RECIPES if "--num_hybrid 0" in p.read_text()], ids=lambda p: p.name)
+def test_the_documented_no_hybrid_override_parses(path, every_tracker_installed):
+    # the recipe's header names `--num_hybrid 0` (the RFT baseline): the file sets no option of hybrid rows
+    config = parse_args(["--config", str(path), "--use_cpu", "true", "--num_hybrid", "0"]).config
+    assert (config.num_hybrid, config.prefix_ratio_decay_steps) == (0, 500)
+
+
 @pytest.mark.slow
 def test_smoke_recipe_learns_something(tmp_path):
     # 2 steps of the smoke recipe from the shipped base: some rollouts are right, so rewards and gradients are not 0

@@ -47,20 +47,28 @@ def test_a_fixed_sft_stage_takes_the_whole_budget_alone_and_half_before_rl():
 
 def test_whole_demo_methods_draw_no_prefix_and_get_no_prefix_schedule():
     # the whole demo fills the hybrid slot of RL with SFT loss, LUFFY, CHORD, HPT, SRFT and TRAPO (FullDemoRows);
-    # ReLIFT has no hybrid slot
+    # ReLIFT and RFT have no hybrid slot (num_hybrid=0), nor has sft_rft's RL stage
     assert sorted(m for m in RL_METHODS if not method_spec(m).draws_prefix) == [
         "chord",
         "hpt",
         "luffy",
         "relift",
+        "rft",
         "rl_sft",
         "srft",
         "trapo",
     ]
-    assert not method_spec("sft").draws_prefix
+    assert not method_spec("sft").draws_prefix and not method_spec("sft_rft").draws_prefix
     settings = RunSettings(steps=7)
     assert rl_config("prefix_rft", settings, seed=0, output_dir="unused").prefix_ratio_decay_steps == 7  # the run
-    assert rl_config("rl_sft", settings, seed=0, output_dir="unused").prefix_ratio_decay_steps == 500  # the default
+    for method in ("rl_sft", "rft", "sft_rft"):
+        assert rl_config(method, settings, seed=0, output_dir="unused").prefix_ratio_decay_steps == 500  # the default
+
+
+def test_a_run_set_to_no_hybrid_rows_gets_no_prefix_schedule():
+    settings = RunSettings(steps=7, rl_set=["num_hybrid=0"])
+    config = rl_config("prefix_rft", settings, seed=0, output_dir="unused")
+    assert (config.num_hybrid, config.prefix_ratio_decay_steps) == (0, 500)
 
 
 def test_relift_alone_takes_the_runs_sft_batch_and_learning_rate():

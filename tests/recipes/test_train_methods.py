@@ -78,6 +78,16 @@ def test_preset_methods_fix_their_settings(tmp_path):
         ),
         ("sft", [], "method 'sft' refuses max_completion_length, num_generations, prefix_truncate_long_demos: RL"),
         ("rft", ["--num_hybrid", "1"], "method 'rft' sets num_hybrid=0; got num_hybrid=1"),
+        (
+            "rft",
+            ["--prefix_ratio_decay_steps", "7"],
+            "prefix_ratio_decay_steps=7 is not used by PrefixRFTConfig: num_hybrid=0 has no hybrid rows",
+        ),
+        (
+            "sft_best_rft",
+            ["--prefix_placement", "prompt"],
+            "prefix_placement='prompt' is not used by SFTBestThenRFTConfig: num_hybrid=0 has no hybrid rows",
+        ),
         ("grpo", [], "method='grpo' is not a method of prefix-rft; choose one of prefix_rft, rft, sft, "),
     ],
 )

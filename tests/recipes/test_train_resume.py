@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from prefix_rft.recipes.train import main, parse_args, resolve_resume
+from prefix_rft.recipes.train import main, parse_args
+from prefix_rft.trl.run_dir import resolve_resume
 from tests.helpers import write_yaml
 
 RUN = {

@@ -149,3 +149,51 @@ def test_the_old_name_of_dual_clip_is_refused_with_the_new_one(tmp_path):
         prefix_dual_clip=2.0,
     )
     assert train_args(tmp_path, dual_clip=2.0).dual_clip == 2.0
+
+
+NO_HYBRID = "is not used by PrefixRFTConfig: num_hybrid=0 has no hybrid rows, and the option acts only on hybrid rows"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("prefix_ratio_decay_steps", 7),
+        ("prefix_schedule_unit", "optimizer_step"),
+        ("prefix_seed", 3),
+        ("prefix_advantage", "paper"),
+        ("prefix_entropy_scope", "local_micro_batch"),
+        ("prefix_entropy_bonus_scope", "continuation"),
+        ("prefix_placement", "prompt"),
+        ("prefix_sampler_correction", "row"),
+        ("prefix_rescue_max_success", 0.0),
+    ],
+)
+def test_without_hybrid_rows_an_option_of_hybrid_rows_is_refused_by_name(tmp_path, name, value):
+    with pytest.raises(ValueError, match=f"^{re.escape(f'{name}={value!r} {NO_HYBRID}')}"):
+        train_args(tmp_path, num_hybrid=0, **{name: value})
+
+
+def test_the_options_refused_without_hybrid_rows_include_a_new_prefix_field(tmp_path):
+    from dataclasses import dataclass
+
+    from prefix_rft import PrefixRFTConfig
+
+    @dataclass
+    class WithNewOption(PrefixRFTConfig):
+        prefix_new_option: int = 0
+
+    message = f"prefix_new_option=1 {NO_HYBRID}".replace("PrefixRFTConfig", "WithNewOption")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+        WithNewOption(output_dir=str(tmp_path), use_cpu=True, num_hybrid=0, prefix_new_option=1)
+
+
+def test_without_hybrid_rows_demo_truncation_and_the_derived_prefix_fields_are_accepted(tmp_path):
+    # demo lengths are still checked at validation; prefix_seed and the entropy scope are filled in after the check
+    config = train_args(tmp_path, num_hybrid=0, seed=5, prefix_truncate_long_demos=True)
+    assert (config.prefix_truncate_long_demos, config.prefix_seed, config.prefix_entropy_scope) == (
+        True,
+        5,
+        "optimizer_step",
+    )
+    # with a hybrid row the same option is used, so accepted
+    assert train_args(tmp_path, num_hybrid=1, prefix_ratio_decay_steps=7).prefix_ratio_decay_steps == 7

@@ -138,7 +138,10 @@ def test_question_key_prefers_the_id_column_and_else_hashes_the_prompt():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"num_hybrid": 0, "prefix_success_target": 0.5}, "prefix_success_target act on hybrid rows"),
+        (
+            {"num_hybrid": 0, "prefix_success_target": 0.5},
+            "prefix_success_target=0.5 is not used by PrefixRFTConfig: num_hybrid=0 has no hybrid rows",
+        ),
         ({"prefix_ratio_step": 0.1}, "prefix_ratio_step acts only with prefix_success_target"),
         ({"prefix_success_target": 1.5}, r"prefix_success_target=1.5 is out of range; expected \[0, 1\]"),
         ({"prefix_rescue_max_success": -0.1}, "prefix_rescue_max_success=-0.1 is out of range"),

@@ -17,7 +17,8 @@ import torch
 from prefix_rft.baselines.demo_rows import FullDemoRows, refuse_prefix_options
 from prefix_rft.core import aggregate_token_loss, chord_phi, demo_nll, warmup_cosine_weight
 from prefix_rft.core.entropy import SelectionMode
-from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
+from prefix_rft.trl.config import PrefixRFTConfig
+from prefix_rft.trl.fields import refuse_unused
 from prefix_rft.trl.loss import LossBatch
 from prefix_rft.trl.trainer import PrefixRFTTrainer
 

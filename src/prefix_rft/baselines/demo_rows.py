@@ -9,7 +9,8 @@ clipped importance ratio and refuse its options (`refuse_clip_options`).
 
 from __future__ import annotations
 
-from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
+from prefix_rft.trl.config import PrefixRFTConfig
+from prefix_rft.trl.fields import refuse_unused
 from prefix_rft.trl.rollouts import Rollout, RowPlan
 
 # Options of a drawn prefix: a full-demo slot has none.

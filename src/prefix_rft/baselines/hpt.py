@@ -20,7 +20,8 @@ from prefix_rft.baselines.demo_rows import FullDemoRows, refuse_clip_options, re
 from prefix_rft.core import aggregate_dr_grpo, demo_nll, hpt_group_modes, unclipped_token_loss
 from prefix_rft.core.entropy import SelectionMode
 from prefix_rft.core.questions import HPT_MODES
-from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
+from prefix_rft.trl.config import PrefixRFTConfig
+from prefix_rft.trl.fields import refuse_unused
 from prefix_rft.trl.loss import LossBatch
 from prefix_rft.trl.rollouts import Rollout
 from prefix_rft.trl.trainer import PrefixRFTTrainer

@@ -98,11 +98,16 @@ class Method(NamedTuple):
     uses_demos: bool = True
 
     @property
+    def num_hybrid(self) -> int:
+        """Hybrid slots per group of its RL stage: its preset, else its config class's default."""
+        return self.presets.get("num_hybrid", next(f.default for f in fields(self.config) if f.name == "num_hybrid"))
+
+    @property
     def draws_prefix(self) -> bool:
         """Its RL stage draws a demo prefix for its hybrid slots, so the prefix-ratio schedule acts on it; a
-        whole-demo slot (`FullDemoRows`) draws none, and ReLIFT has no hybrid slot: both refuse the schedule's
-        options."""
-        return self.trainer is not None and not issubclass(self.trainer, (FullDemoRows, ReliftTrainer))
+        whole-demo slot (`FullDemoRows`) draws none, and with num_hybrid=0 (rft, sft_rft, sft_best_rft, relift) there
+        is no hybrid slot: both refuse the schedule's options."""
+        return self.trainer is not None and not issubclass(self.trainer, FullDemoRows) and self.num_hybrid > 0
 
 
 def _preset(**settings: Any) -> Method:

@@ -7,11 +7,13 @@ token mean over the batch) with a separate AdamW optimizer; the rest stays for l
 rank's groups in rank order, so all ranks hold the same buffer and trigger, batch and train as one process with the
 same global batch would; each rank computes its share of the batch and the trainer sums the SFT gradients over ranks
 itself, so it runs under DDP and DeepSpeed ZeRO-1/2 in fp32 (ZeRO-3, FSDP and DeepSpeed in bf16/fp16 are refused).
-The buffer and that optimizer are saved in checkpoints, so a resumed run continues exactly.
+The buffer and that optimizer are saved in checkpoints, so a resumed run continues exactly; a buffer saved before
+questions were keyed by `question_key` (keyed by the prompt's JSON) is re-keyed when it is loaded.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,9 +22,9 @@ import torch
 from accelerate.utils import gather_object
 from transformers import TrainerCallback
 
-from prefix_rft.baselines.demo_rows import PREFIX_OPTIONS
 from prefix_rft.data import row_demos
-from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
+from prefix_rft.trl.config import PrefixRFTConfig
+from prefix_rft.trl.fields import refuse_unused
 from prefix_rft.trl.questions import question_key
 from prefix_rft.trl.rollouts import Rollout
 from prefix_rft.trl.run_dir import load_rank_state, save_rank_state
@@ -49,6 +51,25 @@ def add_to_buffer(buffer: list[dict], items: list[dict], key: str = "key") -> No
             present.add(item[key])
 
 
+def has_legacy_key(item: dict) -> bool:
+    """The item is keyed as checkpoints wrote it before questions were keyed by `question_key`: its prompt's JSON."""
+    return item["key"] == json.dumps(item["prompt"])
+
+
+def rekey_legacy_items(buffer: list[dict], ids: dict[str, Any]) -> list[dict]:
+    """`buffer` with each legacy key (`has_legacy_key`) replaced by the question's key (`question_key`): `ids` maps
+    such a key to its training row's `id` (where the dataset has that column), else the prompt is the question. Order
+    kept; an item whose new key is already present is dropped."""
+    items = []
+    for item in buffer:
+        if has_legacy_key(item):
+            item = {**item, "key": question_key({"prompt": item["prompt"], "id": ids.get(item["key"])})}
+        items.append(item)
+    rekeyed: list[dict] = []
+    add_to_buffer(rekeyed, items)
+    return rekeyed
+
+
 def take_sft_batch(buffer: list[dict], size: int) -> list[dict] | None:
     """The oldest `size` items, removed from the buffer, once it holds at least `size`; otherwise None."""
     if len(buffer) < size:
@@ -56,20 +77,6 @@ def take_sft_batch(buffer: list[dict], size: int) -> list[dict] | None:
     batch = buffer[:size]
     del buffer[:size]
     return batch
-
-
-# Options that act only on hybrid rows or their demo tokens, besides those of a drawn prefix (`PREFIX_OPTIONS`).
-HYBRID_ROW_OPTIONS = (
-    "num_hybrid",
-    "prefix_ratio_step",
-    "prefix_schedule_unit",
-    "prefix_seed",
-    "prefix_advantage",
-    "prefix_entropy_selection",
-    "prefix_entropy_scope",
-    "prefix_entropy_bonus_scope",
-    "prefix_sampler_correction",
-)
 
 
 @dataclass
@@ -80,11 +87,11 @@ class ReliftConfig(PrefixRFTConfig):
     relift_sft_max_grad_norm: float = field(default=0.5, metadata={"help": "Gradient clipping of the SFT step."})
 
     def __post_init__(self) -> None:
-        # Before the parent's, which fills `prefix_seed` and `prefix_entropy_scope` in from other fields.
+        # The parent refuses the options of hybrid rows and drawn prefixes when num_hybrid=0 (`refuse_hybrid_options`)
         reason = (
             "ReLIFT's RL rollouts are all on-policy (no hybrid row, no demo prefix); its SFT step trains whole demos"
         )
-        refuse_unused(self, dict.fromkeys(PREFIX_OPTIONS + HYBRID_ROW_OPTIONS, reason))
+        refuse_unused(self, {"num_hybrid": reason})
         super().__post_init__()
 
 
@@ -236,7 +243,21 @@ class ReliftTrainer(PrefixRFTTrainer):
         # (a rank alone in it would wait in its reductions) even if the checkpoint was written by another world size.
         saved = load_rank_state(checkpoint, 0, BUFFER_FILE, "ReLIFT buffer")
         if saved is not None:
-            self.relift_buffer, self.sft_steps = saved["buffer"], saved["sft_steps"]
+            self.relift_buffer = rekey_legacy_items(saved["buffer"], self._legacy_ids(saved["buffer"]))
+            self.sft_steps = saved["sft_steps"]
         optimizer_path = os.path.join(checkpoint, f"0_{OPTIMIZER_FILE}")
         if os.path.exists(optimizer_path):
             self._relift_optimizer().load_state_dict(torch.load(optimizer_path, weights_only=True))
+
+    def _legacy_ids(self, buffer: list[dict]) -> dict[str, Any]:
+        """Legacy key (a prompt's JSON) -> `id` of the first training row asking that prompt, for the buffer's legacy
+        items; empty when there are none, or the training set has no `id` column or is iterable (those items are
+        then keyed by their prompt)."""
+        legacy = {item["key"] for item in buffer if has_legacy_key(item)}
+        dataset = self.train_dataset
+        if not legacy or not hasattr(dataset, "__len__") or "id" not in (getattr(dataset, "column_names", None) or ()):
+            return {}
+        ids: dict[str, Any] = {}
+        for row in dataset.select_columns(["prompt", "id"]):
+            ids.setdefault(json.dumps(row["prompt"]), row["id"])
+        return {key: ids[key] for key in legacy if key in ids}

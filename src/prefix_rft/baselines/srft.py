@@ -29,7 +29,8 @@ from prefix_rft.core import (
 )
 from prefix_rft.core.advantages import AdvantageMode
 from prefix_rft.core.entropy import SelectionMode
-from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
+from prefix_rft.trl.config import PrefixRFTConfig
+from prefix_rft.trl.fields import refuse_unused
 from prefix_rft.trl.loss import LossBatch
 from prefix_rft.trl.rollouts import Rollout
 from prefix_rft.trl.trainer import PrefixRFTTrainer

@@ -40,7 +40,9 @@ from prefix_rft.core.escalation import (
     solved,
     stage_level,
 )
-from prefix_rft.trl.config import PrefixRFTConfig, refuse_unused
+from prefix_rft.trl.config import PrefixRFTConfig
+from prefix_rft.trl.fields import refuse_unused
+from prefix_rft.trl.loss import LossBatch
 from prefix_rft.trl.questions import question_key
 from prefix_rft.trl.rollouts import Rollout, RowPlan
 from prefix_rft.trl.run_dir import load_rank_state, save_rank_state
@@ -261,7 +263,7 @@ class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
         for stage, name in enumerate(LEVEL_NAMES.values()):
             metrics[f"trapo/next_{name}_questions"].append(float(sum(lv[stage] > 0 for lv in levels)))
 
-    def _token_loss(self, logps, old_logps, advantages, batch):
+    def _token_loss(self, logps, old_logps, advantages, batch: LossBatch):
         """(B, T): trust-region SFT on prefix tokens of TrSFT rows, 0 on other prefix tokens, -A * rho elsewhere."""
         own = unclipped_token_loss(logps, old_logps, advantages)
         prefix_mask, rows = batch.prefix_mask, batch.inputs.get("trapo_sft_rows")  # rows: absent from eval batches

@@ -90,11 +90,13 @@ def rl_config(method: str, settings: RunSettings, seed: int, output_dir: Path, s
         lr_scheduler_type="constant",
         log_completions=False,
     )
-    if spec.draws_prefix:  # a whole-demo slot draws no prefix (CHORD refuses the option)
-        kwargs["prefix_ratio_decay_steps"] = max(steps, 1)  # the paper's cosine floor, over the whole run
     kwargs.update(config_settings(spec, settings))
     kwargs.update(spec.presets)
     kwargs.update(settings.extra)
+    # Only a method that draws prefixes takes the schedule: a whole-demo slot (rl_sft, luffy, chord, hpt, srft, trapo)
+    # or no hybrid slot (num_hybrid=0: rft, relift, or `--rl-set num_hybrid=0`) has none, and its config refuses it.
+    if spec.draws_prefix and kwargs.get("num_hybrid", spec.num_hybrid) > 0:
+        kwargs.setdefault("prefix_ratio_decay_steps", max(steps, 1))  # the paper's cosine floor, over the whole run
     cap, budget = kwargs["max_completion_length"], completion_budget()  # after `--rl-set`, which may set it too
     if not 1 <= cap <= budget:
         raise ValueError(f"max_completion_length must be between 1 and {budget}, got {cap}")

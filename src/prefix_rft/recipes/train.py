@@ -27,7 +27,6 @@ from prefix_rft.recipes.train_setup import (
     parse_args,
 )
 from prefix_rft.setup_errors import reports_setup_errors, setup_stage
-from prefix_rft.trl.run_dir import resolve_resume
 
 __all__ = [
     "EMBEDDED",
@@ -45,7 +44,6 @@ __all__ = [
     "main",
     "model_init_kwargs",
     "parse_args",
-    "resolve_resume",
     "run_staged",
 ]
 

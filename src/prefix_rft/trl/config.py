@@ -14,7 +14,13 @@ from prefix_rft.core.loss import LOSS_TYPES, LossType
 from prefix_rft.core.prefix import hybrid_positions
 from prefix_rft.core.schedule import Constant, Delay, PrefixRatioSampler, ScheduleKind, make_controller
 from prefix_rft.data.annotations import is_instance, runtime_types, type_names
-from prefix_rft.trl.fields import REFUSED_GRPO_FIELDS, REFUSED_LOSS_TYPES, RENAMED_FIELDS, RENAMED_SCOPES
+from prefix_rft.trl.fields import (
+    REFUSED_GRPO_FIELDS,
+    REFUSED_LOSS_TYPES,
+    RENAMED_FIELDS,
+    RENAMED_SCOPES,
+    refuse_hybrid_options,
+)
 
 # The choices of the string fields: each field is typed with its Literal, which `--help` lists and
 # `_check_choices` enforces (core's Literals for the options core reads).
@@ -57,15 +63,6 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "dual_clip": (1 + 1e-12, _INF, "> 1 (dual-clip PPO), or null to disable"),
     "max_consecutive_nonfinite_steps": (1, _INF, ">= 1"),
 }
-
-
-def refuse_unused(config: GRPOConfig, unused: dict[str, str]) -> None:
-    """Raise when a field of `unused` (name -> why the trainer ignores it) is set away from its default on `config`:
-    a baseline's objective that has no place for it would otherwise train as if it were unset."""
-    defaults = {f.name: f.default for f in fields(config)}
-    for name, reason in unused.items():
-        if getattr(config, name) != defaults[name]:
-            raise ValueError(f"{name}={getattr(config, name)!r} is not used by {type(config).__name__}: {reason}")
 
 
 @functools.cache
@@ -280,6 +277,7 @@ class PrefixRFTConfig(GRPOConfig):
         if isinstance(self.scale_rewards, bool):
             self.scale_rewards = "group" if self.scale_rewards else "none"
         self._check_ranges()  # first: a wrong type or range would otherwise fail inside TRL or numpy, unnamed
+        refuse_hybrid_options(self)  # before `prefix_seed` and `prefix_entropy_scope` are filled in from other fields
         self._refuse_unsupported()  # before TRL's checks, so these errors give our reason
         super().__post_init__()
         self._check_choices()
@@ -357,10 +355,7 @@ class PrefixRFTConfig(GRPOConfig):
             )
 
     def _check_question_guidance(self) -> None:
-        """Refuse per-question settings that would have no effect."""
-        guided = [n for n in ("prefix_success_target", "prefix_rescue_max_success") if getattr(self, n) is not None]
-        if guided and self.num_hybrid == 0:
-            raise ValueError(f"{' and '.join(guided)} act on hybrid rows, but num_hybrid=0 plans none")
+        """Refuse per-question settings that would have no effect (with num_hybrid=0: `refuse_hybrid_options`)."""
         if self.prefix_success_target is None and self.prefix_ratio_step != DEFAULT_RATIO_STEP:
             raise ValueError("prefix_ratio_step acts only with prefix_success_target (the adaptive prefix ratio)")
         self._check_sampler_correction()

@@ -1,4 +1,5 @@
-"""Every `GRPOConfig` field, classified: PrefixRFTTrainer implements it, or `PrefixRFTConfig` refuses it.
+"""Every `GRPOConfig` field, classified: PrefixRFTTrainer implements it, or `PrefixRFTConfig` refuses it; and the
+`prefix_*` fields a run without hybrid rows refuses (`refuse_hybrid_options`).
 
 A field is in exactly one of the two collections (tests/trl/test_fields.py checks it against the installed TRL,
 so a field a new TRL adds fails the tests until it is classified here). A refused field is an error when set to
@@ -6,6 +7,9 @@ anything but its GRPOConfig default; the message names the field and gives the r
 """
 
 from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
 
 # TrainingArguments fields: the Trainer machinery (optimizer, schedule, precision, logging, checkpoints, evaluation,
 # distribution) runs unchanged, as under stock GRPOTrainer.
@@ -123,3 +127,29 @@ RENAMED_FIELDS = {
 }
 # Former values of prefix_entropy_scope -> the value that behaves as they did.
 RENAMED_SCOPES = {"batch": "global_micro_batch", "micro_batch": "local_micro_batch"}
+
+
+# `prefix_*` fields that still act without hybrid rows: demos longer than the completion budget are checked at
+# validation whatever num_hybrid is, and a method training on whole demos (ReLIFT's SFT step, sft_rft) reads them.
+NO_HYBRID_PREFIX_FIELDS = frozenset({"prefix_truncate_long_demos"})
+
+
+def refuse_unused(config: Any, unused: dict[str, str]) -> None:
+    """Raise when a field of `unused` (name -> why the trainer ignores it) is set away from its default on `config`
+    (a dataclass): a baseline's objective that has no place for it would otherwise train as if it were unset."""
+    defaults = {f.name: f.default for f in fields(config)}
+    for name, reason in unused.items():
+        if getattr(config, name) != defaults[name]:
+            raise ValueError(f"{name}={getattr(config, name)!r} is not used by {type(config).__name__}: {reason}")
+
+
+def refuse_hybrid_options(config: Any) -> None:
+    """With `num_hybrid=0`, refuse every `prefix_*` field set away from its default, but those that still act
+    (`NO_HYBRID_PREFIX_FIELDS`) and the renamed ones (refused with what replaces them): each acts only on hybrid rows
+    or the prefixes drawn for them. Run it before a default is filled in from another field (`prefix_seed`)."""
+    if config.num_hybrid != 0:
+        return
+    reason = "num_hybrid=0 has no hybrid rows, and the option acts only on hybrid rows or the prefixes drawn for them"
+    skipped = NO_HYBRID_PREFIX_FIELDS | RENAMED_FIELDS.keys()
+    names = [f.name for f in fields(config) if f.name.startswith("prefix_") and f.name not in skipped]
+    refuse_unused(config, dict.fromkeys(names, reason))
