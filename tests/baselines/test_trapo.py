@@ -22,6 +22,7 @@ from tests.helpers import (
     make_dataset,
     needs_requests,
     prefix_or_easy,
+    text_of,
 )
 from tests.trl.doubles.vllm_colocate import install_colocate_double
 from tests.trl.doubles.vllm_server import run_two_ranks_with_server
@@ -162,6 +163,23 @@ def test_in_step_logs_each_reward_functions_rewards_over_the_rows_it_scored(tmp_
     assert metrics["reward"] == [(4 + 8 * 2) / 16]
     assert metrics["reward/partial_rows/second"] == [8.0]
     assert out["advantages"][:, 0].tolist() == [-0.5] * 4 + [0.5] * 4 + [0.0] * 8
+
+
+def logs_prefixed_fraction(completions, answer, log_metric, **kwargs):
+    """`prefix_or_easy`, logging the fraction of its completions that start with their demo's 25% prefix."""
+    demos = {demo.split(": ")[1]: demo for demo in DEMOS}
+    prefixed = [text_of(c).startswith(demos[a][:5]) for c, a in zip(completions, answer, strict=True)]
+    log_metric("prefixed_fraction", sum(prefixed) / len(prefixed))
+    return prefix_or_easy(completions, answer)
+
+
+def test_in_step_logs_a_reward_functions_metric_as_over_the_whole_batch(tmp_path, model, tokenizer):
+    trainer = trapo_with(tmp_path, model, tokenizer, logs_prefixed_fraction)
+    _, out = generate_batch(trainer)
+    assert out["prefix_mask"].sum(dim=1).tolist() == [0, 0, 0, 0, 5, 5, 10, 21] + [0] * 8  # 12+30 guided at 4-7
+    # calls of 8, 4, 2, 2 rows log 0/8, 2/4 (12+30's 4-5), 1/2 (its 6), 1/2 (its 7): one value, the fraction of the
+    # batch's 16 completions, 4/16 (the mean of the four values would be 0.375)
+    assert trainer._metrics["train"]["prefixed_fraction"] == [4 / 16]
 
 
 class FailsOn42FromCall:

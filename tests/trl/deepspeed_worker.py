@@ -120,6 +120,7 @@ def train(
         "steps": trainer.state.global_step,
         "losses": [h["loss"] for h in history if "loss" in h],
         "hybrid_rows": [h["prefix/hybrid_rows"] for h in history if "prefix/hybrid_rows" in h],
+        "rewards": [h["reward"] for h in history if "reward" in h],  # mean reward of each step's batch
         "guided_rows": {  # TRAPO: rows guided at each level, per optimizer step
             level: [h[f"trapo/guided_rows_{level}"] for h in history if f"trapo/guided_rows_{level}" in h]
             for level in ("partial25", "partial50", "full")
@@ -144,8 +145,9 @@ def scenario_layouts(out_dir, engine, tokenizer) -> dict:
     }
 
 
-def trapo(name: str, out_dir: str, engine: str, tokenizer, **settings) -> dict:
-    """TRAPO with every reward 0, so every advantage is 0 and the trust-region SFT of guided prefixes trains."""
+def trapo(name: str, out_dir: str, engine: str, tokenizer, rewards=no_reward, **settings) -> dict:
+    """TRAPO, by default with every reward 0: every advantage is 0 and the trust-region SFT of guided prefixes
+    trains."""
     return train(
         name,
         out_dir,
@@ -153,14 +155,26 @@ def trapo(name: str, out_dir: str, engine: str, tokenizer, **settings) -> dict:
         tokenizer,
         trainer_class=TrapoTrainer,
         config_class=TrapoConfig,
-        rewards=no_reward,
+        rewards=rewards,
         **settings,
     )
 
 
+def easy_or_prefixed(completions, answer, **kwargs):
+    """1 for every completion of 17+18 (answer 35), and for one that starts with its demo's first 5 characters
+    (`12+30`, TRAPO's 25% prefix, which the untrained model does not write by itself); else 0."""
+    demos = {d[-2:]: d for d in DEMOS}
+    return [float(a == "35" or c[0]["content"].startswith(demos[a][:5])) for c, a in zip(completions, answer)]
+
+
 def scenario_trapo(out_dir, engine, tokenizer) -> dict:
-    """The TRAPO layouts of test_collective_generate.py (in-step escalation, micro-groups split between ranks)."""
-    return {name: trapo(name, out_dir, engine, tokenizer, **LAYOUTS[name]) for name in sorted(TRAPO_LAYOUTS)}
+    """The TRAPO layouts of test_collective_generate.py (in-step escalation, micro-groups split between ranks) on
+    12+30 and 17+18, one question per step: rank 0 scores positions 0-3, from whose gathered rewards rank 1 guides
+    4-7, so 17+18 (solved) stays unguided while 12+30 escalates."""
+    return {
+        name: trapo(name, out_dir, engine, tokenizer, rewards=easy_or_prefixed, demos=DEMOS[:2], **LAYOUTS[name])
+        for name in sorted(TRAPO_LAYOUTS)
+    }
 
 
 def scenario_trapo_previous_visit(out_dir, engine, tokenizer) -> dict:

@@ -169,7 +169,8 @@ def test_math_reward_reports_timeouts_through_log_metric(default_with_short_time
     completions = [r"\boxed{1}", HOSTILE["exponent tower"]]
     scores = math_reward(completions, answer=["1", "1"], log_metric=lambda name, value: logged.append((name, value)))
     assert scores == [1.0, 0.0]
-    assert ("verifier/timeouts", 1.0) in logged and ("verifier/crashes", 0.0) in logged
+    # fractions of the call's 2 completions
+    assert ("verifier/timeout_fraction", 0.5) in logged and ("verifier/crash_fraction", 0.0) in logged
 
 
 @pytest.mark.parametrize("bad", [None, " "])
@@ -200,8 +201,8 @@ def test_math_reward_reports_parse_failures_through_log_metric(default_with_shor
     completions = [r"\boxed{1}", "no answer here", r"\boxed{1}"]
     scores = math_reward(completions, answer=["1", "1", r"\boxed{}"], log_metric=lambda *item: logged.append(item))
     assert scores == [1.0, 0.0, 0.0]
-    assert ("verifier/gold_parse_failures", 1.0) in logged
-    assert ("verifier/prediction_parse_failures", 1.0) in logged
+    assert ("verifier/gold_parse_failure_fraction", 1 / 3) in logged  # of the call's 3 completions
+    assert ("verifier/prediction_parse_failure_fraction", 1 / 3) in logged
 
 
 def test_math_reward_names_the_row_of_a_gold_that_is_not_text_or_a_number():

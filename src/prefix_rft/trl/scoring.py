@@ -87,6 +87,12 @@ def weighted_rewards(rewards_per_func: torch.Tensor, weights: torch.Tensor) -> t
     return torch.where(torch.isnan(rewards_per_func).all(dim=1), torch.nan, rewards)
 
 
+def row_weighted_mean(calls: list[tuple[float, int]]) -> float:
+    """The mean of `log_metric` values logged by scoring calls over n_i rows each, weighted by n_i: (value, n_i) per
+    call. A fraction or mean over a call's completions comes out as the same fraction or mean over all the calls'."""
+    return sum(value * n for value, n in calls) / sum(n for _, n in calls)
+
+
 def _ignore(*args: Any) -> None:
     """`log_extra` / `log_metric` of a scoring pass whose logs would repeat the final scoring's."""
 
@@ -116,7 +122,9 @@ class PrefixScoringMixin:
     def _complete_rewards(self, inputs, prompts, completions, completion_ids_list, rollout: Rollout) -> torch.Tensor:
         """(N, F) gathered per-function rewards of a batch some of whose rows `_score_rows` scored while it was
         generated: those rows' rewards as they were given, the reward functions called on the other rows only, so
-        each row is scored once. The reward functions' `log_extra` columns go to the completions table in row order."""
+        each row is scored once. The reward functions' `log_extra` columns go to the completions table in row order,
+        and each `log_metric` name gets one value: the row-weighted mean of its calls' values (`row_weighted_mean`),
+        so a metric logged per call means what it means when TRL scores the batch in one call."""
         local = torch.full((len(prompts), len(self.reward_funcs)), torch.nan)  # (B, F)
         for i, scores in rollout.early_rewards.items():
             local[i] = scores
@@ -131,6 +139,8 @@ class PrefixScoringMixin:
             )
         for column, values in rollout.extra_logs.items():
             self._log_completion_extra(column, values)
+        for name, calls in rollout.metric_logs.items():
+            self._log_metric(name, row_weighted_mean(calls))
         return self.accelerator.gather(local.to(self.accelerator.device))
 
     def _score_rows(self, inputs, prompts, prompt_ids, completion_ids, rows: list[int]) -> torch.Tensor:
@@ -148,11 +158,12 @@ class PrefixScoringMixin:
         """(n, F) rewards of n rows of this rank from each reward function (NaN where it returns None), called as
         TRL's `_calculate_rewards` calls them. Reward models (modules) are not supported (TRAPO refuses them).
         `rows`: the rows' indices in this rank's batch, which a failing reward function's message names and at which
-        `log_extra` values are kept (`Rollout.extra_logs`)."""
+        `log_extra` values are kept (`Rollout.extra_logs`); `log_metric` values are kept with the call's row count
+        (`Rollout.metric_logs`)."""
         kwargs = _columns(inputs) | {
             "trainer_state": self.state,
             "log_extra": self._row_logger(rows),
-            "log_metric": self._log_metric,
+            "log_metric": self._metric_logger(len(rows)),
         }
         columns = []
         for func, name in zip(self.reward_funcs, self.reward_func_names, strict=True):
@@ -180,6 +191,15 @@ class PrefixScoringMixin:
                 logged[i] = value
 
         return log_extra
+
+    def _metric_logger(self, n: int) -> Callable[[str, float], None]:
+        """`log_metric` for a pass over n rows: each value is kept with n, for `_complete_rewards` to merge."""
+        logs = self._rollout.metric_logs
+
+        def log_metric(name: str, value: float) -> None:
+            logs.setdefault(name, []).append((float(value), n))
+
+        return log_metric
 
     def _decoded(self, prompts, prompt_ids, completion_ids) -> list:
         """Completions as TRL's `_generate` decodes them for the reward functions (tools are refused at init)."""

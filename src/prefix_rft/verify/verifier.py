@@ -167,8 +167,9 @@ def math_reward(
     r"""TRL reward function: 1.0 for a completion whose final answer equals the row's `answer`, else 0.0.
 
     Completions are strings or chat messages (the last message's content is graded). TRL's `log_metric`, when
-    given, receives this batch's number of verifier timeouts, crashes and parse failures (of gold answers and of
-    completions).
+    given, receives the fractions of this call's completions whose grading timed out, crashed the verifier, or could
+    not parse the gold answer or the completion's answer: fractions, so the value means the same however the batch is
+    split into calls (TRAPO's in-step scoring merges its calls by a row-weighted mean).
 
     Example:
         >>> math_reward([r"so \boxed{\frac{1}{3}}", [{"role": "assistant", "content": r"\boxed{2}"}]], ["1/3", "3"])
@@ -181,11 +182,11 @@ def math_reward(
     texts = [_completion_text(completion) for completion in completions]
     results = default_verifier()._score_batch(texts, golds)
     if log_metric is not None:
-        outcomes = Counter(outcome for _, outcome in results)
-        log_metric("verifier/timeouts", float(outcomes["timeout"]))
-        log_metric("verifier/crashes", float(outcomes["crash"]))
-        log_metric("verifier/gold_parse_failures", float(outcomes["gold_unparsable"]))
-        log_metric("verifier/prediction_parse_failures", float(outcomes["no_answer"]))
+        outcomes, n = Counter(outcome for _, outcome in results), max(len(results), 1)
+        log_metric("verifier/timeout_fraction", outcomes["timeout"] / n)
+        log_metric("verifier/crash_fraction", outcomes["crash"] / n)
+        log_metric("verifier/gold_parse_failure_fraction", outcomes["gold_unparsable"] / n)
+        log_metric("verifier/prediction_parse_failure_fraction", outcomes["no_answer"] / n)
     return [score for score, _ in results]
 
 
