@@ -95,6 +95,20 @@ def test_sampling_values_out_of_range_are_refused_by_name(tmp_path, capsys, flag
     assert f"prefix-rft eval: error: argument {flag}: {reason}" in capsys.readouterr().err
 
 
+def test_vllm_backend_without_vllm_is_refused_by_its_option(tmp_path, monkeypatch, capsys):
+    # it was blamed on --model ("cannot be loaded (No module named 'vllm')"), after the benchmarks were read
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a))
+    argv = ["--model", str(tmp_path / "never-loaded"), "--backend", "vllm", "--output-dir", str(tmp_path / "eval")]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        "prefix-rft eval: --backend vllm: vLLM is not installed; pip install 'prefix-rft[vllm]' on a GPU machine, "
+        "or use --backend hf\n"
+    )
+
+
 def test_malformed_benchmark_line_is_named_by_its_line(tiny_model_dir, tmp_path, capsys):
     # line 2 '{"question": "q", "answer": 1' stops at column 30 (29 characters); json.loads alone says "line 1"
     data = tmp_path / "mine.jsonl"

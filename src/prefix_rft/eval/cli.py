@@ -73,6 +73,11 @@ def main(argv: list[str]) -> int:
     backend = _resolve_backend(args.backend)
     started = time.monotonic()
     with setup_stage():  # everything that can be checked before the model loads, then the model itself
+        if backend == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise ValueError(
+                "--backend vllm: vLLM is not installed; pip install 'prefix-rft[vllm]' on a GPU machine, or use "
+                "--backend hf"
+            )
         check_model_name(args.model)
         check_output_dir("--output-dir", args.output_dir)
         benchmarks = [load_checked_benchmark(spec.strip(), args.limit) for spec in args.benchmarks.split(",")]
