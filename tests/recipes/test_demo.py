@@ -85,6 +85,14 @@ FIRST_WORK = {"demo": "load_base", "compare": "run_all", "protocol": "tuning_sta
         (["--eval_k", "0"], "--eval_k must be a positive integer, got 0"),
         (["--learning_rate=-1e-5"], "--learning_rate must be a positive number, got -1e-05"),
         (["--rl_set", "num_hybrid=9"], "num_hybrid must be in [0, 7] for groups of 8, got 9"),
+        (
+            ["--base_size", "9m"],
+            "base model: BaseModelConfig.model_size must be one of ['1m', '3m', 'test'], got '9m'",
+        ),
+        (
+            ["--base_set", "corpus_max_terms=0"],
+            "base model: BaseModelConfig.corpus_max_terms must be at least 2, got 0",
+        ),
     ],
 )
 def test_settings_no_run_could_use_are_refused_before_any_work(command, argv, message, tmp_path, monkeypatch, capsys):

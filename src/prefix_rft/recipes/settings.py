@@ -181,4 +181,8 @@ def base_overrides(pairs: list[tuple[str, Any]], **explicit: Any) -> dict[str, A
             raise SystemExit(f"--base-set: {name} must be a {kind.__name__} like {default!r}, got {value!r}")
         if value != default:
             result[name] = value
+    try:
+        BaseModelConfig(**result)
+    except ValueError as error:
+        raise SystemExit(f"base model: {error}") from error
     return result
