@@ -30,15 +30,28 @@ from common import base_model_path, build, common_kwargs, load_model, write_repo
 class DecodeRecorder:
     """Records, per generation call, the raw rollouts of TRL's generator and the rows Prefix-RFT built from them.
 
-    TRL's `GRPOTrainer._generate_single_turn` (what `PrefixRFTTrainer` calls through `super()` with the prompts it
-    extends with demo prefixes, once or in several calls) is wrapped at class level, in this process only, to see
-    each row's decoded length before the completion budget cuts it. Rows are matched to calls by their generation
-    prompt (prompt + prefix); rows with equal generation prompts are interchangeable for these counts.
+    TRL's `GRPOTrainer._generate_single_turn` (what `PrefixRFTTrainer` calls through `super()`, once or in several
+    calls) is wrapped at class level, in this process only, to see each row's decoded length before the completion
+    budget cuts it. A hybrid row is decoded either with its prefix in the prompt, or from the bare prompt with the
+    prefix forced as its first tokens (`ForcedPrefix`, the call it shares with the on-policy rows): each decoded row
+    is recorded under its call prompt and the length of its forced prefix, and rows are matched to it by the same
+    key; rows with equal keys are interchangeable for these counts. Forced tokens are not counted as decoded (the
+    demo gives them), but they lengthen the call (`iterations`).
     """
 
     def __init__(self):
-        self.calls: list[tuple[list[tuple[int, ...]], list[int]]] = []
+        self.calls: list[tuple[list[tuple[tuple[int, ...], int]], list[int]]] = []
         self.steps: list[dict] = []
+
+    @staticmethod
+    def forced_lengths(trainer, rows: int) -> list[int]:
+        """Tokens forced at the start of each row of the `generate` call being made (all 0 outside a forced call)."""
+        model = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+        generate = vars(model).get("generate")  # `_forcing` puts a partial with the ForcedPrefix processor there
+        if generate is None:
+            return [0] * rows
+        (processor,) = generate.keywords["logits_processor"]
+        return (processor.forced >= 0).sum(dim=1).tolist()
 
     def install_class_hook(self):
         from trl import GRPOTrainer
@@ -47,8 +60,10 @@ class DecodeRecorder:
         recorder = self
 
         def wrapped(trainer, prompt_ids, *args, **kwargs):
+            forced = recorder.forced_lengths(trainer, len(prompt_ids))
             completion_ids, logprobs = original(trainer, prompt_ids, *args, **kwargs)
-            recorder.calls.append(([tuple(p) for p in prompt_ids], [len(c) for c in completion_ids]))
+            keys = [(tuple(p), f) for p, f in zip(prompt_ids, forced, strict=True)]
+            recorder.calls.append((keys, [len(c) for c in completion_ids]))
             return completion_ids, logprobs
 
         wrapped.__wrapped__ = original  # a second recorder replaces this hook instead of stacking on it
@@ -72,14 +87,16 @@ class DecodeRecorder:
         """One step: per row, group, prefix tokens, decoded tokens, kept continuation tokens, discarded tokens."""
         plan = trainer._rollout
         prefix_ids = plan.prefix_ids or [[] for _ in plan.rows]
-        decoded_by_prompt = defaultdict(list)
-        for prompts, lengths in self.calls:
-            for prompt, n in zip(prompts, lengths, strict=True):
-                decoded_by_prompt[prompt].append(n)
+        decoded_by_key = defaultdict(list)
+        for keys, lengths in self.calls:
+            for key, n in zip(keys, lengths, strict=True):
+                decoded_by_key[key].append(n - key[1])  # forced prefix tokens are given, not decoded
         rows = []
         for i, (prompt, prefix, completion) in enumerate(zip(prompt_ids, prefix_ids, completion_ids, strict=True)):
             generated = plan.rows[i].generates
-            n_decoded = decoded_by_prompt[tuple(prompt) + tuple(prefix)].pop(0) if generated else 0
+            in_prompt = (tuple(prompt) + tuple(prefix), 0)
+            key = in_prompt if decoded_by_key[in_prompt] else (tuple(prompt), len(prefix))
+            n_decoded = decoded_by_key[key].pop(0) if generated else 0
             kept = max(0, len(completion) - len(prefix))
             rows.append(
                 {
@@ -99,8 +116,8 @@ class DecodeRecorder:
             "generate_s": seconds,
             # What HF generate pays: each call runs until its longest row stops, over its widest prompt.
             "calls": [
-                {"rows": len(lengths), "iterations": max(lengths), "prompt_width": max(map(len, prompts))}
-                for prompts, lengths in self.calls
+                {"rows": len(lengths), "iterations": max(lengths), "prompt_width": max(len(p) for p, _ in keys)}
+                for keys, lengths in self.calls
             ],
             "rows": rows,
         }

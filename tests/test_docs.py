@@ -53,6 +53,8 @@ def test_every_logged_metric_is_documented():
 # `fidelity.md#a`, then any `, #b` / ` and #c` / ` to #d` that continue the citation
 _CITATION = re.compile(r"fidelity\.md`?\s?\(?(#[a-z0-9-]+(?:(?:,\s|\sand\s|\sto\s)#[a-z0-9-]+)*)")
 _ROW_NUMBER = re.compile(r"fidelity(?:\.md)?`?,? rows? \d")
+# a row cited by its number alone in the docs, as `(row 37)` after a paper (code comments number tensor rows so)
+_BARE_ROW_NUMBER = re.compile(r"\(rows? \d+\)")
 
 
 def cited_anchors(text: str) -> set[str]:
@@ -64,6 +66,8 @@ def test_citations_are_read_with_their_continuations():
     text = "(docs/fidelity.md#a-b, #c and #d) and fidelity.md#e to #f; `docs/fidelity.md` (#g to #h) #not-cited"
     assert cited_anchors(text) == {"a-b", "c", "d", "e", "f", "g", "h"}
     assert _ROW_NUMBER.search("docs/fidelity.md rows 3-6") and _ROW_NUMBER.search("fidelity row 12")
+    assert _BARE_ROW_NUMBER.search("HPT, arXiv 2509.04419 (row 37)")
+    assert not _BARE_ROW_NUMBER.search("failed on row 1 of the training dataset (row 8 of this rank's batch)")
 
 
 def test_fidelity_rows_are_cited_by_anchors_that_exist():
@@ -75,6 +79,7 @@ def test_fidelity_rows_are_cited_by_anchors_that_exist():
     skipped = ("LOG.md", Path(__file__).name)  # history, and this file's examples
     texts = {path: path.read_text() for path in files if path.name not in skipped}
     assert not [str(path) for path, text in texts.items() if _ROW_NUMBER.search(text)]
+    assert not [str(path) for path, text in texts.items() if path.suffix == ".md" and _BARE_ROW_NUMBER.search(text)]
     cited = set().union(*(cited_anchors(text) for text in texts.values()))
     assert {"entropy-scope", "sampler-correction", "trapo"} <= cited
     assert sorted(cited - anchors) == []

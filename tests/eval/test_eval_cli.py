@@ -77,6 +77,38 @@ def test_counts_below_one_are_refused_by_name(tiny_model_dir, tmp_path, capsys, 
     )
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "reason"),
+    [
+        ("--temperature", "0", "must be a positive number (for greedy decoding use --greedy), got 0"),
+        ("--temperature", "-1", "must be a positive number (for greedy decoding use --greedy), got -1"),
+        ("--top-p", "0", "must be in (0, 1], got 0"),
+        ("--top-p", "2", "must be in (0, 1], got 2"),
+    ],
+)
+def test_sampling_values_out_of_range_are_refused_by_name(tmp_path, capsys, flag, value, reason):
+    # --temperature 0 crashed in generate after the model loaded; --top-p 2 filtered nothing, silently
+    argv = ["--model", str(tmp_path / "never-loaded"), f"{flag}={value}", "--output-dir", str(tmp_path / "eval")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert f"prefix-rft eval: error: argument {flag}: {reason}" in capsys.readouterr().err
+
+
+def test_vllm_backend_without_vllm_is_refused_by_its_option(tmp_path, monkeypatch, capsys):
+    # it was blamed on --model ("cannot be loaded (No module named 'vllm')"), after the benchmarks were read
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a))
+    argv = ["--model", str(tmp_path / "never-loaded"), "--backend", "vllm", "--output-dir", str(tmp_path / "eval")]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        "prefix-rft eval: --backend vllm: vLLM is not installed; pip install 'prefix-rft[vllm]' on a GPU machine, "
+        "or use --backend hf\n"
+    )
+
+
 def test_malformed_benchmark_line_is_named_by_its_line(tiny_model_dir, tmp_path, capsys):
     # line 2 '{"question": "q", "answer": 1' stops at column 30 (29 characters); json.loads alone says "line 1"
     data = tmp_path / "mine.jsonl"

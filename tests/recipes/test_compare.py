@@ -195,7 +195,7 @@ def test_resuming_refuses_a_finished_run_whose_rl_stage_was_not_run(tmp_path, mo
 
 
 def test_unequal_budgets_are_refused_before_any_run(monkeypatch, capsys):
-    monkeypatch.setattr(compare, "method_budget", lambda m, s: {"optimizer_steps": 10 if m == "rft" else 20})
+    monkeypatch.setattr(compare, "method_budgets", lambda methods, s: {"rft": 10, "prefix_rft": 20})
     monkeypatch.setattr(compare, "run_all", lambda *a: pytest.fail("ran despite unequal budgets"))
     assert compare.main(["--methods", "rft,prefix_rft", "--seeds", "1"]) == 2
     assert capsys.readouterr().err.startswith("prefix-rft compare: methods would train for unequal numbers")

@@ -9,6 +9,8 @@ import yaml
 
 from prefix_rft.baselines.methods import METHODS
 from prefix_rft.recipes.train import TRACKER_INSTALL, main, parse_args
+from prefix_rft.tasks.arithmetic import demonstrate, parse_problem
+from prefix_rft.tasks.tokenizer import build_tokenizer
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
 SFT_SMOKE = Path(__file__).parents[2] / "configs" / "smoke_cpu_sft.yaml"
@@ -101,6 +103,15 @@ def test_every_method_takes_its_shipped_smoke_recipe(method):
     script, config, _, _ = parse_args(["--config", str(recipe), "--method", method])
     assert script.method == method and type(config) is METHODS[method].config
     assert config.max_steps == 5
+
+
+def test_the_smoke_recipes_rollout_cap_holds_the_longest_demo_of_any_seed():
+    # `--seed` or `--embedded_train_rows` draws other rows, so the cap must hold every train demo, not only seed 0's.
+    # The longest, 99 then seven +9 (8 terms, the most), is 100 tokens with EOS (worked out in test_compare.py).
+    tokenizer = build_tokenizer()
+    longest = demonstrate(parse_problem("99+9+9+9+9+9+9+9")) + tokenizer.eos_token
+    _, config, _, _ = parse(next(p for p in CONFIGS if p.name == "smoke_cpu.yaml"))
+    assert config.max_completion_length >= len(tokenizer(longest, add_special_tokens=False)["input_ids"]) == 100
 
 
 def test_the_sft_smoke_recipe_chooses_sft():

@@ -70,3 +70,37 @@ def test_compare_takes_any_list_of_seeds():
     for bad in ("0", "1,1", "a,b"):
         with pytest.raises(SystemExit, match="--seeds"):
             compare.seed_list(bad)
+
+
+# What each command runs first once its setup is done: reaching it means the bad setting was not refused in setup.
+FIRST_WORK = {"demo": "load_base", "compare": "run_all", "protocol": "tuning_stage"}
+
+
+@pytest.mark.parametrize("command", sorted(FIRST_WORK))
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--steps", "0"], "--steps must be a positive integer, got 0"),
+        (["--steps", "-1"], "--steps must be a positive integer, got -1"),
+        (["--eval_k", "0"], "--eval_k must be a positive integer, got 0"),
+        (["--learning_rate=-1e-5"], "--learning_rate must be a positive number, got -1e-05"),
+        (["--rl_set", "num_hybrid=9"], "num_hybrid must be in [0, 7] for groups of 8, got 9"),
+        (
+            ["--base_size", "9m"],
+            "base model: BaseModelConfig.model_size must be one of ['1m', '3m', 'test'], got '9m'",
+        ),
+        (
+            ["--base_set", "corpus_max_terms=0"],
+            "base model: BaseModelConfig.corpus_max_terms must be at least 2, got 0",
+        ),
+    ],
+)
+def test_settings_no_run_could_use_are_refused_before_any_work(command, argv, message, tmp_path, monkeypatch, capsys):
+    import importlib
+
+    module = importlib.import_module(f"prefix_rft.recipes.{command}")
+    monkeypatch.setattr(module, FIRST_WORK[command], lambda *a, **k: pytest.fail("started work on bad settings"))
+    out = tmp_path / "out"
+    assert module.main([*argv, "--output_dir", str(out)]) == 2
+    assert capsys.readouterr().err == f"prefix-rft {command}: {message}\n"
+    assert not out.exists()

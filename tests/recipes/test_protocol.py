@@ -337,3 +337,22 @@ def test_a_run_uses_one_thread_whatever_the_cores_and_records_it(tmp_path, monke
         torch.set_num_threads(before)
     assert threads == [1] and result["threads"] == 1
     assert json.loads(job.path.read_text())["threads"] == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--budget_hours", "0"], "--budget_hours must be a positive number of CPU-hours, got 0"),
+        (["--budget_hours", "-1"], "--budget_hours must be a positive number of CPU-hours, got -1"),
+        (["--extensions", "-1"], "--extensions must be at least 0, got -1"),
+        (["--max_finalists", "-2"], "--max_finalists must be at least 0, got -2"),
+        (["--spread_multiple", "-0.5"], "--spread_multiple must be at least 0, got -0.5"),
+        (["--sft_grid", "5e-4,x"], "--sft_grid: expected comma-separated positive numbers, got '5e-4,x'"),
+    ],
+)
+def test_protocol_arguments_no_plan_could_use_are_refused_before_any_run(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(protocol, "tuning_stage", lambda *a: pytest.fail("started tuning on bad arguments"))
+    out = tmp_path / "out"
+    assert protocol.main([*argv, "--output_dir", str(out)]) == 2
+    assert capsys.readouterr().err == f"prefix-rft protocol: {message}\n"
+    assert not out.exists()

@@ -33,6 +33,24 @@ def test_dataset_limit_zero_says_so(tmp_path, capsys):
     )
 
 
+def test_use_vllm_without_vllm_names_the_install_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    # it was TRL's ImportError, with a traceback, once the trainer was being built around the loaded model
+    import importlib.util
+
+    from prefix_rft.recipes import train_setup
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a))
+    monkeypatch.setattr(train_setup, "load_model", lambda *a: pytest.fail("loaded the model"))
+    config = tmp_path / "run.yaml"
+    config.write_text(SMALL.format(out=tmp_path / "out") + "use_vllm: true\n")
+    assert main(["--config", str(config)]) == 2
+    assert capsys.readouterr().err == (
+        "prefix-rft train: use_vllm=True needs the vllm package, which is not installed: pip install "
+        "'prefix-rft[vllm]' (on a GPU machine), or set use_vllm: false\n"
+    )
+
+
 def test_the_yaml_recipe_is_read_once_and_sets_its_env(tmp_path, monkeypatch):
     config = tmp_path / "run.yaml"
     config.write_text(SMALL.format(out=tmp_path / "out") + "max_steps: 3\nenv:\n  PREFIX_RFT_TEST_VAR: 7\n")

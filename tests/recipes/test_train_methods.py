@@ -105,6 +105,37 @@ def test_docs_table_names_every_method_and_its_own_options():
             assert f"`{option}`" in rows[name], (name, option)
 
 
+# `option` (value...) in a row of the table: the default it states, up to the first `:`, `,` or `;`
+_STATED_DEFAULT = re.compile(r"`([a-z_0-9]+)` \(`?'?([^`':,;)]+)")
+
+
+def stated(text: str):
+    """A default as the docs write it: null, true/false, a number, else the text."""
+    words = {"null": None, "true": True, "false": False}
+    if text in words:
+        return words[text]
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def test_stated_defaults_parse_as_written():
+    pairs = _STATED_DEFAULT.findall("`a` (5e-5), `b` (null: all), `c` (`in_step`, the paper), `d` (-1: epochs)")
+    assert [(name, stated(text)) for name, text in pairs] == [("a", 5e-5), ("b", None), ("c", "in_step"), ("d", -1)]
+
+
+def test_docs_table_states_each_methods_defaults(tmp_path):
+    rows = {line.split("|")[1].strip(" `"): line for line in DOCS.read_text().splitlines() if line.startswith("| `")}
+    checked = 0
+    for name, spec in METHODS.items():
+        config = spec.config(output_dir=str(tmp_path), use_cpu=True)
+        for option, text in _STATED_DEFAULT.findall(rows[name].split("|")[3]):
+            assert stated(text) == getattr(config, option), (name, option, text)
+            checked += 1
+    assert checked >= 28  # the own options of 9 methods with their stated defaults, and the entropy bonus of 3
+
+
 def test_best_sft_stage_validation_counts_are_checked(tmp_path):
     with pytest.raises(ValueError, match=r"sft_patience=0 is out of range; expected >= 1"):
         SFTBestThenRFTConfig(output_dir=str(tmp_path), use_cpu=True, sft_patience=0)

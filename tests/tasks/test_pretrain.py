@@ -177,3 +177,19 @@ def test_1m_model_has_the_parameter_count_worked_out_by_hand():
 def test_unknown_model_size_is_rejected():
     with pytest.raises(ValueError, match="unknown model size"):
         build_model(build_tokenizer(), "huge")
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"model_size": "9m"}, "BaseModelConfig.model_size must be one of ['1m', '3m', 'test'], got '9m'"),
+        ({"corpus_max_terms": 1}, "BaseModelConfig.corpus_max_terms must be at least 2, got 1"),  # the task's fewest
+        ({"steps": 0}, "BaseModelConfig.steps must be at least 1, got 0"),
+        ({"slip_rate": 1.5}, "BaseModelConfig.slip_rate must be in [0, 1], got 1.5"),
+        ({"demo_fraction": 0.9}, "BaseModelConfig.demo_fraction + step_fraction must be at most 1"),  # + 0.2
+        ({"lr": 0.0}, "BaseModelConfig.lr must be positive, got 0.0"),
+    ],
+)
+def test_a_config_pretraining_cannot_use_is_refused_by_its_field(fields, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        BaseModelConfig(**fields)

@@ -25,6 +25,22 @@ from prefix_rft.setup_errors import blame, check_output_dir, positive_int, repor
 from prefix_rft.verify import MathVerifier, last_boxed
 
 
+def temperature(text: str) -> float:
+    """argparse type: a sampling temperature, a finite number > 0 (generate refuses 0 only after the model loads)."""
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number (for greedy decoding use --greedy), got {text}")
+    return value
+
+
+def top_p(text: str) -> float:
+    """argparse type: a probability mass in (0, 1] (outside it, top-p would keep no token or filter nothing)."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefix-rft eval", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="local checkpoint or hub name")
@@ -35,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--k", type=positive_int, default=2, help="completions per problem (avg@k, pass@1..k)")
     parser.add_argument("--greedy", action="store_true", help="greedy decoding; implies --k 1")
-    parser.add_argument("--temperature", type=float, default=0.6)
-    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--temperature", type=temperature, default=0.6)
+    parser.add_argument("--top-p", type=top_p, default=0.95)
     parser.add_argument("--max-new-tokens", type=positive_int, default=8192)
     parser.add_argument("--limit", type=positive_int, help="first N problems of each benchmark")
     parser.add_argument("--template", choices=sorted(TEMPLATES), default="no_system")
@@ -57,6 +73,11 @@ def main(argv: list[str]) -> int:
     backend = _resolve_backend(args.backend)
     started = time.monotonic()
     with setup_stage():  # everything that can be checked before the model loads, then the model itself
+        if backend == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise ValueError(
+                "--backend vllm: vLLM is not installed; pip install 'prefix-rft[vllm]' on a GPU machine, or use "
+                "--backend hf"
+            )
         check_model_name(args.model)
         check_output_dir("--output-dir", args.output_dir)
         benchmarks = [load_checked_benchmark(spec.strip(), args.limit) for spec in args.benchmarks.split(",")]

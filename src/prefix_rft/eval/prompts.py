@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}"
-# LUFFY's system prompt without its <think> format sentences ("sys_wo_format"); quoted verbatim in docs/eval.md.
+# LUFFY's system prompt without its <think> format sentences ("sys_wo_format"), verbatim as the spec (§2.2) quotes it.
 SYS_WO_FORMAT = (
     "Your task is to follow a systematic, thorough reasoning process before providing the final solution. This "
     "involves analyzing, summarizing, exploring, reassessing, and refining your thought process through multiple "

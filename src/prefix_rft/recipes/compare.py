@@ -20,7 +20,7 @@ from prefix_rft.recipes.toy import (
     BASE,
     METHODS,
     PAPER_MATH_AVG,
-    method_budget,
+    method_budgets,
     recorded_sft_steps,
     run_method,
     stage_configs,
@@ -258,13 +258,13 @@ def plot(results: list[dict[str, Any]], summary: dict[str, dict[str, Any]], path
 def main(argv: list[str] | None = None) -> int:
     settings, args = parse_settings(argv, CompareArguments, prog="prefix-rft compare")
     require_test_scoring(settings, "prefix-rft compare")
-    with setup_stage():
-        check_run_paths(settings, args.output_dir)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
-    budgets = {m: method_budget(m, settings)["optimizer_steps"] for m in methods if m != BASE}
+    with setup_stage():
+        check_run_paths(settings, args.output_dir)
+        budgets = method_budgets(methods, settings)
     if len(set(budgets.values())) > 1:  # a comparison at unequal budgets would be meaningless: refuse it
         raise SystemExit(f"methods would train for unequal numbers of optimizer steps: {budgets}")
     out = Path(args.output_dir)

@@ -20,7 +20,7 @@ from typing import Any
 from prefix_rft.recipes.console import CompactProgress
 from prefix_rft.recipes.report import plot_training_curves, write_demo_report
 from prefix_rft.recipes.settings import RunSettings, check_run_paths, parse_settings, require_test_scoring
-from prefix_rft.recipes.toy import evaluate_splits, load_base, run_method
+from prefix_rft.recipes.toy import evaluate_splits, load_base, method_budgets, run_method
 from prefix_rft.setup_errors import reports_setup_errors, setup_stage
 
 
@@ -86,5 +86,6 @@ def main(argv: list[str] | None = None) -> int:
     require_test_scoring(settings, "prefix-rft demo")
     with setup_stage():
         check_run_paths(settings, args.output_dir)
+        method_budgets(["prefix_rft"], settings)  # refuses settings its trainer config would, before the base loads
     run(settings, args.seed, Path(args.output_dir))
     return 0

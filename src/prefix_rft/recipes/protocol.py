@@ -43,7 +43,15 @@ from prefix_rft.recipes.protocol_rules import (
     select_finalists,
 )
 from prefix_rft.recipes.settings import RunSettings, check_run_paths, parse_settings, require_test_scoring
-from prefix_rft.recipes.toy import BASE, METHODS, question_pool, recorded_sft_steps, run_method, train_rows
+from prefix_rft.recipes.toy import (
+    BASE,
+    METHODS,
+    method_budgets,
+    question_pool,
+    recorded_sft_steps,
+    run_method,
+    train_rows,
+)
 from prefix_rft.recipes.toy_methods import fixed_sft_steps, stages_of, uses_demos
 from prefix_rft.setup_errors import reports_setup_errors, setup_stage
 
@@ -278,14 +286,27 @@ def tuning_stage(methods: list[str], args: ProtocolArguments, settings: RunSetti
     return runs, status
 
 
+def check_protocol_arguments(args: ProtocolArguments) -> None:
+    """Refuse what no run could go by: fewer than 1 job, grids that are no positive numbers, a budget that is not a
+    positive number of hours, negative counts or multiples."""
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be at least 1 (runs side by side), got {args.jobs}")
+    floats(args.rl_grid, "--rl_grid")
+    floats(args.sft_grid, "--sft_grid")
+    if not 0 < args.budget_hours < float("inf"):
+        raise ValueError(f"--budget_hours must be a positive number of CPU-hours, got {args.budget_hours:g}")
+    for name in ("extensions", "max_finalists", "spread_multiple"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name} must be at least 0, got {getattr(args, name):g}")
+
+
 @reports_setup_errors("prefix-rft protocol")
 def main(argv: list[str] | None = None) -> int:
     settings, args = parse_settings(argv, ProtocolArguments, prog="prefix-rft protocol")
     require_test_scoring(settings, "prefix-rft protocol")
     with setup_stage():
         check_run_paths(settings, args.output_dir)
-        if args.jobs < 1:
-            raise ValueError(f"--jobs must be at least 1 (runs side by side), got {args.jobs}")
+        check_protocol_arguments(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS) | ({BASE} & set(methods)))
     if unknown:
@@ -299,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(
             f"--tune_seeds {sorted(set(tune_seeds) & set(seeds))} are also final seeds: finals must be unseen"
         )
+    with setup_stage():
+        method_budgets(methods, settings)  # refuses settings a method's trainer config would, before any run
     write_json(out / "plan.json", {"arguments": dataclasses.asdict(args), "settings": dataclasses.asdict(settings)})
     grid_runs = sum(len(grid_values(m, args)) for m in methods)
     print(

@@ -77,6 +77,7 @@ class RunSettings:
     base_overrides: dict[str, Any] = field(default_factory=dict, init=False)  # BaseModelConfig fields, from base_set
 
     def __post_init__(self) -> None:
+        check_counts(self)
         if self.question_epochs < 1 or self.steps % self.question_epochs:
             raise SystemExit(f"question_epochs must divide steps ({self.steps}), got {self.question_epochs}")
         if self.evaluate_on not in ("test", "validation"):
@@ -86,6 +87,38 @@ class RunSettings:
         self.extra = dict(rl_pairs)
         base_pairs = [field_setting(text) for text in self.base_set]
         self.base_overrides = base_overrides(base_pairs, model_size=self.base_size, steps=self.base_steps)
+
+
+# Counts that must be at least 1 (0 or a negative number would train, score or stop on nothing), and rates that must
+# be positive: refused when parsed, before the base model loads.
+COUNTS = (
+    "steps",
+    "prompts_per_step",
+    "num_generations",
+    "eval_problems",
+    "eval_k",
+    "curve_every",
+    "curve_problems",
+    "relift_sft_batch",
+    "sft_eval_every",
+    "sft_patience",
+    "sft_val_problems",
+)
+RATES = ("learning_rate", "sft_learning_rate")
+
+
+def check_counts(settings: RunSettings) -> None:
+    """Exit naming the first count below 1 (`COUNTS`, and `base_steps` when given) or rate not above 0 (`RATES`)."""
+    counts = [(name, getattr(settings, name)) for name in COUNTS]
+    if settings.base_steps is not None:
+        counts.append(("base_steps", settings.base_steps))
+    for name, value in counts:
+        if value < 1:
+            raise SystemExit(f"--{name} must be a positive integer, got {value}")
+    for name in RATES:
+        value = getattr(settings, name)
+        if not 0 < value < float("inf"):
+            raise SystemExit(f"--{name} must be a positive number, got {value:g}")
 
 
 def parse_settings(argv: list[str] | None, *others: type, prog: str) -> tuple:
@@ -148,4 +181,8 @@ def base_overrides(pairs: list[tuple[str, Any]], **explicit: Any) -> dict[str, A
             raise SystemExit(f"--base-set: {name} must be a {kind.__name__} like {default!r}, got {value!r}")
         if value != default:
             result[name] = value
+    try:
+        BaseModelConfig(**result)
+    except ValueError as error:
+        raise SystemExit(f"base model: {error}") from error
     return result

@@ -57,6 +57,7 @@ __all__ = [
     "evaluate_splits",
     "load_base",
     "method_budget",
+    "method_budgets",
     "question_pool",
     "rl_config",
     "stage_configs",
@@ -161,6 +162,13 @@ def method_budget(method: str, settings: RunSettings) -> dict[str, int]:
         # a fixed-length SFT stage counts its own questions per step
         "prompts_per_step": settings.prompts_per_step if "sft" in stages else rl_prompts,
     }
+
+
+def method_budgets(methods: list[str], settings: RunSettings) -> dict[str, int]:
+    """{method: optimizer steps} of every trained method in `methods` (`method_budget`). Building each one's trainer
+    configs refuses, by a ValueError naming the field, settings a run would fail on (`--rl-set num_hybrid=9`), so a
+    command calls it in its setup, before the base model loads."""
+    return {m: method_budget(m, settings)["optimizer_steps"] for m in methods if m != BASE}
 
 
 def attach(trainer, callbacks) -> None:

@@ -19,6 +19,7 @@ from prefix_rft.recipes.train_setup import (
     build_rl_trainer,
     build_trainer,
     check_trackers,
+    check_vllm,
     end_run,
     is_embedded,
     load_datasets,
@@ -37,6 +38,7 @@ __all__ = [
     "build_rl_trainer",
     "build_trainer",
     "check_trackers",
+    "check_vllm",
     "end_run",
     "is_embedded",
     "load_datasets",
@@ -59,6 +61,7 @@ def run_staged(args: TrainArguments) -> int:
 def main(argv: list[str] | None = None) -> int:
     with setup_stage():  # a config field, a path or a training row, named in the message: no traceback needed
         args = parse_args(argv)
+        check_vllm(args.config.use_vllm)  # here, not in parse_args: GPU recipes parse on any machine
     if args.staged:
         return run_staged(args)  # marks each stage's setup itself: its training is outside `setup_stage` too
     with setup_stage():

@@ -8,6 +8,7 @@ an SFT stage (recipes/methods.py) build on it, so it imports neither.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass, field
@@ -161,6 +162,20 @@ def check_trackers(report_to: list[str]) -> None:
                 f"report_to={name!r} needs the {name} package, which is not installed: {TRACKER_INSTALL[name]}, or "
                 "set report_to: none"
             )
+
+
+def vllm_installed() -> bool:
+    """Whether the vllm package can be imported (found without importing it)."""
+    return importlib.util.find_spec("vllm") is not None
+
+
+def check_vllm(use_vllm: bool) -> None:
+    """Refuse `use_vllm` without vLLM now, rather than with TRL's ImportError once the model is loaded."""
+    if use_vllm and not vllm_installed():
+        raise ValueError(
+            "use_vllm=True needs the vllm package, which is not installed: pip install 'prefix-rft[vllm]' (on a GPU "
+            "machine), or set use_vllm: false"
+        )
 
 
 def load_model(model_args: ModelArguments, config: PrefixRFTConfig):

@@ -44,7 +44,7 @@ from prefix_rft.tasks.arithmetic import (
     prompt_text,
     sample_split_problem,
 )
-from prefix_rft.tasks.model import build_model
+from prefix_rft.tasks.model import MODEL_SIZES, build_model
 from prefix_rft.tasks.tokenizer import build_tokenizer
 
 # Part of the cache key: bump it when the generator, demonstrator, tokenizer or model code changes what is trained.
@@ -96,6 +96,27 @@ class BaseModelConfig:
     """train under bf16 autocast (faster from ~3M parameters on CPUs with AVX-512 bf16)"""
     seed: int = 0
     """seeds the initialisation and the corpus"""
+
+    def __post_init__(self) -> None:
+        """Refuse, naming the field, a config that pretraining would fail on, or silently train nothing of."""
+        sizes = sorted(MODEL_SIZES)
+        if self.model_size not in sizes:
+            raise ValueError(f"BaseModelConfig.model_size must be one of {sizes}, got {self.model_size!r}")
+        if not self.lr > 0:
+            raise ValueError(f"BaseModelConfig.lr must be positive, got {self.lr}")
+        lowest = dict(ops_per_line=1, slip_min_ops=1, steps=1, batch_size=1, warmup_steps=0, weight_decay=0)
+        lowest["corpus_max_terms"] = self.task.min_terms  # a corpus problem has at least the task's fewest terms
+        for name, low in lowest.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"BaseModelConfig.{name} must be at least {low}, got {getattr(self, name)}")
+        for name in ("demo_fraction", "slip_rate", "step_fraction", "final_lr_ratio"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"BaseModelConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.demo_fraction + self.step_fraction > 1:
+            raise ValueError(
+                f"BaseModelConfig.demo_fraction + step_fraction must be at most 1 (the rest is coarse solutions), got "
+                f"{self.demo_fraction} + {self.step_fraction}"
+            )
 
 
 def config_hash(config: BaseModelConfig) -> str:

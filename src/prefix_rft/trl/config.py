@@ -134,7 +134,7 @@ class PrefixRFTConfig(GRPOConfig):
     prefix_ratio_floor_start: float = field(default=0.95, metadata={"help": "Floor of the prefix ratio at step 0."})
     prefix_ratio_floor_end: float = field(default=0.05, metadata={"help": "Floor once the schedule has decayed."})
     prefix_ratio_decay_steps: int = field(
-        default=500, metadata={"help": "Optimizer steps over which the floor decays."}
+        default=500, metadata={"help": "Schedule steps (prefix_schedule_unit) over which the floor decays."}
     )
     prefix_ratio_warmup_ratio: float = field(default=0.0, metadata={"help": "Warm-up share of the decay steps."})
     prefix_ratio_delay_steps: int = field(default=0, metadata={"help": "Steps to hold the floor at its start value."})
