@@ -177,6 +177,31 @@ def test_resuming_checks_a_finished_run_recorded_trainer_configs(tmp_path, monke
     )
 
 
+def test_resuming_ignores_prefix_fields_that_acted_on_neither_run_without_hybrid_rows(tmp_path, monkeypatch):
+    settings = RunSettings(steps=5)
+    monkeypatch.setattr(compare, "run_method", lambda *a: pytest.fail("a finished run was redone"))
+    record = {"method": "rft", "seed": 0, "settings": {"steps": 5}, "config": stage_configs("rft", settings, 0)}
+    assert record["config"]["rl"]["prefix_ratio_decay_steps"] == 500  # the default: no schedule acts on rft
+    record["config"]["rl"]["prefix_ratio_decay_steps"] = 5  # as recorded when it was built as the run's steps
+    path = write_run(tmp_path, record)
+    assert compare.run_all(["rft"], [0], settings, tmp_path) == [record]  # num_hybrid=0 then and now: reused
+    record["config"]["rl"]["prefix_truncate_long_demos"] = True  # acts without hybrid rows: still compared
+    path.write_text(json.dumps(record))
+    with pytest.raises(SystemExit, match=r"\{'rl.prefix_truncate_long_demos': \(True, False\)\}"):
+        compare.run_all(["rft"], [0], settings, tmp_path)
+    # prefix_rft has hybrid rows: its schedule acted, so a recorded 7 against the 5 built now is refused
+    record = {
+        "method": "prefix_rft",
+        "seed": 0,
+        "settings": {"steps": 5},
+        "config": stage_configs("prefix_rft", settings, 0),
+    }
+    record["config"]["rl"]["prefix_ratio_decay_steps"] = 7
+    write_run(tmp_path, record)
+    with pytest.raises(SystemExit, match=r"\{'rl.prefix_ratio_decay_steps': \(7, 5\)\}"):
+        compare.run_all(["prefix_rft"], [0], settings, tmp_path)
+
+
 def test_resuming_refuses_a_finished_run_whose_rl_stage_was_not_run(tmp_path, monkeypatch):
     # sft_best_rft stopped SFT after 4 of 5 steps: its RL stage had 1 step, but the record holds none
     settings = RunSettings(steps=5)

@@ -84,7 +84,7 @@ FIRST_WORK = {"demo": "load_base", "compare": "run_all", "protocol": "tuning_sta
         (["--steps", "-1"], "--steps must be a positive integer, got -1"),
         (["--eval_k", "0"], "--eval_k must be a positive integer, got 0"),
         (["--learning_rate=-1e-5"], "--learning_rate must be a positive number, got -1e-05"),
-        (["--rl_set", "num_hybrid=9"], "num_hybrid must be in [0, 7] for groups of 8, got 9"),
+        (["--rl_set", "num_hybrid=9"], "method 'prefix_rft': num_hybrid must be in [0, 7] for groups of 8, got 9"),
         (
             ["--base_size", "9m"],
             "base model: BaseModelConfig.model_size must be one of ['1m', '3m', 'test'], got '9m'",
@@ -96,11 +96,39 @@ FIRST_WORK = {"demo": "load_base", "compare": "run_all", "protocol": "tuning_sta
     ],
 )
 def test_settings_no_run_could_use_are_refused_before_any_work(command, argv, message, tmp_path, monkeypatch, capsys):
+    assert refused_before_work(command, argv, tmp_path, monkeypatch, capsys) == f"prefix-rft {command}: {message}\n"
+
+
+def refused_before_work(command, argv, tmp_path, monkeypatch, capsys) -> str:
+    """What `prefix-rft COMMAND ARGV` prints on stderr, checking it exits 2 before any work or output folder."""
     import importlib
 
     module = importlib.import_module(f"prefix_rft.recipes.{command}")
     monkeypatch.setattr(module, FIRST_WORK[command], lambda *a, **k: pytest.fail("started work on bad settings"))
     out = tmp_path / "out"
     assert module.main([*argv, "--output_dir", str(out)]) == 2
-    assert capsys.readouterr().err == f"prefix-rft {command}: {message}\n"
     assert not out.exists()
+    return capsys.readouterr().err
+
+
+NO_HYBRID = "is not used by PrefixRFTConfig: num_hybrid=0 has no hybrid rows, and the option acts only on hybrid rows"
+
+
+@pytest.mark.parametrize("command", ["compare", "protocol"])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        # the default methods run prefix_rft, then rft, which fixes num_hybrid=0 and so has no use for prefix options
+        (
+            ["--rl_set", "num_hybrid=1"],
+            "method 'rft': --rl-set num_hybrid=1 changes what the method fixes (num_hybrid=0): it would train another "
+            "method under this name",
+        ),
+        (["--rl_set", "prefix_advantage=paper"], f"method 'rft': prefix_advantage='paper' {NO_HYBRID}"),
+    ],
+)
+def test_rl_set_a_method_cannot_take_is_refused_naming_the_method_before_any_work(
+    command, argv, message, tmp_path, monkeypatch, capsys
+):
+    err = refused_before_work(command, argv, tmp_path, monkeypatch, capsys)
+    assert err.startswith(f"prefix-rft {command}: {message}")

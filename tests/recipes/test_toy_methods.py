@@ -48,7 +48,7 @@ def test_a_fixed_sft_stage_takes_the_whole_budget_alone_and_half_before_rl():
 def test_whole_demo_methods_draw_no_prefix_and_get_no_prefix_schedule():
     # the whole demo fills the hybrid slot of RL with SFT loss, LUFFY, CHORD, HPT, SRFT and TRAPO (FullDemoRows);
     # ReLIFT and RFT have no hybrid slot (num_hybrid=0), nor has sft_rft's RL stage
-    assert sorted(m for m in RL_METHODS if not method_spec(m).draws_prefix) == [
+    assert sorted(m for m in RL_METHODS if not method_spec(m).draws_prefix()) == [
         "chord",
         "hpt",
         "luffy",
@@ -58,7 +58,7 @@ def test_whole_demo_methods_draw_no_prefix_and_get_no_prefix_schedule():
         "srft",
         "trapo",
     ]
-    assert not method_spec("sft").draws_prefix and not method_spec("sft_rft").draws_prefix
+    assert not method_spec("sft").draws_prefix() and not method_spec("sft_rft").draws_prefix()
     settings = RunSettings(steps=7)
     assert rl_config("prefix_rft", settings, seed=0, output_dir="unused").prefix_ratio_decay_steps == 7  # the run
     for method in ("rl_sft", "rft", "sft_rft"):
@@ -69,6 +69,45 @@ def test_a_run_set_to_no_hybrid_rows_gets_no_prefix_schedule():
     settings = RunSettings(steps=7, rl_set=["num_hybrid=0"])
     config = rl_config("prefix_rft", settings, seed=0, output_dir="unused")
     assert (config.num_hybrid, config.prefix_ratio_decay_steps) == (0, 500)
+
+
+FIXED = "changes what the method fixes ({}): it would train another method under this name"
+
+
+@pytest.mark.parametrize(
+    ("method", "same", "other", "message"),
+    [
+        ("rft", "num_hybrid=0", "num_hybrid=1", "method 'rft': --rl-set num_hybrid=1 " + FIXED.format("num_hybrid=0")),
+        (
+            "sft_rft",
+            "num_hybrid=0",
+            "num_hybrid=2",
+            "method 'sft_rft': --rl-set num_hybrid=2 " + FIXED.format("num_hybrid=0"),
+        ),
+        (
+            "prefix_rft_select_all",
+            "prefix_entropy_selection=all",
+            "prefix_entropy_selection=top",
+            "method 'prefix_rft_select_all': --rl-set prefix_entropy_selection='top' "
+            + FIXED.format("prefix_entropy_selection='all'"),
+        ),
+    ],
+)
+def test_rl_set_may_repeat_but_not_change_a_setting_the_method_fixes(method, same, other, message):
+    name, value = same.split("=")
+    config = rl_config(method, RunSettings(rl_set=[same]), seed=0, output_dir="unused")
+    assert str(getattr(config, name)) == value
+    with pytest.raises(ValueError) as refused:
+        rl_config(method, RunSettings(rl_set=[other]), seed=0, output_dir="unused")
+    assert str(refused.value) == message
+
+
+def test_a_config_error_names_the_method_it_is_for():
+    with pytest.raises(ValueError) as refused:
+        rl_config("rft", RunSettings(rl_set=["prefix_advantage=paper"]), seed=0, output_dir="unused")
+    assert str(refused.value).startswith(
+        "method 'rft': prefix_advantage='paper' is not used by PrefixRFTConfig: num_hybrid=0 has no hybrid rows"
+    )
 
 
 def test_relift_alone_takes_the_runs_sft_batch_and_learning_rate():

@@ -102,12 +102,17 @@ class Method(NamedTuple):
         """Hybrid slots per group of its RL stage: its preset, else its config class's default."""
         return self.presets.get("num_hybrid", next(f.default for f in fields(self.config) if f.name == "num_hybrid"))
 
-    @property
-    def draws_prefix(self) -> bool:
+    def draws_prefix(self, num_hybrid: int | None = None) -> bool:
         """Its RL stage draws a demo prefix for its hybrid slots, so the prefix-ratio schedule acts on it; a
-        whole-demo slot (`FullDemoRows`) draws none, and with num_hybrid=0 (rft, sft_rft, sft_best_rft, relift) there
-        is no hybrid slot: both refuse the schedule's options."""
-        return self.trainer is not None and not issubclass(self.trainer, FullDemoRows) and self.num_hybrid > 0
+        whole-demo slot (`FullDemoRows`) draws none, and with no hybrid slot (num_hybrid=0: rft, sft_rft, sft_best_rft,
+        relift) there is none to draw for: both refuse the schedule's options. `num_hybrid`: the run's, after any
+        override (None: the method's own)."""
+        num_hybrid = self.num_hybrid if num_hybrid is None else num_hybrid
+        return self.trainer is not None and not issubclass(self.trainer, FullDemoRows) and num_hybrid > 0
+
+    def conflicts(self, settings: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """{option: (preset, setting)} for each option of `settings` that the method fixes to another value."""
+        return {o: (v, settings[o]) for o, v in self.presets.items() if o in settings and settings[o] != v}
 
 
 def _preset(**settings: Any) -> Method:
@@ -169,6 +174,6 @@ def refused_options(name: str) -> dict[str, str]:
 
 def check_presets(name: str, config: PrefixRFTConfig) -> None:
     """Refuse a config that sets a field method `name` fixes to another value."""
-    for option, value in METHODS[name].presets.items():
-        if getattr(config, option) != value:
-            raise ValueError(f"method {name!r} sets {option}={value!r}; got {option}={getattr(config, option)!r}")
+    presets = METHODS[name].presets
+    for option, (value, got) in METHODS[name].conflicts({o: getattr(config, o) for o in presets}).items():
+        raise ValueError(f"method {name!r} sets {option}={value!r}; got {option}={got!r}")

@@ -2,7 +2,8 @@
 
 Each (method, seed) run writes `<output-dir>/runs/<method>/seed<k>.json`; finished runs are not redone, so an
 interrupted comparison continues where it stopped; one made with other settings, or whose recorded trainer config of
-a stage (`config`) differs from what this code builds for it, is refused. The summary goes to `results.md`,
+a stage (`config`) differs from what this code builds for it (but in fields that acted on neither, `inert_fields`), is
+refused. The summary goes to `results.md`,
 `results.json` and `results.png` (accuracy against step per method, and final accuracy with error bars).
 """
 
@@ -26,6 +27,7 @@ from prefix_rft.recipes.toy import (
     stage_configs,
 )
 from prefix_rft.setup_errors import SetupError, blame, reports_setup_errors, setup_stage
+from prefix_rft.trl.fields import NO_HYBRID_PREFIX_FIELDS
 
 
 @dataclass
@@ -93,11 +95,23 @@ def config_mismatch(result: dict[str, Any], method: str, seed: int, settings: Ru
             mismatch[stage] = tuple("run" if stage in configs else "not run" for configs in (recorded, now))
             continue
         then_config, now_config = recorded[stage], now[stage]
-        for name in sorted(then_config.keys() | now_config.keys()):
+        ignored = inert_fields(then_config, now_config)
+        for name in sorted((then_config.keys() | now_config.keys()) - ignored):
             then, current = then_config.get(name, ABSENT), now_config.get(name, ABSENT)
             if then != current:
                 mismatch[f"{stage}.{name}"] = (then, current)
     return mismatch
+
+
+def inert_fields(then_config: dict[str, Any], now_config: dict[str, Any]) -> set[str]:
+    """Fields of a stage's recorded and current configs that acted on neither run: with num_hybrid=0 on both sides,
+    the `prefix_*` fields but those that still act (`NO_HYBRID_PREFIX_FIELDS`). Runs of rft, sft_rft, sft_best_rft
+    and relift recorded before e32d74f hold prefix_ratio_decay_steps=<steps>, now built as the default 500,
+    though neither value ever acted; comparing them would refuse to resume a run that trained the same."""
+    if then_config.get("num_hybrid") != 0 or now_config.get("num_hybrid") != 0:
+        return set()
+    names = then_config.keys() | now_config.keys()
+    return {n for n in names if n.startswith("prefix_") and n not in NO_HYBRID_PREFIX_FIELDS}
 
 
 def finished_run(path: Path, method: str, seed: int, settings: RunSettings, advice: str = "") -> dict[str, Any] | None:

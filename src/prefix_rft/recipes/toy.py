@@ -77,9 +77,25 @@ def config_settings(spec: Method, settings: RunSettings) -> dict[str, Any]:
 
 
 def rl_config(method: str, settings: RunSettings, seed: int, output_dir: Path, steps: int | None = None):
+    """The config of `method`'s RL stage (`build_rl_config`). A ValueError names the method, since a run of several
+    methods (compare, protocol) builds each one's config in setup: `method 'rft': prefix_advantage='paper' is not
+    used by ...`."""
+    try:
+        return build_rl_config(method, settings, seed, output_dir, steps)
+    except ValueError as error:
+        raise ValueError(f"method {method!r}: {error}") from error
+
+
+def build_rl_config(method: str, settings: RunSettings, seed: int, output_dir: Path, steps: int | None = None):
     """The config of `method`'s RL stage (`rl_stage_method`): paper settings scaled to the task, the run settings its
-    config class takes, then its presets and `--rl-set`."""
+    config class takes, then its presets and `--rl-set`, which may not change a preset (the run would train another
+    method under this one's name)."""
     spec = method_spec(rl_stage_method(method))
+    for option, (preset, value) in spec.conflicts(settings.extra).items():
+        raise ValueError(
+            f"--rl-set {option}={value!r} changes what the method fixes ({option}={preset!r}): it would train "
+            "another method under this name"
+        )
     steps = settings.steps if steps is None else steps
     kwargs = dict(
         **cpu_trainer_kwargs(output_dir, seed, steps),
@@ -96,7 +112,7 @@ def rl_config(method: str, settings: RunSettings, seed: int, output_dir: Path, s
     kwargs.update(settings.extra)
     # Only a method that draws prefixes takes the schedule: a whole-demo slot (rl_sft, luffy, chord, hpt, srft, trapo)
     # or no hybrid slot (num_hybrid=0: rft, relift, or `--rl-set num_hybrid=0`) has none, and its config refuses it.
-    if spec.draws_prefix and kwargs.get("num_hybrid", spec.num_hybrid) > 0:
+    if spec.draws_prefix(kwargs.get("num_hybrid")):
         kwargs.setdefault("prefix_ratio_decay_steps", max(steps, 1))  # the paper's cosine floor, over the whole run
     cap, budget = kwargs["max_completion_length"], completion_budget()  # after `--rl-set`, which may set it too
     if not 1 <= cap <= budget:
@@ -137,7 +153,7 @@ def stage_configs(method: str, settings: RunSettings, seed: int, sft_steps: int 
         elif stage == "sft_best":  # the schedule is over the whole budget (`train_sft_to_best`)
             configs[stage], done = sft_config(settings, seed, unused, settings.steps), done + sft_steps
         elif settings.steps > done:
-            configs[stage] = rl_config(rl_stage_method(method), settings, seed, unused, settings.steps - done)
+            configs[stage] = rl_config(method, settings, seed, unused, settings.steps - done)
     return {stage: config_record(config) for stage, config in configs.items()}
 
 
@@ -166,7 +182,8 @@ def method_budget(method: str, settings: RunSettings) -> dict[str, int]:
 
 def method_budgets(methods: list[str], settings: RunSettings) -> dict[str, int]:
     """{method: optimizer steps} of every trained method in `methods` (`method_budget`). Building each one's trainer
-    configs refuses, by a ValueError naming the field, settings a run would fail on (`--rl-set num_hybrid=9`), so a
+    configs refuses, by a ValueError naming the method and the field, settings a run would fail on (`--rl-set
+    num_hybrid=9`) or that would train another method under its name (`rft` with `--rl-set num_hybrid=1`), so a
     command calls it in its setup, before the base model loads."""
     return {m: method_budget(m, settings)["optimizer_steps"] for m in methods if m != BASE}
 
