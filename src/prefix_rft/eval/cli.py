@@ -6,7 +6,6 @@ prefix-rft eval --model Qwen/Qwen2.5-Math-7B --k 32 --max-new-tokens 8192 --outp
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import time
@@ -21,7 +20,14 @@ from prefix_rft.eval.benchmarks import BENCHMARKS, load_benchmark
 from prefix_rft.eval.harness import evaluate, write_samples
 from prefix_rft.eval.metrics import average
 from prefix_rft.eval.prompts import TEMPLATES, build_messages
-from prefix_rft.setup_errors import blame, check_output_dir, positive_int, reports_setup_errors, setup_stage
+from prefix_rft.setup_errors import (
+    blame,
+    check_output_dir,
+    positive_int,
+    reports_setup_errors,
+    setup_stage,
+    vllm_installed,
+)
 from prefix_rft.verify import MathVerifier, last_boxed
 
 
@@ -73,7 +79,7 @@ def main(argv: list[str]) -> int:
     backend = _resolve_backend(args.backend)
     started = time.monotonic()
     with setup_stage():  # everything that can be checked before the model loads, then the model itself
-        if backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        if backend == "vllm" and not vllm_installed():
             raise ValueError(
                 "--backend vllm: vLLM is not installed; pip install 'prefix-rft[vllm]' on a GPU machine, or use "
                 "--backend hf"
@@ -155,7 +161,7 @@ def _resolve_backend(backend: str) -> str:
         return backend
     import torch
 
-    return "vllm" if importlib.util.find_spec("vllm") and torch.cuda.is_available() else "hf"
+    return "vllm" if vllm_installed() and torch.cuda.is_available() else "hf"
 
 
 def load_model(name: str, backend: str, seed: int) -> tuple[Any, Any]:
