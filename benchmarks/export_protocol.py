@@ -47,10 +47,11 @@ def main() -> None:
     for name in ("plan.json", "selection.json", "results.json", "results.md"):
         if (args.source / name).exists():
             shutil.copy(args.source / name, args.dest / name)
-    selection = args.source / "selection.json"
-    if selection.exists() and has_grids(json.loads(selection.read_text())):
+    selection_path = args.source / "selection.json"
+    selection = json.loads(selection_path.read_text()) if selection_path.exists() else None
+    if selection is not None and has_grids(selection):
         k = json.loads((args.source / "plan.json").read_text())["settings"]["eval_k"]
-        (args.dest / "tuning.md").write_text(tuning_markdown(json.loads(selection.read_text()), k))
+        (args.dest / "tuning.md").write_text(tuning_markdown(selection, k))
     for name in ("results", "differences"):
         if (args.source / f"{name}.png").exists():
             shutil.copy(args.source / f"{name}.png", f"{args.plots_prefix}_{name}.png")

@@ -30,7 +30,7 @@ import os
 import re
 import sys
 
-PREFIX_MARK = " ⟦/prefix⟧ "  # src/prefix_rft/trl/scoring.py
+PREFIX_MARK = " ⟦/prefix⟧ "  # src/prefix_rft/trl/table_logs.py
 MAX_LOGP_GAP = 0.1
 
 

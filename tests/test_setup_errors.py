@@ -11,6 +11,7 @@ from prefix_rft.setup_errors import (
     check_output_file,
     reports_setup_errors,
     setup_stage,
+    vllm_installed,
 )
 
 
@@ -67,3 +68,14 @@ def test_output_paths(tmp_path):
         check_output_dir("--out", file / "x")
     with pytest.raises(SetupError, match=f"^--out {tmp_path}: is a folder; give the path of a file to write$"):
         check_output_file("--out", tmp_path)
+
+
+def test_vllm_installed_asks_for_the_vllm_package_only(monkeypatch):
+    import importlib.util
+
+    asked = []
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: asked.append(name))  # None: not found
+    assert vllm_installed() is False
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: asked.append(name) or object())
+    assert vllm_installed() is True
+    assert asked == ["vllm", "vllm"]

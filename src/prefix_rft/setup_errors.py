@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -142,3 +143,8 @@ def check_output_file(option: str, path: str | Path) -> None:
             raise SetupError(f"{option} {path}: cannot be written (no write permission); choose another path")
         return
     _require_writable(option, path, _creatable(option, path))
+
+
+def vllm_installed() -> bool:
+    """Whether the vllm package can be imported (found without importing it, which is slow and needs a GPU)."""
+    return importlib.util.find_spec("vllm") is not None

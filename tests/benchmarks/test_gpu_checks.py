@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from prefix_rft.trl.scoring import PREFIX_MARK
+from prefix_rft.trl.table_logs import PREFIX_MARK
 
 CHECKER = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_checks.py"
 PROMPT = [{"role": "user", "content": "12+30="}]

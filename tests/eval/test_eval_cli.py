@@ -82,6 +82,7 @@ def test_counts_below_one_are_refused_by_name(tiny_model_dir, tmp_path, capsys, 
     [
         ("--temperature", "0", "must be a positive number (for greedy decoding use --greedy), got 0"),
         ("--temperature", "-1", "must be a positive number (for greedy decoding use --greedy), got -1"),
+        ("--temperature", "nan", "must be a positive number (for greedy decoding use --greedy), got nan"),
         ("--top-p", "0", "must be in (0, 1], got 0"),
         ("--top-p", "2", "must be in (0, 1], got 2"),
     ],
@@ -93,6 +94,17 @@ def test_sampling_values_out_of_range_are_refused_by_name(tmp_path, capsys, flag
         main(argv)
     assert exit_info.value.code == 2
     assert f"prefix-rft eval: error: argument {flag}: {reason}" in capsys.readouterr().err
+
+
+def test_greedy_decoding_takes_any_temperature(tmp_path, capsys):
+    # --greedy --temperature 0 was refused by --temperature although greedy decoding never reads it; the run goes on
+    # to the next check, here a --model that does not exist
+    model = tmp_path / "never-loaded"
+    argv = ["--model", str(model), "--greedy", "--temperature", "0", "--output-dir", str(tmp_path / "eval")]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"prefix-rft eval: --model {model}: no such file or directory, and not a hub id of the form org/name\n"
+    )
 
 
 def test_vllm_backend_without_vllm_is_refused_by_its_option(tmp_path, monkeypatch, capsys):

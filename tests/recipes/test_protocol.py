@@ -344,9 +344,13 @@ def test_a_run_uses_one_thread_whatever_the_cores_and_records_it(tmp_path, monke
     [
         (["--budget_hours", "0"], "--budget_hours must be a positive number of CPU-hours, got 0"),
         (["--budget_hours", "-1"], "--budget_hours must be a positive number of CPU-hours, got -1"),
-        (["--extensions", "-1"], "--extensions must be at least 0, got -1"),
-        (["--max_finalists", "-2"], "--max_finalists must be at least 0, got -2"),
-        (["--spread_multiple", "-0.5"], "--spread_multiple must be at least 0, got -0.5"),
+        (["--extensions", "-1"], "--extensions must be a finite number at least 0, got -1"),
+        (["--max_finalists", "-2"], "--max_finalists must be a finite number at least 0, got -2"),
+        (["--spread_multiple", "-0.5"], "--spread_multiple must be a finite number at least 0, got -0.5"),
+        (["--spread_multiple", "nan"], "--spread_multiple must be a finite number at least 0, got nan"),
+        (["--spread_multiple", "inf"], "--spread_multiple must be a finite number at least 0, got inf"),
+        (["--budget_hours", "nan"], "--budget_hours must be a positive number of CPU-hours, got nan"),
+        (["--rl_grid", "1e-5,inf"], "--rl_grid: expected comma-separated positive numbers, got '1e-5,inf'"),
         (["--sft_grid", "5e-4,x"], "--sft_grid: expected comma-separated positive numbers, got '5e-4,x'"),
     ],
 )

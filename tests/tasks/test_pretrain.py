@@ -187,7 +187,11 @@ def test_unknown_model_size_is_rejected():
         ({"steps": 0}, "BaseModelConfig.steps must be at least 1, got 0"),
         ({"slip_rate": 1.5}, "BaseModelConfig.slip_rate must be in [0, 1], got 1.5"),
         ({"demo_fraction": 0.9}, "BaseModelConfig.demo_fraction + step_fraction must be at most 1"),  # + 0.2
-        ({"lr": 0.0}, "BaseModelConfig.lr must be positive, got 0.0"),
+        ({"lr": 0.0}, "BaseModelConfig.lr must be a finite positive number, got 0.0"),
+        ({"lr": float("inf")}, "BaseModelConfig.lr must be a finite positive number, got inf"),
+        ({"lr": float("nan")}, "BaseModelConfig.lr must be a finite positive number, got nan"),
+        ({"weight_decay": float("nan")}, "BaseModelConfig.weight_decay must be a finite number, got nan"),
+        ({"weight_decay": float("inf")}, "BaseModelConfig.weight_decay must be a finite number, got inf"),
     ],
 )
 def test_a_config_pretraining_cannot_use_is_refused_by_its_field(fields, message):

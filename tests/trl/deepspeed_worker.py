@@ -160,11 +160,11 @@ def trapo(name: str, out_dir: str, engine: str, tokenizer, rewards=no_reward, **
     )
 
 
-def easy_or_prefixed(completions, answer, **kwargs):
-    """1 for every completion of 17+18 (answer 35), and for one that starts with its demo's first 5 characters
-    (`12+30`, TRAPO's 25% prefix, which the untrained model does not write by itself); else 0."""
-    demos = {d[-2:]: d for d in DEMOS}
-    return [float(a == "35" or c[0]["content"].startswith(demos[a][:5])) for c, a in zip(completions, answer)]
+def easy_or_prefixed(completions, answer, demos, **kwargs):
+    """1 for every completion of 17+18 (answer 35), and for one that starts with the first 5 characters of its row's
+    demo (`12+30`, TRAPO's 25% prefix, which the untrained model does not write by itself); else 0."""
+    rows = zip(completions, answer, demos, strict=True)
+    return [float(a == "35" or c[0]["content"].startswith(d[0][:5])) for c, a, d in rows]
 
 
 def scenario_trapo(out_dir, engine, tokenizer) -> dict:

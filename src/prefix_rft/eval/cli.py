@@ -6,9 +6,9 @@ prefix-rft eval --model Qwen/Qwen2.5-Math-7B --k 32 --max-new-tokens 8192 --outp
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -21,16 +21,15 @@ from prefix_rft.eval.benchmarks import BENCHMARKS, load_benchmark
 from prefix_rft.eval.harness import evaluate, write_samples
 from prefix_rft.eval.metrics import average
 from prefix_rft.eval.prompts import TEMPLATES, build_messages
-from prefix_rft.setup_errors import blame, check_output_dir, positive_int, reports_setup_errors, setup_stage
+from prefix_rft.setup_errors import (
+    blame,
+    check_output_dir,
+    positive_int,
+    reports_setup_errors,
+    setup_stage,
+    vllm_installed,
+)
 from prefix_rft.verify import MathVerifier, last_boxed
-
-
-def temperature(text: str) -> float:
-    """argparse type: a sampling temperature, a finite number > 0 (generate refuses 0 only after the model loads)."""
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number (for greedy decoding use --greedy), got {text}")
-    return value
 
 
 def top_p(text: str) -> float:
@@ -51,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--k", type=positive_int, default=2, help="completions per problem (avg@k, pass@1..k)")
     parser.add_argument("--greedy", action="store_true", help="greedy decoding; implies --k 1")
-    parser.add_argument("--temperature", type=temperature, default=0.6)
+    parser.add_argument("--temperature", type=float, default=0.6, help="sampling only: greedy decoding ignores it")
     parser.add_argument("--top-p", type=top_p, default=0.95)
     parser.add_argument("--max-new-tokens", type=positive_int, default=8192)
     parser.add_argument("--limit", type=positive_int, help="first N problems of each benchmark")
@@ -65,15 +64,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The parsed options; a sampling temperature must be a finite number > 0 (generate refuses 0 only after the model
+    loads), checked only when sampling: `--greedy` ignores it."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.greedy and not (math.isfinite(args.temperature) and args.temperature > 0):
+        parser.error(
+            f"argument --temperature: must be a positive number (for greedy decoding use --greedy), got "
+            f"{args.temperature:g}"
+        )
+    return args
+
+
 @reports_setup_errors("prefix-rft eval")
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     k = 1 if args.greedy else args.k
     backend = _resolve_backend(args.backend)
     started = time.monotonic()
     with setup_stage():  # everything that can be checked before the model loads, then the model itself
-        if backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        if backend == "vllm" and not vllm_installed():
             raise ValueError(
                 "--backend vllm: vLLM is not installed; pip install 'prefix-rft[vllm]' on a GPU machine, or use "
                 "--backend hf"
@@ -155,7 +167,7 @@ def _resolve_backend(backend: str) -> str:
         return backend
     import torch
 
-    return "vllm" if importlib.util.find_spec("vllm") and torch.cuda.is_available() else "hf"
+    return "vllm" if vllm_installed() and torch.cuda.is_available() else "hf"
 
 
 def load_model(name: str, backend: str, seed: int) -> tuple[Any, Any]:

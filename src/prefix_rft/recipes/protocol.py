@@ -17,6 +17,7 @@ side by side, each on one thread (`THREADS`) whatever the number of cores.
 from __future__ import annotations
 
 import dataclasses
+import math
 import multiprocessing
 import os
 import resource
@@ -101,7 +102,7 @@ def floats(text: str, option: str) -> list[float]:
         values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
         values = []
-    if not values or not all(0 < v < float("inf") for v in values):
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
         raise SystemExit(f"{option}: expected comma-separated positive numbers, got {text!r}")
     return values
 
@@ -288,16 +289,17 @@ def tuning_stage(methods: list[str], args: ProtocolArguments, settings: RunSetti
 
 def check_protocol_arguments(args: ProtocolArguments) -> None:
     """Refuse what no run could go by: fewer than 1 job, grids that are no positive numbers, a budget that is not a
-    positive number of hours, negative counts or multiples."""
+    positive number of hours, negative or non-finite counts or multiples."""
     if args.jobs < 1:
         raise ValueError(f"--jobs must be at least 1 (runs side by side), got {args.jobs}")
     floats(args.rl_grid, "--rl_grid")
     floats(args.sft_grid, "--sft_grid")
-    if not 0 < args.budget_hours < float("inf"):
+    if not (math.isfinite(args.budget_hours) and args.budget_hours > 0):
         raise ValueError(f"--budget_hours must be a positive number of CPU-hours, got {args.budget_hours:g}")
     for name in ("extensions", "max_finalists", "spread_multiple"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"--{name} must be at least 0, got {getattr(args, name):g}")
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value >= 0):  # nan passed `value < 0`
+            raise ValueError(f"--{name} must be a finite number at least 0, got {value:g}")
 
 
 @reports_setup_errors("prefix-rft protocol")

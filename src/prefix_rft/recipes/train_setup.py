@@ -8,7 +8,6 @@ an SFT stage (recipes/methods.py) build on it, so it imports neither.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from prefix_rft.recipes.setup_checks import (
     options,
     read_yaml,
 )
+from prefix_rft.setup_errors import vllm_installed
 from prefix_rft.trl.config import PrefixRFTConfig
 from prefix_rft.trl.run_dir import resolve_resume
 from prefix_rft.trl.trainer import PrefixRFTTrainer
@@ -162,11 +162,6 @@ def check_trackers(report_to: list[str]) -> None:
                 f"report_to={name!r} needs the {name} package, which is not installed: {TRACKER_INSTALL[name]}, or "
                 "set report_to: none"
             )
-
-
-def vllm_installed() -> bool:
-    """Whether the vllm package can be imported (found without importing it)."""
-    return importlib.util.find_spec("vllm") is not None
 
 
 def check_vllm(use_vllm: bool) -> None:

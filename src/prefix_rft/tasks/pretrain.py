@@ -102,13 +102,15 @@ class BaseModelConfig:
         sizes = sorted(MODEL_SIZES)
         if self.model_size not in sizes:
             raise ValueError(f"BaseModelConfig.model_size must be one of {sizes}, got {self.model_size!r}")
-        if not self.lr > 0:
-            raise ValueError(f"BaseModelConfig.lr must be positive, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"BaseModelConfig.lr must be a finite positive number, got {self.lr}")
         lowest = dict(ops_per_line=1, slip_min_ops=1, steps=1, batch_size=1, warmup_steps=0, weight_decay=0)
         lowest["corpus_max_terms"] = self.task.min_terms  # a corpus problem has at least the task's fewest terms
         for name, low in lowest.items():
             if getattr(self, name) < low:
                 raise ValueError(f"BaseModelConfig.{name} must be at least {low}, got {getattr(self, name)}")
+        if not math.isfinite(self.weight_decay):  # the only float above: nan and inf pass `< low`
+            raise ValueError(f"BaseModelConfig.weight_decay must be a finite number, got {self.weight_decay}")
         for name in ("demo_fraction", "slip_rate", "step_fraction", "final_lr_ratio"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"BaseModelConfig.{name} must be in [0, 1], got {getattr(self, name)}")

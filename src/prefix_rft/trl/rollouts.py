@@ -76,7 +76,7 @@ class Rollout:
     # completions-table columns the reward functions logged (`log_extra`) in those passes, one value per local row
     extra_logs: dict[str, list] = field(default_factory=dict)
     # per metric name, (value, rows of the call) of each `log_metric` call of the batch's scoring passes; the batch's
-    # scoring logs their row-weighted mean once (`scoring.row_weighted_mean`)
+    # scoring logs their row-weighted mean once (`table_logs.row_weighted_mean`)
     metric_logs: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
 
     @property

@@ -1,14 +1,13 @@
-"""Scoring of `PrefixRFTTrainer`: rewards, the prefix advantages of hybrid rows, and the prefix metrics."""
+"""Scoring of `PrefixRFTTrainer`: rewards, the prefix advantages of hybrid rows, and the prefix metrics (what it adds
+to the completions table and the reward functions' logs: table_logs.py)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from accelerate.utils import gather_object
 from trl.chat_template_utils import parse_response
 from trl.data_utils import is_conversational
 from trl.extras.profiling import profiling_context
@@ -20,10 +19,8 @@ from prefix_rft.core import (
     per_token_advantages,
     reward_std_divisor,
 )
-from prefix_rft.trl.placement import HINT_LABEL, with_hint
 from prefix_rft.trl.rollouts import Rollout
-
-PREFIX_MARK = " ⟦/prefix⟧ "  # shown in completions tables where a hybrid's demo prefix ends
+from prefix_rft.trl.table_logs import TableLogsMixin, row_weighted_mean
 
 
 def _short(value: Any, limit: int = 200) -> str:
@@ -87,12 +84,6 @@ def weighted_rewards(rewards_per_func: torch.Tensor, weights: torch.Tensor) -> t
     return torch.where(torch.isnan(rewards_per_func).all(dim=1), torch.nan, rewards)
 
 
-def row_weighted_mean(calls: list[tuple[float, int]]) -> float:
-    """The mean of `log_metric` values logged by scoring calls over n_i rows each, weighted by n_i: (value, n_i) per
-    call. A fraction or mean over a call's completions comes out as the same fraction or mean over all the calls'."""
-    return sum(value * n for value, n in calls) / sum(n for _, n in calls)
-
-
 def _ignore(*args: Any) -> None:
     """`log_extra` / `log_metric` of a scoring pass whose logs would repeat the final scoring's."""
 
@@ -102,7 +93,7 @@ def _columns(inputs: list[dict[str, Any]]) -> dict[str, list]:
     return {k: [x[k] for x in inputs] for k in inputs[0] if k not in ("prompt", "completion", "completion_ids")}
 
 
-class PrefixScoringMixin:
+class PrefixScoringMixin(TableLogsMixin):
     """Reward and advantage hooks of `PrefixRFTTrainer` (a mixin over TRL's `GRPOTrainer`)."""
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -178,28 +169,6 @@ class PrefixScoringMixin:
                 raise ValueError(f"reward function {name!r} returned {len(out)} rewards for {len(prompts)} rows")
             columns.append([torch.nan if r is None else float(r) for r in out])
         return torch.tensor(columns, dtype=torch.float32).T
-
-    def _row_logger(self, rows: list[int]) -> Callable[[str, list], None]:
-        """`log_extra` for a pass over local `rows`: each value is kept at its row's place in the batch's column."""
-        logs, size = self._rollout.extra_logs, len(self._rollout.rows)
-
-        def log_extra(column: str, values: list) -> None:
-            if len(values) != len(rows):
-                raise ValueError(f"log_extra({column!r}) got {len(values)} values for {len(rows)} completions")
-            logged = logs.setdefault(column, [None] * size)
-            for i, value in zip(rows, values, strict=True):
-                logged[i] = value
-
-        return log_extra
-
-    def _metric_logger(self, n: int) -> Callable[[str, float], None]:
-        """`log_metric` for a pass over n rows: each value is kept with n, for `_complete_rewards` to merge."""
-        logs = self._rollout.metric_logs
-
-        def log_metric(name: str, value: float) -> None:
-            logs.setdefault(name, []).append((float(value), n))
-
-        return log_metric
 
     def _decoded(self, prompts, prompt_ids, completion_ids) -> list:
         """Completions as TRL's `_generate` decodes them for the reward functions (tools are refused at init)."""
@@ -312,13 +281,6 @@ class PrefixScoringMixin:
             rollout, fields.prefix_lens, fields.completion_lens, is_hybrid, fields.cont_adv, fields.prefix_adv
         )
 
-    def _replace_logged_advantages(self, cont_adv: torch.Tensor) -> None:
-        """The completions table shows the advantage each row trained with (continuation tokens for hybrids)."""
-        logged = self._logs["advantages"]
-        for _ in range(min(len(cont_adv), len(logged))):
-            logged.pop()
-        logged.extend(cont_adv.tolist())
-
     def _log_prefix_metrics(self, rollout, prefix_lens, completion_lens, is_hybrid, cont_adv, prefix_adv) -> None:
         metrics = self._metrics["train"]
         low, high = self._prefix_sampler.bounds(rollout.schedule_step)
@@ -361,40 +323,3 @@ class PrefixScoringMixin:
             metrics["advantage/hybrid_continuation_mean"].append(cont_adv[is_hybrid].mean().item())
             metrics["advantage/hybrid_prefix_mean"].append(prefix_adv[is_hybrid].mean().item())
         self._mark_logged_prefixes(rollout, prefix_lens)
-
-    def _mark_logged_prefixes(self, rollout: Rollout, prefix_lens: torch.Tensor) -> None:
-        """Completions tables: a `prefix_len` column, and `PREFIX_MARK` where the demo prefix ends in the text."""
-        self._logs["extra"]["prefix_len"].extend(gather_object(prefix_lens.tolist()))
-        prefix_texts = [
-            self._tokenizer.decode(ids[:n], skip_special_tokens=True) if n else None
-            for ids, n in zip(rollout.prefix_ids, prefix_lens.tolist(), strict=True)
-        ]
-        prefix_texts = gather_object(prefix_texts)
-        self._show_logged_hints(rollout)
-        logged = self._logs["completion"]
-        start = len(logged) - len(prefix_texts)
-        for i, prefix in enumerate(prefix_texts):
-            if prefix is None or start + i < 0:
-                continue
-            completion = logged[start + i]
-            if isinstance(completion, list):  # chat: [{"role": "assistant", "content": ...}]
-                content = completion[0]["content"]
-                if content.startswith(prefix):
-                    logged[start + i] = [{**completion[0], "content": prefix + PREFIX_MARK + content[len(prefix) :]}]
-            elif completion.startswith(prefix):
-                logged[start + i] = prefix + PREFIX_MARK + completion[len(prefix) :]
-
-    def _show_logged_hints(self, rollout: Rollout) -> None:
-        """Completions tables: a hint row's prompt as the model saw it, with its hint (`prefix_placement='prompt'`)."""
-        if self.args.prefix_placement != "prompt":  # the same on every rank: no rank skips a gather the others make
-            return
-        hints = [
-            HINT_LABEL + self._tokenizer.decode(row.revealed_ids[:n], skip_special_tokens=True) if n else None
-            for row, n in zip(rollout.rows, rollout.hint_lens or [0] * len(rollout.rows), strict=True)
-        ]
-        hints = gather_object(hints)
-        logged = self._logs["prompt"]
-        start = len(logged) - len(hints)
-        for i, hint in enumerate(hints):
-            if hint is not None and start + i >= 0:
-                logged[start + i] = with_hint(logged[start + i], hint)
