@@ -6,9 +6,11 @@ task's verifier (its cost is paid) and then returns 0, so every question escalat
 another, 3 generate calls as position 7's whole demo generates nothing; rows 0-6 scored as their micro-group comes and
 again with the batch); `previous_visit` gets the same levels from a state set beforehand (one generation pass). Times
 `_generate_and_score_completions` of the same batch in both modes, alternating within each repeat, and reports median
-CPU and wall seconds and their ratios.
+CPU and wall seconds and their ratios. `--whole-step` also times the loss and backward pass over the batch (the rest
+of an optimizer step with steps_per_generation=1; the optimizer's update itself is the same in both modes).
 
     python benchmarks/trapo_escalation.py --repeats 5 --out docs/benchmarks/trapo_escalation.json
+    python benchmarks/trapo_escalation.py --repeats 5 --whole-step --out docs/benchmarks/trapo_escalation_step.json
 """
 
 from __future__ import annotations
@@ -52,13 +54,18 @@ def setup(args, mode: str, reward=verified_zero):
     batch = [dataset[i] for i in range(args.prompts) for _ in range(8)]
     trainer.escalation.levels = {question_key(x): (1, 2, 3) for x in batch}  # read by previous_visit only
     trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1  # set by TRL's training loop, which --whole-step bypasses
     return trainer, batch
 
 
-def time_batch(trainer, batch) -> tuple[float, float, list[int]]:
-    """(CPU seconds, wall seconds, prefix tokens per row) of one generation batch."""
+def time_batch(trainer, batch, whole_step: bool = False) -> tuple[float, float, list[int]]:
+    """(CPU seconds, wall seconds, prefix tokens per row) of one generation batch, and with `whole_step` of the loss
+    and backward pass over it."""
     c0, t0 = time.process_time(), time.perf_counter()
     out = trainer._generate_and_score_completions(batch)
+    if whole_step:
+        trainer.compute_loss(trainer.model, out).backward()
+        trainer.model.zero_grad(set_to_none=True)
     return time.process_time() - c0, time.perf_counter() - t0, out["prefix_mask"].sum(dim=1).tolist()
 
 
@@ -68,6 +75,7 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--max-completion", type=int, default=64)
     p.add_argument("--model-size", default="1m")
+    p.add_argument("--whole-step", action="store_true", help="also time the loss and backward over the batch")
     p.add_argument("--out", default="docs/benchmarks/trapo_escalation.json")
     args = p.parse_args()
     args.steps = 1
@@ -78,7 +86,7 @@ def main() -> None:
     times = {mode: [] for mode in MODES}
     for repeat in range(args.repeats):
         for mode in MODES[repeat % 2 :] + MODES[: repeat % 2]:
-            times[mode].append(time_batch(*trainers[mode])[:2])
+            times[mode].append(time_batch(*trainers[mode], whole_step=args.whole_step)[:2])
     median = {
         m: {"cpu_s": statistics.median(c for c, _ in t), "wall_s": statistics.median(w for _, w in t)}
         for m, t in times.items()
