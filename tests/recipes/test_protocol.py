@@ -1,7 +1,10 @@
 """`prefix-rft protocol`: tuning never touches test or OOD, the choice and the cut rule, the intervals, resuming."""
 
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +26,8 @@ from prefix_rft.recipes.protocol import (
 )
 from prefix_rft.recipes.settings import RunSettings
 from prefix_rft.recipes.toy import train_rows, validation_rows
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_question_epochs_draw_a_pool_that_the_run_passes_over():
@@ -297,6 +302,15 @@ def test_tiny_protocol_tunes_extends_selects_runs_finals_and_resumes(tmp_path, c
     out = capsys.readouterr().out
     assert "== tuning: 6 runs, 6 already done" in out and "== extension 1: 2 runs, 2 already done" in out
     assert "== finals: 6 runs, 6 already done" in out
+    # the records exported into the repository (log histories thinned) resume on another machine: nothing is rerun
+    exported = tmp_path / "exported"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "export_protocol.py"), str(tmp_path), str(exported)]
+    subprocess.run([*cmd, "--plots-prefix", str(exported / "plot")], check=True, timeout=120)
+    thin = json.loads((exported / "tune" / "sft" / "sft_learning_rate=0.001" / "seed100.json").read_text())
+    assert thin["log_history"] and all(set(e) <= {"step", "reward", "loss"} for e in thin["log_history"])
+    assert protocol.main([*argv[:-1], str(exported)]) == 0
+    out = capsys.readouterr().out
+    assert "== tuning: 6 runs, 6 already done" in out and "== finals: 6 runs, 6 already done" in out
 
 
 @pytest.mark.parametrize("command", ["demo", "compare", "protocol"])
