@@ -211,24 +211,27 @@ def test_finals_reserve_and_run_costs_use_the_measured_medians():
     assert finals_reserve(runs, n_seeds=5, max_finalists=2) == 4650.0
 
 
-def test_inputs_count_labelled_questions_and_demo_tokens_offered_and_in_rows():
+def test_inputs_count_labelled_questions_and_demo_tokens_offered_in_rows_and_trained():
     settings = RunSettings(steps=8, prompts_per_step=4, question_epochs=2, sft_val_problems=5, select_best=True)
     # 8 x 4 / 2 = 16 questions; 5 selection questions; demos of 3 + 4 tokens offered at both passes: 14; the RL
-    # stages logged 9.0 demo tokens in their rows
-    assert inputs("rl_sft", settings, [3, 4], rl_demo_tokens=9.0, sft_steps=0) == {
+    # stages logged 9.0 demo tokens in their rows, of which the loss trained 6.0
+    assert inputs("rl_sft", settings, [3, 4], rl_demo_tokens=9.0, rl_trained=6.0, sft_steps=0) == {
         "training_questions": 16,
         "question_visits": 32,
         "selection_questions": 5,
         "labelled_questions": 21,
         "demo_tokens_offered": 14,
         "demo_tokens_in_rows": 9,
+        "demo_tokens_trained": 6,
     }
-    assert inputs("rft", settings, [3, 4], 0.0, 0)["demo_tokens_offered"] == 0
+    assert inputs("rft", settings, [3, 4], 0.0, 0.0, 0)["demo_tokens_offered"] == 0
     # SFT for 4 of the 8 steps trains whole demos: half of the 14 offered, 7, plus its RFT stage's logged 0
-    assert inputs("sft_rft", settings, [3, 4], 0.0, sft_steps=4)["demo_tokens_in_rows"] == 7
+    sft_rft = inputs("sft_rft", settings, [3, 4], 0.0, 0.0, sft_steps=4)
+    assert (sft_rft["demo_tokens_in_rows"], sft_rft["demo_tokens_trained"]) == (7, 7)
+    assert set(inputs("base", settings, [3, 4], 0.0, 0.0, 0).values()) == {0}
     plain = RunSettings(steps=8, prompts_per_step=4, question_epochs=2, sft_val_problems=5)
-    assert inputs("prefix_rft", plain, [3], 0.0, 0)["selection_questions"] == 0
-    assert inputs("sft_best_rft", plain, [3], 0.0, 0)["labelled_questions"] == 21  # its early stopping's 5 questions
+    assert inputs("prefix_rft", plain, [3], 0.0, 0.0, 0)["selection_questions"] == 0
+    assert inputs("sft_best_rft", plain, [3], 0.0, 0.0, 0)["labelled_questions"] == 21  # its early stopping's 5
     assert sft_steps_run("sft_rft", {"settings": {"steps": 9}}) == 4
     assert sft_steps_run("sft_best_rft", {"settings": {"steps": 9}, "sft_selection": {"sft_steps": 6}}) == 6
     assert sft_steps_run("luffy", {"settings": {"steps": 9}}) == 0
@@ -276,7 +279,7 @@ def test_tiny_protocol_tunes_extends_selects_runs_finals_and_resumes(tmp_path, c
     assert list(run["final"]) == ["validation"] and run["settings"]["steps"] == 2
     assert set(run["final"]["validation"]) >= {"avg@2", "pass@1", "pass@2"}
     # 2 x 2 / 2 = 2 training questions, 2 selection questions; demo tokens of 2 questions at 2 passes
-    tokens = ("demo_tokens_offered", "demo_tokens_in_rows")
+    tokens = ("demo_tokens_offered", "demo_tokens_in_rows", "demo_tokens_trained")
     assert {k: v for k, v in run["inputs"].items() if k not in tokens} == {
         "training_questions": 2,
         "question_visits": 4,
@@ -287,13 +290,17 @@ def test_tiny_protocol_tunes_extends_selects_runs_finals_and_resumes(tmp_path, c
     # one hybrid row per question visit, each a drawn prefix (at most 95%) of its demo: fewer tokens than offered
     logged = sum(h.get("prefix/demo_tokens", 0) for h in run["log_history"])
     assert 0 < run["inputs"]["demo_tokens_in_rows"] == round(logged) <= run["inputs"]["demo_tokens_offered"]
+    # the loss trains the prefix tokens entropy selection keeps (20%): fewer than the rows hold
+    trained = sum(h.get("demo/trained_tokens", 0) for h in run["log_history"])
+    assert 0 < run["inputs"]["demo_tokens_trained"] == round(trained) < run["inputs"]["demo_tokens_in_rows"]
     assert [e["step"] for e in run["model_selection"]["evaluations"]] == [0, 2]
     finals = sorted(str(p.relative_to(tmp_path / "final")) for p in (tmp_path / "final").glob("*/*.json"))
     assert finals == [f"{m}/seed{s}.json" for m in ("base", "prefix_rft", "sft") for s in (1, 2)]
     final = json.loads((tmp_path / "final" / "sft" / "seed1.json").read_text())
     assert list(final["final"]) == ["test", "ood"] and "pass@2" in final["final"]["ood"]
     assert final["inputs"]["labelled_questions"] == 4 and final["model_selection"]["best_step"] in (0, 2)
-    assert final["inputs"]["demo_tokens_in_rows"] == final["inputs"]["demo_tokens_offered"]  # SFT: whole demos
+    demo_tokens = [final["inputs"][f"demo_tokens_{k}"] for k in ("offered", "in_rows", "trained")]
+    assert demo_tokens[0] > 0 and len(set(demo_tokens)) == 1  # SFT: whole demos, every token trained
     selection = json.loads((tmp_path / "selection.json").read_text())
     assert selection["verdict"] == {"prefix_rft": "reference", "sft": "final"}
     assert (tmp_path / "results.png").exists() and (tmp_path / "differences.png").exists()

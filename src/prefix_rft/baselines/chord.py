@@ -58,6 +58,8 @@ class ChordConfig(PrefixRFTConfig):
 class ChordTrainer(FullDemoRows, PrefixRFTTrainer):
     """`PrefixRFTTrainer` whose demo slot carries CHORD's weighted SFT loss, mixed with GRPO by mu."""
 
+    sft_on_every_demo_token = True
+
     def chord_mu(self, step: int) -> float:
         """mu at optimizer step `step`; a null decay length spans the run after the warm-up."""
         args = self.args

@@ -85,6 +85,11 @@ class HptTrainer(FullDemoRows, PrefixRFTTrainer):
         for code, name in enumerate(HPT_MODES):
             metrics[f"hpt/{name}_questions"].append(float((group_mode == code).sum()))
 
+    def _trained_demo_mask(self, batch: LossBatch, keep: torch.Tensor) -> torch.Tensor:
+        """(B, T) bool: the demo tokens of the SFT questions' rows (none in evaluation batches)."""
+        rows = batch.inputs.get("hpt_sft_rows")
+        return batch.prefix_mask & (False if rows is None else rows.unsqueeze(1))
+
     def _token_loss(self, logps, old_logps, advantages, batch: LossBatch):
         ratio = torch.exp(logps - old_logps).detach()
         return unclipped_token_loss(logps, old_logps, advantages), ratio

@@ -135,13 +135,15 @@ class ReliftTrainer(PrefixRFTTrainer):
         batch = take_sft_batch(self.relift_buffer, self.args.relift_sft_batch)
         if batch is None:
             return
-        loss = self._sft_step(batch)
+        loss, tokens = self._sft_step(batch)
         self.sft_steps += 1
         self._metrics["train"]["relift/sft_loss"].append(loss)
         self._metrics["train"]["relift/sft_steps"].append(float(self.sft_steps))
+        self._metrics["train"]["relift/sft_demo_tokens"].append(tokens)
 
-    def _sft_step(self, batch: list[dict]) -> float:
-        """One step of the SFT optimizer on the token mean over `batch` (the same on every rank); returns that mean.
+    def _sft_step(self, batch: list[dict]) -> tuple[float, float]:
+        """One step of the SFT optimizer on the token mean over `batch` (the same on every rank); returns that mean
+        and the demo tokens it trained on all ranks.
 
         It runs beside the RL optimizer, not through it: the forward goes through the bare module and the gradients
         are taken with `autograd.grad`, so neither DDP's hooks nor DeepSpeed's engine see them, and they are summed
@@ -171,7 +173,7 @@ class ReliftTrainer(PrefixRFTTrainer):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         self._refresh_deepspeed_master_weights()
-        return float(self.accelerator.reduce(nll_sum.detach(), "sum") / total_tokens)
+        return float(self.accelerator.reduce(nll_sum.detach(), "sum") / total_tokens), float(total_tokens)
 
     def _refresh_deepspeed_master_weights(self) -> None:
         """ZeRO-1/2 keeps fp32 master copies of the weights in its optimizer and would overwrite the SFT update with

@@ -35,6 +35,8 @@ class RLWithSFTConfig(PrefixRFTConfig):
 class RLWithSFTTrainer(FullDemoRows, PrefixRFTTrainer):
     """Demonstration rows carry a plain NLL; on-policy rows the usual clipped Dr. GRPO objective."""
 
+    sft_on_every_demo_token = True
+
     def _aggregate(self, token_loss, logps, batch: LossBatch) -> torch.Tensor:
         pg = aggregate_dr_grpo(token_loss, batch.on_policy, self.max_completion_length)
         return pg + self.args.sft_loss_coef * demo_nll(logps, batch.prefix_mask)

@@ -80,6 +80,8 @@ class SrftConfig(PrefixRFTConfig):
 class SrftTrainer(FullDemoRows, PrefixRFTTrainer):
     """`PrefixRFTTrainer` with SRFT's four entropy-weighted terms on the demo slot and the rollouts."""
 
+    sft_on_every_demo_token = True
+
     def _add_prefix_fields(self, output: dict[str, Any], rollout: Rollout) -> None:
         """Add `srft_solved` and `srft_scored` (B,) bool: whether each local row's reward is > 0, and exists."""
         super()._add_prefix_fields(output, rollout)

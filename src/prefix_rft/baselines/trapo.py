@@ -263,6 +263,11 @@ class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
         for stage, name in enumerate(LEVEL_NAMES.values()):
             metrics[f"trapo/next_{name}_questions"].append(float(sum(lv[stage] > 0 for lv in levels)))
 
+    def _trained_demo_mask(self, batch: LossBatch, keep: torch.Tensor) -> torch.Tensor:
+        """(B, T) bool: the prefix tokens of TrSFT rows (`trapo_sft_rows`; none in evaluation batches)."""
+        rows = batch.inputs.get("trapo_sft_rows")
+        return batch.prefix_mask & (False if rows is None else rows.unsqueeze(1))
+
     def _token_loss(self, logps, old_logps, advantages, batch: LossBatch):
         """(B, T): trust-region SFT on prefix tokens of TrSFT rows, 0 on other prefix tokens, -A * rho elsewhere."""
         own = unclipped_token_loss(logps, old_logps, advantages)

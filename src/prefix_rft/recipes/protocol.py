@@ -147,28 +147,40 @@ def final_jobs(finalists: dict[str, dict], seeds: list[int], settings: RunSettin
     return jobs
 
 
-def inputs(method: str, settings: RunSettings, demo_lengths: list[int], rl_demo_tokens: float, sft_steps: int):
+def inputs(
+    method: str,
+    settings: RunSettings,
+    demo_lengths: list[int],
+    rl_demo_tokens: float,
+    rl_trained: float,
+    sft_steps: int,
+) -> dict[str, int]:
     """What a run used beside the base: distinct training questions, question visits, held-out questions it selected
-    on, labelled questions in all, demo tokens offered and demo tokens in its training rows.
+    on, labelled questions in all, demo tokens offered, demo tokens in its training rows and demo tokens trained.
 
     `demo_lengths`: tokens of each training question's demo; every visit offers the whole demo to a method that reads
     demos (an upper bound for those that train a part). `rl_demo_tokens`: the RL stages' logged `prefix/demo_tokens`,
-    summed; `sft_steps`: SFT steps run, whose rows are whole demos: their share of the offered tokens is added.
+    summed; `rl_trained`: their logged demo tokens the loss trained (`demo/trained_tokens`, `relift/sft_demo_tokens`),
+    summed; `sft_steps`: SFT steps run, whose rows are whole demos, all trained: their share of the offered tokens is
+    added to both.
     """
+    keys = ("training_questions", "question_visits", "selection_questions", "labelled_questions")
+    demo_keys = ("demo_tokens_offered", "demo_tokens_in_rows", "demo_tokens_trained")
     if method == BASE:
-        keys = ("training_questions", "question_visits", "selection_questions", "labelled_questions")
-        return dict.fromkeys((*keys, "demo_tokens_offered", "demo_tokens_in_rows"), 0)
+        return dict.fromkeys((*keys, *demo_keys), 0)
     selects = settings.select_best or "sft_best" in stages_of(method)
     selection = settings.sft_val_problems if selects else 0
     pool = question_pool(settings)
     offered = settings.question_epochs * sum(demo_lengths) if uses_demos(method) else 0
+    sft = offered * sft_steps / settings.steps
     return {
         "training_questions": pool,
         "question_visits": settings.steps * settings.prompts_per_step,
         "selection_questions": selection,
         "labelled_questions": pool + selection,
         "demo_tokens_offered": offered,
-        "demo_tokens_in_rows": round(rl_demo_tokens + offered * sft_steps / settings.steps),
+        "demo_tokens_in_rows": round(rl_demo_tokens + sft),
+        "demo_tokens_trained": round(rl_trained + sft),
     }
 
 
@@ -216,8 +228,12 @@ def run_job(job: Job) -> tuple[Job, dict[str, Any]]:
     result["wall_seconds"] = time.monotonic() - start
     result["threads"] = torch.get_num_threads()
     lengths = demo_lengths(job.method, job.settings, job.seed, result["base_model"]) if uses_demos(job.method) else []
-    rl_demo_tokens = sum(h.get("prefix/demo_tokens", 0.0) for h in result["log_history"])
-    result["inputs"] = inputs(job.method, job.settings, lengths, rl_demo_tokens, sft_steps_run(job.method, result))
+    history = result["log_history"]
+    rl_demo_tokens = sum(h.get("prefix/demo_tokens", 0.0) for h in history)
+    # one micro-batch per step in the toy runner, so each logged value is its step's total
+    rl_trained = sum(h.get("demo/trained_tokens", 0.0) + h.get("relift/sft_demo_tokens", 0.0) for h in history)
+    sft_steps = sft_steps_run(job.method, result)
+    result["inputs"] = inputs(job.method, job.settings, lengths, rl_demo_tokens, rl_trained, sft_steps)
     save_run(job.path, result)
     return job, result
 

@@ -14,7 +14,7 @@ from prefix_rft.recipes.toy import BASE
 
 def results_table(summary: dict[str, dict[str, Any]], chosen: dict[str, dict], k: int, used: dict[str, dict]) -> str:
     """Finals, best test mean first: accuracy (mean ± sd), paired differences (mean [95% interval]), tuned value,
-    labelled questions and demo tokens offered (`used`: a run's `inputs` per method)."""
+    labelled questions and demo tokens offered, in rows and trained (`used`: a run's `inputs` per method)."""
 
     def diff(s: dict, key: str) -> str:
         d = s.get(key)
@@ -25,8 +25,9 @@ def results_table(summary: dict[str, dict[str, Any]], chosen: dict[str, dict], k
 
     lines = [
         f"| method | tuned | test avg@{k} (%) | OOD avg@{k} (%) | test vs base | OOD vs base | test vs prefix_rft "
-        "| OOD vs prefix_rft | seeds | labelled questions | demo tokens offered | demo tokens in rows |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| OOD vs prefix_rft | seeds | labelled questions | demo tokens offered | demo tokens in rows "
+        "| demo tokens trained |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method, s in sorted(summary.items(), key=lambda kv: -kv[1]["test"]["mean"]):
         c = chosen.get(method)
@@ -37,7 +38,8 @@ def results_table(summary: dict[str, dict[str, Any]], chosen: dict[str, dict], k
             f"{diff(s, f'test_vs_{REFERENCE}')} | {diff(s, f'ood_vs_{REFERENCE}')} | {len(s['test']['values'])} | "
             f"{used.get(method, {}).get('labelled_questions', '')} | "
             f"{used.get(method, {}).get('demo_tokens_offered', '')} | "
-            f"{used.get(method, {}).get('demo_tokens_in_rows', '')} |"
+            f"{used.get(method, {}).get('demo_tokens_in_rows', '')} | "
+            f"{used.get(method, {}).get('demo_tokens_trained', '')} |"
         )
     return "\n".join(lines)
 

@@ -41,6 +41,8 @@ class LossBatch:
 class PrefixLossMixin:
     """Loss hooks of `PrefixRFTTrainer` (a mixin over TRL's `GRPOTrainer`)."""
 
+    sft_on_every_demo_token = False  # a baseline with an SFT term over all demo tokens sets it (`_trained_demo_mask`)
+
     def _prefix_keep_mask(self, entropies: torch.Tensor, prefix_mask: torch.Tensor, inputs: dict) -> torch.Tensor:
         """(B, T) bool: tokens that keep their advantage after entropy selection of prefix tokens.
 
@@ -167,9 +169,16 @@ class PrefixLossMixin:
         loss = policy_loss / accumulation - self._entropy_bonus(entropies, mask, prefix_mask, mode) / accumulation
         if self.aux_loss_enabled:  # MoE load balancing, as stock GRPOTrainer adds it
             loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
-        self._log_loss_metrics(mode, mask, prefix_mask, keep, entropies, ratio, advantages)
+        trained = self._trained_demo_mask(batch, keep)
+        self._log_loss_metrics(mode, mask, prefix_mask, keep, entropies, ratio, advantages, trained)
         self._log_loss_terms(mode, policy_loss, aux_loss)
         return loss
+
+    def _trained_demo_mask(self, batch: LossBatch, keep: torch.Tensor) -> torch.Tensor:
+        """(B, T) bool: the demo tokens this micro-batch's loss trains, logged as `demo/trained_tokens`: the prefix
+        tokens that keep their advantage after entropy selection (`keep`, (B, T) bool), or all of them for a baseline
+        whose SFT term trains every demo token (`sft_on_every_demo_token`); HPT and TRAPO train some rows' only."""
+        return batch.prefix_mask if self.sft_on_every_demo_token else keep & batch.prefix_mask
 
     def _sampler_ratio(self, ratio: torch.Tensor, prefix_mask: torch.Tensor) -> torch.Tensor:
         """TRL's vLLM importance-sampling weight, (B, T) or (B, 1), as `prefix_sampler_correction` applies it.
@@ -292,7 +301,7 @@ class PrefixLossMixin:
         if aux_loss is not None:
             metrics["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss.detach()).mean().item())
 
-    def _log_loss_metrics(self, mode, mask, prefix_mask, keep, entropies, ratio, advantages) -> None:
+    def _log_loss_metrics(self, mode, mask, prefix_mask, keep, entropies, ratio, advantages, trained) -> None:
         mask = mask.bool()
         continuation = mask & ~prefix_mask
         low = (ratio < 1 - self.epsilon_low) & (advantages < 0)
@@ -308,6 +317,7 @@ class PrefixLossMixin:
                 (keep & prefix_mask).sum(),
                 (low & mask).sum(),
                 (high & mask).sum(),
+                (trained & prefix_mask).sum(),
             ]
         ).float()
         s = self.accelerator.reduce(sums, "sum").tolist()
@@ -319,3 +329,4 @@ class PrefixLossMixin:
         metrics["clip_ratio/low_mean"].append(s[7] / max(s[1], 1.0))
         metrics["clip_ratio/high_mean"].append(s[8] / max(s[1], 1.0))
         metrics["clip_ratio/region_mean"].append((s[7] + s[8]) / max(s[1], 1.0))
+        metrics["demo/trained_tokens"].append(s[9])  # all ranks; a step's total when a step is one micro-batch
