@@ -32,10 +32,17 @@ def test_chord_without_phi_takes_the_plain_nll(tmp_path, model, tokenizer):
     assert loss.item() == pytest.approx(0.5 * 2.0)  # GRPO term 0; mu 0.5 x NLL token mean (1 + 3) / 2
 
 
-def test_chord_mu_decays_over_the_whole_run_by_default(tmp_path, model, tokenizer):
+def test_chord_defaults_to_chord_phi_a_constant_mu_of_0_1_with_phi(tmp_path, model, tokenizer):
     trainer = chord(tmp_path, model, tokenizer)
     trainer.state.max_steps = 10
-    # peak 0.9 -> valley 0.05 over 10 steps: at step 5, 0.05 + 0.85 * (1 + cos(pi / 2)) / 2
+    assert [trainer.chord_mu(step) for step in (0, 5, 10)] == pytest.approx([0.1, 0.1, 0.1])
+    assert trainer.args.chord_phi
+
+
+def test_chord_mu_decays_over_the_whole_run_unless_given_a_length(tmp_path, model, tokenizer):
+    trainer = chord(tmp_path, model, tokenizer, chord_mu_peak=0.9, chord_mu_valley=0.05, chord_phi=False)
+    trainer.state.max_steps = 10
+    # CHORD-mu's peak 0.9 -> valley 0.05 over 10 steps: at step 5, 0.05 + 0.85 * (1 + cos(pi / 2)) / 2
     assert trainer.chord_mu(0) == pytest.approx(0.9)
     assert trainer.chord_mu(5) == pytest.approx(0.05 + 0.85 / 2)
     assert trainer.chord_mu(10) == pytest.approx(0.05)
@@ -52,7 +59,7 @@ def test_chord_demo_is_out_of_the_grpo_baseline_and_a_step_trains(tmp_path, mode
     trainer.train()
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     logged = trainer.state.log_history[0]
-    assert logged["chord/mu"] == pytest.approx(0.9)  # step 0 of a 1-step run: the peak
+    assert logged["chord/mu"] == pytest.approx(0.1)  # CHORD-phi's constant mu
     assert logged["chord/sft_loss"] > 0
 
 
@@ -61,6 +68,7 @@ def test_chord_demo_is_out_of_the_grpo_baseline_and_a_step_trains(tmp_path, mode
     [
         ({"prefix_ratio_floor_end": 0.1}, "prefix_ratio_floor_end=0.1 is not used by ChordConfig"),
         ({"prefix_entropy_selection": "top"}, "prefix_entropy_selection='top' is not used by ChordConfig"),
+        ({"prefix_advantage": "paper"}, "prefix_advantage='paper' is not used by ChordConfig"),
         ({"loss_type": "dapo"}, "loss_type='dapo' is not supported by ChordConfig"),
         ({"chord_mu_peak": 1.5}, r"chord_mu_peak must be in \[0, 1\]"),
         ({"chord_mu_decay_steps": -1}, "chord_mu_decay_steps must be >= 0"),

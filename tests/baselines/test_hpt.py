@@ -55,6 +55,7 @@ def test_hpt_step_on_failed_questions_is_sft(tmp_path, model, tokenizer):
     [
         ({"epsilon": 0.1}, "epsilon=0.1 is not used by HptConfig"),
         ({"dual_clip": 3.0}, "dual_clip=3.0 is not used by HptConfig"),
+        ({"prefix_advantage": "paper"}, "prefix_advantage='paper' is not used by HptConfig"),
         ({"loss_type": "grpo"}, "loss_type='grpo' is not used by HptConfig"),
         ({"prefix_ratio_floor_end": 0.1}, "prefix_ratio_floor_end=0.1 is not used by HptConfig"),
         ({"hpt_switch_gate": -1}, "hpt_switch_gate and hpt_sft_loss_coef must be >= 0"),

@@ -2,8 +2,9 @@
 
 loss = (1 - mu_t) * L_GRPO + mu_t * L_SFT. Per group: G - 1 on-policy rollouts (their advantages from their own
 rewards: the demo is not in the baseline) and the question's full demonstration in the G-th slot, the SFT data.
-mu_t follows a linear warm-up then a cosine decay from `chord_mu_peak` to `chord_mu_valley` (CHORD-mu); with
-`chord_phi` each demo token's NLL is weighted by phi = p (1 - p), p its probability under the policy (CHORD-phi).
+mu_t follows a linear warm-up then a cosine decay from `chord_mu_peak` to `chord_mu_valley`; with `chord_phi` each
+demo token's NLL is weighted by phi = p (1 - p), p its probability under the policy. The paper's two variants:
+CHORD-phi (the default: mu constant 0.1, phi on) and CHORD-mu (peak 0.9 decayed to 0.05 over 200 steps, phi off).
 L_SFT is the token mean over the micro-batch's demo tokens; L_GRPO is the clipped objective of the on-policy tokens,
 aggregated as `loss_type` says. docs/fidelity.md (CHORD row) lists where this departs from the paper.
 """
@@ -28,8 +29,10 @@ class ChordConfig(PrefixRFTConfig):
     prefix_entropy_selection: SelectionMode = field(
         default="all", metadata={"help": "Every demo token is in the SFT loss."}
     )
-    chord_mu_peak: float = field(default=0.9, metadata={"help": "mu after the warm-up (SFT weight at its largest)."})
-    chord_mu_valley: float = field(default=0.05, metadata={"help": "mu once the cosine decay is over."})
+    # CHORD-phi, the paper's full method, by default: mu constant 0.1 and phi on. CHORD-mu is peak 0.9, valley 0.05,
+    # decay 200 steps, phi off (the authors' examples/mix_chord/mix_chord.yaml gives both settings).
+    chord_mu_peak: float = field(default=0.1, metadata={"help": "mu after the warm-up (SFT weight at its largest)."})
+    chord_mu_valley: float = field(default=0.1, metadata={"help": "mu once the cosine decay is over."})
     chord_mu_warmup_steps: int = field(default=0, metadata={"help": "Optimizer steps of mu's linear rise 0 -> peak."})
     chord_mu_decay_steps: int | None = field(
         default=None,
@@ -40,7 +43,13 @@ class ChordConfig(PrefixRFTConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         refuse_prefix_options(self)
-        refuse_unused(self, {"prefix_entropy_selection": "demo tokens get the SFT loss, never an advantage"})
+        refuse_unused(
+            self,
+            {
+                "prefix_entropy_selection": "demo tokens get the SFT loss, never an advantage",
+                "prefix_advantage": "the demo is out of the rollouts' baseline, which is the G - 1 rollouts' mean",
+            },
+        )
         if self.loss_type == "dapo":
             raise ValueError(
                 "loss_type='dapo' is not supported by ChordConfig: its divisor counts the demo tokens, which are in "

@@ -49,7 +49,13 @@ class HptConfig(PrefixRFTConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         refuse_prefix_options(self)
-        refuse_unused(self, {"prefix_entropy_selection": "demo tokens get the SFT loss, never an advantage"})
+        refuse_unused(
+            self,
+            {
+                "prefix_entropy_selection": "demo tokens get the SFT loss, never an advantage",
+                "prefix_advantage": "the demo is out of the rollouts' baseline, which is the G - 1 rollouts' mean",
+            },
+        )
         refuse_clip_options(self, NO_CLIP)
         refuse_unused(self, {"loss_type": "the RL part is summed over a constant (Dr. GRPO), the NLL token-averaged"})
         if self.hpt_switch_gate < 0 or self.hpt_sft_loss_coef < 0:

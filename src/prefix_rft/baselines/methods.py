@@ -129,7 +129,7 @@ METHODS: dict[str, Method] = {
     "rl_sft": Method(RLWithSFTConfig, RLWithSFTTrainer, ("rl",)),
     "luffy": Method(LuffyConfig, LuffyTrainer, ("rl",)),
     "relift": Method(ReliftConfig, ReliftTrainer, ("rl",)),
-    # The family's leading methods (docs/fidelity.md#chord to #trapo); CHORD's mu decays over the whole run by default
+    # The family's leading methods (docs/fidelity.md#chord to #trapo); CHORD is CHORD-phi (mu constant 0.1, phi on)
     "chord": Method(ChordConfig, ChordTrainer, ("rl",)),
     "hpt": Method(HptConfig, HptTrainer, ("rl",)),
     "srft": Method(SrftConfig, SrftTrainer, ("rl",)),
