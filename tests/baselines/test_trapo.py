@@ -235,6 +235,19 @@ def test_trapo_escalates_a_failed_question_on_its_next_visit(tmp_path, model, to
     assert second["trapo_sft_rows"].tolist() == [False] * 5 + [True] * 3 + [False] * 5 + [True] * 3
 
 
+def test_trapo_cuts_partial_prefixes_from_the_first_demo_and_guides_the_whole_row_with_the_second(
+    tmp_path, model, tokenizer
+):
+    # the authors read two demos per question: the first for the 25% and 50% rows, the second for the whole-demo row
+    trainer = trapo(tmp_path, model, tokenizer, trapo_escalation="previous_visit")
+    first, second = "12+30 is 42. ans: 42", "30+12 makes 42, ans: 42"
+    example = {"prompt": [{"role": "user", "content": "12+30="}], "demos": [first, second], "answer": "42"}
+    trainer.escalation.levels = {question_key(example): (1, 2, 3)}
+    rows = trainer._plan_rows([example] * 8).rows
+    ids = [tokenizer(demo, add_special_tokens=False)["input_ids"] for demo in (first, second)]
+    assert [row.revealed_ids for row in rows] == [[]] * 4 + [ids[0][:5], ids[0][:5], ids[0][:10], ids[1]]
+
+
 def test_trapo_leaves_a_solved_question_unguided(tmp_path, model, tokenizer):
     trainer = trapo(tmp_path, model, tokenizer, [1.0], trapo_escalation="previous_visit")
     generate_batch(trainer)

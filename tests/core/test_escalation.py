@@ -14,7 +14,7 @@ from prefix_rft.core import (
     trapo_levels,
     trust_region_sft_token_loss,
 )
-from prefix_rft.core.escalation import stage_level
+from prefix_rft.core.escalation import demo_index, stage_level
 
 NAN = math.nan
 
@@ -67,6 +67,11 @@ def test_positions_map_to_stages_and_the_first_stage_two_row_trains_no_prefix():
     assert [level_at(p, levels) for p in range(8)] == [0, 0, 0, 0, 1, 1, 2, 3]
     assert [level_at(p, (0, 2, 0)) for p in range(8)] == [0, 0, 0, 0, 0, 0, 2, 0]
     assert [trains_prefix(p) for p in range(4, 8)] == [False, True, True, True]
+
+
+def test_the_whole_demo_row_takes_the_second_demo_and_the_partial_rows_the_first():
+    assert [demo_index(position, 2) for position in range(4, 8)] == [0, 0, 0, 1]
+    assert [demo_index(position, 1) for position in range(4, 8)] == [0, 0, 0, 0]  # one demo: it guides every row
 
 
 def test_prefix_end_cuts_after_a_boundary_near_the_ratio_or_at_the_ratio():

@@ -37,9 +37,11 @@ from prefix_rft.core.escalation import (
     LEVEL_RATIOS,
     STAGE_OF_POSITION,
     STAGE_STARTS,
+    demo_index,
     solved,
     stage_level,
 )
+from prefix_rft.data.loading import row_demos
 from prefix_rft.trl.config import PrefixRFTConfig
 from prefix_rft.trl.fields import refuse_unused
 from prefix_rft.trl.loss import LossBatch
@@ -140,6 +142,11 @@ class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
         offset = self.accelerator.process_index * len(inputs)
         self._inputs, self._demo_plans = inputs, list(rollout.rows)
         self._positions = [(offset + i) % self.num_generations for i in range(len(inputs))]
+        for i, example in enumerate(inputs):  # the authors' demo per position, not the parent's draw (`demo_index`)
+            demos = row_demos(example)
+            if len(demos) > 1 and self._demo_plans[i].hybrid:
+                ids = self._demo_ids(demos[demo_index(self._positions[i], len(demos))])
+                self._demo_plans[i] = self._row_plan(ids, 1.0)
         self._train_prefix = [False] * len(inputs)
         in_step = self.args.trapo_escalation == "in_step"
         for i, example in enumerate(inputs):

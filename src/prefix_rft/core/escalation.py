@@ -63,6 +63,13 @@ def trains_prefix(position: int) -> bool:
     return position != 4
 
 
+def demo_index(position: int, n_demos: int) -> int:
+    """Which of a question's `n_demos` demos guides a group position, as the authors read two per question: the first
+    for the partial prefixes (positions 4-6, so the 25% pair shares its prefix), the second, when there is one, for
+    the whole-demo row (position 7)."""
+    return 1 if position == GROUP_SIZE - 1 and n_demos > 1 else 0
+
+
 def prefix_end(demo_ids: list[int], ratio: float, boundary_ids: frozenset[int] = frozenset()) -> int:
     """Demo tokens a level reveals: all of them at ratio 1; else up to and including the first boundary token past
     floor(ratio * n) when it lies before (ratio + 0.3) * n, else floor(ratio * n) (the authors cut at a paragraph
