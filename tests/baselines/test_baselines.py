@@ -58,6 +58,20 @@ def test_rl_with_sft_loss_adds_token_mean_nll_of_demo_rows(tmp_path, model, toke
     assert loss.item() == pytest.approx(0.0625 + 3.5)
 
 
+@pytest.mark.parametrize(
+    ("config_cls", "expected"),
+    [
+        (LuffyConfig, {"entropy_coef": 0.001}),  # ElliottYan/LUFFY exp_scripts/train.sh: entropy_coeff=0.001
+        # TheRoadQaQ/ReLIFT examples/math-7b/train.sh: entropy_coeff=0.001, sft lr 1e-6; relift_trainer.yaml:
+        # sft_grad_clip 1.0
+        (ReliftConfig, {"entropy_coef": 0.001, "relift_sft_learning_rate": 1e-6, "relift_sft_max_grad_norm": 1.0}),
+    ],
+)
+def test_luffy_and_relift_default_to_their_authors_scripts(tmp_path, config_cls, expected):
+    config = config_cls(**base_kwargs(tmp_path))
+    assert {name: getattr(config, name) for name in expected} == expected
+
+
 def test_all_failed_groups():
     # groups of 4: [0,0,0,0] fails, [0,1,0,0] does not, [0,0,0,0] fails
     rewards = torch.tensor([0.0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0])

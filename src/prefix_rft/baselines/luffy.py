@@ -26,6 +26,7 @@ class LuffyConfig(PrefixRFTConfig):
     prefix_entropy_selection: SelectionMode = field(default="all", metadata={"help": "LUFFY trains every demo token."})
     dual_clip: float | None = field(default=None, metadata={"help": "LUFFY has no clip: must stay null."})
     luffy_gamma: float = field(default=0.1, metadata={"help": "gamma of the shaping f(p) = p / (p + gamma)."})
+    entropy_coef: float = field(default=0.001, metadata={"help": "Entropy bonus (the authors' script: 0.001)."})
 
     def __post_init__(self) -> None:
         super().__post_init__()

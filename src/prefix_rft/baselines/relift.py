@@ -84,7 +84,10 @@ class ReliftConfig(PrefixRFTConfig):
     num_hybrid: int = field(default=0, metadata={"help": "ReLIFT's RL steps are plain on-policy GRPO: must stay 0."})
     relift_sft_batch: int = field(default=64, metadata={"help": "Buffered questions that trigger one SFT step."})
     relift_sft_learning_rate: float = field(default=1e-6, metadata={"help": "Learning rate of the SFT optimizer."})
-    relift_sft_max_grad_norm: float = field(default=0.5, metadata={"help": "Gradient clipping of the SFT step."})
+    relift_sft_max_grad_norm: float = field(
+        default=1.0, metadata={"help": "Gradient clipping of the SFT step (the authors' sft_grad_clip: 1.0)."}
+    )
+    entropy_coef: float = field(default=0.001, metadata={"help": "RL steps' entropy bonus (the authors': 0.001)."})
 
     def __post_init__(self) -> None:
         # The parent refuses the options of hybrid rows and drawn prefixes when num_hybrid=0 (`refuse_hybrid_options`)
