@@ -102,6 +102,19 @@ def test_batch_update_reads_each_group_in_order():
     assert questions.ratio("b") == pytest.approx(0.3 - 1 / 30)
 
 
+def test_hybrid_steering_moves_the_ratio_by_the_guided_rows_success():
+    # G = 4, last row hybrid with ratio 0.6: the on-policy rows all fail, the guided row solves it. Steered by the
+    # guided rows (SEELE's loop): success 1 -> 0.6 + 0.2 * (0.5 - 1) = 0.5; the record keeps the on-policy success 0
+    questions = stats(steer_rows="hybrid")
+    ratios = torch.tensor([NAN, NAN, NAN, 0.6], dtype=torch.float64)
+    hybrid = torch.tensor([False, False, False, True])
+    questions.observe_groups(["q"] * 4, torch.tensor([0.0, 0, 0, 1]), hybrid, ratios, 4)
+    assert questions.records["q"] == QuestionRecord(success=0.0, ratio=pytest.approx(0.5), visits=1)
+    # a visit whose hybrid slot carried no prefix (no planned ratio) is no evidence for the ratio: it stays 0.5
+    questions.observe_groups(["q"] * 4, torch.zeros(4), hybrid, torch.full((4,), NAN, dtype=torch.float64), 4)
+    assert questions.records["q"] == QuestionRecord(success=0.0, ratio=pytest.approx(0.5), visits=2)
+
+
 def test_group_without_hybrid_rows_still_moves_an_adapted_ratio():
     # a rescued-off question ran all 4 rows on-policy and solved them all: 0.5 + 0.2 * (0.5 - 1) = 0.4
     questions = stats()

@@ -59,6 +59,19 @@ def test_failed_question_gets_more_of_its_demo_next_time(tmp_path, model, tokeni
     assert last(trainer, "prefix/questions_seen") == 2
 
 
+def test_hybrid_steering_shows_less_of_the_demo_once_the_guided_row_solves_it(tmp_path, model, tokenizer):
+    # every on-policy row fails, every guided row (position 7) solves its question
+    rewards = FixedRewards([0.0] * 7 + [1.0])
+    overrides = dict(prefix_success_target=0.5, prefix_success_rows="hybrid")
+    trainer = guided_trainer(tmp_path, model, tokenizer, rewards, **overrides)
+    # visit 1: the schedule's 0.95 -> 19 tokens; guided success 1: 0.95 + 0.2 * (0.5 - 1) = 0.85 -> 17 tokens
+    # (steered by the on-policy rows' 0 it would rise to the 0.95 ceiling again)
+    _, out = generate_batch(trainer)
+    assert prefix_lens(out) == [0] * 7 + [19] + [0] * 7 + [19]
+    _, out = generate_batch(trainer)
+    assert prefix_lens(out) == [0] * 7 + [17] + [0] * 7 + [17]
+
+
 def test_solved_question_runs_its_hybrid_slot_on_policy(tmp_path, model, tokenizer):
     rewards = FixedRewards(SOLVED)
     trainer = guided_trainer(tmp_path, model, tokenizer, rewards, prefix_rescue_max_success=0.0)
@@ -143,6 +156,11 @@ def test_question_key_prefers_the_id_column_and_else_hashes_the_prompt():
             "prefix_success_target=0.5 is not used by PrefixRFTConfig: num_hybrid=0 has no hybrid rows",
         ),
         ({"prefix_ratio_step": 0.1}, "prefix_ratio_step acts only with prefix_success_target"),
+        ({"prefix_success_rows": "hybrid"}, "prefix_success_rows acts only with prefix_success_target"),
+        (
+            {"prefix_success_target": 0.5, "prefix_success_rows": "all"},
+            r"prefix_success_rows='all' is not supported; expected one of \('on_policy', 'hybrid'\)",
+        ),
         ({"prefix_success_target": 1.5}, r"prefix_success_target=1.5 is out of range; expected \[0, 1\]"),
         ({"prefix_rescue_max_success": -0.1}, "prefix_rescue_max_success=-0.1 is out of range"),
         ({"prefix_success_target": 0.5, "prefix_ratio_step": 0.0}, r"prefix_ratio_step=0.0 is out of range"),

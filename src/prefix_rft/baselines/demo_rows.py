@@ -26,6 +26,7 @@ PREFIX_OPTIONS = (
     "prefix_ratio_beta",
     "prefix_min_len",
     "prefix_success_target",
+    "prefix_success_rows",
     "prefix_rescue_max_success",
     "prefix_placement",
     "prefix_entropy_keep_fraction",

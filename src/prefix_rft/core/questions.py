@@ -59,6 +59,20 @@ def on_policy_solved(rewards: torch.Tensor, is_hybrid: torch.Tensor) -> tuple[in
     return int((rewards[scored] > 0).sum()), int(scored.sum())
 
 
+def guided_success(rewards: torch.Tensor, is_hybrid: torch.Tensor, ratios: torch.Tensor) -> float | None:
+    """Share of a group's scored guided rows (hybrid rows that carried a prefix, `ratios` not NaN) whose reward is > 0.
+
+    Args:
+        rewards: (G,) rewards of one group; NaN marks an unscored row.
+        is_hybrid: (G,) bool planned roles.
+        ratios: (G,) float prefix ratio planned for each hybrid row, NaN for the others.
+    Returns:
+        The success rate of the guided rows, or None when none was scored.
+    """
+    guided = is_hybrid & ~torch.isnan(ratios) & ~torch.isnan(rewards)  # (G,)
+    return None if not guided.any() else float((rewards[guided] > 0).float().mean())
+
+
 HPT_MODES = ("sft", "none", "rl")
 
 
@@ -114,10 +128,12 @@ class QuestionStats:
     """Evidence and prefix ratio per question key, with the settings that read them.
 
     Attributes:
-        target: on-policy success rate the adaptive ratio aims at; None keeps the schedule's ratio (no adaptation).
+        target: success rate the adaptive ratio aims at; None keeps the schedule's ratio (no adaptation).
         step: ratio change per unit of success error.
         low, high: bounds of an adapted ratio.
         max_success: rescue threshold (`needs_rescue`); None gives every question its hybrid rows.
+        steer_rows: whose success moves the ratio: "on_policy" (the unaided rows, which the ratio does not act on)
+            or "hybrid" (the guided rows, `guided_success`: a closed loop, as SEELE aims its hinted rollouts).
         records: question key -> `QuestionRecord`.
     """
 
@@ -126,6 +142,7 @@ class QuestionStats:
     low: float
     high: float
     max_success: float | None = None
+    steer_rows: str = "on_policy"
     records: dict[str, QuestionRecord] = field(default_factory=dict)
 
     def ratio(self, key: str) -> float | None:
@@ -138,19 +155,22 @@ class QuestionStats:
         record = self.records.get(key)
         return needs_rescue(None if record is None else record.success, self.max_success)
 
-    def observe(self, key: str, success: float, ratio_used: float | None) -> None:
+    def observe(self, key: str, success: float, ratio_used: float | None, steer: float | None = None) -> None:
         """Record one scored group of `key`.
 
         Args:
             success: its on-policy success rate.
             ratio_used: mean prefix ratio planned for its hybrid rows, None if it had none; it starts the controller
                 when the question has no adapted ratio yet (otherwise the adapted ratio is what was used).
+            steer: the success that moves the ratio when `steer_rows` is "hybrid" (its guided rows'); None leaves
+                the ratio where it was.
         """
         record = self.records.get(key)
         base = record.ratio if record is not None and record.ratio is not None else ratio_used
-        ratio = None
-        if self.target is not None and base is not None:
-            ratio = next_prefix_ratio(base, success, self.target, self.step, self.low, self.high)
+        evidence = success if self.steer_rows == "on_policy" else steer
+        ratio = base if self.target is not None else None
+        if self.target is not None and base is not None and evidence is not None:
+            ratio = next_prefix_ratio(base, evidence, self.target, self.step, self.low, self.high)
         visits = 1 if record is None else record.visits + 1
         self.records[key] = QuestionRecord(success=success, ratio=ratio, visits=visits)
 
@@ -178,7 +198,8 @@ class QuestionStats:
                 continue
             planned = ratios[group][is_hybrid[group] & ~torch.isnan(ratios[group])]  # (H,)
             ratio_used = float(planned.mean()) if len(planned) else None
-            self.observe(keys[start], success, ratio_used)
+            steer = guided_success(rewards[group], is_hybrid[group], ratios[group])
+            self.observe(keys[start], success, ratio_used, steer)
             successes.append(success)
         return successes
 

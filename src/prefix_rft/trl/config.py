@@ -28,6 +28,7 @@ Placement = Literal["response", "prompt"]
 SamplerCorrection = Literal["continuation", "row"]
 ScheduleUnit = Literal["rollout_batch", "optimizer_step"]
 BonusScope = Literal["all", "continuation"]
+SteerRows = Literal["on_policy", "hybrid"]
 GRPO_DEFAULTS = {f.name: f.default for f in fields(GRPOConfig)}
 DEFAULT_RATIO_STEP = 0.2  # per-question controller: 0 successes at a target of 0.5 raise the ratio by 0.1
 
@@ -101,7 +102,7 @@ class PrefixRFTConfig(GRPOConfig):
         prefix_advantage, prefix_entropy_keep_fraction, prefix_entropy_selection, prefix_entropy_scope,
         dual_clip, prefix_entropy_bonus_scope
     > Per-question guidance: a prefix ratio per question, or a prefix only for questions the policy fails
-        prefix_success_target, prefix_ratio_step, prefix_rescue_max_success
+        prefix_success_target, prefix_ratio_step, prefix_success_rows, prefix_rescue_max_success
     > Placement: where the prefix goes, and prefixes or demos longer than their token budget
         prefix_placement, prefix_sampler_correction, prefix_truncate_long_demos, max_prompt_length
     > Robustness: bad data, non-finite steps, partly scored rows, an output folder holding another run
@@ -212,6 +213,9 @@ class PrefixRFTConfig(GRPOConfig):
     )
     prefix_ratio_step: float = field(
         default=DEFAULT_RATIO_STEP, metadata={"help": "Change of a question's prefix ratio per unit of success error."}
+    )
+    prefix_success_rows: SteerRows = field(  # 'on_policy': rows the ratio does not act on; 'hybrid': a closed loop
+        default="on_policy", metadata={"help": "Rows whose success moves the adaptive ratio: 'on_policy' or 'hybrid'."}
     )
     prefix_rescue_max_success: float | None = field(
         default=None,
@@ -356,8 +360,9 @@ class PrefixRFTConfig(GRPOConfig):
 
     def _check_question_guidance(self) -> None:
         """Refuse per-question settings that would have no effect (with num_hybrid=0: `refuse_hybrid_options`)."""
-        if self.prefix_success_target is None and self.prefix_ratio_step != DEFAULT_RATIO_STEP:
-            raise ValueError("prefix_ratio_step acts only with prefix_success_target (the adaptive prefix ratio)")
+        for name, default in (("prefix_ratio_step", DEFAULT_RATIO_STEP), ("prefix_success_rows", "on_policy")):
+            if self.prefix_success_target is None and getattr(self, name) != default:
+                raise ValueError(f"{name} acts only with prefix_success_target (the adaptive prefix ratio)")
         self._check_sampler_correction()
 
     def _check_sampler_correction(self) -> None:

@@ -51,6 +51,7 @@ class QuestionGuidanceMixin:
             low=args.prefix_ratio_floor_end,
             high=args.prefix_ratio_ceiling,
             max_success=args.prefix_rescue_max_success,
+            steer_rows=args.prefix_success_rows,
         )
 
     def _rescues(self, example: dict[str, Any]) -> bool:
