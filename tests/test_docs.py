@@ -127,7 +127,7 @@ def test_protocol_tables_are_rendered_from_the_shipped_json(folder):
     import json
 
     from prefix_rft.recipes.compare import summarize
-    from prefix_rft.recipes.protocol_report import has_grids, results_table, tuning_markdown
+    from prefix_rft.recipes.protocol_report import has_grids, inputs_by_method, results_table, tuning_markdown
     from prefix_rft.recipes.protocol_rules import REFERENCE
     from prefix_rft.recipes.toy import BASE
 
@@ -135,9 +135,8 @@ def test_protocol_tables_are_rendered_from_the_shipped_json(folder):
     k = json.loads((folder / "plan.json").read_text())["settings"]["eval_k"]
     runs = [json.loads(p.read_text()) for p in sorted((folder / "final").rglob("*.json"))]
     if runs:
-        used = {r["method"]: r["inputs"] for r in runs if "inputs" in r}
         summary = summarize(runs, k, references=(BASE, REFERENCE))
-        rendered = table_rows(results_table(summary, selection["chosen"], k, used))
+        rendered = table_rows(results_table(summary, selection["chosen"], k, inputs_by_method(runs)))
         shipped = table_rows((folder / "results.md").read_text())
         assert [row[: len(shipped[0])] for row in rendered] == shipped
     if has_grids(selection):

@@ -1,5 +1,6 @@
 """`prefix-rft protocol`: tuning never touches test or OOD, the choice and the cut rule, the intervals, resuming."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -20,7 +21,9 @@ from prefix_rft.recipes.protocol import (
     grid_extension,
     inputs,
     median_seconds,
+    plan_mismatch,
     select_finalists,
+    sft_only_values,
     sft_steps_run,
     tuning_jobs,
 )
@@ -140,6 +143,34 @@ def test_cut_rule_keeps_prefix_rft_as_the_reference_drops_the_far_behind_and_cap
     # the budget's cap takes the best two by score: a (40) and b (36); c (35.5) falls to it
     assert {m for m, v in verdict.items() if v == "final"} == {"a", "b"}
     assert verdict["c"] == "cut by budget: beyond the 2 finalists it pays for"
+    # the same cap set by --max_finalists while the budget pays for more: not a budget cut
+    verdict = select_finalists(chosen, cut_points=5.0, max_finalists=2, budget_bound=False)
+    assert verdict["c"] == "beyond the cap of 2 finalists (--max_finalists)"
+
+
+def test_sft_only_values_are_those_where_every_tuning_run_left_rl_no_step():
+    def run(value, rl_steps, method="sft_best_rft"):
+        return {"method": method, "settings": {"sft_learning_rate": value}, "sft_selection": {"rl_steps": rl_steps}}
+
+    runs = [run(2.5e-4, 0), run(2.5e-4, 0), run(5e-4, 0), run(5e-4, 30), run(1e-3, 60), run(1e-3, 0, "other")]
+    # 2.5e-4: both seeds SFT only; 5e-4: one seed reached RL; 1e-3: RL ran
+    assert sft_only_values("sft_best_rft", runs) == [2.5e-4]
+    assert sft_only_values("prefix_rft", runs) == []  # no early-stopped SFT stage
+
+
+def test_a_later_command_must_replay_the_plan_its_runs_were_made_for():
+    def plan(args, settings):  # as plan.json holds it
+        return json.loads(json.dumps({"arguments": vars(args), "settings": dataclasses.asdict(settings)}))
+
+    args, settings = protocol.ProtocolArguments(), RunSettings()
+    stored = plan(args, settings)
+    assert plan_mismatch(stored, plan(protocol.ProtocolArguments(stage="tuning", jobs=2), settings)) == {}
+    changed = protocol.ProtocolArguments(budget_hours=30.0, max_finalists=3)
+    assert plan_mismatch(stored, plan(changed, dataclasses.replace(settings, steps=50))) == {
+        "budget_hours": (24.0, 30.0),
+        "max_finalists": (6, 3),
+        "steps": (100, 50),
+    }
 
 
 def test_budget_takes_extensions_best_method_first_until_one_does_not_fit():

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from prefix_rft.recipes.protocol_report import tuning_table
+from prefix_rft.recipes.protocol_report import inputs_by_method, tuning_table
 
 ROOT = Path(__file__).parents[2]
 
@@ -31,6 +31,7 @@ SELECTION = {  # two methods as selection.json holds them after a JSON round tri
             "grid": {"0.000125": 42.0, "0.00025": 44.0, "0.0005": 43.5},
             "edge": "at an edge after every extension",
             "sft_only": True,
+            "sft_only_values": [0.000125, 0.00025],
         },
     },
     "verdict": {"prefix_rft": "reference", "sft_best_rft": "final"},
@@ -45,8 +46,8 @@ def test_tuning_table_lists_methods_best_first_with_the_chosen_value_in_bold():
     lines = tuning_table(SELECTION, k=4).splitlines()
     assert lines[0].startswith("| method | grid field | validation avg@4 (%) per grid value")
     assert lines[2] == (
-        "| sft_best_rft | sft_learning_rate | 0.000125: 42.0, **0.00025: 44.0**, 0.0005: 43.5 | 0.00025 (SFT only) | "
-        "100: 45.0, 101: 43.0 | at an edge after every extension | final |"
+        "| sft_best_rft | sft_learning_rate | 0.000125: 42.0 (SFT only), **0.00025: 44.0** (SFT only), 0.0005: 43.5 | "
+        "0.00025 (SFT only) | 100: 45.0, 101: 43.0 | at an edge after every extension | final |"
     )
     assert lines[3] == (
         "| prefix_rft | learning_rate | 1.5e-05: 38.0, **3e-05: 41.2**, 6e-05: 39.5 | 3e-05 | 100: 40.0, 101: 42.5 | "
@@ -56,6 +57,21 @@ def test_tuning_table_lists_methods_best_first_with_the_chosen_value_in_bold():
         "Spread of paired differences to prefix_rft over the tuning seeds: sigma = 1.23 points; cut 2.47 points "
         "behind the best; the budget pays for 6 finalists; tuning spent 12.0 CPU-hours."
     )
+
+
+def test_finals_table_reports_each_methods_inputs_as_the_mean_over_its_seeds():
+    runs = [
+        {"method": "a", "inputs": {"labelled_questions": 528, "demo_tokens_trained": 100}},
+        {"method": "a", "inputs": {"labelled_questions": 528, "demo_tokens_trained": 120}},
+        {"method": "a", "inputs": {"labelled_questions": 528, "demo_tokens_trained": 131}},
+        {"method": "b", "inputs": {"labelled_questions": 400, "demo_tokens_trained": 0}},
+        {"method": "c"},  # a v1 record: no inputs
+    ]
+    # a: (100 + 120 + 131) / 3 = 117
+    assert inputs_by_method(runs) == {
+        "a": {"labelled_questions": 528, "demo_tokens_trained": 117},
+        "b": {"labelled_questions": 400, "demo_tokens_trained": 0},
+    }
 
 
 def export(source: Path, dest: Path) -> subprocess.CompletedProcess:

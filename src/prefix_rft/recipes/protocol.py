@@ -17,6 +17,7 @@ side by side, each on one thread (`THREADS`) whatever the number of cores.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import multiprocessing
 import os
@@ -41,7 +42,9 @@ from prefix_rft.recipes.protocol_rules import (
     grid_field,
     grid_scores,
     median_seconds,
+    plan_mismatch,
     select_finalists,
+    sft_only_values,
 )
 from prefix_rft.recipes.settings import RunSettings, check_run_paths, parse_settings, require_test_scoring
 from prefix_rft.recipes.toy import (
@@ -340,7 +343,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     with setup_stage():
         method_budgets(methods, settings)  # refuses settings a method's trainer config would, before any run
-    write_json(out / "plan.json", {"arguments": dataclasses.asdict(args), "settings": dataclasses.asdict(settings)})
+    plan = json.loads(json.dumps({"arguments": dataclasses.asdict(args), "settings": dataclasses.asdict(settings)}))
+    if (out / "plan.json").exists():  # a later command (the finals) must replay the plan its runs were made for
+        mismatch = plan_mismatch(json.loads((out / "plan.json").read_text()), plan)
+        if mismatch:
+            raise SystemExit(f"{out / 'plan.json'} was written for another plan, {{name: (then, now)}}: {mismatch}")
+    write_json(out / "plan.json", plan)
     grid_runs = sum(len(grid_values(m, args)) for m in methods)
     print(
         f"plan: {grid_runs * len(tune_seeds)} tuning runs of {settings.steps} steps ({len(tune_seeds)} seeds), up to "
@@ -354,14 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     sigma, threshold = cut_threshold(chosen, args.spread_multiple)
     left = 3600 * args.budget_hours - sum(r["seconds"] for r in runs)
     affordable = affordable_finalists(left, median_seconds(runs), len(seeds), args.max_finalists)
-    verdict = select_finalists(chosen, threshold, affordable)
+    verdict = select_finalists(chosen, threshold, affordable, budget_bound=affordable < args.max_finalists)
     for m, c in chosen.items():
         c["edge"] = status.get(m, "" if c["bracketed"] else "at an edge after every extension")
-        c["sft_only"] = "sft_best" in stages_of(m) and all(  # early stopping left RL no step at the chosen value
-            r["sft_selection"]["rl_steps"] == 0
-            for r in runs
-            if r["method"] == m and r["settings"]["sft_learning_rate"] == c["value"]
-        )
+        c["sft_only_values"] = sft_only_values(m, runs)
+        c["sft_only"] = c["value"] in c["sft_only_values"]
     selection = {
         "chosen": chosen,
         "verdict": verdict,

@@ -55,10 +55,12 @@ def tuning_table(selection: dict[str, Any], k: int) -> str:
     ]
     for method, c in sorted(selection["chosen"].items(), key=lambda kv: -kv[1]["validation"]):
         chosen = f"{c['value']:g}"
-        grid = ", ".join(
-            f"**{value}: {mean:.1f}**" if value == chosen else f"{value}: {mean:.1f}"
-            for value, mean in c["grid"].items()
-        )
+        sft_only = {f"{v:g}" for v in c.get("sft_only_values", [])}
+        cells = []
+        for value, mean in c["grid"].items():
+            cell = f"**{value}: {mean:.1f}**" if value == chosen else f"{value}: {mean:.1f}"
+            cells.append(f"{cell} (SFT only)" if value in sft_only else cell)
+        grid = ", ".join(cells)
         seeds = ", ".join(f"{seed}: {score:.1f}" for seed, score in c["per_seed"].items())
         note = " (SFT only)" if c.get("sft_only") else ""
         lines.append(
@@ -116,12 +118,20 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=1))
 
 
+def inputs_by_method(runs: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """{method: each `inputs` count, its mean over the method's runs (seeds), rounded}; runs without `inputs` (v1's,
+    docs/benchmarks/protocol) are left out."""
+    by_method: dict[str, list[dict[str, int]]] = {}
+    for r in runs:
+        if "inputs" in r:
+            by_method.setdefault(r["method"], []).append(r["inputs"])
+    return {m: {key: round(sum(i[key] for i in seen) / len(seen)) for key in seen[0]} for m, seen in by_method.items()}
+
+
 def report(results: list[dict[str, Any]], selection: dict[str, dict], k: int, out: Path) -> str:
     """Write the finals' summary (results.json, results.md and the two plots) to `out`; returns the table."""
     summary = summarize(results, k, references=(BASE, REFERENCE))
-    # the last seed's (only demo tokens vary by seed); v1's runs (docs/benchmarks/protocol) predate `inputs`
-    used = {r["method"]: r["inputs"] for r in results if "inputs" in r}
-    table = results_table(summary, selection["chosen"], k, used)
+    table = results_table(summary, selection["chosen"], k, inputs_by_method(results))
     write_json(out / "results.json", {"summary": summary, "selection": selection})
     (out / "results.md").write_text(
         f"# prefix-rft protocol\n\n{table}\n\n![results](results.png)\n\n![differences](differences.png)\n"

@@ -9,6 +9,7 @@ import statistics
 from typing import Any
 
 from prefix_rft.recipes.toy import SFT_METHODS
+from prefix_rft.recipes.toy_methods import stages_of
 
 REFERENCE = "prefix_rft"  # the paper's method: every finalist is also paired against it
 BASE_SECONDS = 30.0  # cost of a base run (evaluation only; 19-24 s measured in v1) in the finals' reserve
@@ -87,12 +88,15 @@ def cut_threshold(chosen: dict[str, dict[str, Any]], multiple: float) -> tuple[f
     return sigma, multiple * sigma * math.sqrt(2 / n)
 
 
-def select_finalists(chosen: dict[str, dict[str, Any]], cut_points: float, max_finalists: int) -> dict[str, str]:
+def select_finalists(
+    chosen: dict[str, dict[str, Any]], cut_points: float, max_finalists: int, budget_bound: bool = True
+) -> dict[str, str]:
     """The cut rule: {method: "reference", "final" or why it is dropped}.
 
     Prefix-RFT is the reference every finalist is paired against, so it runs in the finals whatever its score, like
     the base. Of the others, a method more than `cut_points` behind the best tuned validation score is dropped, and
-    the best of the rest by score go to the finals, up to `max_finalists` (what the budget pays for).
+    the best of the rest by score go to the finals, up to `max_finalists`: what the budget pays for when
+    `budget_bound`, else the cap `--max_finalists` sets.
     """
     best = max(c["validation"] for c in chosen.values())
     verdict, finalists = {REFERENCE: "reference"}, 0
@@ -104,7 +108,11 @@ def select_finalists(chosen: dict[str, dict[str, Any]], cut_points: float, max_f
         elif finalists < max_finalists:
             verdict[method], finalists = "final", finalists + 1
         else:
-            verdict[method] = f"cut by budget: beyond the {max_finalists} finalists it pays for"
+            verdict[method] = (
+                f"cut by budget: beyond the {max_finalists} finalists it pays for"
+                if budget_bound
+                else f"beyond the cap of {max_finalists} finalists (--max_finalists)"
+            )
     return verdict
 
 
@@ -140,3 +148,30 @@ def affordable_finalists(left: float, per_run: float, n_seeds: int, max_finalist
     seconds, plus the base) fit in `left` seconds; 0 when not even the reference's fit."""
     room = (left - n_seeds * BASE_SECONDS) / (n_seeds * per_run) - 1
     return max(0, min(max_finalists, math.floor(room + 1e-9)))
+
+
+def sft_only_values(method: str, runs: list[dict[str, Any]]) -> list[float]:
+    """The grid values of an early-stopped SFT-then-RL method at which every tuning run left RL no step (SFT ran the
+    whole budget): the "SFT only" values; none for other methods."""
+    if "sft_best" not in stages_of(method):
+        return []
+    by_value: dict[float, list[bool]] = {}
+    for r in runs:
+        if r["method"] == method:
+            by_value.setdefault(r["settings"]["sft_learning_rate"], []).append(r["sft_selection"]["rl_steps"] == 0)
+    return sorted(value for value, sft_only in by_value.items() if all(sft_only))
+
+
+FREE_PLAN_FIELDS = {"stage", "jobs", "output_dir", "cache_dir", "rebuild_base"}  # they change no decision
+
+
+def plan_mismatch(stored: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple]:
+    """{name: (then, now)} for every protocol argument or run setting in which the plan `now` ({"arguments": ...,
+    "settings": ...}, as JSON holds them) differs from the one an earlier command wrote (`plan.json`), but
+    `FREE_PLAN_FIELDS`; a name the stored plan lacks is not compared."""
+    return {
+        name: (stored[part][name], value)
+        for part in ("arguments", "settings")
+        for name, value in now[part].items()
+        if name not in FREE_PLAN_FIELDS and name in stored.get(part, {}) and stored[part][name] != value
+    }
