@@ -225,9 +225,10 @@ def always_failing(completions, **kwargs):
 def scenario_relift(out_dir, engine, tokenizer) -> dict:
     """One RL step in which every group fails, then one SFT step on the failed questions.
 
-    Reward 0 everywhere makes every advantage 0, so the RL update is exactly 0 and the weights move by the SFT step
-    alone. The global batch is the same 2 questions x 8 rollouts: one group per rank on 2 ranks, both groups in one
-    process; relift_sft_batch=2 is the same too, so the SFT batch is both questions either way.
+    Reward 0 everywhere makes every advantage 0 and there is no entropy bonus, so the RL update is exactly 0 and the
+    weights move by the SFT step alone. The global batch is the same 2 questions x 8 rollouts: one group per rank on
+    2 ranks, both groups in one process; relift_sft_batch=2 is the same too, so the SFT batch is both questions either
+    way.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return train(
@@ -243,6 +244,7 @@ def scenario_relift(out_dir, engine, tokenizer) -> dict:
         num_generations=8,
         relift_sft_batch=2,
         relift_sft_learning_rate=1e-3,
+        entropy_coef=0.0,  # ReLIFT's default bonus (0.001) would move the weights in the RL step too
     )
 
 
