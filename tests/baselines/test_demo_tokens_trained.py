@@ -7,6 +7,7 @@ from prefix_rft.baselines import (
     ChordTrainer,
     HptConfig,
     HptTrainer,
+    LuffyConfig,
     LuffyTrainer,
     ReliftConfig,
     ReliftTrainer,
@@ -68,3 +69,12 @@ def test_relift_logs_the_demo_tokens_of_its_sft_step(tmp_path, model, tokenizer)
     trainer.maybe_sft_step()
     # "4" and its EOS, then "1", "2" and its EOS: 5 tokens trained
     assert trainer._metrics["train"]["relift/sft_demo_tokens"] == [5.0]
+
+
+def test_a_steps_trained_demo_tokens_are_logged_whole_under_gradient_accumulation(tmp_path, model, tokenizer):
+    # 2 micro-batches of 16 rows (2 groups each) per optimizer step: the 4 questions' whole demos, 20 tokens and the
+    # EOS each, all trained by LUFFY: 4 x 21 = 84 for the step (TRL averages the micro-batches' logged values)
+    overrides = dict(gradient_accumulation_steps=2)
+    trainer = baseline_trainer(LuffyTrainer, LuffyConfig, tmp_path, model, tokenizer, [0.0], **overrides)
+    trainer.train()
+    assert trainer.state.log_history[0]["demo/trained_tokens"] == 84.0

@@ -233,7 +233,7 @@ def run_job(job: Job) -> tuple[Job, dict[str, Any]]:
     lengths = demo_lengths(job.method, job.settings, job.seed, result["base_model"]) if uses_demos(job.method) else []
     history = result["log_history"]
     rl_demo_tokens = sum(h.get("prefix/demo_tokens", 0.0) for h in history)
-    # one micro-batch per step in the toy runner, so each logged value is its step's total
+    # logged every step (logging_steps=1), each value its step's total
     rl_trained = sum(h.get("demo/trained_tokens", 0.0) + h.get("relift/sft_demo_tokens", 0.0) for h in history)
     sft_steps = sft_steps_run(job.method, result)
     result["inputs"] = inputs(job.method, job.settings, lengths, rl_demo_tokens, rl_trained, sft_steps)

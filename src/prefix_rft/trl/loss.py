@@ -169,7 +169,8 @@ class PrefixLossMixin:
         loss = policy_loss / accumulation - self._entropy_bonus(entropies, mask, prefix_mask, mode) / accumulation
         if self.aux_loss_enabled:  # MoE load balancing, as stock GRPOTrainer adds it
             loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
-        trained = self._trained_demo_mask(batch, keep)
+        # a step's trained demo tokens: TRL logs the mean over its micro-batches, so each counts `accumulation` times
+        trained = self._trained_demo_mask(batch, keep).sum() * accumulation
         self._log_loss_metrics(mode, mask, prefix_mask, keep, entropies, ratio, advantages, trained)
         self._log_loss_terms(mode, policy_loss, aux_loss)
         return loss
@@ -302,6 +303,7 @@ class PrefixLossMixin:
             metrics["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss.detach()).mean().item())
 
     def _log_loss_metrics(self, mode, mask, prefix_mask, keep, entropies, ratio, advantages, trained) -> None:
+        """The micro-batch's metrics, reduced over ranks; `trained`: its trained demo tokens x accumulation."""
         mask = mask.bool()
         continuation = mask & ~prefix_mask
         low = (ratio < 1 - self.epsilon_low) & (advantages < 0)
@@ -317,7 +319,7 @@ class PrefixLossMixin:
                 (keep & prefix_mask).sum(),
                 (low & mask).sum(),
                 (high & mask).sum(),
-                (trained & prefix_mask).sum(),
+                trained,
             ]
         ).float()
         s = self.accelerator.reduce(sums, "sum").tolist()
@@ -329,4 +331,4 @@ class PrefixLossMixin:
         metrics["clip_ratio/low_mean"].append(s[7] / max(s[1], 1.0))
         metrics["clip_ratio/high_mean"].append(s[8] / max(s[1], 1.0))
         metrics["clip_ratio/region_mean"].append((s[7] + s[8]) / max(s[1], 1.0))
-        metrics["demo/trained_tokens"].append(s[9])  # all ranks; a step's total when a step is one micro-batch
+        metrics["demo/trained_tokens"].append(s[9])  # all ranks, per optimizer step
