@@ -8,8 +8,9 @@ one micro-batch per generation batch, epsilon 0.2, dual_clip 3.
 import math
 
 import pytest
+import torch
 
-from tests.helpers import fix_forward, loss_inputs, make_trainer, train_loss
+from tests.helpers import fix_forward, loss_batch, loss_inputs, make_trainer, train_loss
 
 
 def test_delta_caps_a_negative_advantage_tokens_ratio(tmp_path, model, tokenizer):
@@ -93,3 +94,11 @@ def test_policy_loss_and_entropy_coef_are_logged(tmp_path, model, tokenizer):
     assert train_loss(trainer, loss_inputs([[1.0, 1.0]])) == pytest.approx(-2 / 24 - 0.01 * 0.5)
     assert trainer._metrics["train"]["policy_loss"] == pytest.approx([-2 / 24])
     assert trainer._metrics["train"]["entropy_coef"] == [0.01]
+
+
+def test_demo_of_rows_keeps_the_marked_rows_demo_tokens_and_none_without_the_field():
+    # rows 0 and 2 marked; row 0 has demo tokens at 0-1, row 1 at 0, row 2 none -> only row 0's two tokens
+    prefix = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]]).bool()
+    batch = loss_batch(prefix, sft=torch.tensor([True, False, True]))
+    assert batch.demo_of_rows("sft").int().tolist() == [[1, 1, 0], [0, 0, 0], [0, 0, 0]]
+    assert batch.demo_of_rows("absent").int().tolist() == [[0, 0, 0]] * 3  # evaluation batches: no row field

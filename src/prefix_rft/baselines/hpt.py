@@ -74,6 +74,8 @@ class HptConfig(PrefixRFTConfig):
 class HptTrainer(FullDemoRows, PrefixRFTTrainer):
     """`PrefixRFTTrainer` that trains each question's group with SFT on its demo or RL on its rollouts, not both."""
 
+    sft_rows_key = "hpt_sft_rows"  # the SFT questions' rows: their demo tokens are the ones trained
+
     def _add_prefix_fields(self, output: dict[str, Any], rollout: Rollout) -> None:
         """Add `hpt_sft_rows` and `hpt_rl_rows` (B,) bool: which local rows the loss trains, and how."""
         super()._add_prefix_fields(output, rollout)
@@ -91,11 +93,6 @@ class HptTrainer(FullDemoRows, PrefixRFTTrainer):
         for code, name in enumerate(HPT_MODES):
             metrics[f"hpt/{name}_questions"].append(float((group_mode == code).sum()))
 
-    def _trained_demo_mask(self, batch: LossBatch, keep: torch.Tensor) -> torch.Tensor:
-        """(B, T) bool: the demo tokens of the SFT questions' rows (none in evaluation batches)."""
-        rows = batch.inputs.get("hpt_sft_rows")
-        return batch.prefix_mask & (False if rows is None else rows.unsqueeze(1))
-
     def _token_loss(self, logps, old_logps, advantages, batch: LossBatch):
         ratio = torch.exp(logps - old_logps).detach()
         return unclipped_token_loss(logps, old_logps, advantages), ratio
@@ -104,7 +101,6 @@ class HptTrainer(FullDemoRows, PrefixRFTTrainer):
         """Dr. GRPO over the RL rows' tokens + coef x token-mean NLL over the SFT rows' demo tokens."""
         on_policy, demo, inputs = batch.on_policy, batch.prefix_mask, batch.inputs
         if "hpt_sft_rows" in inputs:  # evaluation batches carry no switch: their rollouts are all on-policy
-            sft_rows, rl_rows = inputs["hpt_sft_rows"], inputs["hpt_rl_rows"]
-            on_policy, demo = on_policy * rl_rows.unsqueeze(1), demo & sft_rows.unsqueeze(1)
+            on_policy, demo = on_policy * inputs["hpt_rl_rows"].unsqueeze(1), batch.demo_of_rows("hpt_sft_rows")
         pg = aggregate_dr_grpo(token_loss, on_policy, self.max_completion_length)
         return pg + self.args.hpt_sft_loss_coef * demo_nll(logps, demo)

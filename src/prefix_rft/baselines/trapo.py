@@ -107,6 +107,8 @@ def stage_rows(stage: int, offset: int, n: int) -> int:
 class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
     """`PrefixRFTTrainer` with TRAPO's escalating micro-groups and trust-region SFT on the revealed prefixes."""
 
+    sft_rows_key = "trapo_sft_rows"  # the TrSFT rows: their prefix tokens are the demo tokens trained
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.escalation = EscalationState()
@@ -270,17 +272,11 @@ class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
         for stage, name in enumerate(LEVEL_NAMES.values()):
             metrics[f"trapo/next_{name}_questions"].append(float(sum(lv[stage] > 0 for lv in levels)))
 
-    def _trained_demo_mask(self, batch: LossBatch, keep: torch.Tensor) -> torch.Tensor:
-        """(B, T) bool: the prefix tokens of TrSFT rows (`trapo_sft_rows`; none in evaluation batches)."""
-        rows = batch.inputs.get("trapo_sft_rows")
-        return batch.prefix_mask & (False if rows is None else rows.unsqueeze(1))
-
     def _token_loss(self, logps, old_logps, advantages, batch: LossBatch):
         """(B, T): trust-region SFT on prefix tokens of TrSFT rows, 0 on other prefix tokens, -A * rho elsewhere."""
-        own = unclipped_token_loss(logps, old_logps, advantages)
-        prefix_mask, rows = batch.prefix_mask, batch.inputs.get("trapo_sft_rows")  # rows: absent from eval batches
-        sft_rows = torch.zeros_like(prefix_mask[:, 0]) if rows is None else rows
-        sft = trust_region_sft_token_loss(logps, self.args.trapo_trust_region_alpha) * sft_rows.unsqueeze(1)
+        own, prefix_mask = unclipped_token_loss(logps, old_logps, advantages), batch.prefix_mask
+        sft_demo = batch.demo_of_rows(self.sft_rows_key)  # (B, T); none in evaluation batches
+        sft = trust_region_sft_token_loss(logps, self.args.trapo_trust_region_alpha) * sft_demo
         ratio = torch.where(prefix_mask, torch.ones_like(logps), torch.exp(logps - old_logps)).detach()
         return torch.where(prefix_mask, sft, own), ratio
 

@@ -37,11 +37,18 @@ class LossBatch:
         """(B, T) the loss tokens outside the demo: those the policy generated."""
         return self.mask * ~self.prefix_mask
 
+    def demo_of_rows(self, key: str) -> torch.Tensor:
+        """(B, T) bool: the demo tokens of the rows that `inputs[key]` ((B,) bool) marks; none when the batch lacks
+        the key (evaluation batches carry no baseline row fields)."""
+        rows = self.inputs.get(key)
+        return self.prefix_mask & (False if rows is None else rows.unsqueeze(1))
+
 
 class PrefixLossMixin:
     """Loss hooks of `PrefixRFTTrainer` (a mixin over TRL's `GRPOTrainer`)."""
 
     sft_on_every_demo_token = False  # a baseline with an SFT term over all demo tokens sets it (`_trained_demo_mask`)
+    sft_rows_key: str | None = None  # a baseline whose SFT term trains some rows' demo tokens names its row field
 
     def _prefix_keep_mask(self, entropies: torch.Tensor, prefix_mask: torch.Tensor, inputs: dict) -> torch.Tensor:
         """(B, T) bool: tokens that keep their advantage after entropy selection of prefix tokens.
@@ -171,14 +178,17 @@ class PrefixLossMixin:
             loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
         # a step's trained demo tokens: TRL logs the mean over its micro-batches, so each counts `accumulation` times
         trained = self._trained_demo_mask(batch, keep).sum() * accumulation
-        self._log_loss_metrics(mode, mask, prefix_mask, keep, entropies, ratio, advantages, trained)
+        self._log_loss_metrics(mode, batch, keep, ratio, advantages, trained)
         self._log_loss_terms(mode, policy_loss, aux_loss)
         return loss
 
     def _trained_demo_mask(self, batch: LossBatch, keep: torch.Tensor) -> torch.Tensor:
         """(B, T) bool: the demo tokens this micro-batch's loss trains, logged as `demo/trained_tokens`: the prefix
-        tokens that keep their advantage after entropy selection (`keep`, (B, T) bool), or all of them for a baseline
-        whose SFT term trains every demo token (`sft_on_every_demo_token`); HPT and TRAPO train some rows' only."""
+        tokens that keep their advantage after entropy selection (`keep`, (B, T) bool), all of them for a baseline
+        whose SFT term trains every demo token (`sft_on_every_demo_token`), or those of the rows its `sft_rows_key`
+        marks (HPT, TRAPO)."""
+        if self.sft_rows_key is not None:
+            return batch.demo_of_rows(self.sft_rows_key)
         return batch.prefix_mask if self.sft_on_every_demo_token else keep & batch.prefix_mask
 
     def _sampler_ratio(self, ratio: torch.Tensor, prefix_mask: torch.Tensor) -> torch.Tensor:
@@ -302,9 +312,9 @@ class PrefixLossMixin:
         if aux_loss is not None:
             metrics["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss.detach()).mean().item())
 
-    def _log_loss_metrics(self, mode, mask, prefix_mask, keep, entropies, ratio, advantages, trained) -> None:
+    def _log_loss_metrics(self, mode, batch: LossBatch, keep, ratio, advantages, trained) -> None:
         """The micro-batch's metrics, reduced over ranks; `trained`: its trained demo tokens x accumulation."""
-        mask = mask.bool()
+        mask, prefix_mask, entropies = batch.mask.bool(), batch.prefix_mask, batch.entropies
         continuation = mask & ~prefix_mask
         low = (ratio < 1 - self.epsilon_low) & (advantages < 0)
         high = (ratio > 1 + self.epsilon_high) & (advantages > 0)
