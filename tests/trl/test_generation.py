@@ -93,6 +93,7 @@ def plan(inputs, **overrides):
         seed=0,
         draw_ratio=lambda schedule_step, rng: 0.5,
         demo_ids=lambda demo: [ord(c) for c in demo],
+        choose_demo=lambda demos, position, rng: demos[0],
         row_plan=lambda ids, ratio: RowPlan(role="hybrid", revealed_ids=ids[:2], demo_len=len(ids), ratio=ratio),
         rescues=lambda example: True,
         question_ratio=lambda example, drawn: (drawn, False),
@@ -126,6 +127,19 @@ def test_plan_rows_reads_the_schedule_at_the_schedule_step():
     seen = []
     plan([{"prompt": "q", "demo": "ab"}] * 4, draw_ratio=lambda s, rng: seen.append(s) or 0.5, schedule_step=11)
     assert seen == [11, 11]
+
+
+def test_plan_rows_takes_each_slots_demo_from_the_choose_demo_hook():
+    # hybrid slots are positions 2 and 3 of the group; the hook picks the demo at index position - 2
+    seen = []
+
+    def choose(demos, position, rng):
+        seen.append((list(demos), position))
+        return demos[position - 2]
+
+    rows = plan([{"prompt": "q", "demos": ["ab", "cde"]}] * 4, choose_demo=choose).rows
+    assert seen == [(["ab", "cde"], 2), (["ab", "cde"], 3)]
+    assert [(row.revealed_ids, row.demo_len) for row in rows[2:]] == [([97, 98], 2), ([99, 100], 3)]
 
 
 def test_fit_prefixes_hook_returns_the_cut_and_adds_no_eos(tmp_path, model, tokenizer):

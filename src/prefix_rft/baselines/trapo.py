@@ -16,7 +16,7 @@ checkpoints. docs/fidelity.md#trapo lists the departures.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from accelerate.utils import gather_object
@@ -41,7 +41,6 @@ from prefix_rft.core.escalation import (
     solved,
     stage_level,
 )
-from prefix_rft.data.loading import row_demos
 from prefix_rft.trl.config import PrefixRFTConfig
 from prefix_rft.trl.fields import refuse_unused
 from prefix_rft.trl.loss import LossBatch
@@ -49,6 +48,9 @@ from prefix_rft.trl.questions import question_key
 from prefix_rft.trl.rollouts import Rollout, RowPlan
 from prefix_rft.trl.run_dir import load_rank_state, save_rank_state
 from prefix_rft.trl.trainer import PrefixRFTTrainer
+
+if TYPE_CHECKING:
+    import numpy as np
 
 LEVELS_FILE = "trapo_levels.json"
 NO_CLIP = "TRAPO's losses have no clip (-A * rho on generated tokens, the authors' loss_remove_clip=True)"
@@ -144,17 +146,16 @@ class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
         offset = self.accelerator.process_index * len(inputs)
         self._inputs, self._demo_plans = inputs, list(rollout.rows)
         self._positions = [(offset + i) % self.num_generations for i in range(len(inputs))]
-        for i, example in enumerate(inputs):  # the authors' demo per position, not the parent's draw (`demo_index`)
-            demos = row_demos(example)
-            if len(demos) > 1 and self._demo_plans[i].hybrid:
-                ids = self._demo_ids(demos[demo_index(self._positions[i], len(demos))])
-                self._demo_plans[i] = self._row_plan(ids, 1.0)
         self._train_prefix = [False] * len(inputs)
         in_step = self.args.trapo_escalation == "in_step"
         for i, example in enumerate(inputs):
             levels = (0, 0, 0) if in_step else self.escalation.of(question_key(example))
             self._guide(rollout, i, level_at(self._positions[i], levels))
         return rollout
+
+    def _choose_demo(self, demos: list[str], position: int, rng: np.random.Generator) -> str:
+        """The authors' demo for a group position, not a draw (`demo_index`)."""
+        return demos[demo_index(position, len(demos))]
 
     def _guide(self, rollout: Rollout, i: int, level: int) -> None:
         """Plan local row i at guidance `level` (0: the policy's own rollout; a row without demo stays one)."""

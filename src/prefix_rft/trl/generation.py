@@ -57,6 +57,7 @@ def plan_rows(
     seed: int,
     draw_ratio: Callable[[int, np.random.Generator], float],
     demo_ids: Callable[[str], list[int]],
+    choose_demo: Callable[[list[str], int, np.random.Generator], str],
     row_plan: Callable[[list[int], float], RowPlan],
     rescues: Callable[[dict[str, Any]], bool],
     question_ratio: Callable[[dict[str, Any], float], tuple[float, bool]],
@@ -68,6 +69,7 @@ def plan_rows(
         step: the optimizer step, which keys the draws (`core.row_rng`), so a resumed run repeats them.
         schedule_step: where the prefix-ratio schedule is read (`draw_ratio(schedule_step, rng)`).
         demo_ids: a demo's token ids; `row_plan(demo_ids, ratio)` the hybrid row it makes.
+        choose_demo: a slot's demo among its question's, given its group position and the row's generator.
         rescues: whether a question's hybrid slots carry a prefix (`prefix_rescue_max_success`).
         question_ratio: (ratio, adapted) of a question, given the drawn ratio (`prefix_success_target`).
     """
@@ -87,7 +89,7 @@ def plan_rows(
         # The ratio is drawn even when the question's adapted ratio replaces it, so the demo choice stays the same.
         rng = row_rng(seed, step, global_row // group_size, global_row % group_size)
         ratio, adapted = question_ratio(example, draw_ratio(schedule_step, rng))
-        ids = demo_ids(demos[int(rng.integers(len(demos)))])
+        ids = demo_ids(choose_demo(demos, global_row % group_size, rng))
         rows.append(replace(row_plan(ids, ratio), adapted=adapted))
     return Rollout(rows=rows, prompts=[x["prompt"] for x in inputs], schedule_step=schedule_step)
 
@@ -144,10 +146,15 @@ class PrefixGenerationMixin:
             seed=args.prefix_seed,
             draw_ratio=self._prefix_sampler.sample,
             demo_ids=self._demo_ids,
+            choose_demo=self._choose_demo,
             row_plan=self._row_plan,
             rescues=self._rescues,
             question_ratio=self._question_ratio,
         )
+
+    def _choose_demo(self, demos: list[str], position: int, rng: np.random.Generator) -> str:
+        """A hybrid slot's demo: drawn uniformly from its question's (TRAPO picks by group `position`)."""
+        return demos[int(rng.integers(len(demos)))]
 
     def _row_plan(self, demo_ids: list[int], ratio: float) -> RowPlan:
         """Prefix-RFT reveals floor(ratio * len) demo tokens; baselines that train on whole demos override this."""
