@@ -1,5 +1,6 @@
 """`prefix-rft compare`: equal budgets, and a test-sized run that resumes without redoing finished runs."""
 
+import dataclasses
 import json
 
 import pytest
@@ -200,6 +201,28 @@ def test_resuming_ignores_prefix_fields_that_acted_on_neither_run_without_hybrid
     write_run(tmp_path, record)
     with pytest.raises(SystemExit, match=r"\{'rl.prefix_ratio_decay_steps': \(7, 5\)\}"):
         compare.run_all(["prefix_rft"], [0], settings, tmp_path)
+
+
+def test_resuming_takes_an_option_a_record_predates_as_its_default(tmp_path, monkeypatch):
+    # prefix_success_rows was added (default "on_policy", the behaviour before it) after runs had been recorded
+    settings = RunSettings(steps=5)
+    monkeypatch.setattr(compare, "run_method", lambda *a: pytest.fail("a finished run was redone"))
+    record = {
+        "method": "prefix_rft",
+        "seed": 0,
+        "settings": {"steps": 5},
+        "config": stage_configs("prefix_rft", settings, 0),
+    }
+    del record["config"]["rl"]["prefix_success_rows"]
+    path = write_run(tmp_path, record)
+    assert compare.run_all(["prefix_rft"], [0], settings, tmp_path) == [record]  # built at its default: reused
+    # built now at another value (what the run never did) it is compared, and refused
+    (tuned,) = parse(["--steps", "5", "--rl-set", "prefix_seed=3"])
+    record["settings"] = dataclasses.asdict(tuned)  # the run's settings as they are now: only the config differs
+    del record["config"]["rl"]["prefix_seed"]
+    path.write_text(json.dumps(record))
+    with pytest.raises(SystemExit, match=r"\{'rl.prefix_seed': \('<absent>', 3\)\}"):
+        compare.run_all(["prefix_rft"], [0], tuned, tmp_path)
 
 
 def test_resuming_refuses_a_finished_run_whose_rl_stage_was_not_run(tmp_path, monkeypatch):

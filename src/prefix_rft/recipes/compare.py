@@ -2,8 +2,8 @@
 
 Each (method, seed) run writes `<output-dir>/runs/<method>/seed<k>.json`; finished runs are not redone, so an
 interrupted comparison continues where it stopped; one made with other settings, or whose recorded trainer config of
-a stage (`config`) differs from what this code builds for it (but in fields that acted on neither, `inert_fields`), is
-refused. The summary goes to `results.md`,
+a stage (`config`) differs from what this code builds for it (but in fields that acted on neither, `inert_fields`,
+and in options added since, built at their default, `predated_fields`), is refused. The summary goes to `results.md`,
 `results.json` and `results.png` (accuracy against step per method, and final accuracy with error bars).
 """
 
@@ -21,10 +21,12 @@ from prefix_rft.recipes.toy import (
     BASE,
     METHODS,
     PAPER_MATH_AVG,
+    built_configs,
+    config_defaults,
+    config_record,
     method_budgets,
     recorded_sft_steps,
     run_method,
-    stage_configs,
 )
 from prefix_rft.setup_errors import SetupError, blame, reports_setup_errors, setup_stage
 from prefix_rft.trl.fields import NO_HYBRID_PREFIX_FIELDS
@@ -86,16 +88,19 @@ ABSENT = "<absent>"  # a config field one side has and the other does not
 
 def config_mismatch(result: dict[str, Any], method: str, seed: int, settings: RunSettings) -> dict[str, Any]:
     """{stage.field: (recorded, now)} for every field of a finished run's recorded trainer configs (`config`) that
-    differs from what this code builds for the same job (`stage_configs`); a stage run or built on one side only
+    differs from what this code builds for the same job (`built_configs`); a stage run or built on one side only
     counts as one field, `<stage>`. The caller checks that `result` has a record."""
-    recorded, now = result["config"], stage_configs(method, settings, seed, recorded_sft_steps(result))
+    built = built_configs(method, settings, seed, recorded_sft_steps(result))
+    recorded, now = result["config"], {stage: config_record(config) for stage, config in built.items()}
     mismatch = {}
     for stage in sorted(recorded.keys() | now.keys()):
         if stage not in recorded or stage not in now:
             mismatch[stage] = tuple("run" if stage in configs else "not run" for configs in (recorded, now))
             continue
         then_config, now_config = recorded[stage], now[stage]
-        ignored = inert_fields(then_config, now_config)
+        ignored = inert_fields(then_config, now_config) | predated_fields(
+            then_config, now_config, config_defaults(built[stage])
+        )
         for name in sorted((then_config.keys() | now_config.keys()) - ignored):
             then, current = then_config.get(name, ABSENT), now_config.get(name, ABSENT)
             if then != current:
@@ -112,6 +117,15 @@ def inert_fields(then_config: dict[str, Any], now_config: dict[str, Any]) -> set
         return set()
     names = then_config.keys() | now_config.keys()
     return {n for n in names if n.startswith("prefix_") and n not in NO_HYBRID_PREFIX_FIELDS}
+
+
+def predated_fields(then_config: dict[str, Any], now_config: dict[str, Any], defaults: dict[str, Any]) -> set[str]:
+    """Fields a recorded config predates (absent from it) that are built now at their class's declared `defaults`:
+    an option is added with a default that keeps what the trainer did before it, so the run trained as this code
+    would (as `settings_mismatch` counts a setting a run predates as its default). Built at another value, the
+    field is compared, and refused."""
+    added = now_config.keys() - then_config.keys()
+    return {name for name in added if name in defaults and now_config[name] == defaults[name]}
 
 
 def finished_run(path: Path, method: str, seed: int, settings: RunSettings, advice: str = "") -> dict[str, Any] | None:

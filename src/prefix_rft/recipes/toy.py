@@ -52,6 +52,9 @@ __all__ = [
     "METHODS",
     "PAPER_MATH_AVG",
     "SFT_METHODS",
+    "built_configs",
+    "config_defaults",
+    "config_record",
     "eval_rows",
     "evaluate_split",
     "evaluate_splits",
@@ -140,10 +143,26 @@ def config_record(config) -> dict[str, Any]:
     return {name: value for name, value in fields.items() if name not in RUN_PATHS}
 
 
+def config_defaults(config) -> dict[str, Any]:
+    """{field: its declared default, as JSON} of a trainer config's class; a field without a default is left out."""
+    defaults = {}
+    for spec in dataclasses.fields(config):
+        if spec.default is not dataclasses.MISSING:
+            defaults[spec.name] = spec.default
+        elif spec.default_factory is not dataclasses.MISSING:
+            defaults[spec.name] = spec.default_factory()
+    return json.loads(json.dumps(defaults, default=str))
+
+
 def stage_configs(method: str, settings: RunSettings, seed: int, sft_steps: int = 0) -> dict[str, dict[str, Any]]:
-    """{stage: `config_record` of its trainer config} for each training stage of a run of `method`, as `run_method`
-    builds them; nothing is trained or loaded. `sft_steps`: the steps an "sft_best" stage stopped after (its record's
-    `sft_selection`), which the RL stage after it does not get; an RL stage left no step is not run, so not listed."""
+    """{stage: `config_record` of its trainer config} for each stage of a run of `method` (`built_configs`)."""
+    return {stage: config_record(config) for stage, config in built_configs(method, settings, seed, sft_steps).items()}
+
+
+def built_configs(method: str, settings: RunSettings, seed: int, sft_steps: int = 0) -> dict[str, Any]:
+    """{stage: its trainer config} for each training stage of a run of `method`, as `run_method` builds them; nothing
+    is trained or loaded. `sft_steps`: the steps an "sft_best" stage stopped after (its record's `sft_selection`),
+    which the RL stage after it does not get; an RL stage left no step is not run, so not listed."""
     unused = Path("unused")  # the paths are left out of the record
     configs, done = {}, 0
     for stage in stages_of(method):
@@ -154,7 +173,7 @@ def stage_configs(method: str, settings: RunSettings, seed: int, sft_steps: int 
             configs[stage], done = sft_config(settings, seed, unused, settings.steps), done + sft_steps
         elif settings.steps > done:
             configs[stage] = rl_config(method, settings, seed, unused, settings.steps - done)
-    return {stage: config_record(config) for stage, config in configs.items()}
+    return configs
 
 
 def method_budget(method: str, settings: RunSettings) -> dict[str, int]:
