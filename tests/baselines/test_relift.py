@@ -1,6 +1,7 @@
 """ReLIFT: the SFT step's prompts as RL rendered them, its failure buffer keyed per question, options it refuses."""
 
 import json
+import math
 import re
 
 import pytest
@@ -32,12 +33,13 @@ def test_sft_step_renders_prompts_with_the_chat_template_kwargs(tmp_path, model)
         seen.append(kwargs["input_ids"].tolist())
 
     model.register_forward_pre_hook(record, with_kwargs=True)
-    _, tokens = trainer._sft_nll([{"prompt": [{"role": "user", "content": "2+2="}], "demo": "4"}])
+    _, tokens, entropy = trainer._sft_nll([{"prompt": [{"role": "user", "content": "2+2="}], "demo": "4"}])
     # <bos><user>2+2=<eos> then the generation prompt as TRL renders it with enable_thinking=False: <assistant>N;
     # then the demo and its EOS, the 2 tokens trained
     expected = ["<bos>", "<user>", "2", "+", "2", "=", "<eos>", "<assistant>", "N", "4", "<eos>"]
     assert seen == [[tokenizer.convert_tokens_to_ids(expected)]]
     assert tokens.item() == 2
+    assert entropy.item() == 0  # no entropy bonus by default: not computed
 
 
 def failed_batch(prompts_and_ids: list[tuple[str, str | None]], demos: list[str]) -> tuple[list[dict], Rollout]:
@@ -57,6 +59,45 @@ def test_two_questions_with_equal_prompts_both_enter_the_buffer(tmp_path, model,
     trainer._after_rollout(*failed_batch([("1+1=", "a"), ("1+1=", "b")], ["1+1 is 2", "one and one: 2"]))
     trainer._after_rollout(*failed_batch([("1+1=", "a"), ("2+2=", None)], ["1+1 is 2", "2+2 is 4"]))
     assert [item["demo"] for item in trainer.relift_buffer] == ["1+1 is 2", "one and one: 2", "2+2 is 4"]
+
+
+def test_sft_entropy_is_summed_over_the_demo_tokens_when_its_bonus_is_on(tmp_path, model, tokenizer):
+    # every logit 0: a uniform policy over V tokens, so each of the 2 trained tokens ("4", EOS) has entropy ln V and
+    # NLL ln V
+    trainer = baseline_trainer(
+        ReliftTrainer, ReliftConfig, tmp_path, model, tokenizer, [0.0], relift_sft_entropy_coef=0.001
+    )
+
+    def uniform(module, args, output):
+        output.logits = torch.zeros_like(output.logits)
+        return output
+
+    model.register_forward_hook(uniform)
+    nll, tokens, entropy = trainer._sft_nll([{"prompt": [{"role": "user", "content": "2+2="}], "demo": "4"}])
+    ln_v = math.log(model.config.vocab_size)
+    assert tokens.item() == 2
+    assert entropy.item() == pytest.approx(2 * ln_v) and nll.item() == pytest.approx(2 * ln_v)
+
+
+def test_newest_first_buffer_puts_each_steps_failures_in_front_and_repeats_enter_again(tmp_path, model, tokenizer):
+    # step 1 fails a then b; step 2 fails c then a again
+    first, second = [("1+1=", "a"), ("2+2=", "b")], [("3+3=", "c"), ("1+1=", "a")]
+    demos = {"a": "1+1 is 2", "b": "2+2 is 4", "c": "3+3 is 6"}
+    expected = {(False, False): ["a", "b", "c"], (True, False): ["c", "a", "b"], (True, True): ["c", "a", "a", "b"]}
+    for (newest, repeats), order in expected.items():
+        trainer = baseline_trainer(
+            ReliftTrainer,
+            ReliftConfig,
+            tmp_path,
+            model,
+            tokenizer,
+            [0.0],
+            relift_buffer_order="newest_first" if newest else "oldest_first",
+            relift_buffer_repeats=repeats,
+        )
+        for step in (first, second):
+            trainer._after_rollout(*failed_batch(step, [demos[row_id] for _, row_id in step]))
+        assert [item["key"] for item in trainer.relift_buffer] == [f"id:{q}" for q in order]
 
 
 def load_buffer(trainer, tmp_path, buffer: list[dict]) -> None:
@@ -82,6 +123,17 @@ def test_a_buffer_keyed_by_prompt_json_is_rekeyed_so_its_question_is_not_buffere
     trainer._after_rollout(*failed_batch([("12+30=", None), ("1+1=", "b")], ["12+30 is 42", "1+1 is 2"]))
     assert [item["demo"] for item in trainer.relift_buffer] == ["12+30 is 42", "1+1 is 2"]
     assert trainer.relift_buffer[1]["key"] == "id:b"
+
+
+def test_a_resumed_buffer_keeps_its_repeats(tmp_path, model, tokenizer):
+    # relift_buffer_repeats buffered question a twice; the checkpoint's buffer is restored as it was
+    trainer = baseline_trainer(
+        ReliftTrainer, ReliftConfig, tmp_path, model, tokenizer, [0.0], relift_buffer_repeats=True
+    )
+    item = {"key": "id:a", "prompt": chat("1+1="), "demo": "1+1 is 2"}
+    other = {"key": "id:b", "prompt": chat("2+2="), "demo": "2+2 is 4"}
+    load_buffer(trainer, tmp_path, [item, other, item])
+    assert [entry["key"] for entry in trainer.relift_buffer] == ["id:a", "id:b", "id:a"]
 
 
 def test_a_buffer_keyed_by_prompt_json_takes_the_id_of_its_training_row(tmp_path, model, tokenizer):

@@ -1,14 +1,16 @@
 """ReLIFT (Ma et al. 2025, arXiv 2506.07527; docs/results.md): RL steps, interleaved with SFT on the hardest questions.
 
-After every RL step, each question whose G rollouts all failed joins a buffer (once; a question is its `id` column,
-else its prompt, as for the per-question state: `trl.questions.question_key`). When the buffer holds
-`relift_sft_batch` questions, the oldest that many are taken and one SFT step is run on their demonstrations (NLL,
-token mean over the batch) with a separate AdamW optimizer; the rest stays for later. The buffer is filled from every
-rank's groups in rank order, so all ranks hold the same buffer and trigger, batch and train as one process with the
-same global batch would; each rank computes its share of the batch and the trainer sums the SFT gradients over ranks
-itself, so it runs under DDP and DeepSpeed ZeRO-1/2 in fp32 (ZeRO-3, FSDP and DeepSpeed in bf16/fp16 are refused).
-The buffer and that optimizer are saved in checkpoints, so a resumed run continues exactly; a buffer saved before
-questions were keyed by `question_key` (keyed by the prompt's JSON) is re-keyed when it is loaded.
+After every RL step, each question whose G rollouts all failed joins a buffer (once, unless
+`relift_buffer_repeats`; a question is its `id` column, else its prompt, as for the per-question state:
+`trl.questions.question_key`). When the buffer holds `relift_sft_batch` questions, the oldest that many are taken
+(the newest with `relift_buffer_order="newest_first"`, the authors' order) and one SFT step is run on their
+demonstrations (NLL, token mean over the batch, minus an entropy bonus if `relift_sft_entropy_coef`) with a
+separate AdamW optimizer; the rest stays for later. The buffer is filled from every rank's groups in rank order, so
+all ranks hold the same buffer and trigger, batch and train as one process with the same global batch would; each
+rank computes its share of the batch and the trainer sums the SFT gradients over ranks itself, so it runs under DDP
+and DeepSpeed ZeRO-1/2 in fp32 (ZeRO-3, FSDP and DeepSpeed in bf16/fp16 are refused). The buffer and that
+optimizer are saved in checkpoints, so a resumed run continues exactly; a buffer saved before questions were keyed
+by `question_key` (keyed by the prompt's JSON) is re-keyed when it is loaded.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from accelerate.utils import gather_object
@@ -42,13 +44,20 @@ def all_failed_groups(rewards: torch.Tensor, group_size: int) -> list[int]:
     return (~(rewards.view(-1, group_size) > 0)).all(dim=1).nonzero().flatten().tolist()
 
 
-def add_to_buffer(buffer: list[dict], items: list[dict], key: str = "key") -> None:
-    """Append items whose `key` is not in the buffer yet (each question enters once)."""
-    present = {item[key] for item in buffer}
+def add_to_buffer(
+    buffer: list[dict], items: list[dict], key: str = "key", *, front: bool = False, repeats: bool = False
+) -> None:
+    """Add `items` behind the buffer, or in front of it (`front`, in their order), each question once unless
+    `repeats` (then an item whose `key` is already buffered enters again, as ReLIFT's authors' buffer does)."""
+    present, new = {item[key] for item in buffer}, []
     for item in items:
-        if item[key] not in present:
-            buffer.append(item)
+        if repeats or item[key] not in present:
+            new.append(item)
             present.add(item[key])
+    if front:
+        buffer[:0] = new
+    else:
+        buffer.extend(new)
 
 
 def has_legacy_key(item: dict) -> bool:
@@ -88,6 +97,21 @@ class ReliftConfig(PrefixRFTConfig):
         default=1.0, metadata={"help": "Gradient clipping of the SFT step (the authors' sft_grad_clip: 1.0)."}
     )
     entropy_coef: float = field(default=0.001, metadata={"help": "RL steps' entropy bonus (the authors': 0.001)."})
+    relift_buffer_order: Literal["oldest_first", "newest_first"] = field(
+        default="oldest_first",
+        metadata={
+            "help": "Which buffered questions an SFT step trains: 'oldest_first' (a queue), or 'newest_first' (the "
+            "authors': each step's failures go in front, and the first relift_sft_batch are trained)."
+        },
+    )
+    relift_buffer_repeats: bool = field(
+        default=False,
+        metadata={"help": "A buffered question that fails again enters again (the authors' buffer); else once."},
+    )
+    relift_sft_entropy_coef: float = field(
+        default=0.0,
+        metadata={"help": "Entropy bonus of the SFT loss, over the demo tokens (the authors': 0.001)."},
+    )
 
     def __post_init__(self) -> None:
         # The parent refuses the options of hybrid rows and drawn prefixes when num_hybrid=0 (`refuse_hybrid_options`)
@@ -130,7 +154,9 @@ class ReliftTrainer(PrefixRFTTrainer):
             demos = row_demos(example)
             if demos:
                 items.append({"key": question_key(example), "prompt": example["prompt"], "demo": demos[0]})
-        add_to_buffer(self.relift_buffer, gather_object(items))
+        args = self.args
+        front = args.relift_buffer_order == "newest_first"
+        add_to_buffer(self.relift_buffer, gather_object(items), front=front, repeats=args.relift_buffer_repeats)
         self._metrics["train"]["relift/buffer_size"].append(float(len(self.relift_buffer)))
 
     def maybe_sft_step(self) -> None:
@@ -145,8 +171,8 @@ class ReliftTrainer(PrefixRFTTrainer):
         self._metrics["train"]["relift/sft_demo_tokens"].append(tokens)
 
     def _sft_step(self, batch: list[dict]) -> tuple[float, float]:
-        """One step of the SFT optimizer on the token mean over `batch` (the same on every rank); returns that mean
-        and the demo tokens it trained on all ranks.
+        """One step of the SFT optimizer on the token mean over `batch` (the same on every rank) of the NLL minus
+        `relift_sft_entropy_coef` x the entropy; returns the NLL's mean and the demo tokens it trained on all ranks.
 
         It runs beside the RL optimizer, not through it: the forward goes through the bare module and the gradients
         are taken with `autograd.grad`, so neither DDP's hooks nor DeepSpeed's engine see them, and they are summed
@@ -157,13 +183,12 @@ class ReliftTrainer(PrefixRFTTrainer):
         trained = [p for p in self.model.parameters() if p.requires_grad]
         share = batch[self.accelerator.process_index :: self.accelerator.num_processes]
         if share:
-            nll_sum, tokens = self._sft_nll(share)
+            nll_sum, tokens, entropy_sum = self._sft_nll(share)
         else:  # a batch smaller than the world leaves this rank nothing; it still joins the reductions
-            nll_sum = tokens = torch.zeros((), device=self.accelerator.device)
+            nll_sum = tokens = entropy_sum = torch.zeros((), device=self.accelerator.device)
         total_tokens = self.accelerator.reduce(tokens, "sum")
-        grads = (
-            torch.autograd.grad(nll_sum / total_tokens, trained, allow_unused=True) if share else [None] * len(trained)
-        )
+        objective = (nll_sum - self.args.relift_sft_entropy_coef * entropy_sum) / total_tokens
+        grads = torch.autograd.grad(objective, trained, allow_unused=True) if share else [None] * len(trained)
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(trained, grads, strict=True)]
         flat = torch.cat([g.flatten() for g in grads])
         flat = self.accelerator.reduce(flat, "sum")
@@ -207,8 +232,9 @@ class ReliftTrainer(PrefixRFTTrainer):
             self._sft_optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.args.relift_sft_learning_rate)
         return self._sft_optimizer
 
-    def _sft_nll(self, batch: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed NLL of the demonstrations (+ EOS) after their prompts, and how many tokens it sums over."""
+    def _sft_nll(self, batch: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Summed NLL of the demonstrations (+ EOS) after their prompts, how many tokens it sums over, and the policy's
+        entropy summed over those tokens (0 unless `relift_sft_entropy_coef`)."""
         sequences, masks = [], []
         for prompt_ids, item in zip(self._sft_prompt_ids(batch), batch, strict=True):
             demo_ids = self._demo_ids(item["demo"]) + [self._tokenizer.eos_token_id]
@@ -221,8 +247,12 @@ class ReliftTrainer(PrefixRFTTrainer):
         attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=ids.device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift the positions
         logits = self.model(input_ids=ids, attention_mask=attention, position_ids=positions).logits[:, :-1].float()
-        logps = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-        return -(logps * loss_mask).sum(), loss_mask.sum().float()
+        all_logps = torch.log_softmax(logits, dim=-1)  # (B, T, V)
+        logps = all_logps.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        entropy_sum = torch.zeros((), device=ids.device)
+        if self.args.relift_sft_entropy_coef:  # (B, T, V) more memory, so only when the bonus is on
+            entropy_sum = -((all_logps.exp() * all_logps).sum(-1) * loss_mask).sum()
+        return -(logps * loss_mask).sum(), loss_mask.sum().float(), entropy_sum
 
     def _sft_prompt_ids(self, batch: list[dict]) -> list[list[int]]:
         """The prompts' ids as the RL step generated from them: TRL's `_tokenize_prompts` (its chat template,
@@ -248,7 +278,9 @@ class ReliftTrainer(PrefixRFTTrainer):
         # (a rank alone in it would wait in its reductions) even if the checkpoint was written by another world size.
         saved = load_rank_state(checkpoint, 0, BUFFER_FILE, "ReLIFT buffer")
         if saved is not None:
-            self.relift_buffer = rekey_legacy_items(saved["buffer"], self._legacy_ids(saved["buffer"]))
+            buffer = saved["buffer"]  # re-keyed only if legacy: re-keying drops repeats (`relift_buffer_repeats`)
+            legacy = any(has_legacy_key(item) for item in buffer)
+            self.relift_buffer = rekey_legacy_items(buffer, self._legacy_ids(buffer)) if legacy else buffer
             self.sft_steps = saved["sft_steps"]
         optimizer_path = os.path.join(checkpoint, f"0_{OPTIMIZER_FILE}")
         if os.path.exists(optimizer_path):
