@@ -85,16 +85,11 @@ def test_newest_first_buffer_puts_each_steps_failures_in_front_and_repeats_enter
     demos = {"a": "1+1 is 2", "b": "2+2 is 4", "c": "3+3 is 6"}
     expected = {(False, False): ["a", "b", "c"], (True, False): ["c", "a", "b"], (True, True): ["c", "a", "a", "b"]}
     for (newest, repeats), order in expected.items():
-        trainer = baseline_trainer(
-            ReliftTrainer,
-            ReliftConfig,
-            tmp_path,
-            model,
-            tokenizer,
-            [0.0],
-            relift_buffer_order="newest_first" if newest else "oldest_first",
-            relift_buffer_repeats=repeats,
-        )
+        options = {
+            "relift_buffer_order": "newest_first" if newest else "oldest_first",
+            "relift_buffer_repeats": repeats,
+        }
+        trainer = baseline_trainer(ReliftTrainer, ReliftConfig, tmp_path, model, tokenizer, [0.0], **options)
         for step in (first, second):
             trainer._after_rollout(*failed_batch(step, [demos[row_id] for _, row_id in step]))
         assert [item["key"] for item in trainer.relift_buffer] == [f"id:{q}" for q in order]
