@@ -50,6 +50,19 @@ def test_hpt_step_on_failed_questions_is_sft(tmp_path, model, tokenizer):
     assert trainer.state.log_history[0]["hpt/sft_questions"] == 2.0
 
 
+@pytest.mark.parametrize(("limit", "skipped"), [(1e-9, True), (1e9, False)])
+def test_hpt_skips_a_step_whose_gradient_norm_exceeds_the_limit(tmp_path, model, tokenizer, limit, skipped):
+    # every question fails: an SFT step whose gradient norm (before clipping) is above 1e-9 and far below 1e9
+    trainer = hpt(tmp_path, model, tokenizer, [0.0], hpt_skip_grad_norm=limit)
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer.train()
+    log = trainer.state.log_history[0]
+    assert 1e-9 < log["grad_norm"] < 1e9
+    changed = any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert changed is not skipped
+    assert log["hpt/skipped_step_fraction"] == float(skipped)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -61,6 +74,7 @@ def test_hpt_step_on_failed_questions_is_sft(tmp_path, model, tokenizer):
         ({"hpt_switch_gate": -1}, "hpt_switch_gate and hpt_sft_loss_coef must be >= 0"),
         ({"hpt_switch_gate": 2, "hpt_switch_gate_off": 1}, "hpt_switch_gate_off=1 has no effect: .*_gate=2 "),
         ({"hpt_switch_gate_off": -1}, "hpt_switch_gate_off=-1 has no effect: .*_gate=0 "),
+        ({"hpt_skip_grad_norm": 0.0}, "hpt_skip_grad_norm must be > 0 or null, got 0.0"),
     ],
 )
 def test_hpt_refuses_options_it_has_no_use_for(tmp_path, overrides, message):

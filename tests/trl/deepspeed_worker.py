@@ -25,7 +25,7 @@ from transformers import TrainerCallback
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from prefix_rft import PrefixRFTConfig, PrefixRFTTrainer
-from prefix_rft.baselines import TrapoConfig, TrapoTrainer
+from prefix_rft.baselines import HptConfig, HptTrainer, TrapoConfig, TrapoTrainer
 from prefix_rft.baselines.relift import ReliftConfig, ReliftTrainer
 from prefix_rft.tasks.model import build_model
 from prefix_rft.tasks.tokenizer import build_tokenizer
@@ -287,7 +287,14 @@ def scenario_relift_uneven(out_dir, engine, tokenizer) -> dict:
     )
 
 
+def scenario_hpt_skip(out_dir, engine, tokenizer) -> dict:
+    """HPT with the authors' step skip (hpt_skip_grad_norm): refused under DeepSpeed when the trainer is built."""
+    options = {"max_steps": 1, "per_device_train_batch_size": 8, "num_generations": 8, "hpt_skip_grad_norm": 80.0}
+    return train("hpt_skip", out_dir, engine, tokenizer, trainer_class=HptTrainer, config_class=HptConfig, **options)
+
+
 SCENARIOS = {
+    "hpt_skip": scenario_hpt_skip,
     "layouts": scenario_layouts,
     "guard": scenario_guard,
     "resume": scenario_resume,

@@ -43,7 +43,7 @@ TRAPO_REWARDS = [0.5, 1.0]
 TRAPO_PREVIOUS_VISIT_GUIDED_ROWS = {"partial25": [0.0, 2.0], "partial50": [0.0, 1.0], "full": [0.0, 1.0]}
 LAUNCHES = {  # engine -> scenarios run in its launch
     "ddp": ["layouts", "guard", "relift", "guard_verdict", "relift_uneven", "trapo"],
-    "zero2": ["layouts", "guard", "relift", "lora", "bf16", "trapo"],
+    "zero2": ["layouts", "guard", "relift", "lora", "bf16", "trapo", "hpt_skip"],
     "zero3": ["layouts", "guard", "resume", "lora", "bf16", "relift", "trapo", "trapo_previous_visit"],
 }
 
@@ -181,6 +181,14 @@ def test_relift_refuses_zero3_by_name(runs):
     assert [r["relift"]["error"] for r in runs["zero3"]] == [
         "ValueError: ReliftTrainer does not support DeepSpeed ZeRO-3: its SFT step needs every rank to hold all "
         "weights; use ZeRO-2 or DDP"
+    ] * 2
+
+
+@pytest.mark.slow
+def test_hpt_refuses_its_gradient_norm_skip_under_deepspeed_by_name(runs):
+    assert [r["hpt_skip"]["error"] for r in runs["zero2"]] == [
+        "ValueError: hpt_skip_grad_norm is not supported under DeepSpeed: its engine applies the step inside "
+        "backward, before the trainer sees the gradient norm; use DDP or FSDP, or leave it null"
     ] * 2
 
 

@@ -46,6 +46,7 @@ OVERRIDDEN = {
     "_prepare_inputs": (("generation_batch",), "selects prefix tokens over a whole optimizer step"),
     "_save_rng_state": (("output_dir",), "ReliftTrainer saves its SFT buffer and optimizer next to the RNG state"),
     "_load_rng_state": (("checkpoint",), "ReliftTrainer restores its SFT buffer and optimizer on resume"),
+    "_get_grad_norm": (("model", "grad_norm"), "HptTrainer skips a step whose norm exceeds hpt_skip_grad_norm"),
 }
 
 # name -> (leading parameters after self that we pass by name or position)

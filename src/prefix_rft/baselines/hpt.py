@@ -45,6 +45,13 @@ class HptConfig(PrefixRFTConfig):
     hpt_sft_loss_coef: float = field(
         default=1.0, metadata={"help": "Weight of the SFT loss (the authors: 1.0 at 7B, 0.3 at 1.5B)."}
     )
+    hpt_skip_grad_norm: float | None = field(
+        default=None,
+        metadata={
+            "help": "Skip the optimizer step when the gradient norm before clipping exceeds this (the authors' "
+            "MAX_GRAD_NORM: 80); null: never. Not under DeepSpeed, whose engine steps before the norm is seen."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -58,6 +65,8 @@ class HptConfig(PrefixRFTConfig):
         )
         refuse_clip_options(self, NO_CLIP)
         refuse_unused(self, {"loss_type": "the RL part is summed over a constant (Dr. GRPO), the NLL token-averaged"})
+        if self.hpt_skip_grad_norm is not None and not self.hpt_skip_grad_norm > 0:
+            raise ValueError(f"hpt_skip_grad_norm must be > 0 or null, got {self.hpt_skip_grad_norm}")
         if self.hpt_switch_gate < 0 or self.hpt_sft_loss_coef < 0:
             raise ValueError(
                 f"hpt_switch_gate and hpt_sft_loss_coef must be >= 0, got {self.hpt_switch_gate}, "
@@ -75,6 +84,28 @@ class HptTrainer(FullDemoRows, PrefixRFTTrainer):
     """`PrefixRFTTrainer` that trains each question's group with SFT on its demo or RL on its rollouts, not both."""
 
     sft_rows_key = "hpt_sft_rows"  # the SFT questions' rows: their demo tokens are the ones trained
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.args.hpt_skip_grad_norm is not None and self.is_deepspeed_enabled:
+            raise ValueError(
+                "hpt_skip_grad_norm is not supported under DeepSpeed: its engine applies the step inside backward, "
+                "before the trainer sees the gradient norm; use DDP or FSDP, or leave it null"
+            )
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        """The step's gradient norm before clipping (the Trainer's); above `hpt_skip_grad_norm`, the gradients are
+        dropped so AdamW leaves every weight as it is (the authors zero them instead of stepping; the learning-rate
+        schedule moves on, as theirs does). The norm is the same on every rank, so every rank skips together."""
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        limit = self.args.hpt_skip_grad_norm
+        if limit is not None:
+            skip = float(grad_norm) > limit
+            if skip:
+                for p in model.parameters():
+                    p.grad = None
+            self._metrics["train"]["hpt/skipped_step_fraction"].append(float(skip))
+        return grad_norm
 
     def _add_prefix_fields(self, output: dict[str, Any], rollout: Rollout) -> None:
         """Add `hpt_sft_rows` and `hpt_rl_rows` (B,) bool: which local rows the loss trains, and how."""
