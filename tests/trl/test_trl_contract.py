@@ -44,8 +44,8 @@ OVERRIDDEN = {
     "_save_checkpoint": (("model", "trial"), "writes checkpoints into a staging folder, then renames them"),
     "_get_output_dir": (("trial",), "points TRL's checkpoint writer at the staging folder"),
     "_prepare_inputs": (("generation_batch",), "selects prefix tokens over a whole optimizer step"),
-    "_save_rng_state": (("output_dir",), "ReliftTrainer saves its SFT buffer and optimizer next to the RNG state"),
-    "_load_rng_state": (("checkpoint",), "ReliftTrainer restores its SFT buffer and optimizer on resume"),
+    "_save_rng_state": (("output_dir",), "saves each rank's trainer-side states (`_rank_states`) with the RNG state"),
+    "_load_rng_state": (("checkpoint",), "restores the trainer-side states (`_rank_states`) on resume"),
     "_get_grad_norm": (("model", "grad_norm"), "HptTrainer skips a step whose norm exceeds hpt_skip_grad_norm"),
 }
 

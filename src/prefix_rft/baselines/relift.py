@@ -29,7 +29,7 @@ from prefix_rft.trl.config import PrefixRFTConfig
 from prefix_rft.trl.fields import refuse_unused
 from prefix_rft.trl.questions import question_key
 from prefix_rft.trl.rollouts import Rollout
-from prefix_rft.trl.run_dir import load_rank_state, save_rank_state
+from prefix_rft.trl.run_dir import RankState
 from prefix_rft.trl.trainer import PrefixRFTTrainer
 
 BUFFER_FILE = "relift_buffer.json"
@@ -262,28 +262,33 @@ class ReliftTrainer(PrefixRFTTrainer):
             raise NotImplementedError("ReliftTrainer's SFT step on prompts with images or multimodal fields")
         return [list(ids) for ids in prompt_ids]
 
-    # The buffer and the SFT optimizer ride along with the RNG state, which every checkpoint writes and reads.
+    def _rank_states(self) -> list[RankState]:
+        """The parent's states and the buffer (the same on every rank)."""
+        buffer = RankState(BUFFER_FILE, "ReLIFT buffer", self._buffer_state, self._load_buffer_state)
+        return [*super()._rank_states(), buffer]
+
+    def _buffer_state(self) -> dict[str, Any]:
+        return {"buffer": self.relift_buffer, "sft_steps": self.sft_steps}
+
+    def _load_buffer_state(self, saved: dict[str, Any]) -> None:
+        buffer = saved["buffer"]  # re-keyed only if legacy: re-keying drops repeats (`relift_buffer_repeats`)
+        legacy = any(has_legacy_key(item) for item in buffer)
+        self.relift_buffer = rekey_legacy_items(buffer, self._legacy_ids(buffer)) if legacy else buffer
+        self.sft_steps = saved["sft_steps"]
+
+    # The SFT optimizer's state (tensors, not JSON) rides along with the RNG state beside the buffer (`_rank_states`).
     def _save_rng_state(self, output_dir: str) -> None:
         super()._save_rng_state(output_dir)
-        rank = self.accelerator.process_index
-        save_rank_state(output_dir, rank, BUFFER_FILE, {"buffer": self.relift_buffer, "sft_steps": self.sft_steps})
         if self._sft_optimizer is not None:
-            torch.save(self._sft_optimizer.state_dict(), os.path.join(output_dir, f"{rank}_{OPTIMIZER_FILE}"))
+            path = os.path.join(output_dir, f"{self.accelerator.process_index}_{OPTIMIZER_FILE}")
+            torch.save(self._sft_optimizer.state_dict(), path)
 
     def _load_rng_state(self, checkpoint: str | None) -> None:
         super()._load_rng_state(checkpoint)
-        if checkpoint is None:
-            return
-        # Every rank holds the same buffer and optimizer state; all read rank 0's, so they agree on the next SFT step
-        # (a rank alone in it would wait in its reductions) even if the checkpoint was written by another world size.
-        saved = load_rank_state(checkpoint, 0, BUFFER_FILE, "ReLIFT buffer")
-        if saved is not None:
-            buffer = saved["buffer"]  # re-keyed only if legacy: re-keying drops repeats (`relift_buffer_repeats`)
-            legacy = any(has_legacy_key(item) for item in buffer)
-            self.relift_buffer = rekey_legacy_items(buffer, self._legacy_ids(buffer)) if legacy else buffer
-            self.sft_steps = saved["sft_steps"]
-        optimizer_path = os.path.join(checkpoint, f"0_{OPTIMIZER_FILE}")
-        if os.path.exists(optimizer_path):
+        # Every rank holds the same optimizer state; all read rank 0's, so they agree on the next SFT step (a rank
+        # alone in it would wait in its reductions) even if the checkpoint was written by another world size.
+        optimizer_path = None if checkpoint is None else os.path.join(checkpoint, f"0_{OPTIMIZER_FILE}")
+        if optimizer_path is not None and os.path.exists(optimizer_path):
             self._relift_optimizer().load_state_dict(torch.load(optimizer_path, weights_only=True))
 
     def _legacy_ids(self, buffer: list[dict]) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from prefix_rft.trl.fields import refuse_unused
 from prefix_rft.trl.loss import LossBatch
 from prefix_rft.trl.questions import question_key
 from prefix_rft.trl.rollouts import Rollout, RowPlan
-from prefix_rft.trl.run_dir import load_rank_state, save_rank_state
+from prefix_rft.trl.run_dir import RankState
 from prefix_rft.trl.trainer import PrefixRFTTrainer
 
 if TYPE_CHECKING:
@@ -281,16 +281,9 @@ class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
         ratio = torch.where(prefix_mask, torch.ones_like(logps), torch.exp(logps - old_logps)).detach()
         return torch.where(prefix_mask, sft, own), ratio
 
-    # The levels ride along with the RNG state, which every checkpoint writes and reads on every rank.
-    def _save_rng_state(self, output_dir: str) -> None:
-        super()._save_rng_state(output_dir)
-        save_rank_state(output_dir, self.accelerator.process_index, LEVELS_FILE, self.escalation.state_dict())
-
-    def _load_rng_state(self, checkpoint: str | None) -> None:
-        super()._load_rng_state(checkpoint)
-        if checkpoint is None:
-            return
-        # Every rank holds the same levels, so rank 0's copy restores a run resumed on more ranks than it saved from.
-        state = load_rank_state(checkpoint, 0, LEVELS_FILE, "TRAPO escalation state")
-        if state is not None:
-            self.escalation.load_state_dict(state)
+    def _rank_states(self) -> list[RankState]:
+        """The parent's states and the escalation levels (the same on every rank)."""
+        escalation = RankState(
+            LEVELS_FILE, "TRAPO escalation state", self.escalation.state_dict, self.escalation.load_state_dict
+        )
+        return [*super()._rank_states(), escalation]

@@ -18,7 +18,7 @@ from accelerate.utils import gather_object
 
 from prefix_rft.core import QuestionStats
 from prefix_rft.trl.rollouts import Rollout
-from prefix_rft.trl.run_dir import load_rank_state, save_rank_state
+from prefix_rft.trl.run_dir import RankState
 
 QUESTIONS_FILE = "prefix_questions.json"
 
@@ -97,17 +97,10 @@ class QuestionGuidanceMixin:
         if self.args.prefix_rescue_max_success is not None:
             metrics["prefix/solved_rows"].append(float(solved_rows))
 
-    # The state is saved beside the RNG state, which every checkpoint writes and reads on every rank.
-    def _save_rng_state(self, output_dir: str) -> None:
-        super()._save_rng_state(output_dir)
-        if self._questions is not None:
-            save_rank_state(output_dir, self.accelerator.process_index, QUESTIONS_FILE, self._questions.state_dict())
-
-    def _load_rng_state(self, checkpoint: str | None) -> None:
-        super()._load_rng_state(checkpoint)
-        if checkpoint is None or self._questions is None:
-            return
-        # Every rank holds the same state, so rank 0's copy restores a run resumed on more ranks than it saved from.
-        state = load_rank_state(checkpoint, 0, QUESTIONS_FILE, "per-question state")
-        if state is not None:
-            self._questions.load_state_dict(state)
+    def _rank_states(self) -> list[RankState]:
+        """The per-rank states the trainer checkpoints beside the RNG state: here the per-question state, when an
+        option keeps one; a baseline adds its own (`super()._rank_states()` first)."""
+        questions = self._questions
+        if questions is None:
+            return []
+        return [RankState(QUESTIONS_FILE, "per-question state", questions.state_dict, questions.load_state_dict)]

@@ -14,6 +14,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from transformers import TrainingArguments
@@ -153,6 +155,18 @@ def _warn_on_changed_settings(record: str, settings: dict[str, Any]) -> None:
     changed = sorted(k for k in settings.keys() - _UNCOMPARED if recorded.get(k) != settings[k])
     if changed:
         logger.warning("resuming with settings that differ from the run's start: %s", ", ".join(changed))
+
+
+@dataclass(frozen=True)
+class RankState:
+    """Trainer-side state every rank holds alike (a trainer's `_rank_states`), saved as `<rank>_<file>` JSON beside
+    each checkpoint's RNG state and restored from rank 0's copy, so a run resumed on more ranks than it saved from
+    gets it too. `what` names it in the warning when a checkpoint lacks it (one written before it existed)."""
+
+    file: str
+    what: str
+    state_dict: Callable[[], dict[str, Any]]
+    load_state_dict: Callable[[dict[str, Any]], None]
 
 
 def save_rank_state(output_dir: str, rank: int, name: str, state: dict[str, Any]) -> None:

@@ -38,7 +38,7 @@ from prefix_rft.trl.loss import PrefixLossMixin
 from prefix_rft.trl.placement import PrefixPlacementMixin
 from prefix_rft.trl.questions import QuestionGuidanceMixin
 from prefix_rft.trl.rollouts import Rollout
-from prefix_rft.trl.run_dir import prepare_output_dir
+from prefix_rft.trl.run_dir import load_rank_state, prepare_output_dir, save_rank_state
 from prefix_rft.trl.scoring import PrefixScoringMixin
 
 logger = logging.getLogger(__name__)
@@ -277,6 +277,21 @@ class PrefixRFTTrainer(
             self.control.should_training_stop = True
             return
         super()._run_epoch(*args, **kwargs)
+
+    # Every checkpoint writes and reads the RNG state on every rank, so the trainer-side states ride along with it.
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        for state in self._rank_states():
+            save_rank_state(output_dir, self.accelerator.process_index, state.file, state.state_dict())
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        if checkpoint is None:
+            return
+        for state in self._rank_states():
+            saved = load_rank_state(checkpoint, 0, state.file, state.what)  # rank 0's: every rank holds the same
+            if saved is not None:
+                state.load_state_dict(saved)
 
     def _get_output_dir(self, trial) -> str:
         base = super()._get_output_dir(trial)
