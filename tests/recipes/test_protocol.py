@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from prefix_rft.recipes import protocol, toy_scoring, toy_task
-from prefix_rft.recipes.compare import stats, summarize, t95
+from prefix_rft.recipes.compare import config_mismatch, stats, summarize, t95
 from prefix_rft.recipes.protocol import (
     affordable_finalists,
     choose,
@@ -412,3 +412,20 @@ def test_protocol_arguments_no_plan_could_use_are_refused_before_any_run(argv, m
     assert protocol.main([*argv, "--output_dir", str(out)]) == 2
     assert capsys.readouterr().err == f"prefix-rft protocol: {message}\n"
     assert not out.exists()
+
+
+def test_every_committed_protocol_v2_run_resumes_at_this_commit():
+    # The finals command replays the tuning runs from their records and refuses one whose trainer configs differ
+    # from what this code builds (`config_mismatch`): a default changed, or an option added at another default than
+    # what the runs did, would stop protocol v2 from finishing.
+    records = sorted((ROOT / "docs" / "benchmarks" / "protocol_v2").glob("*/*/*/seed*.json"))
+    assert records  # the tuning records exported while v2 runs (docs/results.md)
+    init_fields = {f.name for f in dataclasses.fields(RunSettings) if f.init}
+    refused = {}
+    for path in records:
+        record = json.loads(path.read_text())
+        settings = RunSettings(**{k: v for k, v in record["settings"].items() if k in init_fields})
+        mismatch = config_mismatch(record, record["method"], record["seed"], settings)
+        if mismatch:
+            refused[str(path.relative_to(ROOT))] = mismatch
+    assert refused == {}
