@@ -63,6 +63,17 @@ def test_hpt_skips_a_step_whose_gradient_norm_exceeds_the_limit(tmp_path, model,
     assert log["hpt/skipped_step_fraction"] == float(skipped)
 
 
+@pytest.mark.parametrize(("norm", "skipped"), [(100.0, True), (80.0, False), (float("inf"), False)])
+def test_hpt_skip_leaves_a_non_finite_norm_to_the_step_guard(tmp_path, model, tokenizer, norm, skipped):
+    # limit 80: 100 drops the gradients; 80 is not above it; inf is the non-finite step guard's to skip and count
+    trainer = hpt(tmp_path, model, tokenizer, hpt_skip_grad_norm=80.0)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    assert trainer._get_grad_norm(model, grad_norm=torch.tensor(norm)).item() == norm
+    assert all((p.grad is None) is skipped for p in model.parameters())
+    assert trainer._metrics["train"]["hpt/skipped_step_fraction"] == [float(skipped)]
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

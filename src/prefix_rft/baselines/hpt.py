@@ -11,6 +11,7 @@ departures.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,7 +101,8 @@ class HptTrainer(FullDemoRows, PrefixRFTTrainer):
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
         limit = self.args.hpt_skip_grad_norm
         if limit is not None:
-            skip = float(grad_norm) > limit
+            norm = float(grad_norm)
+            skip = math.isfinite(norm) and norm > limit  # a non-finite norm is the step guard's (`trl/guards.py`)
             if skip:
                 for p in model.parameters():
                     p.grad = None
