@@ -50,14 +50,15 @@ def test_hpt_step_on_failed_questions_is_sft(tmp_path, model, tokenizer):
     assert trainer.state.log_history[0]["hpt/sft_questions"] == 2.0
 
 
-@pytest.mark.parametrize(("limit", "skipped"), [(1e-9, True), (1e9, False)])
+@pytest.mark.parametrize(("limit", "skipped"), [(1e-3, True), (1e9, False)])
 def test_hpt_skips_a_step_whose_gradient_norm_exceeds_the_limit(tmp_path, model, tokenizer, limit, skipped):
-    # every question fails: an SFT step whose gradient norm (before clipping) is above 1e-9 and far below 1e9
-    trainer = hpt(tmp_path, model, tokenizer, [0.0], hpt_skip_grad_norm=limit)
+    # every question fails: an SFT step whose gradient norm before clipping is above 1e-3 and far below 1e9; clipped
+    # at 1e-6 it is below 1e-3, so a skip at 1e-3 shows the norm compared is the one before clipping
+    trainer = hpt(tmp_path, model, tokenizer, [0.0], hpt_skip_grad_norm=limit, max_grad_norm=1e-6)
     before = [p.detach().clone() for p in model.parameters()]
     trainer.train()
     log = trainer.state.log_history[0]
-    assert 1e-9 < log["grad_norm"] < 1e9
+    assert 1e-3 < log["grad_norm"] < 1e9
     changed = any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert changed is not skipped
     assert log["hpt/skipped_step_fraction"] == float(skipped)

@@ -162,3 +162,30 @@ def test_relift_refuses_options_of_hybrid_rows_by_name(tmp_path, name, value, re
     message = f"{name}={value!r} is not used by ReliftConfig: {reason}"
     with pytest.raises(ValueError, match=re.escape(message)):
         ReliftConfig(**base_kwargs(tmp_path, **{name: value}))
+
+
+def test_relift_refuses_a_negative_sft_entropy_bonus(tmp_path):
+    with pytest.raises(ValueError, match=re.escape("relift_sft_entropy_coef must be >= 0 (a bonus), got -0.001")):
+        ReliftConfig(**base_kwargs(tmp_path, relift_sft_entropy_coef=-0.001))
+
+
+def test_sft_step_subtracts_the_weighted_entropy_from_the_nll(tmp_path, model, tokenizer):
+    # With w the first weight: NLL sum 2 sum(w), entropy sum sum(w), 4 tokens, coefficient 0.5, so the objective is
+    # (2 - 0.5) sum(w) / 4 and every element of w gets the gradient 0.375 (0.625 if the bonus were added, 0.25
+    # without its coefficient); no clipping at 1e9
+    options = {"relift_sft_entropy_coef": 0.5, "relift_sft_max_grad_norm": 1e9}
+    trainer = baseline_trainer(ReliftTrainer, ReliftConfig, tmp_path, model, tokenizer, [0.0], **options)
+    weight = next(p for p in model.parameters() if p.requires_grad)
+    trainer._sft_nll = lambda share: (2 * weight.sum(), torch.tensor(4.0), weight.sum())
+    seen = []
+
+    class Recorder:  # stands in for the SFT optimizer: records the gradient it would step with
+        def step(self):
+            seen.append(weight.grad.clone())
+
+        def zero_grad(self, set_to_none=True):
+            pass
+
+    trainer._relift_optimizer = Recorder
+    trainer._sft_step([{"prompt": chat("1+1="), "demo": "1+1 is 2"}])
+    assert torch.allclose(seen[0], torch.full_like(weight, 0.375))

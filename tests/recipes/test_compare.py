@@ -223,6 +223,12 @@ def test_resuming_takes_an_option_a_record_predates_as_its_default(tmp_path, mon
     path.write_text(json.dumps(record))
     with pytest.raises(SystemExit, match=r"\{'rl.prefix_seed': \('<absent>', 3\)\}"):
         compare.run_all(["prefix_rft"], [0], tuned, tmp_path)
+    # a TRL field at its default is no project option: its default may change what a newer TRL trains
+    record["settings"], record["config"] = {"steps": 5}, stage_configs("prefix_rft", settings, 0)
+    del record["config"]["rl"]["top_p"]
+    path.write_text(json.dumps(record))
+    with pytest.raises(SystemExit, match=r"\{'rl.top_p': \('<absent>', 1.0\)\}"):
+        compare.run_all(["prefix_rft"], [0], settings, tmp_path)
 
 
 def test_resuming_refuses_a_finished_run_whose_rl_stage_was_not_run(tmp_path, monkeypatch):

@@ -97,12 +97,16 @@ class HptTrainer(FullDemoRows, PrefixRFTTrainer):
     def _get_grad_norm(self, model, grad_norm=None):
         """The step's gradient norm before clipping (the Trainer's); above `hpt_skip_grad_norm`, the gradients are
         dropped so AdamW leaves every weight as it is (the authors zero them instead of stepping; the learning-rate
-        schedule moves on, as theirs does). The norm is the same on every rank, so every rank skips together."""
+        schedule moves on, as theirs does). Every rank takes the verdict of any rank (a max over ranks), so all skip
+        together."""
         grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
         limit = self.args.hpt_skip_grad_norm
         if limit is not None:
             norm = float(grad_norm)
             skip = math.isfinite(norm) and norm > limit  # a non-finite norm is the step guard's (`trl/guards.py`)
+            if self.accelerator.num_processes > 1:  # one verdict, should the ranks' norms differ in the last bit
+                flag = torch.tensor([float(skip)], device=self.accelerator.device)
+                skip = float(self.accelerator.reduce(flag, "max")) > 0
             if skip:
                 for p in model.parameters():
                     p.grad = None

@@ -80,7 +80,8 @@ def rekey_legacy_items(buffer: list[dict], ids: dict[str, Any]) -> list[dict]:
 
 
 def take_sft_batch(buffer: list[dict], size: int) -> list[dict] | None:
-    """The oldest `size` items, removed from the buffer, once it holds at least `size`; otherwise None."""
+    """The first `size` items (the oldest, or the newest when `add_to_buffer` puts them in front), removed from the
+    buffer, once it holds at least `size`; otherwise None."""
     if len(buffer) < size:
         return None
     batch = buffer[:size]
@@ -106,7 +107,9 @@ class ReliftConfig(PrefixRFTConfig):
     )
     relift_buffer_repeats: bool = field(
         default=False,
-        metadata={"help": "A buffered question that fails again enters again (the authors' buffer); else once."},
+        metadata={
+            "help": "A buffered question that fails again enters again (the authors' buffer); else it keeps its place."
+        },
     )
     relift_sft_entropy_coef: float = field(
         default=0.0,
@@ -120,6 +123,8 @@ class ReliftConfig(PrefixRFTConfig):
         )
         refuse_unused(self, {"num_hybrid": reason})
         super().__post_init__()
+        if self.relift_sft_entropy_coef < 0:
+            raise ValueError(f"relift_sft_entropy_coef must be >= 0 (a bonus), got {self.relift_sft_entropy_coef}")
 
 
 class _SFTStepCallback(TrainerCallback):

@@ -120,10 +120,11 @@ def inert_fields(then_config: dict[str, Any], now_config: dict[str, Any]) -> set
 
 
 def predated_fields(then_config: dict[str, Any], now_config: dict[str, Any], defaults: dict[str, Any]) -> set[str]:
-    """Fields a recorded config predates (absent from it) that are built now at their class's declared `defaults`:
-    an option is added with a default that keeps what the trainer did before it, so the run trained as this code
-    would (as `settings_mismatch` counts a setting a run predates as its default). Built at another value, the
-    field is compared, and refused."""
+    """Fields a recorded config predates (absent from it) that are built now at their declared `defaults`
+    (`config_defaults`: this project's own options only): this project adds an option with a default that keeps what
+    the trainer did before it, so the run trained as this code would (as `settings_mismatch` counts a setting a run
+    predates as its default). Built at another value, or a field of TRL or transformers, the field is compared, and
+    refused."""
     added = now_config.keys() - then_config.keys()
     return {name for name in added if name in defaults and now_config[name] == defaults[name]}
 

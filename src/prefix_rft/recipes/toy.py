@@ -144,9 +144,19 @@ def config_record(config) -> dict[str, Any]:
 
 
 def config_defaults(config) -> dict[str, Any]:
-    """{field: its declared default, as JSON} of a trainer config's class; a field without a default is left out."""
+    """{field: its declared default, as JSON} for the fields this project's config classes declare (TRL's and
+    transformers' fields are left out: their defaults carry no promise to keep what earlier versions did); a field
+    without a default is left out too."""
+    own = {
+        name
+        for cls in type(config).__mro__
+        if cls.__module__.startswith("prefix_rft.")
+        for name in vars(cls).get("__annotations__", {})
+    }
     defaults = {}
     for spec in dataclasses.fields(config):
+        if spec.name not in own:
+            continue
         if spec.default is not dataclasses.MISSING:
             defaults[spec.name] = spec.default
         elif spec.default_factory is not dataclasses.MISSING:

@@ -97,9 +97,8 @@ class QuestionGuidanceMixin:
         if self.args.prefix_rescue_max_success is not None:
             metrics["prefix/solved_rows"].append(float(solved_rows))
 
-    def _rank_states(self) -> list[RankState]:
-        """The per-rank states the trainer checkpoints beside the RNG state: here the per-question state, when an
-        option keeps one; a baseline adds its own (`super()._rank_states()` first)."""
+    def _question_rank_states(self) -> list[RankState]:
+        """The per-question state, as a checkpointed `RankState`, when an option keeps one (`_rank_states`)."""
         questions = self._questions
         if questions is None:
             return []

@@ -38,7 +38,7 @@ from prefix_rft.trl.loss import PrefixLossMixin
 from prefix_rft.trl.placement import PrefixPlacementMixin
 from prefix_rft.trl.questions import QuestionGuidanceMixin
 from prefix_rft.trl.rollouts import Rollout
-from prefix_rft.trl.run_dir import load_rank_state, prepare_output_dir, save_rank_state
+from prefix_rft.trl.run_dir import RankState, load_rank_state, prepare_output_dir, save_rank_state
 from prefix_rft.trl.scoring import PrefixScoringMixin
 
 logger = logging.getLogger(__name__)
@@ -277,6 +277,11 @@ class PrefixRFTTrainer(
             self.control.should_training_stop = True
             return
         super()._run_epoch(*args, **kwargs)
+
+    def _rank_states(self) -> list[RankState]:
+        """The trainer-side states every rank holds alike, checkpointed beside the RNG state: the per-question state;
+        a baseline adds its own (`[*super()._rank_states(), ...]`)."""
+        return self._question_rank_states()
 
     # Every checkpoint writes and reads the RNG state on every rank, so the trainer-side states ride along with it.
     def _save_rng_state(self, output_dir: str) -> None:
