@@ -3,7 +3,8 @@ generation batch, each rank's questions and what the method did with their rows.
 
 Run with `torchrun --standalone --nproc_per_node 2 method_worker.py OUT_DIR METHOD` (METHOD: hpt for 2 steps; trapo,
 escalating from the previous visit, for 4: every question twice; trapo_in_step for 4 steps of one question, its group
-of 8 split over the two ranks: every question once). Questions whose answer is in SOLVED get reward 1 on every row,
+of 8 split over the two ranks: every question once; hpt_skip: hpt whose rank 1 alone sees a norm above the skip
+limit). Questions whose answer is in SOLVED get reward 1 on every row,
 the others 0.
 """
 
@@ -47,8 +48,19 @@ def recording(trainer_cls):
     return Recording
 
 
+class RankOneSeesALargeNorm(HptTrainer):
+    """HPT whose rank 1 reads the step's gradient norm x 1e6 (above hpt_skip_grad_norm), rank 0 the true one, as if
+    the ranks' norms differed: the skip must still be one verdict for both."""
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        if grad_norm is not None and self.accelerator.process_index == 1:
+            grad_norm = grad_norm * 1e6
+        return super()._get_grad_norm(model, grad_norm=grad_norm)
+
+
 METHODS = {  # trainer, config, steps, settings
     "hpt": (HptTrainer, HptConfig, 2, {}),
+    "hpt_skip": (RankOneSeesALargeNorm, HptConfig, 2, {"hpt_skip_grad_norm": 1e3}),
     "trapo": (TrapoTrainer, TrapoConfig, 4, {"trapo_escalation": "previous_visit"}),
     "trapo_in_step": (TrapoTrainer, TrapoConfig, 4, {"per_device_train_batch_size": 4}),
 }
@@ -58,6 +70,7 @@ def main(out_dir: str, method: str) -> None:
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
     model = build_model(tokenizer, "test")
+    initial = torch.cat([p.detach().flatten() for p in model.parameters()]).tolist()
     rows = [{"prompt": [{"role": "user", "content": d[:5]}], "demos": [d], "answer": d[-2:]} for d in DEMOS]
     trainer_cls, config_cls, steps, settings = METHODS[method]
     args = config_cls(**base_kwargs(Path(out_dir), max_steps=steps, **{"per_device_train_batch_size": 8, **settings}))
@@ -70,7 +83,8 @@ def main(out_dir: str, method: str) -> None:
     )
     trainer.train()
     params = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
-    record = {"seen": trainer.seen, "params": params.tolist(), "world_size": trainer.accelerator.num_processes}
+    record = {"seen": trainer.seen, "params": params.tolist(), "initial": initial}
+    record["world_size"] = trainer.accelerator.num_processes
     if trainer_cls is TrapoTrainer:
         record["levels"] = trainer.escalation.state_dict()
     with open(f"{out_dir}/rank{trainer.accelerator.process_index}.json", "w") as f:

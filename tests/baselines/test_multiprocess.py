@@ -42,6 +42,14 @@ def test_hpt_switches_each_ranks_own_questions(tmp_path):
 
 
 @pytest.mark.slow
+def test_hpt_ranks_skip_together_when_one_ranks_norm_is_above_the_limit(tmp_path):
+    # rank 1 reads every step's gradient norm x 1e6, over hpt_skip_grad_norm=1e3; rank 0 reads the true one, under it
+    rank0, rank1 = run_two_ranks(tmp_path, "hpt_skip")
+    assert rank0["world_size"] == 2
+    assert rank0["params"] == rank1["params"] == rank0["initial"]  # both ranks skipped both steps
+
+
+@pytest.mark.slow
 def test_trapo_ranks_hold_one_escalation_state_and_guide_their_own_questions(tmp_path):
     rank0, rank1 = run_two_ranks(tmp_path, "trapo")
     # every question seen once in steps 0-1 (unguided), again in steps 2-3 with the levels its first group set
