@@ -22,7 +22,6 @@ from prefix_rft.recipes.toy import (
     METHODS,
     PAPER_MATH_AVG,
     built_configs,
-    config_defaults,
     config_record,
     method_budgets,
     recorded_sft_steps,
@@ -117,6 +116,27 @@ def inert_fields(then_config: dict[str, Any], now_config: dict[str, Any]) -> set
         return set()
     names = then_config.keys() | now_config.keys()
     return {n for n in names if n.startswith("prefix_") and n not in NO_HYBRID_PREFIX_FIELDS}
+
+
+def config_defaults(config) -> dict[str, Any]:
+    """{field: its declared default, as JSON} for the fields this project's config classes declare (TRL's and
+    transformers' fields are left out: their defaults carry no promise to keep what earlier versions did); a field
+    without a default is left out too."""
+    own = {
+        name
+        for cls in type(config).__mro__
+        if cls.__module__.startswith("prefix_rft.")
+        for name in vars(cls).get("__annotations__", {})
+    }
+    defaults = {}
+    for spec in dataclasses.fields(config):
+        if spec.name not in own:
+            continue
+        if spec.default is not dataclasses.MISSING:
+            defaults[spec.name] = spec.default
+        elif spec.default_factory is not dataclasses.MISSING:
+            defaults[spec.name] = spec.default_factory()
+    return json.loads(json.dumps(defaults, default=str))
 
 
 def predated_fields(then_config: dict[str, Any], now_config: dict[str, Any], defaults: dict[str, Any]) -> set[str]:

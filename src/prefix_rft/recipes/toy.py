@@ -53,7 +53,6 @@ __all__ = [
     "PAPER_MATH_AVG",
     "SFT_METHODS",
     "built_configs",
-    "config_defaults",
     "config_record",
     "eval_rows",
     "evaluate_split",
@@ -141,27 +140,6 @@ def config_record(config) -> dict[str, Any]:
     """A trainer config as JSON, without the fields naming where the run writes (`RUN_PATHS`)."""
     fields = json.loads(json.dumps(config.to_dict(), default=str))
     return {name: value for name, value in fields.items() if name not in RUN_PATHS}
-
-
-def config_defaults(config) -> dict[str, Any]:
-    """{field: its declared default, as JSON} for the fields this project's config classes declare (TRL's and
-    transformers' fields are left out: their defaults carry no promise to keep what earlier versions did); a field
-    without a default is left out too."""
-    own = {
-        name
-        for cls in type(config).__mro__
-        if cls.__module__.startswith("prefix_rft.")
-        for name in vars(cls).get("__annotations__", {})
-    }
-    defaults = {}
-    for spec in dataclasses.fields(config):
-        if spec.name not in own:
-            continue
-        if spec.default is not dataclasses.MISSING:
-            defaults[spec.name] = spec.default
-        elif spec.default_factory is not dataclasses.MISSING:
-            defaults[spec.name] = spec.default_factory()
-    return json.loads(json.dumps(defaults, default=str))
 
 
 def stage_configs(method: str, settings: RunSettings, seed: int, sft_steps: int = 0) -> dict[str, dict[str, Any]]:
