@@ -23,6 +23,7 @@ from prefix_rft.core.entropy import SelectionMode
 from prefix_rft.core.questions import HPT_MODES
 from prefix_rft.trl.config import PrefixRFTConfig
 from prefix_rft.trl.fields import refuse_unused
+from prefix_rft.trl.guards import on_any_rank
 from prefix_rft.trl.loss import LossBatch
 from prefix_rft.trl.rollouts import Rollout
 from prefix_rft.trl.trainer import PrefixRFTTrainer
@@ -103,10 +104,8 @@ class HptTrainer(FullDemoRows, PrefixRFTTrainer):
         limit = self.args.hpt_skip_grad_norm
         if limit is not None:
             norm = float(grad_norm)
-            skip = math.isfinite(norm) and norm > limit  # a non-finite norm is the step guard's (`trl/guards.py`)
-            if self.accelerator.num_processes > 1:  # one verdict, should the ranks' norms differ in the last bit
-                flag = torch.tensor([float(skip)], device=self.accelerator.device)
-                skip = float(self.accelerator.reduce(flag, "max")) > 0
+            # a non-finite norm is the step guard's; one verdict, should the ranks' norms differ in the last bit
+            skip = on_any_rank(self.accelerator, math.isfinite(norm) and norm > limit)
             if skip:
                 for p in model.parameters():
                     p.grad = None
@@ -137,7 +136,7 @@ class HptTrainer(FullDemoRows, PrefixRFTTrainer):
     def _aggregate(self, token_loss, logps, batch: LossBatch) -> torch.Tensor:
         """Dr. GRPO over the RL rows' tokens + coef x token-mean NLL over the SFT rows' demo tokens."""
         on_policy, demo, inputs = batch.on_policy, batch.prefix_mask, batch.inputs
-        if "hpt_sft_rows" in inputs:  # evaluation batches carry no switch: their rollouts are all on-policy
-            on_policy, demo = on_policy * inputs["hpt_rl_rows"].unsqueeze(1), batch.demo_of_rows("hpt_sft_rows")
+        if self.sft_rows_key in inputs:  # evaluation batches carry no switch: their rollouts are all on-policy
+            on_policy, demo = on_policy * inputs["hpt_rl_rows"].unsqueeze(1), batch.demo_of_rows(self.sft_rows_key)
         pg = aggregate_dr_grpo(token_loss, on_policy, self.max_completion_length)
         return pg + self.args.hpt_sft_loss_coef * demo_nll(logps, demo)

@@ -82,10 +82,18 @@ class NonFiniteStepGuard(TrainerCallback):
 
         `finite` is a () bool tensor (`gradients_finite`); reading the verdict is the one device->host sync.
         """
-        if self.accelerator is None or self.accelerator.num_processes == 1:
+        if self.accelerator is None:
             return bool(finite)
-        flag = (~finite).float().reshape(1).to(self.accelerator.device)
-        return float(self.accelerator.reduce(flag, "max")) == 0.0
+        return not on_any_rank(self.accelerator, ~finite)
+
+
+def on_any_rank(accelerator: Accelerator, flag: torch.Tensor | bool) -> bool:
+    """Whether `flag` (a () bool tensor or a bool) is set on any rank: one verdict that every rank takes, so ranks
+    skip a step together even where their local checks could differ. One process: `flag` itself."""
+    if accelerator.num_processes == 1:
+        return bool(flag)
+    value = torch.as_tensor(flag).float().reshape(1).to(accelerator.device)
+    return float(accelerator.reduce(value, "max")) > 0.0
 
 
 def gradients_finite(model: torch.nn.Module) -> torch.Tensor:
