@@ -23,16 +23,18 @@ def test_hpt_trains_the_demo_of_a_failed_question_and_the_rollouts_of_a_solved_o
     assert (metrics["hpt/sft_questions"], metrics["hpt/rl_questions"]) == ([1.0], [1.0])
 
 
-def test_hpt_loss_sums_grpo_of_rl_rows_and_nll_of_sft_demos(tmp_path, model, tokenizer):
-    trainer = hpt(tmp_path, model, tokenizer, hpt_sft_loss_coef=0.5)
+@pytest.mark.parametrize("divisor, divided_rows", [("rows_x_length", 3), ("length", 1)])
+def test_hpt_loss_sums_grpo_of_rl_rows_and_nll_of_sft_demos(tmp_path, model, tokenizer, divisor, divided_rows):
+    trainer = hpt(tmp_path, model, tokenizer, hpt_sft_loss_coef=0.5, rl_loss_divisor=divisor)
     token_loss = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
     logps = torch.tensor([[-9.0, -9.0], [-9.0, -9.0], [-1.0, -3.0]])
     prefix_mask = torch.tensor([[False, False], [False, False], [True, True]])
     # row 0: a rollout of an RL question; row 1: a rollout of an SFT question (dropped); row 2: that question's demo
     rows = {"hpt_sft_rows": torch.tensor([False, False, True]), "hpt_rl_rows": torch.tensor([True, False, False])}
     loss = trainer._aggregate(token_loss, logps, loss_batch(prefix_mask, **rows))
-    # Dr. GRPO: (1 + 2) / (3 rows * 24) = 1/24; NLL token mean of the demo (1 + 3) / 2 = 2, x 0.5
-    assert loss.item() == pytest.approx(1 / 24 + 0.5 * 2.0)
+    # Dr. GRPO: (1 + 2) / (3 rows * 24) = 1/24, or over the length alone (1 + 2) / 24 = 1/8 as the authors' verl;
+    # NLL token mean of the demo (1 + 3) / 2 = 2, x 0.5
+    assert loss.item() == pytest.approx(3 / (divided_rows * 24) + 0.5 * 2.0)
 
 
 def test_hpt_rl_tokens_are_not_clipped(tmp_path, model, tokenizer):
@@ -87,6 +89,7 @@ def test_hpt_skip_leaves_a_non_finite_norm_to_the_step_guard(tmp_path, model, to
         ({"hpt_switch_gate": 2, "hpt_switch_gate_off": 1}, "hpt_switch_gate_off=1 has no effect: .*_gate=2 "),
         ({"hpt_switch_gate_off": -1}, "hpt_switch_gate_off=-1 has no effect: .*_gate=0 "),
         ({"hpt_skip_grad_norm": 0.0}, "hpt_skip_grad_norm must be > 0 or null, got 0.0"),
+        ({"rl_loss_divisor": "rows"}, "rl_loss_divisor='rows' is not supported; expected one of"),
     ],
 )
 def test_hpt_refuses_options_it_has_no_use_for(tmp_path, overrides, message):

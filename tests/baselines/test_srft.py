@@ -13,8 +13,9 @@ def srft(tmp_path, model, tokenizer, rewards=(0.0,), **overrides):
     return baseline_trainer(SrftTrainer, SrftConfig, tmp_path, model, tokenizer, list(rewards), **overrides)
 
 
-def test_srft_loss_by_hand(tmp_path, model, tokenizer):
-    trainer = srft(tmp_path, model, tokenizer)
+@pytest.mark.parametrize("divisor, divided_rows", [("rows_x_length", 3), ("length", 1)])
+def test_srft_loss_by_hand(tmp_path, model, tokenizer, divisor, divided_rows):
+    trainer = srft(tmp_path, model, tokenizer, rl_loss_divisor=divisor)
     # row 0: a solved rollout (entropy 0 -> w_RL 0.1); row 1: a failed rollout; row 2: the demo (entropy ln 2 ->
     # w_SFT 0.5 / 2 = 0.25), advantage 0.5, p = 0.5 on both tokens
     logps = torch.tensor([[-1.0, -2.0], [-1.0, -1.0], [math.log(0.5), math.log(0.5)]])
@@ -28,8 +29,9 @@ def test_srft_loss_by_hand(tmp_path, model, tokenizer):
     # solved: -0.1 log p = 0.1, 0.2; failed: +log p = -1, -1; demo: -A p = -0.25, -0.25
     assert token_loss.flatten().tolist() == pytest.approx([0.1, 0.2, -1.0, -1.0, -0.25, -0.25])
     loss = trainer._aggregate(token_loss, logps, batch)
-    # Dr. GRPO: (0.1 + 0.2 - 1 - 1 - 0.25 - 0.25) / (3 rows * 24); SFT: 0.25 * ln 2 on each demo token, token mean
-    assert loss.item() == pytest.approx(-2.2 / 72 + 0.25 * math.log(2))
+    # Dr. GRPO: (0.1 + 0.2 - 1 - 1 - 0.25 - 0.25) / (3 rows * 24), or / 24 alone as the reimplementation;
+    # SFT: 0.25 * ln 2 on each demo token, token mean
+    assert loss.item() == pytest.approx(-2.2 / (divided_rows * 24) + 0.25 * math.log(2))
 
 
 def test_srft_demo_is_an_off_policy_group_member_and_a_step_trains(tmp_path, model, tokenizer):

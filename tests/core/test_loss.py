@@ -6,6 +6,7 @@ import torch
 from prefix_rft.core.loss import (
     aggregate_dr_grpo,
     aggregate_token_loss,
+    aggregate_token_sum,
     chord_phi,
     demo_nll,
     masked_mean,
@@ -57,6 +58,16 @@ def test_dr_grpo_divides_by_rows_times_constant_not_token_count():
     token_loss = torch.tensor([[1.0, 2.0, 9.0], [3.0, 9.0, 9.0]])
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     assert aggregate_dr_grpo(token_loss, mask, loss_normalizer=10).item() == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("divisor, expected", [("rows_x_length", 6 / 20), ("length", 6 / 10)])
+def test_token_sum_is_divided_by_rows_and_length_or_by_length_alone(divisor, expected):
+    # masked sum 1 + 2 + 3 = 6; 2 rows, constant 10: Dr. GRPO 6 / 20, the verl forks' loss_remove_token_mean 6 / 10
+    token_loss = torch.tensor([[1.0, 2.0, 9.0], [3.0, 9.0, 9.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    assert aggregate_token_sum(token_loss, mask, 10, divisor).item() == pytest.approx(expected)
+    with pytest.raises(ValueError, match="unknown divisor 'rows'"):
+        aggregate_token_sum(token_loss, mask, 10, "rows")
 
 
 def test_masked_mean_of_empty_mask_is_zero():

@@ -9,6 +9,9 @@ clipped importance ratio and refuse its options (`refuse_clip_options`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+from prefix_rft.core.loss import TokenSumDivisor
 from prefix_rft.trl.config import PrefixRFTConfig
 from prefix_rft.trl.fields import refuse_unused
 from prefix_rft.trl.rollouts import Rollout, RowPlan
@@ -48,6 +51,22 @@ def refuse_clip_options(config: PrefixRFTConfig, why: str, *more: str) -> None:
     """Refuse the clip options, and the options `more`, set away from their defaults: `why` says what the method's
     loss has instead of a clipped ratio."""
     refuse_unused(config, dict.fromkeys((*CLIP_OPTIONS, *more), why))
+
+
+@dataclass
+class RlLossDivisor:
+    """The `rl_loss_divisor` field of HPT's and SRFT's configs, whose RL terms are summed over tokens beside a
+    token-mean SFT term: the divisor sets the weight of one against the other."""
+
+    rl_loss_divisor: TokenSumDivisor = field(
+        default="rows_x_length",
+        metadata={
+            "help": "The RL terms' token sum over 'rows_x_length' (the micro-batch's rows x max_completion_length, "
+            "Dr. GRPO) or 'length' (max_completion_length alone, the authors' verl loss_remove_token_mean=True: "
+            "the RL terms then weigh per_device_train_batch_size times more against the SFT term; set that to "
+            "their micro-batch per GPU to match their weighting)."
+        },
+    )
 
 
 class FullDemoRows:

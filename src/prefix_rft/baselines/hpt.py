@@ -17,8 +17,13 @@ from typing import Any
 
 import torch
 
-from prefix_rft.baselines.demo_rows import FullDemoRows, refuse_clip_options, refuse_prefix_options
-from prefix_rft.core import aggregate_dr_grpo, demo_nll, hpt_group_modes, unclipped_token_loss
+from prefix_rft.baselines.demo_rows import (
+    FullDemoRows,
+    RlLossDivisor,
+    refuse_clip_options,
+    refuse_prefix_options,
+)
+from prefix_rft.core import aggregate_token_sum, demo_nll, hpt_group_modes, unclipped_token_loss
 from prefix_rft.core.entropy import SelectionMode
 from prefix_rft.core.questions import HPT_MODES
 from prefix_rft.trl.config import PrefixRFTConfig
@@ -32,7 +37,7 @@ NO_CLIP = "HPT's RL loss has no clip (-A * rho, the authors' loss_remove_clip=Tr
 
 
 @dataclass
-class HptConfig(PrefixRFTConfig):
+class HptConfig(RlLossDivisor, PrefixRFTConfig):
     prefix_entropy_selection: SelectionMode = field(
         default="all", metadata={"help": "Every demo token is in the SFT loss."}
     )
@@ -66,7 +71,9 @@ class HptConfig(PrefixRFTConfig):
             },
         )
         refuse_clip_options(self, NO_CLIP)
-        refuse_unused(self, {"loss_type": "the RL part is summed over a constant (Dr. GRPO), the NLL token-averaged"})
+        refuse_unused(
+            self, {"loss_type": "the RL part is summed over a constant (rl_loss_divisor), the NLL token-averaged"}
+        )
         if self.hpt_skip_grad_norm is not None and not self.hpt_skip_grad_norm > 0:
             raise ValueError(f"hpt_skip_grad_norm must be > 0 or null, got {self.hpt_skip_grad_norm}")
         if self.hpt_switch_gate < 0 or self.hpt_sft_loss_coef < 0:
@@ -134,9 +141,9 @@ class HptTrainer(FullDemoRows, PrefixRFTTrainer):
         return unclipped_token_loss(logps, old_logps, advantages), ratio
 
     def _aggregate(self, token_loss, logps, batch: LossBatch) -> torch.Tensor:
-        """Dr. GRPO over the RL rows' tokens + coef x token-mean NLL over the SFT rows' demo tokens."""
+        """The RL rows' token sum over `rl_loss_divisor` + coef x token-mean NLL over the SFT rows' demo tokens."""
         on_policy, demo, inputs = batch.on_policy, batch.prefix_mask, batch.inputs
         if self.sft_rows_key in inputs:  # evaluation batches carry no switch: their rollouts are all on-policy
             on_policy, demo = on_policy * inputs["hpt_rl_rows"].unsqueeze(1), batch.demo_of_rows(self.sft_rows_key)
-        pg = aggregate_dr_grpo(token_loss, on_policy, self.max_completion_length)
+        pg = aggregate_token_sum(token_loss, on_policy, self.max_completion_length, self.args.rl_loss_divisor)
         return pg + self.args.hpt_sft_loss_coef * demo_nll(logps, demo)

@@ -5,7 +5,8 @@ Per group: G - 1 on-policy rollouts and the question's full demonstration in the
 * off-policy RL on the demo: -A * pi_theta(token) (behaviour policy taken as 1), A = r - mean of all G rewards;
 * the rollouts: a solved one (reward > 0) imitated with -w_RL log p, w_RL = 0.1 exp(H) of its own tokens; a failed
   one pushed down with +log p. No group baseline, no importance ratio.
-The RL terms are summed over tokens and divided by rows x `max_completion_length` (Dr. GRPO). The authors released no
+The RL terms are summed over tokens and divided by rows x `max_completion_length` (Dr. GRPO), or with
+`rl_loss_divisor="length"` by `max_completion_length` alone, as the reimplementation. The authors released no
 training code; facts are from the paper and the reimplementation in TsinghuaC3I/Unify-Post-Training
 (`offline_loss_type=srft`). docs/fidelity.md#srft lists the departures.
 """
@@ -17,9 +18,14 @@ from typing import Any
 
 import torch
 
-from prefix_rft.baselines.demo_rows import FullDemoRows, refuse_clip_options, refuse_prefix_options
+from prefix_rft.baselines.demo_rows import (
+    FullDemoRows,
+    RlLossDivisor,
+    refuse_clip_options,
+    refuse_prefix_options,
+)
 from prefix_rft.core import (
-    aggregate_dr_grpo,
+    aggregate_token_sum,
     demo_nll,
     masked_row_mean,
     shaped_off_policy_token_loss,
@@ -39,7 +45,7 @@ NO_RATIO = "SRFT's losses use log p and pi_theta directly: there is no importanc
 
 
 @dataclass
-class SrftConfig(PrefixRFTConfig):
+class SrftConfig(RlLossDivisor, PrefixRFTConfig):
     prefix_advantage: AdvantageMode = field(
         default="paper", metadata={"help": "The demo's A: r - mean of all G rewards."}
     )
@@ -64,7 +70,7 @@ class SrftConfig(PrefixRFTConfig):
             {
                 "prefix_entropy_selection": "every demo token is in the SFT and off-policy terms",
                 "prefix_advantage": "the demo is an off-policy member of its group (LUFFY's advantage)",
-                "loss_type": "the RL terms are summed over a constant (Dr. GRPO), the NLL token-averaged",
+                "loss_type": "the RL terms are summed over a constant (rl_loss_divisor), the NLL token-averaged",
             },
         )
         refuse_clip_options(self, NO_RATIO, "num_iterations")
@@ -108,12 +114,13 @@ class SrftTrainer(FullDemoRows, PrefixRFTTrainer):
         return torch.where(batch.prefix_mask, demo, own), torch.ones_like(logps)
 
     def _aggregate(self, token_loss, logps, batch: LossBatch) -> torch.Tensor:
-        """RL terms summed over a constant (Dr. GRPO) + w_SFT-weighted token-mean NLL of the demo tokens."""
+        """RL terms' token sum over `rl_loss_divisor` + w_SFT-weighted token-mean NLL of the demo tokens."""
         w_sft, _ = self._srft_weights(batch)
         sft = demo_nll(logps, batch.prefix_mask, w_sft.unsqueeze(1))
         if self.model.training:
             self._log_sft_weight(w_sft, batch.prefix_mask.any(dim=1))
-        return aggregate_dr_grpo(token_loss, batch.mask, self.max_completion_length) + sft
+        divisor = self.args.rl_loss_divisor
+        return aggregate_token_sum(token_loss, batch.mask, self.max_completion_length, divisor) + sft
 
     def _log_sft_weight(self, w_sft: torch.Tensor, demo_rows: torch.Tensor) -> None:
         """`srft/w_sft`: mean w_SFT over the micro-batch's demo rows on all ranks (absent when there are none)."""

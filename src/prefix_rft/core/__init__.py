@@ -19,6 +19,7 @@ from prefix_rft.core.generation import CallShapes, force_prefix_scores, prefer_s
 from prefix_rft.core.loss import (
     aggregate_dr_grpo,
     aggregate_token_loss,
+    aggregate_token_sum,
     chord_phi,
     demo_nll,
     masked_mean,
@@ -74,6 +75,7 @@ __all__ = [
     "QuestionStats",
     "aggregate_dr_grpo",
     "aggregate_token_loss",
+    "aggregate_token_sum",
     "build_prefix_mask",
     "chord_phi",
     "demo_nll",

@@ -8,6 +8,7 @@ import torch
 
 LossType = Literal["dr_grpo", "grpo", "bnpo", "dapo", "luspo"]
 LOSS_TYPES: tuple[str, ...] = get_args(LossType)
+TokenSumDivisor = Literal["rows_x_length", "length"]
 
 
 def ppo_clip_token_loss(
@@ -53,6 +54,26 @@ def aggregate_dr_grpo(token_loss: torch.Tensor, mask: torch.Tensor, loss_normali
         loss_normalizer: usually `max_completion_length`.
     """
     return (token_loss * mask).sum() / (token_loss.size(0) * loss_normalizer)
+
+
+def aggregate_token_sum(
+    token_loss: torch.Tensor, mask: torch.Tensor, loss_normalizer: int, divisor: TokenSumDivisor
+) -> torch.Tensor:
+    """The masked token sum over a constant: rows x `loss_normalizer` (``rows_x_length``, Dr. GRPO) or
+    `loss_normalizer` alone (``length``, the verl forks' ``loss_remove_token_mean=True`` of LUFFY, HPT, TRAPO and the
+    SRFT reimplementation), under which a micro-batch's loss grows with its rows.
+
+    Args:
+        token_loss: (B, T) per-token loss.
+        mask: (B, T) 0/1, tokens that are trained.
+        loss_normalizer: usually `max_completion_length`.
+        divisor: ``rows_x_length`` or ``length``.
+    """
+    if divisor == "rows_x_length":
+        return aggregate_dr_grpo(token_loss, mask, loss_normalizer)
+    if divisor == "length":
+        return (token_loss * mask).sum() / loss_normalizer
+    raise ValueError(f"unknown divisor {divisor!r}; expected one of {get_args(TokenSumDivisor)}")
 
 
 def aggregate_token_loss(
