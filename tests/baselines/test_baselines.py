@@ -167,6 +167,13 @@ def test_whole_demo_methods_refuse_prefix_options(tmp_path, config_class, overri
 
 
 @pytest.mark.parametrize("config_class", [LuffyConfig, RLWithSFTConfig])
+def test_whole_demo_methods_refuse_a_group_with_no_rollout(tmp_path, config_class):
+    # a guided group (every row hybrid) would make every slot a whole demo: nothing generated, nothing to learn from
+    with pytest.raises(ValueError, match=f"num_hybrid=8 leaves {config_class.__name__} no rollout: .* at most 7"):
+        config_class(**base_kwargs(tmp_path, num_hybrid=8, prefix_advantage="paper"))
+
+
+@pytest.mark.parametrize("config_class", [LuffyConfig, RLWithSFTConfig])
 def test_whole_demo_methods_keep_entropy_selection_among_demo_tokens(tmp_path, config_class):
     args = config_class(**base_kwargs(tmp_path, prefix_entropy_selection="top", prefix_entropy_keep_fraction=0.5))
     assert (args.prefix_entropy_selection, args.prefix_entropy_keep_fraction) == ("top", 0.5)

@@ -64,8 +64,15 @@ def test_one_hybrid_of_eight_is_the_last_position():
 
 def test_hybrid_count_must_leave_an_on_policy_row():
     # reference: a group with no on-policy row has no baseline (KeyError in dr_grpo_prefix)
-    with pytest.raises(ValueError, match="num_hybrid"):
+    with pytest.raises(ValueError, match=r"num_hybrid must be in \[0, 7\] for groups of 8, got 8"):
         hybrid_positions(8, 8)
+
+
+def test_a_guided_group_may_have_every_row_hybrid_but_no_more():
+    assert hybrid_positions(8, 8, allow_all=True) == list(range(8))
+    assert all(is_hybrid_row(i, 8, 8) for i in range(16))
+    with pytest.raises(ValueError, match=r"num_hybrid must be in \[0, 8\] for groups of 8, got 9"):
+        hybrid_positions(8, 9, allow_all=True)
 
 
 def test_prefix_mask_marks_leading_tokens():

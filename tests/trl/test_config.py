@@ -197,3 +197,28 @@ def test_without_hybrid_rows_demo_truncation_and_the_derived_prefix_fields_are_a
     )
     # with a hybrid row the same option is used, so accepted
     assert train_args(tmp_path, num_hybrid=1, prefix_ratio_decay_steps=7).prefix_ratio_decay_steps == 7
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({}, "prefix_advantage must be 'paper' .the 'reference' advantage's baseline is the on-policy rows' mean"),
+        ({"prefix_advantage": "paper", "prefix_rescue_max_success": 0.0}, "prefix_rescue_max_success must be None"),
+        (
+            {"prefix_advantage": "paper", "prefix_success_target": 0.5},
+            "prefix_success_rows must be 'hybrid' .the adaptive ratio would read the on-policy rows' success",
+        ),
+    ],
+)
+def test_a_group_with_every_row_hybrid_refuses_what_reads_on_policy_rows(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match="num_hybrid=8 = num_generations leaves no on-policy row: " + message):
+        train_args(tmp_path, num_hybrid=8, **overrides)
+
+
+def test_a_group_with_every_row_hybrid_is_accepted_with_the_groups_own_advantage(tmp_path):
+    config = train_args(
+        tmp_path, num_hybrid=8, prefix_advantage="paper", prefix_success_target=0.5, prefix_success_rows="hybrid"
+    )
+    assert config.num_hybrid == config.num_generations == 8
+    with pytest.raises(ValueError, match=r"num_hybrid must be in \[0, 7\] for groups of 8, got 9"):
+        train_args(tmp_path, num_hybrid=9, prefix_advantage="paper")

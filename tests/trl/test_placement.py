@@ -5,6 +5,8 @@ character): at step 0 the prefix ratio is 0.95, so the hint shows floor(0.95 * 2
 label "\\n\\n## Hint.\\n" (11 characters).
 """
 
+import math
+
 import pytest
 
 from prefix_rft import PrefixRFTTrainer
@@ -153,3 +155,30 @@ def test_hint_prompts_add_each_hint_and_count_the_demo_tokens_cut():
     assert prompt_ids == [[1, 2], [3, 0, 7, 8], [4, 5, 0, 6]]
     assert (shown, cut) == ([0, 2, 1], 1)
     assert seen == ["b", "c"]  # only hint rows are rendered
+
+
+def test_a_guided_group_hints_every_row_and_takes_grpo_advantages_over_it(tmp_path, model, tokenizer):
+    # SEELE's and QuestA's hinted groups: num_hybrid = num_generations, prefix_advantage="paper". Rewards [1,0,0,1,0,0,
+    # 0,1] -> group mean 3/8: rows 0, 3, 7 get 5/8, the others -3/8; every row's prompt ends with the 19-character hint
+    trainer = prompt_trainer(
+        tmp_path, model, tokenizer, FixedRewards([1.0, 0, 0, 1, 0, 0, 0, 1]), num_hybrid=8, prefix_advantage="paper"
+    )
+    batch, out = generate_batch(trainer)
+    for row in (0, 7, 8):
+        demo = batch[row]["demos"][0]
+        assert prompt_text(tokenizer, out, row).endswith(f"\n\n## Hint.\n{demo[:19]}<eos><assistant>")
+    adv = out["advantages"]
+    assert [adv[r].unique().item() for r in (0, 1, 7, 8, 9)] == pytest.approx([5 / 8, -3 / 8, 5 / 8, 5 / 8, -3 / 8])
+    metrics = trainer._metrics["train"]
+    assert metrics["prefix/hybrid_rows"] == [16.0]
+    assert "reward/on_policy" not in metrics  # no on-policy row to report (a NaN before)
+    assert metrics["reward/hybrid"] == [pytest.approx(3 / 8)]
+
+
+def test_a_guided_group_trains_a_step(tmp_path, model, tokenizer):
+    trainer = prompt_trainer(
+        tmp_path, model, tokenizer, FixedRewards([1.0, 0.0]), num_hybrid=8, prefix_advantage="paper"
+    )
+    trainer.train()
+    assert trainer.state.global_step == 1
+    assert all(math.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h)

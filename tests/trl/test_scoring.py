@@ -10,7 +10,7 @@ import torch
 from prefix_rft import PrefixRFTTrainer
 from prefix_rft.trl.rollouts import Rollout, RowPlan
 from prefix_rft.trl.scoring import prefix_fields
-from tests.helpers import generate_batch, make_dataset, make_trainer, train_args
+from tests.helpers import FixedRewards, generate_batch, make_dataset, make_trainer, train_args
 
 
 def build(tmp_path, model, tokenizer, reward_funcs, **overrides):
@@ -146,3 +146,15 @@ def test_prefix_fields_divide_by_the_group_reward_std():
     # std of [1, 0, 1, 1] (Bessel): sqrt(0.75 / 3) = 0.5, plus 1e-4.
     std = 0.5001
     torch.testing.assert_close(fields.advantages[1], torch.tensor([1 / 3, 1 / 3, 1.0, 1.0]) / std)
+
+
+def test_a_guided_group_starts_every_completion_with_a_prefix(tmp_path, model, tokenizer):
+    # num_hybrid = num_generations with the prefix in the completion: at step 0 every row starts with
+    # floor(0.95 * 20) = 19 demo tokens; "paper" advantages r - 3/8 (rewards [1,0,0,1,0,0,0,1]) on each row
+    trainer, batch = build(
+        tmp_path, model, tokenizer, [FixedRewards([1.0, 0, 0, 1, 0, 0, 0, 1])], num_hybrid=8, prefix_advantage="paper"
+    )
+    out = trainer._generate_and_score_completions(batch)
+    assert out["prefix_mask"].sum(dim=1).tolist() == [19] * 16
+    first = out["advantages"][:, 0].tolist()  # a prefix token's advantage, as each row's
+    assert first == pytest.approx([5 / 8, -3 / 8, -3 / 8, 5 / 8, -3 / 8, -3 / 8, -3 / 8, 5 / 8] * 2)

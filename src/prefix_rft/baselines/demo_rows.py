@@ -41,6 +41,11 @@ def refuse_prefix_options(config: PrefixRFTConfig, allowed: tuple[str, ...] = ()
     demo."""
     reason = "its demo slot holds the whole demonstration, so no prefix is drawn"
     refuse_unused(config, dict.fromkeys((o for o in PREFIX_OPTIONS if o not in allowed), reason))
+    if config.num_hybrid >= config.num_generations:
+        raise ValueError(
+            f"num_hybrid={config.num_hybrid} leaves {type(config).__name__} no rollout: each hybrid slot holds a "
+            f"whole demonstration; at most {config.num_generations - 1}"
+        )
 
 
 # Options of PPO's clipped importance ratio.

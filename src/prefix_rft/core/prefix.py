@@ -67,14 +67,17 @@ def fit_prefixes(
     return fitted, cut
 
 
-def hybrid_positions(group_size: int, num_hybrid: int) -> list[int]:
+def hybrid_positions(group_size: int, num_hybrid: int, allow_all: bool = False) -> list[int]:
     """Positions inside a group whose role is hybrid (`is_hybrid_row` applied to one group).
 
+    `allow_all`: every row may be hybrid (a guided group with no on-policy row, SEELE's and QuestA's hinted groups).
+
     Raises:
-        ValueError: when no on-policy row would remain, or `num_hybrid` is negative.
+        ValueError: when no on-policy row would remain (unless `allow_all`), or `num_hybrid` is negative.
     """
-    if not 0 <= num_hybrid < group_size:
-        raise ValueError(f"num_hybrid must be in [0, {group_size - 1}] for groups of {group_size}, got {num_hybrid}")
+    top = group_size if allow_all else group_size - 1
+    if not 0 <= num_hybrid <= top:
+        raise ValueError(f"num_hybrid must be in [0, {top}] for groups of {group_size}, got {num_hybrid}")
     return [p for p in range(group_size) if is_hybrid_row(p, group_size, num_hybrid)]
 
 

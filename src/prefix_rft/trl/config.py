@@ -11,7 +11,6 @@ from trl import GRPOConfig
 from prefix_rft.core.advantages import AdvantageMode, ScaleRewards
 from prefix_rft.core.entropy import EntropyScope, SelectionMode
 from prefix_rft.core.loss import LOSS_TYPES, LossType
-from prefix_rft.core.prefix import hybrid_positions
 from prefix_rft.core.schedule import Constant, Delay, PrefixRatioSampler, ScheduleKind, make_controller
 from prefix_rft.data.annotations import is_instance, runtime_types, type_names
 from prefix_rft.trl.fields import (
@@ -19,6 +18,7 @@ from prefix_rft.trl.fields import (
     REFUSED_LOSS_TYPES,
     RENAMED_FIELDS,
     RENAMED_SCOPES,
+    check_hybrid_count,
     refuse_hybrid_options,
 )
 
@@ -124,7 +124,7 @@ class PrefixRFTConfig(GRPOConfig):
 
     # ---- Schedule: how many hybrid rows, and the prefix ratio each draws
     num_hybrid: int = field(
-        default=1, metadata={"help": "Rollouts per group that start from a demo prefix (paper: 1)."}
+        default=1, metadata={"help": "Rollouts per group guided by a demo prefix (paper: 1; all: SEELE, QuestA)."}
     )
     prefix_ratio_schedule: ScheduleKind = field(
         default="cosine",
@@ -285,7 +285,7 @@ class PrefixRFTConfig(GRPOConfig):
         self._refuse_unsupported()  # before TRL's checks, so these errors give our reason
         super().__post_init__()
         self._check_choices()
-        hybrid_positions(self.num_generations, self.num_hybrid)  # raises if no on-policy row would remain
+        check_hybrid_count(self)  # no on-policy row is left only where the settings need none
         self._check_question_guidance()
         if self.prefix_seed is None:
             self.prefix_seed = self.seed

@@ -1,5 +1,6 @@
-"""Every `GRPOConfig` field, classified: PrefixRFTTrainer implements it, or `PrefixRFTConfig` refuses it; and the
-`prefix_*` fields a run without hybrid rows refuses (`refuse_hybrid_options`).
+"""Every `GRPOConfig` field, classified: PrefixRFTTrainer implements it, or `PrefixRFTConfig` refuses it; the
+`prefix_*` fields a run without hybrid rows refuses (`refuse_hybrid_options`), and what a run whose groups are all
+hybrid needs (`check_hybrid_count`).
 
 A field is in exactly one of the two collections (tests/trl/test_fields.py checks it against the installed TRL,
 so a field a new TRL adds fails the tests until it is classified here). A refused field is an error when set to
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import fields
 from typing import Any
+
+from prefix_rft.core.prefix import hybrid_positions
 
 # TrainingArguments fields: the Trainer machinery (optimizer, schedule, precision, logging, checkpoints, evaluation,
 # distribution) runs unchanged, as under stock GRPOTrainer.
@@ -153,3 +156,25 @@ def refuse_hybrid_options(config: Any) -> None:
     skipped = NO_HYBRID_PREFIX_FIELDS | RENAMED_FIELDS.keys()
     names = [f.name for f in fields(config) if f.name.startswith("prefix_") and f.name not in skipped]
     refuse_unused(config, dict.fromkeys(names, reason))
+
+
+def check_hybrid_count(config: Any) -> None:
+    """Refuse a `num_hybrid` that leaves a group no on-policy row, but where the settings need none: a guided group
+    (`num_hybrid` = `num_generations`, as SEELE and QuestA hint every rollout) takes GRPO's advantage over its rows
+    (`prefix_advantage='paper'`), and a per-question option that reads the on-policy rows is refused."""
+    whole = config.num_hybrid == config.num_generations
+    hybrid_positions(config.num_generations, config.num_hybrid, allow_all=whole)
+    if not whole:
+        return
+    needs = {
+        "prefix_advantage": ("paper", "the 'reference' advantage's baseline is the on-policy rows' mean"),
+        "prefix_rescue_max_success": (None, "the rescue reads the on-policy rows' success"),
+    }
+    if config.prefix_success_target is not None:
+        needs["prefix_success_rows"] = ("hybrid", "the adaptive ratio would read the on-policy rows' success")
+    for name, (wanted, why) in needs.items():
+        if getattr(config, name) != wanted:
+            raise ValueError(
+                f"num_hybrid={config.num_hybrid} = num_generations leaves no on-policy row: {name} must be "
+                f"{wanted!r} ({why})"
+            )

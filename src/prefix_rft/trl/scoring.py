@@ -316,9 +316,10 @@ class PrefixScoringMixin(TableLogsMixin):
         metrics["train/skipped_nonfinite_steps"].append(float(self._guard.skipped))
         # nanmean: unscored rows (NaN) have no reward to average
         metrics["reward/hybrid"].append(rewards[is_hybrid].nanmean().item() if num_hybrid else float("nan"))
-        metrics["reward/on_policy"].append(rewards[~is_hybrid].nanmean().item())
-        metrics["advantage/on_policy_mean"].append(cont_adv[~is_hybrid].mean().item())
-        metrics["advantage/on_policy_abs_mean"].append(cont_adv[~is_hybrid].abs().mean().item())
+        if num_hybrid < len(is_hybrid):  # a guided group (every row hybrid) has no on-policy row to report
+            metrics["reward/on_policy"].append(rewards[~is_hybrid].nanmean().item())
+            metrics["advantage/on_policy_mean"].append(cont_adv[~is_hybrid].mean().item())
+            metrics["advantage/on_policy_abs_mean"].append(cont_adv[~is_hybrid].abs().mean().item())
         if num_hybrid:
             metrics["advantage/hybrid_continuation_mean"].append(cont_adv[is_hybrid].mean().item())
             metrics["advantage/hybrid_prefix_mean"].append(prefix_adv[is_hybrid].mean().item())
