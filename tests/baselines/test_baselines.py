@@ -6,12 +6,15 @@ import pytest
 import torch
 
 from prefix_rft.baselines import (
+    ChordConfig,
+    HptConfig,
     LuffyConfig,
     LuffyTrainer,
     ReliftConfig,
     ReliftTrainer,
     RLWithSFTConfig,
     RLWithSFTTrainer,
+    SrftConfig,
 )
 from prefix_rft.baselines.relift import add_to_buffer, all_failed_groups, take_sft_batch
 from prefix_rft.baselines.sft import demo_completion_rows
@@ -166,11 +169,14 @@ def test_whole_demo_methods_refuse_prefix_options(tmp_path, config_class, overri
         config_class(**base_kwargs(tmp_path, **overrides))
 
 
-@pytest.mark.parametrize("config_class", [LuffyConfig, RLWithSFTConfig])
-def test_whole_demo_methods_refuse_a_group_with_no_rollout(tmp_path, config_class):
-    # a guided group (every row hybrid) would make every slot a whole demo: nothing generated, nothing to learn from
-    with pytest.raises(ValueError, match=f"num_hybrid=8 leaves {config_class.__name__} no rollout: .* at most 7"):
-        config_class(**base_kwargs(tmp_path, num_hybrid=8, prefix_advantage="paper"))
+@pytest.mark.parametrize("config_class", [LuffyConfig, RLWithSFTConfig, ChordConfig, HptConfig, SrftConfig])
+@pytest.mark.parametrize("num_hybrid", [8, 9])
+def test_whole_demo_methods_refuse_a_group_with_no_rollout(tmp_path, config_class, num_hybrid):
+    # a guided group (every row hybrid) would make every slot a whole demo: nothing generated, nothing to learn from;
+    # refused first, not with advice (prefix_advantage) that only leads to this refusal
+    message = f"num_hybrid={num_hybrid} leaves {config_class.__name__} no rollout: .* at most 7"
+    with pytest.raises(ValueError, match=message):
+        config_class(**base_kwargs(tmp_path, num_hybrid=num_hybrid))
 
 
 @pytest.mark.parametrize("config_class", [LuffyConfig, RLWithSFTConfig])

@@ -115,6 +115,22 @@ def test_hybrid_steering_moves_the_ratio_by_the_guided_rows_success():
     assert questions.records["q"] == QuestionRecord(success=0.0, ratio=pytest.approx(0.5), visits=2)
 
 
+def test_a_guided_group_is_steered_by_its_guided_rows_and_kept_through_a_checkpoint():
+    # every row hybrid (SEELE's hinted group), ratios 0.6, one of 4 solved: no on-policy evidence, the guided success
+    # 1/4 steers 0.6 + 0.2 * (0.5 - 0.25) = 0.65; the record has no on-policy success, and no list entry
+    questions = stats(steer_rows="hybrid")
+    hybrid, ratios = torch.ones(4, dtype=torch.bool), torch.full((4,), 0.6, dtype=torch.float64)
+    assert questions.observe_groups(["q"] * 4, torch.tensor([0.0, 1, 0, 0]), hybrid, ratios, 4) == []
+    assert questions.records["q"] == QuestionRecord(success=None, ratio=pytest.approx(0.65), visits=1)
+    restored = stats(steer_rows="hybrid")
+    restored.load_state_dict(json.loads(json.dumps(questions.state_dict())))
+    assert restored.records == questions.records
+    # steered by the on-policy rows, the same group is no evidence
+    on_policy = stats()
+    on_policy.observe_groups(["q"] * 4, torch.tensor([0.0, 1, 0, 0]), hybrid, ratios, 4)
+    assert "q" not in on_policy.records
+
+
 def test_group_without_hybrid_rows_still_moves_an_adapted_ratio():
     # a rescued-off question ran all 4 rows on-policy and solved them all: 0.5 + 0.2 * (0.5 - 1) = 0.4
     questions = stats()

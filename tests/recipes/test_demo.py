@@ -84,7 +84,7 @@ FIRST_WORK = {"demo": "load_base", "compare": "run_all", "protocol": "tuning_sta
         (["--steps", "-1"], "--steps must be a positive integer, got -1"),
         (["--eval_k", "0"], "--eval_k must be a positive integer, got 0"),
         (["--learning_rate=-1e-5"], "--learning_rate must be a positive number, got -1e-05"),
-        (["--rl_set", "num_hybrid=9"], "method 'prefix_rft': num_hybrid must be in [0, 7] for groups of 8, got 9"),
+        (["--rl_set", "num_hybrid=9"], "method 'prefix_rft': num_hybrid must be in [0, 8] for groups of 8, got 9"),
         (
             ["--base_size", "9m"],
             "base model: BaseModelConfig.model_size must be one of ['1m', '3m', 'test'], got '9m'",

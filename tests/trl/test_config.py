@@ -220,5 +220,5 @@ def test_a_group_with_every_row_hybrid_is_accepted_with_the_groups_own_advantage
         tmp_path, num_hybrid=8, prefix_advantage="paper", prefix_success_target=0.5, prefix_success_rows="hybrid"
     )
     assert config.num_hybrid == config.num_generations == 8
-    with pytest.raises(ValueError, match=r"num_hybrid must be in \[0, 7\] for groups of 8, got 9"):
+    with pytest.raises(ValueError, match=r"num_hybrid must be in \[0, 8\] for groups of 8, got 9"):
         train_args(tmp_path, num_hybrid=9, prefix_advantage="paper")

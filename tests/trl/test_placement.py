@@ -175,6 +175,26 @@ def test_a_guided_group_hints_every_row_and_takes_grpo_advantages_over_it(tmp_pa
     assert metrics["reward/hybrid"] == [pytest.approx(3 / 8)]
 
 
+def test_a_guided_group_steers_its_questions_ratio_by_its_guided_rows(tmp_path, model, tokenizer):
+    # SEELE's loop on a hinted group: every row solved, the step-0 ratio 0.95 -> 0.95 + 0.2 * (0.5 - 1) = 0.85 for
+    # each of the batch's two questions; no on-policy success to record
+    trainer = prompt_trainer(
+        tmp_path,
+        model,
+        tokenizer,
+        FixedRewards([1.0]),
+        num_hybrid=8,
+        prefix_advantage="paper",
+        prefix_success_target=0.5,
+        prefix_success_rows="hybrid",
+    )
+    batch, _ = generate_batch(trainer)
+    assert len({question(batch, 0), question(batch, 8)}) == 2
+    records = trainer._questions.records
+    assert [(r.success, r.ratio, r.visits) for r in records.values()] == [(None, pytest.approx(0.85), 1)] * 2
+    assert trainer._metrics["train"]["prefix/questions_seen"] == [2.0]
+
+
 def test_a_guided_group_trains_a_step(tmp_path, model, tokenizer):
     trainer = prompt_trainer(
         tmp_path, model, tokenizer, FixedRewards([1.0, 0.0]), num_hybrid=8, prefix_advantage="paper"

@@ -26,6 +26,7 @@ from prefix_rft.trl.trainer import PrefixRFTTrainer
 
 @dataclass
 class ChordConfig(PrefixRFTConfig):
+    WHOLE_DEMO_SLOTS = True  # each hybrid slot holds a whole demo, so a group needs rollouts (`check_hybrid_count`)
     prefix_entropy_selection: SelectionMode = field(
         default="all", metadata={"help": "Every demo token is in the SFT loss."}
     )

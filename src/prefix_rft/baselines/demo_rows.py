@@ -41,11 +41,6 @@ def refuse_prefix_options(config: PrefixRFTConfig, allowed: tuple[str, ...] = ()
     demo."""
     reason = "its demo slot holds the whole demonstration, so no prefix is drawn"
     refuse_unused(config, dict.fromkeys((o for o in PREFIX_OPTIONS if o not in allowed), reason))
-    if config.num_hybrid >= config.num_generations:
-        raise ValueError(
-            f"num_hybrid={config.num_hybrid} leaves {type(config).__name__} no rollout: each hybrid slot holds a "
-            f"whole demonstration; at most {config.num_generations - 1}"
-        )
 
 
 # Options of PPO's clipped importance ratio.
@@ -69,7 +64,7 @@ class RlLossDivisor:
             "help": "The RL terms' token sum over 'rows_x_length' (the micro-batch's rows x max_completion_length, "
             "Dr. GRPO) or 'length' (max_completion_length alone, the authors' verl loss_remove_token_mean=True: "
             "the RL terms then weigh per_device_train_batch_size times more against the SFT term; set that to "
-            "their micro-batch per GPU to match their weighting)."
+            "their typical rows per micro-batch to match their weighting)."
         },
     )
 

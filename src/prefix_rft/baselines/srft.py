@@ -46,6 +46,7 @@ NO_RATIO = "SRFT's losses use log p and pi_theta directly: there is no importanc
 
 @dataclass
 class SrftConfig(RlLossDivisor, PrefixRFTConfig):
+    WHOLE_DEMO_SLOTS = True  # each hybrid slot holds a whole demo, so a group needs rollouts (`check_hybrid_count`)
     prefix_advantage: AdvantageMode = field(
         default="paper", metadata={"help": "The demo's A: r - mean of all G rewards."}
     )

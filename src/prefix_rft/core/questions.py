@@ -30,7 +30,7 @@ import torch
 class QuestionRecord:
     """What is known about one question after its latest visit."""
 
-    success: float  # on-policy success rate of its latest scored group, in [0, 1]
+    success: float | None  # on-policy success rate of its latest scored group, in [0, 1]; None: no on-policy row
     ratio: float | None  # prefix ratio its next hybrid rows get; None until a visit carried a prefix (or no target)
     visits: int  # scored groups seen
 
@@ -155,11 +155,11 @@ class QuestionStats:
         record = self.records.get(key)
         return needs_rescue(None if record is None else record.success, self.max_success)
 
-    def observe(self, key: str, success: float, ratio_used: float | None, steer: float | None = None) -> None:
+    def observe(self, key: str, success: float | None, ratio_used: float | None, steer: float | None = None) -> None:
         """Record one scored group of `key`.
 
         Args:
-            success: its on-policy success rate.
+            success: its on-policy success rate; None for a guided group (no on-policy row).
             ratio_used: mean prefix ratio planned for its hybrid rows, None if it had none; it starts the controller
                 when the question has no adapted ratio yet (otherwise the adapted ratio is what was used).
             steer: the success that moves the ratio when `steer_rows` is "hybrid" (its guided rows'); None leaves
@@ -186,7 +186,8 @@ class QuestionStats:
             ratios: (N,) float64 prefix ratio planned for each hybrid row, NaN for the other rows.
             group_size: G.
         Returns:
-            The on-policy success rate of each group that had evidence, in order.
+            The on-policy success rate of each group that had on-policy evidence, in order (a guided group, every
+            row hybrid, is recorded from its guided rows' success when `steer_rows` is "hybrid", and not listed).
         """
         successes = []
         for start in range(0, len(keys), group_size):
@@ -194,13 +195,15 @@ class QuestionStats:
             if len(set(keys[group])) != 1:
                 raise ValueError(f"rows {start}..{start + group_size - 1} form one group but hold different questions")
             success = on_policy_success(rewards[group], is_hybrid[group])
-            if success is None:
+            steer = guided_success(rewards[group], is_hybrid[group], ratios[group])
+            # a guided group (every row hybrid) has no on-policy evidence: its guided rows' success may steer
+            if success is None and (self.steer_rows == "on_policy" or steer is None):
                 continue
             planned = ratios[group][is_hybrid[group] & ~torch.isnan(ratios[group])]  # (H,)
             ratio_used = float(planned.mean()) if len(planned) else None
-            steer = guided_success(rewards[group], is_hybrid[group], ratios[group])
             self.observe(keys[start], success, ratio_used, steer)
-            successes.append(success)
+            if success is not None:
+                successes.append(success)
         return successes
 
     def state_dict(self) -> dict[str, Any]:
@@ -210,6 +213,10 @@ class QuestionStats:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Replace the records with those of `state_dict()`; the settings stay this object's own."""
         self.records = {
-            key: QuestionRecord(success=float(success), ratio=None if ratio is None else float(ratio), visits=visits)
+            key: QuestionRecord(
+                success=None if success is None else float(success),
+                ratio=None if ratio is None else float(ratio),
+                visits=visits,
+            )
             for key, (success, ratio, visits) in state["records"].items()
         }

@@ -162,9 +162,14 @@ def check_hybrid_count(config: Any) -> None:
     """Refuse a `num_hybrid` that leaves a group no on-policy row, but where the settings need none: a guided group
     (`num_hybrid` = `num_generations`, as SEELE and QuestA hint every rollout) takes GRPO's advantage over its rows
     (`prefix_advantage='paper'`), and a per-question option that reads the on-policy rows is refused."""
-    whole = config.num_hybrid == config.num_generations
-    hybrid_positions(config.num_generations, config.num_hybrid, allow_all=whole)
-    if not whole:
+    demo_slots = getattr(config, "WHOLE_DEMO_SLOTS", False)  # LUFFY, RL+SFT, CHORD, HPT, SRFT: a slot is a demo
+    if demo_slots and config.num_hybrid >= config.num_generations:
+        raise ValueError(
+            f"num_hybrid={config.num_hybrid} leaves {type(config).__name__} no rollout: each hybrid slot holds a "
+            f"whole demonstration; at most {config.num_generations - 1}"
+        )
+    hybrid_positions(config.num_generations, config.num_hybrid, allow_all=not demo_slots)
+    if config.num_hybrid != config.num_generations:
         return
     needs = {
         "prefix_advantage": ("paper", "the 'reference' advantage's baseline is the on-policy rows' mean"),
