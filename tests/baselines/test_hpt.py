@@ -23,6 +23,16 @@ def test_hpt_trains_the_demo_of_a_failed_question_and_the_rollouts_of_a_solved_o
     assert (metrics["hpt/sft_questions"], metrics["hpt/rl_questions"]) == ([1.0], [1.0])
 
 
+def test_hpt_trains_the_demo_of_a_question_in_the_gate_off_band_with_sft(tmp_path, model, tokenizer):
+    # gate 0, gate_off 1: the second group's one solved rollout puts it in (gate, gate_off], where the authors' code
+    # adds the demo (off-flagged, which their released SFT loss ignores): its demo is trained with SFT, no rollout
+    trainer = hpt(tmp_path, model, tokenizer, [0.0] * 8 + [1.0] + [0.0] * 7, hpt_switch_gate_off=1)
+    _, out = generate_batch(trainer)
+    assert out["hpt_sft_rows"].tolist() == ([False] * 7 + [True]) * 2
+    assert not out["hpt_rl_rows"].any()
+    assert trainer._metrics["train"]["hpt/sft_questions"] == [2.0]
+
+
 @pytest.mark.parametrize("divisor, divided_rows", [("rows_x_length", 3), ("length", 1)])
 def test_hpt_loss_sums_grpo_of_rl_rows_and_nll_of_sft_demos(tmp_path, model, tokenizer, divisor, divided_rows):
     trainer = hpt(tmp_path, model, tokenizer, hpt_sft_loss_coef=0.5, rl_loss_divisor=divisor)

@@ -183,7 +183,7 @@ def test_solved_counts_scored_on_policy_rows_with_positive_reward():
         (1, True, 0, 0, "rl"),
         (0, False, 0, 0, "rl"),  # no demo to learn from: RL whatever the count
         (2, True, 2, 3, "sft"),  # at the gate
-        (3, True, 2, 3, "none"),  # in (gate, gate_off]: neither
+        (3, True, 2, 3, "sft"),  # in (gate, gate_off]: the authors' off-flagged demo, which their SFT loss trains
         (4, True, 2, 3, "rl"),
     ],
 )

@@ -3,7 +3,8 @@
 Each question switches between SFT and RL by how well the policy does on it now. Per group: G - 1 on-policy rollouts
 and the question's full demonstration in the G-th slot. Once the group is scored, with s = rollouts that solved it
 (reward > 0): s <= `hpt_switch_gate` (paper: 0) -> the rollouts are dropped and the demo is trained with SFT
-(token-mean NLL x `hpt_sft_loss_coef`); s <= `hpt_switch_gate_off` -> neither; otherwise -> the demo is dropped and
+(token-mean NLL x `hpt_sft_loss_coef`), and so when s <= `hpt_switch_gate_off`, as the authors' released
+`offline_loss_type=sft` trains that band; otherwise -> the demo is dropped and
 the rollouts are trained with GRPO (advantages from their own rewards, -A * rho without clip, as the authors' script).
 The decision is made from the gathered rewards, so every rank takes the same one; docs/fidelity.md#hpt lists the
 departures.
@@ -48,7 +49,7 @@ class HptConfig(RlLossDivisor, PrefixRFTConfig):
         default=0, metadata={"help": "A question whose rollouts solved it at most this often is trained with SFT."}
     )
     hpt_switch_gate_off: int = field(
-        default=0, metadata={"help": "Above the gate and at most this: neither SFT nor RL (paper: 0, unused)."}
+        default=0, metadata={"help": "Above the gate and at most this: SFT too, as the authors' code (paper: 0)."}
     )
     hpt_sft_loss_coef: float = field(
         default=1.0, metadata={"help": "Weight of the SFT loss (the authors: 1.0 at 7B, 0.3 at 1.5B)."}
@@ -86,7 +87,7 @@ class HptConfig(RlLossDivisor, PrefixRFTConfig):
             raise ValueError(  # s <= gate is SFT first, so gate < s <= gate_off is empty
                 f"hpt_switch_gate_off={self.hpt_switch_gate_off} has no effect: it must be above "
                 f"hpt_switch_gate={self.hpt_switch_gate} (questions solved more often than the gate and at most "
-                "gate_off times are trained with neither SFT nor RL)"
+                "gate_off times are trained with SFT, as the authors' released code does)"
             )
 
 

@@ -73,20 +73,19 @@ def guided_success(rewards: torch.Tensor, is_hybrid: torch.Tensor, ratios: torch
     return None if not guided.any() else float((rewards[guided] > 0).float().mean())
 
 
-HPT_MODES = ("sft", "none", "rl")
+HPT_MODES = ("sft", "rl")
 
 
 def hpt_mode(solved: int, has_demo: bool, gate: int, gate_off: int) -> str:
     """How HPT (arXiv 2509.04419, `unify_strategy='switch'`) trains a question from its current group.
 
-    'sft' (the demo's NLL, the rollouts dropped) when at most `gate` rollouts solved it; 'none' (neither) when at
-    most `gate_off`; 'rl' (GRPO on the rollouts, the demo dropped) otherwise, and always for a question without a demo.
+    'sft' (the demo's NLL, the rollouts dropped) when at most `gate` rollouts solved it, and when at most `gate_off`
+    (the authors' code adds the demo there with an off-policy flag that their released SFT loss ignores, so it
+    trains as SFT); 'rl' (GRPO on the rollouts, the demo dropped) otherwise, and always for a question without a demo.
     """
     if not has_demo:
         return "rl"
-    if solved <= gate:
-        return "sft"
-    return "none" if solved <= gate_off else "rl"
+    return "sft" if solved <= max(gate, gate_off) else "rl"
 
 
 def hpt_group_modes(
