@@ -18,9 +18,12 @@ import pytest
 
 WORKER = Path(__file__).with_name("deepspeed_worker.py")
 # ZeRO-3 reduces and averages gradients in another order than DDP's all-reduce, so fp32 weights after 2 AdamW steps
-# differ by up to ~2e-5 (measured 1.7e-5); one step moves a weight by up to lr = 1e-2, so a real difference (a step
-# taken or skipped, another batch, another learning rate) is ~500x this tolerance.
-WEIGHT_TOLERANCE = 1e-4
+# differ in their last bits, and AdamW's normalisation amplifies that where a weight's gradient is near 0: measured
+# 1.7e-5 on one host, and 1.16e-4 on another (2026-12-07, TRAPO under ZeRO-3: one weight of 23968, whose second step
+# nearly cancelled its first, all others below 1e-5). One step moves a weight by up to lr = 1e-2 (median 1.3e-2
+# after 2 steps), so a real difference (a step taken or skipped, another batch, another learning rate) moves nearly
+# every weight by ~20x this tolerance.
+WEIGHT_TOLERANCE = 5e-4
 # ReLIFT's SFT step (lr 1e-3) on 2 ranks vs one process: summing per-rank gradients changes the last bits of the
 # gradient, which AdamW's first step (~lr * g / |g|) turns into ~2e-7 where |g| is near eps; 1% of one step.
 SFT_TOLERANCE = 1e-5
