@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -349,6 +350,18 @@ def test_tiny_protocol_tunes_extends_selects_runs_finals_and_resumes(tmp_path, c
     assert protocol.main([*argv[:-1], str(exported)]) == 0
     out = capsys.readouterr().out
     assert "== tuning: 6 runs, 6 already done" in out and "== finals: 6 runs, 6 already done" in out
+    # a reviewer's re-run of the finals at unseen seeds: the tuning records alone (no plan.json, no finals) in a new
+    # folder, other --seeds: the tuning and its extension are replayed from the records, only the finals run
+    rerun = tmp_path / "rerun"
+    shutil.copytree(exported / "tune", rerun / "tune")
+    seeds_at = argv.index("--seeds") + 1
+    assert protocol.main([*argv[:seeds_at], "3,4", *argv[seeds_at + 1 : -1], str(rerun)]) == 0
+    out = capsys.readouterr().out
+    assert "== tuning: 6 runs, 6 already done" in out and "== extension 1: 2 runs, 2 already done" in out
+    assert "== finals: 6 runs, 0 already done" in out
+    finals = sorted(str(p.relative_to(rerun / "final")) for p in (rerun / "final").glob("*/*.json"))
+    assert finals == [f"{m}/seed{s}.json" for m in ("base", "prefix_rft", "sft") for s in (3, 4)]
+    assert json.loads((rerun / "selection.json").read_text())["chosen"] == selection["chosen"]
 
 
 @pytest.mark.parametrize("command", ["demo", "compare", "protocol"])
