@@ -1,7 +1,9 @@
 """Worker for test_multiprocess.py: trains a tiny model for 2 steps on 2 gloo processes and records what each saw.
 
-Run with `torchrun --standalone --nproc_per_node 2 ddp_worker.py OUT_DIR [--guided]`. `--guided` trains 4 steps (every
-question twice) with the per-question options on and records each rank's per-question state.
+Run with `torchrun --standalone --nproc_per_node 2 ddp_worker.py OUT_DIR [--guided | --hinted]`. `--guided` trains 4
+steps (every question twice) with the per-question options on and records each rank's per-question state.
+`--hinted` hints every rollout (num_hybrid = num_generations, SEELE's loop steered by those rows), one group of 8 per
+step split 4 + 4 between the ranks, 8 steps (every question twice).
 """
 
 import json
@@ -31,7 +33,17 @@ def reward(completions, **kwargs):
     return [float(len(c[0]["content"]) % 2) for c in completions]
 
 
-def main(out_dir: str, guided: bool) -> None:
+HINTED = dict(
+    num_hybrid=8,
+    prefix_advantage="paper",
+    prefix_placement="prompt",
+    prefix_success_target=0.5,
+    prefix_success_rows="hybrid",
+    per_device_train_batch_size=4,
+)
+
+
+def main(out_dir: str, guided: bool, hinted: bool = False) -> None:
     tokenizer = build_tokenizer()
     torch.manual_seed(0)
     model = build_model(tokenizer, "test")
@@ -39,15 +51,19 @@ def main(out_dir: str, guided: bool) -> None:
     dataset = Dataset.from_list(
         [{"prompt": [{"role": "user", "content": d[:5]}], "demos": [d], "answer": d[-2:]} for d in demos]
     )
+    settings = dict(per_device_train_batch_size=8)
+    if guided:
+        settings.update(prefix_success_target=0.5, prefix_rescue_max_success=0.5)
+    if hinted:
+        settings.update(HINTED)
     args = PrefixRFTConfig(
-        **cpu_trainer_kwargs(out_dir, seed=0, max_steps=4 if guided else 2),
-        per_device_train_batch_size=8,
+        **cpu_trainer_kwargs(out_dir, seed=0, max_steps=8 if hinted else 4 if guided else 2),
         num_generations=8,
         max_completion_length=24,
         learning_rate=1e-2,
         disable_tqdm=True,
         log_completions=False,
-        **({"prefix_success_target": 0.5, "prefix_rescue_max_success": 0.5} if guided else {}),
+        **settings,
     )
     trainer = RecordingTrainer(
         model=model, reward_funcs=[reward], args=args, train_dataset=dataset, processing_class=tokenizer
@@ -62,7 +78,8 @@ def main(out_dir: str, guided: bool) -> None:
         "logged_prefix_lens": list(trainer._logs["extra"]["prefix_len"]),
         "params": params.tolist(),
         "kept_fraction": [h.get("prefix/kept_fraction") for h in trainer.state.log_history if "loss" in h],
-        "questions": trainer._questions.state_dict() if guided else None,
+        "questions": trainer._questions.state_dict() if guided or hinted else None,
+        "adaptive_rows": [h.get("prefix/adaptive_rows") for h in trainer.state.log_history if "loss" in h],
         "guided_rows": [
             (h["prefix/adaptive_rows"], h["prefix/solved_rows"])
             for h in trainer.state.log_history
@@ -77,4 +94,4 @@ def main(out_dir: str, guided: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], guided="--guided" in sys.argv[2:])
+    main(sys.argv[1], guided="--guided" in sys.argv[2:], hinted="--hinted" in sys.argv[2:])

@@ -50,6 +50,21 @@ def test_two_processes_hold_one_per_question_state(tmp_path):
 
 
 @pytest.mark.slow
+def test_two_processes_hint_every_rollout_of_a_group_split_between_them(tmp_path):
+    # num_hybrid = num_generations, the group of 8 split 4 + 4: each rank's 4 hinted rows, one state steered by the
+    # group's guided rows on both ranks. 4 questions, 8 steps of one group: steps 1-4 visit each question once (the
+    # schedule's draw), steps 5-8 again, every row then at its question's adapted ratio (8 rows a step).
+    rank0, rank1 = run_two_ranks(tmp_path, "--hinted")
+    assert rank0["world_size"] == rank1["world_size"] == 2
+    assert rank0["questions"] == rank1["questions"]
+    records = rank0["questions"]["records"]
+    assert len(records) == 4
+    assert all(success is None and visits == 2 for success, _, visits in records.values())  # no on-policy row
+    assert rank0["adaptive_rows"] == rank1["adaptive_rows"] == [0.0] * 4 + [8.0] * 4
+    assert rank0["params"] == rank1["params"]
+
+
+@pytest.mark.slow
 def test_fsdp_on_cpu_is_refused_instead_of_training_as_ddp(tmp_path):
     # accelerate enables FSDP only on GPU-like devices; on 2 CPU processes `--fsdp` would otherwise train DDP silently
     config = Path(__file__).parents[2] / "configs" / "smoke_cpu.yaml"
