@@ -51,6 +51,23 @@ def test_luffy_token_loss_shapes_demo_tokens_and_leaves_on_policy_unclipped(tmp_
     assert loss.tolist()[0] == pytest.approx([-5 / 6, -math.exp(0.5)])
 
 
+@pytest.mark.parametrize("divisor, divided_rows", [("rows_x_length", 2), ("length", 1)])
+def test_luffy_sums_the_token_losses_over_rows_and_length_or_length_alone(
+    tmp_path, model, tokenizer, divisor, divided_rows
+):
+    trainer = baseline_trainer(LuffyTrainer, LuffyConfig, tmp_path, model, tokenizer, [0.0], rl_loss_divisor=divisor)
+    token_loss = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    # (1 + 2 + 3) over 2 rows x 24 (Dr. GRPO), or over 24 alone (the authors' loss_remove_token_mean)
+    loss = trainer._aggregate(token_loss, token_loss, loss_batch(torch.zeros(2, 2, dtype=torch.bool), mask))
+    assert loss.item() == pytest.approx(6 / (divided_rows * 24))
+
+
+def test_luffy_refuses_a_loss_type_with_the_length_divisor(tmp_path):
+    with pytest.raises(ValueError, match="loss_type='grpo' is not used with rl_loss_divisor='length'"):
+        LuffyConfig(**base_kwargs(tmp_path, rl_loss_divisor="length", loss_type="grpo"))
+
+
 def test_rl_with_sft_loss_adds_token_mean_nll_of_demo_rows(tmp_path, model, tokenizer):
     trainer = baseline_trainer(RLWithSFTTrainer, RLWithSFTConfig, tmp_path, model, tokenizer, [0.0])
     token_loss = torch.tensor([[1.0, 2.0], [3.0, 4.0]])

@@ -43,6 +43,18 @@ def trapo_with(tmp_path, model, tokenizer, reward, **overrides):
     )
 
 
+@pytest.mark.parametrize("divisor, divided_rows", [("rows_x_length", 2), ("length", 1)])
+def test_trapo_sums_the_token_losses_over_rows_and_length_or_length_alone(
+    tmp_path, model, tokenizer, divisor, divided_rows
+):
+    trainer = trapo(tmp_path, model, tokenizer, rl_loss_divisor=divisor)
+    token_loss = torch.tensor([[1.0, 2.0], [3.0, 4.0]])  # a TrSFT prefix token's loss is one of them, as any other
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    # (1 + 2 + 3) over 2 rows x 24 (Dr. GRPO), or over 24 alone (the authors' loss_remove_token_mean)
+    loss = trainer._aggregate(token_loss, token_loss, loss_batch(torch.tensor([[True, False], [False, False]]), mask))
+    assert loss.item() == pytest.approx(6 / (divided_rows * 24))
+
+
 def test_stage_rows_counts_a_micro_groups_rows_in_a_ranks_slice():
     # 4 rows per rank: rank 0 holds positions 0-3 (micro-group 1), rank 1 positions 4-7 (micro-groups 2, 3, 4)
     assert [stage_rows(stage, 0, 4) for stage in (1, 2, 3, 4)] == [4, 0, 0, 0]

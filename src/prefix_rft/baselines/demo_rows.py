@@ -4,16 +4,20 @@ RL with SFT loss, LUFFY, CHORD, HPT and SRFT train that slot as an off-policy me
 (the others); no prefix is drawn, so the prefix-ratio schedule, its per-question variants and prefix entropy
 selection have no meaning there and are refused by name (`refuse_prefix_options`; LUFFY and RL with SFT loss keep
 prefix entropy selection, which picks among the whole demo's tokens). LUFFY, HPT, SRFT and TRAPO train without a
-clipped importance ratio and refuse its options (`refuse_clip_options`).
+clipped importance ratio and refuse its options (`refuse_clip_options`); the four take their authors' divisor of
+the token sum as an option (`RlLossDivisor`, `TokenSumAggregate`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prefix_rft.core.loss import TokenSumDivisor
+import torch
+
+from prefix_rft.core.loss import TokenSumDivisor, aggregate_token_sum
 from prefix_rft.trl.config import PrefixRFTConfig
 from prefix_rft.trl.fields import refuse_unused
+from prefix_rft.trl.loss import LossBatch
 from prefix_rft.trl.rollouts import Rollout, RowPlan
 
 # Options of a drawn prefix: a full-demo slot has none.
@@ -55,18 +59,38 @@ def refuse_clip_options(config: PrefixRFTConfig, why: str, *more: str) -> None:
 
 @dataclass
 class RlLossDivisor:
-    """The `rl_loss_divisor` field of HPT's and SRFT's configs, whose RL terms are summed over tokens beside a
-    token-mean SFT term: the divisor sets the weight of one against the other."""
+    """The `rl_loss_divisor` field of the methods whose authors' verl forks sum the token losses over the response
+    length alone: HPT's and SRFT's RL terms (beside a token-mean SFT term, whose weight against them it sets), and
+    LUFFY's and TRAPO's whole loss (whose scale it sets, which matters where `max_grad_norm` clips)."""
 
     rl_loss_divisor: TokenSumDivisor = field(
         default="rows_x_length",
         metadata={
-            "help": "The RL terms' token sum over 'rows_x_length' (the micro-batch's rows x max_completion_length, "
+            "help": "The RL token losses' sum over 'rows_x_length' (the micro-batch's rows x max_completion_length, "
             "Dr. GRPO) or 'length' (max_completion_length alone, the authors' verl loss_remove_token_mean=True: "
-            "the RL terms then weigh per_device_train_batch_size times more against the SFT term; set that to "
-            "their typical rows per micro-batch to match their weighting)."
+            "the RL terms then weigh per_device_train_batch_size times more, against an SFT term and under gradient "
+            "clipping; set that to their typical rows per micro-batch to match them)."
         },
     )
+
+
+class TokenSumAggregate:
+    """`_aggregate` of a trainer whose whole loss is one token sum (LUFFY, TRAPO): with `rl_loss_divisor="length"`
+    the sum over `max_completion_length` alone, else the parent's (`loss_type`, Dr. GRPO by default)."""
+
+    def _aggregate(self, token_loss: torch.Tensor, logps: torch.Tensor, batch: LossBatch) -> torch.Tensor:
+        if self.args.rl_loss_divisor == "length":
+            return aggregate_token_sum(token_loss, batch.mask, self.max_completion_length, "length")
+        return super()._aggregate(token_loss, logps, batch)
+
+
+def refuse_loss_type_with_length_divisor(config: PrefixRFTConfig) -> None:
+    """`rl_loss_divisor="length"` replaces `loss_type`'s aggregation: refuse both set."""
+    if config.rl_loss_divisor == "length" and config.loss_type != "dr_grpo":
+        raise ValueError(
+            f"loss_type={config.loss_type!r} is not used with rl_loss_divisor='length', which sums the token losses "
+            "over max_completion_length; leave loss_type at 'dr_grpo'"
+        )
 
 
 class FullDemoRows:

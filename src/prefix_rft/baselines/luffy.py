@@ -2,7 +2,8 @@
 
 Per group: G - 1 on-policy rollouts plus the full demonstration as one off-policy member. Advantages: r - mean over
 all G rewards, no std (the demonstration included). On-policy tokens: -A * rho with no clip. Demonstration tokens:
--A * p / (p + gamma) (policy shaping), no clip, no importance weight. Dr. GRPO aggregation.
+-A * p / (p + gamma) (policy shaping), no clip, no importance weight. Dr. GRPO aggregation (`rl_loss_divisor="length"`:
+the authors' sum over the response length alone).
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from prefix_rft.baselines.demo_rows import FullDemoRows, refuse_clip_options, refuse_prefix_options
+from prefix_rft.baselines.demo_rows import (
+    FullDemoRows,
+    RlLossDivisor,
+    TokenSumAggregate,
+    refuse_clip_options,
+    refuse_loss_type_with_length_divisor,
+    refuse_prefix_options,
+)
 from prefix_rft.core import shaped_off_policy_token_loss, unclipped_token_loss
 from prefix_rft.core.advantages import AdvantageMode
 from prefix_rft.core.entropy import SelectionMode
@@ -21,7 +29,7 @@ from prefix_rft.trl.trainer import PrefixRFTTrainer
 
 
 @dataclass
-class LuffyConfig(PrefixRFTConfig):
+class LuffyConfig(RlLossDivisor, PrefixRFTConfig):
     WHOLE_DEMO_SLOTS = True  # each hybrid slot holds a whole demo, so a group needs rollouts (`check_hybrid_count`)
     prefix_advantage: AdvantageMode = field(default="paper", metadata={"help": "LUFFY: group mean over all members."})
     prefix_entropy_selection: SelectionMode = field(default="all", metadata={"help": "LUFFY trains every demo token."})
@@ -34,9 +42,10 @@ class LuffyConfig(PrefixRFTConfig):
         no_clip = "LUFFY's objective has no clip (on-policy tokens -A * rho, demonstration tokens policy-shaped)"
         refuse_clip_options(self, no_clip)
         refuse_prefix_options(self, allowed=("prefix_entropy_keep_fraction",))
+        refuse_loss_type_with_length_divisor(self)
 
 
-class LuffyTrainer(FullDemoRows, PrefixRFTTrainer):
+class LuffyTrainer(TokenSumAggregate, FullDemoRows, PrefixRFTTrainer):
     """`PrefixRFTTrainer` whose hybrid rows are whole demonstrations trained with LUFFY's shaped objective."""
 
     def _token_loss(self, logps, old_logps, advantages, batch: LossBatch):

@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from accelerate.utils import gather_object
 
-from prefix_rft.baselines.demo_rows import FullDemoRows, refuse_clip_options, refuse_prefix_options
+from prefix_rft.baselines.demo_rows import (
+    FullDemoRows,
+    RlLossDivisor,
+    TokenSumAggregate,
+    refuse_clip_options,
+    refuse_prefix_options,
+)
 from prefix_rft.core import (
     EscalationState,
     level_at,
@@ -59,7 +65,7 @@ Escalation = Literal["in_step", "previous_visit"]
 
 
 @dataclass
-class TrapoConfig(PrefixRFTConfig):
+class TrapoConfig(RlLossDivisor, PrefixRFTConfig):
     num_hybrid: int = field(default=4, metadata={"help": "Positions 4-7 of each group may be guided (TRAPO: 4)."})
     prefix_advantage: AdvantageMode = field(default="paper", metadata={"help": "A = r - mean of all 8 rewards."})
     prefix_entropy_selection: SelectionMode = field(
@@ -93,7 +99,7 @@ class TrapoConfig(PrefixRFTConfig):
                 "num_hybrid": fixed,
                 "prefix_advantage": fixed,
                 "prefix_entropy_selection": "every prefix token of a guided row is in the trust-region SFT loss",
-                "loss_type": "the loss is summed over a constant (Dr. GRPO)",
+                "loss_type": "the loss is summed over a constant (rl_loss_divisor)",
             },
         )
         refuse_clip_options(self, NO_CLIP)
@@ -106,7 +112,7 @@ def stage_rows(stage: int, offset: int, n: int) -> int:
     return sum(STAGE_OF_POSITION[(offset + i) % GROUP_SIZE] == stage for i in range(n))
 
 
-class TrapoTrainer(FullDemoRows, PrefixRFTTrainer):
+class TrapoTrainer(TokenSumAggregate, FullDemoRows, PrefixRFTTrainer):
     """`PrefixRFTTrainer` with TRAPO's escalating micro-groups and trust-region SFT on the revealed prefixes."""
 
     sft_rows_key = "trapo_sft_rows"  # the TrSFT rows: their prefix tokens are the demo tokens trained
