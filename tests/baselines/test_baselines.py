@@ -179,6 +179,7 @@ def test_relift_state_round_trips_and_a_checkpoint_without_it_warns(tmp_path, mo
         ({"prefix_ratio_schedule": "constant"}, "prefix_ratio_schedule='constant' is not used by "),
         ({"prefix_min_len": 3}, "prefix_min_len=3 is not used by "),
         ({"prefix_placement": "prompt"}, "prefix_placement='prompt' is not used by "),
+        ({"prefix_demo_part": "after_think"}, "prefix_demo_part='after_think' is not used by "),
     ],
 )
 def test_whole_demo_methods_refuse_prefix_options(tmp_path, config_class, overrides, message):

@@ -3,6 +3,7 @@ import torch
 
 from prefix_rft.core.prefix import (
     build_prefix_mask,
+    demo_part,
     fit_prefix_to_prompt,
     fit_prefixes,
     hybrid_positions,
@@ -89,3 +90,17 @@ def test_fit_prefixes_cuts_each_prefix_to_the_prompt_budget_and_counts_the_cut()
     # row 1 would keep 8 - 7 = 1 token, below prefix_min_len 2
     with pytest.raises(ValueError, match=r"prompt \(7 tokens\) \+ min_prefix_len \(2\)"):
         fit_prefixes([3, 7], [[1], [1, 2, 3]], max_prompt_length=8, min_len=2)
+
+
+@pytest.mark.parametrize(
+    "demo, part, expected",
+    [
+        ("<think>a</think>12+30 is 42.", "whole", "<think>a</think>12+30 is 42."),
+        ("<think>a</think>12+30 is 42.", "after_think", "12+30 is 42."),  # 12 characters after the trace
+        ("<think>a</think>x</think>12+30 is 42.", "after_think", "12+30 is 42."),  # after the last one
+        ("<think>a</think>ans: 42", "after_think", ""),  # 7 characters: under QuestA's 10, no hint
+        ("12+30 is 42. ans: 42", "after_think", "12+30 is 42. ans: 42"),  # no trace: the whole demo
+    ],
+)
+def test_demo_part_drops_the_reasoning_trace_as_questa(demo, part, expected):
+    assert demo_part(demo, part) == expected

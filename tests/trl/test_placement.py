@@ -8,6 +8,7 @@ label "\\n\\n## Hint.\\n" (11 characters).
 import math
 
 import pytest
+from datasets import Dataset
 
 from prefix_rft import PrefixRFTTrainer
 from prefix_rft.trl.placement import hint_prompts, with_hint
@@ -202,3 +203,28 @@ def test_a_guided_group_trains_a_step(tmp_path, model, tokenizer):
     trainer.train()
     assert trainer.state.global_step == 1
     assert all(math.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h)
+
+
+def test_hint_is_cut_from_the_demo_after_its_reasoning_trace(tmp_path, model, tokenizer):
+    # prefix_demo_part="after_think" (QuestA): question 12+30's demo "<think>...</think>" + 20 characters shows
+    # floor(0.95 * 20) = 19 of them; question 17+18's demo has 4 characters after its trace (under 10): no hint, the
+    # slot runs unguided (a no_demo row, its prompt the bare question)
+    after = "12+30 is 42. ans: 42"
+    demos = {"12+30=": f"<think>add tens, then ones</think>{after}", "17+18=": "<think>35</think>= 35"}
+    rows = [{"prompt": [{"role": "user", "content": q}], "demos": [d], "answer": d[-2:]} for q, d in demos.items()]
+    trainer = PrefixRFTTrainer(
+        model=model,
+        reward_funcs=[FixedRewards([0.0])],
+        args=train_args(tmp_path, prefix_placement="prompt", prefix_demo_part="after_think"),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )
+    batch, out = generate_batch(trainer)
+    for row in (7, 15):
+        if question(batch, row) == "12+30=":
+            assert prompt_text(tokenizer, out, row) == f"<bos><user>12+30=\n\n## Hint.\n{after[:19]}<eos><assistant>"
+        else:
+            assert prompt_text(tokenizer, out, row) == "<bos><user>17+18=<eos><assistant>"
+    assert {question(batch, 7), question(batch, 15)} == {"12+30=", "17+18="}
+    assert trainer._metrics["train"]["prefix/no_demo_rows"] == [1.0]
+    assert trainer._metrics["train"]["prefix/hybrid_rows"] == [1.0]

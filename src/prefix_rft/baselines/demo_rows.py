@@ -36,6 +36,7 @@ PREFIX_OPTIONS = (
     "prefix_success_rows",
     "prefix_rescue_max_success",
     "prefix_placement",
+    "prefix_demo_part",
     "prefix_entropy_keep_fraction",
 )
 

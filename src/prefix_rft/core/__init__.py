@@ -35,6 +35,7 @@ from prefix_rft.core.loss import (
 )
 from prefix_rft.core.prefix import (
     build_prefix_mask,
+    demo_part,
     fit_prefix_to_prompt,
     fit_prefixes,
     hybrid_positions,
@@ -77,6 +78,7 @@ __all__ = [
     "aggregate_token_loss",
     "aggregate_token_sum",
     "build_prefix_mask",
+    "demo_part",
     "chord_phi",
     "demo_nll",
     "dr_grpo_advantages",

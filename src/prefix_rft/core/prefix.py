@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 
 # Guards float products such as 0.29 * 100 = 28.999999999999996 so they floor to 29, not 28.
 _FLOOR_EPS = 1e-9
+DemoPart = Literal["whole", "after_think"]
+THINK_END = "</think>"
+MIN_HINT_CHARS = 10  # QuestA adds no hint when the part after the reasoning trace is shorter
 
 
 def prefix_length(prefix_ratio: float, demo_len: int, min_prefix_len: int = 0) -> int:
@@ -100,3 +104,15 @@ def build_prefix_mask(prefix_lens: torch.Tensor, width: int) -> torch.Tensor:
     """
     positions = torch.arange(width, device=prefix_lens.device).unsqueeze(0)  # (1, T)
     return positions < prefix_lens.unsqueeze(1)  # (B, T)
+
+
+def demo_part(demo: str, part: DemoPart) -> str:
+    """The text of `demo` a hybrid row reveals a share of: the whole demo, or (``after_think``, QuestA) the part after
+    its last `THINK_END`, the reasoning trace dropped; "" (no hint) when that part has fewer than `MIN_HINT_CHARS`
+    characters. A demo without `THINK_END` is all after it."""
+    if part == "whole":
+        return demo
+    if part != "after_think":
+        raise ValueError(f"unknown demo part {part!r}; expected 'whole' or 'after_think'")
+    after = demo.rsplit(THINK_END, 1)[-1]
+    return after if len(after) >= MIN_HINT_CHARS else ""

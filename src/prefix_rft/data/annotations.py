@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import types
-from typing import Any, Literal, Union, get_args, get_origin
+from dataclasses import fields
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 
 def runtime_types(annotation: Any) -> tuple[type, ...] | None:
@@ -38,3 +40,25 @@ def is_instance(value: Any, allowed: tuple[type, ...]) -> bool:
 def type_names(allowed: tuple[type, ...]) -> str:
     """`(int, NoneType)` -> "int or None"."""
     return " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+
+
+@functools.cache
+def field_types(cls: type) -> dict[str, tuple[type, ...]]:
+    """Field of the dataclass `cls` -> classes its value may have, for every field whose annotation `isinstance` can
+    check."""
+    hints = get_type_hints(cls)
+    checked = {f.name: runtime_types(hints[f.name]) for f in fields(cls) if f.name in hints}
+    return {name: allowed for name, allowed in checked.items() if allowed is not None}
+
+
+@functools.cache
+def field_choices(cls: type) -> dict[str, tuple]:
+    """Field of `cls` -> its allowed values, for every field typed `Literal[...]` (or `Literal[...] | None`: None
+    allowed)."""
+    choices = {}
+    for name, hint in get_type_hints(cls).items():
+        parts = get_args(hint) if get_origin(hint) is Union else (hint,)
+        literals = [p for p in parts if get_origin(p) is Literal]
+        if literals and all(get_origin(p) is Literal or p is type(None) for p in parts):
+            choices[name] = tuple(v for p in literals for v in get_args(p)) + ((None,) if type(None) in parts else ())
+    return choices

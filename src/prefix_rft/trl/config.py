@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field, fields
-from typing import Literal, Union, get_args, get_origin, get_type_hints
+from typing import Literal
 
 from trl import GRPOConfig
 
 from prefix_rft.core.advantages import AdvantageMode, ScaleRewards
 from prefix_rft.core.entropy import EntropyScope, SelectionMode
 from prefix_rft.core.loss import LOSS_TYPES, LossType
+from prefix_rft.core.prefix import DemoPart
 from prefix_rft.core.schedule import Constant, Delay, PrefixRatioSampler, ScheduleKind, make_controller
-from prefix_rft.data.annotations import is_instance, runtime_types, type_names
+from prefix_rft.data.annotations import field_choices, field_types, is_instance, type_names
 from prefix_rft.trl.fields import (
     REFUSED_GRPO_FIELDS,
     REFUSED_LOSS_TYPES,
@@ -66,26 +66,6 @@ RANGES: dict[str, tuple[float, float, str]] = {
 }
 
 
-@functools.cache
-def _field_types(cls: type) -> dict[str, tuple[type, ...]]:
-    """Field -> classes its value may have, for every field whose annotation `isinstance` can check."""
-    hints = get_type_hints(cls)
-    checked = {f.name: runtime_types(hints[f.name]) for f in fields(cls) if f.name in hints}
-    return {name: allowed for name, allowed in checked.items() if allowed is not None}
-
-
-@functools.cache
-def _field_choices(cls: type) -> dict[str, tuple]:
-    """Field -> its allowed values, for every field typed `Literal[...]` (or `Literal[...] | None`: None allowed)."""
-    choices = {}
-    for name, hint in get_type_hints(cls).items():
-        parts = get_args(hint) if get_origin(hint) is Union else (hint,)
-        literals = [p for p in parts if get_origin(p) is Literal]
-        if literals and all(get_origin(p) is Literal or p is type(None) for p in parts):
-            choices[name] = tuple(v for p in literals for v in get_args(p)) + ((None,) if type(None) in parts else ())
-    return choices
-
-
 @dataclass
 class PrefixRFTConfig(GRPOConfig):
     """Configuration for `PrefixRFTTrainer`.
@@ -104,7 +84,7 @@ class PrefixRFTConfig(GRPOConfig):
     > Per-question guidance: a prefix ratio per question, or a prefix only for questions the policy fails
         prefix_success_target, prefix_ratio_step, prefix_success_rows, prefix_rescue_max_success
     > Placement: where the prefix goes, and prefixes or demos longer than their token budget
-        prefix_placement, prefix_sampler_correction, prefix_truncate_long_demos, max_prompt_length
+        prefix_placement, prefix_demo_part, prefix_sampler_correction, prefix_truncate_long_demos, max_prompt_length
     > Robustness: bad data, non-finite steps, partly scored rows, an output folder holding another run
         validate_dataset, max_consecutive_nonfinite_steps, strict_rewards, overwrite_output_dir
     > Renamed: refused, the error names the field that replaces it
@@ -234,6 +214,13 @@ class PrefixRFTConfig(GRPOConfig):
             "docs/fidelity.md#hint-placement)."
         },
     )
+    prefix_demo_part: DemoPart = field(
+        default="whole",
+        metadata={
+            "help": "The demo text a hybrid row reveals a share of: 'whole', or 'after_think' (QuestA: after the last "
+            "</think>, the reasoning trace dropped; under 10 characters, no prefix and the row runs unguided)."
+        },
+    )
     prefix_sampler_correction: SamplerCorrection = field(
         default="continuation",
         metadata={
@@ -292,7 +279,7 @@ class PrefixRFTConfig(GRPOConfig):
 
     def _check_ranges(self) -> None:
         """Refuse a field of the wrong type (a YAML value reaches the dataclass unconverted) or out of its range."""
-        for name, allowed in _field_types(type(self)).items():
+        for name, allowed in field_types(type(self)).items():
             value = getattr(self, name)
             # None means unset: argparse gives it to fields whose annotation omits None (e.g. `debug`).
             if name == "resume_from_checkpoint" and isinstance(value, bool):
@@ -338,7 +325,7 @@ class PrefixRFTConfig(GRPOConfig):
                 f"{RENAMED_SCOPES[self.prefix_entropy_scope]!r} for the same behaviour, or 'optimizer_step' for the "
                 "paper's mini-batch (docs/fidelity.md#entropy-scope)"
             )
-        for name, allowed in _field_choices(type(self)).items():
+        for name, allowed in field_choices(type(self)).items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported; expected one of {allowed}")
         self._choose_entropy_scope()

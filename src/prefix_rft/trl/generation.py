@@ -20,6 +20,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from prefix_rft.core import (
     CallShapes,
+    demo_part,
     fit_prefixes,
     force_prefix_scores,
     is_hybrid_row,
@@ -89,8 +90,8 @@ def plan_rows(
         # The ratio is drawn even when the question's adapted ratio replaces it, so the demo choice stays the same.
         rng = row_rng(seed, step, global_row // group_size, global_row % group_size)
         ratio, adapted = question_ratio(example, draw_ratio(schedule_step, rng))
-        ids = demo_ids(choose_demo(demos, global_row % group_size, rng))
-        rows.append(replace(row_plan(ids, ratio), adapted=adapted))
+        ids = demo_ids(choose_demo(demos, global_row % group_size, rng))  # none: nothing to reveal, runs unguided
+        rows.append(replace(row_plan(ids, ratio), adapted=adapted) if ids else RowPlan(role="no_demo"))
     return Rollout(rows=rows, prompts=[x["prompt"] for x in inputs], schedule_step=schedule_step)
 
 
@@ -119,7 +120,8 @@ class PrefixGenerationMixin:
         if ids is None:
             # A demo longer than the completion budget could leave no room to continue; validation refuses it
             # unless prefix_truncate_long_demos is set, in which case it is cut here (and counted at validation).
-            ids = self._tokenizer(demo, add_special_tokens=False)["input_ids"][: self.max_completion_length]
+            text = demo_part(demo, self.args.prefix_demo_part)  # "" (no ids) when it has no part to reveal
+            ids = self._tokenizer(text, add_special_tokens=False)["input_ids"][: self.max_completion_length]
             self._demo_ids_cache.put(demo, ids)
         return ids
 

@@ -29,6 +29,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler, get_config_model_id
 
+from prefix_rft.core import demo_part
 from prefix_rft.data import validate_rows
 from prefix_rft.data.validation import PromptBudgets, ValidationReport
 from prefix_rft.trl.config import PrefixRFTConfig
@@ -207,10 +208,14 @@ class PrefixRFTTrainer(
             rows,
             reward_funcs=self.reward_funcs,
             prompt_budgets=self._prompt_budgets(),
-            demo_length=lambda demo: len(self._tokenizer(demo, add_special_tokens=False)["input_ids"]),
+            demo_length=self._demo_length,
             max_completion_length=self.max_completion_length,
             truncate_long_demos=self.args.prefix_truncate_long_demos,
         )
+
+    def _demo_length(self, demo: str) -> int:
+        """Tokens of the part of `demo` a hybrid row reveals a share of (`prefix_demo_part`)."""
+        return len(self._tokenizer(demo_part(demo, self.args.prefix_demo_part), add_special_tokens=False)["input_ids"])
 
     def _prompt_budgets(self) -> PromptBudgets:
         """No prompt may outgrow the model's context less the completion budget, nor `max_prompt_length` (which
