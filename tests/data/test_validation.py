@@ -82,6 +82,16 @@ def test_demo_over_completion_budget_is_counted_when_truncation_allowed():
     assert report.demos_over_budget == 2
 
 
+def test_demos_with_no_part_to_reveal_are_counted_and_logged(caplog):
+    # prefix_demo_part measures the part after the reasoning trace: a demo measured at 0 tokens runs its slots unguided
+    rows = [good_row(0), good_row(1, demos=["<think>4</think>4", "2+2=4. answer: 4"])]
+    measured = {"2+2=4. answer: 4": 16, "<think>4</think>4": 0}
+    with caplog.at_level("WARNING"):
+        report = validate_rows(rows, demo_length=measured.__getitem__, max_completion_length=20)
+    assert (report.demos_without_part, report.demos_over_budget) == (1, 0)
+    assert "1 demos have no part to reveal (prefix_demo_part): their hybrid slots run unguided" in caplog.text
+
+
 def test_duplicate_ids():
     with pytest.raises(ValueError, match=r"row 2: field 'id' duplicates row 0"):
         validate_rows([good_row(0), good_row(1), good_row(0)])

@@ -31,6 +31,7 @@ class ValidationReport:
     rows: int
     rows_without_demos: int
     demos_over_budget: int  # demos longer than the completion budget (truncated when allowed)
+    demos_without_part: int = 0  # demos of no tokens as measured (`prefix_demo_part`): their slots run unguided
 
 
 def _is_empty(value: Any) -> bool:
@@ -190,7 +191,7 @@ def validate_rows(
         if missing:
             raise ValueError(f"reward function {need.name!r} needs column(s) {missing}, absent from the dataset")
     seen_ids: dict[Any, int] = {}
-    without_demos = over_budget = 0
+    without_demos = over_budget = without_part = 0
     for i, row in enumerate(rows):
         _check_prompt(i, row.get("prompt"))
         if "answer" in columns and _is_empty(row.get("answer")):
@@ -206,21 +207,25 @@ def validate_rows(
         if prompt_budgets is not None:
             _check_prompt_budget(i, row["prompt"], bool(demos), prompt_budgets)
         if demo_length is not None and max_completion_length is not None:
-            over_budget += _count_long_demos(i, demos, demo_length, max_completion_length, truncate_long_demos)
-    report = ValidationReport(rows=len(rows), rows_without_demos=without_demos, demos_over_budget=over_budget)
+            lengths = [demo_length(demo) for demo in demos]
+            over_budget += _count_long_demos(i, lengths, max_completion_length, truncate_long_demos)
+            without_part += lengths.count(0)
+    report = ValidationReport(len(rows), without_demos, over_budget, without_part)
     if without_demos:
         logger.warning("%d of %d prompts have no demo and train on-policy only", without_demos, len(rows))
     if over_budget:
         logger.warning("%d demos are longer than the completion budget and will be truncated", over_budget)
+    if without_part:
+        logger.warning(
+            "%d demos have no part to reveal (prefix_demo_part): their hybrid slots run unguided", without_part
+        )
     return report
 
 
-def _count_long_demos(
-    i: int, demos: list[str], demo_length: Callable[[str], int], max_completion_length: int, truncate: bool
-) -> int:
+def _count_long_demos(i: int, lengths: list[int], max_completion_length: int, truncate: bool) -> int:
+    """Demos of row `i` (their token `lengths`) longer than `max_completion_length`; refused unless `truncate`."""
     count = 0
-    for j, demo in enumerate(demos):
-        length = demo_length(demo)
+    for j, length in enumerate(lengths):
         if length > max_completion_length:
             if not truncate:
                 raise ValueError(

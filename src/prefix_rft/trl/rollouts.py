@@ -20,9 +20,10 @@ import torch
 Role = Literal["on_policy", "hybrid", "no_demo", "solved", "full_demo"]
 """A row's role in its group. on_policy: not a hybrid slot (`core.is_hybrid_row`), generated from its prompt alone.
 hybrid: a hybrid slot whose prompt has a demo; it continues the demo's first `len(revealed_ids)` tokens. no_demo: a
-hybrid slot whose prompt has no demo, run on-policy. solved: a hybrid slot run on-policy because its question passed
-`prefix_rescue_max_success` last time. full_demo: a hybrid slot whose completion is the whole demo and its EOS, nothing
-generated (LUFFY, RL+SFT, TRAPO's last level; `baselines.demo_rows.FullDemoRows` plans it and adds the EOS)."""
+hybrid slot whose prompt has no demo, or whose demo has no part to reveal (`prefix_demo_part`), run on-policy. solved:
+a hybrid slot run on-policy because its question passed `prefix_rescue_max_success` last time. full_demo: a hybrid slot
+whose completion is the whole demo and its EOS, nothing generated (LUFFY, RL+SFT, TRAPO's last level;
+`baselines.demo_rows.FullDemoRows` plans it and adds the EOS)."""
 
 
 @dataclass
@@ -37,7 +38,7 @@ class RowPlan:
 
     role: Role = "on_policy"
     revealed_ids: list[int] = field(default_factory=list)  # demo tokens revealed (before fitting the prompt budget)
-    demo_len: int = 0  # tokens of the whole demo
+    demo_len: int = 0  # tokens of the demo part it reveals a share of (the whole demo unless `prefix_demo_part`)
     ratio: float = 0.0  # the prefix ratio: the schedule's draw, or the question's adapted one
     adapted: bool = False  # `ratio` is its question's adapted one (prefix_success_target), not a draw
 
