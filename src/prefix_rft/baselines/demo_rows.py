@@ -41,10 +41,12 @@ PREFIX_OPTIONS = (
 )
 
 
-def refuse_prefix_options(config: PrefixRFTConfig, allowed: tuple[str, ...] = ()) -> None:
-    """Refuse every drawn-prefix option but `allowed` set away from its default: the method's demo slot is the whole
-    demo."""
-    reason = "its demo slot holds the whole demonstration, so no prefix is drawn"
+WHOLE_DEMO = "its demo slot holds the whole demonstration, so no prefix is drawn"
+
+
+def refuse_prefix_options(config: PrefixRFTConfig, allowed: tuple[str, ...] = (), reason: str = WHOLE_DEMO) -> None:
+    """Refuse every drawn-prefix option but `allowed` set away from its default, for `reason` (by default: the
+    method's demo slot is the whole demo)."""
     refuse_unused(config, dict.fromkeys((o for o in PREFIX_OPTIONS if o not in allowed), reason))
 
 

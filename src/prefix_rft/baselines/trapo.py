@@ -91,7 +91,7 @@ class TrapoConfig(RlLossDivisor, PrefixRFTConfig):
                 f"(4, 2, 1, 1 rollouts) need groups of {GROUP_SIZE}"
             )
         super().__post_init__()
-        refuse_prefix_options(self)
+        refuse_prefix_options(self, reason="its prefixes are fixed shares of the demo (25%, 50%, all) by position")
         fixed = "TRAPO's micro-groups fix it"
         refuse_unused(
             self,
