@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from prefix_rft.baselines.demo_rows import FullDemoRows, refuse_prefix_options
+from prefix_rft.baselines.demo_rows import FullDemoRows, WholeDemoSlots, refuse_prefix_options
 from prefix_rft.core import aggregate_token_loss, chord_phi, demo_nll, warmup_cosine_weight
 from prefix_rft.core.entropy import SelectionMode
 from prefix_rft.trl.config import PrefixRFTConfig
@@ -25,8 +25,7 @@ from prefix_rft.trl.trainer import PrefixRFTTrainer
 
 
 @dataclass
-class ChordConfig(PrefixRFTConfig):
-    WHOLE_DEMO_SLOTS = True  # each hybrid slot holds a whole demo, so a group needs rollouts (`check_hybrid_count`)
+class ChordConfig(WholeDemoSlots, PrefixRFTConfig):
     prefix_entropy_selection: SelectionMode = field(
         default="all", metadata={"help": "Every demo token is in the SFT loss."}
     )

@@ -44,6 +44,13 @@ PREFIX_OPTIONS = (
 WHOLE_DEMO = "its demo slot holds the whole demonstration, so no prefix is drawn"
 
 
+class WholeDemoSlots:
+    """Config mixin of the methods whose hybrid slot holds a whole demonstration (LUFFY, RL+SFT, CHORD, HPT, SRFT):
+    a group needs rollouts beside it (`trl.fields.check_hybrid_count` reads the flag)."""
+
+    WHOLE_DEMO_SLOTS = True
+
+
 def refuse_prefix_options(config: PrefixRFTConfig, allowed: tuple[str, ...] = (), reason: str = WHOLE_DEMO) -> None:
     """Refuse every drawn-prefix option but `allowed` set away from its default, for `reason` (by default: the
     method's demo slot is the whole demo)."""

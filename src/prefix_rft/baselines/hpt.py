@@ -21,6 +21,7 @@ import torch
 from prefix_rft.baselines.demo_rows import (
     FullDemoRows,
     RlLossDivisor,
+    WholeDemoSlots,
     refuse_clip_options,
     refuse_prefix_options,
 )
@@ -38,8 +39,7 @@ NO_CLIP = "HPT's RL loss has no clip (-A * rho, the authors' loss_remove_clip=Tr
 
 
 @dataclass
-class HptConfig(RlLossDivisor, PrefixRFTConfig):
-    WHOLE_DEMO_SLOTS = True  # each hybrid slot holds a whole demo, so a group needs rollouts (`check_hybrid_count`)
+class HptConfig(WholeDemoSlots, RlLossDivisor, PrefixRFTConfig):
     prefix_entropy_selection: SelectionMode = field(
         default="all", metadata={"help": "Every demo token is in the SFT loss."}
     )

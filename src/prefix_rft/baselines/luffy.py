@@ -16,6 +16,7 @@ from prefix_rft.baselines.demo_rows import (
     FullDemoRows,
     RlLossDivisor,
     TokenSumAggregate,
+    WholeDemoSlots,
     refuse_clip_options,
     refuse_loss_type_with_length_divisor,
     refuse_prefix_options,
@@ -29,8 +30,7 @@ from prefix_rft.trl.trainer import PrefixRFTTrainer
 
 
 @dataclass
-class LuffyConfig(RlLossDivisor, PrefixRFTConfig):
-    WHOLE_DEMO_SLOTS = True  # each hybrid slot holds a whole demo, so a group needs rollouts (`check_hybrid_count`)
+class LuffyConfig(WholeDemoSlots, RlLossDivisor, PrefixRFTConfig):
     prefix_advantage: AdvantageMode = field(default="paper", metadata={"help": "LUFFY: group mean over all members."})
     prefix_entropy_selection: SelectionMode = field(default="all", metadata={"help": "LUFFY trains every demo token."})
     dual_clip: float | None = field(default=None, metadata={"help": "LUFFY has no clip: must stay null."})

@@ -21,6 +21,7 @@ import torch
 from prefix_rft.baselines.demo_rows import (
     FullDemoRows,
     RlLossDivisor,
+    WholeDemoSlots,
     refuse_clip_options,
     refuse_prefix_options,
 )
@@ -45,8 +46,7 @@ NO_RATIO = "SRFT's losses use log p and pi_theta directly: there is no importanc
 
 
 @dataclass
-class SrftConfig(RlLossDivisor, PrefixRFTConfig):
-    WHOLE_DEMO_SLOTS = True  # each hybrid slot holds a whole demo, so a group needs rollouts (`check_hybrid_count`)
+class SrftConfig(WholeDemoSlots, RlLossDivisor, PrefixRFTConfig):
     prefix_advantage: AdvantageMode = field(
         default="paper", metadata={"help": "The demo's A: r - mean of all G rewards."}
     )

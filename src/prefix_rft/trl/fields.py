@@ -162,7 +162,7 @@ def check_hybrid_count(config: Any) -> None:
     """Refuse a `num_hybrid` that leaves a group no on-policy row, but where the settings need none: a guided group
     (`num_hybrid` = `num_generations`, as SEELE and QuestA hint every rollout) takes GRPO's advantage over its rows
     (`prefix_advantage='paper'`), and a per-question option that reads the on-policy rows is refused."""
-    demo_slots = getattr(config, "WHOLE_DEMO_SLOTS", False)  # LUFFY, RL+SFT, CHORD, HPT, SRFT: a slot is a demo
+    demo_slots = getattr(config, "WHOLE_DEMO_SLOTS", False)  # WholeDemoSlots (LUFFY, RL+SFT, CHORD, HPT, SRFT)
     if demo_slots and config.num_hybrid >= config.num_generations:
         raise ValueError(
             f"num_hybrid={config.num_hybrid} leaves {type(config).__name__} no rollout: each hybrid slot holds a "
