@@ -1,5 +1,6 @@
 """The docs hold what the code does: every metric key the trainers log is in docs/metrics.md, every citation of a
-docs/fidelity.md row names an anchor that row has, and the README's Python snippet runs."""
+docs/fidelity.md row names an anchor that row has, the README's Python snippet runs, and the protocol tables are
+rendered from their JSON."""
 
 import re
 from pathlib import Path
@@ -144,3 +145,19 @@ def test_protocol_tables_are_rendered_from_the_shipped_json(folder):
         assert [row[: len(shipped[0])] for row in rendered] == shipped
     if has_grids(selection):
         assert (folder / "tuning.md").read_text() == tuning_markdown(selection, k)
+
+
+def test_results_md_shows_protocol_v2_tuning_table_as_rendered_from_its_selection_json():
+    # docs/results.md reports v2's tuning stage: its table and summary line are what selection.json renders.
+    import json
+
+    from prefix_rft.recipes.protocol_report import tuning_table
+
+    folder = ROOT / "docs" / "benchmarks" / "protocol_v2"
+    selection = json.loads((folder / "selection.json").read_text())
+    k = json.loads((folder / "plan.json").read_text())["settings"]["eval_k"]
+    rendered = tuning_table(selection, k)
+    doc = (ROOT / "docs" / "results.md").read_text()
+    rows, shipped = table_rows(rendered), table_rows(doc)
+    assert any(shipped[i : i + len(rows)] == rows for i in range(len(shipped)))
+    assert rendered.splitlines()[-1] in doc.replace("\n", " ")
