@@ -161,3 +161,22 @@ def test_results_md_shows_protocol_v2_tuning_table_as_rendered_from_its_selectio
     rows, shipped = table_rows(rendered), table_rows(doc)
     assert any(shipped[i : i + len(rows)] == rows for i in range(len(shipped)))
     assert rendered.splitlines()[-1] in doc.replace("\n", " ")
+
+
+def test_results_md_shows_protocol_v2_finals_table_as_rendered_from_its_runs():
+    # docs/results.md reports v2's finals: its table is what the final runs' JSON and selection.json render.
+    import json
+
+    from prefix_rft.recipes.compare import summarize
+    from prefix_rft.recipes.protocol_report import inputs_by_method, results_table
+    from prefix_rft.recipes.protocol_rules import REFERENCE
+    from prefix_rft.recipes.toy import BASE
+
+    folder = ROOT / "docs" / "benchmarks" / "protocol_v2"
+    selection = json.loads((folder / "selection.json").read_text())
+    k = json.loads((folder / "plan.json").read_text())["settings"]["eval_k"]
+    runs = [json.loads(p.read_text()) for p in sorted((folder / "final").rglob("*.json"))]
+    summary = summarize(runs, k, references=(BASE, REFERENCE))
+    rows = table_rows(results_table(summary, selection["chosen"], k, inputs_by_method(runs)))
+    shipped = table_rows((ROOT / "docs" / "results.md").read_text())
+    assert any(shipped[i : i + len(rows)] == rows for i in range(len(shipped)))
