@@ -120,63 +120,64 @@ def protocol_exports() -> list[Path]:
     return sorted(p.parent for p in (ROOT / "docs" / "benchmarks").glob("protocol*/selection.json"))
 
 
+def load_export(folder: Path) -> tuple[dict, int, list[dict]]:
+    """An exported protocol's selection.json, its eval k and its final runs' JSON."""
+    import json
+
+    selection = json.loads((folder / "selection.json").read_text())
+    k = json.loads((folder / "plan.json").read_text())["settings"]["eval_k"]
+    return selection, k, [json.loads(p.read_text()) for p in sorted((folder / "final").rglob("*.json"))]
+
+
+def rendered_results_table(selection: dict, k: int, runs: list[dict]) -> str:
+    """The finals' table that today's report code renders from the runs and selection.json."""
+    from prefix_rft.recipes.compare import summarize
+    from prefix_rft.recipes.protocol_report import inputs_by_method, results_table
+    from prefix_rft.recipes.protocol_rules import REFERENCE
+    from prefix_rft.recipes.toy import BASE
+
+    summary = summarize(runs, k, references=(BASE, REFERENCE))
+    return results_table(summary, selection["chosen"], k, inputs_by_method(runs))
+
+
+def in_results_md(table: str) -> bool:
+    """Whether `table`'s rows stand together, unchanged, in docs/results.md."""
+    rows, shipped = table_rows(table), table_rows((ROOT / "docs" / "results.md").read_text())
+    return any(shipped[i : i + len(rows)] == rows for i in range(len(shipped)))
+
+
 @pytest.mark.parametrize("folder", protocol_exports(), ids=lambda p: p.name)
 def test_protocol_tables_are_rendered_from_the_shipped_json(folder):
     # Every number of an exported protocol's tables comes from its JSON: the results table from the finals' runs and
     # selection.json (columns later versions added are left out for exports that predate them), and for v2 (which
     # records the grids) the tuning table from selection.json.
-    import json
+    from prefix_rft.recipes.protocol_report import has_grids, tuning_markdown
 
-    from prefix_rft.recipes.compare import summarize
-    from prefix_rft.recipes.protocol_report import has_grids, inputs_by_method, results_table, tuning_markdown
-    from prefix_rft.recipes.protocol_rules import REFERENCE
-    from prefix_rft.recipes.toy import BASE
-
-    selection = json.loads((folder / "selection.json").read_text())
-    k = json.loads((folder / "plan.json").read_text())["settings"]["eval_k"]
-    runs = [json.loads(p.read_text()) for p in sorted((folder / "final").rglob("*.json"))]
+    selection, k, runs = load_export(folder)
     if not (folder / "results.json").exists():
         # The finals are under way: their records are committed as each run finishes, the tables once all have.
         assert not (folder / "results.md").exists()
     elif runs:
-        summary = summarize(runs, k, references=(BASE, REFERENCE))
-        rendered = table_rows(results_table(summary, selection["chosen"], k, inputs_by_method(runs)))
+        rendered = table_rows(rendered_results_table(selection, k, runs))
         shipped = table_rows((folder / "results.md").read_text())
         assert [row[: len(shipped[0])] for row in rendered] == shipped
     if has_grids(selection):
         assert (folder / "tuning.md").read_text() == tuning_markdown(selection, k)
 
 
+V2 = ROOT / "docs" / "benchmarks" / "protocol_v2"
+
+
 def test_results_md_shows_protocol_v2_tuning_table_as_rendered_from_its_selection_json():
     # docs/results.md reports v2's tuning stage: its table and summary line are what selection.json renders.
-    import json
-
     from prefix_rft.recipes.protocol_report import tuning_table
 
-    folder = ROOT / "docs" / "benchmarks" / "protocol_v2"
-    selection = json.loads((folder / "selection.json").read_text())
-    k = json.loads((folder / "plan.json").read_text())["settings"]["eval_k"]
+    selection, k, _ = load_export(V2)
     rendered = tuning_table(selection, k)
-    doc = (ROOT / "docs" / "results.md").read_text()
-    rows, shipped = table_rows(rendered), table_rows(doc)
-    assert any(shipped[i : i + len(rows)] == rows for i in range(len(shipped)))
-    assert rendered.splitlines()[-1] in doc.replace("\n", " ")
+    assert in_results_md(rendered)
+    assert rendered.splitlines()[-1] in (ROOT / "docs" / "results.md").read_text().replace("\n", " ")
 
 
 def test_results_md_shows_protocol_v2_finals_table_as_rendered_from_its_runs():
     # docs/results.md reports v2's finals: its table is what the final runs' JSON and selection.json render.
-    import json
-
-    from prefix_rft.recipes.compare import summarize
-    from prefix_rft.recipes.protocol_report import inputs_by_method, results_table
-    from prefix_rft.recipes.protocol_rules import REFERENCE
-    from prefix_rft.recipes.toy import BASE
-
-    folder = ROOT / "docs" / "benchmarks" / "protocol_v2"
-    selection = json.loads((folder / "selection.json").read_text())
-    k = json.loads((folder / "plan.json").read_text())["settings"]["eval_k"]
-    runs = [json.loads(p.read_text()) for p in sorted((folder / "final").rglob("*.json"))]
-    summary = summarize(runs, k, references=(BASE, REFERENCE))
-    rows = table_rows(results_table(summary, selection["chosen"], k, inputs_by_method(runs)))
-    shipped = table_rows((ROOT / "docs" / "results.md").read_text())
-    assert any(shipped[i : i + len(rows)] == rows for i in range(len(shipped)))
+    assert in_results_md(rendered_results_table(*load_export(V2)))
