@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from statistics import mean
 
+from prefix_rft.recipes.compare import summarize
+
 SPLITS = ("test", "ood")
 REFERENCES = ("base", "prefix_rft")
 
@@ -31,25 +33,20 @@ def points(run: dict, split: str, metric: str = "avg@4") -> float:
     return 100.0 * run["final"][split][metric]
 
 
-def paired(runs: dict[int, dict], ref: dict[int, dict], split: str) -> list[float]:
-    """Per-seed differences in points, over the seeds both methods ran (sorted by seed)."""
-    return [points(runs[s], split) - points(ref[s], split) for s in sorted(runs) if s in ref]
-
-
 def signed(values: list[float]) -> str:
     return ", ".join(f"{v:+.1f}" for v in values)
 
 
-def method_lines(method: str, runs: dict[int, dict], all_runs: dict[str, dict[int, dict]]) -> list[str]:
-    """The lines printed for one method."""
+def method_lines(method: str, runs: dict[int, dict], summary: dict) -> list[str]:
+    """The lines printed for one method; `summary` is `compare.summarize`'s, whose paired differences are per seed."""
     seeds = sorted(runs)
     lines = [f"## {method} (seeds {', '.join(map(str, seeds))})"]
     for split in SPLITS:
         scores = ", ".join(f"{points(runs[s], split):.1f}" for s in seeds)
         lines.append(f"{split} avg@4 per seed: {scores}")
         for ref in REFERENCES:
-            if ref != method and ref in all_runs:
-                lines.append(f"  {split} vs {ref} per seed: {signed(paired(runs, all_runs[ref], split))}")
+            if f"{split}_vs_{ref}" in summary:
+                lines.append(f"  {split} vs {ref} per seed: {signed(summary[f'{split}_vs_{ref}']['values'])}")
         for k in ("pass@1", "pass@2", "pass@4"):
             if all(k in runs[s]["final"][split] for s in seeds):
                 lines.append(f"  {split} {k} mean: {mean(points(runs[s], split, k) for s in seeds):.1f}")
@@ -73,8 +70,10 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     args = parser.parse_args()
     all_runs = load_finals(args.folder)
+    k = json.loads((args.folder / "plan.json").read_text())["settings"]["eval_k"]
+    summary = summarize([r for runs in all_runs.values() for r in runs.values()], k, references=REFERENCES)
     for method in sorted(all_runs):
-        print("\n".join(method_lines(method, all_runs[method], all_runs)), end="\n\n")
+        print("\n".join(method_lines(method, all_runs[method], summary[method])), end="\n\n")
     total = sum(r["seconds"] for runs in all_runs.values() for r in runs.values())
     print(f"all final runs: {sum(map(len, all_runs.values()))}, {total / 3600:.2f} CPU-hours")
 
